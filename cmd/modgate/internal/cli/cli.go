@@ -1,0 +1,92 @@
+// Package cli holds modgate's subcommands and its one config loader. It is
+// the only package that reads the environment.
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"runtime"
+	"runtime/debug"
+	"syscall"
+)
+
+// version is set at build time with -ldflags "-X ...cli.version=v1.2.3";
+// otherwise the module version from the build info is used.
+var version = ""
+
+// Version returns modgate's version.
+func Version() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+		return bi.Main.Version
+	}
+	return "(devel)"
+}
+
+// App is one invocation of modgate: its arguments' world.
+type App struct {
+	Stdout, Stderr io.Writer
+	Getenv         func(string) string
+	// GoEnv runs `go env NAME...`.
+	GoEnv func(ctx context.Context, names ...string) ([]string, error)
+}
+
+// Main runs modgate with the process's arguments and environment and
+// returns the exit code.
+func Main() int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	app := &App{Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv, GoEnv: goEnv}
+	return app.Run(ctx, os.Args[1:])
+}
+
+const usage = `modgate is a sidecar for Go module traffic: a GOPROXY with an upstream chain,
+checksum-database pass-through, telemetry and policy.
+
+Usage:
+  modgate run [flags]     serve (modgate run -h lists the flags)
+  modgate version         print the version
+
+Point the go command at it with GOPROXY=http://127.0.0.1:7070.
+`
+
+// Run runs the subcommand in args and returns the exit code: 0 on success,
+// 1 on failure, 2 on a usage error.
+func (a *App) Run(ctx context.Context, args []string) int {
+	if len(args) == 0 {
+		fmt.Fprint(a.Stderr, usage)
+		return 2
+	}
+	var err error
+	switch cmd, rest := args[0], args[1:]; cmd {
+	case "run":
+		err = a.run(ctx, rest)
+	case "version":
+		fmt.Fprintf(a.Stdout, "modgate %s %s %s/%s\n", Version(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(a.Stdout, usage)
+	default:
+		fmt.Fprintf(a.Stderr, "modgate: unknown command %q\n\n%s", cmd, usage)
+		return 2
+	}
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.Is(err, errUsage):
+		return 2
+	}
+	fmt.Fprintf(a.Stderr, "modgate: %v\n", err)
+	return 1
+}
+
+// errUsage is returned after a usage message has been printed.
+var errUsage = errors.New("usage")

@@ -1,0 +1,392 @@
+package cli
+
+import (
+	"bytes"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/modgate/modgate/sidecar"
+	"github.com/modgate/modgate/sidecar/upstream"
+)
+
+// Config is modgate's configuration as the YAML file spells it. Every flag
+// has a key. It is loaded once: defaults, then the file, then MODGATE_*
+// environment variables, then flags, then validation.
+type Config struct {
+	Listen    string            `yaml:"listen"`
+	Admin     string            `yaml:"admin"`
+	Upstreams []UpstreamConfig  `yaml:"upstreams"`
+	SumDB     SumDBConfig       `yaml:"sumdb"`
+	Resolve   map[string]string `yaml:"resolve"`
+	TLSCAFile string            `yaml:"tls_ca_file"`
+	Log       LogConfig         `yaml:"log"`
+}
+
+// UpstreamConfig is one entry of upstreams.
+type UpstreamConfig struct {
+	Name        string         `yaml:"name"`
+	URL         string         `yaml:"url"`
+	Private     bool           `yaml:"private"`
+	Fallthrough string         `yaml:"fallthrough"` // notfound (GOPROXY ",") | error (GOPROXY "|")
+	Timeouts    TimeoutsConfig `yaml:"timeouts"`
+}
+
+// TimeoutsConfig bounds each phase of an upstream request.
+type TimeoutsConfig struct {
+	Dial   time.Duration `yaml:"dial"`
+	TLS    time.Duration `yaml:"tls"`
+	Header time.Duration `yaml:"header"`
+	Idle   time.Duration `yaml:"idle"`
+}
+
+// SumDBConfig names the checksum database served under /sumdb/.
+type SumDBConfig struct {
+	Name string `yaml:"name"` // "off" serves none
+}
+
+// LogConfig sets up logging.
+type LogConfig struct {
+	Level  string `yaml:"level"`  // debug, info, warn, error
+	Format string `yaml:"format"` // auto (text on a terminal, JSON otherwise), text, json
+}
+
+func defaultConfig() Config {
+	return Config{
+		Listen: "127.0.0.1:7070",
+		Admin:  "127.0.0.1:7071",
+		Log:    LogConfig{Level: "info", Format: "auto"},
+	}
+}
+
+// origins remembers where each key's value came from ("modgate.yaml:7",
+// "MODGATE_LISTEN", "--listen"), so that a bad value is reported where the
+// user can fix it.
+type origins map[string]string
+
+// of returns where key, or the nearest key above it, was set.
+func (o origins) of(key string) string {
+	for k := key; k != ""; {
+		if at, ok := o[k]; ok {
+			return at
+		}
+		i := strings.LastIndexAny(k, ".[")
+		if i < 0 {
+			break
+		}
+		k = k[:i]
+	}
+	return "default"
+}
+
+// configError is a problem with one key, said where it was set.
+type configError struct {
+	at, key, msg string
+}
+
+func (e *configError) Error() string {
+	return fmt.Sprintf("%s: %s: %s", e.at, e.key, e.msg)
+}
+
+// parseFile decodes a config file over cfg. Unknown keys and values of the
+// wrong type are errors that name the key and its line.
+func parseFile(name string, data []byte, cfg *Config, o origins) error {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return fmt.Errorf("%s: %s", name, strings.TrimPrefix(err.Error(), "yaml: "))
+	}
+	lines := map[int]string{}
+	indexKeys(&doc, "", lines, name, o)
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	err := dec.Decode(cfg)
+	if err == nil || errors.Is(err, io.EOF) {
+		return nil
+	}
+	var te *yaml.TypeError
+	if !errors.As(err, &te) {
+		return fmt.Errorf("%s: %s", name, strings.TrimPrefix(err.Error(), "yaml: "))
+	}
+	var errs []error
+	for _, msg := range te.Errors {
+		errs = append(errs, yamlError(name, msg, lines))
+	}
+	return errors.Join(errs...)
+}
+
+var (
+	unknownFieldRE = regexp.MustCompile(`^line (\d+): field (\S+) not found in type`)
+	typeErrorRE    = regexp.MustCompile("^line (\\d+): cannot unmarshal !!\\w+ `(.*)` into (.*)$")
+	lineRE         = regexp.MustCompile(`^line (\d+): (.*)$`)
+)
+
+// yamlError rewrites one of yaml's messages to name the file, line and key.
+func yamlError(file, msg string, lines map[int]string) error {
+	if m := unknownFieldRE.FindStringSubmatch(msg); m != nil {
+		n, _ := strconv.Atoi(m[1])
+		return &configError{at: fmt.Sprintf("%s:%d", file, n), key: lines[n], msg: "unknown key " + strconv.Quote(m[2])}
+	}
+	if m := typeErrorRE.FindStringSubmatch(msg); m != nil {
+		n, _ := strconv.Atoi(m[1])
+		want := map[string]string{
+			"time.Duration": "a duration like 10s",
+			"bool":          "true or false",
+			"string":        "a string",
+			"int":           "a number",
+		}[m[3]]
+		if want == "" {
+			want = strings.TrimPrefix(strings.TrimPrefix(m[3], "[]"), "map[string]")
+			want = "a " + strings.TrimPrefix(want, "cli.")
+		}
+		return &configError{at: fmt.Sprintf("%s:%d", file, n), key: lines[n], msg: fmt.Sprintf("invalid value %q, want %s", m[2], want)}
+	}
+	if m := lineRE.FindStringSubmatch(msg); m != nil {
+		n, _ := strconv.Atoi(m[1])
+		return &configError{at: fmt.Sprintf("%s:%d", file, n), key: lines[n], msg: m[2]}
+	}
+	return fmt.Errorf("%s: %s", file, msg)
+}
+
+// indexKeys records, for every key of the document, its dotted name by line
+// (for yaml's errors) and its line by name (for validation errors).
+func indexKeys(n *yaml.Node, prefix string, lines map[int]string, file string, o origins) {
+	switch n.Kind {
+	case yaml.DocumentNode:
+		for _, c := range n.Content {
+			indexKeys(c, prefix, lines, file, o)
+		}
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			key := k.Value
+			if prefix != "" {
+				key = prefix + "." + k.Value
+			}
+			lines[k.Line] = key
+			if _, seen := lines[v.Line]; !seen {
+				lines[v.Line] = key
+			}
+			o[key] = fmt.Sprintf("%s:%d", file, k.Line)
+			indexKeys(v, key, lines, file, o)
+		}
+	case yaml.SequenceNode:
+		for i, c := range n.Content {
+			key := fmt.Sprintf("%s[%d]", prefix, i)
+			if _, seen := lines[c.Line]; !seen {
+				lines[c.Line] = key
+			}
+			o[key] = fmt.Sprintf("%s:%d", file, c.Line)
+			indexKeys(c, key, lines, file, o)
+		}
+	}
+}
+
+// envKeys are the MODGATE_* variables, by the key they set.
+var envKeys = []struct{ env, key string }{
+	{"MODGATE_LISTEN", "listen"},
+	{"MODGATE_ADMIN", "admin"},
+	{"MODGATE_UPSTREAM", "upstreams"},
+	{"MODGATE_SUMDB", "sumdb.name"},
+	{"MODGATE_RESOLVE", "resolve"},
+	{"MODGATE_TLS_CA_FILE", "tls_ca_file"},
+	{"MODGATE_LOG_LEVEL", "log.level"},
+	{"MODGATE_LOG_FORMAT", "log.format"},
+}
+
+// set applies one value given as a string (from the environment or a
+// flag) to the key it names.
+func (c *Config) set(key, value, at string, o origins) error {
+	o[key] = at
+	switch key {
+	case "listen":
+		c.Listen = value
+	case "admin":
+		c.Admin = value
+	case "upstreams":
+		list, err := upstream.ParseList(value)
+		if err != nil {
+			return &configError{at: at, key: key, msg: err.Error()}
+		}
+		c.Upstreams = upstreamsFromList(list)
+		for k := range o {
+			if strings.HasPrefix(k, "upstreams[") {
+				delete(o, k)
+			}
+		}
+	case "sumdb.name":
+		c.SumDB.Name = value
+	case "resolve":
+		c.Resolve = map[string]string{}
+		for _, r := range strings.FieldsFunc(value, func(r rune) bool { return r == ',' || r == ' ' }) {
+			if err := c.addResolve(r); err != nil {
+				return &configError{at: at, key: key, msg: err.Error()}
+			}
+		}
+	case "tls_ca_file":
+		c.TLSCAFile = value
+	case "log.level":
+		c.Log.Level = value
+	case "log.format":
+		c.Log.Format = value
+	default:
+		return fmt.Errorf("%s: unknown key %q", at, key)
+	}
+	return nil
+}
+
+func (c *Config) addResolve(r string) error {
+	from, to, ok := strings.Cut(r, "=")
+	if !ok {
+		return fmt.Errorf("%q: want host:port=addr:port", r)
+	}
+	if c.Resolve == nil {
+		c.Resolve = map[string]string{}
+	}
+	c.Resolve[from] = to
+	return nil
+}
+
+// upstreamsFromList turns GOPROXY syntax into config entries.
+func upstreamsFromList(list []upstream.Config) []UpstreamConfig {
+	out := make([]UpstreamConfig, len(list))
+	for i, u := range list {
+		out[i] = UpstreamConfig{URL: u.URL, Fallthrough: u.Fallthrough.String()}
+	}
+	return out
+}
+
+// validate checks every value and builds the data plane's config.
+func (c *Config) validate(o origins) (sidecar.Config, error) {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, &configError{at: o.of(key), key: key, msg: fmt.Sprintf(format, args...)})
+	}
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		bad("listen", "%q is not host:port", c.Listen)
+	}
+	if c.Admin != "" {
+		if _, _, err := net.SplitHostPort(c.Admin); err != nil {
+			bad("admin", "%q is not host:port (leave empty for no admin listener)", c.Admin)
+		}
+	}
+	out := sidecar.Config{Listen: c.Listen, Admin: c.Admin, Resolve: c.Resolve}
+	if len(c.Upstreams) == 0 {
+		bad("upstreams", "no upstream: give --upstream, MODGATE_UPSTREAM or upstreams in the config")
+	}
+	names := map[string]bool{}
+	for i, u := range c.Upstreams {
+		key := fmt.Sprintf("upstreams[%d]", i)
+		uc := upstream.Config{
+			Name: u.Name, URL: u.URL, Private: u.Private,
+			Timeouts: upstream.Timeouts{Dial: u.Timeouts.Dial, TLS: u.Timeouts.TLS, Header: u.Timeouts.Header, Idle: u.Timeouts.Idle},
+		}
+		switch u.Fallthrough {
+		case "", "notfound":
+		case "error":
+			uc.Fallthrough = upstream.OnError
+		default:
+			bad(key+".fallthrough", "%q: want notfound (GOPROXY \",\") or error (GOPROXY \"|\")", u.Fallthrough)
+		}
+		if err := checkUpstreamURL(u.URL); err != nil {
+			bad(key+".url", "%v", err)
+		}
+		if u.Name != "" {
+			if names[u.Name] {
+				bad(key+".name", "%q names two upstreams", u.Name)
+			}
+			names[u.Name] = true
+		}
+		for _, t := range []struct {
+			name string
+			d    time.Duration
+		}{{"dial", u.Timeouts.Dial}, {"tls", u.Timeouts.TLS}, {"header", u.Timeouts.Header}, {"idle", u.Timeouts.Idle}} {
+			if t.d < 0 {
+				bad(key+".timeouts."+t.name, "must not be negative")
+			}
+		}
+		out.Upstreams = append(out.Upstreams, uc)
+	}
+	switch name := c.SumDB.Name; name {
+	case "", "off":
+	default:
+		if strings.ContainsAny(name, "/:+ ") || strings.ToLower(name) != name {
+			bad("sumdb.name", "%q: want the database's host name, e.g. sum.example.test", name)
+		}
+		out.SumDB = name
+	}
+	for from, to := range c.Resolve {
+		if _, _, err := net.SplitHostPort(from); err != nil {
+			bad("resolve", "%q: want host:port", from)
+		}
+		if _, _, err := net.SplitHostPort(to); err != nil {
+			bad("resolve", "%q (for %s): want addr:port", to, from)
+		}
+	}
+	if c.TLSCAFile != "" {
+		pool, err := loadCAs(c.TLSCAFile)
+		if err != nil {
+			bad("tls_ca_file", "%v", err)
+		}
+		out.RootCAs = pool
+	}
+	if !slices.Contains([]string{"debug", "info", "warn", "error"}, c.Log.Level) {
+		bad("log.level", "%q: want debug, info, warn or error", c.Log.Level)
+	}
+	if !slices.Contains([]string{"auto", "text", "json"}, c.Log.Format) {
+		bad("log.format", "%q: want auto, text or json", c.Log.Format)
+	}
+	return out, errors.Join(errs...)
+}
+
+func checkUpstreamURL(raw string) error {
+	switch raw {
+	case "":
+		return errors.New("missing (want an http, https or file URL, or direct or off)")
+	case "direct", "off":
+		return nil
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return fmt.Errorf("%q: %v", raw, err)
+	}
+	switch u.Scheme {
+	case "http", "https":
+		if u.Host == "" {
+			return fmt.Errorf("%q has no host", raw)
+		}
+	case "file":
+		if st, err := os.Stat(u.Path); err != nil || !st.IsDir() {
+			return fmt.Errorf("%q: %s is not a directory", raw, u.Path)
+		}
+	default:
+		return fmt.Errorf("%q: want an http, https or file URL, or direct or off", raw)
+	}
+	return nil
+}
+
+// loadCAs returns the system roots plus the certificates in file.
+func loadCAs(file string) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil {
+		pool = x509.NewCertPool()
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%s holds no PEM certificate", file)
+	}
+	return pool, nil
+}

@@ -1,0 +1,177 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"time"
+
+	"github.com/modgate/modgate/sidecar"
+)
+
+// runFlags are the flags of `modgate run`. Each sets the config key named
+// in flagKeys.
+type runFlags struct {
+	config  string
+	values  map[string]*string // by config key
+	resolve []string
+}
+
+var flagKeys = []struct{ flag, key, usage string }{
+	{"listen", "listen", "module listener address"},
+	{"admin", "admin", "admin listener address (empty: none)"},
+	{"upstream", "upstreams", `upstream chain in GOPROXY syntax, e.g. "https://a.example.test,https://b.example.test|direct" (default: go env GOPROXY)`},
+	{"sumdb", "sumdb.name", "checksum database name, or off (default: go env GOSUMDB)"},
+	{"tls-ca-file", "tls_ca_file", "extra root CAs (PEM) for upstreams"},
+	{"log-level", "log.level", "debug, info, warn or error"},
+	{"log-format", "log.format", "auto, text or json"},
+}
+
+func (f *runFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.config, "config", "", "YAML config file (env MODGATE_CONFIG)")
+	f.values = map[string]*string{}
+	for _, k := range flagKeys {
+		f.values[k.key] = fs.String(k.flag, "", k.usage)
+	}
+	fs.Func("resolve", "host:port=addr:port: dial addr instead of host (repeatable)", func(s string) error {
+		f.resolve = append(f.resolve, s)
+		return nil
+	})
+}
+
+// loader gathers what loading the config reads from outside, so that tests
+// can give it their own.
+type loader struct {
+	getenv func(string) string
+	goenv  func(ctx context.Context, names ...string) ([]string, error)
+}
+
+// load builds the config: defaults, file, MODGATE_* variables, flags, then
+// the user's go env for upstreams and checksum database left unset, then
+// validation.
+func (l loader) load(fs *flag.FlagSet, f *runFlags) (Config, sidecar.Config, error) {
+	cfg := defaultConfig()
+	o := origins{}
+	file := f.config
+	if file == "" {
+		file = l.getenv("MODGATE_CONFIG")
+	}
+	if file != "" {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			return cfg, sidecar.Config{}, err
+		}
+		if err := parseFile(file, data, &cfg, o); err != nil {
+			return cfg, sidecar.Config{}, err
+		}
+	}
+	for _, e := range envKeys {
+		if v, ok := lookupEnv(l.getenv, e.env); ok {
+			if err := cfg.set(e.key, v, e.env, o); err != nil {
+				return cfg, sidecar.Config{}, err
+			}
+		}
+	}
+	var err error
+	fs.Visit(func(fl *flag.Flag) {
+		for _, k := range flagKeys {
+			if k.flag == fl.Name && err == nil {
+				err = cfg.set(k.key, fl.Value.String(), "--"+fl.Name, o)
+			}
+		}
+	})
+	if err != nil {
+		return cfg, sidecar.Config{}, err
+	}
+	for _, r := range f.resolve {
+		o["resolve"] = "--resolve"
+		if err := cfg.addResolve(r); err != nil {
+			return cfg, sidecar.Config{}, &configError{at: "--resolve", key: "resolve", msg: err.Error()}
+		}
+	}
+	if err := l.fillFromGoEnv(&cfg, o); err != nil {
+		return cfg, sidecar.Config{}, err
+	}
+	sc, err := cfg.validate(o)
+	return cfg, sc, err
+}
+
+// lookupEnv treats a variable set to the empty string as unset, as the go
+// command does for its own variables.
+func lookupEnv(getenv func(string) string, name string) (string, bool) {
+	v := getenv(name)
+	return v, v != ""
+}
+
+// fillFromGoEnv takes the upstream chain and checksum database that no
+// other source set from the user's go env, falling back to $GOPROXY and
+// $GOSUMDB when the go command cannot be run.
+func (l loader) fillFromGoEnv(cfg *Config, o origins) error {
+	needProxy, needSumDB := len(cfg.Upstreams) == 0, cfg.SumDB.Name == ""
+	if !needProxy && !needSumDB {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	vals, goErr := l.goenv(ctx, "GOPROXY", "GOSUMDB")
+	source := "go env"
+	if goErr != nil || len(vals) != 2 {
+		vals = []string{l.getenv("GOPROXY"), l.getenv("GOSUMDB")}
+		source = "$"
+	}
+	if needProxy {
+		if vals[0] == "" {
+			why := "the go command gave no GOPROXY"
+			if goErr != nil {
+				why = fmt.Sprintf("`go env GOPROXY` failed (%v)", goErr)
+			}
+			return fmt.Errorf("no upstream: %s and $GOPROXY is empty; give --upstream, MODGATE_UPSTREAM or upstreams in the config", why)
+		}
+		if err := cfg.set("upstreams", vals[0], sourceName(source, "GOPROXY"), o); err != nil {
+			return err
+		}
+	}
+	if needSumDB {
+		// GOSUMDB is "name", "name+key" or "name+key url"; modgate needs the name.
+		var name string
+		if fields := strings.Fields(vals[1]); len(fields) > 0 {
+			name, _, _ = strings.Cut(fields[0], "+")
+		}
+		o["sumdb.name"] = sourceName(source, "GOSUMDB")
+		cfg.SumDB.Name = name
+		if name == "" {
+			cfg.SumDB.Name = "off"
+		}
+	}
+	return nil
+}
+
+func sourceName(source, name string) string {
+	if source == "$" {
+		return "$" + name
+	}
+	return source + " " + name
+}
+
+// goEnv runs `go env NAME...` and returns one value per name.
+func goEnv(ctx context.Context, names ...string) ([]string, error) {
+	cmd := exec.CommandContext(ctx, "go", append([]string{"env"}, names...)...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		if msg := strings.TrimSpace(stderr.String()); msg != "" {
+			err = errors.New(msg)
+		}
+		return nil, err
+	}
+	vals := strings.Split(strings.TrimSuffix(string(out), "\n"), "\n")
+	if len(vals) != len(names) {
+		return nil, fmt.Errorf("go env printed %d lines for %d names", len(vals), len(names))
+	}
+	return vals, nil
+}

@@ -1,0 +1,139 @@
+package sidecar
+
+import (
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"unicode"
+	"unicode/utf8"
+)
+
+// The go command prints at most this much of an error body under
+// "server response:", and only up to the first blank line
+// (cmd/go/internal/web: maxErrorDetailLines, maxErrorDetailBytes). Each
+// line after the first costs two more bytes ("\n\t") in its count.
+const (
+	maxErrorLines = 8
+	maxErrorBytes = 8 * 81
+)
+
+// writeError answers status with a text/plain body that the go command
+// prints whole: the first line starts "modgate: ", there are at most 8
+// lines and 648 bytes, and no line is blank.
+func writeError(w http.ResponseWriter, status int, lines ...string) {
+	h := w.Header()
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	io.WriteString(w, errorBody(lines...))
+}
+
+// errorBody formats lines as writeError sends them.
+func errorBody(lines ...string) string {
+	var b strings.Builder
+	n := 0
+	for _, line := range lines {
+		line = cleanLine(line)
+		if line == "" {
+			continue
+		}
+		if n == 0 {
+			line = "modgate: " + line
+		}
+		room := maxErrorBytes - b.Len() - 2*n
+		if n == maxErrorLines || room < 16 {
+			break
+		}
+		if len(line) > room {
+			line = truncate(line, room-3) + "..."
+		}
+		b.WriteString(line)
+		b.WriteByte('\n')
+		n++
+	}
+	if n == 0 {
+		b.WriteString("modgate: error\n")
+	}
+	return b.String()
+}
+
+// cleanLine keeps what the go command will print: graphic UTF-8 on one line.
+func cleanLine(s string) string {
+	s = strings.ToValidUTF8(s, "?")
+	s = strings.Map(func(r rune) rune {
+		switch {
+		case r == '\n' || r == '\r' || r == '\t':
+			return ' '
+		case !unicode.IsGraphic(r):
+			return -1
+		}
+		return r
+	}, s)
+	return strings.TrimSpace(s)
+}
+
+// truncate cuts s to at most n bytes without splitting a rune.
+func truncate(s string, n int) string {
+	if n <= 0 {
+		return ""
+	}
+	for n > 0 && n < len(s) && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:min(n, len(s))]
+}
+
+// hopHeaders are meaningful only for a single connection (RFC 9110 7.6.1)
+// and are never passed through.
+var hopHeaders = []string{
+	"Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate",
+	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
+}
+
+// copyHeader copies end-to-end headers from src to dst.
+func copyHeader(dst, src http.Header) {
+	for k, vs := range src {
+		dst[k] = append(dst[k][:0:0], vs...)
+	}
+	for _, f := range src.Values("Connection") {
+		for _, k := range strings.Split(f, ",") {
+			dst.Del(strings.TrimSpace(k))
+		}
+	}
+	for _, k := range hopHeaders {
+		dst.Del(k)
+	}
+}
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// errClientGone marks a copy that stopped because the client went away.
+var errClientGone = errors.New("client went away")
+
+// stream copies body to w. A failed read is the upstream's fault and is
+// returned as is; a failed write is wrapped in errClientGone.
+func stream(w io.Writer, body io.Reader) (int64, error) {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := *bp
+	var written int64
+	for {
+		n, rerr := body.Read(buf)
+		if n > 0 {
+			m, werr := w.Write(buf[:n])
+			written += int64(m)
+			if werr != nil {
+				return written, errors.Join(errClientGone, werr)
+			}
+		}
+		if rerr == io.EOF {
+			return written, nil
+		}
+		if rerr != nil {
+			return written, rerr
+		}
+	}
+}

@@ -1,0 +1,192 @@
+package sidecar
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"golang.org/x/mod/module"
+	"golang.org/x/mod/semver"
+	"golang.org/x/mod/sumdb/tlog"
+)
+
+// Kind is the class of a request, as in DESIGN.md's table. It names spans
+// and labels metrics, so the set is closed.
+type Kind string
+
+// The request kinds.
+const (
+	KindList           Kind = "list"
+	KindInfo           Kind = "info"
+	KindMod            Kind = "mod"
+	KindZip            Kind = "zip"
+	KindLatest         Kind = "latest"
+	KindSumDBSupported Kind = "sumdb-supported"
+	KindSumDBLookup    Kind = "sumdb-lookup"
+	KindSumDBTile      Kind = "sumdb-tile"
+	KindSumDBLatest    Kind = "sumdb-latest"
+	KindOther          Kind = "other"
+)
+
+// IsSumDB reports whether k is one of the checksum-database kinds.
+func (k Kind) IsSumDB() bool { return strings.HasPrefix(string(k), "sumdb-") }
+
+// Request is a classified module request.
+type Request struct {
+	Kind Kind
+	// Module and Version are decoded ("github.com/Azure/x", not
+	// "github.com/!azure/x"). Version is empty for list and latest.
+	Module, Version string
+	// SumDB is the checksum database's name for the sumdb kinds.
+	SumDB string
+	// Path is the escaped path to ask an upstream for: the request path
+	// for proxy kinds, the part after /sumdb/<name> for sumdb kinds.
+	Path string
+}
+
+// ErrNotModuleRequest is returned for a path that is not part of the GOPROXY
+// protocol at all (reverse mode answers 404), as opposed to a malformed one.
+var ErrNotModuleRequest = errors.New("not a module proxy request")
+
+// ClassifyReverse classifies the path of an origin-form request to modgate
+// as a GOPROXY. A path that has the protocol's shape but does not decode
+// (bad escapes, "..", NUL, capitals in an escaped path, a non-canonical
+// version) is an error that names what is wrong; the caller answers 400.
+func ClassifyReverse(p string) (Request, error) {
+	if !strings.HasPrefix(p, "/") {
+		return Request{}, ErrNotModuleRequest
+	}
+	if rest, ok := strings.CutPrefix(p, "/sumdb/"); ok {
+		name, sub, _ := strings.Cut(rest, "/")
+		r, err := classifySumDB("/" + sub)
+		if err != nil {
+			return r, err
+		}
+		if err := checkSumDBName(name); err != nil {
+			return Request{}, err
+		}
+		r.SumDB = name
+		return r, nil
+	}
+	return classifyProxy(p)
+}
+
+func classifyProxy(p string) (Request, error) {
+	r := Request{Path: p}
+	escMod, rest, ok := strings.Cut(p[1:], "/@v/")
+	switch {
+	case ok:
+		switch {
+		case rest == "list":
+			r.Kind = KindList
+		case strings.HasSuffix(rest, ".info"):
+			r.Kind = KindInfo
+		case strings.HasSuffix(rest, ".mod"):
+			r.Kind = KindMod
+		case strings.HasSuffix(rest, ".zip"):
+			r.Kind = KindZip
+		default:
+			return r, ErrNotModuleRequest
+		}
+		if r.Kind != KindList {
+			escVer := rest[:strings.LastIndexByte(rest, '.')]
+			v, err := decodeVersion(escVer)
+			if err != nil {
+				return r, err
+			}
+			r.Version = v
+		}
+	case strings.HasSuffix(p, "/@latest"):
+		r.Kind = KindLatest
+		escMod = strings.TrimSuffix(p[1:], "/@latest")
+	default:
+		return r, ErrNotModuleRequest
+	}
+	mod, err := decodePath(escMod)
+	if err != nil {
+		return r, err
+	}
+	r.Module = mod
+	return r, nil
+}
+
+// decodePath decodes and checks an escaped module path.
+func decodePath(esc string) (string, error) {
+	mod, err := module.UnescapePath(esc)
+	if err == nil {
+		return mod, nil
+	}
+	if strings.ToLower(esc) != esc {
+		return "", fmt.Errorf("invalid module path %q: an escaped path has no capital letters (write !x for X)", esc)
+	}
+	return "", fmt.Errorf("invalid module path %q: %v", esc, unwrapModuleError(err))
+}
+
+// decodeVersion decodes an escaped version and insists on a canonical
+// semantic version: proxies serve only those, and it keeps odd strings
+// (branch names, "..", NUL) away from upstreams and caches.
+func decodeVersion(esc string) (string, error) {
+	v, err := module.UnescapeVersion(esc)
+	if err != nil {
+		return "", fmt.Errorf("invalid version %q: %v", esc, unwrapModuleError(err))
+	}
+	if !semver.IsValid(v) || module.CanonicalVersion(v) != v {
+		if c := module.CanonicalVersion(v); c != "" {
+			return "", fmt.Errorf("version %q is not canonical (want %s)", v, c)
+		}
+		return "", fmt.Errorf("version %q is not a semantic version like v1.2.3", v)
+	}
+	return v, nil
+}
+
+func classifySumDB(sub string) (Request, error) {
+	r := Request{Path: sub}
+	switch {
+	case sub == "/supported":
+		r.Kind = KindSumDBSupported
+	case sub == "/latest":
+		r.Kind = KindSumDBLatest
+	case strings.HasPrefix(sub, "/lookup/"):
+		r.Kind = KindSumDBLookup
+		escMod, escVer, ok := strings.Cut(sub[len("/lookup/"):], "@")
+		if !ok {
+			return r, fmt.Errorf("invalid checksum database lookup %q: want module@version", sub)
+		}
+		mod, err := decodePath(escMod)
+		if err != nil {
+			return r, err
+		}
+		v, err := decodeVersion(escVer)
+		if err != nil {
+			return r, err
+		}
+		r.Module, r.Version = mod, v
+	case strings.HasPrefix(sub, "/tile/"):
+		r.Kind = KindSumDBTile
+		if _, err := tlog.ParseTilePath(sub[1:]); err != nil {
+			return r, fmt.Errorf("invalid checksum database tile %q", sub)
+		}
+	default:
+		return r, ErrNotModuleRequest
+	}
+	return r, nil
+}
+
+// checkSumDBName accepts what can be a host name: the name becomes the host
+// of a direct connection when no upstream serves the database.
+func checkSumDBName(name string) error {
+	if name == "" || len(name) > 253 || strings.Trim(name, "abcdefghijklmnopqrstuvwxyz0123456789.-") != "" ||
+		strings.HasPrefix(name, ".") || strings.Contains(name, "..") {
+		return fmt.Errorf("invalid checksum database name %q", name)
+	}
+	return nil
+}
+
+// unwrapModuleError drops the path that module's errors repeat.
+func unwrapModuleError(err error) error {
+	var ie *module.InvalidPathError
+	if errors.As(err, &ie) {
+		return ie.Err
+	}
+	return err
+}

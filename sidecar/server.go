@@ -1,0 +1,265 @@
+// Package sidecar is modgate's data plane: the listener, request
+// classification, the pipeline that serves module requests from the
+// upstream chain, and the admin endpoints.
+package sidecar
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/modgate/modgate/sidecar/upstream"
+)
+
+// Config is everything the data plane needs, as plain values.
+type Config struct {
+	// Listen is the address of the module listener, e.g. "127.0.0.1:7070".
+	Listen string
+	// Admin is the address of the admin listener. If empty, there is none.
+	Admin string
+	// Upstreams is the chain, in order.
+	Upstreams []upstream.Config
+	// SumDB is the name of the checksum database served under /sumdb/.
+	// If empty, /sumdb/ answers 404.
+	SumDB string
+	// RootCAs verifies upstream certificates. If nil, the system pool is used.
+	RootCAs *x509.CertPool
+	// Resolve maps "host:port" to the address to dial instead.
+	Resolve map[string]string
+	// ShutdownGrace is how long in-flight requests may run after a
+	// shutdown starts. If zero, 10 s.
+	ShutdownGrace time.Duration
+	// Logger receives the server's logs. If nil, logs are discarded.
+	Logger *slog.Logger
+	// Version is reported in the User-Agent of upstream requests.
+	Version string
+}
+
+// Server is one modgate. Create it with New.
+type Server struct {
+	cfg   Config
+	log   *slog.Logger
+	chain *upstream.Chain
+	sumdb *sumDB
+	via   string // this process's Via token
+
+	// ready is set once the server has started serving.
+	ready atomic.Bool
+}
+
+// New checks cfg and builds the server. It refuses an upstream that is the
+// server's own listener: every request would loop.
+func New(cfg Config) (*Server, error) {
+	s := &Server{cfg: cfg, log: cfg.Logger, via: "modgate-" + randomToken()}
+	if s.log == nil {
+		s.log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if s.cfg.ShutdownGrace == 0 {
+		s.cfg.ShutdownGrace = 10 * time.Second
+	}
+	ua := "modgate"
+	if cfg.Version != "" {
+		ua += "/" + cfg.Version
+	}
+	opts := upstream.Options{RootCAs: cfg.RootCAs, Resolve: cfg.Resolve, Via: s.via, UserAgent: ua}
+	chain, err := upstream.NewChain(cfg.Upstreams, opts)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Listen != "" {
+		for _, u := range chain.Upstreams() {
+			if u.URL != nil && pointsAt(u.URL, cfg.Listen, cfg.Resolve) {
+				return nil, fmt.Errorf("upstream %s (%s) is modgate's own listener %s: every request would loop", u.Name, u.URL, cfg.Listen)
+			}
+		}
+	}
+	s.chain = chain
+	if s.sumdb, err = newSumDB(cfg.SumDB, chain, opts, upstream.Timeouts{}); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func randomToken() string {
+	b := make([]byte, 4)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// pointsAt reports whether u would be served by a listener on listen.
+func pointsAt(u *url.URL, listen string, resolve map[string]string) bool {
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return false
+	}
+	port := u.Port()
+	if port == "" {
+		port = map[string]string{"http": "80", "https": "443"}[u.Scheme]
+	}
+	hostport := net.JoinHostPort(u.Hostname(), port)
+	if to, ok := resolve[hostport]; ok {
+		hostport = to
+	}
+	lhost, lport, err := net.SplitHostPort(listen)
+	if err != nil {
+		return false
+	}
+	host, port, _ := net.SplitHostPort(hostport)
+	if port != lport {
+		return false
+	}
+	lip := net.ParseIP(lhost)
+	listensEverywhere := lhost == "" || (lip != nil && lip.IsUnspecified())
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	addrs, err := net.DefaultResolver.LookupIPAddr(ctx, host)
+	if err != nil {
+		return false // an unknown host cannot be us
+	}
+	for _, a := range addrs {
+		if a.IP.IsLoopback() && (listensEverywhere || (lip != nil && lip.IsLoopback())) {
+			return true
+		}
+		if lip != nil && a.IP.Equal(lip) {
+			return true
+		}
+	}
+	return false
+}
+
+// Handler returns the module listener's handler: loop protection, then the
+// pipeline.
+func (s *Server) Handler() http.Handler {
+	return http.HandlerFunc(s.serveHTTP)
+}
+
+func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	for _, v := range r.Header.Values("Via") {
+		if strings.Contains(v, s.via) {
+			writeError(w, http.StatusLoopDetected, "request loop: this request has already passed through this modgate (Via: "+v+")",
+				"an upstream of modgate leads back to modgate; check the upstream chain")
+			return
+		}
+	}
+	if r.Method == http.MethodConnect || r.URL.IsAbs() {
+		writeError(w, http.StatusMethodNotAllowed, "this modgate serves module requests as a GOPROXY only: set GOPROXY=http://"+r.Host+" instead of HTTP_PROXY/HTTPS_PROXY")
+		return
+	}
+	s.serveReverse(w, r)
+}
+
+// AdminHandler serves /healthz and /readyz.
+func (s *Server) AdminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if err := s.Ready(); err != nil {
+			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ready\n")
+	})
+	return mux
+}
+
+// Ready reports why the server cannot serve, or nil: it must be serving
+// and have at least one upstream that can answer.
+func (s *Server) Ready() error {
+	if !s.ready.Load() {
+		return errors.New("not serving yet")
+	}
+	for _, u := range s.chain.Upstreams() {
+		if u.Kind != upstream.Off {
+			return nil
+		}
+	}
+	return errors.New("no usable upstream: the chain is off")
+}
+
+// Run listens on the configured addresses and serves until ctx is done,
+// then stops accepting and lets in-flight requests finish for up to the
+// shutdown grace.
+func (s *Server) Run(ctx context.Context) error {
+	ln, err := net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return err
+	}
+	var adminLn net.Listener
+	if s.cfg.Admin != "" {
+		if adminLn, err = net.Listen("tcp", s.cfg.Admin); err != nil {
+			ln.Close()
+			return err
+		}
+	}
+	return s.Serve(ctx, ln, adminLn)
+}
+
+// Serve is Run on listeners the caller made. adminLn may be nil.
+func (s *Server) Serve(ctx context.Context, ln, adminLn net.Listener) error {
+	errLog := slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)
+	servers := []*http.Server{{
+		Handler:           s.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          errLog,
+	}}
+	listeners := []net.Listener{ln}
+	if adminLn != nil {
+		servers = append(servers, &http.Server{Handler: s.AdminHandler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: errLog})
+		listeners = append(listeners, adminLn)
+	}
+	errc := make(chan error, len(servers))
+	for i, srv := range servers {
+		go func() { errc <- srv.Serve(listeners[i]) }()
+	}
+	s.ready.Store(true)
+	attrs := []any{"listen", ln.Addr().String(), "upstreams", s.chainString(), "sumdb", s.cfg.SumDB}
+	if adminLn != nil {
+		attrs = append(attrs, "admin", adminLn.Addr().String())
+	}
+	s.log.Info("modgate serving", attrs...)
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	s.ready.Store(false)
+	s.log.Info("shutting down", "grace", s.cfg.ShutdownGrace)
+	sctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownGrace)
+	defer cancel()
+	for _, srv := range servers {
+		if serr := srv.Shutdown(sctx); serr != nil {
+			s.log.Warn("in-flight requests cut at the end of the grace period", "err", serr)
+			srv.Close()
+		}
+	}
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}
+
+func (s *Server) chainString() string {
+	var b strings.Builder
+	for i, u := range s.chain.Upstreams() {
+		if i > 0 {
+			b.WriteString(map[upstream.Fallthrough]string{upstream.OnNotFound: ",", upstream.OnError: "|"}[s.chain.Upstreams()[i-1].Fallthrough])
+		}
+		b.WriteString(u.Source)
+	}
+	return b.String()
+}

@@ -1,0 +1,148 @@
+package sidecar
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/modgate/modgate/sidecar/upstream"
+)
+
+// sumDB finds where the configured checksum database can be reached and
+// proxies its endpoints there, as the go command itself does: the first
+// upstream whose /sumdb/<name>/supported answers 200 (walking the chain
+// with GOPROXY semantics), otherwise the database's own host.
+type sumDB struct {
+	name   string
+	chain  *upstream.Chain
+	direct *upstream.Upstream // https://<name>
+
+	mu    sync.Mutex // serialises the search; the go command asks once per run
+	route *sumDBRoute
+}
+
+// sumDBRoute is where the database was found: prefix is "/sumdb/<name>"
+// on a proxy and empty on the database's own host.
+type sumDBRoute struct {
+	via    *upstream.Upstream
+	prefix string
+}
+
+func newSumDB(name string, chain *upstream.Chain, opts upstream.Options, t upstream.Timeouts) (*sumDB, error) {
+	if name == "" {
+		return nil, nil
+	}
+	if err := checkSumDBName(name); err != nil {
+		return nil, err
+	}
+	direct, err := upstream.New(upstream.Config{Name: name + " (direct)", URL: "https://" + name, Timeouts: t}, opts)
+	if err != nil {
+		return nil, err
+	}
+	return &sumDB{name: name, chain: chain, direct: direct}, nil
+}
+
+// find returns the cached route or searches for one. On failure the
+// result explains what each place said.
+func (db *sumDB) find(ctx context.Context) (*sumDBRoute, upstream.Result) {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	if db.route != nil {
+		return db.route, upstream.Result{}
+	}
+	prefix := "/sumdb/" + db.name
+	res := db.chain.Walk(ctx, http.MethodGet, prefix+"/supported", nil, nil)
+	if res.Response != nil {
+		res.Response.Body.Close()
+		db.route = &sumDBRoute{via: res.Upstream, prefix: prefix}
+		return db.route, res
+	}
+	if res.Status() != http.StatusNotFound && res.Status() != http.StatusForbidden {
+		// A proxy failed and the chain does not fall through errors: the go
+		// command gives up here too rather than going around the proxy.
+		return nil, res
+	}
+	start := time.Now()
+	resp, err := db.direct.Get(ctx, http.MethodGet, "/latest", nil)
+	if err == nil && resp.StatusCode == http.StatusOK {
+		resp.Body.Close()
+		db.route = &sumDBRoute{via: db.direct}
+		return db.route, res
+	}
+	a := upstream.Attempt{Upstream: db.direct, Err: err, Duration: time.Since(start)}
+	if err == nil {
+		a.Status = resp.StatusCode
+		resp.Body.Close()
+	}
+	res.Attempts = append(res.Attempts, a)
+	res.End = upstream.Proxy
+	return nil, res
+}
+
+// forget drops a route that failed, so that the next request searches again.
+func (db *sumDB) forget(r *sumDBRoute) {
+	db.mu.Lock()
+	if db.route == r {
+		db.route = nil
+	}
+	db.mu.Unlock()
+}
+
+func (s *Server) serveSumDB(w http.ResponseWriter, r *http.Request, req Request) {
+	db := s.sumdb
+	if db == nil || req.SumDB != db.name {
+		served := "no checksum database is configured"
+		if db != nil {
+			served = "it serves " + db.name
+		}
+		writeError(w, http.StatusNotFound, fmt.Sprintf("checksum database %s is not served here (%s)", req.SumDB, served))
+		return
+	}
+	route, res := db.find(r.Context())
+	if route == nil {
+		// The answer is an error, not 404: a 404 would send the go command
+		// to the database's host itself, which modgate just failed to reach.
+		s.writeSumDBError(w, r, req, res)
+		return
+	}
+	if req.Kind == KindSumDBSupported {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.WriteHeader(http.StatusOK)
+		return
+	}
+	start := time.Now()
+	resp, err := route.via.Get(r.Context(), r.Method, route.prefix+req.Path, upstreamHeader(r))
+	if err == nil && resp.StatusCode == http.StatusOK {
+		s.relay(w, r, req, resp, route.via)
+		return
+	}
+	a := upstream.Attempt{Upstream: route.via, Err: err, Duration: time.Since(start)}
+	if err == nil {
+		a.Status = resp.StatusCode
+		resp.Body.Close()
+	}
+	if !a.NotFound() {
+		db.forget(route)
+	}
+	s.writeSumDBError(w, r, req, upstream.Result{Attempts: []upstream.Attempt{a}})
+}
+
+func (s *Server) writeSumDBError(w http.ResponseWriter, r *http.Request, req Request, res upstream.Result) {
+	if r.Context().Err() != nil {
+		return
+	}
+	status := res.Status()
+	if status == http.StatusForbidden {
+		status = http.StatusBadGateway
+	}
+	lines := []string{describeRequest(req) + ": " + http.StatusText(status)}
+	if status == http.StatusNotFound {
+		lines[0] = describeRequest(req) + ": not found"
+	}
+	for _, a := range res.Attempts {
+		lines = append(lines, a.String())
+	}
+	writeError(w, status, lines...)
+}

@@ -1,0 +1,265 @@
+package upstream
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"path"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+)
+
+// ParseList turns a GOPROXY-syntax list ("URL,URL|URL,direct") into upstream
+// configs, as the go command reads GOPROXY: a bare host gets https://,
+// empty entries are ignored, and nothing after "direct" or "off" is kept
+// because those entries always end the walk.
+func ParseList(list string) ([]Config, error) {
+	var cfgs []Config
+	for list != "" {
+		entry, sep := list, byte(0)
+		list = ""
+		if i := strings.IndexAny(entry, ",|"); i >= 0 {
+			entry, sep, list = entry[:i], entry[i], entry[i+1:]
+		}
+		entry = strings.TrimSpace(entry)
+		if entry == "" {
+			continue
+		}
+		cfg := Config{URL: entry}
+		if sep == '|' {
+			cfg.Fallthrough = OnError
+		}
+		switch {
+		case entry == "direct" || entry == "off":
+		case !strings.ContainsAny(entry, ".:/"):
+			return nil, fmt.Errorf("upstream list: unknown keyword %q (want a URL, direct or off)", entry)
+		case strings.Contains(entry, ":/"):
+		case filepath.IsAbs(entry) || path.IsAbs(entry):
+			return nil, fmt.Errorf("upstream list: %q must be a URL (file://%s)", entry, entry)
+		default:
+			cfg.URL = "https://" + entry
+		}
+		cfgs = append(cfgs, cfg)
+		if entry == "direct" || entry == "off" {
+			break
+		}
+	}
+	if len(cfgs) == 0 {
+		return nil, errors.New("upstream list is empty")
+	}
+	return cfgs, nil
+}
+
+// Attempt is what one upstream did with one request.
+type Attempt struct {
+	Upstream *Upstream
+	Status   int    // 0 when no response was had
+	Err      error  // why no response was had, or why the walk skipped it
+	Detail   string // first line of the upstream's text/plain error body
+	Duration time.Duration
+}
+
+// NotFound reports whether the upstream said the artifact does not exist,
+// which is how proxies say "try the next one".
+func (a Attempt) NotFound() bool {
+	return a.Err == nil && (a.Status == http.StatusNotFound || a.Status == http.StatusGone)
+}
+
+// Timeout reports whether the attempt ran out of time.
+func (a Attempt) Timeout() bool { return isTimeout(a.Err) }
+
+// String says what happened in a few words, e.g. "public: 404 Not Found".
+func (a Attempt) String() string {
+	var b strings.Builder
+	b.WriteString(a.Upstream.Name)
+	b.WriteString(": ")
+	switch {
+	case a.Err != nil:
+		b.WriteString(describe(a.Err, a.Upstream))
+	default:
+		b.WriteString(strconv.Itoa(a.Status))
+		if t := http.StatusText(a.Status); t != "" {
+			b.WriteString(" " + t)
+		}
+		if a.Detail != "" {
+			fmt.Fprintf(&b, " (%s)", a.Detail)
+		}
+	}
+	return b.String()
+}
+
+// Result is the outcome of walking the chain for one request.
+type Result struct {
+	// Response is the first 200 answer; nil when there was none. The caller
+	// must close its body.
+	Response *http.Response
+	// Upstream answered Response.
+	Upstream *Upstream
+	// Attempts lists every upstream that was asked or skipped, in order,
+	// excluding the one that answered 200.
+	Attempts []Attempt
+	// End is Direct or Off when the walk reached such an entry.
+	End Kind
+	// Stopped is set when the walk ended at a failure that a "," entry
+	// does not fall through, with upstreams left unasked.
+	Stopped bool
+}
+
+// Status is the status modgate answers with when there is no Response,
+// ranked as the go command ranks a chain's errors: a real failure outranks
+// "not found", so "500|404" is an error and "404,404" is not found.
+func (r Result) Status() int {
+	switch {
+	case r.Response != nil:
+		return http.StatusOK
+	case r.End == Off:
+		return http.StatusForbidden
+	}
+	status := http.StatusNotFound
+	for _, a := range r.Attempts {
+		switch {
+		case a.NotFound():
+		case a.Timeout():
+			status = http.StatusGatewayTimeout
+		default:
+			if status == http.StatusNotFound {
+				status = http.StatusBadGateway
+			}
+		}
+	}
+	return status
+}
+
+// Chain is the ordered list of upstreams of one modgate.
+type Chain struct {
+	list []*Upstream
+}
+
+// NewChain builds the upstreams of cfgs, naming each after its host when the
+// config gives no name (with a numeric suffix when two share a host).
+func NewChain(cfgs []Config, opts Options) (*Chain, error) {
+	c := &Chain{}
+	seen := map[string]bool{}
+	for _, cfg := range cfgs {
+		u, err := New(cfg, opts)
+		if err != nil {
+			return nil, err
+		}
+		if cfg.Name == "" {
+			name := u.Name
+			for i := 2; seen[u.Name]; i++ {
+				u.Name = fmt.Sprintf("%s-%d", name, i)
+			}
+		} else if seen[u.Name] {
+			return nil, fmt.Errorf("two upstreams are named %q", u.Name)
+		}
+		seen[u.Name] = true
+		c.list = append(c.list, u)
+		if u.Kind != Proxy {
+			break
+		}
+	}
+	if len(c.list) == 0 {
+		return nil, errors.New("no upstreams")
+	}
+	return c, nil
+}
+
+// Upstreams returns the chain's entries in order.
+func (c *Chain) Upstreams() []*Upstream { return c.list }
+
+// Walk asks each upstream in turn for path until one answers 200, moving on
+// as GOPROXY does: after a "," entry only on 404/410, after a "|" entry on
+// any failure. skip, if not nil, returns a reason to pass an upstream by
+// without asking it (a skipped upstream counts as not found).
+func (c *Chain) Walk(ctx context.Context, method, path string, hdr http.Header, skip func(*Upstream) error) Result {
+	var r Result
+	for i, u := range c.list {
+		if u.Kind != Proxy {
+			r.End = u.Kind
+			return r
+		}
+		if skip != nil {
+			if err := skip(u); err != nil {
+				r.Attempts = append(r.Attempts, Attempt{Upstream: u, Status: http.StatusNotFound, Detail: err.Error()})
+				continue
+			}
+		}
+		start := time.Now()
+		resp, err := u.Get(ctx, method, path, hdr)
+		a := Attempt{Upstream: u, Err: err}
+		if err == nil {
+			if resp.StatusCode == http.StatusOK {
+				r.Response, r.Upstream = resp, u
+				return r
+			}
+			a.Status = resp.StatusCode
+			a.Detail = errorDetail(resp)
+		}
+		a.Duration = time.Since(start)
+		r.Attempts = append(r.Attempts, a)
+		if ctx.Err() != nil {
+			// The client went away: asking anyone else helps nobody.
+			return r
+		}
+		if !a.NotFound() && u.Fallthrough != OnError {
+			r.Stopped = i < len(c.list)-1
+			return r
+		}
+	}
+	return r
+}
+
+// errorDetail reads the first line of a text/plain error body, cleaned so
+// that it is safe to print on a developer's terminal, and closes the body.
+func errorDetail(resp *http.Response) string {
+	defer resp.Body.Close()
+	ct := resp.Header.Get("Content-Type")
+	if !strings.HasPrefix(ct, "text/plain") {
+		return ""
+	}
+	line, _ := bufio.NewReader(io.LimitReader(resp.Body, 512)).ReadString('\n')
+	line = strings.Map(func(r rune) rune {
+		if r == unicode.ReplacementChar || !unicode.IsGraphic(r) {
+			return -1
+		}
+		return r
+	}, strings.TrimSpace(line))
+	const max = 120
+	if len(line) > max {
+		line = line[:max] + "..."
+	}
+	return line
+}
+
+func isTimeout(err error) bool {
+	if err == nil {
+		return false
+	}
+	var ne net.Error
+	return errors.Is(err, ErrStalled) || errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
+}
+
+// describe turns a transport error into words for a developer: the cause,
+// without the request URL that *url.Error repeats.
+func describe(err error, u *Upstream) string {
+	if errors.Is(err, ErrStalled) {
+		return fmt.Sprintf("body stalled: no data for %s", u.Timeouts.Idle)
+	}
+	if ue := (*url.Error)(nil); errors.As(err, &ue) {
+		err = ue.Err
+	}
+	msg := err.Error()
+	if strings.Contains(msg, "timeout awaiting response headers") {
+		return fmt.Sprintf("no response headers within %s", u.Timeouts.Header)
+	}
+	return msg
+}

@@ -1,0 +1,312 @@
+// Package upstream is one module proxy (or checksum database) that modgate
+// forwards to, and the chain of them walked with the go command's GOPROXY
+// semantics.
+package upstream
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Fallthrough says when the chain may move past an upstream that did not
+// answer 200, as the separator after it does in GOPROXY.
+type Fallthrough int
+
+const (
+	// OnNotFound moves on only after 404 or 410 (GOPROXY ",").
+	OnNotFound Fallthrough = iota
+	// OnError moves on after any failure (GOPROXY "|").
+	OnError
+)
+
+func (f Fallthrough) String() string {
+	if f == OnError {
+		return "error"
+	}
+	return "notfound"
+}
+
+// Kind is what an upstream entry is.
+type Kind int
+
+const (
+	// Proxy is an http, https or file upstream that speaks the GOPROXY protocol.
+	Proxy Kind = iota
+	// Direct ends the chain with "go direct": modgate answers 404 so that the
+	// go command fetches from the origin itself.
+	Direct
+	// Off ends the chain with "module lookup disabled": modgate answers 403.
+	Off
+)
+
+// Timeouts bound each phase of an upstream request. The go command has no
+// timeout of its own, so these are what keeps a stalled upstream from
+// hanging a build. A zero field takes the default from DefaultTimeouts.
+type Timeouts struct {
+	Dial   time.Duration // TCP connect
+	TLS    time.Duration // TLS handshake
+	Header time.Duration // from request written to response headers read
+	Idle   time.Duration // longest pause between two reads of the body
+}
+
+// DefaultTimeouts are the timeouts of DESIGN.md.
+var DefaultTimeouts = Timeouts{Dial: 10 * time.Second, TLS: 10 * time.Second, Header: 60 * time.Second, Idle: 60 * time.Second}
+
+func (t Timeouts) withDefaults() Timeouts {
+	d := DefaultTimeouts
+	if t.Dial > 0 {
+		d.Dial = t.Dial
+	}
+	if t.TLS > 0 {
+		d.TLS = t.TLS
+	}
+	if t.Header > 0 {
+		d.Header = t.Header
+	}
+	if t.Idle > 0 {
+		d.Idle = t.Idle
+	}
+	return d
+}
+
+// Config describes one upstream. It is plain data, filled by the CLI.
+type Config struct {
+	// Name identifies the upstream in logs, error answers and telemetry.
+	// If empty, it is derived from the URL's host.
+	Name string
+	// URL is an http://, https:// or file:// base URL, or "direct" or "off".
+	URL string
+	// Private upstreams may receive private module paths.
+	Private bool
+	// Fallthrough says when the chain moves past this upstream.
+	Fallthrough Fallthrough
+	// Timeouts bound each phase of a request to this upstream.
+	Timeouts Timeouts
+}
+
+// Options are the settings shared by every upstream of a process.
+type Options struct {
+	// RootCAs verifies upstream certificates. If nil, the system pool is used.
+	RootCAs *x509.CertPool
+	// Resolve maps "host:port" to the "addr:port" to dial instead, like
+	// curl --resolve. Certificates are still checked against host.
+	Resolve map[string]string
+	// Via is the token added to the Via header of every upstream request, so
+	// that a request that comes back to this process can be recognised.
+	Via string
+	// UserAgent is sent with every upstream request. If empty, "modgate".
+	UserAgent string
+}
+
+// Upstream is one entry of the chain. Its methods are safe for concurrent use.
+type Upstream struct {
+	Name        string
+	Kind        Kind
+	Source      string   // the URL as configured
+	URL         *url.URL // nil for Direct and Off
+	Private     bool
+	Fallthrough Fallthrough
+	Timeouts    Timeouts
+
+	client    *http.Client
+	via       string
+	userAgent string
+}
+
+// New returns the upstream that cfg describes.
+func New(cfg Config, opts Options) (*Upstream, error) {
+	u := &Upstream{
+		Name:        cfg.Name,
+		Source:      cfg.URL,
+		Private:     cfg.Private,
+		Fallthrough: cfg.Fallthrough,
+		Timeouts:    cfg.Timeouts.withDefaults(),
+		via:         opts.Via,
+		userAgent:   opts.UserAgent,
+	}
+	if u.userAgent == "" {
+		u.userAgent = "modgate"
+	}
+	switch cfg.URL {
+	case "direct":
+		u.Kind = Direct
+	case "off":
+		u.Kind = Off
+	}
+	if u.Kind != Proxy {
+		if u.Name == "" {
+			u.Name = cfg.URL
+		}
+		return u, nil
+	}
+	base, err := url.Parse(cfg.URL)
+	if err != nil {
+		return nil, fmt.Errorf("upstream %q: %v", cfg.URL, err)
+	}
+	var rt http.RoundTripper
+	switch base.Scheme {
+	case "http", "https":
+		if base.Host == "" {
+			return nil, fmt.Errorf("upstream %q: no host", cfg.URL)
+		}
+		if base.RawQuery != "" || base.Fragment != "" {
+			return nil, fmt.Errorf("upstream %q: a proxy URL has no query or fragment", cfg.URL)
+		}
+		rt = newTransport(u.Timeouts, opts)
+	case "file":
+		dir := base.Path
+		if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+			return nil, fmt.Errorf("upstream %q: %s is not a directory", cfg.URL, dir)
+		}
+		rt = http.NewFileTransportFS(os.DirFS(dir))
+		// The file transport joins paths under "/"; keep only that part.
+		base = &url.URL{Scheme: "file", Path: "/"}
+	default:
+		return nil, fmt.Errorf("upstream %q: scheme must be http, https or file (or the words direct, off)", cfg.URL)
+	}
+	base.Path = strings.TrimSuffix(base.Path, "/")
+	base.RawPath = ""
+	u.URL = base
+	if u.Name == "" {
+		u.Name = base.Host
+		if base.Scheme == "file" {
+			u.Name = "file:" + cfg.URL[len("file://"):]
+		}
+	}
+	u.client = &http.Client{
+		Transport: rt,
+		// Redirects are followed by the client, at most a few times: an
+		// upstream may send artifacts to a CDN.
+		CheckRedirect: func(req *http.Request, via []*http.Request) error {
+			if len(via) >= maxRedirects {
+				return fmt.Errorf("stopped after %d redirects", maxRedirects)
+			}
+			return nil
+		},
+	}
+	return u, nil
+}
+
+const maxRedirects = 5
+
+func newTransport(t Timeouts, opts Options) *http.Transport {
+	dialer := &net.Dialer{Timeout: t.Dial, KeepAlive: 30 * time.Second}
+	dial := dialer.DialContext
+	if len(opts.Resolve) > 0 {
+		dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			if to, ok := opts.Resolve[addr]; ok {
+				addr = to
+			}
+			return dialer.DialContext(ctx, network, addr)
+		}
+	}
+	return &http.Transport{
+		// No Proxy: the sidecar never reads proxy variables from its own
+		// environment, or requests could loop back into it.
+		Proxy:                 nil,
+		DialContext:           dial,
+		TLSClientConfig:       &tls.Config{RootCAs: opts.RootCAs, MinVersion: tls.VersionTLS12},
+		TLSHandshakeTimeout:   t.TLS,
+		ResponseHeaderTimeout: t.Header,
+		IdleConnTimeout:       90 * time.Second,
+		MaxIdleConnsPerHost:   64,
+		ForceAttemptHTTP2:     true,
+		// Bodies pass through byte for byte; Content-Length and
+		// Content-Encoding must reach the client as the upstream sent them.
+		DisableCompression: true,
+	}
+}
+
+// Get fetches path (an escaped path beginning with "/", e.g.
+// "/example.test/m/@v/list") from the upstream. hdr adds request headers
+// (Via and User-Agent are set here). Any status is returned as a response;
+// an error means no response was had. The body is bounded by the idle
+// timeout: a read that waits longer fails with ErrStalled.
+func (u *Upstream) Get(ctx context.Context, method, path string, hdr http.Header) (*http.Response, error) {
+	if u.Kind != Proxy {
+		return nil, fmt.Errorf("upstream %s is %q, not a proxy", u.Name, u.Name)
+	}
+	target := *u.URL
+	target.Path = u.URL.Path + path
+	ctx, cancel := context.WithCancelCause(ctx)
+	req, err := http.NewRequestWithContext(ctx, method, target.String(), nil)
+	if err != nil {
+		cancel(nil)
+		return nil, err
+	}
+	for k, vs := range hdr {
+		req.Header[k] = vs
+	}
+	req.Header.Set("User-Agent", u.userAgent)
+	if u.via != "" {
+		via := "1.1 " + u.via
+		if prev := req.Header.Get("Via"); prev != "" {
+			via = prev + ", " + via
+		}
+		req.Header.Set("Via", via)
+	}
+	resp, err := u.client.Do(req)
+	if err != nil {
+		cancel(nil)
+		return nil, err
+	}
+	resp.Body = newStallReader(resp.Body, u.Timeouts.Idle, cancel)
+	return resp, nil
+}
+
+// ErrStalled is the cause of a body read that waited longer than the
+// upstream's idle timeout.
+var ErrStalled = errors.New("body stalled")
+
+// stallReader cancels the request when no read completes within idle, so a
+// body that stops arriving fails instead of hanging the client forever.
+type stallReader struct {
+	body   io.ReadCloser
+	idle   time.Duration
+	cancel context.CancelCauseFunc
+	timer  *time.Timer
+	fired  atomic.Bool
+	once   sync.Once
+}
+
+func newStallReader(body io.ReadCloser, idle time.Duration, cancel context.CancelCauseFunc) *stallReader {
+	s := &stallReader{body: body, idle: idle, cancel: cancel}
+	s.timer = time.AfterFunc(idle, func() {
+		s.fired.Store(true)
+		cancel(ErrStalled)
+	})
+	return s
+}
+
+func (s *stallReader) Read(p []byte) (int, error) {
+	n, err := s.body.Read(p)
+	switch {
+	case err == nil:
+		s.timer.Reset(s.idle)
+	case !errors.Is(err, io.EOF) && s.fired.Load():
+		// A read cut by the stall timer reports "context canceled"; say why.
+		err = fmt.Errorf("%w: no data for %s", ErrStalled, s.idle)
+	}
+	return n, err
+}
+
+func (s *stallReader) Close() error {
+	err := s.body.Close()
+	s.once.Do(func() {
+		s.timer.Stop()
+		s.cancel(nil)
+	})
+	return err
+}
