@@ -1,0 +1,193 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/modgate/modgate/sidecar/upstream"
+)
+
+// load runs the config loader with a config file body (if any), an
+// environment and flags, and a fake `go env`.
+func load(t *testing.T, file string, env map[string]string, args ...string) (Config, error) {
+	t.Helper()
+	if file != "" {
+		path := filepath.Join(t.TempDir(), "modgate.yaml")
+		if err := os.WriteFile(path, []byte(file), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		args = append([]string{"--config", path}, args...)
+	}
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	var f runFlags
+	f.register(fs)
+	if err := fs.Parse(args); err != nil {
+		t.Fatal(err)
+	}
+	l := loader{
+		getenv: func(k string) string { return env[k] },
+		goenv: func(ctx context.Context, names ...string) ([]string, error) {
+			if env["GOENV_FAILS"] != "" {
+				return nil, errors.New("go: not found")
+			}
+			return []string{"https://proxy.example.test,direct", "sum.example.test+key"}, nil
+		},
+	}
+	cfg, _, err := l.load(fs, &f)
+	return cfg, err
+}
+
+func TestLoadDefaultsFromGoEnv(t *testing.T) {
+	cfg, err := load(t, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Listen != "127.0.0.1:7070" || cfg.Admin != "127.0.0.1:7071" {
+		t.Errorf("listen %q admin %q", cfg.Listen, cfg.Admin)
+	}
+	want := []UpstreamConfig{{URL: "https://proxy.example.test", Fallthrough: "notfound"}, {URL: "direct", Fallthrough: "notfound"}}
+	if len(cfg.Upstreams) != 2 || cfg.Upstreams[0] != want[0] || cfg.Upstreams[1] != want[1] {
+		t.Errorf("upstreams %+v; want %+v", cfg.Upstreams, want)
+	}
+	if cfg.SumDB.Name != "sum.example.test" {
+		t.Errorf("sumdb %q", cfg.SumDB.Name)
+	}
+}
+
+func TestLoadFallsBackToEnvironment(t *testing.T) {
+	cfg, err := load(t, "", map[string]string{"GOENV_FAILS": "1", "GOPROXY": "https://env.example.test|off", "GOSUMDB": "off"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Upstreams) != 2 || cfg.Upstreams[0].Fallthrough != "error" || cfg.Upstreams[1].URL != "off" {
+		t.Errorf("upstreams %+v", cfg.Upstreams)
+	}
+	if cfg.SumDB.Name != "off" {
+		t.Errorf("sumdb %q", cfg.SumDB.Name)
+	}
+	_, err = load(t, "", map[string]string{"GOENV_FAILS": "1"})
+	if err == nil || !strings.Contains(err.Error(), "no upstream: `go env GOPROXY` failed (go: not found) and $GOPROXY is empty") {
+		t.Errorf("error = %v", err)
+	}
+}
+
+func TestLoadPrecedence(t *testing.T) {
+	file := `
+listen: 127.0.0.1:1001
+admin: 127.0.0.1:1002
+upstreams:
+  - name: internal
+    url: https://mods.corp.example.test
+    private: true
+    fallthrough: error
+    timeouts: {dial: 1s, header: 2m}
+  - url: direct
+sumdb: {name: sum.fixture.test}
+`
+	cfg, err := load(t, file, map[string]string{"MODGATE_LISTEN": "127.0.0.1:2001", "MODGATE_ADMIN": "127.0.0.1:2002"}, "--listen", "127.0.0.1:3001")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Listen != "127.0.0.1:3001" {
+		t.Errorf("listen %q: the flag should win", cfg.Listen)
+	}
+	if cfg.Admin != "127.0.0.1:2002" {
+		t.Errorf("admin %q: the environment should beat the file", cfg.Admin)
+	}
+	u := cfg.Upstreams[0]
+	if u.Name != "internal" || !u.Private || u.Fallthrough != "error" || u.Timeouts.Dial != time.Second || u.Timeouts.Header != 2*time.Minute {
+		t.Errorf("upstream %+v", u)
+	}
+	if cfg.SumDB.Name != "sum.fixture.test" {
+		t.Errorf("sumdb %q: the file should beat go env", cfg.SumDB.Name)
+	}
+
+	cfg, err = load(t, file, map[string]string{"MODGATE_UPSTREAM": "https://a.example.test|https://b.example.test"}, "--resolve", "a.example.test:443=127.0.0.1:9")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Upstreams) != 2 || cfg.Upstreams[0].URL != "https://a.example.test" || cfg.Upstreams[0].Fallthrough != "error" {
+		t.Errorf("MODGATE_UPSTREAM did not replace the file's chain: %+v", cfg.Upstreams)
+	}
+	if cfg.Resolve["a.example.test:443"] != "127.0.0.1:9" {
+		t.Errorf("resolve %v", cfg.Resolve)
+	}
+}
+
+func TestLoadErrorsNameKeyAndLine(t *testing.T) {
+	tests := []struct {
+		name, file string
+		env        map[string]string
+		args       []string
+		want       string
+	}{
+		{name: "unknown top-level key", file: "listen: 127.0.0.1:1\nlisen: x\n", want: "modgate.yaml:2: lisen: unknown key \"lisen\""},
+		{name: "unknown nested key", file: "upstreams:\n  - url: https://a.example.test\n    brekr: 1\n", want: "modgate.yaml:3: upstreams[0].brekr: unknown key \"brekr\""},
+		{name: "bad duration", file: "upstreams:\n  - url: https://a.example.test\n    timeouts:\n      dial: soon\n", want: "modgate.yaml:4: upstreams[0].timeouts.dial: invalid value \"soon\", want a duration like 10s"},
+		{name: "bad bool", file: "upstreams:\n  - url: https://a.example.test\n    private: maybe\n", want: "modgate.yaml:3: upstreams[0].private: invalid value \"maybe\", want true or false"},
+		{name: "bad fallthrough", file: "upstreams:\n  - url: https://a.example.test\n    fallthrough: sometimes\n", want: "modgate.yaml:3: upstreams[0].fallthrough: \"sometimes\": want notfound"},
+		{name: "bad url", file: "upstreams:\n  - url: https://a.example.test\n  - url: ftp://b.example.test\n", want: "modgate.yaml:3: upstreams[1].url: \"ftp://b.example.test\": want an http, https or file URL"},
+		{name: "missing url", file: "upstreams:\n  - name: a\n", want: "modgate.yaml:2: upstreams[0].url: missing"},
+		{name: "bad listen from env", env: map[string]string{"MODGATE_LISTEN": "7070"}, want: "MODGATE_LISTEN: listen: \"7070\" is not host:port"},
+		{name: "bad listen from flag", args: []string{"--listen", "nowhere"}, want: "--listen: listen: \"nowhere\" is not host:port"},
+		{name: "bad upstream flag", args: []string{"--upstream", "bogus"}, want: "--upstream: upstreams: upstream list: unknown keyword \"bogus\""},
+		{name: "bad log level", file: "log:\n  level: loud\n", want: "modgate.yaml:2: log.level: \"loud\": want debug"},
+		{name: "bad sumdb", file: "sumdb: {name: \"https://sum.example.test\"}\n", want: "modgate.yaml:1: sumdb.name:"},
+		{name: "missing CA file", file: "tls_ca_file: /does/not/exist.pem\n", want: "modgate.yaml:1: tls_ca_file: open /does/not/exist.pem"},
+		{name: "not yaml", file: "listen: [\n", want: "modgate.yaml: "},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := load(t, tt.file, tt.env, tt.args...)
+			if err == nil {
+				t.Fatalf("no error; want %q", tt.want)
+			}
+			msg := err.Error()
+			if i := strings.Index(msg, "modgate.yaml"); i > 0 {
+				msg = msg[i:] // drop the temporary directory
+			}
+			if !strings.Contains(msg, tt.want) {
+				t.Errorf("error = %q; want %q", msg, tt.want)
+			}
+		})
+	}
+}
+
+func TestValidateBuildsSidecarConfig(t *testing.T) {
+	cfg := defaultConfig()
+	cfg.Upstreams = []UpstreamConfig{{Name: "a", URL: "https://a.example.test", Fallthrough: "error", Private: true, Timeouts: TimeoutsConfig{Idle: time.Second}}}
+	cfg.SumDB.Name = "sum.example.test"
+	sc, err := cfg.validate(origins{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := upstream.Config{Name: "a", URL: "https://a.example.test", Private: true, Fallthrough: upstream.OnError, Timeouts: upstream.Timeouts{Idle: time.Second}}
+	if sc.Upstreams[0] != want || sc.SumDB != "sum.example.test" || sc.Listen != "127.0.0.1:7070" {
+		t.Errorf("sidecar config %+v", sc)
+	}
+}
+
+func FuzzParseFile(f *testing.F) {
+	f.Add("listen: 127.0.0.1:1\nupstreams:\n  - url: https://a.example.test\n    timeouts: {dial: 1s}\n")
+	f.Add("upstreams: [{url: direct}]\nresolve: {\"a:443\": \"127.0.0.1:1\"}\n")
+	f.Add("log: {level: debug}\nbogus: 1\n")
+	f.Fuzz(func(t *testing.T, data string) {
+		cfg := defaultConfig()
+		o := origins{}
+		if err := parseFile("f.yaml", []byte(data), &cfg, o); err != nil {
+			if !strings.HasPrefix(err.Error(), "f.yaml") {
+				t.Fatalf("error does not name the file: %v", err)
+			}
+			return
+		}
+		cfg.validate(o) // must not panic
+	})
+}
