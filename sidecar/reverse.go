@@ -3,6 +3,7 @@ package sidecar
 import (
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -54,11 +55,36 @@ func upstreamHeader(r *http.Request) http.Header {
 	return h
 }
 
-// relay streams a 200 answer to the client. If the upstream's body breaks
-// mid-way the connection is aborted, so that the client sees a failed
-// transfer and never a short body that looks complete.
+// bufferLimit is the largest body that is read whole before the answer
+// starts (.info, .mod, most lists): if the upstream breaks off such a body,
+// the client still gets a status and an explanation instead of a cut
+// connection.
+const bufferLimit = 64 << 10
+
+// relay passes a 200 answer to the client. Small bodies of known length are
+// read first; others stream, and if the upstream's body breaks mid-way the
+// connection is aborted, so that the client sees a failed transfer and
+// never a short body that looks complete.
 func (s *Server) relay(w http.ResponseWriter, r *http.Request, req Request, resp *http.Response, u *upstream.Upstream) {
 	defer resp.Body.Close()
+	if n := resp.ContentLength; n >= 0 && n <= bufferLimit && r.Method != http.MethodHead {
+		body, err := io.ReadAll(resp.Body)
+		if err == nil && int64(len(body)) != n {
+			err = io.ErrUnexpectedEOF
+		}
+		if err != nil {
+			if r.Context().Err() == nil {
+				s.log.Warn("upstream body failed", "upstream", u.Name, "kind", req.Kind, "path", r.URL.Path, "bytes", len(body), "err", err)
+				writeError(w, http.StatusBadGateway, describeRequest(req)+": the upstream broke off the answer",
+					fmt.Sprintf("%s: body cut after %d of %d bytes: %v", u.Name, len(body), n, err))
+			}
+			return
+		}
+		copyHeader(w.Header(), resp.Header)
+		w.WriteHeader(http.StatusOK)
+		w.Write(body)
+		return
+	}
 	copyHeader(w.Header(), resp.Header)
 	w.WriteHeader(http.StatusOK)
 	if r.Method == http.MethodHead {
@@ -85,6 +111,8 @@ func (s *Server) writeChainError(w http.ResponseWriter, r *http.Request, req Req
 	lines := make([]string, 0, len(res.Attempts)+2)
 	subject := describeRequest(req)
 	switch {
+	case status == http.StatusLoopDetected:
+		lines = append(lines, subject+": request loop: an upstream leads back to a modgate this request already passed")
 	case status == http.StatusForbidden:
 		lines = append(lines, subject+": module lookup disabled by GOPROXY=off in modgate's upstream chain")
 	case res.End == upstream.Direct:

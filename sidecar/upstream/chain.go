@@ -115,13 +115,16 @@ type Result struct {
 
 // Status is the status modgate answers with when there is no Response,
 // ranked as the go command ranks a chain's errors: a real failure outranks
-// "not found", so "500|404" is an error and "404,404" is not found.
+// "not found", so "500|404" is an error and "404,404" is not found. A loop
+// outranks everything, so that every modgate on it says so.
 func (r Result) Status() int {
 	switch {
 	case r.Response != nil:
 		return http.StatusOK
 	case r.End == Off:
 		return http.StatusForbidden
+	case r.Loop():
+		return http.StatusLoopDetected
 	}
 	status := http.StatusNotFound
 	for _, a := range r.Attempts {
@@ -136,6 +139,16 @@ func (r Result) Status() int {
 		}
 	}
 	return status
+}
+
+// Loop reports whether an upstream answered 508 Loop Detected.
+func (r Result) Loop() bool {
+	for _, a := range r.Attempts {
+		if a.Status == http.StatusLoopDetected {
+			return true
+		}
+	}
+	return false
 }
 
 // Chain is the ordered list of upstreams of one modgate.
