@@ -78,8 +78,8 @@ func startGate(t *testing.T, cfg sidecar.Config) string {
 // env is one end-to-end set-up: fixtures, a checksum database, a go command
 // whose GOPROXY is modgate.
 type env struct {
-	fx *modtest.Fixtures
-	db *modtest.SumDB
+	fx  *modtest.Fixtures
+	db  *modtest.SumDB
 	go_ *modtest.Go
 }
 
@@ -610,5 +610,22 @@ func TestGracefulShutdownFinishesInFlight(t *testing.T) {
 	}
 	if _, err := net.DialTimeout("tcp", ln.Addr().String(), time.Second); err == nil {
 		t.Errorf("still accepting after shutdown")
+	}
+}
+
+func TestHTTPSUpstream(t *testing.T) {
+	e := newEnv(t)
+	p := modtest.NewProxyTLS(t, e.fx, modtest.WithSumDB(e.db))
+	e.gate(t, upstream.Config{Name: "tls", URL: p.URL})
+	// Without the upstream's CA, modgate refuses the certificate and says so.
+	out, err := e.download("fixture.test/dep05@v1.1.0")
+	if err == nil || !strings.Contains(out, "tls: failed to verify certificate") {
+		t.Errorf("untrusted upstream: err=%v\n%s", err, out)
+	}
+
+	url := startGate(t, sidecar.Config{Upstreams: []upstream.Config{{Name: "tls", URL: p.URL}}, RootCAs: p.CertPool()})
+	e.go_.UseProxy(url, e.db)
+	if out, err := e.download("fixture.test/dep05@v1.1.0"); err != nil {
+		t.Fatalf("go mod download: %v\n%s", err, out)
 	}
 }

@@ -124,4 +124,3 @@ func procStatus(b *testing.B, field string) int64 {
 	b.Skipf("no %s in /proc/self/status", field)
 	return 0
 }
-

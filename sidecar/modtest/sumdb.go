@@ -1,0 +1,105 @@
+package modtest
+
+import (
+	"crypto/rand"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+
+	"golang.org/x/mod/sumdb"
+	"golang.org/x/mod/sumdb/note"
+)
+
+// A SumDB is a real checksum database: a signed, tiled transparency log
+// built with golang.org/x/mod/sumdb, whose records are the go.sum lines of a
+// [Fixtures] set ([Fixtures.GoSumLines]). Records are added on first lookup,
+// as the public databases do, so modules added to the fixtures later are
+// found too.
+type SumDB struct {
+	// Name is the database name, e.g. "sum.fixture.test".
+	Name string
+	// VerifierKey is the database's public key, the value of GOSUMDB that
+	// makes the go command trust this database.
+	VerifierKey string
+
+	handler http.Handler
+	rec     *recorder
+}
+
+// NewSumDB creates a database named name (a host name such as
+// "sum.fixture.test") with a fresh signing key, serving fx. It starts no
+// server: serve it through a proxy with [WithSumDB], or on its own with
+// [SumDB.Serve].
+func NewSumDB(t testing.TB, name string, fx *Fixtures) *SumDB {
+	t.Helper()
+	skey, vkey, err := note.GenerateKey(rand.Reader, name)
+	if err != nil {
+		t.Fatalf("modtest: sumdb key for %q: %v", name, err)
+	}
+	// The go command accepts only names of the form host[/path].
+	if _, err := note.NewVerifier(vkey); err != nil {
+		t.Fatalf("modtest: sumdb name %q: %v", name, err)
+	}
+	if u, err := url.Parse("https://" + name); err != nil || u.Host == "" || u.RawPath != "" || strings.HasSuffix(name, "/") ||
+		*u != (url.URL{Scheme: "https", Host: u.Host, Path: u.Path}) {
+		t.Fatalf("modtest: sumdb name %q is not of the form host[/path]", name)
+	}
+	if fx == nil {
+		fx = &Fixtures{}
+	}
+	return &SumDB{
+		Name:        name,
+		VerifierKey: vkey,
+		handler:     sumdb.NewServer(sumdb.NewTestServer(skey, fx.GoSumLines)),
+		rec:         &recorder{},
+	}
+}
+
+// Handler returns the database's HTTP handler, which serves /lookup/<module>@<version>,
+// /tile/... and /latest at its root. Unknown modules answer 404. Requests
+// through Handler are not counted; a [Proxy] counts the ones it passes on.
+func (db *SumDB) Handler() http.Handler { return db.handler }
+
+// Serve starts a plain HTTP server for the database on 127.0.0.1, closed
+// when the test ends, and returns its URL. The server applies the same
+// path-selected faults as a [Proxy] (/f/<fault>/...) and counts requests in
+// db's counters. Use [SumDB.GOSUMDB] to point the go command at it directly.
+func (db *SumDB) Serve(t testing.TB) string {
+	t.Helper()
+	return startFaultServer(t, db.handler, db.rec, false, nil).srv.URL
+}
+
+// ServeTLS is [SumDB.Serve] over HTTPS. It also returns the PEM encoding of
+// the server's self-signed certificate, for clients to trust.
+func (db *SumDB) ServeTLS(t testing.TB) (url string, caPEM []byte) {
+	t.Helper()
+	s := startFaultServer(t, db.handler, db.rec, true, nil)
+	return s.srv.URL, s.certPEM()
+}
+
+// GOSUMDB returns the GOSUMDB value that makes the go command use this
+// database at url, bypassing any proxy: "<VerifierKey> <url>". With url ""
+// it returns VerifierKey alone, so the go command reaches the database
+// through its GOPROXY (see [WithSumDB]).
+func (db *SumDB) GOSUMDB(url string) string {
+	if url == "" {
+		return db.VerifierKey
+	}
+	return db.VerifierKey + " " + url
+}
+
+// Count returns how many requests the servers started by [SumDB.Serve] and
+// [SumDB.ServeTLS] received with fault prefix fault, or without one when
+// fault is "".
+func (db *SumDB) Count(fault string) int { return db.rec.count(fault) }
+
+// Requests returns the path of every request those servers received, in
+// order of arrival. The slice is a copy.
+func (db *SumDB) Requests() []string { return db.rec.requests() }
+
+// CountMatching returns how many request paths contain substr.
+func (db *SumDB) CountMatching(substr string) int { return db.rec.countMatching(substr) }
+
+// Reset forgets all requests counted so far. The log itself is kept.
+func (db *SumDB) Reset() { db.rec.reset() }
