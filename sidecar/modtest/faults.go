@@ -173,6 +173,9 @@ func splitFault(path string) (fault, rest string, ok bool) {
 		return "", path, false
 	}
 	fault, rest, _ = strings.Cut(after, "/")
+	if fault == "" {
+		return "", path, false // "/f//...": no fault named
+	}
 	return fault, "/" + rest, true
 }
 

@@ -62,6 +62,8 @@ func TestFaultStatuses(t *testing.T) {
 		{"slowx", 400, ""},
 		{"429rax", 400, ""},
 		{"flaky101", 400, ""},
+		{"flaky-1", 400, ""},
+		{"slow-5", 400, ""},
 	} {
 		for _, path := range []string{"/fixture.test/app/@v/list", zipPath, "/sumdb/sum.fixture.test/supported"} {
 			url := p.URL + "/f/" + tc.fault + path
@@ -85,6 +87,11 @@ func TestFaultStatuses(t *testing.T) {
 	}
 	if p.Count("") != 0 {
 		t.Errorf("Count(\"\") = %d, want 0", p.Count(""))
+	}
+	// "/f//" names no fault: the path is taken as it is, and is not a
+	// module path.
+	if r := mustGet(t, p.Client(), p.URL+"/f//fixture.test/app/@v/list"); r.code != 400 || p.Count("") != 1 {
+		t.Errorf("GET /f//...: %d, Count(\"\") = %d", r.code, p.Count(""))
 	}
 }
 

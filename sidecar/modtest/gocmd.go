@@ -53,7 +53,10 @@ var (
 		if err != nil {
 			return "", err
 		}
-		out, err := exec.Command(bin, "env", "GOCACHE").Output()
+		cmd := exec.Command(bin, "env", "GOCACHE")
+		// Never let a GOTOOLCHAIN setting fetch a toolchain from the network.
+		cmd.Env = append(os.Environ(), "GOTOOLCHAIN=local")
+		out, err := cmd.Output()
 		if err != nil {
 			return "", fmt.Errorf("go env GOCACHE: %v", err)
 		}
