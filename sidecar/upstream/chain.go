@@ -126,19 +126,36 @@ func (r Result) Status() int {
 	case r.Loop():
 		return http.StatusLoopDetected
 	}
+	// The last real failure decides, as in the go command.
 	status := http.StatusNotFound
 	for _, a := range r.Attempts {
+		var open *OpenError
 		switch {
 		case a.NotFound():
+		case errors.As(a.Err, &open):
+			status = http.StatusServiceUnavailable
 		case a.Timeout():
 			status = http.StatusGatewayTimeout
 		default:
-			if status == http.StatusNotFound {
-				status = http.StatusBadGateway
-			}
+			status = http.StatusBadGateway
 		}
 	}
 	return status
+}
+
+// RetryAfter is how long until the breaker that made the walk fail fast
+// lets requests through again; zero when no breaker did.
+func (r Result) RetryAfter() int {
+	for i := len(r.Attempts) - 1; i >= 0; i-- {
+		var open *OpenError
+		if errors.As(r.Attempts[i].Err, &open) {
+			return open.RetryAfterSeconds()
+		}
+		if !r.Attempts[i].NotFound() {
+			break
+		}
+	}
+	return 0
 }
 
 // Loop reports whether an upstream answered 508 Loop Detected.
@@ -264,6 +281,10 @@ func isTimeout(err error) bool {
 // describe turns a transport error into words for a developer: the cause,
 // without the request URL that *url.Error repeats.
 func describe(err error, u *Upstream) string {
+	var open *OpenError
+	if errors.As(err, &open) {
+		return open.Error()
+	}
 	if errors.Is(err, ErrStalled) {
 		return fmt.Sprintf("body stalled: no data for %s", u.Timeouts.Idle)
 	}

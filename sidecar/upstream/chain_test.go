@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -58,7 +59,7 @@ func TestParseList(t *testing.T) {
 			continue
 		}
 		for i := range got {
-			if got[i] != tt.want[i] {
+			if !reflect.DeepEqual(got[i], tt.want[i]) {
 				t.Errorf("ParseList(%q)[%d] = %+v; want %+v", tt.in, i, got[i], tt.want[i])
 			}
 		}
@@ -105,6 +106,7 @@ func chainOf(t *testing.T, spec string) (*Chain, map[string]*fake) {
 		t.Fatal(err)
 	}
 	for i := range cfgs {
+		cfgs[i].Retry.Attempts = 1 // these tests are about the chain, not retries
 		for word, f := range fakes {
 			if cfgs[i].URL == f.URL {
 				cfgs[i].Name = word

@@ -10,10 +10,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
+	"path"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -94,6 +96,12 @@ type Config struct {
 	Fallthrough Fallthrough
 	// Timeouts bound each phase of a request to this upstream.
 	Timeouts Timeouts
+	// Breaker and Retry set the upstream's circuit breaker and retries.
+	Breaker BreakerSettings
+	Retry   RetrySettings
+	// RedirectHosts are the hosts (path.Match patterns) other than the
+	// upstream's own that its redirects may lead to, e.g. a CDN.
+	RedirectHosts []string
 }
 
 // Options are the settings shared by every upstream of a process.
@@ -108,6 +116,10 @@ type Options struct {
 	Via string
 	// UserAgent is sent with every upstream request. If empty, "modgate".
 	UserAgent string
+	// Clock tells time to breakers, retries and budgets. If nil, SystemClock.
+	Clock Clock
+	// Logger receives breaker state changes. If nil, they are discarded.
+	Logger *slog.Logger
 }
 
 // Upstream is one entry of the chain. Its methods are safe for concurrent use.
@@ -123,6 +135,10 @@ type Upstream struct {
 	client    *http.Client
 	via       string
 	userAgent string
+	retry     RetrySettings
+	breaker   *breaker
+	budget    *budget
+	clock     Clock
 }
 
 // New returns the upstream that cfg describes.
@@ -135,6 +151,14 @@ func New(cfg Config, opts Options) (*Upstream, error) {
 		Timeouts:    cfg.Timeouts.withDefaults(),
 		via:         opts.Via,
 		userAgent:   opts.UserAgent,
+		clock:       opts.Clock,
+	}
+	if u.clock == nil {
+		u.clock = SystemClock{}
+	}
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
 	}
 	if u.userAgent == "" {
 		u.userAgent = "modgate"
@@ -185,21 +209,54 @@ func New(cfg Config, opts Options) (*Upstream, error) {
 			u.Name = "file:" + cfg.URL[len("file://"):]
 		}
 	}
-	u.client = &http.Client{
-		Transport: rt,
-		// Redirects are followed by the client, at most a few times: an
-		// upstream may send artifacts to a CDN.
-		CheckRedirect: func(req *http.Request, via []*http.Request) error {
-			if len(via) >= maxRedirects {
-				return fmt.Errorf("stopped after %d redirects", maxRedirects)
-			}
-			return nil
-		},
+	for _, p := range cfg.RedirectHosts {
+		if _, err := path.Match(p, ""); err != nil {
+			return nil, fmt.Errorf("upstream %s: redirect host pattern %q: %v", u.Name, p, err)
+		}
 	}
+	u.client = &http.Client{Transport: rt, CheckRedirect: checkRedirect(base.Host, cfg.RedirectHosts)}
+	bs := cfg.Breaker.withDefaults()
+	u.breaker = newBreaker(u.Name, bs, u.clock, logger, func(err error) string { return describe(err, u) })
+	u.retry = cfg.Retry.withDefaults(bs.Window)
+	u.budget = &budget{ratio: u.retry.BudgetRatio, window: u.retry.Window, clock: u.clock}
 	return u, nil
 }
 
 const maxRedirects = 5
+
+// errRedirect marks a redirect the upstream may not make.
+var errRedirect = errors.New("redirect refused")
+
+// checkRedirect follows at most maxRedirects redirects, only to the
+// upstream's own host or one of hosts, and reports a loop as one.
+func checkRedirect(own string, hosts []string) func(*http.Request, []*http.Request) error {
+	return func(req *http.Request, via []*http.Request) error {
+		chain := func() string {
+			var b strings.Builder
+			for _, r := range via {
+				b.WriteString(r.URL.Redacted() + " -> ")
+			}
+			return b.String() + req.URL.Redacted()
+		}
+		for _, r := range via {
+			if r.URL.String() == req.URL.String() {
+				return fmt.Errorf("%w: redirect loop: %s", errRedirect, chain())
+			}
+		}
+		if len(via) > maxRedirects {
+			return fmt.Errorf("%w: more than %d redirects: %s", errRedirect, maxRedirects, chain())
+		}
+		if req.URL.Host == own {
+			return nil
+		}
+		for _, p := range hosts {
+			if ok, _ := path.Match(p, req.URL.Hostname()); ok {
+				return nil
+			}
+		}
+		return fmt.Errorf("%w: redirect to %s, a host not in redirect_hosts", errRedirect, req.URL.Host)
+	}
+}
 
 func newTransport(t Timeouts, opts Options) *http.Transport {
 	dialer := &net.Dialer{Timeout: t.Dial, KeepAlive: 30 * time.Second}
@@ -230,14 +287,75 @@ func newTransport(t Timeouts, opts Options) *http.Transport {
 }
 
 // Get fetches path (an escaped path beginning with "/", e.g.
-// "/example.test/m/@v/list") from the upstream. hdr adds request headers
-// (Via and User-Agent are set here). Any status is returned as a response;
-// an error means no response was had. The body is bounded by the idle
-// timeout: a read that waits longer fails with ErrStalled.
+// "/example.test/m/@v/list") from the upstream, through its breaker and with
+// its retries. hdr adds request headers (Via and User-Agent are set here).
+// An answer of any status is returned as a response; an error means no
+// answer was had (an *OpenError when the breaker refused). The body is
+// bounded by the idle timeout (a read that waits longer fails with
+// ErrStalled), and the breaker learns the outcome when the body is closed.
 func (u *Upstream) Get(ctx context.Context, method, path string, hdr http.Header) (*http.Response, error) {
 	if u.Kind != Proxy {
-		return nil, fmt.Errorf("upstream %s is %q, not a proxy", u.Name, u.Name)
+		return nil, fmt.Errorf("upstream %s is not a proxy", u.Name)
 	}
+	u.budget.onRequest()
+	for try := 0; ; try++ {
+		done, err := u.breaker.allow()
+		if err != nil {
+			return nil, err
+		}
+		resp, err := u.try(ctx, method, path, hdr)
+		switch {
+		case err != nil && ctx.Err() != nil:
+			done(errClientCanceled)
+			return nil, err
+		case err != nil:
+			done(err)
+		case isFailureStatus(resp.StatusCode):
+			done(&statusError{resp.StatusCode})
+		case resp.StatusCode == http.StatusOK:
+			resp.Body = &outcomeBody{ReadCloser: resp.Body, done: done}
+			return resp, nil
+		default:
+			done(nil)
+			return resp, nil
+		}
+		wait, ok := u.retryWait(method, try, resp, err)
+		if !ok {
+			return resp, err
+		}
+		if resp != nil {
+			io.Copy(io.Discard, io.LimitReader(resp.Body, 4<<10))
+			resp.Body.Close()
+		}
+		if err := u.clock.Sleep(ctx, wait); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// retryWait says whether a failed try is tried again, and after how long.
+func (u *Upstream) retryWait(method string, try int, resp *http.Response, err error) (time.Duration, bool) {
+	status := 0
+	if resp != nil {
+		status = resp.StatusCode
+	}
+	if method != http.MethodGet || try+1 >= u.retry.Attempts || !retryable(status, err) {
+		return 0, false
+	}
+	wait := u.retry.backoff(try)
+	if resp != nil {
+		if ra, ok := retryAfter(resp.Header, u.clock.Now()); ok {
+			if ra > u.retry.Cap {
+				return 0, false // fail over rather than wait that long
+			}
+			wait = ra
+		}
+	}
+	return wait, u.budget.allowRetry()
+}
+
+// try makes one request.
+func (u *Upstream) try(ctx context.Context, method, path string, hdr http.Header) (*http.Response, error) {
 	target := *u.URL
 	target.Path = u.URL.Path + path
 	ctx, cancel := context.WithCancelCause(ctx)
@@ -264,6 +382,69 @@ func (u *Upstream) Get(ctx context.Context, method, path string, hdr http.Header
 	}
 	resp.Body = newStallReader(resp.Body, u.Timeouts.Idle, cancel)
 	return resp, nil
+}
+
+// Breaker returns the state of the upstream's breaker.
+func (u *Upstream) Breaker() BreakerState {
+	if u.breaker == nil {
+		return Closed
+	}
+	return u.breaker.state()
+}
+
+// Status is a snapshot of the upstream for /debug/upstreams.
+type Status struct {
+	Name        string        `json:"name"`
+	URL         string        `json:"url"`
+	Private     bool          `json:"private"`
+	Fallthrough string        `json:"fallthrough"`
+	Breaker     BreakerStatus `json:"breaker"`
+}
+
+// Status returns a snapshot of the upstream.
+func (u *Upstream) Status() Status {
+	st := Status{Name: u.Name, URL: u.Source, Private: u.Private, Fallthrough: u.Fallthrough.String()}
+	if u.breaker != nil {
+		st.Breaker = u.breaker.status()
+	}
+	return st
+}
+
+// outcomeBody tells the breaker how a 200 answer ended, once its body is
+// closed: read to the end is a success, a failed read a failure, and a body
+// abandoned early (the client went away) neither.
+type outcomeBody struct {
+	io.ReadCloser
+	done func(error)
+	err  error
+	eof  bool
+	once sync.Once
+}
+
+func (b *outcomeBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	switch {
+	case err == io.EOF:
+		b.eof = true
+	case err != nil && b.err == nil:
+		b.err = err
+	}
+	return n, err
+}
+
+func (b *outcomeBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.once.Do(func() {
+		switch {
+		case b.eof:
+			b.done(nil)
+		case b.err != nil && !errors.Is(b.err, context.Canceled):
+			b.done(b.err)
+		default:
+			b.done(errAbandoned)
+		}
+	})
+	return err
 }
 
 // ErrStalled is the cause of a body read that waited longer than the

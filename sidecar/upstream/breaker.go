@@ -1,0 +1,290 @@
+package upstream
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sony/gobreaker/v2"
+)
+
+// BreakerSettings configure one upstream's circuit breaker. A zero field
+// takes its value from DefaultBreaker.
+type BreakerSettings struct {
+	// ConsecutiveFailures trips the breaker after that many failures in a row.
+	ConsecutiveFailures uint32
+	// FailureRatio trips the breaker when that share of the requests in
+	// Window failed, once there were at least MinRequests.
+	FailureRatio float64
+	MinRequests  uint32
+	Window       time.Duration
+	// OpenFor is how long the breaker stays open before it lets probes through.
+	OpenFor time.Duration
+	// HalfOpenProbes requests may probe at once; that many successes close it.
+	HalfOpenProbes uint32
+	// Disabled turns the breaker off: every request goes through.
+	Disabled bool
+}
+
+// DefaultBreaker are the breaker settings of DESIGN.md.
+var DefaultBreaker = BreakerSettings{
+	ConsecutiveFailures: 5, FailureRatio: 0.5, MinRequests: 10,
+	Window: 30 * time.Second, OpenFor: 30 * time.Second, HalfOpenProbes: 1,
+}
+
+func (s BreakerSettings) withDefaults() BreakerSettings {
+	d := DefaultBreaker
+	d.Disabled = s.Disabled
+	if s.ConsecutiveFailures > 0 {
+		d.ConsecutiveFailures = s.ConsecutiveFailures
+	}
+	if s.FailureRatio > 0 {
+		d.FailureRatio = s.FailureRatio
+	}
+	if s.MinRequests > 0 {
+		d.MinRequests = s.MinRequests
+	}
+	if s.Window > 0 {
+		d.Window = s.Window
+	}
+	if s.OpenFor > 0 {
+		d.OpenFor = s.OpenFor
+	}
+	if s.HalfOpenProbes > 0 {
+		d.HalfOpenProbes = s.HalfOpenProbes
+	}
+	return d
+}
+
+// BreakerState is a breaker's state, numbered as the
+// modgate.upstream.breaker.state metric reports it.
+type BreakerState int
+
+// The breaker states.
+const (
+	Closed   BreakerState = 0
+	HalfOpen BreakerState = 1
+	Open     BreakerState = 2
+)
+
+func (s BreakerState) String() string {
+	return [...]string{"closed", "half-open", "open"}[s]
+}
+
+// OpenError is returned for a request that an open breaker refused without
+// asking the upstream.
+type OpenError struct {
+	Upstream string
+	Reason   string        // why it opened
+	RetryIn  time.Duration // until probes are let through
+}
+
+func (e *OpenError) Error() string {
+	if e.RetryIn <= 0 {
+		return fmt.Sprintf("circuit half-open, a probe is in flight (%s)", e.Reason)
+	}
+	return fmt.Sprintf("circuit open: %s; probed again in %ds", e.Reason, e.RetryAfterSeconds())
+}
+
+// RetryAfterSeconds is RetryIn in whole seconds, rounded up and at least 1,
+// as a Retry-After header gives it.
+func (e *OpenError) RetryAfterSeconds() int {
+	return max(1, int(math.Ceil(e.RetryIn.Seconds())))
+}
+
+// errAbandoned is the outcome of a body closed before its end without an
+// error: the client went away, which says nothing of the upstream.
+var errAbandoned = errors.New("abandoned by the client")
+
+// breaker wraps gobreaker's two-step breaker. gobreaker counts outcomes,
+// decides when to trip and admits half-open probes; the open period is kept
+// here, on the injected clock, so that tests move time instead of sleeping
+// (gobreaker reads time.Now itself, and its own open period is set to a
+// nanosecond).
+type breaker struct {
+	name     string
+	settings BreakerSettings
+	clock    Clock
+	log      *slog.Logger
+	describe func(error) string // a failure in words
+	cb       *gobreaker.TwoStepCircuitBreaker[struct{}]
+
+	openUntil atomic.Int64 // unix nanoseconds on clock; 0 when not open
+
+	mu        sync.Mutex
+	reason    string // why it last opened
+	tripCause string // what ReadyToTrip saw
+	failures  []Failure
+	lastFail  string
+}
+
+// Failure is a recent failure of an upstream, for /debug/upstreams.
+type Failure struct {
+	Time   time.Time `json:"time"`
+	Reason string    `json:"reason"`
+}
+
+const keepFailures = 10
+
+func newBreaker(name string, s BreakerSettings, clock Clock, log *slog.Logger, describe func(error) string) *breaker {
+	b := &breaker{name: name, settings: s, clock: clock, log: log, describe: describe}
+	if s.Disabled {
+		return b
+	}
+	b.cb = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
+		Name:         name,
+		MaxRequests:  s.HalfOpenProbes,
+		Interval:     s.Window,
+		BucketPeriod: max(time.Second, s.Window/10),
+		Timeout:      time.Nanosecond,
+		ReadyToTrip: b.readyToTrip,
+		IsExcluded: func(err error) bool {
+			return errors.Is(err, errAbandoned) || errors.Is(err, errClientCanceled)
+		},
+		// Called under gobreaker's lock: it must not call back into the
+		// breaker, and only records and logs.
+		OnStateChange: b.onStateChange,
+	})
+	return b
+}
+
+// readyToTrip is called under gobreaker's lock, after recordFailure.
+func (b *breaker) readyToTrip(c gobreaker.Counts) bool {
+	s := b.settings
+	var cause string
+	switch {
+	case c.ConsecutiveFailures >= s.ConsecutiveFailures:
+		cause = fmt.Sprintf("%d failures in a row", c.ConsecutiveFailures)
+	case c.Requests >= s.MinRequests && float64(c.TotalFailures) >= s.FailureRatio*float64(c.Requests):
+		cause = fmt.Sprintf("%d of %d requests failed", c.TotalFailures, c.Requests)
+	default:
+		return false
+	}
+	b.mu.Lock()
+	b.tripCause = cause
+	b.mu.Unlock()
+	return true
+}
+
+func (b *breaker) onStateChange(_ string, from, to gobreaker.State) {
+	b.mu.Lock()
+	reason := b.lastFail
+	if to == gobreaker.StateOpen {
+		cause := b.tripCause
+		if from == gobreaker.StateHalfOpen {
+			cause = "the probe failed"
+		}
+		reason = fmt.Sprintf("%s (last: %s)", cause, b.lastFail)
+		b.reason = reason
+		b.openUntil.Store(b.clock.Now().Add(b.settings.OpenFor).UnixNano())
+	}
+	b.mu.Unlock()
+	if to != gobreaker.StateOpen {
+		b.openUntil.Store(0)
+	}
+	if to == gobreaker.StateHalfOpen {
+		// gobreaker moves to half-open on its own nanosecond timer; the
+		// clock-kept open period has already passed when this is reached.
+		return
+	}
+	b.log.Info("upstream breaker "+to.String(), "upstream", b.name, "from", from.String(), "reason", reason)
+}
+
+// allow admits a request or refuses it with an *OpenError. done reports the
+// outcome: nil for success, errAbandoned or errClientCanceled for neither.
+func (b *breaker) allow() (done func(error), err error) {
+	if b.cb == nil {
+		return func(error) {}, nil
+	}
+	if until := b.openUntil.Load(); until != 0 {
+		if left := time.Duration(until - b.clock.Now().UnixNano()); left > 0 {
+			return nil, b.openError(left)
+		}
+	}
+	report, err := b.cb.Allow()
+	if err != nil {
+		// Half-open with every probe slot taken: as good as open.
+		return nil, b.openError(0)
+	}
+	return func(err error) {
+		if err != nil && !errors.Is(err, errAbandoned) && !errors.Is(err, errClientCanceled) {
+			b.recordFailure(err)
+		}
+		report(err)
+	}, nil
+}
+
+func (b *breaker) openError(left time.Duration) *OpenError {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	reason := b.reason
+	if reason == "" {
+		reason = "probing"
+	}
+	return &OpenError{Upstream: b.name, Reason: reason, RetryIn: left}
+}
+
+func (b *breaker) recordFailure(err error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.lastFail = b.describe(err)
+	if len(b.failures) == keepFailures {
+		copy(b.failures, b.failures[1:])
+		b.failures = b.failures[:keepFailures-1]
+	}
+	b.failures = append(b.failures, Failure{Time: b.clock.Now(), Reason: b.lastFail})
+}
+
+// state is the breaker's state as the clock sees it.
+func (b *breaker) state() BreakerState {
+	if b.cb == nil {
+		return Closed
+	}
+	if until := b.openUntil.Load(); until != 0 && until > b.clock.Now().UnixNano() {
+		return Open
+	}
+	switch b.cb.State() {
+	case gobreaker.StateOpen:
+		return Open
+	case gobreaker.StateHalfOpen:
+		return HalfOpen
+	}
+	return Closed
+}
+
+// BreakerStatus is a snapshot of a breaker for /debug/upstreams.
+type BreakerStatus struct {
+	State          string    `json:"state"`
+	Requests       uint32    `json:"requests"`
+	Failures       uint32    `json:"failures"`
+	Consecutive    uint32    `json:"consecutive_failures"`
+	OpenReason     string    `json:"open_reason,omitempty"`
+	HalfOpenInSecs float64   `json:"half_open_in_seconds,omitempty"`
+	Recent         []Failure `json:"recent_failures"`
+}
+
+func (b *breaker) status() BreakerStatus {
+	st := BreakerStatus{State: b.state().String(), Recent: []Failure{}}
+	if b.cb == nil {
+		st.State = "disabled"
+		return st
+	}
+	c := b.cb.Counts()
+	st.Requests, st.Failures, st.Consecutive = c.Requests, c.TotalFailures, c.ConsecutiveFailures
+	if until := b.openUntil.Load(); until != 0 {
+		if left := time.Duration(until - b.clock.Now().UnixNano()); left > 0 {
+			st.HalfOpenInSecs = math.Ceil(left.Seconds())
+		}
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if st.State != "closed" {
+		st.OpenReason = b.reason
+	}
+	st.Recent = append(st.Recent, b.failures...)
+	return st
+}
