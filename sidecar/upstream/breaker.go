@@ -141,7 +141,7 @@ func newBreaker(name string, s BreakerSettings, clock Clock, log *slog.Logger, d
 		Interval:     s.Window,
 		BucketPeriod: max(time.Second, s.Window/10),
 		Timeout:      time.Nanosecond,
-		ReadyToTrip: b.readyToTrip,
+		ReadyToTrip:  b.readyToTrip,
 		IsExcluded: func(err error) bool {
 			return errors.Is(err, errAbandoned) || errors.Is(err, errClientCanceled)
 		},
