@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
 
 	"github.com/modgate/modgate/sidecar/upstream"
@@ -127,6 +128,9 @@ func (s *Server) writeChainError(w http.ResponseWriter, r *http.Request, req Req
 	}
 	if res.Stopped {
 		lines = append(lines, `the chain stops there: after "," only 404 and 410 move on ("|" moves on after any error)`)
+	}
+	if ra := res.RetryAfter(); ra > 0 && status == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", strconv.Itoa(ra))
 	}
 	if status >= 500 {
 		s.log.Warn("no upstream could serve", "kind", req.Kind, "module", req.Module, "version", req.Version, "status", status, "attempts", attemptsAttr(res.Attempts))

@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -44,6 +45,8 @@ type Config struct {
 	Logger *slog.Logger
 	// Version is reported in the User-Agent of upstream requests.
 	Version string
+	// Clock tells time to breakers and retries. If nil, the system clock.
+	Clock upstream.Clock
 }
 
 // Server is one modgate. Create it with New.
@@ -72,7 +75,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Version != "" {
 		ua += "/" + cfg.Version
 	}
-	opts := upstream.Options{RootCAs: cfg.RootCAs, Resolve: cfg.Resolve, Via: s.via, UserAgent: ua}
+	opts := upstream.Options{RootCAs: cfg.RootCAs, Resolve: cfg.Resolve, Via: s.via, UserAgent: ua, Clock: cfg.Clock, Logger: s.log}
 	chain, err := upstream.NewChain(cfg.Upstreams, opts)
 	if err != nil {
 		return nil, err
@@ -158,9 +161,21 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	s.serveReverse(w, r)
 }
 
-// AdminHandler serves /healthz and /readyz.
+// AdminHandler serves /healthz, /readyz and /debug/upstreams.
 func (s *Server) AdminHandler() http.Handler {
 	mux := http.NewServeMux()
+	mux.HandleFunc("GET /debug/upstreams", func(w http.ResponseWriter, r *http.Request) {
+		var list []upstream.Status
+		for _, u := range s.chain.Upstreams() {
+			if u.Kind == upstream.Proxy {
+				list = append(list, u.Status())
+			}
+		}
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		enc.Encode(map[string]any{"upstreams": list})
+	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "ok\n")
 	})
@@ -175,15 +190,24 @@ func (s *Server) AdminHandler() http.Handler {
 }
 
 // Ready reports why the server cannot serve, or nil: it must be serving
-// and have at least one upstream that can answer.
+// and have at least one upstream that can answer (not off, breaker not
+// open).
 func (s *Server) Ready() error {
 	if !s.ready.Load() {
 		return errors.New("not serving yet")
 	}
+	var open []string
 	for _, u := range s.chain.Upstreams() {
-		if u.Kind != upstream.Off {
+		switch {
+		case u.Kind == upstream.Off:
+		case u.Breaker() == upstream.Open:
+			open = append(open, u.Name)
+		default:
 			return nil
 		}
+	}
+	if len(open) > 0 {
+		return fmt.Errorf("every upstream's circuit is open (%s)", strings.Join(open, ", "))
 	}
 	return errors.New("no usable upstream: the chain is off")
 }

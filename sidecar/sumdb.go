@@ -3,6 +3,7 @@ package sidecar
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"sync"
 	"time"
@@ -55,7 +56,7 @@ func (db *sumDB) find(ctx context.Context) (*sumDBRoute, upstream.Result) {
 	prefix := "/sumdb/" + db.name
 	res := db.chain.Walk(ctx, http.MethodGet, prefix+"/supported", nil, nil)
 	if res.Response != nil {
-		res.Response.Body.Close()
+		drain(res.Response)
 		db.route = &sumDBRoute{via: res.Upstream, prefix: prefix}
 		return db.route, res
 	}
@@ -67,7 +68,7 @@ func (db *sumDB) find(ctx context.Context) (*sumDBRoute, upstream.Result) {
 	start := time.Now()
 	resp, err := db.direct.Get(ctx, http.MethodGet, "/latest", nil)
 	if err == nil && resp.StatusCode == http.StatusOK {
-		resp.Body.Close()
+		drain(resp)
 		db.route = &sumDBRoute{via: db.direct}
 		return db.route, res
 	}
@@ -79,6 +80,13 @@ func (db *sumDB) find(ctx context.Context) (*sumDBRoute, upstream.Result) {
 	res.Attempts = append(res.Attempts, a)
 	res.End = upstream.Proxy
 	return nil, res
+}
+
+// drain reads a small answer to its end before closing it, so that the
+// upstream's breaker counts it as the success it was.
+func drain(resp *http.Response) {
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	resp.Body.Close()
 }
 
 // forget drops a route that failed, so that the next request searches again.

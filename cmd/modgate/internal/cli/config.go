@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path"
 	"regexp"
 	"slices"
 	"strconv"
@@ -41,6 +42,29 @@ type UpstreamConfig struct {
 	Private     bool           `yaml:"private"`
 	Fallthrough string         `yaml:"fallthrough"` // notfound (GOPROXY ",") | error (GOPROXY "|")
 	Timeouts    TimeoutsConfig `yaml:"timeouts"`
+	Breaker     BreakerConfig  `yaml:"breaker"`
+	Retry       RetryConfig    `yaml:"retry"`
+	// RedirectHosts are other hosts the upstream may redirect to (a CDN).
+	RedirectHosts []string `yaml:"redirect_hosts"`
+}
+
+// BreakerConfig is one upstream's circuit breaker; zero keys take defaults.
+type BreakerConfig struct {
+	ConsecutiveFailures uint32        `yaml:"consecutive_failures"`
+	FailureRatio        float64       `yaml:"failure_ratio"`
+	MinRequests         uint32        `yaml:"min_requests"`
+	Window              time.Duration `yaml:"window"`
+	OpenFor             time.Duration `yaml:"open_for"`
+	HalfOpenProbes      uint32        `yaml:"half_open_probes"`
+	Disabled            bool          `yaml:"disabled"`
+}
+
+// RetryConfig is one upstream's retry policy; zero keys take defaults.
+type RetryConfig struct {
+	Attempts    int           `yaml:"attempts"`
+	Base        time.Duration `yaml:"base"`
+	Cap         time.Duration `yaml:"cap"`
+	BudgetRatio float64       `yaml:"budget_ratio"`
 }
 
 // TimeoutsConfig bounds each phase of an upstream request.
@@ -144,6 +168,8 @@ func yamlError(file, msg string, lines map[int]string) error {
 			"bool":          "true or false",
 			"string":        "a string",
 			"int":           "a number",
+			"uint32":        "a whole number",
+			"float64":       "a number",
 		}[m[3]]
 		if want == "" {
 			want = strings.TrimPrefix(strings.TrimPrefix(m[3], "[]"), "map[string]")
@@ -287,9 +313,32 @@ func (c *Config) validate(o origins) (sidecar.Config, error) {
 	names := map[string]bool{}
 	for i, u := range c.Upstreams {
 		key := fmt.Sprintf("upstreams[%d]", i)
+		b, r := u.Breaker, u.Retry
 		uc := upstream.Config{
-			Name: u.Name, URL: u.URL, Private: u.Private,
+			Name: u.Name, URL: u.URL, Private: u.Private, RedirectHosts: u.RedirectHosts,
 			Timeouts: upstream.Timeouts{Dial: u.Timeouts.Dial, TLS: u.Timeouts.TLS, Header: u.Timeouts.Header, Idle: u.Timeouts.Idle},
+			Breaker: upstream.BreakerSettings{
+				ConsecutiveFailures: b.ConsecutiveFailures, FailureRatio: b.FailureRatio, MinRequests: b.MinRequests,
+				Window: b.Window, OpenFor: b.OpenFor, HalfOpenProbes: b.HalfOpenProbes, Disabled: b.Disabled,
+			},
+			Retry: upstream.RetrySettings{Attempts: r.Attempts, Base: r.Base, Cap: r.Cap, BudgetRatio: r.BudgetRatio},
+		}
+		if b.FailureRatio < 0 || b.FailureRatio > 1 {
+			bad(key+".breaker.failure_ratio", "%v: want a share between 0 and 1", b.FailureRatio)
+		}
+		if r.BudgetRatio < 0 || r.BudgetRatio > 1 {
+			bad(key+".retry.budget_ratio", "%v: want a share between 0 and 1", r.BudgetRatio)
+		}
+		if r.Attempts < 0 || r.Attempts > 10 {
+			bad(key+".retry.attempts", "%d: want 1 to 10 (1: no retry)", r.Attempts)
+		}
+		if r.Base > 0 && r.Cap > 0 && r.Base > r.Cap {
+			bad(key+".retry.base", "%s is more than the cap %s", r.Base, r.Cap)
+		}
+		for j, h := range u.RedirectHosts {
+			if _, err := path.Match(h, ""); err != nil || h == "" {
+				bad(fmt.Sprintf("%s.redirect_hosts[%d]", key, j), "%q is not a host pattern", h)
+			}
 		}
 		switch u.Fallthrough {
 		case "", "notfound":
@@ -310,9 +359,12 @@ func (c *Config) validate(o origins) (sidecar.Config, error) {
 		for _, t := range []struct {
 			name string
 			d    time.Duration
-		}{{"dial", u.Timeouts.Dial}, {"tls", u.Timeouts.TLS}, {"header", u.Timeouts.Header}, {"idle", u.Timeouts.Idle}} {
+		}{
+			{"timeouts.dial", u.Timeouts.Dial}, {"timeouts.tls", u.Timeouts.TLS}, {"timeouts.header", u.Timeouts.Header}, {"timeouts.idle", u.Timeouts.Idle},
+			{"breaker.window", b.Window}, {"breaker.open_for", b.OpenFor}, {"retry.base", r.Base}, {"retry.cap", r.Cap},
+		} {
 			if t.d < 0 {
-				bad(key+".timeouts."+t.name, "must not be negative")
+				bad(key+"."+t.name, "must not be negative")
 			}
 		}
 		out.Upstreams = append(out.Upstreams, uc)

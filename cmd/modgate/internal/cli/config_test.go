@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -54,7 +55,7 @@ func TestLoadDefaultsFromGoEnv(t *testing.T) {
 		t.Errorf("listen %q admin %q", cfg.Listen, cfg.Admin)
 	}
 	want := []UpstreamConfig{{URL: "https://proxy.example.test", Fallthrough: "notfound"}, {URL: "direct", Fallthrough: "notfound"}}
-	if len(cfg.Upstreams) != 2 || cfg.Upstreams[0] != want[0] || cfg.Upstreams[1] != want[1] {
+	if !reflect.DeepEqual(cfg.Upstreams, want) {
 		t.Errorf("upstreams %+v; want %+v", cfg.Upstreams, want)
 	}
 	if cfg.SumDB.Name != "sum.example.test" {
@@ -89,6 +90,9 @@ upstreams:
     private: true
     fallthrough: error
     timeouts: {dial: 1s, header: 2m}
+    breaker: {consecutive_failures: 3, failure_ratio: 0.25, min_requests: 8, window: 1m, open_for: 10s, half_open_probes: 2}
+    retry: {attempts: 4, base: 50ms, cap: 1s, budget_ratio: 0.1}
+    redirect_hosts: ["cdn.example.test"]
   - url: direct
 sumdb: {name: sum.fixture.test}
 `
@@ -105,6 +109,11 @@ sumdb: {name: sum.fixture.test}
 	u := cfg.Upstreams[0]
 	if u.Name != "internal" || !u.Private || u.Fallthrough != "error" || u.Timeouts.Dial != time.Second || u.Timeouts.Header != 2*time.Minute {
 		t.Errorf("upstream %+v", u)
+	}
+	wantBreaker := BreakerConfig{ConsecutiveFailures: 3, FailureRatio: 0.25, MinRequests: 8, Window: time.Minute, OpenFor: 10 * time.Second, HalfOpenProbes: 2}
+	wantRetry := RetryConfig{Attempts: 4, Base: 50 * time.Millisecond, Cap: time.Second, BudgetRatio: 0.1}
+	if u.Breaker != wantBreaker || u.Retry != wantRetry || len(u.RedirectHosts) != 1 {
+		t.Errorf("breaker %+v retry %+v redirects %v", u.Breaker, u.Retry, u.RedirectHosts)
 	}
 	if cfg.SumDB.Name != "sum.fixture.test" {
 		t.Errorf("sumdb %q: the file should beat go env", cfg.SumDB.Name)
@@ -139,6 +148,9 @@ func TestLoadErrorsNameKeyAndLine(t *testing.T) {
 		{name: "bad listen from env", env: map[string]string{"MODGATE_LISTEN": "7070"}, want: "MODGATE_LISTEN: listen: \"7070\" is not host:port"},
 		{name: "bad listen from flag", args: []string{"--listen", "nowhere"}, want: "--listen: listen: \"nowhere\" is not host:port"},
 		{name: "bad upstream flag", args: []string{"--upstream", "bogus"}, want: "--upstream: upstreams: upstream list: unknown keyword \"bogus\""},
+		{name: "bad ratio", file: "upstreams:\n  - url: https://a.example.test\n    breaker:\n      failure_ratio: 2\n", want: "modgate.yaml:4: upstreams[0].breaker.failure_ratio: 2: want a share between 0 and 1"},
+		{name: "bad attempts", file: "upstreams:\n  - url: https://a.example.test\n    retry: {attempts: many}\n", want: "modgate.yaml:3: upstreams[0].retry.attempts: invalid value \"many\", want a number"},
+		{name: "negative window", file: "upstreams:\n  - url: https://a.example.test\n    breaker: {window: -1s}\n", want: "modgate.yaml:3: upstreams[0].breaker.window: must not be negative"},
 		{name: "bad log level", file: "log:\n  level: loud\n", want: "modgate.yaml:2: log.level: \"loud\": want debug"},
 		{name: "bad sumdb", file: "sumdb: {name: \"https://sum.example.test\"}\n", want: "modgate.yaml:1: sumdb.name:"},
 		{name: "missing CA file", file: "tls_ca_file: /does/not/exist.pem\n", want: "modgate.yaml:1: tls_ca_file: open /does/not/exist.pem"},
@@ -170,7 +182,7 @@ func TestValidateBuildsSidecarConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := upstream.Config{Name: "a", URL: "https://a.example.test", Private: true, Fallthrough: upstream.OnError, Timeouts: upstream.Timeouts{Idle: time.Second}}
-	if sc.Upstreams[0] != want || sc.SumDB != "sum.example.test" || sc.Listen != "127.0.0.1:7070" {
+	if !reflect.DeepEqual(sc.Upstreams[0], want) || sc.SumDB != "sum.example.test" || sc.Listen != "127.0.0.1:7070" {
 		t.Errorf("sidecar config %+v", sc)
 	}
 }
