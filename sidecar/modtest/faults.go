@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -97,6 +98,9 @@ type faultServer struct {
 
 	done      chan struct{} // closed by close, unblocks hang and stall
 	closeOnce sync.Once
+
+	// fault applies to requests that name none (see Proxy.SetFault).
+	fault atomic.Pointer[string]
 }
 
 // startFaultServer starts a server closed by t.Cleanup.
@@ -189,6 +193,9 @@ func withPath(r *http.Request, path string) *http.Request {
 
 func (s *faultServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	fault, rest, faulted := splitFault(r.URL.Path)
+	if f := s.fault.Load(); !faulted && f != nil {
+		fault, faulted = *f, true
+	}
 	s.rec.record(fault, r.URL.Path)
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")

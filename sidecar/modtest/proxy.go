@@ -111,6 +111,17 @@ func newProxy(t testing.TB, fx *Fixtures, useTLS bool, opts []ProxyOption) *Prox
 // upstream disappear.
 func (p *Proxy) Close() { p.s.close() }
 
+// SetFault makes every request that names no fault behave as if it named
+// fault (e.g. "500", "hang"); "" heals the proxy. A test breaks and heals
+// one upstream URL with it. Such requests are counted under fault.
+func (p *Proxy) SetFault(fault string) {
+	if fault == "" {
+		p.s.fault.Store(nil)
+		return
+	}
+	p.s.fault.Store(&fault)
+}
+
 // Count returns how many requests arrived with the fault prefix fault
 // ("500", "hang", "slow20", "flaky30", "ok", ...), or without any fault
 // prefix when fault is "".
