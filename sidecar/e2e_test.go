@@ -50,6 +50,13 @@ func loadFixtures(t *testing.T) *modtest.Fixtures {
 // returns its URL.
 func startGate(t *testing.T, cfg sidecar.Config) string {
 	t.Helper()
+	url, _ := startGateServer(t, cfg)
+	return url
+}
+
+// startGateServer is startGate that also returns the server.
+func startGateServer(t *testing.T, cfg sidecar.Config) (string, *sidecar.Server) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -72,7 +79,7 @@ func startGate(t *testing.T, cfg sidecar.Config) string {
 			t.Errorf("Serve: %v", err)
 		}
 	})
-	return "http://" + cfg.Listen
+	return "http://" + cfg.Listen, s
 }
 
 // env is one end-to-end set-up: fixtures, a checksum database, a go command

@@ -194,28 +194,36 @@ func (b *breaker) onStateChange(_ string, from, to gobreaker.State) {
 	b.log.Info("upstream breaker "+to.String(), "upstream", b.name, "from", from.String(), "reason", reason)
 }
 
-// allow admits a request or refuses it with an *OpenError. done reports the
-// outcome: nil for success, errAbandoned or errClientCanceled for neither.
-func (b *breaker) allow() (done func(error), err error) {
+// allow admits a request or refuses it with an *OpenError. The outcome goes
+// to b.report with the returned func: nil for success, errAbandoned or
+// errClientCanceled for neither.
+func (b *breaker) allow() (report func(error), err error) {
 	if b.cb == nil {
-		return func(error) {}, nil
+		return nil, nil
 	}
 	if until := b.openUntil.Load(); until != 0 {
 		if left := time.Duration(until - b.clock.Now().UnixNano()); left > 0 {
 			return nil, b.openError(left)
 		}
 	}
-	report, err := b.cb.Allow()
+	report, err = b.cb.Allow()
 	if err != nil {
 		// Half-open with every probe slot taken: as good as open.
 		return nil, b.openError(0)
 	}
-	return func(err error) {
-		if err != nil && !errors.Is(err, errAbandoned) && !errors.Is(err, errClientCanceled) {
-			b.recordFailure(err)
-		}
-		report(err)
-	}, nil
+	return report, nil
+}
+
+// report tells gobreaker the outcome of a request that allow admitted,
+// remembering failures for /debug/upstreams first.
+func (b *breaker) report(done func(error), err error) {
+	if done == nil {
+		return
+	}
+	if err != nil && !errors.Is(err, errAbandoned) && !errors.Is(err, errClientCanceled) {
+		b.recordFailure(err)
+	}
+	done(err)
 }
 
 func (b *breaker) openError(left time.Duration) *OpenError {

@@ -224,7 +224,13 @@ func New(cfg Config, opts Options) (*Upstream, error) {
 
 const maxRedirects = 5
 
-// errRedirect marks a redirect the upstream may not make.
+// redirectError is a redirect the upstream may not make; errRedirect
+// matches any of them.
+type redirectError string
+
+func (e redirectError) Error() string        { return string(e) }
+func (e redirectError) Is(target error) bool { return target == errRedirect }
+
 var errRedirect = errors.New("redirect refused")
 
 // checkRedirect follows at most maxRedirects redirects, only to the
@@ -240,11 +246,11 @@ func checkRedirect(own string, hosts []string) func(*http.Request, []*http.Reque
 		}
 		for _, r := range via {
 			if r.URL.String() == req.URL.String() {
-				return fmt.Errorf("%w: redirect loop: %s", errRedirect, chain())
+				return redirectError("redirect loop: " + chain())
 			}
 		}
 		if len(via) > maxRedirects {
-			return fmt.Errorf("%w: more than %d redirects: %s", errRedirect, maxRedirects, chain())
+			return redirectError(fmt.Sprintf("more than %d redirects: %s", maxRedirects, chain()))
 		}
 		if req.URL.Host == own {
 			return nil
@@ -254,7 +260,7 @@ func checkRedirect(own string, hosts []string) func(*http.Request, []*http.Reque
 				return nil
 			}
 		}
-		return fmt.Errorf("%w: redirect to %s, a host not in redirect_hosts", errRedirect, req.URL.Host)
+		return redirectError(fmt.Sprintf("redirect to %s, a host not in redirect_hosts", req.URL.Host))
 	}
 }
 
@@ -306,17 +312,19 @@ func (u *Upstream) Get(ctx context.Context, method, path string, hdr http.Header
 		resp, err := u.try(ctx, method, path, hdr)
 		switch {
 		case err != nil && ctx.Err() != nil:
-			done(errClientCanceled)
+			u.breaker.report(done, errClientCanceled)
 			return nil, err
 		case err != nil:
-			done(err)
+			u.breaker.report(done, err)
 		case isFailureStatus(resp.StatusCode):
-			done(&statusError{resp.StatusCode})
+			u.breaker.report(done, &statusError{resp.StatusCode})
 		case resp.StatusCode == http.StatusOK:
-			resp.Body = &outcomeBody{ReadCloser: resp.Body, done: done}
+			if done != nil {
+				resp.Body = &outcomeBody{ReadCloser: resp.Body, b: u.breaker, done: done}
+			}
 			return resp, nil
 		default:
-			done(nil)
+			u.breaker.report(done, nil)
 			return resp, nil
 		}
 		wait, ok := u.retryWait(method, try, resp, err)
@@ -415,6 +423,7 @@ func (u *Upstream) Status() Status {
 // abandoned early (the client went away) neither.
 type outcomeBody struct {
 	io.ReadCloser
+	b    *breaker
 	done func(error)
 	err  error
 	eof  bool
@@ -437,11 +446,11 @@ func (b *outcomeBody) Close() error {
 	b.once.Do(func() {
 		switch {
 		case b.eof:
-			b.done(nil)
+			b.b.report(b.done, nil)
 		case b.err != nil && !errors.Is(b.err, context.Canceled):
-			b.done(b.err)
+			b.b.report(b.done, b.err)
 		default:
-			b.done(errAbandoned)
+			b.b.report(b.done, errAbandoned)
 		}
 	})
 	return err
