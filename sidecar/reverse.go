@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -9,6 +10,10 @@ import (
 	"strconv"
 	"strings"
 
+	"golang.org/x/mod/module"
+	"golang.org/x/mod/semver"
+
+	"github.com/modgate/modgate/policy"
 	"github.com/modgate/modgate/sidecar/upstream"
 )
 
@@ -19,30 +24,47 @@ var forwardedHeaders = []string{"Accept", "Accept-Encoding", "Via"}
 // serveReverse answers an origin-form request: modgate is the client's
 // GOPROXY and walks its own chain of upstreams.
 func (s *Server) serveReverse(w http.ResponseWriter, r *http.Request) {
+	x := s.newExchange(w, r, "reverse")
+	defer x.finish()
 	req, err := ClassifyReverse(r.URL.Path)
 	if errors.Is(err, ErrNotModuleRequest) {
-		writeError(w, http.StatusNotFound, fmt.Sprintf("%q is not a module proxy path (want /<module>/@v/list, /@v/<version>.info|.mod|.zip, /@latest or /sumdb/...)", r.URL.Path))
+		x.decision = "invalid"
+		writeError(x.w, http.StatusNotFound, fmt.Sprintf("%q is not a module proxy path (want /<module>/@v/list, /@v/<version>.info|.mod|.zip, /@latest or /sumdb/...)", r.URL.Path))
 		return
 	}
 	if err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
+		x.decision, x.reason = "invalid", err.Error()
+		writeError(x.w, http.StatusBadRequest, err.Error())
 		return
 	}
+	x.req = req
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		w.Header().Set("Allow", "GET, HEAD")
-		writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("method %s not allowed: a module proxy answers GET and HEAD", r.Method))
+		x.decision = "invalid"
+		x.w.Header().Set("Allow", "GET, HEAD")
+		writeError(x.w, http.StatusMethodNotAllowed, fmt.Sprintf("method %s not allowed: a module proxy answers GET and HEAD", r.Method))
+		return
+	}
+	if !x.decide() {
 		return
 	}
 	if req.Kind.IsSumDB() {
-		s.serveSumDB(w, r, req)
+		s.serveSumDB(x)
 		return
 	}
-	res := s.chain.Walk(r.Context(), r.Method, req.Path, upstreamHeader(r), nil)
+	res := s.chain.Walk(r.Context(), r.Method, req.Path, upstreamHeader(r), x.eligible)
 	if res.Response == nil {
-		s.writeChainError(w, r, req, res)
+		s.writeChainError(x, res)
 		return
 	}
-	s.relay(w, r, req, res.Response, res.Upstream)
+	x.served = res.Upstream
+	switch req.Kind {
+	case KindList:
+		s.relayList(x, res.Response)
+	case KindLatest:
+		s.relayLatest(x, res.Response)
+	default:
+		s.relay(x, res.Response)
+	}
 }
 
 // upstreamHeader picks the client's headers that go upstream.
@@ -66,19 +88,12 @@ const bufferLimit = 64 << 10
 // read first; others stream, and if the upstream's body breaks mid-way the
 // connection is aborted, so that the client sees a failed transfer and
 // never a short body that looks complete.
-func (s *Server) relay(w http.ResponseWriter, r *http.Request, req Request, resp *http.Response, u *upstream.Upstream) {
+func (s *Server) relay(x *exchange, resp *http.Response) {
+	w, r, req, u := x.w, x.r, x.req, x.served
 	defer resp.Body.Close()
 	if n := resp.ContentLength; n >= 0 && n <= bufferLimit && r.Method != http.MethodHead {
-		body, err := io.ReadAll(resp.Body)
-		if err == nil && int64(len(body)) != n {
-			err = io.ErrUnexpectedEOF
-		}
-		if err != nil {
-			if r.Context().Err() == nil {
-				s.log.Warn("upstream body failed", "upstream", u.Name, "kind", req.Kind, "path", r.URL.Path, "bytes", len(body), "err", err)
-				writeError(w, http.StatusBadGateway, describeRequest(req)+": the upstream broke off the answer",
-					fmt.Sprintf("%s: body cut after %d of %d bytes: %v", u.Name, len(body), n, err))
-			}
+		body, ok := s.readBody(x, resp, bufferLimit)
+		if !ok {
 			return
 		}
 		copyHeader(w.Header(), resp.Header)
@@ -98,13 +113,140 @@ func (s *Server) relay(w http.ResponseWriter, r *http.Request, req Request, resp
 		s.log.Debug("client went away", "path", r.URL.Path, "bytes", n)
 	default:
 		s.log.Warn("upstream body failed; aborting the response", "upstream", u.Name, "kind", req.Kind, "path", r.URL.Path, "bytes", n, "err", err)
+		x.reason = "upstream body broke off; connection aborted: " + err.Error()
 		panic(http.ErrAbortHandler)
 	}
 }
 
+// readBody reads a whole upstream body of at most limit bytes. If that
+// fails, it answers 502 with the reason and returns false.
+func (s *Server) readBody(x *exchange, resp *http.Response, limit int64) ([]byte, bool) {
+	body, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	n := resp.ContentLength
+	switch {
+	case err != nil:
+	case int64(len(body)) > limit:
+		err = fmt.Errorf("answer larger than %d bytes", limit)
+	case n >= 0 && int64(len(body)) != n:
+		err = io.ErrUnexpectedEOF
+	}
+	if err == nil {
+		return body, true
+	}
+	if x.r.Context().Err() == nil {
+		u := x.served
+		s.log.Warn("upstream body failed", "upstream", u.Name, "kind", x.req.Kind, "path", x.r.URL.Path, "bytes", len(body), "err", err)
+		cut := fmt.Sprintf("%s: body cut after %d bytes: %v", u.Name, len(body), err)
+		if n >= 0 {
+			cut = fmt.Sprintf("%s: body cut after %d of %d bytes: %v", u.Name, len(body), n, err)
+		}
+		x.reason = cut
+		writeError(x.w, http.StatusBadGateway, describeRequest(x.req)+": the upstream broke off the answer", cut)
+	}
+	return nil, false
+}
+
+// listLimit bounds a version list read for filtering.
+const listLimit = 4 << 20
+
+// relayList passes a version list on without the versions that policy
+// denies, so that the go command's own choice of "latest" lands on an
+// allowed one.
+func (s *Server) relayList(x *exchange, resp *http.Response) {
+	defer resp.Body.Close()
+	if x.r.Method == http.MethodHead {
+		s.relay(x, resp)
+		return
+	}
+	body, ok := s.readBody(x, resp, listLimit)
+	if !ok {
+		return
+	}
+	versions := strings.Fields(string(body))
+	allowed := x.pol.FilterVersions(policy.Request{Module: x.req.Module, Host: x.r.Host}, versions)
+	copyHeader(x.w.Header(), resp.Header)
+	if len(allowed) != len(versions) {
+		x.reason = fmt.Sprintf("%d of %d versions removed by policy", len(versions)-len(allowed), len(versions))
+		body = []byte(strings.Join(allowed, "\n"))
+		if len(allowed) > 0 {
+			body = append(body, '\n')
+		}
+		x.w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	}
+	x.w.WriteHeader(http.StatusOK)
+	x.w.Write(body)
+}
+
+// relayLatest passes @latest on when policy allows its version; otherwise it
+// answers with the .info of the highest allowed version in the list, or
+// 403 when there is none.
+func (s *Server) relayLatest(x *exchange, resp *http.Response) {
+	defer resp.Body.Close()
+	body, ok := s.readBody(x, resp, bufferLimit)
+	if !ok {
+		return
+	}
+	var info struct{ Version string }
+	json.Unmarshal(body, &info)
+	preq := policy.Request{Module: x.req.Module, Host: x.r.Host}
+	if info.Version == "" || len(x.pol.FilterVersions(preq, []string{info.Version})) == 1 {
+		copyHeader(x.w.Header(), resp.Header)
+		x.w.WriteHeader(http.StatusOK)
+		x.w.Write(body)
+		return
+	}
+	esc, _ := module.EscapePath(x.req.Module)
+	if v := s.latestAllowed(x, esc, preq); v != "" {
+		escV, _ := module.EscapeVersion(v)
+		res := s.chain.Walk(x.r.Context(), http.MethodGet, "/"+esc+"/@v/"+escV+".info", upstreamHeader(x.r), x.eligible)
+		if res.Response != nil {
+			x.served = res.Upstream
+			x.reason = fmt.Sprintf("latest %s denied by policy; answered %s", info.Version, v)
+			s.relay(x, res.Response)
+			return
+		}
+	}
+	d := x.pol.Decide(policy.Request{Module: x.req.Module, Version: info.Version, Kind: string(KindInfo), Host: x.r.Host})
+	x.decision, x.rule, x.ruleText, x.reason = "deny", d.Rule, d.RuleText, d.Reason
+	writeError(x.w, http.StatusForbidden, splitMessage(x.pol.DenyMessage(d, x.req.Module, info.Version))...)
+}
+
+// latestAllowed returns the version the go command would pick as latest
+// among the listed versions that policy allows: the highest release, else
+// the highest pre-release.
+func (s *Server) latestAllowed(x *exchange, esc string, preq policy.Request) string {
+	res := s.chain.Walk(x.r.Context(), http.MethodGet, "/"+esc+"/@v/list", upstreamHeader(x.r), x.eligible)
+	if res.Response == nil {
+		return ""
+	}
+	defer res.Response.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(res.Response.Body, listLimit))
+	if err != nil {
+		return ""
+	}
+	var best string
+	for _, v := range x.pol.FilterVersions(preq, strings.Fields(string(body))) {
+		if semver.IsValid(v) && (best == "" || newer(v, best)) {
+			best = v
+		}
+	}
+	return best
+}
+
+// newer reports whether v beats best as "latest": a release beats any
+// pre-release, then the higher version wins.
+func newer(v, best string) bool {
+	vRelease, bestRelease := semver.Prerelease(v) == "", semver.Prerelease(best) == ""
+	if vRelease != bestRelease {
+		return vRelease
+	}
+	return semver.Compare(v, best) > 0
+}
+
 // writeChainError explains why no upstream answered 200: which upstreams
 // were asked, what each said, and what the client can do.
-func (s *Server) writeChainError(w http.ResponseWriter, r *http.Request, req Request, res upstream.Result) {
+func (s *Server) writeChainError(x *exchange, res upstream.Result) {
+	w, r, req := x.w, x.r, x.req
 	if r.Context().Err() != nil {
 		return // nobody is listening
 	}
@@ -132,6 +274,10 @@ func (s *Server) writeChainError(w http.ResponseWriter, r *http.Request, req Req
 	if ra := res.RetryAfter(); ra > 0 && status == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", strconv.Itoa(ra))
 	}
+	if x.private != "" && status == http.StatusNotFound {
+		lines = append(lines, fmt.Sprintf("%s is private (%s): only upstreams marked private are asked", req.Module, x.private))
+	}
+	x.reason = strings.Join(lines[1:], "; ")
 	if status >= 500 {
 		s.log.Warn("no upstream could serve", "kind", req.Kind, "module", req.Module, "version", req.Version, "status", status, "attempts", attemptsAttr(res.Attempts))
 	}

@@ -20,6 +20,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/modgate/modgate/policy"
 	"github.com/modgate/modgate/sidecar/upstream"
 )
 
@@ -47,6 +48,11 @@ type Config struct {
 	Version string
 	// Clock tells time to breakers and retries. If nil, the system clock.
 	Clock upstream.Clock
+	// Policy holds the current policy. If nil, everything is allowed and
+	// nothing is private.
+	Policy *policy.Store
+	// Audit receives one line per request. If nil, there is no audit log.
+	Audit *policy.AuditLog
 }
 
 // Server is one modgate. Create it with New.
@@ -59,12 +65,22 @@ type Server struct {
 
 	// ready is set once the server has started serving.
 	ready atomic.Bool
+
+	audit *policy.AuditLog
+}
+
+// policy returns the policy in force now.
+func (s *Server) policy() *policy.Policy {
+	if s.cfg.Policy == nil {
+		return policy.Default()
+	}
+	return s.cfg.Policy.Load()
 }
 
 // New checks cfg and builds the server. It refuses an upstream that is the
 // server's own listener: every request would loop.
 func New(cfg Config) (*Server, error) {
-	s := &Server{cfg: cfg, log: cfg.Logger, via: "modgate-" + randomToken()}
+	s := &Server{cfg: cfg, log: cfg.Logger, via: "modgate-" + randomToken(), audit: cfg.Audit}
 	if s.log == nil {
 		s.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
@@ -149,8 +165,11 @@ func (s *Server) Handler() http.Handler {
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	for _, v := range r.Header.Values("Via") {
 		if strings.Contains(v, s.via) {
-			writeError(w, http.StatusLoopDetected, "request loop: this request has already passed through this modgate (Via: "+v+")",
+			x := s.newExchange(w, r, "reverse")
+			x.decision, x.reason = "loop", "Via: "+v
+			writeError(x.w, http.StatusLoopDetected, "request loop: this request has already passed through this modgate (Via: "+v+")",
 				"an upstream of modgate leads back to modgate; check the upstream chain")
+			x.finish()
 			return
 		}
 	}

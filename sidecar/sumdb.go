@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -98,7 +99,8 @@ func (db *sumDB) forget(r *sumDBRoute) {
 	db.mu.Unlock()
 }
 
-func (s *Server) serveSumDB(w http.ResponseWriter, r *http.Request, req Request) {
+func (s *Server) serveSumDB(x *exchange) {
+	w, r, req := x.w, x.r, x.req
 	db := s.sumdb
 	if db == nil || req.SumDB != db.name {
 		served := "no checksum database is configured"
@@ -112,9 +114,10 @@ func (s *Server) serveSumDB(w http.ResponseWriter, r *http.Request, req Request)
 	if route == nil {
 		// The answer is an error, not 404: a 404 would send the go command
 		// to the database's host itself, which modgate just failed to reach.
-		s.writeSumDBError(w, r, req, res)
+		s.writeSumDBError(x, res)
 		return
 	}
+	x.served = route.via
 	if req.Kind == KindSumDBSupported {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.WriteHeader(http.StatusOK)
@@ -123,7 +126,7 @@ func (s *Server) serveSumDB(w http.ResponseWriter, r *http.Request, req Request)
 	start := time.Now()
 	resp, err := route.via.Get(r.Context(), r.Method, route.prefix+req.Path, upstreamHeader(r))
 	if err == nil && resp.StatusCode == http.StatusOK {
-		s.relay(w, r, req, resp, route.via)
+		s.relay(x, resp)
 		return
 	}
 	a := upstream.Attempt{Upstream: route.via, Err: err, Duration: time.Since(start)}
@@ -134,23 +137,24 @@ func (s *Server) serveSumDB(w http.ResponseWriter, r *http.Request, req Request)
 	if !a.NotFound() {
 		db.forget(route)
 	}
-	s.writeSumDBError(w, r, req, upstream.Result{Attempts: []upstream.Attempt{a}})
+	s.writeSumDBError(x, upstream.Result{Attempts: []upstream.Attempt{a}})
 }
 
-func (s *Server) writeSumDBError(w http.ResponseWriter, r *http.Request, req Request, res upstream.Result) {
-	if r.Context().Err() != nil {
+func (s *Server) writeSumDBError(x *exchange, res upstream.Result) {
+	if x.r.Context().Err() != nil {
 		return
 	}
 	status := res.Status()
 	if status == http.StatusForbidden {
 		status = http.StatusBadGateway
 	}
-	lines := []string{describeRequest(req) + ": " + http.StatusText(status)}
+	lines := []string{describeRequest(x.req) + ": " + http.StatusText(status)}
 	if status == http.StatusNotFound {
-		lines[0] = describeRequest(req) + ": not found"
+		lines[0] = describeRequest(x.req) + ": not found"
 	}
 	for _, a := range res.Attempts {
 		lines = append(lines, a.String())
 	}
-	writeError(w, status, lines...)
+	x.reason = strings.Join(lines[1:], "; ")
+	writeError(x.w, status, lines...)
 }

@@ -61,6 +61,7 @@ func ParseList(list string) ([]Config, error) {
 // Attempt is what one upstream did with one request.
 type Attempt struct {
 	Upstream *Upstream
+	Skipped  bool   // not asked: Detail says why
 	Status   int    // 0 when no response was had
 	Err      error  // why no response was had, or why the walk skipped it
 	Detail   string // first line of the upstream's text/plain error body
@@ -82,6 +83,8 @@ func (a Attempt) String() string {
 	b.WriteString(a.Upstream.Name)
 	b.WriteString(": ")
 	switch {
+	case a.Skipped:
+		b.WriteString("not asked: " + a.Detail)
 	case a.Err != nil:
 		b.WriteString(describe(a.Err, a.Upstream))
 	default:
@@ -219,7 +222,7 @@ func (c *Chain) Walk(ctx context.Context, method, path string, hdr http.Header, 
 		}
 		if skip != nil {
 			if err := skip(u); err != nil {
-				r.Attempts = append(r.Attempts, Attempt{Upstream: u, Status: http.StatusNotFound, Detail: err.Error()})
+				r.Attempts = append(r.Attempts, Attempt{Upstream: u, Skipped: true, Status: http.StatusNotFound, Detail: err.Error()})
 				continue
 			}
 		}

@@ -1,0 +1,159 @@
+package sidecar
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/modgate/modgate/policy"
+	"github.com/modgate/modgate/sidecar/upstream"
+)
+
+// exchange is one request on its way through the pipeline: what it asks
+// for, what policy decided, who answered, and what the client got. Every
+// exchange ends in exactly one audit line.
+type exchange struct {
+	s     *Server
+	w     *responseRecorder
+	r     *http.Request
+	start time.Time
+	mode  string // reverse, forward or mitm
+
+	req      Request
+	pol      *policy.Policy // one snapshot for the whole request
+	decision string         // allow, deny, invalid, loop
+	rule     int
+	ruleText string
+	reason   string
+	private  string   // the private pattern the module matches, if any
+	route    []string // upstream names the policy's route allows, if any
+	routed   bool
+	served   *upstream.Upstream
+}
+
+func (s *Server) newExchange(w http.ResponseWriter, r *http.Request, mode string) *exchange {
+	return &exchange{
+		s: s, w: &responseRecorder{ResponseWriter: w}, r: r, start: time.Now(), mode: mode,
+		pol: s.policy(), decision: "allow", req: Request{Kind: KindOther},
+	}
+}
+
+// decide applies the policy to a classified request. It answers 403 and
+// returns false when the request may not go on: a rule denies it, or it
+// would send a private module path to a checksum database.
+func (x *exchange) decide() bool {
+	req := x.req
+	if req.Module == "" {
+		return true // tiles and tree heads name no module: nothing to decide
+	}
+	x.private, _ = x.pol.IsPrivate(req.Module)
+	x.route, x.routed = x.pol.Route(req.Module)
+	d := x.pol.Decide(policy.Request{Module: req.Module, Version: req.Version, Kind: string(req.Kind), Host: x.r.Host})
+	x.rule, x.ruleText, x.reason = d.Rule, d.RuleText, d.Reason
+	if !d.Allow {
+		x.decision = "deny"
+		x.s.log.Info("denied by policy", "module", req.Module, "version", req.Version, "kind", req.Kind, "rule", d.Rule, "reason", d.Reason)
+		writeError(x.w, http.StatusForbidden, splitMessage(x.pol.DenyMessage(d, req.Module, req.Version))...)
+		return false
+	}
+	if req.Kind == KindSumDBLookup && x.private != "" {
+		x.decision, x.ruleText = "deny", "private "+x.private
+		x.reason = "private modules are never looked up in a checksum database"
+		writeError(x.w, http.StatusForbidden,
+			fmt.Sprintf("checksum database lookup of %s@%s refused: %s is private (pattern %s) and is never sent to a checksum database", req.Module, req.Version, req.Module, x.private),
+			fmt.Sprintf("add %s to GONOSUMDB (or GOPRIVATE) so that the go command does not ask", x.private))
+		return false
+	}
+	return true
+}
+
+// eligible says why an upstream may not be asked for this module: the
+// policy routes the module elsewhere, or the module is private and the
+// upstream is not.
+func (x *exchange) eligible(u *upstream.Upstream) error {
+	if x.routed && !slices.Contains(x.route, u.Name) {
+		return fmt.Errorf("not in the policy's route for %s", x.req.Module)
+	}
+	if x.private != "" && !u.Private {
+		return fmt.Errorf("not private, and %s is private (%s)", x.req.Module, x.private)
+	}
+	return nil
+}
+
+// finish writes the exchange's audit line.
+func (x *exchange) finish() {
+	if !x.s.audit.Enabled() {
+		return
+	}
+	e := policy.AuditEntry{
+		Time:       x.start,
+		Client:     clientIP(x.r.RemoteAddr),
+		Mode:       x.mode,
+		Kind:       string(x.req.Kind),
+		Module:     x.req.Module,
+		Version:    x.req.Version,
+		Decision:   x.decision,
+		Rule:       x.rule,
+		Reason:     x.reason,
+		Status:     x.w.status,
+		Bytes:      x.w.bytes,
+		DurationMS: float64(time.Since(x.start).Microseconds()) / 1000,
+	}
+	if x.served != nil {
+		e.Upstream = x.served.Name
+		if x.served.URL != nil {
+			e.Host = x.served.URL.Host
+		}
+	}
+	if e.Status == 0 {
+		e.Status = http.StatusOK // the handler wrote nothing: net/http answers 200
+	}
+	if err := x.s.audit.Log(e); err != nil {
+		x.s.log.Error("audit log", "err", err)
+	}
+}
+
+// splitMessage turns a preformatted "modgate: ..." body into writeError's
+// lines.
+func splitMessage(body string) []string {
+	lines := strings.Split(strings.TrimSuffix(body, "\n"), "\n")
+	lines[0] = strings.TrimPrefix(lines[0], "modgate: ")
+	return lines
+}
+
+func clientIP(addr string) string {
+	if host, _, err := net.SplitHostPort(addr); err == nil {
+		return host
+	}
+	return addr
+}
+
+// responseRecorder notes the status and size of an answer for the audit
+// line, passing everything through.
+type responseRecorder struct {
+	http.ResponseWriter
+	status int
+	bytes  int64
+}
+
+func (w *responseRecorder) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *responseRecorder) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	n, err := w.ResponseWriter.Write(b)
+	w.bytes += int64(n)
+	return n, err
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (w *responseRecorder) Unwrap() http.ResponseWriter { return w.ResponseWriter }
