@@ -12,8 +12,10 @@
 package policy
 
 import (
+	"fmt"
 	"os"
 	"slices"
+	"strings"
 )
 
 // Request kinds, as the data plane classifies requests (see DESIGN.md,
@@ -191,4 +193,31 @@ func (p *Policy) Upstreams() []string {
 		}
 	}
 	return names
+}
+
+// Describe returns the policy in words, one line per entry in the order it
+// applies, for `modgate policy lint`.
+func (p *Policy) Describe() []string {
+	if p == nil {
+		p = Default()
+	}
+	var lines []string
+	for _, g := range p.private {
+		lines = append(lines, fmt.Sprintf("private %s: only private upstreams, never a checksum database", g))
+	}
+	for i, r := range p.routes {
+		lines = append(lines, fmt.Sprintf("route %d: %s -> %s", i+1, r.modules, strings.Join(r.upstreams, ", ")))
+	}
+	for i, r := range p.rules {
+		line := fmt.Sprintf("rule %d: %s", i+1, r.text)
+		if r.reason != "" {
+			line += " (" + r.reason + ")"
+		}
+		lines = append(lines, line)
+	}
+	lines = append(lines, p.defaultText)
+	if p.contact != "" {
+		lines = append(lines, "contact: "+p.contact)
+	}
+	return lines
 }

@@ -16,6 +16,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -104,10 +105,28 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	s.chain = chain
+	if err := s.checkRoutes(s.policy()); err != nil {
+		return nil, err
+	}
 	if s.sumdb, err = newSumDB(cfg.SumDB, chain, opts, upstream.Timeouts{}); err != nil {
 		return nil, err
 	}
 	return s, nil
+}
+
+// checkRoutes refuses a policy whose routes name upstreams that do not
+// exist: the modules they route could never be served.
+func (s *Server) checkRoutes(p *policy.Policy) error {
+	var names []string
+	for _, u := range s.chain.Upstreams() {
+		names = append(names, u.Name)
+	}
+	for _, name := range p.Upstreams() {
+		if !slices.Contains(names, name) {
+			return fmt.Errorf("policy routes name upstream %q, which is not configured (upstreams: %s)", name, strings.Join(names, ", "))
+		}
+	}
+	return nil
 }
 
 func randomToken() string {

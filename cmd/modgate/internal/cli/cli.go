@@ -52,6 +52,7 @@ checksum-database pass-through, telemetry and policy.
 
 Usage:
   modgate run [flags]     serve (modgate run -h lists the flags)
+  modgate policy check|lint   ask the policy about a module, or check a policy file
   modgate version         print the version
 
 Point the go command at it with GOPROXY=http://127.0.0.1:7070.
@@ -68,6 +69,8 @@ func (a *App) Run(ctx context.Context, args []string) int {
 	switch cmd, rest := args[0], args[1:]; cmd {
 	case "run":
 		err = a.run(ctx, rest)
+	case "policy":
+		err = a.policy(ctx, rest)
 	case "version":
 		fmt.Fprintf(a.Stdout, "modgate %s %s %s/%s\n", Version(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
 	case "help", "-h", "-help", "--help":
@@ -83,6 +86,8 @@ func (a *App) Run(ctx context.Context, args []string) int {
 		return 0
 	case errors.Is(err, errUsage):
 		return 2
+	case errors.Is(err, errDenied):
+		return 1
 	}
 	fmt.Fprintf(a.Stderr, "modgate: %v\n", err)
 	return 1

@@ -11,6 +11,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -142,5 +144,162 @@ func TestVersionAndUsage(t *testing.T) {
 	stderr.Reset()
 	if code := app.Run(context.Background(), []string{"run", "--no-such-flag"}); code != 2 || !strings.Contains(stderr.String(), "flag provided but not defined") {
 		t.Errorf("bad flag: %d %q", code, stderr.String())
+	}
+}
+
+func TestPolicyCheckAndLint(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "policy.yaml")
+	os.WriteFile(file, []byte(`private: ["*.corp.example.test"]
+rules:
+  - deny: "github.com/evil/*"
+    reason: "malware, see SEC-123"
+contact: "ask #platform-builds"
+`), 0o644)
+	run := func(args ...string) (int, string) {
+		var out bytes.Buffer
+		app := &App{Stdout: &out, Stderr: &out, Getenv: func(string) string { return "" }}
+		return app.Run(context.Background(), args), out.String()
+	}
+	code, out := run("policy", "check", "--policy", file, "github.com/evil/x@v1.0.0")
+	if code != 1 || !strings.Contains(out, "deny github.com/evil/x@v1.0.0\nrule:    1 (deny github.com/evil/*)\nreason:  malware, see SEC-123\ncontact: ask #platform-builds\n") {
+		t.Errorf("check deny: %d\n%s", code, out)
+	}
+	code, out = run("policy", "check", "--policy", file, "git.corp.example.test/x")
+	if code != 0 || !strings.Contains(out, "allow git.corp.example.test/x") || !strings.Contains(out, "add *.corp.example.test to GONOSUMDB") {
+		t.Errorf("check private: %d\n%s", code, out)
+	}
+	code, out = run("policy", "lint", file)
+	if code != 0 || !strings.Contains(out, "rule 1: deny github.com/evil/* (malware, see SEC-123)") {
+		t.Errorf("lint: %d\n%s", code, out)
+	}
+	os.WriteFile(file, []byte("rules:\n  - deny: \"x.example.test\"\n    versions: \"<1.0\"\n"), 0o644)
+	code, out = run("policy", "lint", file)
+	if code != 1 || !strings.Contains(out, "policy.yaml:3: rules[1].versions") {
+		t.Errorf("lint invalid: %d\n%s", code, out)
+	}
+	if code, _ := run("policy", "frob"); code != 2 {
+		t.Errorf("unknown policy command: %d", code)
+	}
+}
+
+// TestSIGTERMLosesNoAuditLine kills modgate with SIGTERM while clients
+// keep it busy and counts audit lines against the answers clients got.
+func TestSIGTERMLosesNoAuditLine(t *testing.T) {
+	fx := modtest.MustLoadFixtures(t, modtest.FixtureDir(t))
+	p := modtest.NewProxy(t, fx)
+	dir := t.TempDir()
+	auditFile := filepath.Join(dir, "audit.jsonl")
+	policyFile := filepath.Join(dir, "policy.yaml")
+	os.WriteFile(policyFile, []byte("rules:\n  - deny: \"fixture.test/dep02\"\n"), 0o644)
+	listen, admin := freeAddr(t), freeAddr(t)
+	cmd, out := modgate(t, "run", "--listen", listen, "--admin", admin, "--upstream", p.URL+"/f/slow20", "--sumdb", "off",
+		"--policy", policyFile, "--audit-log", auditFile)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	waitReady(t, admin, out)
+
+	var answered atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	client := &http.Client{Timeout: 30 * time.Second}
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				mod := []string{"dep01", "dep02", "dep03"}[i%3]
+				resp, err := client.Get("http://" + listen + "/fixture.test/" + mod + "/@v/list")
+				if err != nil {
+					return // modgate stopped accepting
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				answered.Add(1)
+			}
+		}()
+	}
+	for answered.Load() < 50 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("modgate exited with %v:\n%s", err, out)
+	}
+	close(stop)
+	wg.Wait()
+	data, err := os.ReadFile(auditFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Count(string(data), "\n")
+	if int64(lines) != answered.Load() {
+		t.Errorf("%d audit lines for %d answered requests", lines, answered.Load())
+	}
+	t.Logf("%d requests answered, %d audit lines", answered.Load(), lines)
+}
+
+func TestSIGHUPReloadsPolicy(t *testing.T) {
+	fx := modtest.MustLoadFixtures(t, modtest.FixtureDir(t))
+	p := modtest.NewProxy(t, fx)
+	policyFile := filepath.Join(t.TempDir(), "policy.yaml")
+	os.WriteFile(policyFile, []byte("rules:\n  - allow: \"*\"\n"), 0o644)
+	listen, admin := freeAddr(t), freeAddr(t)
+	cmd, out := modgate(t, "run", "--listen", listen, "--admin", admin, "--upstream", p.URL, "--sumdb", "off", "--policy", policyFile)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	waitReady(t, admin, out)
+	status := func() int {
+		resp, err := http.Get("http://" + listen + "/fixture.test/dep01/@v/list")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if s := status(); s != 200 {
+		t.Fatalf("before: %d", s)
+	}
+	// Write in place (no rename) and signal at once: SIGHUP must not wait
+	// for the file watcher.
+	os.WriteFile(policyFile, []byte("rules:\n  - deny: \"fixture.test/dep01\"\n"), 0o644)
+	cmd.Process.Signal(syscall.SIGHUP)
+	deadline := time.Now().Add(10 * time.Second)
+	for status() != 403 {
+		if time.Now().After(deadline) {
+			t.Fatalf("policy not reloaded:\n%s", out)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	cmd.Wait()
+	if !strings.Contains(out.String(), "policy reloaded") {
+		t.Errorf("no reload log:\n%s", out)
+	}
+}
+
+func waitReady(t *testing.T, admin string, out *bytes.Buffer) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get("http://" + admin + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("modgate not ready:\n%s", out)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

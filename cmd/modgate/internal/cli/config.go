@@ -33,6 +33,10 @@ type Config struct {
 	Resolve   map[string]string `yaml:"resolve"`
 	TLSCAFile string            `yaml:"tls_ca_file"`
 	Log       LogConfig         `yaml:"log"`
+	// PolicyFile is the policy (see README); empty allows everything.
+	PolicyFile string `yaml:"policy_file"`
+	// AuditLog is a file, "-" for standard output, or empty for none.
+	AuditLog string `yaml:"audit_log"`
 }
 
 // UpstreamConfig is one entry of upstreams.
@@ -228,6 +232,8 @@ var envKeys = []struct{ env, key string }{
 	{"MODGATE_TLS_CA_FILE", "tls_ca_file"},
 	{"MODGATE_LOG_LEVEL", "log.level"},
 	{"MODGATE_LOG_FORMAT", "log.format"},
+	{"MODGATE_POLICY", "policy_file"},
+	{"MODGATE_AUDIT_LOG", "audit_log"},
 }
 
 // set applies one value given as a string (from the environment or a
@@ -265,6 +271,10 @@ func (c *Config) set(key, value, at string, o origins) error {
 		c.Log.Level = value
 	case "log.format":
 		c.Log.Format = value
+	case "policy_file":
+		c.PolicyFile = value
+	case "audit_log":
+		c.AuditLog = value
 	default:
 		return fmt.Errorf("%s: unknown key %q", at, key)
 	}

@@ -29,6 +29,8 @@ var flagKeys = []struct{ flag, key, usage string }{
 	{"tls-ca-file", "tls_ca_file", "extra root CAs (PEM) for upstreams"},
 	{"log-level", "log.level", "debug, info, warn or error"},
 	{"log-format", "log.format", "auto, text or json"},
+	{"policy", "policy_file", "policy file (reloaded when it changes and on SIGHUP)"},
+	{"audit-log", "audit_log", "audit log: a file (rotated by size), - for standard output, empty for none"},
 }
 
 func (f *runFlags) register(fs *flag.FlagSet) {

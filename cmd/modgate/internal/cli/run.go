@@ -7,9 +7,13 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/signal"
+	"sync"
+	"syscall"
 
 	"golang.org/x/term"
 
+	"github.com/modgate/modgate/policy"
 	"github.com/modgate/modgate/sidecar"
 )
 
@@ -33,13 +37,76 @@ func (a *App) run(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("config:\n%w", err)
 	}
-	sc.Logger = newLogger(a.Stderr, cfg.Log)
+	log := newLogger(a.Stderr, cfg.Log)
+	sc.Logger = log
 	sc.Version = Version()
+	if cfg.PolicyFile != "" {
+		if sc.Policy, err = policy.NewStore(cfg.PolicyFile); err != nil {
+			return fmt.Errorf("policy:\n%w", err)
+		}
+	}
+	audit, err := policy.NewAuditLog(cfg.AuditLog, policy.AuditOptions{Stdout: a.Stdout})
+	if err != nil {
+		return fmt.Errorf("audit log: %w", err)
+	}
+	sc.Audit = audit
 	srv, err := sidecar.New(sc)
 	if err != nil {
+		audit.Close()
 		return err
 	}
-	return srv.Run(ctx)
+	if sc.Policy != nil {
+		stop := watchPolicy(ctx, sc.Policy, log)
+		defer stop()
+	}
+	err = srv.Run(ctx)
+	// Every request has finished: the last audit lines are flushed now.
+	if cerr := audit.Close(); cerr != nil && err == nil {
+		err = fmt.Errorf("audit log: %w", cerr)
+	}
+	return err
+}
+
+// watchPolicy reloads the policy when its file changes and on SIGHUP. A
+// policy that does not parse is logged with its file, line and key, and the
+// one in force stays.
+func watchPolicy(ctx context.Context, st *policy.Store, log *slog.Logger) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	report := func(how string) func(error) {
+		return func(err error) {
+			if err != nil {
+				log.Error("policy not reloaded; the previous policy stays in force", "how", how, "err", err, "failures", st.ReloadFailures())
+				return
+			}
+			log.Info("policy reloaded", "how", how, "file", st.Path())
+		}
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		if err := st.Watch(ctx, report("file changed")); err != nil {
+			log.Warn("cannot watch the policy file; reload it with SIGHUP", "err", err)
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-hup:
+				report("SIGHUP")(st.Reload())
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return func() {
+		signal.Stop(hup)
+		cancel()
+		wg.Wait()
+	}
 }
 
 // newLogger writes text to a terminal and JSON lines anywhere else (a
