@@ -1,10 +1,16 @@
 package modtest
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	cryptorand "crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
 	"log"
+	"math/big"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -104,12 +110,15 @@ type faultServer struct {
 }
 
 // startFaultServer starts a server closed by t.Cleanup.
-func startFaultServer(t testing.TB, inner http.Handler, rec *recorder, useTLS bool, blocked func(string)) *faultServer {
+func startFaultServer(t testing.TB, inner http.Handler, rec *recorder, useTLS bool, blocked func(string), tlsNames ...string) *faultServer {
 	t.Helper()
 	s := &faultServer{inner: inner, rec: rec, blocked: blocked, done: make(chan struct{})}
 	s.srv = &httptest.Server{
 		Listener: listenLoopback(t),
 		Config:   &http.Server{Handler: s, ErrorLog: log.New(logWriter{t}, "", 0)},
+	}
+	if useTLS && len(tlsNames) > 0 {
+		s.srv.TLS = &tls.Config{Certificates: []tls.Certificate{selfSigned(t, tlsNames)}}
 	}
 	if useTLS {
 		s.srv.StartTLS()
@@ -118,6 +127,32 @@ func startFaultServer(t testing.TB, inner http.Handler, rec *recorder, useTLS bo
 	}
 	t.Cleanup(s.close)
 	return s
+}
+
+// selfSigned makes a certificate for names and 127.0.0.1, its own CA.
+func selfSigned(t testing.TB, names []string) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), cryptorand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(time.Now().UnixNano()),
+		Subject:               pkix.Name{CommonName: names[0], Organization: []string{"modtest"}},
+		DNSNames:              names,
+		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(cryptorand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
 
 // logWriter sends a server's error log to the test log.

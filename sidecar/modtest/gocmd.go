@@ -90,6 +90,16 @@ func NewGo(t testing.TB) *Go {
 		cache = filepath.Join(root, "gocache")
 	}
 	home := filepath.Join(root, "home")
+	// Telemetry off: in its default local mode the go command leaves a
+	// child process writing counters under $HOME after it exits, which
+	// races with the removal of the test's directory.
+	telemetry := filepath.Join(home, ".config", "go", "telemetry")
+	if err := os.MkdirAll(telemetry, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(telemetry, "mode"), []byte("off"), 0o666); err != nil {
+		t.Fatal(err)
+	}
 	for k, v := range map[string]string{
 		"GOPATH":       filepath.Join(root, "gopath"),
 		"GOMODCACHE":   filepath.Join(root, "modcache"),

@@ -27,8 +27,16 @@ type Proxy struct {
 type ProxyOption func(*proxyConfig)
 
 type proxyConfig struct {
-	db      *SumDB
-	blocked func(fault string) // test hook, see faultServer.blocked
+	db       *SumDB
+	blocked  func(fault string) // test hook, see faultServer.blocked
+	tlsNames []string
+}
+
+// WithTLSNames makes a proxy from NewProxyTLS present a certificate for
+// names (and 127.0.0.1) instead of httptest's, so that it can stand in
+// for a named host reached through a resolve override.
+func WithTLSNames(names ...string) ProxyOption {
+	return func(c *proxyConfig) { c.tlsNames = names }
 }
 
 // WithSumDB makes the proxy serve db the way a proxy that supports checksum
@@ -100,7 +108,7 @@ func newProxy(t testing.TB, fx *Fixtures, useTLS bool, opts []ProxyOption) *Prox
 		fx = &Fixtures{}
 	}
 	p := &Proxy{fx: fx, db: cfg.db}
-	p.s = startFaultServer(t, http.HandlerFunc(p.serve), &recorder{}, useTLS, cfg.blocked)
+	p.s = startFaultServer(t, http.HandlerFunc(p.serve), &recorder{}, useTLS, cfg.blocked, cfg.tlsNames...)
 	p.URL = p.s.srv.URL
 	return p
 }
