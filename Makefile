@@ -15,7 +15,7 @@ FUZZTIME ?= 30s
 PKGS ?= ./...
 TESTFLAGS ?= -race -count=1 -timeout=30m
 
-.PHONY: all build run test lint bench fuzz clean
+.PHONY: all build run test lint bench fuzz clean jaeger
 
 all: build
 
@@ -54,3 +54,44 @@ fuzz:
 
 clean:
 	rm -rf $(BIN)
+
+# Jaeger for the telemetry end-to-end test (telemetry/jaegertest reads
+# JAEGER_BIN; without it that test is skipped). It is built once from its Go
+# module, which takes minutes, and cached outside the repository so that a
+# fresh clone or `make clean` does not pay for it again. The module cache is
+# read-only, hence the temporary output name and a rename at the end.
+JAEGER_VERSION := v1.76.0
+JAEGER_DIR ?= $(HOME)/.cache/modgate/jaeger-$(JAEGER_VERSION)
+JAEGER_BIN := $(JAEGER_DIR)/jaeger
+
+jaeger: $(JAEGER_BIN)
+	@echo $(JAEGER_BIN)
+
+$(JAEGER_BIN):
+	@mkdir -p $(JAEGER_DIR)
+	@set -e; \
+	dir=$$(cd / && GOFLAGS= GOWORK=off $(GO) mod download -json github.com/jaegertracing/jaeger@$(JAEGER_VERSION) | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$$/\1/p'); \
+	if [ -z "$$dir" ]; then echo "jaeger: go mod download found no module directory"; exit 1; fi; \
+	echo "building jaeger $(JAEGER_VERSION) from $$dir (a few minutes, once)"; \
+	cd "$$dir" && GOFLAGS=-buildvcs=false GOWORK=off CGO_ENABLED=0 $(GO) build -trimpath -o $@.tmp ./cmd/jaeger; \
+	mv $@.tmp $@
+
+# Cross-compile modgate for every platform it supports, with cgo off as in
+# the container image. Binaries land in $(CROSS_OUT) (bin/cross), named
+# modgate-GOOS-GOARCH[.exe].
+.PHONY: cross test-deploy
+CROSS_PLATFORMS := linux/amd64 linux/arm64 darwin/amd64 darwin/arm64 windows/amd64 windows/arm64
+CROSS_OUT ?= $(BIN)/cross
+
+cross:
+	@mkdir -p $(CROSS_OUT)
+	@set -e; for p in $(CROSS_PLATFORMS); do \
+	  os=$${p%/*}; arch=$${p#*/}; ext=; if [ "$$os" = windows ]; then ext=.exe; fi; \
+	  echo "cross: $$os/$$arch"; \
+	  CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -o $(CROSS_OUT)/modgate-$$os-$$arch$$ext ./cmd/modgate; \
+	done
+
+# deploy/ is its own module (its Kubernetes dependencies stay out of the
+# root go.mod), so `go test ./...` at the root does not reach it.
+test-deploy:
+	cd deploy && $(GO) vet ./... && $(GO) test $(TESTFLAGS) ./...

@@ -3,6 +3,7 @@ package sidecar
 import (
 	"errors"
 	"fmt"
+	"net/url"
 	"strings"
 
 	"golang.org/x/mod/module"
@@ -25,6 +26,9 @@ const (
 	KindSumDBLookup    Kind = "sumdb-lookup"
 	KindSumDBTile      Kind = "sumdb-tile"
 	KindSumDBLatest    Kind = "sumdb-latest"
+	KindGoGet          Kind = "go-get"
+	KindVCS            Kind = "vcs"
+	KindTunnel         Kind = "tunnel"
 	KindOther          Kind = "other"
 )
 
@@ -189,4 +193,42 @@ func unwrapModuleError(err error) error {
 		return ie.Err
 	}
 	return err
+}
+
+// classifyForward classifies a request to an origin host in forward mode:
+// the GOPROXY protocol (the host is a proxy), the checksum database's
+// endpoints (the host is the configured database), ?go-get=1 discovery,
+// git smart HTTP, or other. Paths with a module protocol's shape that do not
+// decode are errors, as in reverse mode.
+func classifyForward(host, p, rawQuery, sumdbName string) (Request, error) {
+	query, _ := url.ParseQuery(rawQuery)
+	switch {
+	case query.Get("go-get") == "1":
+		mod := strings.TrimSuffix(host+p, "/")
+		if err := module.CheckImportPath(mod); err != nil {
+			return Request{}, fmt.Errorf("invalid import path %q in go-get request: %v", mod, unwrapModuleError(err))
+		}
+		return Request{Kind: KindGoGet, Module: mod, Path: p}, nil
+	case strings.HasSuffix(p, "/info/refs") && strings.HasPrefix(query.Get("service"), "git-"),
+		strings.HasSuffix(p, "/git-upload-pack"), strings.HasSuffix(p, "/git-receive-pack"):
+		repo := p[:strings.LastIndex(p, "/")]
+		repo = strings.TrimSuffix(strings.TrimSuffix(repo, "/info"), ".git")
+		r := Request{Kind: KindVCS, Path: p}
+		if mod := host + repo; module.CheckImportPath(mod) == nil {
+			r.Module = mod // a repository is named like the module it holds
+		}
+		return r, nil
+	case sumdbName != "" && strings.EqualFold(host, sumdbName):
+		r, err := classifySumDB(p)
+		if errors.Is(err, ErrNotModuleRequest) {
+			return Request{Kind: KindOther, Path: p}, nil
+		}
+		r.SumDB = sumdbName
+		return r, err
+	}
+	r, err := ClassifyReverse(p)
+	if errors.Is(err, ErrNotModuleRequest) {
+		return Request{Kind: KindOther, Path: p}, nil
+	}
+	return r, err
 }

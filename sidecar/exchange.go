@@ -22,6 +22,9 @@ type exchange struct {
 	start time.Time
 	mode  string // reverse, forward or mitm
 
+	identity string // the proxy user, in forward mode
+	host     string // the destination host:port, in forward mode
+
 	req      Request
 	pol      *policy.Policy // one snapshot for the whole request
 	decision string         // allow, deny, invalid, loop
@@ -51,7 +54,7 @@ func (x *exchange) decide() bool {
 	}
 	x.private, _ = x.pol.IsPrivate(req.Module)
 	x.route, x.routed = x.pol.Route(req.Module)
-	d := x.pol.Decide(policy.Request{Module: req.Module, Version: req.Version, Kind: string(req.Kind), Host: x.r.Host})
+	d := x.pol.Decide(policy.Request{Module: req.Module, Version: req.Version, Kind: string(req.Kind), Host: x.destination(), Identity: x.identity})
 	x.rule, x.ruleText, x.reason = d.Rule, d.RuleText, d.Reason
 	if !d.Allow {
 		x.decision = "deny"
@@ -68,6 +71,15 @@ func (x *exchange) decide() bool {
 		return false
 	}
 	return true
+}
+
+// destination is the host the request goes to: the origin in forward
+// mode, modgate itself in reverse mode.
+func (x *exchange) destination() string {
+	if x.host != "" {
+		return x.host
+	}
+	return x.r.Host
 }
 
 // eligible says why an upstream may not be asked for this module: the
@@ -91,6 +103,8 @@ func (x *exchange) finish() {
 	e := policy.AuditEntry{
 		Time:       x.start,
 		Client:     clientIP(x.r.RemoteAddr),
+		Identity:   x.identity,
+		Host:       x.host,
 		Mode:       x.mode,
 		Kind:       string(x.req.Kind),
 		Module:     x.req.Module,
@@ -104,7 +118,7 @@ func (x *exchange) finish() {
 	}
 	if x.served != nil {
 		e.Upstream = x.served.Name
-		if x.served.URL != nil {
+		if x.served.URL != nil && e.Host == "" {
 			e.Host = x.served.URL.Host
 		}
 	}

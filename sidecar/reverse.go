@@ -84,7 +84,8 @@ func upstreamHeader(r *http.Request) http.Header {
 // connection.
 const bufferLimit = 64 << 10
 
-// relay passes a 200 answer to the client. Small bodies of known length are
+// relay passes an answer to the client (always a 200 in reverse mode; any
+// status in forward mode). Small bodies of known length are
 // read first; others stream, and if the upstream's body breaks mid-way the
 // connection is aborted, so that the client sees a failed transfer and
 // never a short body that looks complete.
@@ -97,12 +98,12 @@ func (s *Server) relay(x *exchange, resp *http.Response) {
 			return
 		}
 		copyHeader(w.Header(), resp.Header)
-		w.WriteHeader(http.StatusOK)
+		w.WriteHeader(resp.StatusCode)
 		w.Write(body)
 		return
 	}
 	copyHeader(w.Header(), resp.Header)
-	w.WriteHeader(http.StatusOK)
+	w.WriteHeader(resp.StatusCode)
 	if r.Method == http.MethodHead {
 		return
 	}

@@ -54,6 +54,9 @@ type Config struct {
 	Policy *policy.Store
 	// Audit receives one line per request. If nil, there is no audit log.
 	Audit *policy.AuditLog
+	// Forward configures forward mode (HTTP_PROXY / HTTPS_PROXY); the zero
+	// value tunnels CONNECTs to port 443 of public hosts.
+	Forward ForwardConfig
 }
 
 // Server is one modgate. Create it with New.
@@ -68,6 +71,7 @@ type Server struct {
 	ready atomic.Bool
 
 	audit *policy.AuditLog
+	fwd   *forward
 }
 
 // policy returns the policy in force now.
@@ -111,6 +115,10 @@ func New(cfg Config) (*Server, error) {
 	if s.sumdb, err = newSumDB(cfg.SumDB, chain, opts, upstream.Timeouts{}); err != nil {
 		return nil, err
 	}
+	if len(cfg.Forward.MITMHosts) > 0 && cfg.Forward.CA == nil {
+		return nil, errors.New("mitm hosts are set but there is no CA: run `modgate ca init` and give --ca-dir")
+	}
+	s.fwd = newForward(s, cfg.Forward, opts)
 	return s, nil
 }
 
@@ -192,11 +200,14 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if r.Method == http.MethodConnect || r.URL.IsAbs() {
-		writeError(w, http.StatusMethodNotAllowed, "this modgate serves module requests as a GOPROXY only: set GOPROXY=http://"+r.Host+" instead of HTTP_PROXY/HTTPS_PROXY")
-		return
+	switch {
+	case r.Method == http.MethodConnect:
+		s.fwd.goprox.ServeHTTP(w, r)
+	case r.URL.IsAbs():
+		s.fwd.serveAbsolute(w, r)
+	default:
+		s.serveReverse(w, r)
 	}
-	s.serveReverse(w, r)
 }
 
 // AdminHandler serves /healthz, /readyz and /debug/upstreams.
@@ -309,6 +320,7 @@ func (s *Server) Serve(ctx context.Context, ln, adminLn net.Listener) error {
 			srv.Close()
 		}
 	}
+	s.fwd.shutdown(sctx) // tunnels and intercepted connections
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil
 	}

@@ -102,6 +102,9 @@ type Config struct {
 	// RedirectHosts are the hosts (path.Match patterns) other than the
 	// upstream's own that its redirects may lead to, e.g. a CDN.
 	RedirectHosts []string
+	// PassRedirects returns redirects to the caller instead of following
+	// them, as a forward proxy must.
+	PassRedirects bool
 }
 
 // Options are the settings shared by every upstream of a process.
@@ -120,6 +123,8 @@ type Options struct {
 	Clock Clock
 	// Logger receives breaker state changes. If nil, they are discarded.
 	Logger *slog.Logger
+	// Dial, if set, makes every connection (forward mode's guarded dialer).
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // Upstream is one entry of the chain. Its methods are safe for concurrent use.
@@ -215,6 +220,9 @@ func New(cfg Config, opts Options) (*Upstream, error) {
 		}
 	}
 	u.client = &http.Client{Transport: rt, CheckRedirect: checkRedirect(base.Host, cfg.RedirectHosts)}
+	if cfg.PassRedirects {
+		u.client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	}
 	bs := cfg.Breaker.withDefaults()
 	u.breaker = newBreaker(u.Name, bs, u.clock, logger, func(err error) string { return describe(err, u) })
 	u.retry = cfg.Retry.withDefaults(bs.Window)
@@ -267,7 +275,13 @@ func checkRedirect(own string, hosts []string) func(*http.Request, []*http.Reque
 func newTransport(t Timeouts, opts Options) *http.Transport {
 	dialer := &net.Dialer{Timeout: t.Dial, KeepAlive: 30 * time.Second}
 	dial := dialer.DialContext
-	if len(opts.Resolve) > 0 {
+	if opts.Dial != nil {
+		dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			ctx, cancel := context.WithTimeout(ctx, t.Dial)
+			defer cancel()
+			return opts.Dial(ctx, network, addr)
+		}
+	} else if len(opts.Resolve) > 0 {
 		dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
 			if to, ok := opts.Resolve[addr]; ok {
 				addr = to
@@ -300,6 +314,24 @@ func newTransport(t Timeouts, opts Options) *http.Transport {
 // bounded by the idle timeout (a read that waits longer fails with
 // ErrStalled), and the breaker learns the outcome when the body is closed.
 func (u *Upstream) Get(ctx context.Context, method, path string, hdr http.Header) (*http.Response, error) {
+	return u.Do(ctx, Request{Method: method, Path: path, Header: hdr})
+}
+
+// Request is one request to an upstream, for Do.
+type Request struct {
+	Method string
+	Path   string // escaped, beginning with "/"
+	Query  string // raw query, without "?"
+	Header http.Header
+	// Body and ContentLength are the request body, if any. A request with
+	// a body is never retried.
+	Body          io.Reader
+	ContentLength int64
+}
+
+// Do is Get for any request: forward mode passes methods, queries, headers
+// and bodies through (git's smart HTTP POSTs).
+func (u *Upstream) Do(ctx context.Context, req Request) (*http.Response, error) {
 	if u.Kind != Proxy {
 		return nil, fmt.Errorf("upstream %s is not a proxy", u.Name)
 	}
@@ -309,7 +341,7 @@ func (u *Upstream) Get(ctx context.Context, method, path string, hdr http.Header
 		if err != nil {
 			return nil, err
 		}
-		resp, err := u.try(ctx, method, path, hdr)
+		resp, err := u.try(ctx, req)
 		switch {
 		case err != nil && ctx.Err() != nil:
 			u.breaker.report(done, errClientCanceled)
@@ -326,6 +358,10 @@ func (u *Upstream) Get(ctx context.Context, method, path string, hdr http.Header
 		default:
 			u.breaker.report(done, nil)
 			return resp, nil
+		}
+		method := req.Method
+		if req.Body != nil {
+			method = "" // never retried: the body is spent
 		}
 		wait, ok := u.retryWait(method, try, resp, err)
 		if !ok {
@@ -363,16 +399,20 @@ func (u *Upstream) retryWait(method string, try int, resp *http.Response, err er
 }
 
 // try makes one request.
-func (u *Upstream) try(ctx context.Context, method, path string, hdr http.Header) (*http.Response, error) {
+func (u *Upstream) try(ctx context.Context, r Request) (*http.Response, error) {
 	target := *u.URL
-	target.Path = u.URL.Path + path
+	target.Path = u.URL.Path + r.Path
+	target.RawQuery = r.Query
 	ctx, cancel := context.WithCancelCause(ctx)
-	req, err := http.NewRequestWithContext(ctx, method, target.String(), nil)
+	req, err := http.NewRequestWithContext(ctx, r.Method, target.String(), r.Body)
 	if err != nil {
 		cancel(nil)
 		return nil, err
 	}
-	for k, vs := range hdr {
+	if r.Body != nil {
+		req.ContentLength = r.ContentLength
+	}
+	for k, vs := range r.Header {
 		req.Header[k] = vs
 	}
 	req.Header.Set("User-Agent", u.userAgent)
@@ -390,6 +430,18 @@ func (u *Upstream) try(ctx context.Context, method, path string, hdr http.Header
 	}
 	resp.Body = newStallReader(resp.Body, u.Timeouts.Idle, cancel)
 	return resp, nil
+}
+
+// Guard lets a caller that does not go through Do (a CONNECT tunnel's
+// dial) use the upstream's breaker: it refuses with an *OpenError while the
+// breaker is open, and otherwise returns the func that reports the outcome
+// (nil error for success).
+func (u *Upstream) Guard() (report func(error), err error) {
+	done, err := u.breaker.allow()
+	if err != nil {
+		return nil, err
+	}
+	return func(err error) { u.breaker.report(done, err) }, nil
 }
 
 // Breaker returns the state of the upstream's breaker.

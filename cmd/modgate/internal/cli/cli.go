@@ -53,6 +53,7 @@ checksum-database pass-through, telemetry and policy.
 Usage:
   modgate run [flags]     serve (modgate run -h lists the flags)
   modgate policy check|lint   ask the policy about a module, or check a policy file
+  modgate baseline record|compare   save upstream latency baselines, or compare two
   modgate version         print the version
 
 Point the go command at it with GOPROXY=http://127.0.0.1:7070.
@@ -71,6 +72,8 @@ func (a *App) Run(ctx context.Context, args []string) int {
 		err = a.run(ctx, rest)
 	case "policy":
 		err = a.policy(ctx, rest)
+	case "baseline":
+		err = a.baseline(ctx, rest)
 	case "version":
 		fmt.Fprintf(a.Stdout, "modgate %s %s %s/%s\n", Version(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
 	case "help", "-h", "-help", "--help":

@@ -1,0 +1,383 @@
+package sidecar_test
+
+import (
+	"bufio"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/cgi"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/modgate/modgate/policy"
+	"github.com/modgate/modgate/sidecar"
+	"github.com/modgate/modgate/sidecar/mitm"
+	"github.com/modgate/modgate/sidecar/modtest"
+	"github.com/modgate/modgate/sidecar/upstream"
+)
+
+const proxyHost = "proxy.fixture.test"
+
+// newCA makes a modgate CA and returns it with its certificate's PEM.
+func newCA(t *testing.T) (*mitm.CA, []byte) {
+	t.Helper()
+	dir := t.TempDir()
+	if err := mitm.Init(dir); err != nil {
+		t.Fatal(err)
+	}
+	ca, err := mitm.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pem, err := os.ReadFile(mitm.CertPath(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ca, pem
+}
+
+// readAudit returns the audit log's entries.
+func readAudit(t *testing.T, path string) []map[string]any {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var out []map[string]any
+	for sc := bufio.NewScanner(f); sc.Scan(); {
+		var e map[string]any
+		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
+			t.Fatalf("audit line %q: %v", sc.Text(), err)
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// fwdSetup is a TLS fake module proxy named proxy.fixture.test, a go
+// command whose GOPROXY is that host and whose HTTPS_PROXY is modgate.
+type fwdSetup struct {
+	e     *env
+	p     *modtest.Proxy
+	url   string
+	audit string
+	store *policy.Store
+}
+
+func newFwdSetup(t *testing.T, intercept bool) *fwdSetup {
+	e := newEnv(t)
+	p := modtest.NewProxyTLS(t, e.fx, modtest.WithSumDB(e.db), modtest.WithTLSNames(proxyHost))
+	st, _ := policyStore(t, "{}\n")
+	auditPath := filepath.Join(t.TempDir(), "audit.jsonl")
+	audit, err := policy.NewAuditLog(auditPath, policy.AuditOptions{FlushInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { audit.Close() })
+	cfg := sidecar.Config{
+		Upstreams: []upstream.Config{{URL: "off"}},
+		RootCAs:   p.CertPool(),
+		Resolve:   map[string]string{proxyHost + ":443": strings.TrimPrefix(p.URL, "https://")},
+		Policy:    st,
+		Audit:     audit,
+		Forward:   sidecar.ForwardConfig{AllowHosts: []string{proxyHost}},
+	}
+	if intercept {
+		ca, pem := newCA(t)
+		cfg.Forward.MITMHosts, cfg.Forward.CA = []string{proxyHost}, ca
+		e.go_.TrustPEM(pem)
+	} else {
+		e.go_.TrustPEM(p.CAPEM())
+	}
+	url := startGate(t, cfg)
+	e.go_.UseProxy("https://"+proxyHost, e.db)
+	e.go_.Setenv("HTTPS_PROXY", url)
+	e.go_.Setenv("https_proxy", url)
+	return &fwdSetup{e: e, p: p, url: url, audit: auditPath, store: st}
+}
+
+func TestForwardMITMGoModDownload(t *testing.T) {
+	f := newFwdSetup(t, true)
+	g := f.e.go_
+	g.WriteFile("go.mod", "module example.test/consumer\n\ngo 1.21\n\nrequire fixture.test/app v1.0.0\n")
+	g.WriteFile("main.go", "package main\n\nimport \"fixture.test/app\"\n\nfunc main() { println(app.Name()) }\n")
+	if _, stderr, err := g.Run("mod", "tidy"); err != nil {
+		t.Fatalf("go mod tidy through MITM: %v\n%s", err, stderr)
+	}
+	if stdout, stderr, err := g.Run("mod", "verify"); err != nil {
+		t.Fatalf("go mod verify: %v\n%s%s", err, stdout, stderr)
+	}
+	if n := f.p.CountMatching(".zip"); n < 20 {
+		t.Errorf("%d zips through modgate; want the whole graph", n)
+	}
+	kinds := map[string]int{}
+	for _, e := range readAudit(t, f.audit) {
+		if e["mode"] == "mitm" {
+			kinds[e["kind"].(string)]++
+			if e["kind"] == "zip" && (e["module"] == nil || e["host"] != proxyHost+":443") {
+				t.Errorf("zip audit line without module or host: %v", e)
+			}
+		}
+	}
+	if kinds["zip"] < 20 || kinds["sumdb-lookup"] == 0 {
+		t.Errorf("audit kinds in mitm mode: %v", kinds)
+	}
+
+	// Now dep01 is private: it may not go to proxy.fixture.test, which is
+	// not a private host.
+	os.WriteFile(f.store.Path(), []byte("private: [\"fixture.test/dep01\"]\n"), 0o644)
+	if err := f.store.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	g2 := modtest.NewGo(t)
+	g2.UseProxy("https://"+proxyHost, f.e.db)
+	g2.Setenv("HTTPS_PROXY", f.url)
+	g2.Setenv("GONOSUMDB", "fixture.test/dep01")
+	caPEM, err := os.ReadFile(g.Getenv("SSL_CERT_FILE"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g2.TrustPEM(caPEM)
+	before := len(requestsFor(f.p.Requests(), "fixture.test/dep01"))
+	_, stderr, err := g2.Run("mod", "download", "fixture.test/dep01@v1.0.0")
+	if err == nil || !strings.Contains(stderr, "403 Forbidden") || !strings.Contains(stderr, "fixture.test/dep01 is private (pattern fixture.test/dep01) and proxy.fixture.test is not a private host") {
+		t.Errorf("private path to a public host: %v\n%s", err, stderr)
+	}
+	if after := len(requestsFor(f.p.Requests(), "fixture.test/dep01")); after != before {
+		t.Errorf("a private module path reached the public host in forward mode")
+	}
+}
+
+func TestForwardTunnel(t *testing.T) {
+	f := newFwdSetup(t, false)
+	if out, err := f.e.download("fixture.test/dep06@v1.0.0", "fixture.test/dep07@v1.0.0"); err != nil {
+		t.Fatalf("go mod download through a tunnel: %v\n%s", err, out)
+	}
+	// A tunnel's audit line is written when it closes, a moment after the
+	// go command has exited.
+	var tunnels int
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		tunnels = 0
+		for _, e := range readAudit(t, f.audit) {
+			if e["kind"] == "tunnel" && e["status"] == 200.0 {
+				tunnels++
+			}
+		}
+		if tunnels > 0 {
+			break
+		}
+	}
+	for _, e := range readAudit(t, f.audit) {
+		if e["kind"] == "tunnel" && e["status"] == 200.0 {
+			if e["bytes"] == nil || e["host"] != proxyHost+":443" {
+				t.Errorf("tunnel audit line: %v", e)
+			}
+		}
+		if e["mode"] == "mitm" {
+			t.Errorf("a request was intercepted without MITM: %v", e)
+		}
+	}
+	if tunnels == 0 {
+		t.Errorf("no tunnel in the audit log")
+	}
+}
+
+// connect sends a CONNECT for target (and optional headers) and returns
+// the status line.
+func connect(t *testing.T, gate, target string, header ...string) string {
+	t.Helper()
+	c, err := net.Dial("tcp", strings.TrimPrefix(gate, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n%s\r\n", target, target, strings.Join(header, ""))
+	line, _ := bufio.NewReader(c).ReadString('\n')
+	return strings.TrimSpace(line)
+}
+
+func TestForwardRefusals(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin := ln.Addr().String()
+	ln.Close()
+	_, adminPort, _ := net.SplitHostPort(admin)
+	var port int
+	fmt.Sscan(adminPort, &port)
+	url := startGate(t, sidecar.Config{
+		Admin:     admin,
+		Upstreams: []upstream.Config{{URL: "off"}},
+		Forward:   sidecar.ForwardConfig{AllowHosts: []string{"*", "127.0.0.1"}, ConnectPorts: []int{443, port}},
+	})
+	tests := []struct{ target, want string }{
+		{"ssh.example.test:22", "403 modgate: CONNECT ssh.example.test:22 refused: port 22 is not in connect_ports"},
+		{"[::1]:443", "403 modgate: CONNECT [::1]:443 refused: ::1 resolves to ::1, a loopback address"},
+		{"0x7f.1:443", "403 modgate: CONNECT 0x7f.1:443 refused: 0x7f.1 resolves to 127.0.0.1, a loopback address"},
+		{"2130706433:443", "403 modgate: CONNECT 2130706433:443 refused: 2130706433 resolves to 127.0.0.1, a loopback address"},
+		{"017700000001:443", "a loopback address"},
+		{"localhost:443", "a loopback address"},
+		{"169.254.169.254:443", "169.254.169.254 resolves to 169.254.169.254, a link-local address"},
+		{"10.1.2.3:443", "a private address"},
+		{"192.168.0.1:443", "a private address"},
+		{"[fd00::1]:443", "a private address"},
+		{"100.64.0.1:443", "a carrier-grade NAT address"},
+		{"0.0.0.0:443", "an unspecified address"},
+		{"[::ffff:127.0.0.1]:443", "an IPv4-mapped IPv6 address"},
+		{admin, "is modgate itself"},
+	}
+	for _, tt := range tests {
+		got := connect(t, url, tt.target)
+		if !strings.HasPrefix(got, "HTTP/1.1 403 ") || !strings.Contains(got, tt.want) {
+			t.Errorf("CONNECT %s: %q; want 403 with %q", tt.target, got, tt.want)
+		}
+	}
+
+	// Absolute-form requests pass the same guard.
+	status, _, body := rawGet(t, url, "http://169.254.169.254/latest/meta-data")
+	if status != 403 || !strings.Contains(body, "a link-local address") {
+		t.Errorf("absolute-form to the metadata address: %d %q", status, body)
+	}
+
+	// An allowlist refuses everything else before resolving anything.
+	url = startGate(t, sidecar.Config{Upstreams: []upstream.Config{{URL: "off"}}, Forward: sidecar.ForwardConfig{AllowHosts: []string{"*.example.test"}}})
+	if got := connect(t, url, "evil.example.invalid:443"); !strings.Contains(got, "403 modgate: CONNECT evil.example.invalid:443 refused: host evil.example.invalid is not in allow_hosts") {
+		t.Errorf("host not allowed: %q", got)
+	}
+}
+
+func TestForwardProxyAuth(t *testing.T) {
+	f := newFwdSetupWithUsers(t, map[string]string{"alice": "s3cret"})
+	if got := connect(t, f.url, proxyHost+":443"); !strings.HasPrefix(got, "HTTP/1.1 407") {
+		t.Errorf("CONNECT without credentials: %q", got)
+	}
+	bad := "Proxy-Authorization: Basic " + base64.StdEncoding.EncodeToString([]byte("alice:wrong")) + "\r\n"
+	if got := connect(t, f.url, proxyHost+":443", bad); !strings.HasPrefix(got, "HTTP/1.1 407") {
+		t.Errorf("CONNECT with a wrong password: %q", got)
+	}
+	good := "Proxy-Authorization: Basic " + base64.StdEncoding.EncodeToString([]byte("alice:s3cret")) + "\r\n"
+	if got := connect(t, f.url, proxyHost+":443", good); got != "HTTP/1.1 200 Connection established" {
+		t.Errorf("CONNECT with credentials: %q", got)
+	}
+	// The go command sends the credentials in the proxy URL.
+	authURL := strings.Replace(f.url, "http://", "http://alice:s3cret@", 1)
+	f.e.go_.Setenv("HTTPS_PROXY", authURL)
+	if out, err := f.e.download("fixture.test/dep08@v1.0.0"); err != nil {
+		t.Fatalf("go mod download with proxy credentials: %v\n%s", err, out)
+	}
+	var alice int
+	for _, e := range readAudit(t, f.audit) {
+		if e["identity"] == "alice" && e["mode"] == "mitm" {
+			alice++
+		}
+	}
+	if alice == 0 {
+		t.Errorf("no audit line with identity alice")
+	}
+}
+
+func newFwdSetupWithUsers(t *testing.T, users map[string]string) *fwdSetup {
+	e := newEnv(t)
+	p := modtest.NewProxyTLS(t, e.fx, modtest.WithSumDB(e.db), modtest.WithTLSNames(proxyHost))
+	auditPath := filepath.Join(t.TempDir(), "audit.jsonl")
+	audit, err := policy.NewAuditLog(auditPath, policy.AuditOptions{FlushInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { audit.Close() })
+	ca, pem := newCA(t)
+	url := startGate(t, sidecar.Config{
+		Upstreams: []upstream.Config{{URL: "off"}},
+		RootCAs:   p.CertPool(),
+		Resolve:   map[string]string{proxyHost + ":443": strings.TrimPrefix(p.URL, "https://")},
+		Audit:     audit,
+		Forward:   sidecar.ForwardConfig{AllowHosts: []string{proxyHost}, MITMHosts: []string{proxyHost}, CA: ca, Users: users},
+	})
+	e.go_.TrustPEM(pem)
+	e.go_.UseProxy("https://"+proxyHost, e.db)
+	return &fwdSetup{e: e, p: p, url: url, audit: auditPath}
+}
+
+// TestForwardGoGetAndGit fetches a module straight from its git host, as
+// GOPROXY=direct does: ?go-get=1 discovery, then git's smart HTTP, both
+// intercepted, with the module path in the audit log.
+func TestForwardGoGetAndGit(t *testing.T) {
+	gitBin, err := exec.LookPath("git")
+	if err != nil {
+		t.Skip("no git")
+	}
+	const host = "git.fixture.test"
+	const mod = host + "/lib"
+	root := t.TempDir()
+	work := filepath.Join(root, "work")
+	os.MkdirAll(work, 0o755)
+	os.WriteFile(filepath.Join(work, "go.mod"), []byte("module "+mod+"\n\ngo 1.21\n"), 0o644)
+	os.WriteFile(filepath.Join(work, "lib.go"), []byte("package lib\n\n// Name names the module.\nfunc Name() string { return \"lib\" }\n"), 0o644)
+	gitEnv := []string{"HOME=" + root, "GIT_CONFIG_NOSYSTEM=1", "GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@example.test", "GIT_COMMITTER_NAME=t", "GIT_COMMITTER_EMAIL=t@example.test", "PATH=" + os.Getenv("PATH")}
+	for _, args := range [][]string{
+		{"init", "-q", "-b", "main", work},
+		{"-C", work, "add", "."},
+		{"-C", work, "commit", "-q", "-m", "v1"},
+		{"-C", work, "tag", "v1.0.0"},
+		{"clone", "-q", "--bare", work, filepath.Join(root, "repos", "lib.git")},
+	} {
+		cmd := exec.Command(gitBin, args...)
+		cmd.Env = gitEnv
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("git %v: %v\n%s", args, err, out)
+		}
+	}
+	backend := &cgi.Handler{
+		Path: gitBin, Args: []string{"http-backend"}, Dir: root,
+		Env: []string{"GIT_PROJECT_ROOT=" + filepath.Join(root, "repos"), "GIT_HTTP_EXPORT_ALL=1"},
+	}
+	origin := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("go-get") == "1" {
+			fmt.Fprintf(w, `<html><head><meta name="go-import" content="%s git https://%s/lib.git"></head></html>`, mod, host)
+			return
+		}
+		backend.ServeHTTP(w, r)
+	})
+	addr, pool := tlsServerFor(t, host, origin)
+	auditPath := filepath.Join(t.TempDir(), "audit.jsonl")
+	audit, err := policy.NewAuditLog(auditPath, policy.AuditOptions{FlushInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { audit.Close() })
+	ca, pem := newCA(t)
+	url := startGate(t, sidecar.Config{
+		Upstreams: []upstream.Config{{URL: "off"}},
+		RootCAs:   pool,
+		Resolve:   map[string]string{host + ":443": addr},
+		Audit:     audit,
+		Forward:   sidecar.ForwardConfig{AllowHosts: []string{host}, MITMHosts: []string{host}, CA: ca},
+	})
+	g := modtest.NewGo(t)
+	g.TrustPEM(pem)
+	g.Setenv("GOPROXY", "direct")
+	g.Setenv("GOPRIVATE", host)
+	g.Setenv("HTTPS_PROXY", url)
+	g.Setenv("https_proxy", url)
+	if _, stderr, err := g.Run("mod", "download", "-x", mod+"@v1.0.0"); err != nil {
+		t.Fatalf("go mod download direct through modgate: %v\n%s", err, stderr)
+	}
+	audit.Flush()
+	kinds := map[string]bool{}
+	for _, e := range readAudit(t, auditPath) {
+		if e["mode"] == "mitm" && e["module"] == mod {
+			kinds[e["kind"].(string)] = true
+		}
+	}
+	if !kinds["go-get"] || !kinds["vcs"] {
+		t.Errorf("audit lines with module %s by kind: %v; want go-get and vcs", mod, kinds)
+	}
+}

@@ -1,0 +1,197 @@
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"path"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// refusal is a destination forward mode will not reach; its text goes in
+// the 403's status line, which is all the go command and git print.
+type refusal struct{ reason string }
+
+func (r *refusal) Error() string { return r.reason }
+
+func refuse(format string, args ...any) error {
+	return &refusal{reason: fmt.Sprintf(format, args...)}
+}
+
+// guard decides where forward mode may connect. It is applied after name
+// resolution, in the dialer, so that a name that resolves to a private
+// address is refused however the client spelled it, for CONNECT, for
+// absolute-form requests and for redirects alike.
+type guard struct {
+	// ports a CONNECT may reach; plain-HTTP requests may also use 80.
+	connectPorts []int
+	// allow are host patterns (path.Match, lower case): "*" allows any
+	// public host. Hosts named without a wildcard are "explicit": only
+	// those may resolve to loopback or private addresses.
+	allow    []string
+	explicit map[string]bool
+	// resolve pins host:port to an address, as --resolve does.
+	resolve map[string]string
+	// own are modgate's listeners, never a destination.
+	own      []string
+	resolver *net.Resolver
+	dialer   *net.Dialer
+}
+
+// checkHost refuses a CONNECT or request target before anything is
+// resolved: a port not allowed, a host not allowed.
+func (g *guard) checkHost(host, port string, connect bool) error {
+	p, err := strconv.Atoi(port)
+	if err != nil {
+		return refuse("invalid port %q", port)
+	}
+	if !slices.Contains(g.connectPorts, p) && (connect || p != 80) {
+		return refuse("port %d is not in connect_ports %v", p, g.connectPorts)
+	}
+	h := strings.ToLower(strings.TrimSuffix(host, "."))
+	for _, pat := range g.allow {
+		if ok, _ := path.Match(pat, h); ok {
+			return nil
+		}
+	}
+	return refuse("host %s is not in allow_hosts", host)
+}
+
+// Dial connects to addr ("host:port") if every address it resolves to may
+// be reached, and refuses with a *refusal otherwise.
+func (g *guard) Dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	target, err := g.resolveTarget(ctx, addr)
+	if err != nil {
+		return nil, err
+	}
+	return g.dialer.DialContext(ctx, network, target)
+}
+
+// resolveTarget returns the checked address to dial for addr.
+func (g *guard) resolveTarget(ctx context.Context, addr string) (string, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", refuse("invalid address %q", addr)
+	}
+	lhost := strings.ToLower(strings.TrimSuffix(host, "."))
+	pinned, isPinned := g.resolve[net.JoinHostPort(lhost, port)]
+	var addrs []netip.Addr
+	switch {
+	case isPinned:
+		ap, err := netip.ParseAddrPort(pinned)
+		if err != nil {
+			return "", fmt.Errorf("resolve %s=%s: %v", addr, pinned, err)
+		}
+		addrs, port = []netip.Addr{ap.Addr()}, strconv.Itoa(int(ap.Port()))
+	default:
+		if ip, ok := parseIP(lhost); ok {
+			addrs = []netip.Addr{ip}
+			break
+		}
+		ips, err := g.resolver.LookupNetIP(ctx, "ip", lhost)
+		if err != nil {
+			return "", err
+		}
+		for _, ip := range ips {
+			// The resolver hands IPv4 answers back in mapped form; only a
+			// literal spelled that way is refused for it.
+			addrs = append(addrs, ip.Unmap())
+		}
+	}
+	for _, a := range addrs {
+		target := net.JoinHostPort(a.Unmap().String(), port)
+		if g.isOwn(target) {
+			return "", refuse("%s is modgate itself", addr)
+		}
+		if why := special(a); why != "" && !g.explicit[lhost] && !isPinned {
+			return "", refuse("%s resolves to %s, %s", host, a, why)
+		}
+	}
+	return net.JoinHostPort(addrs[0].Unmap().String(), port), nil
+}
+
+func (g *guard) isOwn(target string) bool {
+	th, tp, _ := net.SplitHostPort(target)
+	tip, _ := netip.ParseAddr(th)
+	for _, own := range g.own {
+		oh, op, err := net.SplitHostPort(own)
+		if err != nil || op != tp {
+			continue
+		}
+		oip, err := netip.ParseAddr(oh)
+		if err != nil || oip.IsUnspecified() && (tip.IsLoopback() || tip.IsUnspecified()) || oip == tip {
+			return true
+		}
+	}
+	return false
+}
+
+var cgnat = netip.MustParsePrefix("100.64.0.0/10")
+
+// special says why an address is not on the public internet, or "".
+func special(a netip.Addr) string {
+	if a.Is4In6() {
+		return "an IPv4-mapped IPv6 address"
+	}
+	switch {
+	case a.IsLoopback():
+		return "a loopback address"
+	case a.IsPrivate():
+		return "a private address"
+	case a.IsLinkLocalUnicast() || a.IsLinkLocalMulticast():
+		return "a link-local address"
+	case a.IsUnspecified():
+		return "an unspecified address"
+	case a.IsMulticast() || a.IsInterfaceLocalMulticast():
+		return "a multicast address"
+	case a.Is4() && cgnat.Contains(a):
+		return "a carrier-grade NAT address"
+	}
+	return ""
+}
+
+// parseIP parses an IP literal, including the old inet_aton spellings
+// that some resolvers accept ("0x7f.1", "2130706433", "017700000001"), so
+// that none of them slips past special as a host name.
+func parseIP(host string) (netip.Addr, bool) {
+	if a, err := netip.ParseAddr(strings.Trim(host, "[]")); err == nil {
+		return a.WithZone(""), true
+	}
+	parts := strings.Split(host, ".")
+	if len(parts) > 4 {
+		return netip.Addr{}, false
+	}
+	var nums []uint64
+	for _, p := range parts {
+		n, err := strconv.ParseUint(p, 0, 32)
+		if err != nil {
+			return netip.Addr{}, false
+		}
+		nums = append(nums, n)
+	}
+	// a, a.b (b: 24 bits), a.b.c (c: 16 bits), a.b.c.d
+	var v uint64
+	last := len(nums) - 1
+	for i, n := range nums[:last] {
+		if n > 255 {
+			return netip.Addr{}, false
+		}
+		v |= n << (24 - 8*i)
+	}
+	if nums[last] >= 1<<(8*(4-last)) {
+		return netip.Addr{}, false
+	}
+	v |= nums[last]
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}), true
+}
+
+// isRefusal reports whether err is a guard's refusal.
+func isRefusal(err error) (*refusal, bool) {
+	var r *refusal
+	ok := errors.As(err, &r)
+	return r, ok
+}

@@ -1,0 +1,273 @@
+package telemetry
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// Metric names of the telemetry contract (DESIGN.md). Prometheus names
+// follow the exporter's rules: modgate.upstream.request.duration becomes
+// modgate_upstream_request_duration_seconds.
+const (
+	MetricUpstreamDuration     = "modgate.upstream.request.duration"
+	MetricBreakerState         = "modgate.upstream.breaker.state"
+	MetricRetries              = "modgate.upstream.retries"
+	MetricPolicyDecisions      = "modgate.policy.decisions"
+	MetricPolicyReloadFailures = "modgate.policy.reload.failures"
+	MetricTunnelDuration       = "modgate.tunnel.duration"
+	MetricTunnelBytes          = "modgate.tunnel.bytes"
+	MetricCacheRequests        = "modgate.cache.requests"
+	MetricServerDuration       = "http.server.request.duration"
+	MetricServerActive         = "http.server.active_requests"
+	MetricClientDuration       = "http.client.request.duration"
+)
+
+// latencyBuckets suit requests from a millisecond (a cached .info) to a
+// minute (the default header timeout, or a large zip).
+var latencyBuckets = []float64{
+	0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+	1, 2.5, 5, 10, 20, 30, 60,
+}
+
+// tunnelBuckets suit CONNECT tunnels, which live from one small request to a
+// whole clone of a large repository over a reused connection.
+var tunnelBuckets = []float64{0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600}
+
+// BreakerState is a circuit breaker's state as the
+// modgate.upstream.breaker.state gauge reports it.
+type BreakerState int
+
+// The breaker states, valued as the gauge reports them.
+const (
+	BreakerClosed   BreakerState = 0
+	BreakerHalfOpen BreakerState = 1
+	BreakerOpen     BreakerState = 2
+)
+
+// String returns the state as the modgate.breaker.state span attribute
+// spells it: closed, half-open or open.
+func (s BreakerState) String() string {
+	switch s {
+	case BreakerClosed:
+		return "closed"
+	case BreakerHalfOpen:
+		return "half-open"
+	case BreakerOpen:
+		return "open"
+	}
+	return fmt.Sprintf("BreakerState(%d)", int(s))
+}
+
+// BreakerReading is one upstream's breaker state at the time of a metrics
+// collection.
+type BreakerReading struct {
+	Upstream string
+	State    BreakerState
+}
+
+type instruments struct {
+	upstreamDuration metric.Float64Histogram
+	breakerState     metric.Int64ObservableGauge
+	retries          metric.Int64Counter
+	decisions        metric.Int64Counter
+	reloadFailures   metric.Int64Counter
+	tunnelDuration   metric.Float64Histogram
+	tunnelBytes      metric.Int64Counter
+	cacheRequests    metric.Int64Counter
+	activeRequests   metric.Int64UpDownCounter
+
+	upstreams    cappedSet
+	rules        cappedSet
+	retryReasons cappedSet
+
+	// Pre-built option sets for the attributes that never vary, so that
+	// recording them allocates nothing.
+	up, down metric.MeasurementOption
+}
+
+func (in *instruments) init(m metric.Meter) error {
+	in.upstreams = cappedSet{max: maxUpstreams, names: true}
+	in.rules = cappedSet{max: maxRules}
+	in.retryReasons = cappedSet{max: maxRetryReasons, names: true}
+	in.up = metric.WithAttributeSet(attribute.NewSet(AttrDirection.String(DirectionUp)))
+	in.down = metric.WithAttributeSet(attribute.NewSet(AttrDirection.String(DirectionDown)))
+
+	var err error
+	try := func(e error) {
+		if err == nil && e != nil {
+			err = e
+		}
+	}
+	var e error
+	in.upstreamDuration, e = m.Float64Histogram(MetricUpstreamDuration, metric.WithUnit("s"),
+		metric.WithDescription("Duration of one attempt at one upstream, from sending the request to the end of the response headers."),
+		metric.WithExplicitBucketBoundaries(latencyBuckets...))
+	try(e)
+	in.breakerState, e = m.Int64ObservableGauge(MetricBreakerState, metric.WithUnit("{state}"),
+		metric.WithDescription("Circuit breaker state of an upstream: 0 closed, 1 half-open, 2 open."))
+	try(e)
+	in.retries, e = m.Int64Counter(MetricRetries, metric.WithUnit("{retry}"),
+		metric.WithDescription("Requests sent again to the same upstream."))
+	try(e)
+	in.decisions, e = m.Int64Counter(MetricPolicyDecisions, metric.WithUnit("{decision}"),
+		metric.WithDescription("Policy decisions, by decision and rule."))
+	try(e)
+	in.reloadFailures, e = m.Int64Counter(MetricPolicyReloadFailures, metric.WithUnit("{failure}"),
+		metric.WithDescription("Policy reloads that failed and left the previous policy in force."))
+	try(e)
+	in.tunnelDuration, e = m.Float64Histogram(MetricTunnelDuration, metric.WithUnit("s"),
+		metric.WithDescription("Lifetime of CONNECT tunnels that were not intercepted."),
+		metric.WithExplicitBucketBoundaries(tunnelBuckets...))
+	try(e)
+	in.tunnelBytes, e = m.Int64Counter(MetricTunnelBytes, metric.WithUnit("By"),
+		metric.WithDescription("Bytes through CONNECT tunnels, up (client to origin) and down."))
+	try(e)
+	in.cacheRequests, e = m.Int64Counter(MetricCacheRequests, metric.WithUnit("{request}"),
+		metric.WithDescription("Cache lookups, by result: hit, miss or stale."))
+	try(e)
+	// otelhttp (v0.72) records no active-requests metric, so
+	// ServerMiddleware keeps this one.
+	in.activeRequests, e = m.Int64UpDownCounter(MetricServerActive, metric.WithUnit("{request}"),
+		metric.WithDescription("Number of active HTTP server requests."))
+	try(e)
+	if err != nil {
+		return fmt.Errorf("telemetry: instruments: %w", err)
+	}
+	return nil
+}
+
+// RecordUpstream records one attempt at one upstream: the
+// modgate.upstream.request.duration histogram, and the baseline of
+// (upstream, kind). outcome is one of the Outcome constants. Rejected
+// attempts never reached the upstream, so they are counted but do not move
+// its baseline; error and timeout count as failures, notfound does not.
+func (t *Telemetry) RecordUpstream(ctx context.Context, upstream, kind, outcome string, d time.Duration) {
+	if t == nil {
+		return
+	}
+	upstream, kind, outcome = t.inst.upstreams.value(upstream), NormalizeKind(kind), outcomes.value(outcome)
+	t.inst.upstreamDuration.Record(ctx, d.Seconds(), metric.WithAttributes(
+		AttrUpstreamName.String(upstream), AttrRequestKind.String(kind), AttrOutcome.String(outcome)))
+	if outcome != OutcomeRejected {
+		t.baselines.Observe(upstream, kind, d, outcome == OutcomeError || outcome == OutcomeTimeout)
+	}
+}
+
+// ObserveBreakers makes read the source of the modgate.upstream.breaker.state
+// gauge: it is called at each collection (a Prometheus scrape, an OTLP
+// export) and must be quick and safe for concurrent use. Call the returned
+// function to stop observing, e.g. when the server that owns the breakers
+// stops.
+func (t *Telemetry) ObserveBreakers(read func() []BreakerReading) (unregister func() error, err error) {
+	if t == nil {
+		return func() error { return nil }, nil
+	}
+	reg, err := t.meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		for _, r := range read() {
+			o.ObserveInt64(t.inst.breakerState, int64(r.State),
+				metric.WithAttributes(AttrUpstreamName.String(t.inst.upstreams.value(r.Upstream))))
+		}
+		return nil
+	}, t.inst.breakerState)
+	if err != nil {
+		return nil, fmt.Errorf("telemetry: observe breakers: %w", err)
+	}
+	return reg.Unregister, nil
+}
+
+// AddRetry counts one request sent again to upstream; reason says why
+// (a small fixed set chosen by the data plane, e.g. "5xx", "429", "dial").
+// Upstream names and reasons must be name-shaped (no '/', '@' or spaces),
+// else they are recorded as "other".
+func (t *Telemetry) AddRetry(ctx context.Context, upstream, reason string) {
+	if t == nil {
+		return
+	}
+	t.inst.retries.Add(ctx, 1, metric.WithAttributes(
+		AttrUpstreamName.String(t.inst.upstreams.value(upstream)),
+		AttrRetryReason.String(t.inst.retryReasons.value(reason))))
+}
+
+// AddPolicyDecision counts one policy decision: decision is DecisionAllow or
+// DecisionDeny, rule the rule that decided as the policy file writes it
+// (e.g. "deny github.com/evil/*" or "default allow"; never the module it
+// matched), which the file bounds.
+func (t *Telemetry) AddPolicyDecision(ctx context.Context, decision, rule string) {
+	if t == nil {
+		return
+	}
+	t.inst.decisions.Add(ctx, 1, metric.WithAttributes(
+		AttrPolicyDecision.String(decisions.value(decision)),
+		AttrPolicyRule.String(t.inst.rules.value(rule))))
+}
+
+// AddPolicyReloadFailure counts a policy reload that failed.
+func (t *Telemetry) AddPolicyReloadFailure(ctx context.Context) {
+	if t == nil {
+		return
+	}
+	t.inst.reloadFailures.Add(ctx, 1)
+}
+
+// RecordTunnel records one CONNECT tunnel that ended: its duration and the
+// bytes each way. It also sets the byte counts on the span in ctx (the
+// CONNECT span), so that the trace says what the metrics sum up.
+func (t *Telemetry) RecordTunnel(ctx context.Context, d time.Duration, bytesUp, bytesDown int64) {
+	if t == nil {
+		return
+	}
+	t.inst.tunnelDuration.Record(ctx, d.Seconds())
+	t.inst.tunnelBytes.Add(ctx, bytesUp, t.inst.up)
+	t.inst.tunnelBytes.Add(ctx, bytesDown, t.inst.down)
+	trace.SpanFromContext(ctx).SetAttributes(AttrTunnelBytesUp.Int64(bytesUp), AttrTunnelBytesDown.Int64(bytesDown))
+}
+
+// AddCacheRequest counts one cache lookup; result is CacheHit, CacheMiss or
+// CacheStale.
+func (t *Telemetry) AddCacheRequest(ctx context.Context, result string) {
+	if t == nil {
+		return
+	}
+	t.inst.cacheRequests.Add(ctx, 1, metric.WithAttributes(AttrCacheResult.String(cacheResults.value(result))))
+}
+
+// Attributes that the otelhttp metrics may keep. Everything else — the
+// server.address and server.port of whatever host a client named, url.* —
+// is dropped: spans keep it, metrics must not.
+var (
+	serverMetricKeys = attribute.NewAllowKeysFilter(
+		semconv.HTTPRequestMethodKey, semconv.HTTPResponseStatusCodeKey, semconv.HTTPRouteKey,
+		semconv.URLSchemeKey, semconv.NetworkProtocolNameKey, semconv.NetworkProtocolVersionKey,
+		semconv.ErrorTypeKey, AttrRequestKind)
+	clientMetricKeys = attribute.NewAllowKeysFilter(
+		semconv.HTTPRequestMethodKey, semconv.HTTPResponseStatusCodeKey,
+		semconv.URLSchemeKey, semconv.NetworkProtocolNameKey, semconv.NetworkProtocolVersionKey,
+		semconv.ErrorTypeKey, AttrRequestKind, AttrUpstreamName)
+)
+
+// boundedView trims the otelhttp instruments to bounded attributes and gives
+// their durations modgate's buckets. It is one view for all of them because
+// each view that matches an instrument makes a stream of its own.
+func boundedView(inst sdkmetric.Instrument) (sdkmetric.Stream, bool) {
+	s := sdkmetric.Stream{Name: inst.Name, Description: inst.Description, Unit: inst.Unit}
+	switch {
+	case strings.HasPrefix(inst.Name, "http.server."):
+		s.AttributeFilter = serverMetricKeys
+	case strings.HasPrefix(inst.Name, "http.client."):
+		s.AttributeFilter = clientMetricKeys
+	default:
+		return sdkmetric.Stream{}, false
+	}
+	if strings.HasSuffix(inst.Name, ".request.duration") {
+		s.Aggregation = sdkmetric.AggregationExplicitBucketHistogram{Boundaries: latencyBuckets}
+	}
+	return s, true
+}
