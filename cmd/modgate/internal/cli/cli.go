@@ -54,6 +54,7 @@ Usage:
   modgate run [flags]     serve (modgate run -h lists the flags)
   modgate policy check|lint   ask the policy about a module, or check a policy file
   modgate baseline record|compare   save upstream latency baselines, or compare two
+  modgate ca init|path    make the CA for intercepted hosts, or print its certificate's path
   modgate version         print the version
 
 Point the go command at it with GOPROXY=http://127.0.0.1:7070.
@@ -74,6 +75,8 @@ func (a *App) Run(ctx context.Context, args []string) int {
 		err = a.policy(ctx, rest)
 	case "baseline":
 		err = a.baseline(ctx, rest)
+	case "ca":
+		err = a.ca(ctx, rest)
 	case "version":
 		fmt.Fprintf(a.Stdout, "modgate %s %s %s/%s\n", Version(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
 	case "help", "-h", "-help", "--help":

@@ -303,3 +303,24 @@ func waitReady(t *testing.T, admin string, out *bytes.Buffer) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+func TestCACommands(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "ca")
+	var out bytes.Buffer
+	app := &App{Stdout: &out, Stderr: &out, Getenv: func(string) string { return "" }}
+	if code := app.Run(context.Background(), []string{"ca", "path", "--ca-dir", dir}); code != 1 || !strings.Contains(out.String(), "modgate ca init") {
+		t.Errorf("path before init: %d %q", code, out.String())
+	}
+	out.Reset()
+	if code := app.Run(context.Background(), []string{"ca", "init", "--ca-dir", dir}); code != 0 || !strings.Contains(out.String(), filepath.Join(dir, "modgate-ca.pem")) {
+		t.Errorf("init: %d %q", code, out.String())
+	}
+	out.Reset()
+	if code := app.Run(context.Background(), []string{"ca", "init", "--ca-dir", dir}); code != 1 || !strings.Contains(out.String(), "already exists") {
+		t.Errorf("second init: %d %q", code, out.String())
+	}
+	out.Reset()
+	if code := app.Run(context.Background(), []string{"ca", "path", "--ca-dir", dir}); code != 0 || strings.TrimSpace(out.String()) != filepath.Join(dir, "modgate-ca.pem") {
+		t.Errorf("path: %d %q", code, out.String())
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"path"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -19,6 +20,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/modgate/modgate/sidecar"
+	"github.com/modgate/modgate/sidecar/mitm"
 	"github.com/modgate/modgate/sidecar/upstream"
 )
 
@@ -37,6 +39,19 @@ type Config struct {
 	PolicyFile string `yaml:"policy_file"`
 	// AuditLog is a file, "-" for standard output, or empty for none.
 	AuditLog string `yaml:"audit_log"`
+	// Forward is forward mode (HTTP_PROXY / HTTPS_PROXY).
+	Forward ForwardConfig `yaml:"forward"`
+}
+
+// ForwardConfig is forward mode's section.
+type ForwardConfig struct {
+	ConnectPorts []int         `yaml:"connect_ports"`
+	AllowHosts   []string      `yaml:"allow_hosts"`
+	MITMHosts    []string      `yaml:"mitm_hosts"`
+	CADir        string        `yaml:"ca_dir"`
+	PrivateHosts []string      `yaml:"private_hosts"`
+	AuthFile     string        `yaml:"auth_file"` // lines of user:password
+	TunnelIdle   time.Duration `yaml:"tunnel_idle"`
 }
 
 // UpstreamConfig is one entry of upstreams.
@@ -234,6 +249,9 @@ var envKeys = []struct{ env, key string }{
 	{"MODGATE_LOG_FORMAT", "log.format"},
 	{"MODGATE_POLICY", "policy_file"},
 	{"MODGATE_AUDIT_LOG", "audit_log"},
+	{"MODGATE_CA_DIR", "forward.ca_dir"},
+	{"MODGATE_MITM_HOSTS", "forward.mitm_hosts"},
+	{"MODGATE_ALLOW_HOSTS", "forward.allow_hosts"},
 }
 
 // set applies one value given as a string (from the environment or a
@@ -275,10 +293,21 @@ func (c *Config) set(key, value, at string, o origins) error {
 		c.PolicyFile = value
 	case "audit_log":
 		c.AuditLog = value
+	case "forward.ca_dir":
+		c.Forward.CADir = value
+	case "forward.mitm_hosts":
+		c.Forward.MITMHosts = splitList(value)
+	case "forward.allow_hosts":
+		c.Forward.AllowHosts = splitList(value)
 	default:
 		return fmt.Errorf("%s: unknown key %q", at, key)
 	}
 	return nil
+}
+
+// splitList splits a comma or space separated list.
+func splitList(s string) []string {
+	return strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' })
 }
 
 func (c *Config) addResolve(r string) error {
@@ -402,6 +431,7 @@ func (c *Config) validate(o origins) (sidecar.Config, error) {
 		}
 		out.RootCAs = pool
 	}
+	out.Forward = c.Forward.validate(bad)
 	if !slices.Contains([]string{"debug", "info", "warn", "error"}, c.Log.Level) {
 		bad("log.level", "%q: want debug, info, warn or error", c.Log.Level)
 	}
@@ -451,4 +481,84 @@ func loadCAs(file string) (*x509.CertPool, error) {
 		return nil, fmt.Errorf("%s holds no PEM certificate", file)
 	}
 	return pool, nil
+}
+
+// validate checks forward mode's section and loads what it names: the CA
+// (only when there are hosts to intercept) and the users file.
+func (f ForwardConfig) validate(bad func(key, format string, args ...any)) sidecar.ForwardConfig {
+	out := sidecar.ForwardConfig{
+		ConnectPorts: f.ConnectPorts, AllowHosts: f.AllowHosts, MITMHosts: f.MITMHosts,
+		PrivateHosts: f.PrivateHosts, TunnelIdle: f.TunnelIdle,
+	}
+	for i, p := range f.ConnectPorts {
+		if p < 1 || p > 65535 {
+			bad(fmt.Sprintf("forward.connect_ports[%d]", i), "%d is not a port", p)
+		}
+	}
+	for key, list := range map[string][]string{"forward.allow_hosts": f.AllowHosts, "forward.mitm_hosts": f.MITMHosts, "forward.private_hosts": f.PrivateHosts} {
+		for i, h := range list {
+			if _, err := path.Match(h, ""); err != nil || h == "" || strings.ContainsAny(h, "/: ") {
+				bad(fmt.Sprintf("%s[%d]", key, i), "%q is not a host pattern (a name like proxy.example.test or *.example.test)", h)
+			}
+		}
+	}
+	if f.TunnelIdle < 0 {
+		bad("forward.tunnel_idle", "must not be negative")
+	}
+	if len(f.MITMHosts) > 0 {
+		ca, err := mitm.Load(caDir(f.CADir))
+		if err != nil {
+			bad("forward.ca_dir", "%v", err)
+		}
+		out.CA = ca
+	}
+	if f.AuthFile != "" {
+		users, err := readUsers(f.AuthFile)
+		if err != nil {
+			bad("forward.auth_file", "%v", err)
+		}
+		out.Users = users
+	}
+	return out
+}
+
+// caDir is where the CA lives: the configured folder, or modgate's folder
+// in the user's configuration directory.
+func caDir(dir string) string {
+	if dir != "" {
+		if rest, ok := strings.CutPrefix(dir, "~/"); ok {
+			if home, err := os.UserHomeDir(); err == nil {
+				return filepath.Join(home, rest)
+			}
+		}
+		return dir
+	}
+	if conf, err := os.UserConfigDir(); err == nil {
+		return filepath.Join(conf, "modgate", "ca")
+	}
+	return "modgate-ca"
+}
+
+// readUsers reads a file of "user:password" lines (# starts a comment).
+func readUsers(file string) (map[string]string, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	users := map[string]string{}
+	for i, line := range strings.Split(string(data), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		user, pass, ok := strings.Cut(line, ":")
+		if !ok || user == "" || pass == "" {
+			return nil, fmt.Errorf("%s:%d: want user:password", file, i+1)
+		}
+		users[user] = pass
+	}
+	if len(users) == 0 {
+		return nil, fmt.Errorf("%s names no user", file)
+	}
+	return users, nil
 }

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/modgate/modgate/sidecar/mitm"
 	"github.com/modgate/modgate/sidecar/upstream"
 )
 
@@ -202,4 +203,48 @@ func FuzzParseFile(f *testing.F) {
 		}
 		cfg.validate(o) // must not panic
 	})
+}
+
+func TestLoadForward(t *testing.T) {
+	dir := t.TempDir()
+	users := filepath.Join(dir, "users")
+	os.WriteFile(users, []byte("# proxy users\nalice:s3cret\n"), 0o600)
+	if err := mitm.Init(filepath.Join(dir, "ca")); err != nil {
+		t.Fatal(err)
+	}
+	file := `
+forward:
+  connect_ports: [443, 8443]
+  allow_hosts: ["*.example.test"]
+  mitm_hosts: [proxy.example.test]
+  ca_dir: ` + filepath.Join(dir, "ca") + `
+  private_hosts: ["*.corp.example.test"]
+  auth_file: ` + users + `
+  tunnel_idle: 1m
+`
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	var f runFlags
+	f.register(fs)
+	path := filepath.Join(dir, "modgate.yaml")
+	os.WriteFile(path, []byte(file), 0o644)
+	fs.Parse([]string{"--config", path, "--upstream", "off", "--sumdb", "off"})
+	_, sc, err := loader{getenv: func(string) string { return "" }}.load(fs, &f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fw := sc.Forward
+	if fw.CA == nil || fw.Users["alice"] != "s3cret" || fw.TunnelIdle != time.Minute || len(fw.ConnectPorts) != 2 || fw.MITMHosts[0] != "proxy.example.test" {
+		t.Errorf("forward %+v", fw)
+	}
+
+	for _, c := range []struct{ file, want string }{
+		{"forward:\n  connect_ports: [0]\n", "modgate.yaml:2: forward.connect_ports[0]: 0 is not a port"},
+		{"forward:\n  allow_hosts: [\"https://x.example.test\"]\n", "forward.allow_hosts[0]: \"https://x.example.test\" is not a host pattern"},
+		{"forward:\n  mitm_hosts: [x.example.test]\n  ca_dir: /nonexistent\n", "modgate.yaml:3: forward.ca_dir: no CA in /nonexistent: run `modgate ca init"},
+		{"forward:\n  auth_file: " + path + "\n", "forward.auth_file: " + path + ":2: want user:password"},
+	} {
+		if _, err := load(t, c.file, nil); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q: %v; want %q", c.file, err, c.want)
+		}
+	}
 }

@@ -19,6 +19,7 @@ type runFlags struct {
 	config  string
 	values  map[string]*string // by config key
 	resolve []string
+	mitm    []string
 }
 
 var flagKeys = []struct{ flag, key, usage string }{
@@ -31,6 +32,7 @@ var flagKeys = []struct{ flag, key, usage string }{
 	{"log-format", "log.format", "auto, text or json"},
 	{"policy", "policy_file", "policy file (reloaded when it changes and on SIGHUP)"},
 	{"audit-log", "audit_log", "audit log: a file (rotated by size), - for standard output, empty for none"},
+	{"ca-dir", "forward.ca_dir", "folder of the CA that `modgate ca init` made (default: the user's config folder)"},
 }
 
 func (f *runFlags) register(fs *flag.FlagSet) {
@@ -41,6 +43,10 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 	}
 	fs.Func("resolve", "host:port=addr:port: dial addr instead of host (repeatable)", func(s string) error {
 		f.resolve = append(f.resolve, s)
+		return nil
+	})
+	fs.Func("mitm-host", "intercept CONNECTs to this host with modgate's CA (repeatable)", func(s string) error {
+		f.mitm = append(f.mitm, s)
 		return nil
 	})
 }
@@ -94,6 +100,10 @@ func (l loader) load(fs *flag.FlagSet, f *runFlags) (Config, sidecar.Config, err
 		if err := cfg.addResolve(r); err != nil {
 			return cfg, sidecar.Config{}, &configError{at: "--resolve", key: "resolve", msg: err.Error()}
 		}
+	}
+	if len(f.mitm) > 0 {
+		o["forward.mitm_hosts"] = "--mitm-host"
+		cfg.Forward.MITMHosts = f.mitm
 	}
 	if err := l.fillFromGoEnv(&cfg, o); err != nil {
 		return cfg, sidecar.Config{}, err
