@@ -1,0 +1,174 @@
+package sidecar
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/modgate/modgate/sidecar/upstream"
+)
+
+// startForwardGate serves a modgate whose forward mode may reach 127.0.0.1
+// on port.
+func startForwardGate(b *testing.B, port int) *httptest.Server {
+	s, err := New(Config{
+		Upstreams: []upstream.Config{{URL: "off"}},
+		Forward:   ForwardConfig{AllowHosts: []string{"127.0.0.1"}, ConnectPorts: []int{port}},
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := httptest.NewServer(s.Handler())
+	b.Cleanup(srv.Close)
+	return srv
+}
+
+// BenchmarkForwardAbsolute sends small absolute-form GETs through modgate
+// and, alternating request by request, through a plain Go forwarder
+// (httputil.ReverseProxy that sends each request where its URL says). It
+// reports ns per request for each and "modgate/floor-throughput" (target
+// at least 1.0).
+func BenchmarkForwardAbsolute(b *testing.B) {
+	body := bytes.Repeat([]byte("x"), 512)
+	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(body)
+	}))
+	defer origin.Close()
+	u, _ := url.Parse(origin.URL)
+	port, _ := strconv.Atoi(u.Port())
+	gate := startForwardGate(b, port)
+	floor := httptest.NewServer(&httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) {
+		r.Out.URL = r.In.URL
+	}})
+	defer floor.Close()
+	client := func(proxy string) *http.Client {
+		p, _ := url.Parse(proxy)
+		return &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(p), MaxIdleConnsPerHost: 16}}
+	}
+	viaGate, viaFloor := client(gate.URL), client(floor.URL)
+	target := origin.URL + "/fixture.test/a/@v/v1.0.0.info"
+	get := func(c *http.Client) time.Duration {
+		start := time.Now()
+		resp, err := c.Get(target)
+		if err != nil {
+			b.Fatal(err)
+		}
+		n, _ := io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || n != int64(len(body)) {
+			b.Fatalf("status %d, %d bytes", resp.StatusCode, n)
+		}
+		return time.Since(start)
+	}
+	for range 200 {
+		get(viaGate)
+		get(viaFloor)
+	}
+	var tGate, tFloor time.Duration
+	n := 0
+	for b.Loop() {
+		if n%2 == 0 {
+			tGate += get(viaGate)
+			tFloor += get(viaFloor)
+		} else {
+			tFloor += get(viaFloor)
+			tGate += get(viaGate)
+		}
+		n++
+	}
+	b.ReportMetric(float64(tGate.Nanoseconds())/float64(n), "modgate-ns/req")
+	b.ReportMetric(float64(tFloor.Nanoseconds())/float64(n), "floor-ns/req")
+	b.ReportMetric(float64(tFloor)/float64(tGate), "modgate/floor-throughput")
+}
+
+// tunnelSize is the body the tunnel benchmark moves.
+const tunnelSize = 256 << 20
+
+// BenchmarkForwardTunnel reads 256 MiB from a TCP origin directly and,
+// alternating, through a CONNECT tunnel of modgate. It reports MB/s for
+// each and "tunnel/direct-throughput" (target at least 0.9).
+func BenchmarkForwardTunnel(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	chunk := bytes.Repeat([]byte("modgate!"), 4<<10)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				for left := tunnelSize; left > 0; left -= len(chunk) {
+					if _, err := c.Write(chunk[:min(left, len(chunk))]); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	addr := ln.Addr().String()
+	_, p, _ := net.SplitHostPort(addr)
+	port, _ := strconv.Atoi(p)
+	gate := startForwardGate(b, port)
+	gateAddr := gate.Listener.Addr().String()
+
+	drain := func(r io.Reader) {
+		n, err := io.Copy(io.Discard, r)
+		if err != nil || n != tunnelSize {
+			b.Fatalf("%d bytes, %v", n, err)
+		}
+	}
+	direct := func() time.Duration {
+		start := time.Now()
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer c.Close()
+		drain(c)
+		return time.Since(start)
+	}
+	tunnel := func() time.Duration {
+		start := time.Now()
+		c, err := net.Dial("tcp", gateAddr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer c.Close()
+		fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", addr, addr)
+		br := bufio.NewReader(c)
+		resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+		if err != nil || resp.StatusCode != 200 {
+			b.Fatalf("CONNECT: %v %v", resp, err)
+		}
+		drain(br)
+		return time.Since(start)
+	}
+	direct()
+	tunnel()
+	var tDirect, tTunnel time.Duration
+	n := 0
+	for b.Loop() {
+		tDirect += direct()
+		tTunnel += tunnel()
+		n++
+	}
+	mb := float64(tunnelSize) / 1e6
+	b.ReportMetric(mb*float64(n)/tDirect.Seconds(), "direct-MB/s")
+	b.ReportMetric(mb*float64(n)/tTunnel.Seconds(), "tunnel-MB/s")
+	b.ReportMetric(float64(tDirect)/float64(tTunnel), "tunnel/direct-throughput")
+}
