@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/http"
@@ -8,8 +9,12 @@ import (
 	"strings"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/modgate/modgate/policy"
 	"github.com/modgate/modgate/sidecar/upstream"
+	"github.com/modgate/modgate/telemetry"
 )
 
 // exchange is one request on its way through the pipeline: what it asks
@@ -35,6 +40,12 @@ type exchange struct {
 	route    []string // upstream names the policy's route allows, if any
 	routed   bool
 	served   *upstream.Upstream
+	decided  bool // a module-bearing request went through policy
+}
+
+// ctx is the request's context, telling upstreams the request's kind.
+func (x *exchange) ctx() context.Context {
+	return upstream.WithKind(x.r.Context(), string(x.req.Kind))
 }
 
 func (s *Server) newExchange(w http.ResponseWriter, r *http.Request, mode string) *exchange {
@@ -52,10 +63,14 @@ func (x *exchange) decide() bool {
 	if req.Module == "" {
 		return true // tiles and tree heads name no module: nothing to decide
 	}
+	x.decided = true
 	x.private, _ = x.pol.IsPrivate(req.Module)
 	x.route, x.routed = x.pol.Route(req.Module)
 	d := x.pol.Decide(policy.Request{Module: req.Module, Version: req.Version, Kind: string(req.Kind), Host: x.destination(), Identity: x.identity})
 	x.rule, x.ruleText, x.reason = d.Rule, d.RuleText, d.Reason
+	if d.Allow {
+		x.decision = "allow"
+	}
 	if !d.Allow {
 		x.decision = "deny"
 		x.s.log.Info("denied by policy", "module", req.Module, "version", req.Version, "kind", req.Kind, "rule", d.Rule, "reason", d.Reason)
@@ -95,8 +110,33 @@ func (x *exchange) eligible(u *upstream.Upstream) error {
 	return nil
 }
 
-// finish writes the exchange's audit line.
+// finish records the exchange: the server span's attributes, the policy
+// decision metric, and the audit line.
 func (x *exchange) finish() {
+	span := trace.SpanFromContext(x.r.Context())
+	if span.IsRecording() {
+		attrs := []attribute.KeyValue{telemetry.AttrMode.String(x.mode), telemetry.AttrPolicyDecision.String(x.decision)}
+		if x.req.Module != "" {
+			attrs = append(attrs, telemetry.AttrModulePath.String(x.req.Module))
+		}
+		if x.req.Version != "" {
+			attrs = append(attrs, telemetry.AttrModuleVersion.String(x.req.Version))
+		}
+		if x.ruleText != "" {
+			attrs = append(attrs, telemetry.AttrPolicyRule.String(x.ruleText))
+		}
+		if x.served != nil {
+			attrs = append(attrs, telemetry.AttrUpstreamName.String(x.served.Name))
+		}
+		span.SetAttributes(attrs...)
+		if x.decision == "deny" {
+			span.AddEvent("modgate.policy.denied", trace.WithAttributes(
+				telemetry.AttrPolicyRule.String(x.ruleText), attribute.String("modgate.policy.reason", x.reason)))
+		}
+	}
+	if x.decided {
+		x.s.tel.AddPolicyDecision(x.r.Context(), x.decision, x.ruleText)
+	}
 	if !x.s.audit.Enabled() {
 		return
 	}
@@ -121,6 +161,9 @@ func (x *exchange) finish() {
 		if x.served.URL != nil && e.Host == "" {
 			e.Host = x.served.URL.Host
 		}
+	}
+	if sc := span.SpanContext(); sc.IsValid() {
+		e.TraceID, e.SpanID = sc.TraceID().String(), sc.SpanID().String()
 	}
 	if e.Status == 0 {
 		e.Status = http.StatusOK // the handler wrote nothing: net/http answers 200

@@ -18,9 +18,13 @@ import (
 	"time"
 
 	"github.com/elazarl/goproxy"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/modgate/modgate/sidecar/mitm"
 	"github.com/modgate/modgate/sidecar/upstream"
+	"github.com/modgate/modgate/telemetry"
 )
 
 // ForwardConfig is forward mode: modgate as the HTTP_PROXY / HTTPS_PROXY
@@ -109,7 +113,8 @@ func newForward(s *Server, cfg ForwardConfig, opts upstream.Options) *forward {
 	}
 	f := &forward{s: s, cfg: cfg, guard: g, origins: map[string]*upstream.Upstream{}, closing: make(chan struct{})}
 	opts.Dial = g.Dial
-	opts.Resolve = nil // the guard pins
+	opts.Resolve = nil         // the guard pins
+	opts.MetricName = "origin" // hosts are on the spans, not the metrics
 	f.opts = opts
 	if len(cfg.Users) > 0 {
 		f.users = map[string][32]byte{}
@@ -266,7 +271,7 @@ func (f *forward) serve(w http.ResponseWriter, r *http.Request, mode, scheme, ho
 	if r.ContentLength != 0 && r.Body != nil && r.Body != http.NoBody {
 		body = r.Body
 	}
-	resp, err := u.Do(r.Context(), upstream.Request{
+	resp, err := u.Do(x.ctx(), upstream.Request{
 		Method: r.Method, Path: r.URL.Path, Query: r.URL.RawQuery,
 		Header: forwardHeader(r), Body: body, ContentLength: r.ContentLength,
 	})
@@ -309,16 +314,28 @@ func (f *forward) handleConnect(hostport string, ctx *goproxy.ProxyCtx) (*goprox
 	if err != nil {
 		host, port = hostport, "443"
 	}
+	action, mode := f.tunnel, "forward"
+	if f.cfg.CA != nil && f.isMITM(host) {
+		action, mode = f.intercept, "mitm"
+	}
+	// One span covers the whole CONNECT: the tunnel, or every request
+	// intercepted inside it (they are its children).
+	tel := f.s.tel
+	sctx := tel.Propagator().Extract(r.Context(), propagation.HeaderCarrier(r.Header))
+	sctx, span := tel.Tracer().Start(sctx, "CONNECT", trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(
+		attribute.String("server.address", host), attribute.String("server.port", port),
+		telemetry.AttrRequestKind.String(string(KindTunnel)), telemetry.AttrMode.String(mode)))
+	r = r.WithContext(sctx)
+	ctx.Req = r
 	if err := f.guard.checkHost(host, port, true); err != nil {
+		span.SetAttributes(attribute.Int("http.response.status_code", http.StatusForbidden), telemetry.AttrPolicyDecision.String("deny"))
+		defer span.End()
 		return f.reject(ctx, r, identity, hostport, http.StatusForbidden, err.Error())
 	}
-	action := f.tunnel
-	if f.cfg.CA != nil && f.isMITM(host) {
-		action = f.intercept
-	}
-	return &goproxy.ConnectAction{Action: goproxy.ConnectHijack, Hijack: func(r *http.Request, c net.Conn, _ *goproxy.ProxyCtx) {
+	return &goproxy.ConnectAction{Action: goproxy.ConnectHijack, Hijack: func(_ *http.Request, c net.Conn, _ *goproxy.ProxyCtx) {
 		f.hijacked.Add(1)
 		defer f.hijacked.Done()
+		defer span.End()
 		action(r, c, net.JoinHostPort(host, port), identity)
 	}}, hostport
 }
@@ -365,7 +382,10 @@ func (f *forward) tunnel(r *http.Request, client net.Conn, hostport, identity st
 	defer client.Close()
 	x := f.s.newExchange(nil, r, "forward")
 	x.identity, x.host, x.req.Kind = identity, hostport, KindTunnel
-	defer x.finish()
+	defer func() {
+		trace.SpanFromContext(r.Context()).SetAttributes(attribute.Int("http.response.status_code", x.w.status))
+		x.finish()
+	}()
 	u, err := f.origin("https", hostport)
 	if err != nil {
 		x.w.status = http.StatusBadGateway
@@ -399,7 +419,9 @@ func (f *forward) tunnel(r *http.Request, client net.Conn, hostport, identity st
 	io.WriteString(client, "HTTP/1.1 200 Connection established\r\n\r\n")
 	f.tunnels.Store(client, server)
 	defer f.tunnels.Delete(client)
+	start := time.Now()
 	up, down := splice(client, server, f.cfg.TunnelIdle)
+	f.s.tel.RecordTunnel(r.Context(), time.Since(start), up, down)
 	x.w.bytes = up + down
 	x.reason = fmt.Sprintf("%d bytes up, %d down", up, down)
 }
@@ -469,14 +491,20 @@ func (f *forward) intercept(r *http.Request, client net.Conn, hostport, identity
 	host, _, _ := net.SplitHostPort(hostport)
 	io.WriteString(client, "HTTP/1.1 200 Connection established\r\n\r\n")
 	tconn := tls.Server(client, f.cfg.CA.ServerConfig(host))
+	handler := http.HandlerFunc(func(w http.ResponseWriter, in *http.Request) {
+		if h, _, err := net.SplitHostPort(in.Host); (err == nil && !strings.EqualFold(h, host)) || (err != nil && !strings.EqualFold(in.Host, host)) {
+			writeError(w, http.StatusMisdirectedRequest, fmt.Sprintf("request for %s inside a CONNECT to %s", in.Host, hostport))
+			return
+		}
+		f.serve(w, in, "mitm", "https", hostport, identity)
+	})
+	kindOf := func(in *http.Request) string {
+		req, _ := classifyForward(host, in.URL.Path, in.URL.RawQuery, f.s.cfg.SumDB)
+		return string(req.Kind)
+	}
 	srv := &http.Server{
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, in *http.Request) {
-			if h, _, err := net.SplitHostPort(in.Host); (err == nil && !strings.EqualFold(h, host)) || (err != nil && !strings.EqualFold(in.Host, host)) {
-				writeError(w, http.StatusMisdirectedRequest, fmt.Sprintf("request for %s inside a CONNECT to %s", in.Host, hostport))
-				return
-			}
-			f.serve(w, in, "mitm", "https", hostport, identity)
-		}),
+		Handler:           f.s.tel.ServerMiddleware(handler, kindOf),
+		BaseContext:       func(net.Listener) context.Context { return r.Context() },
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       120 * time.Second,
 		ErrorLog:          slog.NewLogLogger(f.s.log.Handler(), slog.LevelDebug),

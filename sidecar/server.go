@@ -23,6 +23,7 @@ import (
 
 	"github.com/modgate/modgate/policy"
 	"github.com/modgate/modgate/sidecar/upstream"
+	"github.com/modgate/modgate/telemetry"
 )
 
 // Config is everything the data plane needs, as plain values.
@@ -57,6 +58,8 @@ type Config struct {
 	// Forward configures forward mode (HTTP_PROXY / HTTPS_PROXY); the zero
 	// value tunnels CONNECTs to port 443 of public hosts.
 	Forward ForwardConfig
+	// Telemetry records spans and metrics. If nil, nothing is recorded.
+	Telemetry *telemetry.Telemetry
 }
 
 // Server is one modgate. Create it with New.
@@ -72,6 +75,7 @@ type Server struct {
 
 	audit *policy.AuditLog
 	fwd   *forward
+	tel   *telemetry.Telemetry
 }
 
 // policy returns the policy in force now.
@@ -85,7 +89,7 @@ func (s *Server) policy() *policy.Policy {
 // New checks cfg and builds the server. It refuses an upstream that is the
 // server's own listener: every request would loop.
 func New(cfg Config) (*Server, error) {
-	s := &Server{cfg: cfg, log: cfg.Logger, via: "modgate-" + randomToken(), audit: cfg.Audit}
+	s := &Server{cfg: cfg, log: cfg.Logger, via: "modgate-" + randomToken(), audit: cfg.Audit, tel: cfg.Telemetry}
 	if s.log == nil {
 		s.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
@@ -96,7 +100,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Version != "" {
 		ua += "/" + cfg.Version
 	}
-	opts := upstream.Options{RootCAs: cfg.RootCAs, Resolve: cfg.Resolve, Via: s.via, UserAgent: ua, Clock: cfg.Clock, Logger: s.log}
+	opts := upstream.Options{RootCAs: cfg.RootCAs, Resolve: cfg.Resolve, Via: s.via, UserAgent: ua, Clock: cfg.Clock, Logger: s.log, Telemetry: cfg.Telemetry}
 	chain, err := upstream.NewChain(cfg.Upstreams, opts)
 	if err != nil {
 		return nil, err
@@ -183,10 +187,31 @@ func pointsAt(u *url.URL, listen string, resolve map[string]string) bool {
 	return false
 }
 
-// Handler returns the module listener's handler: loop protection, then the
-// pipeline.
+// Handler returns the module listener's handler: telemetry, loop
+// protection, then the pipeline. A CONNECT gets a span of its own that
+// covers the whole tunnel.
 func (s *Server) Handler() http.Handler {
-	return http.HandlerFunc(s.serveHTTP)
+	traced := s.tel.ServerMiddleware(http.HandlerFunc(s.serveHTTP), s.kindOf)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodConnect {
+			s.serveHTTP(w, r)
+			return
+		}
+		traced.ServeHTTP(w, r)
+	})
+}
+
+// kindOf classifies a request for its span name and metrics.
+func (s *Server) kindOf(r *http.Request) string {
+	if r.URL.IsAbs() {
+		req, _ := classifyForward(r.URL.Hostname(), r.URL.Path, r.URL.RawQuery, s.cfg.SumDB)
+		return string(req.Kind)
+	}
+	req, err := ClassifyReverse(r.URL.Path)
+	if err != nil {
+		return string(KindOther)
+	}
+	return string(req.Kind)
 }
 
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
@@ -210,9 +235,15 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// AdminHandler serves /healthz, /readyz and /debug/upstreams.
+// AdminHandler serves /healthz, /readyz, /metrics, /debug/upstreams,
+// /debug/baseline and /debug/tracez.
 func (s *Server) AdminHandler() http.Handler {
 	mux := http.NewServeMux()
+	if s.tel != nil {
+		mux.Handle("GET /metrics", s.tel.MetricsHandler())
+		mux.Handle("GET /debug/tracez", s.tel.TracezHandler())
+		mux.Handle("GET /debug/baseline", s.tel.Baselines().Handler())
+	}
 	mux.HandleFunc("GET /debug/upstreams", func(w http.ResponseWriter, r *http.Request) {
 		var list []upstream.Status
 		for _, u := range s.chain.Upstreams() {
@@ -298,6 +329,11 @@ func (s *Server) Serve(ctx context.Context, ln, adminLn net.Listener) error {
 	for i, srv := range servers {
 		go func() { errc <- srv.Serve(listeners[i]) }()
 	}
+	unobserve, err := s.tel.ObserveBreakers(s.breakerReadings)
+	if err != nil {
+		return err
+	}
+	defer unobserve()
 	s.ready.Store(true)
 	attrs := []any{"listen", ln.Addr().String(), "upstreams", s.chainString(), "sumdb", s.cfg.SumDB}
 	if adminLn != nil {
@@ -305,7 +341,6 @@ func (s *Server) Serve(ctx context.Context, ln, adminLn net.Listener) error {
 	}
 	s.log.Info("modgate serving", attrs...)
 
-	var err error
 	select {
 	case <-ctx.Done():
 	case err = <-errc:
@@ -325,6 +360,17 @@ func (s *Server) Serve(ctx context.Context, ln, adminLn net.Listener) error {
 		err = nil
 	}
 	return err
+}
+
+// breakerReadings reads the chain's breakers for the state gauge.
+func (s *Server) breakerReadings() []telemetry.BreakerReading {
+	var rs []telemetry.BreakerReading
+	for _, u := range s.chain.Upstreams() {
+		if u.Kind == upstream.Proxy {
+			rs = append(rs, telemetry.BreakerReading{Upstream: u.Name, State: telemetry.BreakerState(u.Breaker())})
+		}
+	}
+	return rs
 }
 
 func (s *Server) chainString() string {

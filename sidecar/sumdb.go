@@ -110,7 +110,7 @@ func (s *Server) serveSumDB(x *exchange) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("checksum database %s is not served here (%s)", req.SumDB, served))
 		return
 	}
-	route, res := db.find(r.Context())
+	route, res := db.find(upstream.WithKind(r.Context(), string(KindSumDBSupported)))
 	if route == nil {
 		// The answer is an error, not 404: a 404 would send the go command
 		// to the database's host itself, which modgate just failed to reach.
@@ -124,7 +124,7 @@ func (s *Server) serveSumDB(x *exchange) {
 		return
 	}
 	start := time.Now()
-	resp, err := route.via.Get(r.Context(), r.Method, route.prefix+req.Path, upstreamHeader(r))
+	resp, err := route.via.Get(x.ctx(), r.Method, route.prefix+req.Path, upstreamHeader(r))
 	if err == nil && resp.StatusCode == http.StatusOK {
 		s.relay(x, resp)
 		return

@@ -20,6 +20,10 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+
+	"github.com/modgate/modgate/telemetry"
 )
 
 // Fallthrough says when the chain may move past an upstream that did not
@@ -125,6 +129,12 @@ type Options struct {
 	Logger *slog.Logger
 	// Dial, if set, makes every connection (forward mode's guarded dialer).
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Telemetry records a client span and the attempt metrics of every
+	// try. If nil, nothing is recorded.
+	Telemetry *telemetry.Telemetry
+	// MetricName, if set, names every upstream in metrics (forward mode's
+	// origins: a host per series would be unbounded).
+	MetricName string
 }
 
 // Upstream is one entry of the chain. Its methods are safe for concurrent use.
@@ -144,6 +154,8 @@ type Upstream struct {
 	breaker   *breaker
 	budget    *budget
 	clock     Clock
+	tel       *telemetry.Telemetry
+	metric    string // the name metrics use
 }
 
 // New returns the upstream that cfg describes.
@@ -157,6 +169,7 @@ func New(cfg Config, opts Options) (*Upstream, error) {
 		via:         opts.Via,
 		userAgent:   opts.UserAgent,
 		clock:       opts.Clock,
+		tel:         opts.Telemetry,
 	}
 	if u.clock == nil {
 		u.clock = SystemClock{}
@@ -193,7 +206,7 @@ func New(cfg Config, opts Options) (*Upstream, error) {
 		if base.RawQuery != "" || base.Fragment != "" {
 			return nil, fmt.Errorf("upstream %q: a proxy URL has no query or fragment", cfg.URL)
 		}
-		rt = newTransport(u.Timeouts, opts)
+		rt = opts.Telemetry.ClientTransport(newTransport(u.Timeouts, opts))
 	case "file":
 		dir := base.Path
 		if st, err := os.Stat(dir); err != nil || !st.IsDir() {
@@ -213,6 +226,10 @@ func New(cfg Config, opts Options) (*Upstream, error) {
 		if base.Scheme == "file" {
 			u.Name = "file:" + cfg.URL[len("file://"):]
 		}
+	}
+	u.metric = opts.MetricName
+	if u.metric == "" {
+		u.metric = u.Name
 	}
 	for _, p := range cfg.RedirectHosts {
 		if _, err := path.Match(p, ""); err != nil {
@@ -336,12 +353,19 @@ func (u *Upstream) Do(ctx context.Context, req Request) (*http.Response, error) 
 		return nil, fmt.Errorf("upstream %s is not a proxy", u.Name)
 	}
 	u.budget.onRequest()
+	kind := KindFrom(ctx)
 	for try := 0; ; try++ {
 		done, err := u.breaker.allow()
 		if err != nil {
+			u.tel.RecordUpstream(ctx, u.metric, kind, telemetry.OutcomeRejected, 0)
 			return nil, err
 		}
-		resp, err := u.try(ctx, req)
+		tctx := telemetry.WithClientAttributes(telemetry.WithUpstream(ctx, u.metric, kind),
+			telemetry.AttrBreakerState.String(u.breaker.state().String()),
+			attribute.Int("http.request.resend_count", try))
+		start := u.clock.Now()
+		resp, err := u.try(tctx, req)
+		u.tel.RecordUpstream(ctx, u.metric, kind, outcome(resp, err), u.clock.Now().Sub(start))
 		switch {
 		case err != nil && ctx.Err() != nil:
 			u.breaker.report(done, errClientCanceled)
@@ -371,10 +395,53 @@ func (u *Upstream) Do(ctx context.Context, req Request) (*http.Response, error) 
 			io.Copy(io.Discard, io.LimitReader(resp.Body, 4<<10))
 			resp.Body.Close()
 		}
+		u.tel.AddRetry(ctx, u.metric, retryReason(resp, err))
 		if err := u.clock.Sleep(ctx, wait); err != nil {
 			return nil, err
 		}
 	}
+}
+
+// outcome classifies one try for the attempt metric.
+func outcome(resp *http.Response, err error) string {
+	switch {
+	case err != nil && isTimeout(err):
+		return telemetry.OutcomeTimeout
+	case err != nil:
+		return telemetry.OutcomeError
+	case resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusGone:
+		return telemetry.OutcomeNotFound
+	case isFailureStatus(resp.StatusCode):
+		return telemetry.OutcomeError
+	}
+	return telemetry.OutcomeOK
+}
+
+// retryReason is the bounded label of a retry: "429", "5xx" or "connection".
+func retryReason(resp *http.Response, err error) string {
+	switch {
+	case err != nil:
+		return "connection"
+	case resp.StatusCode == http.StatusTooManyRequests:
+		return "429"
+	}
+	return "5xx"
+}
+
+type kindKey struct{}
+
+// WithKind returns a context that tells the upstream what kind of request
+// it carries (list, zip, ...), for its spans and metrics.
+func WithKind(ctx context.Context, kind string) context.Context {
+	return context.WithValue(ctx, kindKey{}, kind)
+}
+
+// KindFrom returns the kind WithKind set, or "other".
+func KindFrom(ctx context.Context) string {
+	if k, ok := ctx.Value(kindKey{}).(string); ok {
+		return k
+	}
+	return telemetry.KindOther
 }
 
 // retryWait says whether a failed try is tried again, and after how long.

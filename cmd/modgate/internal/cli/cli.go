@@ -53,6 +53,8 @@ checksum-database pass-through, telemetry and policy.
 Usage:
   modgate run [flags]     serve (modgate run -h lists the flags)
   modgate policy check|lint   ask the policy about a module, or check a policy file
+  modgate explain [FILE]  explain go command errors (stdin or FILE), with the fix
+  modgate doctor [flags]  check go env, modgate, upstreams, certificates and a repository's settings
   modgate baseline record|compare   save upstream latency baselines, or compare two
   modgate ca init|path    make the CA for intercepted hosts, or print its certificate's path
   modgate version         print the version
@@ -73,6 +75,10 @@ func (a *App) Run(ctx context.Context, args []string) int {
 		err = a.run(ctx, rest)
 	case "policy":
 		err = a.policy(ctx, rest)
+	case "explain":
+		err = a.explain(ctx, rest)
+	case "doctor":
+		err = a.doctor(ctx, rest)
 	case "baseline":
 		err = a.baseline(ctx, rest)
 	case "ca":

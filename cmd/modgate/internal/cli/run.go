@@ -10,11 +10,15 @@ import (
 	"os/signal"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/term"
 
+	"go.opentelemetry.io/otel"
+
 	"github.com/modgate/modgate/policy"
 	"github.com/modgate/modgate/sidecar"
+	"github.com/modgate/modgate/telemetry"
 )
 
 func (a *App) run(ctx context.Context, args []string) error {
@@ -40,6 +44,21 @@ func (a *App) run(ctx context.Context, args []string) error {
 	log := newLogger(a.Stderr, cfg.Log)
 	sc.Logger = log
 	sc.Version = Version()
+	tel, err := telemetry.Setup(ctx, telemetry.Config{Version: Version(), Getenv: a.Getenv})
+	if err != nil {
+		return fmt.Errorf("telemetry: %w", err)
+	}
+	defer func() {
+		// The exporter retries while its collector is away; never for long.
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := tel.Shutdown(sctx); err != nil {
+			log.Warn("telemetry not flushed", "err", err)
+		}
+	}()
+	otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) { log.Warn("telemetry", "err", err) }))
+	log.Info("telemetry", "export", tel.Exporting())
+	sc.Telemetry = tel
 	if cfg.PolicyFile != "" {
 		if sc.Policy, err = policy.NewStore(cfg.PolicyFile); err != nil {
 			return fmt.Errorf("policy:\n%w", err)
@@ -56,7 +75,7 @@ func (a *App) run(ctx context.Context, args []string) error {
 		return err
 	}
 	if sc.Policy != nil {
-		stop := watchPolicy(ctx, sc.Policy, log)
+		stop := watchPolicy(ctx, sc.Policy, log, tel)
 		defer stop()
 	}
 	err = srv.Run(ctx)
@@ -70,11 +89,12 @@ func (a *App) run(ctx context.Context, args []string) error {
 // watchPolicy reloads the policy when its file changes and on SIGHUP. A
 // policy that does not parse is logged with its file, line and key, and the
 // one in force stays.
-func watchPolicy(ctx context.Context, st *policy.Store, log *slog.Logger) (stop func()) {
+func watchPolicy(ctx context.Context, st *policy.Store, log *slog.Logger, tel *telemetry.Telemetry) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	report := func(how string) func(error) {
 		return func(err error) {
 			if err != nil {
+				tel.AddPolicyReloadFailure(ctx)
 				log.Error("policy not reloaded; the previous policy stays in force", "how", how, "err", err, "failures", st.ReloadFailures())
 				return
 			}

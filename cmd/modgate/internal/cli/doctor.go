@@ -1,0 +1,1170 @@
+package cli
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/mod/modfile"
+	"golang.org/x/mod/module"
+	"golang.org/x/term"
+
+	"github.com/modgate/modgate/policy"
+	"github.com/modgate/modgate/sidecar"
+)
+
+// `modgate doctor` looks for the settings that make Go module traffic
+// bypass modgate, skip checksum verification or leak private module paths,
+// in the go env, the process environment, modgate's own config and policy,
+// and (with --scan) a repository's go.mod files and CI files. It also
+// probes modgate and each upstream, with timings, and each https upstream's
+// certificate.
+
+const doctorUsage = `usage: modgate doctor [--json] [--scan DIR] [--policy F] [--no-probe] [modgate run flags]
+
+Checks the go env, the environment, modgate's config and policy, probes
+modgate and its upstreams (with timings) and each https upstream's
+certificate, and with --scan finds the same risks in a repository's go.mod
+files and CI files. Each finding has a severity (error, warn, info), what
+was found and the fix. Exit status 1 when any finding is an error.
+
+Flags:
+`
+
+// Severities of a finding, most severe first.
+const (
+	sevError = "error"
+	sevWarn  = "warn"
+	sevInfo  = "info"
+)
+
+// certWarnBefore is how close to expiry an upstream certificate is worth a
+// warning: two weeks leaves time to renew it.
+const certWarnBefore = 14 * 24 * time.Hour
+
+// errDoctorFailed makes `modgate doctor` exit 1 after printing its report.
+var errDoctorFailed = errors.New("doctor found problems")
+
+// doctorFinding is one thing doctor found.
+type doctorFinding struct {
+	// Severity is error, warn or info.
+	Severity string `json:"severity"`
+	// Check names the check, e.g. "gosumdb-off"; it is stable, for scripts.
+	Check string `json:"check"`
+	// What says what was found.
+	What string `json:"what"`
+	// Where is where it was found: "environment", "go env file PATH",
+	// "FILE:LINE", a URL.
+	Where string `json:"where,omitempty"`
+	// Fix says what to do about it.
+	Fix string `json:"fix,omitempty"`
+}
+
+// doctorProbe is one request doctor made, with its timing.
+type doctorProbe struct {
+	// Target is "modgate" or the upstream's name.
+	Target string `json:"target"`
+	// Kind is readyz, list, latest, sumdb-supported or tls.
+	Kind string `json:"kind"`
+	// URL is what was asked: an http(s) URL, or tls://host:port.
+	URL string `json:"url"`
+	// Status is the HTTP status; 0 when there was no answer.
+	Status int `json:"status,omitempty"`
+	// Millis is how long the request took, in milliseconds.
+	Millis float64 `json:"ms"`
+	// Error says why there was no answer.
+	Error string `json:"error,omitempty"`
+	// Detail is the first line of an error answer's body.
+	Detail string `json:"detail,omitempty"`
+	// NotAfter is the end of the certificate's validity, for kind tls.
+	NotAfter *time.Time `json:"not_after,omitempty"`
+}
+
+// doctorReport is what `modgate doctor --json` prints.
+type doctorReport struct {
+	// OK is false when any finding is an error.
+	OK bool `json:"ok"`
+	// Summary counts findings by severity.
+	Summary map[string]int `json:"summary"`
+	// Findings are in order of severity, then of discovery.
+	Findings []doctorFinding `json:"findings"`
+	// Probes are the requests made, in order.
+	Probes []doctorProbe `json:"probes,omitempty"`
+	// GoEnv holds the go env values doctor read.
+	GoEnv map[string]string `json:"go_env,omitempty"`
+}
+
+// doctorGoEnvNames are the go env variables doctor reads.
+var doctorGoEnvNames = []string{"GOPROXY", "GOSUMDB", "GOFLAGS", "GOINSECURE", "GONOSUMDB", "GOPRIVATE", "GONOPROXY", "GOTOOLCHAIN", "GOENV", "GOVERSION"}
+
+// doctorRun is one `modgate doctor`: what it read, and what it found.
+type doctorRun struct {
+	app      *App
+	goenv    map[string]string
+	envFile  map[string]string // the go env file's settings
+	envPath  string            // the go env file, "" when off or unreadable
+	cfg      Config
+	sc       sidecar.Config
+	cfgOK    bool
+	private  []string // the policy's private patterns
+	findings []doctorFinding
+	probes   []doctorProbe
+	progress io.Writer // nil unless stderr is a terminal
+}
+
+func (d *doctorRun) add(f doctorFinding) { d.findings = append(d.findings, f) }
+
+func (a *App) doctor(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("modgate doctor", flag.ContinueOnError)
+	fs.SetOutput(a.Stderr)
+	var rf runFlags
+	rf.register(fs)
+	jsonOut := fs.Bool("json", false, "print a JSON document instead of the list")
+	scanDir := fs.String("scan", "", "also scan the repository in `DIR`: go.mod replace directives and CI files")
+	// `modgate run` has a --policy flag (registered above with the others);
+	// this one only stands in if run ever loses it.
+	if fs.Lookup("policy") == nil {
+		fs.String("policy", "", "policy `file` whose private patterns GONOSUMDB must cover (env MODGATE_POLICY)")
+	}
+	noProbe := fs.Bool("no-probe", false, "make no requests: check settings only")
+	timeout := fs.Duration("timeout", 3*time.Second, "bound on each probe")
+	probeModule := fs.String("module", "golang.org/x/mod", "module whose version list and @latest the probes ask for")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), doctorUsage)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if err == flag.ErrHelp {
+			return err
+		}
+		return errUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(a.Stderr, "modgate doctor: unexpected argument %q\n", fs.Arg(0))
+		return errUsage
+	}
+	if err := module.CheckPath(*probeModule); err != nil {
+		return fmt.Errorf("doctor: --module: %v", err)
+	}
+
+	d := &doctorRun{app: a}
+	if f, ok := a.Stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		d.progress = a.Stderr
+	}
+	d.readGoEnv(ctx)
+	d.loadConfig(fs, &rf)
+	// The loaded config merges policy_file, MODGATE_POLICY and --policy;
+	// when it did not load, the flag and the variable still say.
+	policyFile := d.cfg.PolicyFile
+	if policyFile == "" {
+		policyFile = fs.Lookup("policy").Value.String()
+	}
+	if policyFile == "" {
+		policyFile = a.Getenv("MODGATE_POLICY")
+	}
+	d.loadPolicy(policyFile)
+	d.checkGoEnv()
+	d.checkPrivate(policyFile)
+	d.checkGoproxy()
+	d.checkProxyVars()
+	d.checkEnvFile()
+	if !*noProbe && d.cfgOK {
+		d.probe(ctx, *timeout, *probeModule)
+	}
+	if *scanDir != "" {
+		d.scan(*scanDir)
+	}
+	report := d.report()
+	if *jsonOut {
+		enc := json.NewEncoder(a.Stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(report); err != nil {
+			return err
+		}
+	} else {
+		writeDoctorReport(a.Stdout, report)
+	}
+	if !report.OK {
+		return fmt.Errorf("%w: %s", errDoctorFailed, plural(report.Summary[sevError], "error", "errors"))
+	}
+	return nil
+}
+
+// readGoEnv reads the go env values and the go env file. Failing to run
+// the go command is itself a finding: nothing else about Go can be
+// checked then, but the repository scan still runs.
+func (d *doctorRun) readGoEnv(ctx context.Context) {
+	goenv := d.app.GoEnv
+	if goenv == nil {
+		goenv = goEnv
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	vals, err := goenv(ctx, doctorGoEnvNames...)
+	d.goenv = map[string]string{}
+	if err != nil || len(vals) != len(doctorGoEnvNames) {
+		if err == nil {
+			err = fmt.Errorf("got %d values for %d names", len(vals), len(doctorGoEnvNames))
+		}
+		d.add(doctorFinding{Severity: sevError, Check: "go-env", What: "cannot run `go env`: " + err.Error(),
+			Fix: "Install Go or put it on PATH; the checks of the go env are skipped."})
+		return
+	}
+	for i, n := range doctorGoEnvNames {
+		d.goenv[n] = vals[i]
+	}
+	d.envFile = map[string]string{}
+	if p := d.goenv["GOENV"]; p != "" && p != "off" {
+		data, err := os.ReadFile(p)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+		case err != nil:
+			d.add(doctorFinding{Severity: sevWarn, Check: "go-env-file", What: "cannot read the go env file: " + err.Error(), Where: p})
+		default:
+			d.envPath = p
+			for _, line := range strings.Split(string(data), "\n") {
+				if k, v, ok := strings.Cut(strings.TrimSpace(line), "="); ok && k != "" && !strings.HasPrefix(k, "#") {
+					d.envFile[k] = v
+				}
+			}
+		}
+	}
+}
+
+// source says where a go env value comes from: the process environment
+// wins over the go env file, which wins over the default.
+func (d *doctorRun) source(name string) string {
+	if d.app.Getenv(name) != "" {
+		return "environment"
+	}
+	if _, ok := d.envFile[name]; ok {
+		return "go env file " + d.envPath
+	}
+	return "go env default"
+}
+
+// loadConfig loads modgate's config as `modgate run` with the same flags
+// would, so that doctor checks the modgate that would run.
+func (d *doctorRun) loadConfig(fs *flag.FlagSet, rf *runFlags) {
+	l := loader{getenv: d.app.Getenv, goenv: func(ctx context.Context, names ...string) ([]string, error) {
+		// Reuse what was read already: one go command run is enough.
+		if len(d.goenv) == 0 {
+			return nil, errors.New("go env unavailable")
+		}
+		out := make([]string, len(names))
+		for i, n := range names {
+			out[i] = d.goenv[n]
+		}
+		return out, nil
+	}}
+	cfg, sc, err := l.load(fs, rf)
+	d.cfg, d.sc = cfg, sc
+	if err != nil {
+		d.add(doctorFinding{Severity: sevError, Check: "config", What: "modgate's config does not load: " + strings.ReplaceAll(err.Error(), "\n", "; "),
+			Fix: "Fix the key it names (modgate run would refuse to start); probes are skipped."})
+		return
+	}
+	d.cfgOK = true
+	for i, u := range cfg.Upstreams {
+		if uu, err := url.Parse(u.URL); err == nil && (uu.Scheme == "http" || uu.Scheme == "https") && sameListener(uu.Host, cfg.Listen) {
+			d.add(doctorFinding{Severity: sevError, Check: "upstream-loop",
+				What:  fmt.Sprintf("modgate's upstream %d (%s) is modgate's own listener %s: every request would loop", i+1, u.URL, cfg.Listen),
+				Where: "modgate config: upstreams",
+				Fix: "Give modgate its upstreams explicitly (--upstream, MODGATE_UPSTREAM or upstreams in the config): by default it takes " +
+					"`go env GOPROXY`, which points at modgate once the go command is set up to use it."})
+		}
+	}
+}
+
+func (d *doctorRun) loadPolicy(file string) {
+	if file == "" {
+		return
+	}
+	p, err := policy.Load(file)
+	if err != nil {
+		d.add(doctorFinding{Severity: sevError, Check: "policy", What: "the policy does not load: " + strings.ReplaceAll(err.Error(), "\n", "; "), Where: file,
+			Fix: "Fix it (`modgate policy lint " + file + "`); its private patterns are not checked."})
+		return
+	}
+	d.private = p.PrivatePatterns()
+}
+
+// checkGoEnv looks at the settings that turn verification off.
+func (d *doctorRun) checkGoEnv() {
+	if len(d.goenv) == 0 {
+		return
+	}
+	if v := d.goenv["GOSUMDB"]; v == "off" {
+		d.add(doctorFinding{Severity: sevError, Check: "gosumdb-off", What: "GOSUMDB=off: the go command verifies no module against the checksum database",
+			Where: d.source("GOSUMDB"),
+			Fix: "Turn it back on: `go env -u GOSUMDB` (and unset GOSUMDB in the environment). For private modules set GONOSUMDB " +
+				"(or GOPRIVATE) to their patterns instead."})
+	}
+	if hasInsecureFlag(d.goenv["GOFLAGS"]) {
+		d.add(doctorFinding{Severity: sevError, Check: "goflags-insecure", What: fmt.Sprintf("GOFLAGS=%q has -insecure: fetches over plain HTTP and skips certificate checks", d.goenv["GOFLAGS"]),
+			Where: d.source("GOFLAGS"),
+			Fix:   "Remove -insecure from GOFLAGS (`go env -w GOFLAGS=...` without it). Trust an internal CA with SSL_CERT_FILE instead."})
+	}
+	if v := d.goenv["GOINSECURE"]; v != "" {
+		d.add(doctorFinding{Severity: sevWarn, Check: "goinsecure", What: fmt.Sprintf("GOINSECURE=%q: modules matching it are fetched without TLS verification", v),
+			Where: d.source("GOINSECURE"),
+			Fix:   "Unset it (`go env -u GOINSECURE`) and give the go command the server's CA (SSL_CERT_FILE) instead."})
+	}
+	if v := d.app.Getenv("GONOSUMCHECK"); v != "" {
+		d.add(doctorFinding{Severity: sevWarn, Check: "gonosumcheck", What: fmt.Sprintf("GONOSUMCHECK=%q is set, but the go command does not read it", v),
+			Where: "environment",
+			Fix:   "Use GONOSUMDB (or GOPRIVATE) for the private patterns it was meant to cover, and unset GONOSUMCHECK."})
+	} else if v, ok := d.envFile["GONOSUMCHECK"]; ok {
+		d.add(doctorFinding{Severity: sevWarn, Check: "gonosumcheck", What: fmt.Sprintf("GONOSUMCHECK=%q is set, but the go command does not read it", v),
+			Where: "go env file " + d.envPath,
+			Fix:   "Use GONOSUMDB (or GOPRIVATE) for the private patterns it was meant to cover, and remove GONOSUMCHECK from the file."})
+	}
+	if v := d.goenv["GONOSUMDB"]; matchesEverything(v) {
+		d.add(doctorFinding{Severity: sevError, Check: "gonosumdb-all", What: fmt.Sprintf("GONOSUMDB=%q matches every module: no checksum is verified", v),
+			Where: d.source("GONOSUMDB"),
+			Fix:   "List only the private patterns (e.g. *.corp.example.test,github.com/acme/*)."})
+	}
+}
+
+// hasInsecureFlag reports whether a GOFLAGS value holds -insecure.
+func hasInsecureFlag(goflags string) bool {
+	for _, f := range strings.Fields(goflags) {
+		name, _, _ := strings.Cut(strings.TrimLeft(f, "-"), "=")
+		if strings.HasPrefix(f, "-") && name == "insecure" {
+			return true
+		}
+	}
+	return false
+}
+
+// matchesEverything reports whether a GOPRIVATE-style list matches any
+// module path.
+func matchesEverything(list string) bool {
+	for _, g := range strings.Split(list, ",") {
+		if strings.TrimSpace(g) == "*" {
+			return true
+		}
+	}
+	return false
+}
+
+// checkPrivate compares the policy's private patterns with GONOSUMDB (which
+// the go command defaults to GOPRIVATE).
+func (d *doctorRun) checkPrivate(policyFile string) {
+	if len(d.goenv) == 0 {
+		return
+	}
+	if policyFile == "" {
+		d.add(doctorFinding{Severity: sevInfo, Check: "policy", What: "no policy given: the private patterns are not compared with GONOSUMDB",
+			Fix: "Pass --policy F or set MODGATE_POLICY."})
+		return
+	}
+	missing := missingPatterns(d.private, d.goenv["GONOSUMDB"])
+	if len(missing) == 0 {
+		if len(d.private) > 0 {
+			d.add(doctorFinding{Severity: sevInfo, Check: "gonosumdb", What: "GONOSUMDB covers every private pattern of the policy (" + strings.Join(d.private, ",") + ")", Where: d.source("GONOSUMDB")})
+		}
+		return
+	}
+	want := joinPatterns(d.goenv["GONOSUMDB"], missing)
+	d.add(doctorFinding{Severity: sevError, Check: "gonosumdb-leak",
+		What: fmt.Sprintf("private patterns of the policy are missing from GONOSUMDB (%q): %s. The go command asks the checksum database "+
+			"about those modules, which tells its operator their names (modgate refuses the lookup, so builds fail with 403)",
+			d.goenv["GONOSUMDB"], strings.Join(missing, ", ")),
+		Where: d.source("GONOSUMDB"),
+		Fix:   "`go env -w 'GONOSUMDB=" + want + "'` (or GOPRIVATE, which also keeps them away from public proxies); in CI set the same value in the environment."})
+}
+
+// missingPatterns returns the patterns that no glob of list covers. A
+// pattern counts as covered when list matches it taken literally as a
+// path: "*" in a glob matches "*" in a pattern, so "*.corp.example.test"
+// covers itself and "github.com/acme" covers "github.com/acme/*".
+func missingPatterns(patterns []string, list string) []string {
+	var missing []string
+	for _, p := range patterns {
+		for _, one := range strings.Split(p, ",") {
+			if one = strings.TrimSpace(one); one != "" && !module.MatchPrefixPatterns(list, one) {
+				missing = append(missing, one)
+			}
+		}
+	}
+	return missing
+}
+
+func joinPatterns(list string, more []string) string {
+	var out []string
+	for _, g := range strings.Split(list, ",") {
+		if g = strings.TrimSpace(g); g != "" {
+			out = append(out, g)
+		}
+	}
+	return strings.Join(append(out, more...), ",")
+}
+
+// modgateURL is the URL the go command should use to reach modgate.
+func (d *doctorRun) modgateURL() string {
+	if d.cfg.Listen == "" {
+		return "http://127.0.0.1:7070"
+	}
+	return "http://" + dialable(d.cfg.Listen)
+}
+
+// dialable turns a listen address into one to connect to: a wildcard host
+// (0.0.0.0, ::, none) becomes 127.0.0.1.
+func dialable(listen string) string {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return listen
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, port)
+}
+
+// sameListener reports whether host (host:port from a URL) reaches a
+// listener on listen.
+func sameListener(host, listen string) bool {
+	h, p, err := net.SplitHostPort(host)
+	if err != nil {
+		return false
+	}
+	lh, lp, err := net.SplitHostPort(listen)
+	if err != nil || p != lp {
+		return false
+	}
+	if strings.EqualFold(h, lh) {
+		return true
+	}
+	loop := func(s string) bool {
+		ip := net.ParseIP(s)
+		return s == "localhost" || (ip != nil && ip.IsLoopback())
+	}
+	lip := net.ParseIP(lh)
+	wild := lh == "" || (lip != nil && lip.IsUnspecified())
+	return loop(h) && (wild || loop(lh))
+}
+
+// goproxyEntries splits GOPROXY into its entries.
+func goproxyEntries(v string) []string {
+	return strings.FieldsFunc(v, func(r rune) bool { return r == ',' || r == '|' })
+}
+
+// usesModgate reports whether a GOPROXY value starts with modgate.
+func (d *doctorRun) usesModgate(goproxy string) bool {
+	entries := goproxyEntries(goproxy)
+	if len(entries) == 0 {
+		return false
+	}
+	u, err := url.Parse(strings.TrimSpace(entries[0]))
+	return err == nil && u.Scheme == "http" && sameListener(u.Host, d.cfg.Listen)
+}
+
+func (d *doctorRun) checkGoproxy() {
+	v, ok := d.goenv["GOPROXY"]
+	if !ok {
+		return
+	}
+	where := d.source("GOPROXY")
+	entries := goproxyEntries(v)
+	switch {
+	case v == "off":
+		d.add(doctorFinding{Severity: sevWarn, Check: "goproxy-off", What: "GOPROXY=off: the go command downloads nothing", Where: where,
+			Fix: "`go env -w GOPROXY=" + d.modgateURL() + "`"})
+	case !d.usesModgate(v):
+		d.add(doctorFinding{Severity: sevWarn, Check: "goproxy-bypass",
+			What:  fmt.Sprintf("GOPROXY=%q does not start with modgate (%s): module traffic bypasses it, and with it the policy, the failover and the telemetry", v, d.modgateURL()),
+			Where: where,
+			Fix:   "`go env -w GOPROXY=" + d.modgateURL() + ",direct` on a laptop, GOPROXY=" + d.modgateURL() + " in a build pod."})
+	case len(entries) == 1:
+		d.add(doctorFinding{Severity: sevInfo, Check: "goproxy-no-fallback", What: "GOPROXY has no fallback after modgate: when modgate is down, builds fail",
+			Where: where,
+			Fix:   "That is right in a build pod (nothing may bypass the policy). On a laptop, add ,direct so that modules only reachable at their origin still work."})
+	default:
+		d.add(doctorFinding{Severity: sevInfo, Check: "goproxy", What: fmt.Sprintf("GOPROXY=%q: modgate first", v), Where: where})
+	}
+}
+
+// checkProxyVars looks for proxy variables set in one case only: git (curl)
+// ignores upper-case HTTP_PROXY, and some tools read only one case.
+func (d *doctorRun) checkProxyVars() {
+	for _, name := range []string{"HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY"} {
+		upper, lower := d.app.Getenv(name), d.app.Getenv(strings.ToLower(name))
+		switch {
+		case upper == lower:
+		case upper == "" || lower == "":
+			set, unset := name, strings.ToLower(name)
+			if upper == "" {
+				set, unset = unset, set
+			}
+			why := "some tools read only one case"
+			if name == "HTTP_PROXY" {
+				why = "git (curl) ignores upper-case HTTP_PROXY"
+			}
+			d.add(doctorFinding{Severity: sevWarn, Check: "proxy-var-case",
+				What:  fmt.Sprintf("%s is set but %s is not: %s, so the go command and git may take different ways out", set, unset, why),
+				Where: "environment",
+				Fix:   fmt.Sprintf("Set both to the same value: export %s=\"$%s\"", unset, set)})
+		default:
+			d.add(doctorFinding{Severity: sevWarn, Check: "proxy-var-case",
+				What:  fmt.Sprintf("%s=%q and %s=%q differ: tools that read different cases go different ways", name, upper, strings.ToLower(name), lower),
+				Where: "environment",
+				Fix:   "Set both to the same value."})
+		}
+	}
+}
+
+// checkEnvFile reports go env file settings that the environment
+// overrides, so that `go env -w` seems to do nothing.
+func (d *doctorRun) checkEnvFile() {
+	for _, name := range doctorGoEnvNames {
+		fileVal, inFile := d.envFile[name]
+		envVal := d.app.Getenv(name)
+		if !inFile || envVal == "" || envVal == fileVal {
+			continue
+		}
+		d.add(doctorFinding{Severity: sevWarn, Check: "go-env-overridden",
+			What: fmt.Sprintf("%s is %q in the go env file but %q in the environment: the environment wins, so the go command uses %q and `go env -w %s=...` changes nothing",
+				name, fileVal, envVal, envVal, name),
+			Where: d.envPath,
+			Fix:   fmt.Sprintf("Keep one: unset %s in the shell profile or CI settings, or remove it from the file (`go env -u %s`).", name, name)})
+	}
+}
+
+// probe asks modgate and each upstream a few harmless questions, with a
+// bound on each, and checks https upstreams' certificates.
+func (d *doctorRun) probe(ctx context.Context, timeout time.Duration, mod string) {
+	dialer := &net.Dialer{Timeout: timeout}
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if to, ok := d.cfg.Resolve[addr]; ok {
+			addr = to
+		}
+		return dialer.DialContext(ctx, network, addr)
+	}
+	// No proxy from the environment: doctor asks modgate and the upstreams
+	// themselves, as modgate would.
+	transport := &http.Transport{DialContext: dial, TLSClientConfig: &tls.Config{RootCAs: d.sc.RootCAs}, TLSHandshakeTimeout: timeout,
+		ResponseHeaderTimeout: timeout, DisableKeepAlives: true}
+	defer transport.CloseIdleConnections()
+	client := &http.Client{Transport: transport, Timeout: timeout,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	escMod, _ := module.EscapePath(mod)
+
+	get := func(target, kind, u string) doctorProbe {
+		if d.progress != nil {
+			fmt.Fprintf(d.progress, "\r\033[Kprobing %s: %s %s", target, kind, u)
+		}
+		p := doctorProbe{Target: target, Kind: kind, URL: u}
+		start := time.Now()
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+		if err == nil {
+			req.Header.Set("User-Agent", "modgate-doctor/"+Version())
+			var resp *http.Response
+			if resp, err = client.Do(req); err == nil {
+				p.Status = resp.StatusCode
+				if resp.StatusCode != http.StatusOK {
+					line, _ := bufio.NewReader(io.LimitReader(resp.Body, 512)).ReadString('\n')
+					p.Detail = strings.TrimSpace(line)
+				}
+				io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
+				resp.Body.Close()
+			}
+		}
+		p.Millis = float64(time.Since(start).Microseconds()) / 1000
+		if err != nil {
+			p.Error = shortErr(err)
+		}
+		return p
+	}
+
+	// modgate itself.
+	base := d.modgateURL()
+	throughModgate := d.usesModgate(d.goenv["GOPROXY"])
+	var mp []doctorProbe
+	if d.cfg.Admin != "" {
+		mp = append(mp, get("modgate", "readyz", "http://"+dialable(d.cfg.Admin)+"/readyz"))
+	}
+	mp = append(mp, get("modgate", "list", base+"/"+escMod+"/@v/list"))
+	d.probes = append(d.probes, mp...)
+	d.judgeModgate(mp, throughModgate, mod)
+
+	// The upstreams, each in its own goroutine: a hung one costs its
+	// timeouts once, not once per upstream.
+	type result struct {
+		probes []doctorProbe
+		cert   *certResult
+	}
+	results := make([]result, len(d.cfg.Upstreams))
+	var wg sync.WaitGroup
+	for i, u := range d.cfg.Upstreams {
+		uu, err := url.Parse(u.URL)
+		if err != nil || (uu.Scheme != "http" && uu.Scheme != "https") || sameListener(uu.Host, d.cfg.Listen) {
+			continue // not a proxy, or modgate itself (reported already)
+		}
+		name := upstreamName(u, uu)
+		wg.Go(func() {
+			b := strings.TrimSuffix(u.URL, "/")
+			r := result{probes: []doctorProbe{
+				get(name, "list", b+"/"+escMod+"/@v/list"),
+				get(name, "latest", b+"/"+escMod+"/@latest"),
+			}}
+			if db := d.sc.SumDB; db != "" {
+				r.probes = append(r.probes, get(name, "sumdb-supported", b+"/sumdb/"+db+"/supported"))
+			}
+			if uu.Scheme == "https" {
+				r.cert = checkCert(ctx, dial, uu, d.sc.RootCAs, timeout)
+				r.cert.target, r.cert.probe.Target = name, name
+			}
+			results[i] = r
+		})
+	}
+	wg.Wait()
+	if d.progress != nil {
+		fmt.Fprint(d.progress, "\r\033[K")
+	}
+	failing, asked := 0, 0
+	for i, r := range results {
+		if r.probes == nil {
+			continue
+		}
+		asked++
+		d.probes = append(d.probes, r.probes...)
+		if !d.judgeUpstream(d.cfg.Upstreams[i].URL, r.probes, mod) {
+			failing++
+		}
+		if r.cert != nil {
+			d.probes = append(d.probes, r.cert.probe)
+			d.judgeCert(r.cert)
+		}
+	}
+	if asked > 0 && failing == asked {
+		d.add(doctorFinding{Severity: sevError, Check: "upstreams-down", What: "no upstream of modgate answered the probes: every module request will fail",
+			Fix: "Check the upstream URLs (--upstream, MODGATE_UPSTREAM or the config) and the network path from here to them."})
+	}
+}
+
+// upstreamName names an upstream as modgate does: its configured name, or
+// its host.
+func upstreamName(u UpstreamConfig, uu *url.URL) string {
+	if u.Name != "" {
+		return u.Name
+	}
+	return uu.Host
+}
+
+// shortErr drops the method and URL that *url.Error repeats.
+func shortErr(err error) string {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		err = ue.Err
+	}
+	return err.Error()
+}
+
+// timings formats probes as "list 200 in 12ms, latest 200 in 9ms".
+func timings(ps []doctorProbe) string {
+	parts := make([]string, len(ps))
+	for i, p := range ps {
+		res := fmt.Sprint(p.Status)
+		if p.Error != "" {
+			res = p.Error
+		}
+		// A tenth of a millisecond matters on loopback; not beyond 10 ms.
+		prec := 0
+		if p.Millis < 10 {
+			prec = 1
+		}
+		parts[i] = fmt.Sprintf("%s %s in %.*fms", p.Kind, res, prec, p.Millis)
+	}
+	return strings.Join(parts, ", ")
+}
+
+func (d *doctorRun) judgeModgate(ps []doctorProbe, throughModgate bool, mod string) {
+	base := d.modgateURL()
+	for _, p := range ps {
+		switch {
+		case p.Error != "":
+			sev := sevWarn
+			if throughModgate {
+				sev = sevError
+			}
+			d.add(doctorFinding{Severity: sev, Check: "modgate-down", What: fmt.Sprintf("modgate does not answer %s: %s", p.Kind, p.Error), Where: p.URL,
+				Fix: "Start it: `make run` in its repository, or `modgate run` (in a pod, check the modgate container's logs and probes)."})
+			return
+		case p.Kind == "readyz" && p.Status != http.StatusOK:
+			d.add(doctorFinding{Severity: sevError, Check: "modgate-not-ready", What: fmt.Sprintf("modgate is not ready (%d): %s", p.Status, p.Detail), Where: p.URL,
+				Fix: "`curl -s " + strings.TrimSuffix(p.URL, "/readyz") + "/debug/upstreams` shows each upstream's breaker; fix the upstreams it names."})
+			return
+		case p.Kind == "list" && p.Status >= 500:
+			d.add(doctorFinding{Severity: sevWarn, Check: "modgate-list", What: fmt.Sprintf("modgate answered %d for the version list of %s: %s", p.Status, mod, p.Detail), Where: p.URL,
+				Fix: "The upstream probes below say which upstream fails; `modgate explain` explains modgate's answer."})
+			return
+		}
+	}
+	d.add(doctorFinding{Severity: sevInfo, Check: "modgate", What: fmt.Sprintf("modgate at %s answers: %s", base, timings(ps))})
+}
+
+// judgeUpstream turns an upstream's probes into a finding and reports
+// whether it answered at all.
+func (d *doctorRun) judgeUpstream(rawURL string, ps []doctorProbe, mod string) bool {
+	name := ps[0].Target
+	var bad []string
+	answered := false
+	for _, p := range ps {
+		switch {
+		case p.Error != "":
+			bad = append(bad, p.Kind+": "+p.Error)
+		case p.Status >= 500 || p.Status == http.StatusTooManyRequests || p.Status == http.StatusUnauthorized || p.Status == http.StatusForbidden:
+			answered = true
+			bad = append(bad, fmt.Sprintf("%s: %d %s", p.Kind, p.Status, p.Detail))
+		default:
+			answered = true
+		}
+	}
+	if len(bad) > 0 {
+		what := strings.Join(bad, "; ")
+		if len(bad) == len(ps) {
+			// The same cause for every probe is said once.
+			first := bad[0][strings.Index(bad[0], ": ")+2:]
+			same := true
+			for _, b := range bad {
+				same = same && strings.HasSuffix(b, ": "+first)
+			}
+			if same {
+				what = "every probe: " + first
+			}
+		}
+		d.add(doctorFinding{Severity: sevWarn, Check: "upstream", What: fmt.Sprintf("upstream %s (%s) fails probes: %s", name, rawURL, what),
+			Where: rawURL,
+			Fix:   "Check that the URL is right and the upstream is up and reachable from here; modgate's breaker skips it while it fails."})
+		return answered
+	}
+	what := fmt.Sprintf("upstream %s (%s): %s", name, rawURL, timings(ps))
+	for _, p := range ps {
+		if p.Kind == "sumdb-supported" && p.Status != http.StatusOK {
+			what += fmt.Sprintf("; it does not proxy the checksum database %s, so modgate reaches https://%s/ directly", d.sc.SumDB, d.sc.SumDB)
+		}
+		if p.Kind == "list" && p.Status == http.StatusNotFound {
+			what += "; it does not have " + mod + " (normal for an upstream of private modules only)"
+		}
+	}
+	d.add(doctorFinding{Severity: sevInfo, Check: "upstream", What: what})
+	return true
+}
+
+// certResult is what a TLS dial to an upstream found.
+type certResult struct {
+	target    string
+	probe     doctorProbe
+	leaf      *x509.Certificate
+	verifyErr error
+}
+
+// checkCert dials u and reads its certificate without verifying it first,
+// so that an expired or untrusted certificate is still described; it then
+// verifies it against roots (the system pool when nil).
+func checkCert(ctx context.Context, dial func(context.Context, string, string) (net.Conn, error), u *url.URL, roots *x509.CertPool, timeout time.Duration) *certResult {
+	host := u.Hostname()
+	port := u.Port()
+	if port == "" {
+		port = "443"
+	}
+	addr := net.JoinHostPort(host, port)
+	r := &certResult{probe: doctorProbe{Kind: "tls", URL: "tls://" + addr}}
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	raw, err := dial(ctx, "tcp", addr)
+	if err == nil {
+		// Verification is done below, by hand, so that a bad certificate
+		// can still be described.
+		conn := tls.Client(raw, &tls.Config{ServerName: host, InsecureSkipVerify: true})
+		err = conn.HandshakeContext(ctx)
+		if err == nil {
+			certs := conn.ConnectionState().PeerCertificates
+			r.leaf = certs[0]
+			inter := x509.NewCertPool()
+			for _, c := range certs[1:] {
+				inter.AddCert(c)
+			}
+			_, r.verifyErr = r.leaf.Verify(x509.VerifyOptions{DNSName: host, Roots: roots, Intermediates: inter})
+			na := r.leaf.NotAfter
+			r.probe.NotAfter = &na
+		}
+		conn.Close()
+	}
+	r.probe.Millis = float64(time.Since(start).Microseconds()) / 1000
+	if err != nil {
+		r.probe.Error = err.Error()
+	}
+	return r
+}
+
+func (d *doctorRun) judgeCert(r *certResult) {
+	where := r.probe.URL
+	if r.leaf == nil {
+		d.add(doctorFinding{Severity: sevWarn, Check: "cert", What: fmt.Sprintf("upstream %s: TLS handshake failed: %s", r.target, r.probe.Error), Where: where})
+		return
+	}
+	left := time.Until(r.leaf.NotAfter)
+	days := int(left.Hours() / 24)
+	when := r.leaf.NotAfter.UTC().Format("2006-01-02 15:04 MST")
+	switch {
+	case left <= 0:
+		d.add(doctorFinding{Severity: sevError, Check: "cert-expired", What: fmt.Sprintf("upstream %s: certificate expired on %s (%d days ago)", r.target, when, -days), Where: where,
+			Fix: "The upstream's operator must renew it; until then modgate's requests to it fail TLS verification."})
+		return
+	case left < certWarnBefore:
+		d.add(doctorFinding{Severity: sevWarn, Check: "cert-expiring", What: fmt.Sprintf("upstream %s: certificate expires on %s, in %d days", r.target, when, days), Where: where,
+			Fix: "Ask the upstream's operator to renew it before then."})
+	}
+	if r.verifyErr != nil {
+		d.add(doctorFinding{Severity: sevError, Check: "cert-untrusted", What: fmt.Sprintf("upstream %s: certificate does not verify: %v", r.target, r.verifyErr), Where: where,
+			Fix: "If it is signed by an internal CA, give modgate that CA: tls_ca_file in the config (--tls-ca-file)."})
+		return
+	}
+	if left >= certWarnBefore {
+		d.add(doctorFinding{Severity: sevInfo, Check: "cert", What: fmt.Sprintf("upstream %s: certificate valid until %s (%d days)", r.target, when, days), Where: where})
+	}
+}
+
+// ---- repository scan ----
+
+// scanSkipDirs are never descended into: they hold other people's code,
+// nothing of the repository's own, or (testdata) files that the go command
+// ignores too, such as doctor's own fixtures.
+var scanSkipDirs = map[string]bool{".git": true, "node_modules": true, "vendor": true, ".tools": true, "testdata": true}
+
+// ciSettingRE finds a Go setting given a value in a CI file: YAML
+// (`GOSUMDB: off`), shell and Makefile (`export GOSUMDB=off`, `GOSUMDB ?= off`),
+// Dockerfile (`ENV GOSUMDB=off`, `ENV GOSUMDB off`), `go env -w GOSUMDB=off`.
+var ciSettingRE = regexp.MustCompile(`(?:^|[^A-Za-z0-9_])(GOPROXY|GOSUMDB|GOFLAGS|GOINSECURE|GONOSUMCHECK|GONOSUMDB)\s*(?::=|\?=|\+=|=|:)\s*(.*)$`)
+
+// dockerEnvRE finds the Dockerfile form without "=": `ENV GOSUMDB off`.
+var dockerEnvRE = regexp.MustCompile(`^\s*(?:ENV|ARG)\s+(GOPROXY|GOSUMDB|GOFLAGS|GOINSECURE|GONOSUMCHECK|GONOSUMDB)\s+(.*)$`)
+
+// isCIFile reports whether rel (slash-separated, relative to the scanned
+// root) is a CI or build file worth scanning, and whether it is YAML.
+func isCIFile(rel string) (ci, yaml bool) {
+	base := filepath.Base(rel)
+	dir := filepath.ToSlash(filepath.Dir(rel))
+	switch {
+	case dir == ".github/workflows" && (strings.HasSuffix(base, ".yml") || strings.HasSuffix(base, ".yaml")):
+		return true, true
+	case base == ".gitlab-ci.yml":
+		return true, true
+	case base == "Jenkinsfile", base == "Makefile", strings.HasPrefix(base, "Dockerfile"), strings.HasSuffix(base, ".sh"):
+		return true, false
+	}
+	return false, false
+}
+
+// scan looks for risky settings in a repository.
+func (d *doctorRun) scan(root string) {
+	st, err := os.Stat(root)
+	if err != nil || !st.IsDir() {
+		if err == nil {
+			err = errors.New("not a directory")
+		}
+		d.add(doctorFinding{Severity: sevError, Check: "scan", What: "cannot scan " + root + ": " + err.Error()})
+		return
+	}
+	found := 0
+	filepath.WalkDir(root, func(p string, de fs.DirEntry, err error) error {
+		if err != nil {
+			return nil // unreadable parts are skipped
+		}
+		if de.IsDir() {
+			if p != root && scanSkipDirs[de.Name()] {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		rel, _ := filepath.Rel(root, p)
+		rel = filepath.ToSlash(rel)
+		if de.Name() == "go.mod" {
+			found++
+			d.scanGoMod(p, rel)
+			return nil
+		}
+		if ci, yaml := isCIFile(rel); ci {
+			found++
+			d.scanCIFile(p, rel, yaml)
+		}
+		return nil
+	})
+	d.add(doctorFinding{Severity: sevInfo, Check: "scan", What: fmt.Sprintf("scanned %d go.mod and CI files under %s", found, root)})
+}
+
+func (d *doctorRun) scanGoMod(p, rel string) {
+	data, err := os.ReadFile(p)
+	if err != nil {
+		return
+	}
+	// ParseLax keeps every statement's syntax, even replacements that
+	// Parse rejects (a URL), so that each can be reported with its line.
+	f, err := modfile.ParseLax(rel, data, nil)
+	if err != nil {
+		d.add(doctorFinding{Severity: sevError, Check: "gomod-invalid", What: "go.mod does not parse: " + err.Error(), Where: rel,
+			Fix: "The go command refuses it too; fix the line it names."})
+		return
+	}
+	replaced := map[int]bool{} // lines with a finding already
+	for _, stmt := range f.Syntax.Stmt {
+		var lines []*modfile.Line
+		switch s := stmt.(type) {
+		case *modfile.Line:
+			if len(s.Token) > 0 && s.Token[0] == "replace" {
+				l := *s
+				l.Token = s.Token[1:]
+				lines = append(lines, &l)
+			}
+		case *modfile.LineBlock:
+			if len(s.Token) > 0 && s.Token[0] == "replace" {
+				lines = s.Line
+			}
+		}
+		for _, l := range lines {
+			if d.checkReplace(rel, l) {
+				replaced[l.Start.Line] = true
+			}
+		}
+	}
+	// The go command's stricter parse fails on some of those replacements
+	// (a URL, a Windows path elsewhere); each was reported already.
+	if _, err := modfile.Parse(rel, data, nil); err != nil && !replacedLineErr(err, replaced) {
+		d.add(doctorFinding{Severity: sevError, Check: "gomod-invalid", What: "go.mod does not parse: " + err.Error(), Where: rel,
+			Fix: "The go command refuses it too; fix the line it names."})
+	}
+}
+
+// replacedLineErr reports whether every error of a modfile.Parse error is
+// on one of the lines.
+func replacedLineErr(err error, lines map[int]bool) bool {
+	var list modfile.ErrorList
+	if !errors.As(err, &list) {
+		return false
+	}
+	for _, e := range list {
+		if !lines[e.Pos.Line] {
+			return false
+		}
+	}
+	return len(list) > 0
+}
+
+// windowsAbsRE matches a Windows absolute path, which filepath.IsAbs does
+// not recognise on other systems.
+var windowsAbsRE = regexp.MustCompile(`^[A-Za-z]:[\\/]`)
+
+// checkReplace looks at one replacement, tokens "old [v] => new [v]", and
+// reports whether it made a finding.
+func (d *doctorRun) checkReplace(rel string, l *modfile.Line) bool {
+	arrow := slices.Index(l.Token, "=>")
+	if arrow < 0 || arrow+1 >= len(l.Token) {
+		return false
+	}
+	old, target := l.Token[0], unquote(l.Token[arrow+1])
+	// go.mod comments start with "//", so "https://host/path" reaches the
+	// parser as the token "https:" and the comment "//host/path ...".
+	if strings.HasSuffix(target, ":") && len(l.Comments.Suffix) > 0 {
+		if rest := strings.Fields(l.Comments.Suffix[0].Token); len(rest) > 0 {
+			target += rest[0]
+		}
+	}
+	where := fmt.Sprintf("%s:%d", rel, l.Start.Line)
+	switch {
+	case strings.Contains(target, "://") || strings.HasPrefix(target, "git@"):
+		d.add(doctorFinding{Severity: sevError, Check: "replace-url", What: fmt.Sprintf("replace %s => %s points at a URL: the go command does not fetch replacements by URL and rejects this go.mod", old, target),
+			Where: where, Fix: "Replace with a module path and version (=> example.test/fork v1.2.3) served by a proxy, or with a relative directory."})
+		return true
+	case strings.HasPrefix(target, "/") || windowsAbsRE.MatchString(target) || filepath.IsAbs(target):
+		d.add(doctorFinding{Severity: sevWarn, Check: "replace-abs-path", What: fmt.Sprintf("replace %s => %s points at an absolute path: it builds only on a machine that has that directory", old, target),
+			Where: where, Fix: "Use a relative path inside the repository, a go.work file for local development (not committed), or a published version."})
+		return true
+	}
+	return false
+}
+
+func unquote(s string) string {
+	if len(s) >= 2 && (s[0] == '"' || s[0] == '`') && s[len(s)-1] == s[0] {
+		return s[1 : len(s)-1]
+	}
+	return s
+}
+
+func (d *doctorRun) scanCIFile(p, rel string, yaml bool) {
+	f, err := os.Open(p)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for n := 1; sc.Scan(); n++ {
+		line := sc.Text()
+		trimmed := strings.TrimSpace(line)
+		if strings.HasPrefix(trimmed, "#") || strings.HasPrefix(trimmed, "//") {
+			continue
+		}
+		m := ciSettingRE.FindStringSubmatch(line)
+		if m == nil && strings.HasPrefix(filepath.Base(rel), "Dockerfile") {
+			m = dockerEnvRE.FindStringSubmatch(line)
+		}
+		if m == nil {
+			continue
+		}
+		value := settingValue(m[2], yaml)
+		d.checkCISetting(m[1], value, fmt.Sprintf("%s:%d", rel, n))
+	}
+}
+
+// settingValue takes the value at the start of rest: a quoted string, the
+// rest of a YAML line, or a shell word.
+func settingValue(rest string, yaml bool) string {
+	rest = strings.TrimSpace(rest)
+	if rest == "" {
+		return ""
+	}
+	if q := rest[0]; q == '"' || q == '\'' {
+		if end := strings.IndexByte(rest[1:], q); end >= 0 {
+			return rest[1 : end+1]
+		}
+		return rest[1:]
+	}
+	if yaml {
+		if i := strings.Index(rest, " #"); i >= 0 {
+			rest = rest[:i]
+		}
+		return strings.TrimSpace(rest)
+	}
+	if i := strings.IndexAny(rest, " \t;&|)#\\"); i >= 0 {
+		rest = rest[:i]
+	}
+	return rest
+}
+
+// checkCISetting judges one setting found in a CI file.
+func (d *doctorRun) checkCISetting(name, value, where string) {
+	if value == "" || strings.HasPrefix(value, "$") {
+		return // set from elsewhere: nothing to judge here
+	}
+	switch name {
+	case "GOSUMDB":
+		if value == "off" {
+			d.add(doctorFinding{Severity: sevError, Check: "ci-gosumdb-off", What: "GOSUMDB=off: CI verifies no checksum", Where: where,
+				Fix: "Remove it; set GONOSUMDB to the private patterns instead."})
+		}
+	case "GOFLAGS":
+		if hasInsecureFlag(value) {
+			d.add(doctorFinding{Severity: sevError, Check: "ci-goflags-insecure", What: fmt.Sprintf("GOFLAGS=%q has -insecure: CI fetches without TLS verification", value), Where: where,
+				Fix: "Remove -insecure; give the job the internal CA with SSL_CERT_FILE."})
+		}
+	case "GOINSECURE":
+		d.add(doctorFinding{Severity: sevWarn, Check: "ci-goinsecure", What: fmt.Sprintf("GOINSECURE=%q: CI fetches those modules without TLS verification", value), Where: where,
+			Fix: "Remove it; give the job the server's CA with SSL_CERT_FILE."})
+	case "GONOSUMCHECK":
+		d.add(doctorFinding{Severity: sevWarn, Check: "ci-gonosumcheck", What: fmt.Sprintf("GONOSUMCHECK=%q: the go command does not read this variable", value), Where: where,
+			Fix: "Use GONOSUMDB (or GOPRIVATE) with the private patterns."})
+	case "GONOSUMDB":
+		switch missing := missingPatterns(d.private, value); {
+		case matchesEverything(value):
+			d.add(doctorFinding{Severity: sevError, Check: "ci-gonosumdb-all", What: fmt.Sprintf("GONOSUMDB=%q matches every module: CI verifies no checksum", value), Where: where,
+				Fix: "List only the private patterns."})
+		case len(missing) > 0:
+			d.add(doctorFinding{Severity: sevError, Check: "ci-gonosumdb-leak", What: fmt.Sprintf("GONOSUMDB=%q lacks private patterns of the policy: %s", value, strings.Join(missing, ", ")), Where: where,
+				Fix: "Set GONOSUMDB=" + joinPatterns(value, missing) + " (keep it in one place, e.g. a shared CI variable)."})
+		default:
+			d.add(doctorFinding{Severity: sevInfo, Check: "ci-gonosumdb", What: fmt.Sprintf("GONOSUMDB=%q: these modules are not checked against the checksum database", value), Where: where})
+		}
+	case "GOPROXY":
+		switch {
+		case value == "off":
+			d.add(doctorFinding{Severity: sevWarn, Check: "ci-goproxy-off", What: "GOPROXY=off: CI downloads nothing (fine only with a vendor directory or a warm cache)", Where: where})
+		case !d.usesModgateOrLoopback(value):
+			d.add(doctorFinding{Severity: sevWarn, Check: "ci-goproxy-bypass", What: fmt.Sprintf("GOPROXY=%q bypasses modgate", value), Where: where,
+				Fix: "Run modgate beside the build and set GOPROXY=http://127.0.0.1:7070 (deploy/k8s has a pod template)."})
+		}
+	}
+}
+
+// usesModgateOrLoopback accepts modgate's URL, or any loopback proxy: in a
+// CI file the sidecar's address is what the pod makes it, not this
+// machine's config.
+func (d *doctorRun) usesModgateOrLoopback(goproxy string) bool {
+	if d.usesModgate(goproxy) {
+		return true
+	}
+	entries := goproxyEntries(goproxy)
+	if len(entries) == 0 {
+		return false
+	}
+	u, err := url.Parse(strings.TrimSpace(entries[0]))
+	return err == nil && u.Scheme == "http" && isLoopback(u.Host)
+}
+
+// ---- output ----
+
+func (d *doctorRun) report() doctorReport {
+	r := doctorReport{Summary: map[string]int{sevError: 0, sevWarn: 0, sevInfo: 0}, Probes: d.probes, GoEnv: d.goenv}
+	for _, sev := range []string{sevError, sevWarn, sevInfo} {
+		for _, f := range d.findings {
+			if f.Severity == sev {
+				r.Findings = append(r.Findings, f)
+				r.Summary[sev]++
+			}
+		}
+	}
+	r.OK = r.Summary[sevError] == 0
+	return r
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return fmt.Sprintf("%d %s", n, one)
+	}
+	return fmt.Sprintf("%d %s", n, many)
+}
+
+// writeDoctorReport prints the findings for a person, grouped by severity.
+func writeDoctorReport(w io.Writer, r doctorReport) {
+	bw := bufio.NewWriter(w)
+	defer bw.Flush()
+	fmt.Fprintf(bw, "modgate doctor: %s, %s, %s\n", plural(r.Summary[sevError], "error", "errors"),
+		plural(r.Summary[sevWarn], "warning", "warnings"), plural(r.Summary[sevInfo], "note", "notes"))
+	for _, g := range []struct{ sev, title string }{{sevError, "Errors"}, {sevWarn, "Warnings"}, {sevInfo, "Notes"}} {
+		if r.Summary[g.sev] == 0 {
+			continue
+		}
+		fmt.Fprintf(bw, "\n%s\n", g.title)
+		for _, f := range r.Findings {
+			if f.Severity != g.sev {
+				continue
+			}
+			writeWrapped(bw, "  "+f.Severity+strings.Repeat(" ", 6-len(f.Severity)), f.What)
+			if f.Where != "" {
+				fmt.Fprintf(bw, "        at:  %s\n", f.Where)
+			}
+			if f.Fix != "" {
+				writeWrapped(bw, "        fix: ", f.Fix)
+			}
+		}
+	}
+}
