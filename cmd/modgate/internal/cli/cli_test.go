@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -279,11 +280,40 @@ func TestSIGHUPReloadsPolicy(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	// An invalid policy keeps the one in force, is logged with its file,
+	// line and key, and counts in the reload-failure metric.
+	os.WriteFile(policyFile, []byte("rules:\n  - deny: \"fixture.test/dep01\"\n    versions: \"<1.0\"\n"), 0o644)
+	cmd.Process.Signal(syscall.SIGHUP)
+	deadline = time.Now().Add(10 * time.Second)
+	failed := regexp.MustCompile(`(?m)^modgate_policy_reload_failures_total(\{[^}]*\})? [1-9]`)
+	for !failed.MatchString(scrape(t, admin)) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no reload failure in /metrics:\n%s", scrape(t, admin))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if s := status(); s != 403 {
+		t.Errorf("an invalid policy replaced the one in force: %d", s)
+	}
 	cmd.Process.Signal(syscall.SIGTERM)
 	cmd.Wait()
 	if !strings.Contains(out.String(), "policy reloaded") {
 		t.Errorf("no reload log:\n%s", out)
 	}
+	if !strings.Contains(out.String(), "policy.yaml:3: rules[1].versions") {
+		t.Errorf("the failed reload's log does not name file, line and key:\n%s", out)
+	}
+}
+
+func scrape(t *testing.T, admin string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
 }
 
 func waitReady(t *testing.T, admin string, out *bytes.Buffer) {
