@@ -258,6 +258,12 @@ var (
 // each view that matches an instrument makes a stream of its own.
 func boundedView(inst sdkmetric.Instrument) (sdkmetric.Stream, bool) {
 	s := sdkmetric.Stream{Name: inst.Name, Description: inst.Description, Unit: inst.Unit}
+	if strings.HasSuffix(inst.Name, ".body.size") {
+		// Body sizes are not in the telemetry contract; dropping them
+		// saves two histogram updates per request.
+		s.Aggregation = sdkmetric.AggregationDrop{}
+		return s, true
+	}
 	switch {
 	case strings.HasPrefix(inst.Name, "http.server."):
 		s.AttributeFilter = serverMetricKeys

@@ -189,7 +189,7 @@ func TestMetricsCarryNoUnboundedLabel(t *testing.T) {
 		{MetricRetries, AttrRetryReason, maxRetryReasons + 1},
 		{MetricPolicyDecisions, AttrPolicyDecision, 1},
 		{MetricPolicyDecisions, AttrPolicyRule, maxRules + 1},
-		{MetricClientDuration, AttrUpstreamName, maxUpstreams + 1},
+		{MetricUpstreamDuration, AttrUpstreamName, maxUpstreams + 1},
 		{MetricServerDuration, AttrRequestKind, 1},
 		{MetricCacheRequests, AttrCacheResult, 1},
 	} {
