@@ -61,6 +61,19 @@ func readAudit(t *testing.T, path string) []map[string]any {
 	return out
 }
 
+// newAudit opens an audit log in a temporary file that writes each line at
+// once, and returns it with its path.
+func newAudit(t *testing.T) (*policy.AuditLog, string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	audit, err := policy.NewAuditLog(path, policy.AuditOptions{FlushInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { audit.Close() })
+	return audit, path
+}
+
 // fwdSetup is a TLS fake module proxy named proxy.fixture.test, a go
 // command whose GOPROXY is that host and whose HTTPS_PROXY is modgate.
 type fwdSetup struct {
@@ -71,23 +84,20 @@ type fwdSetup struct {
 	store *policy.Store
 }
 
-func newFwdSetup(t *testing.T, intercept bool) *fwdSetup {
+// newFwdSetup intercepts proxy.fixture.test when intercept is set, and asks
+// for proxy credentials when users is not empty.
+func newFwdSetup(t *testing.T, intercept bool, users map[string]string) *fwdSetup {
 	e := newEnv(t)
 	p := modtest.NewProxyTLS(t, e.fx, modtest.WithSumDB(e.db), modtest.WithTLSNames(proxyHost))
 	st, _ := policyStore(t, "{}\n")
-	auditPath := filepath.Join(t.TempDir(), "audit.jsonl")
-	audit, err := policy.NewAuditLog(auditPath, policy.AuditOptions{FlushInterval: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { audit.Close() })
+	audit, auditPath := newAudit(t)
 	cfg := sidecar.Config{
 		Upstreams: []upstream.Config{{URL: "off"}},
 		RootCAs:   p.CertPool(),
 		Resolve:   map[string]string{proxyHost + ":443": strings.TrimPrefix(p.URL, "https://")},
 		Policy:    st,
 		Audit:     audit,
-		Forward:   sidecar.ForwardConfig{AllowHosts: []string{proxyHost}},
+		Forward:   sidecar.ForwardConfig{AllowHosts: []string{proxyHost}, Users: users},
 	}
 	if intercept {
 		ca, pem := newCA(t)
@@ -104,7 +114,7 @@ func newFwdSetup(t *testing.T, intercept bool) *fwdSetup {
 }
 
 func TestForwardMITMGoModDownload(t *testing.T) {
-	f := newFwdSetup(t, true)
+	f := newFwdSetup(t, true, nil)
 	g := f.e.go_
 	g.WriteFile("go.mod", "module example.test/consumer\n\ngo 1.21\n\nrequire fixture.test/app v1.0.0\n")
 	g.WriteFile("main.go", "package main\n\nimport \"fixture.test/app\"\n\nfunc main() { println(app.Name()) }\n")
@@ -156,7 +166,7 @@ func TestForwardMITMGoModDownload(t *testing.T) {
 }
 
 func TestForwardTunnel(t *testing.T) {
-	f := newFwdSetup(t, false)
+	f := newFwdSetup(t, false, nil)
 	if out, err := f.e.download("fixture.test/dep06@v1.0.0", "fixture.test/dep07@v1.0.0"); err != nil {
 		t.Fatalf("go mod download through a tunnel: %v\n%s", err, out)
 	}
@@ -255,7 +265,7 @@ func TestForwardRefusals(t *testing.T) {
 }
 
 func TestForwardProxyAuth(t *testing.T) {
-	f := newFwdSetupWithUsers(t, map[string]string{"alice": "s3cret"})
+	f := newFwdSetup(t, true, map[string]string{"alice": "s3cret"})
 	if got := connect(t, f.url, proxyHost+":443"); !strings.HasPrefix(got, "HTTP/1.1 407") {
 		t.Errorf("CONNECT without credentials: %q", got)
 	}
@@ -282,28 +292,6 @@ func TestForwardProxyAuth(t *testing.T) {
 	if alice == 0 {
 		t.Errorf("no audit line with identity alice")
 	}
-}
-
-func newFwdSetupWithUsers(t *testing.T, users map[string]string) *fwdSetup {
-	e := newEnv(t)
-	p := modtest.NewProxyTLS(t, e.fx, modtest.WithSumDB(e.db), modtest.WithTLSNames(proxyHost))
-	auditPath := filepath.Join(t.TempDir(), "audit.jsonl")
-	audit, err := policy.NewAuditLog(auditPath, policy.AuditOptions{FlushInterval: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { audit.Close() })
-	ca, pem := newCA(t)
-	url := startGate(t, sidecar.Config{
-		Upstreams: []upstream.Config{{URL: "off"}},
-		RootCAs:   p.CertPool(),
-		Resolve:   map[string]string{proxyHost + ":443": strings.TrimPrefix(p.URL, "https://")},
-		Audit:     audit,
-		Forward:   sidecar.ForwardConfig{AllowHosts: []string{proxyHost}, MITMHosts: []string{proxyHost}, CA: ca, Users: users},
-	})
-	e.go_.TrustPEM(pem)
-	e.go_.UseProxy("https://"+proxyHost, e.db)
-	return &fwdSetup{e: e, p: p, url: url, audit: auditPath}
 }
 
 // TestForwardGoGetAndGit fetches a module straight from its git host, as
@@ -347,12 +335,7 @@ func TestForwardGoGetAndGit(t *testing.T) {
 		backend.ServeHTTP(w, r)
 	})
 	addr, pool := tlsServerFor(t, host, origin)
-	auditPath := filepath.Join(t.TempDir(), "audit.jsonl")
-	audit, err := policy.NewAuditLog(auditPath, policy.AuditOptions{FlushInterval: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { audit.Close() })
+	audit, auditPath := newAudit(t)
 	ca, pem := newCA(t)
 	url := startGate(t, sidecar.Config{
 		Upstreams: []upstream.Config{{URL: "off"}},

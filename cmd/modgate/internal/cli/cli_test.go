@@ -59,21 +59,7 @@ func TestRunServesAndShutsDownGracefully(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cmd.Process.Kill()
-
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := http.Get("http://" + admin + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("modgate not ready:\n%s", out)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitReady(t, admin, out)
 
 	got := make(chan string, 1)
 	go func() {
