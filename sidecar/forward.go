@@ -73,7 +73,6 @@ type forward struct {
 	// hijacked connections (tunnels, intercepted TLS) live outside the
 	// listener's http.Server; shutdown reaches them through here.
 	hijacked sync.WaitGroup
-	closing  chan struct{}
 	inner    sync.Map // *http.Server of intercepted connections
 	tunnels  sync.Map // net.Conn pairs of open tunnels
 }
@@ -111,7 +110,7 @@ func newForward(s *Server, cfg ForwardConfig, opts upstream.Options) *forward {
 	if s.cfg.Admin != "" {
 		g.own = append(g.own, s.cfg.Admin)
 	}
-	f := &forward{s: s, cfg: cfg, guard: g, origins: map[string]*upstream.Upstream{}, closing: make(chan struct{})}
+	f := &forward{s: s, cfg: cfg, guard: g, origins: map[string]*upstream.Upstream{}}
 	opts.Dial = g.Dial
 	opts.Resolve = nil         // the guard pins
 	opts.MetricName = "origin" // hosts are on the spans, not the metrics
