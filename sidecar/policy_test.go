@@ -2,12 +2,17 @@ package sidecar_test
 
 import (
 	"bufio"
+	"compress/gzip"
 	"context"
 	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -282,5 +287,36 @@ func TestPolicyHotReload(t *testing.T) {
 	}
 	if st.ReloadFailures() != 1 {
 		t.Errorf("reload failures %d; want 1", st.ReloadFailures())
+	}
+}
+
+// TestFilteredListsComeUncompressed: a client that accepts gzip still gets
+// a filtered list, because modgate asks for lists uncompressed.
+func TestFilteredListsComeUncompressed(t *testing.T) {
+	var gotEncoding atomic.Value
+	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		gotEncoding.Store(r.Header.Get("Accept-Encoding"))
+		if strings.Contains(r.Header.Get("Accept-Encoding"), "gzip") {
+			w.Header().Set("Content-Encoding", "gzip")
+			gz := gzip.NewWriter(w)
+			io.WriteString(gz, "v1.0.0\nv1.1.0\n")
+			gz.Close()
+			return
+		}
+		io.WriteString(w, "v1.0.0\nv1.1.0\n")
+	}))
+	defer origin.Close()
+	st, _ := policyStore(t, "rules:\n  - deny: \"fixture.test/dep05\"\n    versions: \">=v1.1.0\"\n")
+	url := startGate(t, sidecar.Config{Policy: st, Upstreams: []upstream.Config{{URL: origin.URL}}})
+	req, _ := http.NewRequest("GET", url+"/fixture.test/dep05/@v/list", nil)
+	req.Header.Set("Accept-Encoding", "gzip")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(body) != "v1.0.0\n" || gotEncoding.Load() != "" {
+		t.Errorf("list %q (upstream asked with Accept-Encoding %q)", body, gotEncoding.Load())
 	}
 }

@@ -51,7 +51,12 @@ func (s *Server) serveReverse(w http.ResponseWriter, r *http.Request) {
 		s.serveSumDB(x)
 		return
 	}
-	res := s.chain.Walk(x.ctx(), r.Method, req.Path, upstreamHeader(r), x.eligible)
+	hdr := upstreamHeader(r)
+	if req.Kind == KindList || req.Kind == KindLatest {
+		// modgate reads these to filter them: they must come uncompressed.
+		hdr.Del("Accept-Encoding")
+	}
+	res := s.chain.Walk(x.ctx(), r.Method, req.Path, hdr, x.eligible)
 	if res.Response == nil {
 		s.writeChainError(x, res)
 		return
@@ -199,7 +204,7 @@ func (s *Server) relayLatest(x *exchange, resp *http.Response) {
 	esc, _ := module.EscapePath(x.req.Module)
 	if v := s.latestAllowed(x, esc, preq); v != "" {
 		escV, _ := module.EscapeVersion(v)
-		res := s.chain.Walk(upstream.WithKind(x.r.Context(), string(KindInfo)), http.MethodGet, "/"+esc+"/@v/"+escV+".info", upstreamHeader(x.r), x.eligible)
+		res := s.chain.Walk(upstream.WithKind(x.r.Context(), string(KindInfo)), http.MethodGet, "/"+esc+"/@v/"+escV+".info", nil, x.eligible)
 		if res.Response != nil {
 			x.served = res.Upstream
 			x.reason = fmt.Sprintf("latest %s denied by policy; answered %s", info.Version, v)
@@ -216,7 +221,7 @@ func (s *Server) relayLatest(x *exchange, resp *http.Response) {
 // among the listed versions that policy allows: the highest release, else
 // the highest pre-release.
 func (s *Server) latestAllowed(x *exchange, esc string, preq policy.Request) string {
-	res := s.chain.Walk(upstream.WithKind(x.r.Context(), string(KindList)), http.MethodGet, "/"+esc+"/@v/list", upstreamHeader(x.r), x.eligible)
+	res := s.chain.Walk(upstream.WithKind(x.r.Context(), string(KindList)), http.MethodGet, "/"+esc+"/@v/list", nil, x.eligible)
 	if res.Response == nil {
 		return ""
 	}
