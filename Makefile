@@ -31,7 +31,7 @@ run: build
 
 # The end-to-end telemetry tests run against a real Jaeger (built once, see
 # the jaeger target).
-test: lint $(JAEGER_BIN)
+test: lint $(JAEGER_BIN) chromium
 	JAEGER_BIN=$(JAEGER_BIN) $(GO) test $(TESTFLAGS) $(PKGS)
 	$(MAKE) test-deploy
 	$(MAKE) cross
@@ -47,10 +47,17 @@ $(STATICCHECK):
 	GOBIN=$(TOOLS) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 	mv $(TOOLS)/staticcheck $@
 
-# Benchmarks print results that benchstat reads; ratios against the
-# floor are reported as extra metrics in the same run.
+# `make bench` measures modgate, the floor (httputil.ReverseProxy) and a
+# direct fetch in one run, taking turns, and prints one table with the
+# targets and whether each is met (sidecar/benchtable, about 3 minutes).
+# Its Benchmark lines are benchstat's input:
+#   make bench | tee new.txt && benchstat -col /target new.txt
+# BENCHFLAGS go to the program, e.g. BENCHFLAGS='-d 2s -profile /tmp/prof'
+# (go run ./sidecar/benchtable -h lists them).
+BENCHFLAGS ?=
 bench:
-	$(GO) test -run='^$$' -bench=. -benchmem -count=1 $(PKGS)
+	$(GO) build -o $(BIN)/benchtable ./sidecar/benchtable
+	$(BIN)/benchtable $(BENCHFLAGS)
 
 # Each fuzz target runs for FUZZTIME; crashers land in testdata/fuzz.
 fuzz:
@@ -79,6 +86,23 @@ $(JAEGER_BIN):
 	echo "building jaeger $(JAEGER_VERSION) from $$dir (a few minutes, once)"; \
 	cd "$$dir" && GOFLAGS=-buildvcs=false GOWORK=off CGO_ENABLED=0 $(GO) build -trimpath -o $@.tmp ./cmd/jaeger; \
 	mv $@.tmp $@
+
+# Headless Chromium renders the admin status page in its test
+# (TestStatusPageInChromium, skipped when /usr/bin/chromium is missing):
+# Debian's package, installed once (about 30 s). Where there is no apt-get
+# the test is skipped. `make screenshots` redraws the README's picture.
+.PHONY: chromium screenshots
+CHROMIUM := /usr/bin/chromium
+
+chromium: $(CHROMIUM)
+
+$(CHROMIUM):
+	@if command -v apt-get >/dev/null; then \
+	  export DEBIAN_FRONTEND=noninteractive; apt-get update && apt-get install -y chromium; \
+	else echo "chromium: no apt-get here; the status page's browser test will be skipped"; fi
+
+screenshots: chromium
+	MODGATE_SCREENSHOTS=1 $(GO) test -count=1 -run '^TestStatusPageInChromium$$' -v ./sidecar/
 
 # Cross-compile modgate for every platform it supports, with cgo off as in
 # the container image. Binaries land in $(CROSS_OUT) (bin/cross), named

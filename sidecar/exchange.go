@@ -41,6 +41,8 @@ type exchange struct {
 	routed   bool
 	served   *upstream.Upstream
 	decided  bool // a module-bearing request went through policy
+
+	cacheResult string // hit, miss or stale; empty when the cache was not asked
 }
 
 // ctx is the request's context, telling upstreams the request's kind.
@@ -128,6 +130,9 @@ func (x *exchange) finish() {
 		if x.served != nil {
 			attrs = append(attrs, telemetry.AttrUpstreamName.String(x.served.Name))
 		}
+		if x.cacheResult != "" {
+			attrs = append(attrs, telemetry.AttrCacheResult.String(x.cacheResult))
+		}
 		span.SetAttributes(attrs...)
 		if x.decision == "deny" {
 			span.AddEvent("modgate.policy.denied", trace.WithAttributes(
@@ -137,6 +142,13 @@ func (x *exchange) finish() {
 	if x.decided {
 		x.s.tel.AddPolicyDecision(x.r.Context(), x.decision, x.ruleText)
 	}
+	if x.cacheResult != "" {
+		x.s.tel.AddCacheRequest(x.r.Context(), x.cacheResult)
+		if x.reason == "" {
+			x.reason = "cache " + x.cacheResult
+		}
+	}
+	x.s.recent().record(x) // the status page's recent requests and denials
 	if !x.s.audit.Enabled() {
 		return
 	}

@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -52,9 +53,18 @@ func (s *Server) serveReverse(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	hdr := upstreamHeader(r)
-	if req.Kind == KindList || req.Kind == KindLatest {
-		// modgate reads these to filter them: they must come uncompressed.
+	key, immutable, cacheable := cacheKey(req)
+	if req.Kind == KindList || req.Kind == KindLatest || cacheable {
+		// modgate reads these to filter or to cache them: they must come
+		// as they are, uncompressed.
 		hdr.Del("Accept-Encoding")
+	}
+	if c := s.cacheFor(x); c != nil && cacheable {
+		fetch := func(ctx context.Context) upstream.Result {
+			return s.chain.Walk(ctx, http.MethodGet, req.Path, hdr, x.eligible)
+		}
+		s.serveCached(x, c, key, immutable, fetch, func(res upstream.Result) { s.writeChainError(x, res) })
+		return
 	}
 	res := s.chain.Walk(x.ctx(), r.Method, req.Path, hdr, x.eligible)
 	if res.Response == nil {
@@ -168,9 +178,15 @@ func (s *Server) relayList(x *exchange, resp *http.Response) {
 	if !ok {
 		return
 	}
+	s.writeList(x, resp.Header, body)
+}
+
+// writeList answers with the version list body, less the versions that
+// policy denies.
+func (s *Server) writeList(x *exchange, header http.Header, body []byte) {
 	versions := strings.Fields(string(body))
 	allowed := x.pol.FilterVersions(policy.Request{Module: x.req.Module, Host: x.r.Host}, versions)
-	copyHeader(x.w.Header(), resp.Header)
+	copyHeader(x.w.Header(), header)
 	if len(allowed) != len(versions) {
 		x.reason = fmt.Sprintf("%d of %d versions removed by policy", len(versions)-len(allowed), len(versions))
 		body = []byte(strings.Join(allowed, "\n"))
@@ -192,11 +208,17 @@ func (s *Server) relayLatest(x *exchange, resp *http.Response) {
 	if !ok {
 		return
 	}
+	s.writeLatest(x, resp.Header, body)
+}
+
+// writeLatest answers with the @latest body when policy allows its
+// version, else as relayLatest says.
+func (s *Server) writeLatest(x *exchange, header http.Header, body []byte) {
 	var info struct{ Version string }
 	json.Unmarshal(body, &info)
 	preq := policy.Request{Module: x.req.Module, Host: x.r.Host}
 	if info.Version == "" || len(x.pol.FilterVersions(preq, []string{info.Version})) == 1 {
-		copyHeader(x.w.Header(), resp.Header)
+		copyHeader(x.w.Header(), header)
 		x.w.WriteHeader(http.StatusOK)
 		x.w.Write(body)
 		return

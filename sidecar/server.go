@@ -18,10 +18,12 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/modgate/modgate/policy"
+	"github.com/modgate/modgate/sidecar/cache"
 	"github.com/modgate/modgate/sidecar/upstream"
 	"github.com/modgate/modgate/telemetry"
 )
@@ -60,6 +62,8 @@ type Config struct {
 	Forward ForwardConfig
 	// Telemetry records spans and metrics. If nil, nothing is recorded.
 	Telemetry *telemetry.Telemetry
+	// Cache is the artifact cache; the zero value caches nothing.
+	Cache CacheConfig
 }
 
 // Server is one modgate. Create it with New.
@@ -76,6 +80,14 @@ type Server struct {
 	audit *policy.AuditLog
 	fwd   *forward
 	tel   *telemetry.Telemetry
+
+	cacheCfg  CacheConfig
+	cache     *cache.Cache // nil when off
+	privCache *cache.Cache // nil unless private modules may be cached
+	flightMu  sync.Mutex
+	flights   map[string]*flight
+
+	recentLog recentLog // the status page's recent requests and denials
 }
 
 // policy returns the policy in force now.
@@ -123,7 +135,36 @@ func New(cfg Config) (*Server, error) {
 		return nil, errors.New("mitm hosts are set but there is no CA: run `modgate ca init` and give --ca-dir")
 	}
 	s.fwd = newForward(s, cfg.Forward, opts)
+	if err := s.openCaches(cfg.Cache); err != nil {
+		return nil, err
+	}
 	return s, nil
+}
+
+// openCaches opens the artifact caches the config asks for.
+func (s *Server) openCaches(cc CacheConfig) error {
+	if cc.ListTTL == 0 {
+		cc.ListTTL = 60 * time.Second
+	}
+	if cc.StaleIfError == 0 {
+		cc.StaleIfError = 24 * time.Hour
+	}
+	s.cacheCfg, s.flights = cc, map[string]*flight{}
+	var err error
+	if cc.Dir != "" {
+		if s.cache, err = cache.Open(cc.Dir, cc.MaxBytes, s.now); err != nil {
+			return fmt.Errorf("cache: %w", err)
+		}
+	}
+	if cc.PrivateDir != "" {
+		if cc.PrivateDir == cc.Dir {
+			return errors.New("cache: private modules need a directory of their own (private_dir), not the shared one")
+		}
+		if s.privCache, err = cache.Open(cc.PrivateDir, cc.MaxBytes, s.now); err != nil {
+			return fmt.Errorf("private cache: %w", err)
+		}
+	}
+	return nil
 }
 
 // checkRoutes refuses a policy whose routes name upstreams that do not
@@ -256,6 +297,7 @@ func (s *Server) AdminHandler() http.Handler {
 		enc.SetIndent("", "  ")
 		enc.Encode(map[string]any{"upstreams": list})
 	})
+	mux.Handle("GET /{$}", s.statusHandler()) // only "/": other unknown paths stay 404
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "ok\n")
 	})
@@ -334,6 +376,13 @@ func (s *Server) Serve(ctx context.Context, ln, adminLn net.Listener) error {
 		return err
 	}
 	defer unobserve()
+	if s.cache != nil || s.privCache != nil {
+		unobserveCache, err := s.tel.ObserveCache(s.cacheReading)
+		if err != nil {
+			return err
+		}
+		defer unobserveCache()
+	}
 	s.ready.Store(true)
 	attrs := []any{"listen", ln.Addr().String(), "upstreams", s.chainString(), "sumdb", s.cfg.SumDB}
 	if adminLn != nil {
@@ -360,6 +409,18 @@ func (s *Server) Serve(ctx context.Context, ln, adminLn net.Listener) error {
 		err = nil
 	}
 	return err
+}
+
+// cacheReading sums the caches for the size and eviction metrics.
+func (s *Server) cacheReading() telemetry.CacheReading {
+	var r telemetry.CacheReading
+	for _, c := range []*cache.Cache{s.cache, s.privCache} {
+		if c != nil {
+			r.Bytes += c.Size()
+			r.Evictions += c.Evictions()
+		}
+	}
+	return r
 }
 
 // breakerReadings reads the chain's breakers for the state gauge.

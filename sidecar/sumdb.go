@@ -110,6 +110,21 @@ func (s *Server) serveSumDB(x *exchange) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("checksum database %s is not served here (%s)", req.SumDB, served))
 		return
 	}
+	if key, immutable, ok := cacheKey(req); ok {
+		if c := s.cacheFor(x); c != nil {
+			// Finding the database is part of the fetch: with every
+			// upstream down, a stale lookup is still an answer.
+			fetch := func(ctx context.Context) upstream.Result {
+				route, res := db.find(upstream.WithKind(ctx, string(KindSumDBSupported)))
+				if route == nil {
+					return res
+				}
+				return db.get(ctx, route, req.Path)
+			}
+			s.serveCached(x, c, key, immutable, fetch, func(res upstream.Result) { s.writeSumDBError(x, res) })
+			return
+		}
+	}
 	route, res := db.find(upstream.WithKind(r.Context(), string(KindSumDBSupported)))
 	if route == nil {
 		// The answer is an error, not 404: a 404 would send the go command
@@ -123,11 +138,22 @@ func (s *Server) serveSumDB(x *exchange) {
 		w.WriteHeader(http.StatusOK)
 		return
 	}
-	start := time.Now()
-	resp, err := route.via.Get(x.ctx(), r.Method, route.prefix+req.Path, upstreamHeader(r))
-	if err == nil && resp.StatusCode == http.StatusOK {
-		s.relay(x, resp)
+	res = db.get(x.ctx(), route, req.Path)
+	if res.Response == nil {
+		s.writeSumDBError(x, res)
 		return
+	}
+	x.served = res.Upstream
+	s.relay(x, res.Response)
+}
+
+// get fetches path from the database's route; a route that fails is
+// forgotten, so that the next request searches again.
+func (db *sumDB) get(ctx context.Context, route *sumDBRoute, path string) upstream.Result {
+	start := time.Now()
+	resp, err := route.via.Get(ctx, http.MethodGet, route.prefix+path, nil)
+	if err == nil && resp.StatusCode == http.StatusOK {
+		return upstream.Result{Response: resp, Upstream: route.via}
 	}
 	a := upstream.Attempt{Upstream: route.via, Err: err, Duration: time.Since(start)}
 	if err == nil {
@@ -137,7 +163,7 @@ func (s *Server) serveSumDB(x *exchange) {
 	if !a.NotFound() {
 		db.forget(route)
 	}
-	s.writeSumDBError(x, upstream.Result{Attempts: []upstream.Attempt{a}})
+	return upstream.Result{Attempts: []upstream.Attempt{a}}
 }
 
 func (s *Server) writeSumDBError(x *exchange, res upstream.Result) {

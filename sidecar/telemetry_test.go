@@ -56,9 +56,10 @@ func TestMetricsOnAdmin(t *testing.T) {
 	st, _ := policyStore(t, "rules:\n  - deny: \"fixture.test/dep02\"\n    reason: no\n")
 	url, srv := startGateServer(t, sidecar.Config{
 		Telemetry: tel, Policy: st,
+		Cache:     sidecar.CacheConfig{Dir: t.TempDir()},
 		Upstreams: []upstream.Config{{Name: "first", URL: p.URL + "/f/404"}, {Name: "second", URL: p.URL}},
 	})
-	for _, path := range []string{"/fixture.test/dep01/@v/v1.0.0.info", "/fixture.test/dep01/@v/list", "/fixture.test/dep02/@v/v1.0.0.info"} {
+	for _, path := range []string{"/fixture.test/dep01/@v/v1.0.0.info", "/fixture.test/dep01/@v/list", "/fixture.test/dep02/@v/v1.0.0.info", "/fixture.test/dep01/@v/list"} {
 		get(t, url+path)
 	}
 	rec := httptest.NewRecorder()
@@ -73,6 +74,10 @@ func TestMetricsOnAdmin(t *testing.T) {
 		`http_server_request_duration_seconds_bucket{`,
 		`modgate_request_kind="list"`,
 		`http_server_active_requests{`,
+		`modgate_cache_requests_total{modgate_cache_result="hit"`,
+		`modgate_cache_requests_total{modgate_cache_result="miss"`,
+		`modgate_cache_size_bytes{`,
+		`modgate_cache_evictions_total{`,
 	} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("/metrics lacks %s", want)

@@ -25,6 +25,8 @@ const (
 	MetricTunnelDuration       = "modgate.tunnel.duration"
 	MetricTunnelBytes          = "modgate.tunnel.bytes"
 	MetricCacheRequests        = "modgate.cache.requests"
+	MetricCacheSize            = "modgate.cache.size"
+	MetricCacheEvictions       = "modgate.cache.evictions"
 	MetricServerDuration       = "http.server.request.duration"
 	MetricServerActive         = "http.server.active_requests"
 	MetricClientDuration       = "http.client.request.duration"
@@ -179,6 +181,40 @@ func (t *Telemetry) ObserveBreakers(read func() []BreakerReading) (unregister fu
 	}, t.inst.breakerState)
 	if err != nil {
 		return nil, fmt.Errorf("telemetry: observe breakers: %w", err)
+	}
+	return reg.Unregister, nil
+}
+
+// CacheReading is what ObserveCache reads: the bytes a cache holds and
+// the entries it has evicted so far.
+type CacheReading struct {
+	Bytes, Evictions int64
+}
+
+// ObserveCache makes read the source of the modgate.cache.size gauge and
+// the modgate.cache.evictions counter. Call the returned function to stop.
+func (t *Telemetry) ObserveCache(read func() CacheReading) (unregister func() error, err error) {
+	if t == nil {
+		return func() error { return nil }, nil
+	}
+	size, err := t.meter.Int64ObservableGauge(MetricCacheSize, metric.WithUnit("By"),
+		metric.WithDescription("Bytes held by the artifact cache."))
+	if err != nil {
+		return nil, err
+	}
+	evictions, err := t.meter.Int64ObservableCounter(MetricCacheEvictions, metric.WithUnit("{entry}"),
+		metric.WithDescription("Cache entries evicted to stay under max_bytes."))
+	if err != nil {
+		return nil, err
+	}
+	reg, err := t.meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		r := read()
+		o.ObserveInt64(size, r.Bytes)
+		o.ObserveInt64(evictions, r.Evictions)
+		return nil
+	}, size, evictions)
+	if err != nil {
+		return nil, fmt.Errorf("telemetry: observe cache: %w", err)
 	}
 	return reg.Unregister, nil
 }

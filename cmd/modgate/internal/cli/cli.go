@@ -52,6 +52,7 @@ checksum-database pass-through, telemetry and policy.
 
 Usage:
   modgate run [flags]     serve (modgate run -h lists the flags)
+  modgate env [--shell S] print GOPROXY, GONOSUMDB, HTTPS_PROXY... for the config run would load
   modgate policy check|lint   ask the policy about a module, or check a policy file
   modgate explain [FILE]  explain go command errors (stdin or FILE), with the fix
   modgate doctor [flags]  check go env, modgate, upstreams, certificates and a repository's settings
@@ -73,6 +74,8 @@ func (a *App) Run(ctx context.Context, args []string) int {
 	switch cmd, rest := args[0], args[1:]; cmd {
 	case "run":
 		err = a.run(ctx, rest)
+	case "env":
+		err = a.env(ctx, rest)
 	case "policy":
 		err = a.policy(ctx, rest)
 	case "explain":

@@ -41,6 +41,50 @@ type Config struct {
 	AuditLog string `yaml:"audit_log"`
 	// Forward is forward mode (HTTP_PROXY / HTTPS_PROXY).
 	Forward ForwardConfig `yaml:"forward"`
+	// Cache is the artifact cache.
+	Cache CacheConfig `yaml:"cache"`
+}
+
+// CacheConfig is the cache section.
+type CacheConfig struct {
+	Dir          string        `yaml:"dir"`
+	MaxBytes     ByteSize      `yaml:"max_bytes"`
+	ListTTL      time.Duration `yaml:"list_ttl"`
+	StaleIfError time.Duration `yaml:"stale_if_error"`
+	PrivateDir   string        `yaml:"private_dir"`
+}
+
+// ByteSize is a size written 10GiB, 500MB, 1024 or the like.
+type ByteSize int64
+
+// UnmarshalYAML reads a size with an optional unit.
+func (b *ByteSize) UnmarshalYAML(n *yaml.Node) error {
+	v, err := parseByteSize(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %v", n.Line, err)
+	}
+	*b = ByteSize(v)
+	return nil
+}
+
+func parseByteSize(s string) (int64, error) {
+	units := []struct {
+		suffix string
+		mult   int64
+	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"TB", 1e12}, {"GB", 1e9}, {"MB", 1e6}, {"KB", 1e3}, {"B", 1}}
+	t := strings.TrimSpace(s)
+	mult := int64(1)
+	for _, u := range units {
+		if rest, ok := strings.CutSuffix(t, u.suffix); ok {
+			t, mult = strings.TrimSpace(rest), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(t, 10, 64)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("invalid size %q, want a size like 10GiB or 500MB", s)
+	}
+	return n * mult, nil
 }
 
 // ForwardConfig is forward mode's section.
@@ -159,7 +203,8 @@ func parseFile(name string, data []byte, cfg *Config, o origins) error {
 	}
 	var te *yaml.TypeError
 	if !errors.As(err, &te) {
-		return fmt.Errorf("%s: %s", name, strings.TrimPrefix(err.Error(), "yaml: "))
+		// A value's own check (a size) says "line N: ..."; name its key.
+		return yamlError(name, strings.TrimPrefix(err.Error(), "yaml: "), lines)
 	}
 	var errs []error
 	for _, msg := range te.Errors {
@@ -252,6 +297,7 @@ var envKeys = []struct{ env, key string }{
 	{"MODGATE_CA_DIR", "forward.ca_dir"},
 	{"MODGATE_MITM_HOSTS", "forward.mitm_hosts"},
 	{"MODGATE_ALLOW_HOSTS", "forward.allow_hosts"},
+	{"MODGATE_CACHE_DIR", "cache.dir"},
 }
 
 // set applies one value given as a string (from the environment or a
@@ -299,6 +345,8 @@ func (c *Config) set(key, value, at string, o origins) error {
 		c.Forward.MITMHosts = splitList(value)
 	case "forward.allow_hosts":
 		c.Forward.AllowHosts = splitList(value)
+	case "cache.dir":
+		c.Cache.Dir = value
 	default:
 		return fmt.Errorf("%s: unknown key %q", at, key)
 	}
@@ -432,6 +480,16 @@ func (c *Config) validate(o origins) (sidecar.Config, error) {
 		out.RootCAs = pool
 	}
 	out.Forward = c.Forward.validate(bad)
+	out.Cache = sidecar.CacheConfig{
+		Dir: c.Cache.Dir, MaxBytes: int64(c.Cache.MaxBytes), ListTTL: c.Cache.ListTTL,
+		StaleIfError: c.Cache.StaleIfError, PrivateDir: c.Cache.PrivateDir,
+	}
+	if c.Cache.ListTTL < 0 || c.Cache.StaleIfError < 0 {
+		bad("cache", "list_ttl and stale_if_error must not be negative")
+	}
+	if c.Cache.PrivateDir != "" && c.Cache.PrivateDir == c.Cache.Dir {
+		bad("cache.private_dir", "must not be the shared cache directory: a shared cache would hold private modules")
+	}
 	if !slices.Contains([]string{"debug", "info", "warn", "error"}, c.Log.Level) {
 		bad("log.level", "%q: want debug, info, warn or error", c.Log.Level)
 	}

@@ -248,3 +248,21 @@ forward:
 		}
 	}
 }
+
+func TestLoadCache(t *testing.T) {
+	cfg, err := load(t, "cache:\n  dir: /var/cache/modgate\n  max_bytes: 10GiB\n  list_ttl: 30s\n  stale_if_error: 12h\n  private_dir: /var/cache/modgate-private\n", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Cache.MaxBytes != 10<<30 || cfg.Cache.ListTTL != 30*time.Second || cfg.Cache.StaleIfError != 12*time.Hour {
+		t.Errorf("cache %+v", cfg.Cache)
+	}
+	for _, c := range []struct{ file, want string }{
+		{"cache:\n  max_bytes: lots\n", "modgate.yaml:2: cache.max_bytes: invalid size \"lots\""},
+		{"cache:\n  dir: /x\n  private_dir: /x\n", "cache.private_dir: must not be the shared cache directory"},
+	} {
+		if _, err := load(t, c.file, nil); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q: %v; want %q", c.file, err, c.want)
+		}
+	}
+}

@@ -32,6 +32,7 @@ var flagKeys = []struct{ flag, key, usage string }{
 	{"log-format", "log.format", "auto, text or json"},
 	{"policy", "policy_file", "policy file (reloaded when it changes and on SIGHUP)"},
 	{"audit-log", "audit_log", "audit log: a file (rotated by size), - for standard output, empty for none"},
+	{"cache-dir", "cache.dir", "artifact cache folder (empty: no cache)"},
 	{"ca-dir", "forward.ca_dir", "folder of the CA that `modgate ca init` made (default: the user's config folder)"},
 }
 

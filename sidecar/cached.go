@@ -1,0 +1,348 @@
+package sidecar
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/mod/module"
+	modzip "golang.org/x/mod/zip"
+
+	"github.com/modgate/modgate/sidecar/cache"
+	"github.com/modgate/modgate/sidecar/upstream"
+	"github.com/modgate/modgate/telemetry"
+)
+
+// CacheConfig is the artifact cache. The zero value caches nothing.
+type CacheConfig struct {
+	// Dir holds the cache; empty turns it off. Several modgates may share it.
+	Dir string
+	// MaxBytes bounds Dir (and PrivateDir); least recently used entries go
+	// first. Zero: no bound.
+	MaxBytes int64
+	// ListTTL is how long a list, @latest or checksum lookup answer is
+	// served from the cache. If zero, 60 s.
+	ListTTL time.Duration
+	// StaleIfError is how old such an answer may be and still be served
+	// when every upstream fails. If zero, 24 h.
+	StaleIfError time.Duration
+	// PrivateDir caches private modules. Empty: they are never cached, so
+	// that a shared cache cannot leak them.
+	PrivateDir string
+}
+
+// cacheKey names the cache entry of a request: the escaped proxy path, or
+// sumdb/<name>/... for the checksum database. Versions are canonical and
+// tiles are addressed by their content's extent, so those entries never
+// change; lists, @latest and lookups are kept for the TTL.
+func cacheKey(req Request) (key string, immutable, ok bool) {
+	switch req.Kind {
+	case KindInfo, KindMod, KindZip:
+		return strings.TrimPrefix(req.Path, "/"), true, true
+	case KindList, KindLatest:
+		return strings.TrimPrefix(req.Path, "/"), false, true
+	case KindSumDBTile:
+		// A partial tile's path names its width (.p/W): it never changes
+		// either; a wider one has another path.
+		return "sumdb/" + req.SumDB + req.Path, true, true
+	case KindSumDBLookup:
+		return "sumdb/" + req.SumDB + req.Path, false, true
+	}
+	return "", false, false
+}
+
+// cacheFor returns the cache this exchange may use, or nil.
+func (s *Server) cacheFor(x *exchange) *cache.Cache {
+	if x.r.Method != http.MethodGet {
+		return nil
+	}
+	if x.private != "" {
+		return s.privCache
+	}
+	return s.cache
+}
+
+// fetchFunc asks upstreams for the exchange's artifact.
+type fetchFunc func(ctx context.Context) upstream.Result
+
+// serveCached answers from the cache when it can, and fetches otherwise:
+// immutable artifacts through a single flight that every concurrent
+// request for them shares, the rest directly with stale-if-error.
+func (s *Server) serveCached(x *exchange, c *cache.Cache, key string, immutable bool, fetch fetchFunc, fail func(upstream.Result)) {
+	now := s.now()
+	var stale *cache.Entry
+	if e, err := c.Get(key); err == nil {
+		defer e.Close()
+		if immutable || e.Age(now) < s.cacheCfg.ListTTL {
+			x.cacheResult = telemetry.CacheHit
+			s.serveEntry(x, e, now)
+			return
+		}
+		stale = e
+	}
+	x.cacheResult = telemetry.CacheMiss
+	if immutable {
+		s.shared(x, c, key, fetch, fail)
+		return
+	}
+	res := fetch(x.ctx())
+	if res.Response == nil {
+		if stale != nil && stale.Age(now) < s.cacheCfg.StaleIfError {
+			x.cacheResult = telemetry.CacheStale
+			x.reason = "stale answer served: every upstream failed"
+			x.w.Header().Set("Warning", `110 modgate "Response is Stale"`)
+			s.serveEntry(x, stale, now)
+			return
+		}
+		fail(res)
+		return
+	}
+	x.served = res.Upstream
+	defer res.Response.Body.Close()
+	body, ok := s.readBody(x, res.Response, listLimit)
+	if !ok {
+		return
+	}
+	if w, err := c.Create(key, res.Response.Header.Get("Content-Type")); err == nil {
+		w.Write(body)
+		if err := w.Commit(int64(len(body)), nil); err != nil {
+			s.log.Warn("cache write", "key", key, "err", err)
+		}
+	}
+	s.writeBody(x, res.Response.Header, body)
+}
+
+// writeBody answers with a small body of the exchange's kind: lists and
+// @latest through policy's filter, the rest as they are.
+func (s *Server) writeBody(x *exchange, header http.Header, body []byte) {
+	switch x.req.Kind {
+	case KindList:
+		s.writeList(x, header, body)
+	case KindLatest:
+		s.writeLatest(x, header, body)
+	default:
+		copyHeader(x.w.Header(), header)
+		x.w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		x.w.WriteHeader(http.StatusOK)
+		x.w.Write(body)
+	}
+}
+
+// serveEntry answers from a cache entry.
+func (s *Server) serveEntry(x *exchange, e *cache.Entry, now time.Time) {
+	h := http.Header{}
+	if e.ContentType != "" {
+		h.Set("Content-Type", e.ContentType)
+	}
+	if _, immutable, _ := cacheKey(x.req); !immutable {
+		x.w.Header().Set("Age", strconv.Itoa(int(e.Age(now).Seconds())))
+	}
+	if x.req.Kind == KindList || x.req.Kind == KindLatest {
+		body, err := io.ReadAll(e.Body)
+		if err != nil {
+			writeError(x.w, http.StatusInternalServerError, "cache read: "+err.Error())
+			return
+		}
+		s.writeBody(x, h, body)
+		return
+	}
+	copyHeader(x.w.Header(), h)
+	x.w.Header().Set("Content-Length", strconv.FormatInt(e.Size, 10))
+	x.w.WriteHeader(http.StatusOK)
+	if _, err := stream(x.w, e.Body); err != nil {
+		s.log.Debug("cache hit not delivered", "err", err)
+	}
+}
+
+// flight is one upstream fetch of an immutable artifact, spooled into the
+// cache as it arrives and streamed from there to every request that waits
+// for it.
+type flight struct {
+	mu   sync.Mutex
+	cond *sync.Cond
+
+	ready  bool            // the answer's header is known, or the fetch failed
+	res    upstream.Result // the failure, when there is no answer
+	header http.Header
+	served *upstream.Upstream
+	w      *cache.Writer
+
+	written int64
+	done    bool
+	err     error // why the body broke off
+}
+
+// shared serves the exchange from the flight for key, starting one if none
+// is under way.
+func (s *Server) shared(x *exchange, c *cache.Cache, key string, fetch fetchFunc, fail func(upstream.Result)) {
+	s.flightMu.Lock()
+	f := s.flights[key]
+	if f == nil {
+		f = &flight{}
+		f.cond = sync.NewCond(&f.mu)
+		s.flights[key] = f
+		// The fetch outlives the request that started it: the others
+		// still want it if that client goes away.
+		go s.fly(f, c, key, context.WithoutCancel(x.ctx()), fetch, x.req)
+	}
+	s.flightMu.Unlock()
+
+	ctx := x.r.Context()
+	stop := context.AfterFunc(ctx, func() { f.mu.Lock(); f.cond.Broadcast(); f.mu.Unlock() })
+	defer stop()
+
+	f.mu.Lock()
+	for !f.ready && ctx.Err() == nil {
+		f.cond.Wait()
+	}
+	if ctx.Err() != nil {
+		f.mu.Unlock()
+		return
+	}
+	if f.w == nil {
+		res := f.res
+		f.mu.Unlock()
+		fail(res)
+		return
+	}
+	header, w := f.header, f.w
+	x.served = f.served
+	f.mu.Unlock()
+	r, err := w.Reader()
+	if err != nil {
+		// The flight finished and its spool is gone: the entry is in the
+		// cache by now.
+		if e, err := c.Get(key); err == nil {
+			defer e.Close()
+			s.serveEntry(x, e, s.now())
+			return
+		}
+		writeError(x.w, http.StatusServiceUnavailable, describeRequest(x.req)+": fetched by another request that failed; try again")
+		return
+	}
+	defer r.Close()
+	copyHeader(x.w.Header(), header)
+	x.w.WriteHeader(http.StatusOK)
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := *bp
+	var off int64
+	for {
+		f.mu.Lock()
+		for off >= f.written && !f.done && ctx.Err() == nil {
+			f.cond.Wait()
+		}
+		written, done, ferr := f.written, f.done, f.err
+		f.mu.Unlock()
+		if ctx.Err() != nil {
+			return
+		}
+		if off < written {
+			n, err := r.ReadAt(buf[:min(int64(len(buf)), written-off)], off)
+			if n > 0 {
+				if _, werr := x.w.Write(buf[:n]); werr != nil {
+					return // the client went away
+				}
+				off += int64(n)
+			}
+			if err != nil && err != io.EOF {
+				ferr = err
+				done = true
+			} else {
+				continue
+			}
+		}
+		if done {
+			if ferr != nil {
+				x.reason = "upstream body broke off; connection aborted: " + ferr.Error()
+				panic(http.ErrAbortHandler)
+			}
+			return
+		}
+	}
+}
+
+// fly fetches the artifact into the cache, telling waiters as it goes.
+func (s *Server) fly(f *flight, c *cache.Cache, key string, ctx context.Context, fetch fetchFunc, req Request) {
+	defer func() {
+		s.flightMu.Lock()
+		if s.flights[key] == f {
+			delete(s.flights, key)
+		}
+		s.flightMu.Unlock()
+	}()
+	finish := func(err error) {
+		f.mu.Lock()
+		f.ready, f.done, f.err = true, true, err
+		f.cond.Broadcast()
+		f.mu.Unlock()
+	}
+	res := fetch(ctx)
+	if res.Response == nil {
+		f.mu.Lock()
+		f.res = res
+		f.mu.Unlock()
+		finish(nil)
+		return
+	}
+	resp := res.Response
+	defer resp.Body.Close()
+	w, err := c.Create(key, resp.Header.Get("Content-Type"))
+	if err != nil {
+		f.mu.Lock()
+		f.res = upstream.Result{Attempts: []upstream.Attempt{{Upstream: res.Upstream, Err: fmt.Errorf("cache: %w", err)}}}
+		f.mu.Unlock()
+		finish(nil)
+		return
+	}
+	f.mu.Lock()
+	f.header, f.served, f.w, f.ready = resp.Header.Clone(), res.Upstream, w, true
+	f.cond.Broadcast()
+	f.mu.Unlock()
+
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	for {
+		n, rerr := resp.Body.Read(*bp)
+		if n > 0 {
+			if _, werr := w.Write((*bp)[:n]); werr != nil {
+				rerr = werr
+			}
+			f.mu.Lock()
+			f.written += int64(n)
+			f.cond.Broadcast()
+			f.mu.Unlock()
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			finish(rerr)
+			w.Abort()
+			return
+		}
+	}
+	finish(nil)
+	var verify func(string) error
+	if req.Kind == KindZip {
+		verify = func(path string) error {
+			_, err := modzip.CheckZip(module.Version{Path: req.Module, Version: req.Version}, path)
+			return err
+		}
+	}
+	if err := w.Commit(resp.ContentLength, verify); err != nil {
+		s.log.Warn("not cached", "key", key, "err", err)
+	}
+}
+
+func (s *Server) now() time.Time {
+	if s.cfg.Clock != nil {
+		return s.cfg.Clock.Now()
+	}
+	return time.Now()
+}

@@ -1,0 +1,216 @@
+package sidecar_test
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/modgate/modgate/sidecar"
+	"github.com/modgate/modgate/sidecar/modtest"
+	"github.com/modgate/modgate/sidecar/upstream"
+)
+
+// generated adds n small modules fixture.test/genNN v1.0.0 to the
+// fixtures and returns their paths.
+func generated(t *testing.T, n int) []string {
+	t.Helper()
+	fx := loadFixtures(t)
+	var paths []string
+	for i := 1; i <= n; i++ {
+		p := fmt.Sprintf("fixture.test/gen%02d", i)
+		if _, ok := fx.Lookup(p, "v1.0.0"); !ok {
+			m, err := modtest.NewModule(p, "v1.0.0",
+				modtest.File{Name: "go.mod", Data: []byte("module " + p + "\n\ngo 1.21\n")},
+				modtest.File{Name: "gen.go", Data: []byte(fmt.Sprintf("package gen%02d\n\n// N is the module's number.\nconst N = %d\n", i, i))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			fx.Add(m)
+		}
+		paths = append(paths, p)
+	}
+	return paths
+}
+
+// TestWarmCacheNeedsNoUpstream downloads 50 modules, then again with an
+// empty module cache: the second time no request reaches the upstream, and
+// it still works with the upstream gone.
+func TestWarmCacheNeedsNoUpstream(t *testing.T) {
+	gen := generated(t, 27) // with fixture.test/app's graph of 23: 50 modules
+	e := newEnv(t)
+	p := e.proxy(t, true)
+	url := startGate(t, sidecar.Config{
+		Cache:     sidecar.CacheConfig{Dir: t.TempDir()},
+		Upstreams: []upstream.Config{{Name: "fixtures", URL: p.URL}},
+	})
+	gomod := "module example.test/consumer\n\ngo 1.21\n\nrequire (\n\tfixture.test/app v1.0.0\n"
+	for _, g := range gen {
+		gomod += "\t" + g + " v1.0.0\n"
+	}
+	gomod += ")\n"
+	first := e.go_
+	first.UseProxy(url, e.db)
+	first.WriteFile("go.mod", gomod)
+	imports := "package main\n\nimport (\n\t_ \"fixture.test/app\"\n"
+	for _, g := range gen {
+		imports += "\t_ \"" + g + "\"\n"
+	}
+	first.WriteFile("main.go", imports+")\n\nfunc main() {}\n")
+	// go.sum then lists every module; a fresh module cache must fetch them all.
+	if _, stderr, err := first.Run("mod", "tidy"); err != nil {
+		t.Fatalf("go mod tidy: %v\n%s", err, stderr)
+	}
+	if _, stderr, err := first.Run("mod", "download", "all"); err != nil { // the .info files too
+		t.Fatalf("go mod download: %v\n%s", err, stderr)
+	}
+	sum, _ := os.ReadFile(filepath.Join(first.Dir(), "go.sum"))
+	mod, _ := os.ReadFile(filepath.Join(first.Dir(), "go.mod"))
+	if n := strings.Count(string(sum), "/go.mod h1:"); n < 50 {
+		t.Fatalf("go.sum lists %d modules; want 50", n)
+	}
+
+	again := func() (string, error) {
+		g := modtest.NewGo(t)
+		g.UseProxy(url, e.db)
+		g.WriteFile("go.mod", string(mod))
+		g.WriteFile("go.sum", string(sum))
+		_, stderr, err := g.Run("mod", "download", "all")
+		return stderr, err
+	}
+	p.Reset()
+	if stderr, err := again(); err != nil {
+		t.Fatalf("second download: %v\n%s", err, stderr)
+	}
+	if reqs := p.Requests(); len(reqs) != 0 {
+		t.Errorf("a warm cache still asked the upstream %d times: %v", len(reqs), reqs[:min(5, len(reqs))])
+	}
+	p.Close()
+	if stderr, err := again(); err != nil {
+		t.Fatalf("download with the upstream down: %v\n%s", err, stderr)
+	}
+}
+
+// TestStaleAnswersWhenUpstreamsFail serves an expired list from the cache
+// when every upstream fails, marked stale.
+func TestStaleAnswersWhenUpstreamsFail(t *testing.T) {
+	e := newEnv(t)
+	p := e.proxy(t, true)
+	clock := modtest.NewClock()
+	url := startGate(t, sidecar.Config{
+		Clock:     clock,
+		Cache:     sidecar.CacheConfig{Dir: t.TempDir(), ListTTL: time.Minute, StaleIfError: time.Hour},
+		Upstreams: []upstream.Config{{Name: "fixtures", URL: p.URL, Retry: upstream.RetrySettings{Attempts: 1}}},
+	})
+	e.go_.UseProxy(url, e.db)
+	e.go_.WriteFile("go.mod", "module example.test/consumer\n\ngo 1.21\n")
+	if _, stderr, err := e.go_.Run("get", "fixture.test/dep05@latest"); err != nil {
+		t.Fatalf("go get @latest: %v\n%s", err, stderr)
+	}
+	// Fresh within the TTL: no upstream request.
+	before := len(p.Requests())
+	if status, _, body := rawGet(t, url, "/fixture.test/dep05/@v/list"); status != 200 || body != "v1.0.0\nv1.1.0\n" || len(p.Requests()) != before {
+		t.Errorf("list within its TTL: %d %q, %d upstream requests", status, body, len(p.Requests())-before)
+	}
+
+	clock.Advance(2 * time.Minute)
+	p.SetFault("503")
+	status, h, body := rawGet(t, url, "/fixture.test/dep05/@v/list")
+	if status != 200 || body != "v1.0.0\nv1.1.0\n" || !strings.Contains(h.Get("Warning"), "110") || h.Get("Age") != "120" {
+		t.Errorf("stale list: %d %q Warning=%q Age=%q", status, body, h.Get("Warning"), h.Get("Age"))
+	}
+	g := modtest.NewGo(t)
+	g.UseProxy(url, e.db)
+	g.WriteFile("go.mod", "module example.test/consumer\n\ngo 1.21\n")
+	if _, stderr, err := g.Run("get", "fixture.test/dep05@latest"); err != nil {
+		t.Errorf("go get @latest from the stale cache with the upstream failing: %v\n%s", err, stderr)
+	}
+	// Too old to be served even stale.
+	clock.Advance(2 * time.Hour)
+	if status, _, _ := rawGet(t, url, "/fixture.test/dep05/@v/list"); status != http.StatusBadGateway {
+		t.Errorf("a list older than stale_if_error: %d; want 502", status)
+	}
+}
+
+// TestSingleFlight sends 50 concurrent requests for one zip: one upstream
+// request, every client gets the whole zip.
+func TestSingleFlight(t *testing.T) {
+	fx := loadFixtures(t)
+	p := modtest.NewProxy(t, fx)
+	url := startGate(t, sidecar.Config{
+		Cache:     sidecar.CacheConfig{Dir: t.TempDir()},
+		Upstreams: []upstream.Config{{Name: "slow", URL: p.URL + "/f/slow300"}},
+	})
+	want, _ := fx.Lookup("fixture.test/dep07", "v1.0.0")
+	var wg sync.WaitGroup
+	errs := make(chan string, 50)
+	for range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := http.Get(url + "/fixture.test/dep07/@v/v1.0.0.zip")
+			if err != nil {
+				errs <- err.Error()
+				return
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 || !bytes.Equal(b, want.Zip) {
+				errs <- fmt.Sprintf("%d, %d bytes", resp.StatusCode, len(b))
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+	if n := p.CountMatching("dep07/@v/v1.0.0.zip"); n != 1 {
+		t.Errorf("50 concurrent requests made %d upstream requests; want 1", n)
+	}
+}
+
+// TestPrivateModulesAreNotCachedByDefault keeps private modules out of a
+// shared cache unless a private directory is given.
+func TestPrivateModulesAreNotCachedByDefault(t *testing.T) {
+	fx := loadFixtures(t)
+	p := modtest.NewProxy(t, fx)
+	st, _ := policyStore(t, "private: [\"fixture.test/dep08\"]\n")
+	shared, private := t.TempDir(), t.TempDir()
+	for _, privateDir := range []string{"", private} {
+		url := startGate(t, sidecar.Config{
+			Policy:    st,
+			Cache:     sidecar.CacheConfig{Dir: shared, PrivateDir: privateDir},
+			Upstreams: []upstream.Config{{Name: "internal", URL: p.URL, Private: true}},
+		})
+		for _, m := range []string{"dep08", "dep09"} {
+			if status, _, _ := rawGet(t, url, "/fixture.test/"+m+"/@v/v1.0.0.zip"); status != 200 {
+				t.Fatalf("%s: %d", m, status)
+			}
+		}
+	}
+	// Entries are committed just after the answer: wait for them.
+	exists := func(path string) bool {
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			if _, err := os.Stat(path); err == nil {
+				return true
+			}
+		}
+		return false
+	}
+	if !exists(filepath.Join(shared, "data/fixture.test/dep09/@v/v1.0.0.zip")) {
+		t.Errorf("a public module is not in the shared cache")
+	}
+	if !exists(filepath.Join(private, "data/fixture.test/dep08/@v/v1.0.0.zip")) {
+		t.Errorf("the private module is not in the private cache")
+	}
+	if _, err := os.Stat(filepath.Join(shared, "data/fixture.test/dep08/@v/v1.0.0.zip")); err == nil {
+		t.Errorf("a private module is in the shared cache")
+	}
+}
