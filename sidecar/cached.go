@@ -135,12 +135,12 @@ func (s *Server) writeBody(x *exchange, header http.Header, body []byte) {
 
 // serveEntry answers from a cache entry.
 func (s *Server) serveEntry(x *exchange, e *cache.Entry, now time.Time) {
-	h := http.Header{}
+	h := x.w.Header()
 	if e.ContentType != "" {
 		h.Set("Content-Type", e.ContentType)
 	}
 	if _, immutable, _ := cacheKey(x.req); !immutable {
-		x.w.Header().Set("Age", strconv.Itoa(int(e.Age(now).Seconds())))
+		h.Set("Age", strconv.Itoa(int(e.Age(now).Seconds())))
 	}
 	if x.req.Kind == KindList || x.req.Kind == KindLatest {
 		body, err := io.ReadAll(e.Body)
@@ -148,11 +148,10 @@ func (s *Server) serveEntry(x *exchange, e *cache.Entry, now time.Time) {
 			writeError(x.w, http.StatusInternalServerError, "cache read: "+err.Error())
 			return
 		}
-		s.writeBody(x, h, body)
+		s.writeBody(x, nil, body)
 		return
 	}
-	copyHeader(x.w.Header(), h)
-	x.w.Header().Set("Content-Length", strconv.FormatInt(e.Size, 10))
+	h.Set("Content-Length", strconv.FormatInt(e.Size, 10))
 	x.w.WriteHeader(http.StatusOK)
 	if _, err := stream(x.w, e.Body); err != nil {
 		s.log.Debug("cache hit not delivered", "err", err)

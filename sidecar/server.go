@@ -90,10 +90,13 @@ type Server struct {
 	recentLog recentLog // the status page's recent requests and denials
 }
 
+// defaultPolicy is the policy of a server given none: allow everything.
+var defaultPolicy = policy.Default()
+
 // policy returns the policy in force now.
 func (s *Server) policy() *policy.Policy {
 	if s.cfg.Policy == nil {
-		return policy.Default()
+		return defaultPolicy
 	}
 	return s.cfg.Policy.Load()
 }
