@@ -51,7 +51,7 @@ $(STATICCHECK):
 # direct fetch in one run, taking turns, and prints one table with the
 # targets and whether each is met (sidecar/benchtable, about 3 minutes).
 # Its Benchmark lines are benchstat's input:
-#   make bench | tee new.txt && benchstat -col /target new.txt
+#   make bench | tee new.txt && benchstat -col '/target@(floor modgate modgate-notel)' new.txt
 # BENCHFLAGS go to the program, e.g. BENCHFLAGS='-d 2s -profile /tmp/prof'
 # (go run ./sidecar/benchtable -h lists them).
 BENCHFLAGS ?=

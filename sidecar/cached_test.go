@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -212,5 +213,59 @@ func TestPrivateModulesAreNotCachedByDefault(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(shared, "data/fixture.test/dep08/@v/v1.0.0.zip")); err == nil {
 		t.Errorf("a private module is in the shared cache")
+	}
+}
+
+// TestHedgingCutsTheTail: the first upstream, usually fast, turns slow;
+// requests for immutable artifacts are hedged to the second (healthy but
+// 100 ms away) after the first's usual p95 (at least 50 ms), so their
+// latency stays under twice the healthy upstream's.
+func TestHedgingCutsTheTail(t *testing.T) {
+	fx := loadFixtures(t)
+	first := modtest.NewProxy(t, fx)
+	second := modtest.NewProxy(t, fx)
+	tel := newTelemetry(t, nil)
+	url, srv := startGateServer(t, sidecar.Config{
+		Telemetry: tel,
+		Upstreams: []upstream.Config{{Name: "first", URL: first.URL}, {Name: "second", URL: second.URL + "/f/slow100"}},
+	})
+	mods := []string{"dep01", "dep02", "dep03", "dep04", "dep06", "dep07", "dep08", "dep09", "dep10", "dep11", "dep12", "dep13"}
+	// The first upstream's baseline: fast.
+	for range 2 {
+		for _, m := range mods {
+			rawGet(t, url, "/fixture.test/"+m+"/@v/v1.0.0.mod")
+		}
+	}
+	// How slow the healthy second upstream is.
+	var healthy time.Duration
+	for _, m := range mods[:5] {
+		start := time.Now()
+		resp, err := http.Get(second.URL + "/f/slow100/fixture.test/" + m + "/@v/v1.0.0.mod")
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		healthy = max(healthy, time.Since(start))
+	}
+	first.SetFault("slow2000")
+	var worst time.Duration
+	for _, m := range mods[:10] {
+		start := time.Now()
+		if status, _, _ := rawGet(t, url, "/fixture.test/"+m+"/@v/v1.0.0.mod"); status != 200 {
+			t.Fatalf("%s: %d", m, status)
+		}
+		worst = max(worst, time.Since(start))
+	}
+	t.Logf("healthy upstream's slowest %v; with hedging, slowest of 10 requests %v", healthy, worst)
+	if worst >= 2*healthy {
+		t.Errorf("slowest hedged request %v; want under twice the healthy upstream's %v", worst, healthy)
+	}
+	rec := httptest.NewRecorder()
+	srv.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	for _, want := range []string{`modgate_upstream_hedges_total{modgate_hedge="sent",modgate_upstream_name="second"`, `modgate_upstream_hedges_total{modgate_hedge="won",modgate_upstream_name="second"`} {
+		if !strings.Contains(rec.Body.String(), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
 	}
 }

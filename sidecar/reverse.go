@@ -61,12 +61,17 @@ func (s *Server) serveReverse(w http.ResponseWriter, r *http.Request) {
 	}
 	if c := s.cacheFor(x); c != nil && cacheable {
 		fetch := func(ctx context.Context) upstream.Result {
-			return s.chain.Walk(ctx, http.MethodGet, req.Path, hdr, x.eligible)
+			return s.walk(ctx, x, req.Path, hdr)
 		}
 		s.serveCached(x, c, key, immutable, fetch, func(res upstream.Result) { s.writeChainError(x, res) })
 		return
 	}
-	res := s.chain.Walk(x.ctx(), r.Method, req.Path, hdr, x.eligible)
+	var res upstream.Result
+	if r.Method == http.MethodGet {
+		res = s.walk(x.ctx(), x, req.Path, hdr)
+	} else {
+		res = s.chain.Walk(x.ctx(), r.Method, req.Path, hdr, x.eligible)
+	}
 	if res.Response == nil {
 		s.writeChainError(x, res)
 		return

@@ -88,6 +88,7 @@ type Server struct {
 	flights   map[string]*flight
 
 	recentLog recentLog // the status page's recent requests and denials
+	hedges    hedgeBudget
 }
 
 // defaultPolicy is the policy of a server given none: allow everything.

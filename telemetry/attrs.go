@@ -23,6 +23,7 @@ const (
 	AttrOutcome        = attribute.Key("modgate.outcome")
 	AttrRetryReason    = attribute.Key("modgate.retry.reason")
 	AttrDirection      = attribute.Key("modgate.direction")
+	AttrHedge          = attribute.Key("modgate.hedge") // sent or won; on a hedged attempt's span: true
 	// AttrTunnelBytesUp and AttrTunnelBytesDown are set on the span in the
 	// context given to RecordTunnel: the CONNECT span carries the bytes
 	// each way.

@@ -288,3 +288,40 @@ func (b *Baselines) Handler() http.Handler {
 		enc.Encode(b.Snapshot())
 	})
 }
+
+// Quantile returns the latency below which a fraction q of upstream's
+// requests of kind fell in the window, and how many requests that is: the
+// hedging decision reads it on the request path, so it merges one series
+// only.
+func (b *Baselines) Quantile(upstream, kind string, q float64) (time.Duration, int64) {
+	if b == nil {
+		return 0, 0
+	}
+	s, ok := (*b.series.Load())[seriesKey{upstream, NormalizeKind(kind)}]
+	if !ok {
+		return 0, 0
+	}
+	cur := b.epoch(b.clock.Now())
+	var merged slot
+	s.mu.Lock()
+	for i := range s.slots {
+		sl := &s.slots[i]
+		if sl.count == 0 || sl.epoch > cur || sl.epoch <= cur-baselineSlots {
+			continue
+		}
+		if merged.count == 0 {
+			merged.min, merged.max = sl.min, sl.max
+		}
+		merged.count += sl.count
+		merged.min = min(merged.min, sl.min)
+		merged.max = max(merged.max, sl.max)
+		for j, n := range sl.buckets {
+			merged.buckets[j] += n
+		}
+	}
+	s.mu.Unlock()
+	if merged.count == 0 {
+		return 0, 0
+	}
+	return merged.quantile(q), merged.count
+}

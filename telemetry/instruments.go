@@ -26,6 +26,7 @@ const (
 	MetricTunnelBytes          = "modgate.tunnel.bytes"
 	MetricCacheRequests        = "modgate.cache.requests"
 	MetricCacheSize            = "modgate.cache.size"
+	MetricHedges               = "modgate.upstream.hedges"
 	MetricCacheEvictions       = "modgate.cache.evictions"
 	MetricServerDuration       = "http.server.request.duration"
 	MetricServerActive         = "http.server.active_requests"
@@ -84,6 +85,7 @@ type instruments struct {
 	tunnelDuration   metric.Float64Histogram
 	tunnelBytes      metric.Int64Counter
 	cacheRequests    metric.Int64Counter
+	hedges           metric.Int64Counter
 	activeRequests   metric.Int64UpDownCounter
 
 	upstreams    cappedSet
@@ -132,6 +134,9 @@ func (in *instruments) init(m metric.Meter) error {
 	in.tunnelBytes, e = m.Int64Counter(MetricTunnelBytes, metric.WithUnit("By"),
 		metric.WithDescription("Bytes through CONNECT tunnels, up (client to origin) and down."))
 	try(e)
+	in.hedges, e = m.Int64Counter(MetricHedges, metric.WithUnit("{request}"),
+		metric.WithDescription("Hedged requests to an upstream: sent, and won (answered first)."))
+	try(e)
 	in.cacheRequests, e = m.Int64Counter(MetricCacheRequests, metric.WithUnit("{request}"),
 		metric.WithDescription("Cache lookups, by result: hit, miss or stale."))
 	try(e)
@@ -161,6 +166,28 @@ func (t *Telemetry) RecordUpstream(ctx context.Context, upstream, kind, outcome 
 	if outcome != OutcomeRejected {
 		t.baselines.Observe(upstream, kind, d, outcome == OutcomeError || outcome == OutcomeTimeout)
 	}
+}
+
+// UpstreamQuantile returns the q-quantile of upstream's latency for kind
+// over the baseline window, and the number of requests it rests on.
+func (t *Telemetry) UpstreamQuantile(upstream, kind string, q float64) (time.Duration, int64) {
+	if t == nil {
+		return 0, 0
+	}
+	return t.baselines.Quantile(t.inst.upstreams.value(upstream), kind, q)
+}
+
+// AddHedge counts a hedged request sent to upstream, or one that won.
+func (t *Telemetry) AddHedge(ctx context.Context, upstream string, won bool) {
+	if t == nil {
+		return
+	}
+	result := "sent"
+	if won {
+		result = "won"
+	}
+	t.inst.hedges.Add(ctx, 1, metric.WithAttributes(
+		AttrUpstreamName.String(t.inst.upstreams.value(upstream)), AttrHedge.String(result)))
 }
 
 // ObserveBreakers makes read the source of the modgate.upstream.breaker.state

@@ -214,8 +214,33 @@ func (c *Chain) Upstreams() []*Upstream { return c.list }
 // any failure. skip, if not nil, returns a reason to pass an upstream by
 // without asking it (a skipped upstream counts as not found).
 func (c *Chain) Walk(ctx context.Context, method, path string, hdr http.Header, skip func(*Upstream) error) Result {
+	return c.WalkHedged(ctx, method, path, hdr, skip, nil)
+}
+
+// Hedge says when a walk also asks the next upstream before the current
+// one has answered, to cut the tail latency of requests whose answer any
+// upstream gives alike (immutable artifacts).
+type Hedge struct {
+	// Delay is how long to wait for u's response headers before asking the
+	// next upstream too; zero or less: never hedge u.
+	Delay func(u *Upstream) time.Duration
+	// Allow takes one hedge from the budget, or says there is none left.
+	Allow func() bool
+	// Sent and Won are told of each hedge sent, and of each that answered
+	// first.
+	Sent, Won func(ctx context.Context, u *Upstream)
+	// Mark returns the context of a hedged attempt (telemetry marks it).
+	Mark func(ctx context.Context) context.Context
+}
+
+// WalkHedged is Walk that, with h, races the next eligible upstream against
+// one that is slow to answer: the first 200 wins and the other is
+// cancelled. Skip applies to the hedge too, so a private module is never
+// hedged to an upstream that may not see it.
+func (c *Chain) WalkHedged(ctx context.Context, method, path string, hdr http.Header, skip func(*Upstream) error, h *Hedge) Result {
 	var r Result
-	for i, u := range c.list {
+	for i := 0; i < len(c.list); i++ {
+		u := c.list[i]
 		if u.Kind != Proxy {
 			r.End = u.Kind
 			return r
@@ -226,29 +251,150 @@ func (c *Chain) Walk(ctx context.Context, method, path string, hdr http.Header, 
 				continue
 			}
 		}
-		start := time.Now()
-		resp, err := u.Get(ctx, method, path, hdr)
-		a := Attempt{Upstream: u, Err: err}
-		if err == nil {
-			if resp.StatusCode == http.StatusOK {
-				r.Response, r.Upstream = resp, u
+		var tries []try
+		if next := c.nextEligible(i, skip); h != nil && next > i {
+			tries = c.race(ctx, method, path, hdr, u, c.list[next], h)
+			if len(tries) == 2 {
+				i = next // the hedge was asked: the walk goes on after it
+			}
+		} else {
+			tries = []try{ask(ctx, u, method, path, hdr)}
+		}
+		for _, t := range tries {
+			if t.resp != nil {
+				r.Response, r.Upstream = t.resp, t.attempt.Upstream
 				return r
 			}
-			a.Status = resp.StatusCode
-			a.Detail = errorDetail(resp)
 		}
-		a.Duration = time.Since(start)
-		r.Attempts = append(r.Attempts, a)
+		for _, t := range tries {
+			r.Attempts = append(r.Attempts, t.attempt)
+		}
+		last := tries[len(tries)-1].attempt
 		if ctx.Err() != nil {
 			// The client went away: asking anyone else helps nobody.
 			return r
 		}
-		if !a.NotFound() && u.Fallthrough != OnError {
+		if !last.NotFound() && last.Upstream.Fallthrough != OnError {
 			r.Stopped = i < len(c.list)-1
 			return r
 		}
 	}
 	return r
+}
+
+// try is one upstream's answer: a 200 response, or an attempt that says
+// what went wrong.
+type try struct {
+	resp    *http.Response
+	attempt Attempt
+}
+
+func ask(ctx context.Context, u *Upstream, method, path string, hdr http.Header) try {
+	start := time.Now()
+	resp, err := u.Get(ctx, method, path, hdr)
+	a := Attempt{Upstream: u, Err: err}
+	if err == nil {
+		if resp.StatusCode == http.StatusOK {
+			return try{resp: resp, attempt: a}
+		}
+		a.Status = resp.StatusCode
+		a.Detail = errorDetail(resp)
+	}
+	a.Duration = time.Since(start)
+	return try{attempt: a}
+}
+
+// nextEligible returns the index of the next upstream after i that may be
+// asked, or -1.
+func (c *Chain) nextEligible(i int, skip func(*Upstream) error) int {
+	for j := i + 1; j < len(c.list); j++ {
+		u := c.list[j]
+		if u.Kind != Proxy {
+			return -1
+		}
+		if skip == nil || skip(u) == nil {
+			return j
+		}
+	}
+	return -1
+}
+
+// race asks u, and next as well if u has not answered within its hedge
+// delay and the budget allows. It returns one try, or two (u's, next's)
+// when both were asked; a losing request is cancelled.
+func (c *Chain) race(ctx context.Context, method, path string, hdr http.Header, u, next *Upstream, h *Hedge) []try {
+	delay := h.Delay(u)
+	if delay <= 0 {
+		return []try{ask(ctx, u, method, path, hdr)}
+	}
+	type result struct {
+		first bool
+		t     try
+	}
+	results := make(chan result, 2)
+	ctxU, cancelU := context.WithCancel(ctx)
+	go func() { results <- result{true, ask(ctxU, u, method, path, hdr)} }()
+	timer := time.NewTimer(delay)
+	defer timer.Stop()
+	select {
+	case res := <-results:
+		return []try{keep(res.t, cancelU)}
+	case <-timer.C:
+	}
+	if !h.Allow() {
+		return []try{keep((<-results).t, cancelU)}
+	}
+	h.Sent(ctx, next)
+	ctxN, cancelN := context.WithCancel(h.Mark(ctx))
+	go func() { results <- result{false, ask(ctxN, next, method, path, hdr)} }()
+	a := <-results
+	if a.t.resp != nil {
+		// The first good answer wins; the other request is cancelled and
+		// its answer, if it comes, thrown away.
+		loserCancel, winnerCancel := cancelN, cancelU
+		if !a.first {
+			loserCancel, winnerCancel = cancelU, cancelN
+			h.Won(ctx, next)
+		}
+		loserCancel()
+		go func() {
+			if b := <-results; b.t.resp != nil {
+				b.t.resp.Body.Close()
+			}
+		}()
+		return []try{keep(a.t, winnerCancel)}
+	}
+	b := <-results
+	if b.t.resp != nil && !b.first {
+		h.Won(ctx, next)
+	}
+	first, second := a, b
+	if !a.first {
+		first, second = b, a
+	}
+	return []try{keep(first.t, cancelU), keep(second.t, cancelN)}
+}
+
+// keep ties cancel to the try: a response's body ends its request when it
+// is closed; a failed try's request is over already.
+func keep(t try, cancel context.CancelFunc) try {
+	if t.resp == nil {
+		cancel()
+		return t
+	}
+	t.resp.Body = &cancelOnClose{ReadCloser: t.resp.Body, cancel: cancel}
+	return t
+}
+
+type cancelOnClose struct {
+	io.ReadCloser
+	cancel context.CancelFunc
+}
+
+func (c *cancelOnClose) Close() error {
+	err := c.ReadCloser.Close()
+	c.cancel()
+	return err
 }
 
 // errorDetail reads the first line of a text/plain error body, cleaned so

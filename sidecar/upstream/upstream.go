@@ -365,7 +365,11 @@ func (u *Upstream) Do(ctx context.Context, req Request) (*http.Response, error) 
 			attribute.Int("http.request.resend_count", try))
 		start := u.clock.Now()
 		resp, err := u.try(tctx, req)
-		u.tel.RecordUpstream(ctx, u.metric, kind, outcome(resp, err), u.clock.Now().Sub(start))
+		if err == nil || ctx.Err() == nil {
+			// An attempt its caller abandoned (a client gone, a hedge lost)
+			// says nothing of the upstream: it would skew the baseline.
+			u.tel.RecordUpstream(ctx, u.metric, kind, outcome(resp, err), u.clock.Now().Sub(start))
+		}
 		switch {
 		case err != nil && ctx.Err() != nil:
 			u.breaker.report(done, errClientCanceled)
