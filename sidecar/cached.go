@@ -153,7 +153,7 @@ func (s *Server) serveEntry(x *exchange, e *cache.Entry, now time.Time) {
 	}
 	h.Set("Content-Length", strconv.FormatInt(e.Size, 10))
 	x.w.WriteHeader(http.StatusOK)
-	if _, err := stream(x.w, e.Body); err != nil {
+	if _, err := e.WriteTo(x.w); err != nil {
 		s.log.Debug("cache hit not delivered", "err", err)
 	}
 }

