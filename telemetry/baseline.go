@@ -211,25 +211,7 @@ func (b *Baselines) Snapshot() BaselineReport {
 	cur := b.epoch(now)
 	var merged slot
 	for k, s := range *b.series.Load() {
-		merged = slot{}
-		s.mu.Lock()
-		for i := range s.slots {
-			sl := &s.slots[i]
-			if sl.count == 0 || sl.epoch > cur || sl.epoch <= cur-baselineSlots {
-				continue
-			}
-			if merged.count == 0 {
-				merged.min, merged.max = sl.min, sl.max
-			}
-			merged.count += sl.count
-			merged.errors += sl.errors
-			merged.min = min(merged.min, sl.min)
-			merged.max = max(merged.max, sl.max)
-			for j, n := range sl.buckets {
-				merged.buckets[j] += n
-			}
-		}
-		s.mu.Unlock()
+		s.merge(&merged, cur)
 		if merged.count == 0 {
 			continue
 		}
@@ -301,27 +283,34 @@ func (b *Baselines) Quantile(upstream, kind string, q float64) (time.Duration, i
 	if !ok {
 		return 0, 0
 	}
-	cur := b.epoch(b.clock.Now())
 	var merged slot
+	s.merge(&merged, b.epoch(b.clock.Now()))
+	if merged.count == 0 {
+		return 0, 0
+	}
+	return merged.quantile(q), merged.count
+}
+
+// merge sums the series' slots that are in the window ending at epoch cur
+// into m, which it clears first.
+func (s *series) merge(m *slot, cur int64) {
+	*m = slot{}
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	for i := range s.slots {
 		sl := &s.slots[i]
 		if sl.count == 0 || sl.epoch > cur || sl.epoch <= cur-baselineSlots {
 			continue
 		}
-		if merged.count == 0 {
-			merged.min, merged.max = sl.min, sl.max
+		if m.count == 0 {
+			m.min, m.max = sl.min, sl.max
 		}
-		merged.count += sl.count
-		merged.min = min(merged.min, sl.min)
-		merged.max = max(merged.max, sl.max)
+		m.count += sl.count
+		m.errors += sl.errors
+		m.min = min(m.min, sl.min)
+		m.max = max(m.max, sl.max)
 		for j, n := range sl.buckets {
-			merged.buckets[j] += n
+			m.buckets[j] += n
 		}
 	}
-	s.mu.Unlock()
-	if merged.count == 0 {
-		return 0, 0
-	}
-	return merged.quantile(q), merged.count
 }
