@@ -218,7 +218,7 @@ func TestPrivateModulesAreNotCachedByDefault(t *testing.T) {
 
 // TestHedgingCutsTheTail: the first upstream, usually fast, turns slow;
 // requests for immutable artifacts are hedged to the second (healthy but
-// 100 ms away) after the first's usual p95 (at least 50 ms), so their
+// 200 ms away) after the first's usual p95 (at least 50 ms), so their
 // latency stays under twice the healthy upstream's.
 func TestHedgingCutsTheTail(t *testing.T) {
 	fx := loadFixtures(t)
@@ -227,7 +227,7 @@ func TestHedgingCutsTheTail(t *testing.T) {
 	tel := newTelemetry(t, nil)
 	url, srv := startGateServer(t, sidecar.Config{
 		Telemetry: tel,
-		Upstreams: []upstream.Config{{Name: "first", URL: first.URL}, {Name: "second", URL: second.URL + "/f/slow100"}},
+		Upstreams: []upstream.Config{{Name: "first", URL: first.URL}, {Name: "second", URL: second.URL + "/f/slow200"}},
 	})
 	mods := []string{"dep01", "dep02", "dep03", "dep04", "dep06", "dep07", "dep08", "dep09", "dep10", "dep11", "dep12", "dep13"}
 	// The first upstream's baseline: fast.
@@ -240,7 +240,7 @@ func TestHedgingCutsTheTail(t *testing.T) {
 	var healthy time.Duration
 	for _, m := range mods[:5] {
 		start := time.Now()
-		resp, err := http.Get(second.URL + "/f/slow100/fixture.test/" + m + "/@v/v1.0.0.mod")
+		resp, err := http.Get(second.URL + "/f/slow200/fixture.test/" + m + "/@v/v1.0.0.mod")
 		if err != nil {
 			t.Fatal(err)
 		}
