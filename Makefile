@@ -63,7 +63,7 @@ bench:
 fuzz:
 	@set -e; for pkg in $$($(GO) list $(PKGS)); do \
 	  for t in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
-	    echo "== $$pkg $$t"; $(GO) test -run='^$$' -fuzz="^$$t$$" -fuzztime=$(FUZZTIME) $$pkg; \
+	    echo "== $$pkg $$t"; $(GO) test -run='^$$' -fuzz="^$$t$$" -fuzztime=$(FUZZTIME) -fuzzminimizetime=5s $$pkg; \
 	  done; \
 	done
 
@@ -127,3 +127,17 @@ DEPLOY_TESTFLAGS ?= -count=1 -timeout=5m
 
 test-deploy:
 	cd deploy && $(GO) vet ./... && $(GO) test $(DEPLOY_TESTFLAGS) ./...
+
+# `make soak` runs modgate for SOAK (default 5m) with every feature on
+# (faulty|healthy reverse chain, policy with a deny rule, audit log, short
+# breakers, forward mode with MITM), driven by real go commands and a load
+# generator while the faulty upstream is broken and healed in turn, then
+# prints a table of pass criteria and fails if one fails (sidecar/soak).
+# The settle phase after the load waits up to 100 s for pooled upstream
+# connections to time out. SOAKFLAGS go to the test, e.g.
+# SOAKFLAGS='-soak.faults=500,healthy,hang,healthy -soak.step=3s'.
+SOAK ?= 5m
+SOAKFLAGS ?=
+.PHONY: soak
+soak:
+	$(GO) test -count=1 -run '^TestSoak$$' -v -timeout 30m ./sidecar/soak -soak.d=$(SOAK) $(SOAKFLAGS)

@@ -2,10 +2,12 @@ package sidecar
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
 	"sync"
+	"time"
 	"unicode"
 	"unicode/utf8"
 )
@@ -136,4 +138,45 @@ func stream(w io.Writer, body io.Reader) (int64, error) {
 			return written, rerr
 		}
 	}
+}
+
+// deadlineWriter gives a client at most idle to take each write, so that a
+// client that stops reading cannot hold a connection, an upstream fetch and
+// a goroutine forever.
+type deadlineWriter struct {
+	w    http.ResponseWriter
+	rc   *http.ResponseController
+	idle time.Duration
+}
+
+func newDeadlineWriter(w http.ResponseWriter, idle time.Duration) *deadlineWriter {
+	return &deadlineWriter{w: w, rc: http.NewResponseController(w), idle: idle}
+}
+
+func (d *deadlineWriter) Write(p []byte) (int, error) {
+	d.rc.SetWriteDeadline(time.Now().Add(d.idle)) // not supported: no bound, as before
+	return d.w.Write(p)
+}
+
+// errTooLarge is an upstream answer longer than any artifact of its kind.
+var errTooLarge = errors.New("answer too large")
+
+// capReader fails with errTooLarge once more than n bytes have been read
+// (n < 0: no limit): an upstream that sends an endless body costs a
+// bounded amount.
+type capReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *capReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	if c.n < 0 {
+		return n, err
+	}
+	c.n -= int64(n)
+	if c.n < 0 {
+		return n, fmt.Errorf("%w: more than the limit for its kind", errTooLarge)
+	}
+	return n, err
 }

@@ -153,7 +153,7 @@ func (s *Server) serveEntry(x *exchange, e *cache.Entry, now time.Time) {
 	}
 	h.Set("Content-Length", strconv.FormatInt(e.Size, 10))
 	x.w.WriteHeader(http.StatusOK)
-	if _, err := e.WriteTo(x.w); err != nil {
+	if _, err := e.WriteTo(newDeadlineWriter(x.w, s.cfg.ClientIdle)); err != nil {
 		s.log.Debug("cache hit not delivered", "err", err)
 	}
 }
@@ -227,6 +227,7 @@ func (s *Server) shared(x *exchange, c *cache.Cache, key string, fetch fetchFunc
 	defer r.Close()
 	copyHeader(x.w.Header(), header)
 	x.w.WriteHeader(http.StatusOK)
+	out := newDeadlineWriter(x.w, s.cfg.ClientIdle)
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	buf := *bp
@@ -244,7 +245,7 @@ func (s *Server) shared(x *exchange, c *cache.Cache, key string, fetch fetchFunc
 		if off < written {
 			n, err := r.ReadAt(buf[:min(int64(len(buf)), written-off)], off)
 			if n > 0 {
-				if _, werr := x.w.Write(buf[:n]); werr != nil {
+				if _, werr := out.Write(buf[:n]); werr != nil {
 					return // the client went away
 				}
 				off += int64(n)
@@ -304,10 +305,11 @@ func (s *Server) fly(f *flight, c *cache.Cache, key string, ctx context.Context,
 	f.cond.Broadcast()
 	f.mu.Unlock()
 
+	body := &capReader{r: resp.Body, n: req.Kind.maxBody()}
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	for {
-		n, rerr := resp.Body.Read(*bp)
+		n, rerr := body.Read(*bp)
 		if n > 0 {
 			if _, werr := w.Write((*bp)[:n]); werr != nil {
 				rerr = werr

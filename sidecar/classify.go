@@ -9,6 +9,7 @@ import (
 	"golang.org/x/mod/module"
 	"golang.org/x/mod/semver"
 	"golang.org/x/mod/sumdb/tlog"
+	modzip "golang.org/x/mod/zip"
 )
 
 // Kind is the class of a request, as in DESIGN.md's table. It names spans
@@ -31,6 +32,22 @@ const (
 	KindTunnel         Kind = "tunnel"
 	KindOther          Kind = "other"
 )
+
+// maxBody is the most an answer of kind may carry: the go command's own
+// limits for zips and go.mod files, a generous bound for the other module
+// protocol answers, and no bound (-1) for what forward mode passes on
+// (git packs are as large as their repositories).
+func (k Kind) maxBody() int64 {
+	switch k {
+	case KindZip:
+		return modzip.MaxZipFile
+	case KindMod:
+		return modzip.MaxGoMod
+	case KindInfo, KindList, KindLatest, KindSumDBSupported, KindSumDBLookup, KindSumDBTile, KindSumDBLatest:
+		return 16 << 20
+	}
+	return -1
+}
 
 // IsSumDB reports whether k is one of the checksum-database kinds.
 func (k Kind) IsSumDB() bool { return strings.HasPrefix(string(k), "sumdb-") }

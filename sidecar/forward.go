@@ -310,8 +310,10 @@ func (f *forward) handleConnect(hostport string, ctx *goproxy.ProxyCtx) (*goprox
 		}}, hostport
 	}
 	host, port, err := net.SplitHostPort(hostport)
-	if err != nil {
-		host, port = hostport, "443"
+	if err != nil || host == "" {
+		// CONNECT names host:port (RFC 9110 9.3.6); guessing a port would
+		// only send a name of the client's choosing to the resolver.
+		return f.reject(ctx, r, identity, hostport, http.StatusBadRequest, "a CONNECT target is host:port")
 	}
 	action, mode := f.tunnel, "forward"
 	if f.cfg.CA != nil && f.isMITM(host) {
@@ -520,7 +522,7 @@ func (f *forward) intercept(r *http.Request, client net.Conn, hostport, identity
 	srv := &http.Server{
 		Handler:           f.s.tel.ServerMiddleware(handler, kindOf),
 		BaseContext:       func(net.Listener) context.Context { return r.Context() },
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: f.s.cfg.ClientHeader,
 		IdleTimeout:       120 * time.Second,
 		ErrorLog:          slog.NewLogLogger(f.s.log.Handler(), slog.LevelDebug),
 	}

@@ -369,3 +369,33 @@ func Test429StormStaysWithinBudget(t *testing.T) {
 		}
 	}
 }
+
+// TestPipeFallsThroughBrokenAnswers: after "|", a small answer that breaks
+// off and a checksum database that starts failing both move on to the next
+// upstream, as any other failure does.
+func TestPipeFallsThroughBrokenAnswers(t *testing.T) {
+	for _, fault := range []string{"reset", "stall", "500"} {
+		t.Run(fault, func(t *testing.T) {
+			e := newEnv(t)
+			faulty := e.proxy(t, true)
+			healthy := e.proxy(t, true)
+			e.gate(t,
+				upstream.Config{Name: "faulty", URL: faulty.URL, Fallthrough: upstream.OnError, Timeouts: upstream.Timeouts{Idle: 300 * time.Millisecond}},
+				upstream.Config{Name: "healthy", URL: healthy.URL},
+			)
+			// The checksum database is found on the faulty upstream first.
+			if out, err := e.download("fixture.test/dep20@v1.0.0"); err != nil {
+				t.Fatalf("healthy download: %v\n%s", err, out)
+			}
+			faulty.SetFault(fault)
+			if out, err := e.download("fixture.test/dep19@v1.0.0"); err != nil {
+				t.Errorf("download with the first upstream failing (%s) after |: %v\n%s", fault, err, out)
+			}
+			// reset and stall cut zips only; 500 fails everything, lookups too.
+			want := map[string]string{"reset": "/fixture.test/dep19/@v/v1.0.0.zip", "stall": "/fixture.test/dep19/@v/v1.0.0.zip", "500": "/sumdb/sum.fixture.test/lookup/fixture.test/dep19@v1.0.0"}[fault]
+			if healthy.CountMatching(want) != 1 {
+				t.Errorf("%s did not move on to the healthy upstream: %v", want, healthy.Requests())
+			}
+		})
+	}
+}

@@ -45,6 +45,12 @@ func (s *Server) serveReverse(w http.ResponseWriter, r *http.Request) {
 		writeError(x.w, http.StatusMethodNotAllowed, fmt.Sprintf("method %s not allowed: a module proxy answers GET and HEAD", r.Method))
 		return
 	}
+	if r.ContentLength != 0 || len(r.TransferEncoding) > 0 {
+		x.decision = "invalid"
+		x.w.Header().Set("Connection", "close")
+		writeError(x.w, http.StatusBadRequest, "a module proxy request has no body")
+		return
+	}
 	if !x.decide() {
 		return
 	}
@@ -112,6 +118,16 @@ const bufferLimit = 64 << 10
 func (s *Server) relay(x *exchange, resp *http.Response) {
 	w, r, req, u := x.w, x.r, x.req, x.served
 	defer resp.Body.Close()
+	body := &capReader{r: resp.Body, n: req.Kind.maxBody()}
+	if limit := req.Kind.maxBody(); req.Kind != KindZip && limit > 0 && resp.ContentLength < 0 && r.Method != http.MethodHead {
+		// A small kind of unknown length is read whole, within its limit.
+		if b, ok := s.readBody(x, resp, limit); ok {
+			copyHeader(w.Header(), resp.Header)
+			w.WriteHeader(resp.StatusCode)
+			w.Write(b)
+		}
+		return
+	}
 	if n := resp.ContentLength; n >= 0 && n <= bufferLimit && r.Method != http.MethodHead {
 		body, ok := s.readBody(x, resp, bufferLimit)
 		if !ok {
@@ -127,7 +143,7 @@ func (s *Server) relay(x *exchange, resp *http.Response) {
 	if r.Method == http.MethodHead {
 		return
 	}
-	n, err := stream(w, resp.Body)
+	n, err := stream(newDeadlineWriter(w, s.cfg.ClientIdle), body)
 	switch {
 	case err == nil:
 	case errors.Is(err, errClientGone) || r.Context().Err() != nil:

@@ -46,6 +46,12 @@ type Config struct {
 	// ShutdownGrace is how long in-flight requests may run after a
 	// shutdown starts. If zero, 10 s.
 	ShutdownGrace time.Duration
+	// ClientHeader is how long a client may take to send its request
+	// headers (slowloris). If zero, 10 s.
+	ClientHeader time.Duration
+	// ClientIdle is the longest a client may leave an answer unread before
+	// modgate gives up on it. If zero, 60 s.
+	ClientIdle time.Duration
 	// Logger receives the server's logs. If nil, logs are discarded.
 	Logger *slog.Logger
 	// Version is reported in the User-Agent of upstream requests.
@@ -111,6 +117,12 @@ func New(cfg Config) (*Server, error) {
 	}
 	if s.cfg.ShutdownGrace == 0 {
 		s.cfg.ShutdownGrace = 10 * time.Second
+	}
+	if s.cfg.ClientHeader == 0 {
+		s.cfg.ClientHeader = 10 * time.Second
+	}
+	if s.cfg.ClientIdle == 0 {
+		s.cfg.ClientIdle = 60 * time.Second
 	}
 	ua := "modgate"
 	if cfg.Version != "" {
@@ -270,6 +282,13 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	if len(r.TransferEncoding) > 0 {
+		// A chunked request may be an attempt at smuggling (it may also
+		// have carried a Content-Length that net/http dropped): answer it,
+		// then close the connection, so that whatever follows its body on
+		// this connection is never read as a request (RFC 9112 6.3).
+		w.Header().Set("Connection", "close")
+	}
 	switch {
 	case r.Method == http.MethodConnect:
 		s.fwd.goprox.ServeHTTP(w, r)
@@ -361,7 +380,7 @@ func (s *Server) Serve(ctx context.Context, ln, adminLn net.Listener) error {
 	errLog := slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)
 	servers := []*http.Server{{
 		Handler:           s.Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: s.cfg.ClientHeader,
 		IdleTimeout:       120 * time.Second,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          errLog,

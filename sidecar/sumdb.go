@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -147,21 +148,59 @@ func (s *Server) serveSumDB(x *exchange) {
 	s.relay(x, res.Response)
 }
 
-// get fetches path from the database's route; a route that fails is
-// forgotten, so that the next request searches again.
+// get fetches path from the database's route. When the route is an
+// upstream followed by "|" and it fails, the rest of the chain is asked as
+// a module request would be; a route that fails is forgotten, so that the
+// next request searches again.
 func (db *sumDB) get(ctx context.Context, route *sumDBRoute, path string) upstream.Result {
-	start := time.Now()
-	resp, err := route.via.Get(ctx, http.MethodGet, route.prefix+path, nil)
-	if err == nil && resp.StatusCode == http.StatusOK {
-		return upstream.Result{Response: resp, Upstream: route.via}
+	res := db.getFrom(ctx, route.via, route.prefix+path)
+	if res.Response != nil {
+		return res
 	}
-	a := upstream.Attempt{Upstream: route.via, Err: err, Duration: time.Since(start)}
+	if a := res.Attempts[0]; !a.NotFound() {
+		db.forget(route)
+		if route.prefix != "" && route.via.Fallthrough == upstream.OnError {
+			res.Attempts = append(res.Attempts, db.rest(ctx, route.via, route.prefix+path, &res)...)
+		}
+	}
+	return res
+}
+
+// rest asks the upstreams after u in the chain, with its semantics; a 200
+// is put in res.
+func (db *sumDB) rest(ctx context.Context, u *upstream.Upstream, path string, res *upstream.Result) []upstream.Attempt {
+	var attempts []upstream.Attempt
+	list := db.chain.Upstreams()
+	i := slices.Index(list, u)
+	for _, next := range list[i+1:] {
+		if next.Kind != upstream.Proxy {
+			break
+		}
+		r := db.getFrom(ctx, next, path)
+		if r.Response != nil {
+			res.Response, res.Upstream = r.Response, r.Upstream
+			return attempts
+		}
+		a := r.Attempts[0]
+		attempts = append(attempts, a)
+		if !a.NotFound() && next.Fallthrough != upstream.OnError {
+			break
+		}
+	}
+	return attempts
+}
+
+// getFrom asks one upstream.
+func (db *sumDB) getFrom(ctx context.Context, u *upstream.Upstream, path string) upstream.Result {
+	start := time.Now()
+	resp, err := u.Get(ctx, http.MethodGet, path, nil)
+	if err == nil && resp.StatusCode == http.StatusOK {
+		return upstream.Result{Response: resp, Upstream: u}
+	}
+	a := upstream.Attempt{Upstream: u, Err: err, Duration: time.Since(start)}
 	if err == nil {
 		a.Status = resp.StatusCode
 		resp.Body.Close()
-	}
-	if !a.NotFound() {
-		db.forget(route)
 	}
 	return upstream.Result{Attempts: []upstream.Attempt{a}}
 }

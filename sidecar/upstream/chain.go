@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -293,6 +294,10 @@ func ask(ctx context.Context, u *Upstream, method, path string, hdr http.Header)
 	start := time.Now()
 	resp, err := u.Get(ctx, method, path, hdr)
 	a := Attempt{Upstream: u, Err: err}
+	if err == nil && resp.StatusCode == http.StatusOK && method != http.MethodHead {
+		err = prefetch(resp)
+		a.Err = err
+	}
 	if err == nil {
 		if resp.StatusCode == http.StatusOK {
 			return try{resp: resp, attempt: a}
@@ -303,6 +308,50 @@ func ask(ctx context.Context, u *Upstream, method, path string, hdr http.Header)
 	a.Duration = time.Since(start)
 	return try{attempt: a}
 }
+
+// PrefetchLimit is how much of a 200 answer the walk reads before it
+// counts as a success: a small answer (.info, .mod, a list) that breaks
+// off is then a failed attempt the chain can move past, not a cut
+// response.
+const PrefetchLimit = 64 << 10
+
+// prefetch reads up to PrefetchLimit of resp's body ahead. A body that
+// ends short of its Content-Length, or breaks off, within that span is an
+// error (the body is closed); a longer body is served from what was read
+// and then the rest.
+func prefetch(resp *http.Response) error {
+	if resp.ContentLength > PrefetchLimit {
+		return nil
+	}
+	head, err := io.ReadAll(io.LimitReader(resp.Body, PrefetchLimit+1))
+	switch {
+	case err == nil && resp.ContentLength >= 0 && int64(len(head)) != resp.ContentLength:
+		err = fmt.Errorf("body cut after %d of %d bytes: %w", len(head), resp.ContentLength, io.ErrUnexpectedEOF)
+	case err != nil && resp.ContentLength >= 0:
+		err = fmt.Errorf("body cut after %d of %d bytes: %w", len(head), resp.ContentLength, err)
+	case err != nil:
+		err = fmt.Errorf("body cut after %d bytes: %w", len(head), err)
+	}
+	if err != nil {
+		resp.Body.Close()
+		return err
+	}
+	rest := resp.Body
+	if len(head) <= PrefetchLimit {
+		rest.Close() // read to its end: the breaker has its outcome
+		resp.Body = io.NopCloser(bytes.NewReader(head))
+		return nil
+	}
+	resp.Body = &prefetched{Reader: io.MultiReader(bytes.NewReader(head), rest), closer: rest}
+	return nil
+}
+
+type prefetched struct {
+	io.Reader
+	closer io.Closer
+}
+
+func (p *prefetched) Close() error { return p.closer.Close() }
 
 // nextEligible returns the index of the next upstream after i that may be
 // asked, or -1.

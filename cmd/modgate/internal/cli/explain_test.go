@@ -945,3 +945,25 @@ func makeBareRepo(t *testing.T, dir, path string) {
 	}
 	git(work, "clone", "-q", "--bare", work, dir)
 }
+
+// FuzzExplain feeds explain arbitrary output: it never panics, and every
+// explanation it gives quotes lines that were in the input.
+func FuzzExplain(f *testing.F) {
+	entries, _ := os.ReadDir(filepath.Join("testdata", "explain"))
+	for _, e := range entries {
+		if strings.HasSuffix(e.Name(), ".txt") {
+			b, _ := os.ReadFile(filepath.Join("testdata", "explain", e.Name()))
+			f.Add(string(b))
+		}
+	}
+	f.Add("go: example.test/m@v1.0.0: reading http://127.0.0.1:7070/x: 502 Bad Gateway\n\tserver response:\n\tmodgate: x\n")
+	f.Fuzz(func(t *testing.T, text string) {
+		for _, e := range explainText(text) {
+			for _, line := range e.Saw {
+				if !strings.Contains(text, strings.TrimSpace(line)) {
+					t.Fatalf("explanation quotes %q, which is not in the input", line)
+				}
+			}
+		}
+	})
+}

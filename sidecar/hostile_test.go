@@ -1,0 +1,276 @@
+package sidecar_test
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/modgate/modgate/sidecar"
+	"github.com/modgate/modgate/sidecar/modtest"
+	"github.com/modgate/modgate/sidecar/upstream"
+)
+
+// raw sends bytes as they are and returns what comes back until modgate
+// closes the connection or the deadline passes.
+func raw(t *testing.T, base string, request string, wait time.Duration) string {
+	t.Helper()
+	c, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(wait))
+	io.WriteString(c, request)
+	b, _ := io.ReadAll(c)
+	return string(b)
+}
+
+// statusOf returns the status line of the first answer in resp.
+func statusOf(resp string) string {
+	line, _, _ := strings.Cut(resp, "\r\n")
+	return line
+}
+
+// stillUp checks that modgate answers a good request.
+func stillUp(t *testing.T, url string) {
+	t.Helper()
+	if status, _, _ := rawGet(t, url, "/fixture.test/dep01/@v/list"); status != 200 {
+		t.Fatalf("modgate is not answering after that: %d", status)
+	}
+}
+
+func TestHostileRequests(t *testing.T) {
+	fx := loadFixtures(t)
+	p := modtest.NewProxy(t, fx)
+	url := startGate(t, sidecar.Config{
+		Upstreams: []upstream.Config{{URL: p.URL}},
+		Forward:   sidecar.ForwardConfig{AllowHosts: []string{"*"}},
+	})
+	long := strings.Repeat("a", 100<<10)
+	tests := []struct {
+		name, request, want string
+	}{
+		{"oversized request line", "GET /" + long + " HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 431"},
+		{"oversized header", "GET /fixture.test/dep01/@v/list HTTP/1.1\r\nHost: x\r\nX-Big: " + long + "\r\n\r\n", "HTTP/1.1 431"},
+		{"invalid method", "G(T /fixture.test/dep01/@v/list HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 400"},
+		{"unknown method", "BREW /fixture.test/dep01/@v/list HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 405"},
+		{"two Content-Lengths", "GET /fixture.test/dep01/@v/list HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", "HTTP/1.1 400"},
+		{"bad Transfer-Encoding", "GET /fixture.test/dep01/@v/list HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", "HTTP/1.1 501"},
+		{"CONNECT without a port", "CONNECT proxy.example.test HTTP/1.1\r\nHost: proxy.example.test\r\n\r\n", "HTTP/1.1 400"},
+		{"CONNECT to an empty host", "CONNECT :443 HTTP/1.1\r\nHost: :443\r\n\r\n", "HTTP/1.1 400"},
+		{"a request with a body", "GET /fixture.test/dep01/@v/list HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc", "HTTP/1.1 400"},
+		{"CONNECT to a bad port", "CONNECT proxy.example.test:99999 HTTP/1.1\r\nHost: proxy.example.test:99999\r\n\r\n", "HTTP/1.1 403"},
+		{"absolute-form to an IPv6 loopback", "GET http://[::1]:80/x HTTP/1.1\r\nHost: [::1]\r\n\r\n", "HTTP/1.1 403"},
+		{"absolute-form to a decimal address", "GET http://2130706433/x HTTP/1.1\r\nHost: 2130706433\r\n\r\n", "HTTP/1.1 403"},
+		{"absolute-form with another scheme", "GET ftp://example.test/x HTTP/1.1\r\nHost: example.test\r\n\r\n", "HTTP/1.1 400"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := raw(t, url, strings.Replace(tt.request, "Host:", "Connection: close\r\nHost:", 1), 5*time.Second)
+			if !strings.HasPrefix(statusOf(got), tt.want) {
+				t.Errorf("got %q; want %s", statusOf(got), tt.want)
+			}
+			stillUp(t, url)
+		})
+	}
+	if reqs := p.Requests(); len(reqs) != len(tests) {
+		t.Errorf("upstream requests %v: only the liveness checks should reach it", reqs)
+	}
+}
+
+// TestRequestSmuggling: a request whose framing is ambiguous either is
+// refused or is framed one way only: the bytes after it are never read as
+// a request of their own.
+func TestRequestSmuggling(t *testing.T) {
+	fx := loadFixtures(t)
+	p := modtest.NewProxy(t, fx)
+	url := startGate(t, sidecar.Config{Upstreams: []upstream.Config{{URL: p.URL}}})
+	smuggled := "GET /fixture.test/dep02/@v/list HTTP/1.1\r\nHost: x\r\n\r\n"
+	req := fmt.Sprintf("POST /fixture.test/dep01/@v/list HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 5+len(smuggled))
+	got := raw(t, url, req+smuggled, 2*time.Second)
+	if n := strings.Count(got, "HTTP/1.1 "); n > 1 && p.CountMatching("dep02") > 0 {
+		t.Errorf("the bytes after the body were served as a request of their own:\n%s", got)
+	}
+	if p.CountMatching("dep01") != 0 {
+		t.Errorf("an ambiguous request reached the upstream")
+	}
+	stillUp(t, url)
+}
+
+func TestPathTraversalEncodings(t *testing.T) {
+	fx := loadFixtures(t)
+	p := modtest.NewProxy(t, fx)
+	url := startGate(t, sidecar.Config{Upstreams: []upstream.Config{{URL: p.URL}}})
+	for _, target := range []string{
+		"/../../etc/passwd",
+		"/fixture.test/%2e%2e/%2e%2e/etc/@v/list",
+		"/fixture.test/%252e%252e/etc/@v/list",
+		"/fixture.test/..%2fetc/@v/list",
+		"/fixture.test/..%5cetc/@v/list",
+		"/fixture.test/..\\etc/@v/list",
+		"/fixture.test/./dep01/@v/list",
+		"/fixture.test//dep01/@v/list",
+		"/fixture.test/%c0%ae%c0%ae/etc/@v/list",
+		"/fixture.test/\uff0e\uff0e/etc/@v/list",
+		"/fixture.test/dep01/@v/..%2f..%2f..%2fetc%2fpasswd.info",
+		"/sumdb/sum.fixture.test/lookup/..%2f..%2fetc@v1.0.0",
+		"/sumdb/..%2f..%2fetc/supported",
+		"/fixture.test/!/@v/list",
+		"/fixture.test/!A/@v/list",
+	} {
+		status, h, body := rawGet(t, url, target)
+		if status != 400 && status != 404 {
+			t.Errorf("GET %s = %d %q; want 400 or 404", target, status, body)
+		}
+		if !strings.HasPrefix(body, "modgate: ") || h.Get("Content-Type") != "text/plain; charset=utf-8" {
+			t.Errorf("GET %s: no modgate explanation: %q", target, body)
+		}
+	}
+	if reqs := p.Requests(); len(reqs) != 0 {
+		t.Errorf("traversal attempts reached the upstream: %v", reqs)
+	}
+}
+
+// hostileOrigin answers lists and .info files in ways no proxy should.
+func hostileOrigin(t *testing.T) (*httptest.Server, *atomic.Int64) {
+	var sent atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		chunk := []byte(strings.Repeat("v1.0.0-endless\n", 4096))
+		switch {
+		case strings.HasSuffix(r.URL.Path, "/@v/list"): // 64 MiB of versions
+			w.Header().Set("Content-Length", fmt.Sprint(64<<20))
+		case strings.HasSuffix(r.URL.Path, ".info"): // never ends, no length
+		case strings.HasSuffix(r.URL.Path, ".zip"): // a zip that never ends
+		}
+		for r.Context().Err() == nil && sent.Load() < 2<<30 {
+			n, err := w.Write(chunk)
+			sent.Add(int64(n))
+			if err != nil {
+				return
+			}
+		}
+	}))
+	t.Cleanup(srv.Close)
+	return srv, &sent
+}
+
+func TestHugeAndEndlessUpstreamAnswers(t *testing.T) {
+	origin, sent := hostileOrigin(t)
+	url := startGate(t, sidecar.Config{Upstreams: []upstream.Config{{Name: "hostile", URL: origin.URL}}})
+	for _, c := range []struct{ path, want string }{
+		{"/fixture.test/dep01/@v/list", "answer larger than 4194304 bytes"},
+		{"/fixture.test/dep01/@v/v1.0.0.info", "answer larger than 16777216 bytes"},
+	} {
+		sent.Store(0)
+		status, _, body := rawGet(t, url, c.path)
+		if status != http.StatusBadGateway || !strings.Contains(body, c.want) {
+			t.Errorf("GET %s = %d %q; want 502 with %q", c.path, status, body, c.want)
+		}
+		if n := sent.Load(); n > 64<<20 {
+			t.Errorf("GET %s: modgate read %d MiB before giving up", c.path, n>>20)
+		}
+	}
+	// An endless zip streams, and is cut at the largest zip the go command
+	// accepts; a client that stops reading early costs nothing further.
+	resp, err := http.Get(url + "/fixture.test/dep01/@v/v1.0.0.zip")
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.CopyN(io.Discard, resp.Body, 8<<20)
+	resp.Body.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	before := sent.Load()
+	for time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+		if now := sent.Load(); now == before {
+			break
+		} else {
+			before = now
+		}
+	}
+	if sent.Load() > 600<<20 {
+		t.Errorf("the upstream kept sending after the client left: %d MiB", sent.Load()>>20)
+	}
+	stillUpWith(t, url, origin)
+}
+
+func stillUpWith(t *testing.T, url string, _ *httptest.Server) {
+	t.Helper()
+	if status, _, _ := rawGet(t, url, "/fixture.test/dep01/@v/v1.0.0.mod"); status == 0 {
+		t.Fatal("modgate is down")
+	}
+}
+
+// TestSlowClients: a client that sends its headers too slowly is cut off
+// at the header timeout, and one that stops reading an answer is given up
+// at the idle timeout, releasing the upstream fetch.
+func TestSlowClients(t *testing.T) {
+	origin, sent := hostileOrigin(t)
+	url := startGate(t, sidecar.Config{
+		ClientHeader: 200 * time.Millisecond,
+		ClientIdle:   300 * time.Millisecond,
+		Upstreams:    []upstream.Config{{Name: "hostile", URL: origin.URL}},
+	})
+
+	// Slowloris: one header byte at a time, forever.
+	c, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "GET /fixture.test/dep01/@v/list HTTP/1.1\r\nHost: x\r\n")
+	start := time.Now()
+	closed := make(chan time.Duration, 1)
+	go func() {
+		for {
+			if _, err := io.WriteString(c, "X"); err != nil {
+				closed <- time.Since(start)
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	go func() {
+		c.Read(make([]byte, 1)) // returns when modgate closes the connection
+		closed <- time.Since(start)
+	}()
+	select {
+	case d := <-closed:
+		t.Logf("slow headers cut after %v", d.Round(10*time.Millisecond))
+	case <-time.After(10 * time.Second):
+		t.Errorf("a client trickling its headers was not cut off")
+	}
+
+	// A client that never reads a (endless) zip.
+	c2, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	c2.(*net.TCPConn).SetReadBuffer(4 << 10)
+	io.WriteString(c2, "GET /fixture.test/dep01/@v/v1.0.0.zip HTTP/1.1\r\nHost: x\r\n\r\n")
+	// modgate's writes stall, its idle timeout fires, and it stops
+	// reading from the upstream: the upstream's count stops growing.
+	var last int64 = -1
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(500 * time.Millisecond) {
+		now := sent.Load()
+		if now == last {
+			t.Logf("the upstream stopped after %d MiB", now>>20)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("modgate kept reading for a client that never reads: %d MiB", now>>20)
+		}
+		last = now
+	}
+	if _, err := bufio.NewReader(c2).ReadString('\n'); err != nil {
+		t.Logf("the connection: %v", err)
+	}
+}
