@@ -166,6 +166,15 @@ func (f *forward) origin(scheme, hostport string) (*upstream.Upstream, error) {
 	return u, nil
 }
 
+// closeIdle closes the idle connections to every origin.
+func (f *forward) closeIdle() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, u := range f.origins {
+		u.CloseIdle()
+	}
+}
+
 // isPrivateHost reports whether host may receive private module paths.
 func (f *forward) isPrivateHost(x *exchange, host string) bool {
 	host = strings.ToLower(host)

@@ -428,6 +428,15 @@ func (s *Server) Serve(ctx context.Context, ln, adminLn net.Listener) error {
 		}
 	}
 	s.fwd.shutdown(sctx) // tunnels and intercepted connections
+	// Nothing more will be asked of the upstreams: let their kept-alive
+	// connections go now rather than at their idle timeout.
+	for _, u := range s.chain.Upstreams() {
+		u.CloseIdle()
+	}
+	if s.sumdb != nil {
+		s.sumdb.direct.CloseIdle()
+	}
+	s.fwd.closeIdle()
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil
 	}

@@ -515,6 +515,13 @@ func (u *Upstream) Guard() (report func(error), err error) {
 	return func(err error) { u.breaker.report(done, err) }, nil
 }
 
+// CloseIdle closes the upstream's idle connections.
+func (u *Upstream) CloseIdle() {
+	if u.client != nil {
+		u.client.CloseIdleConnections()
+	}
+}
+
 // Breaker returns the state of the upstream's breaker.
 func (u *Upstream) Breaker() BreakerState {
 	if u.breaker == nil {
