@@ -143,11 +143,10 @@ func hostileOrigin(t *testing.T) (*httptest.Server, *atomic.Int64) {
 	var sent atomic.Int64
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		chunk := []byte(strings.Repeat("v1.0.0-endless\n", 4096))
-		switch {
-		case strings.HasSuffix(r.URL.Path, "/@v/list"): // 64 MiB of versions
+		// A list of 64 MiB; an .info and a zip that never end, with no
+		// length.
+		if strings.HasSuffix(r.URL.Path, "/@v/list") {
 			w.Header().Set("Content-Length", fmt.Sprint(64<<20))
-		case strings.HasSuffix(r.URL.Path, ".info"): // never ends, no length
-		case strings.HasSuffix(r.URL.Path, ".zip"): // a zip that never ends
 		}
 		for r.Context().Err() == nil && sent.Load() < 2<<30 {
 			n, err := w.Write(chunk)
