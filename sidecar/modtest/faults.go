@@ -270,7 +270,7 @@ func (s *faultServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// implicit 200 of a handler that returns.
 		panic(http.ErrAbortHandler)
 
-	case strings.HasPrefix(fault, "slow"):
+	case strings.HasPrefix(fault, "slow") && !strings.HasPrefix(fault, "slowclose"):
 		ms, err := strconv.Atoi(strings.TrimPrefix(fault, "slow"))
 		if err != nil || ms < 0 {
 			s.badFault(w, fault)
@@ -293,6 +293,34 @@ func (s *faultServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		s.partial(w, inner, fault)
+
+	case strings.HasPrefix(fault, "bw"):
+		kbps, err := strconv.Atoi(strings.TrimPrefix(fault, "bw"))
+		if err != nil || kbps <= 0 {
+			s.badFault(w, fault)
+			return
+		}
+		s.inner.ServeHTTP(&throttled{ResponseWriter: w, perSec: kbps << 10, done: s.done, ctx: r.Context()}, inner)
+
+	case strings.HasPrefix(fault, "slowclose"):
+		ms, err := strconv.Atoi(strings.TrimPrefix(fault, "slowclose"))
+		if err != nil || ms < 0 {
+			s.badFault(w, fault)
+			return
+		}
+		// The whole answer without a length, then a pause before its last
+		// chunk: the client has every byte but cannot know it is the end.
+		s.inner.ServeHTTP(noLength{w}, inner)
+		if f, ok := w.(http.Flusher); ok {
+			f.Flush()
+		}
+		timer := time.NewTimer(time.Duration(ms) * time.Millisecond)
+		defer timer.Stop()
+		select {
+		case <-timer.C:
+		case <-r.Context().Done():
+		case <-s.done:
+		}
 
 	case fault == "loop":
 		w.Header().Set("Location", r.URL.RequestURI())
@@ -391,4 +419,56 @@ func writeBody(w http.ResponseWriter, code int, contentType string, body []byte)
 	h.Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(code)
 	w.Write(body)
+}
+
+// throttled writes at most perSec bytes a second: a slow link.
+type throttled struct {
+	http.ResponseWriter
+	perSec int
+	done   chan struct{}
+	ctx    interface{ Done() <-chan struct{} }
+}
+
+func (t *throttled) Write(p []byte) (int, error) {
+	written := 0
+	for len(p) > 0 {
+		// Send a tenth of a second's worth, then wait that tenth.
+		n := min(len(p), max(1, t.perSec/10))
+		m, err := t.ResponseWriter.Write(p[:n])
+		written += m
+		if err != nil {
+			return written, err
+		}
+		if f, ok := t.ResponseWriter.(http.Flusher); ok {
+			f.Flush()
+		}
+		p = p[n:]
+		select {
+		case <-time.After(100 * time.Millisecond):
+		case <-t.ctx.Done():
+			return written, http.ErrAbortHandler
+		case <-t.done:
+			return written, http.ErrAbortHandler
+		}
+	}
+	return written, nil
+}
+
+// noLength drops Content-Length, so that the answer is chunked.
+type noLength struct{ http.ResponseWriter }
+
+func (n noLength) WriteHeader(code int) {
+	n.Header().Del("Content-Length")
+	n.ResponseWriter.WriteHeader(code)
+}
+
+func (n noLength) Write(p []byte) (int, error) {
+	n.Header().Del("Content-Length")
+	return n.ResponseWriter.Write(p)
+}
+
+func (n noLength) Flush() {
+	if f, ok := n.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
 }

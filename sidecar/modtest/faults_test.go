@@ -1,6 +1,7 @@
 package modtest
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -312,5 +313,34 @@ func TestFaultFlaky(t *testing.T) {
 	}
 	if p1.Count("flaky30") != 200 || p2.Count("flaky30") != 200 {
 		t.Errorf("Count(flaky30) = %d, %d", p1.Count("flaky30"), p2.Count("flaky30"))
+	}
+}
+
+func TestFaultBandwidthAndSlowClose(t *testing.T) {
+	fx := testFixtures(t)
+	p := NewProxy(t, fx)
+	mod, _ := fx.Lookup("fixture.test/dep01", "v1.0.0")
+	for _, c := range []struct {
+		fault string
+		min   time.Duration
+	}{
+		// The zip is a few hundred bytes: at 1 KiB/s, one tenth-second step.
+		{"bw1", 100 * time.Millisecond},
+		{"slowclose300", 300 * time.Millisecond},
+	} {
+		start := time.Now()
+		resp, err := http.Get(p.URL + "/f/" + c.fault + "/fixture.test/dep01/@v/v1.0.0.zip")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		took := time.Since(start)
+		if resp.StatusCode != 200 || !bytes.Equal(b, mod.Zip) || took < c.min {
+			t.Errorf("%s: %d, %d bytes, %v; want the zip after at least %v", c.fault, resp.StatusCode, len(b), took, c.min)
+		}
+		if p.Count(c.fault) != 1 {
+			t.Errorf("%s counted %d times", c.fault, p.Count(c.fault))
+		}
 	}
 }

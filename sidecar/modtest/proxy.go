@@ -83,6 +83,10 @@ func WithSumDB(db *SumDB) ProxyOption {
 //	flaky<P>    500 for P percent of requests, chosen by a pseudo-random
 //	            sequence with a fixed seed per fault, so runs repeat exactly;
 //	            the others are answered normally
+//	bw<KB>      answer normally at no more than KB KiB a second
+//	slowclose<MS>
+//	            send the whole answer, then wait MS milliseconds before
+//	            finishing the response
 //
 // An unknown fault answers 400. A test typically hands p.URL+"/f/503" to the
 // code under test as an upstream URL.

@@ -72,6 +72,7 @@ const (
 var faults = []string{
 	"", "slow200", "500", "", "hang", "", "503", "429ra1", "",
 	"reset", "stall", "", "refused", "", "slow1500", "flaky30",
+	"", "bw2", "slowclose500",
 }
 
 // policyText denies one module, with a reason.
