@@ -2,8 +2,6 @@ package sidecar_test
 
 import (
 	"encoding/json"
-	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -40,90 +38,6 @@ func breakerState(t *testing.T, s *sidecar.Server, name string) map[string]any {
 	return nil
 }
 
-// tcpSwitch forwards connections on a fixed loopback port to target while
-// it is up; while it is down, the port refuses connections.
-type tcpSwitch struct {
-	t      *testing.T
-	addr   string
-	target string
-
-	mu    sync.Mutex
-	ln    net.Listener
-	conns map[net.Conn]bool
-	wg    sync.WaitGroup
-}
-
-func newTCPSwitch(t *testing.T, target string) *tcpSwitch {
-	s := &tcpSwitch{t: t, target: target, conns: map[net.Conn]bool{}}
-	s.up()
-	s.addr = s.ln.Addr().String()
-	t.Cleanup(s.down)
-	return s
-}
-
-func (s *tcpSwitch) up() {
-	addr := s.addr
-	if addr == "" {
-		addr = "127.0.0.1:0"
-	}
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	s.mu.Lock()
-	s.ln = ln
-	s.mu.Unlock()
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			s.wg.Add(1)
-			go s.forward(c)
-		}
-	}()
-}
-
-func (s *tcpSwitch) forward(c net.Conn) {
-	defer s.wg.Done()
-	d, err := net.Dial("tcp", s.target)
-	if err != nil {
-		c.Close()
-		return
-	}
-	s.mu.Lock()
-	s.conns[c], s.conns[d] = true, true
-	s.mu.Unlock()
-	done := make(chan struct{}, 2)
-	go func() { io.Copy(d, c); done <- struct{}{} }()
-	go func() { io.Copy(c, d); done <- struct{}{} }()
-	<-done
-	c.Close()
-	d.Close()
-	<-done
-	s.mu.Lock()
-	delete(s.conns, c)
-	delete(s.conns, d)
-	s.mu.Unlock()
-}
-
-// down stops listening and cuts every connection.
-func (s *tcpSwitch) down() {
-	s.mu.Lock()
-	if s.ln != nil {
-		s.ln.Close()
-		s.ln = nil
-	}
-	for c := range s.conns {
-		c.Close()
-	}
-	s.mu.Unlock()
-	s.wg.Wait()
-}
-
 // TestFaultSuite breaks one upstream in each way the fake upstream knows,
 // and checks what the go command sees, how many requests the bad upstream
 // gets, and that the breaker opens, refuses without asking, probes after
@@ -149,13 +63,17 @@ func TestFaultSuite(t *testing.T) {
 		t.Run(tt.fault, func(t *testing.T) {
 			e := newEnv(t)
 			p := e.proxy(t, true)
-			sw := newTCPSwitch(t, strings.TrimPrefix(p.URL, "http://"))
+			sw, err := modtest.NewRelay(strings.TrimPrefix(p.URL, "http://"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(sw.Down)
 			clock := modtest.NewClock()
 			url, srv := startGateServer(t, sidecar.Config{
 				Clock: clock,
 				Upstreams: []upstream.Config{{
 					Name:     "up",
-					URL:      "http://" + sw.addr,
+					URL:      "http://" + sw.Addr(),
 					Timeouts: upstream.Timeouts{Header: 200 * time.Millisecond, Idle: 200 * time.Millisecond},
 					Breaker:  upstream.BreakerSettings{ConsecutiveFailures: 3, OpenFor: 30 * time.Second},
 				}},
@@ -172,7 +90,7 @@ func TestFaultSuite(t *testing.T) {
 				return p.Count(tt.fault)
 			}
 			if tt.fault == "refused" {
-				sw.down()
+				sw.Down()
 			} else {
 				p.SetFault(tt.fault)
 			}
@@ -207,7 +125,9 @@ func TestFaultSuite(t *testing.T) {
 
 			// Healed and past the open period: the probe closes it.
 			if tt.fault == "refused" {
-				sw.up()
+				if err := sw.Up(); err != nil {
+					t.Fatal(err)
+				}
 			} else {
 				p.SetFault("")
 			}

@@ -32,7 +32,6 @@ import (
 	"github.com/modgate/modgate/sidecar"
 	"github.com/modgate/modgate/sidecar/mitm"
 	"github.com/modgate/modgate/sidecar/modtest"
-	"github.com/modgate/modgate/sidecar/soak"
 	"github.com/modgate/modgate/sidecar/upstream"
 	"github.com/modgate/modgate/telemetry"
 )
@@ -151,7 +150,7 @@ func TestSoak(t *testing.T) {
 	// forward mode, intercepted with modgate's CA.
 	faulty := modtest.NewProxy(t, fx, modtest.WithSumDB(db))
 	healthy := modtest.NewProxy(t, fx, modtest.WithSumDB(db))
-	relay, err := soak.NewRelay(strings.TrimPrefix(faulty.URL, "http://"))
+	relay, err := modtest.NewRelay(strings.TrimPrefix(faulty.URL, "http://"))
 	if err != nil {
 		t.Fatal(err)
 	}

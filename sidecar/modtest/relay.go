@@ -1,4 +1,4 @@
-package soak
+package modtest
 
 import (
 	"io"
@@ -9,8 +9,7 @@ import (
 // A Relay forwards connections on a fixed loopback port to a target while
 // it is up; while it is down the port refuses connections. Put in front of
 // a fake upstream, it makes the "connection refused" fault, which a fake
-// upstream cannot make by itself (the same idea as tcpSwitch in
-// sidecar/resilience_test.go).
+// upstream cannot make by itself.
 type Relay struct {
 	target string
 	addr   string
