@@ -118,7 +118,7 @@ func startFaultServer(t testing.TB, inner http.Handler, rec *recorder, useTLS bo
 		Config:   &http.Server{Handler: s, ErrorLog: log.New(logWriter{t}, "", 0)},
 	}
 	if useTLS && len(tlsNames) > 0 {
-		s.srv.TLS = &tls.Config{Certificates: []tls.Certificate{selfSigned(t, tlsNames)}}
+		s.srv.TLS = &tls.Config{Certificates: []tls.Certificate{SelfSigned(t, tlsNames...)}}
 	}
 	if useTLS {
 		s.srv.StartTLS()
@@ -129,8 +129,9 @@ func startFaultServer(t testing.TB, inner http.Handler, rec *recorder, useTLS bo
 	return s
 }
 
-// selfSigned makes a certificate for names and 127.0.0.1, its own CA.
-func selfSigned(t testing.TB, names []string) tls.Certificate {
+// SelfSigned makes a certificate for names and 127.0.0.1 that is its own
+// CA, for TLS servers that stand in for a named host.
+func SelfSigned(t testing.TB, names ...string) tls.Certificate {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), cryptorand.Reader)
 	if err != nil {
