@@ -3,6 +3,8 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -50,6 +52,23 @@ func dialRaw(addr, connect string) (*rawConn, error) {
 		return nil, err
 	}
 	return rc, nil
+}
+
+// startTLS begins TLS on the connection (inside its tunnel, if it has one)
+// and returns the connection that speaks through it.
+func (rc *rawConn) startTLS(cfg *tls.Config) (*rawConn, error) {
+	if rc.br.Buffered() > 0 { // the server cannot speak first in TLS
+		rc.c.Close()
+		return nil, fmt.Errorf("%d bytes before the TLS handshake", rc.br.Buffered())
+	}
+	tc := tls.Client(rc.c, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := tc.HandshakeContext(ctx); err != nil {
+		rc.c.Close()
+		return nil, err
+	}
+	return newRawConn(tc), nil
 }
 
 func (rc *rawConn) Close() error { return rc.c.Close() }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"fmt"
 	"os"
 	"slices"
@@ -11,14 +12,21 @@ import (
 // target is one column of a row: where the requests go and how.
 type target struct {
 	name  string
-	addr  string   // where to connect
-	via   string   // if set, CONNECT to this address first
-	reqs  [][]byte // prepared requests, taken in turn
-	fresh bool     // a new connection (and tunnel) for every request
-	child *child   // the process that serves it, if it is a child
+	addr  string      // where to connect
+	via   string      // if set, CONNECT to this address first
+	reqs  [][]byte    // prepared requests, taken in turn
+	fresh bool        // a new connection (and tunnel) for every request
+	tls   *tls.Config // if set, the requests go over TLS (inside the tunnel, if via is set)
+	child *child      // the process that serves it, if it is a child
 }
 
-func (t *target) dial() (*rawConn, error) { return dialRaw(t.addr, t.via) }
+func (t *target) dial() (*rawConn, error) {
+	rc, err := dialRaw(t.addr, t.via)
+	if err != nil || t.tls == nil {
+		return rc, err
+	}
+	return rc.startTLS(t.tls)
+}
 
 // stats is what one target did in one row, over all its measured slices.
 type stats struct {

@@ -32,7 +32,7 @@
 // Usage:
 //
 //	go run ./sidecar/benchtable [-d 750ms] [-rounds 5] [-warmup 300ms] [-clients 1,16,64]
-//		[-only small,zip,forward,tunnel,setup,tunnelzip,hotpath] [-profile DIR]
+//		[-only small,zip,forward,tunnel,setup,tunnelzip,tunnelzip-tls,hotpath] [-profile DIR]
 //
 // With -profile, each child writes a CPU profile of each row it serves
 // into DIR (row.target.cpu.pprof), for go tool pprof; -only picks rows,
@@ -41,6 +41,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -76,7 +77,7 @@ type options struct {
 // sectionNames name the rows for -only.
 var sectionNames = map[string]section{
 	"small": sectionSmall, "zip": sectionZip, "forward": sectionForward, "tunnel": sectionTunnel,
-	"setup": sectionSetup, "tunnelzip": sectionTunnelZip, "hotpath": sectionHot,
+	"setup": sectionSetup, "tunnelzip": sectionTunnelZip, "tunnelzip-tls": sectionTunnelZipTLS, "hotpath": sectionHot,
 }
 
 func clientsText(n int) string {
@@ -94,7 +95,7 @@ func run(args []string) error {
 	fs.IntVar(&o.rounds, "rounds", 5, "rounds per row; the columns take turns in each")
 	fs.DurationVar(&o.warm, "warmup", 300*time.Millisecond, "warm-up per column before a row is measured")
 	fs.StringVar(&clients, "clients", "1,16,64", "concurrent clients of the small-request rows")
-	only := fs.String("only", "small,zip,forward,tunnel,setup,tunnelzip,hotpath", "the rows to run")
+	only := fs.String("only", "small,zip,forward,tunnel,setup,tunnelzip,tunnelzip-tls,hotpath", "the rows to run")
 	fs.IntVar(&o.zipMiB, "zip-mib", 256, "size of the streamed zip, MiB")
 	fs.IntVar(&o.zipRound, "zip-rounds", 4, "transfers of the zip per column")
 	fs.IntVar(&o.hotN, "hotpath-n", 3000, "iterations of each hot-path benchmark")
@@ -136,7 +137,7 @@ func run(args []string) error {
 	for _, f := range strings.Split(*only, ",") {
 		s, ok := sectionNames[strings.TrimSpace(f)]
 		if !ok {
-			return fmt.Errorf("-only: no row %q (small, zip, forward, tunnel, setup, tunnelzip, hotpath)", f)
+			return fmt.Errorf("-only: no row %q (small, zip, forward, tunnel, setup, tunnelzip, tunnelzip-tls, hotpath)", f)
 		}
 		o.only[s] = true
 	}
@@ -223,6 +224,34 @@ func bench(o options) error {
 	if err != nil {
 		return err
 	}
+	// The TLS tunnel row has an origin of its own, on a port of its own:
+	// an HTTPS server of the same origin, with a certificate of a CA made
+	// for this run. A modgate allows CONNECT only to the port of its
+	// origin, so that row has a modgate of its own too, set up like the
+	// other (telemetry, policy, audit log) but for the HTTPS origin. The
+	// floor tunnels to any port.
+	var tlsAddr string
+	var tlsClient *tls.Config
+	var gateTLS *child
+	if o.only[sectionTunnelZipTLS] {
+		serverTLS, clientTLS, err := originTLS(filepath.Join(dir, "ca"))
+		if err != nil {
+			return err
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return err
+		}
+		srv := &http.Server{Handler: org, TLSConfig: serverTLS}
+		go srv.ServeTLS(ln, "", "")
+		defer srv.Close()
+		tlsAddr, tlsClient = ln.Addr().String(), clientTLS
+		gateTLS, err = startChild("modgate-tls", "modgate", "-origin", "https://"+tlsAddr, "-otlp", "http://"+recvAddr, "-policy", policyFile, "-audit", filepath.Join(dir, "audit", "modgate-tls.jsonl"))
+		if err != nil {
+			return err
+		}
+		children = append(children, gateTLS)
+	}
 
 	out := newReport(o)
 	out.modules = len(paths) / 3
@@ -283,6 +312,15 @@ func bench(o options) error {
 	}
 	if o.only[sectionTunnelZip] {
 		out.stream(sectionTunnelZip, "Zip/mode=tunnel", measure(zo, fmt.Sprintf("%d MiB zip through a tunnel", o.zipMiB), tunnel(requests([]string{zipPath}, originAddr, false), false), 1, 1, true))
+	}
+	if o.only[sectionTunnelZipTLS] {
+		reqs := requests([]string{zipPath}, tlsAddr, false)
+		ts := []*target{
+			{name: "direct", addr: tlsAddr, reqs: reqs, tls: tlsClient},
+			{name: "floor", addr: floor.addrs.HTTP, via: tlsAddr, reqs: reqs, tls: tlsClient, child: floor},
+			{name: "modgate", addr: gateTLS.addrs.HTTP, via: tlsAddr, reqs: reqs, tls: tlsClient, child: gateTLS},
+		}
+		out.stream(sectionTunnelZipTLS, "Zip/mode=tunnel-tls", measure(zo, fmt.Sprintf("%d MiB zip over TLS through a tunnel", o.zipMiB), ts, 1, 1, true))
 	}
 	if o.only[sectionHot] {
 		fmt.Fprintln(os.Stderr, "bench: hot path, with Go's benchmark harness")

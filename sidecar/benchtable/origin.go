@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"net/http"
@@ -13,6 +15,7 @@ import (
 
 	"golang.org/x/mod/module"
 
+	"github.com/modgate/modgate/sidecar/mitm"
 	"github.com/modgate/modgate/sidecar/modtest"
 )
 
@@ -95,6 +98,28 @@ func (o *origin) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h["Content-Type"] = []string{f.contentType}
 	h["Content-Length"] = []string{f.length}
 	w.Write(f.body)
+}
+
+// originTLS makes the TLS settings of the origin's HTTPS listener and of
+// the clients that trust it: a CA made in dir with modgate's own mitm
+// package, and a certificate of that CA for 127.0.0.1.
+func originTLS(dir string) (server, client *tls.Config, err error) {
+	if err := mitm.Init(dir); err != nil {
+		return nil, nil, err
+	}
+	ca, err := mitm.Load(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	leaf, err := ca.Leaf("127.0.0.1")
+	if err != nil {
+		return nil, nil, err
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(ca.Certificate())
+	server = &tls.Config{Certificates: []tls.Certificate{*leaf}, NextProtos: []string{"http/1.1"}, MinVersion: tls.VersionTLS12}
+	client = &tls.Config{RootCAs: roots, ServerName: "127.0.0.1", NextProtos: []string{"http/1.1"}, MinVersion: tls.VersionTLS12}
+	return server, client, nil
 }
 
 // receiver is the OTLP/HTTP collector modgate exports to: it reads each

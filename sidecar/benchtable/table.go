@@ -27,17 +27,19 @@ const (
 	sectionTunnel
 	sectionSetup
 	sectionTunnelZip
+	sectionTunnelZipTLS
 	sectionHot
 )
 
 var sectionTitles = map[section]string{
-	sectionSmall:     "Small artifacts, reverse mode (.info, .mod, list in turn over %d modules)",
-	sectionZip:       "%d MiB zip, reverse mode",
-	sectionForward:   "Forward mode, absolute-form requests (floor: the plain forwarder)",
-	sectionTunnel:    "Forward mode, small requests through open CONNECT tunnels",
-	sectionSetup:     "Forward mode, a new tunnel per request: CONNECT, one .info, close",
-	sectionTunnelZip: "Forward mode, the %d MiB zip through a CONNECT tunnel",
-	sectionHot:       "Hot path per request, Go's benchmark harness, one process (go test -bench -benchmem; in brackets: over direct)",
+	sectionSmall:        "Small artifacts, reverse mode (.info, .mod, list in turn over %d modules)",
+	sectionZip:          "%d MiB zip, reverse mode",
+	sectionForward:      "Forward mode, absolute-form requests (floor: the plain forwarder)",
+	sectionTunnel:       "Forward mode, small requests through open CONNECT tunnels",
+	sectionSetup:        "Forward mode, a new tunnel per request: CONNECT, one .info, close",
+	sectionTunnelZip:    "Forward mode, the %d MiB zip through a CONNECT tunnel",
+	sectionTunnelZipTLS: "Forward mode, the %d MiB zip over TLS through a CONNECT tunnel",
+	sectionHot:          "Hot path per request, Go's benchmark harness, one process (go test -bench -benchmem; in brackets: over direct)",
 }
 
 var columns = []string{"direct", "floor", "modgate", "modgate-notel"}
@@ -165,11 +167,11 @@ func (r *report) table() {
 	add := func(c cells) { t = append(t, c) }
 	title := func(s string) { add(cells{label: s, title: true}) }
 
-	for _, s := range []section{sectionSmall, sectionZip, sectionForward, sectionTunnel, sectionSetup, sectionTunnelZip} {
+	for _, s := range []section{sectionSmall, sectionZip, sectionForward, sectionTunnel, sectionSetup, sectionTunnelZip, sectionTunnelZipTLS} {
 		switch s {
 		case sectionSmall:
 			title(fmt.Sprintf(sectionTitles[s], r.modules))
-		case sectionZip, sectionTunnelZip:
+		case sectionZip, sectionTunnelZip, sectionTunnelZipTLS:
 			title(fmt.Sprintf(sectionTitles[s], r.o.zipMiB))
 		default:
 			title(sectionTitles[s])
@@ -431,6 +433,15 @@ func (r *report) targets() {
 		if ok(g) && g.mem != nil {
 			g := growth(g.mem.PeakRSS, g.mem.RSSBefore)
 			fmt.Fprintf(r.w, "  %s  modgate's RSS growth while streaming %d MiB < 32 MiB: %.1f MiB\n", verdict(g < 32), r.o.zipMiB, g)
+		}
+	}
+	for _, s := range []struct {
+		s    section
+		name string
+	}{{sectionTunnelZip, "zip through a tunnel"}, {sectionTunnelZipTLS, "zip over TLS through a tunnel"}} {
+		if g, d := r.streams[s.s]["modgate"], r.streams[s.s]["direct"]; ok(g) && ok(d) {
+			q := g.mbps() / d.mbps()
+			fmt.Fprintf(r.w, "  %s  %s ≥ 0.9× direct MB/s: %.2f×\n", verdict(q >= 0.9 && g.errs == 0), s.name, q)
 		}
 	}
 }
