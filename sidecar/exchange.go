@@ -117,7 +117,7 @@ func (x *exchange) eligible(u *upstream.Upstream) error {
 func (x *exchange) finish() {
 	span := trace.SpanFromContext(x.r.Context())
 	if span.IsRecording() {
-		attrs := []attribute.KeyValue{telemetry.AttrMode.String(x.mode), telemetry.AttrPolicyDecision.String(x.decision)}
+		attrs := append(make([]attribute.KeyValue, 0, 7), telemetry.AttrMode.String(x.mode), telemetry.AttrPolicyDecision.String(x.decision))
 		if x.req.Module != "" {
 			attrs = append(attrs, telemetry.AttrModulePath.String(x.req.Module))
 		}

@@ -6,9 +6,7 @@ import (
 
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/metric"
 	metricnoop "go.opentelemetry.io/otel/metric/noop"
-	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
 )
 
@@ -50,9 +48,7 @@ func (t *Telemetry) ServerMiddleware(h http.Handler, kindOf func(*http.Request) 
 		labeler.Add(AttrRequestKind.String(kind))
 		ctx = otelhttp.ContextWithLabeler(ctx, labeler)
 
-		active := metric.WithAttributeSet(attribute.NewSet(
-			semconv.HTTPRequestMethodKey.String(metricMethod(r.Method)),
-			semconv.URLSchemeKey.String(scheme(r))))
+		active := t.inst.activeAttrs.get([2]string{metricMethod(r.Method), scheme(r)})
 		t.inst.activeRequests.Add(ctx, 1, active)
 		defer t.inst.activeRequests.Add(context.WithoutCancel(ctx), -1, active)
 		inner.ServeHTTP(w, r.WithContext(ctx))
@@ -149,8 +145,11 @@ func (a *annotatingTransport) RoundTrip(r *http.Request) (*http.Response, error)
 	ctx := r.Context()
 	u := upstreamFrom(ctx)
 	span := trace.SpanFromContext(ctx)
-	span.SetAttributes(AttrUpstreamName.String(u.name), AttrRequestKind.String(u.kind))
-	span.SetAttributes(u.attrs...)
+	if span.IsRecording() {
+		// One call: each SetAttributes may grow the span's slice anew.
+		attrs := make([]attribute.KeyValue, 0, 2+len(u.attrs))
+		span.SetAttributes(append(append(attrs, AttrUpstreamName.String(u.name), AttrRequestKind.String(u.kind)), u.attrs...)...)
+	}
 	if l, ok := otelhttp.ClientLabelerFromContext(ctx); ok {
 		l.Add(AttrUpstreamName.String(a.upstreams.value(u.name)), AttrRequestKind.String(u.kind))
 	}

@@ -95,6 +95,12 @@ type instruments struct {
 	// Pre-built option sets for the attributes that never vary, so that
 	// recording them allocates nothing.
 	up, down metric.MeasurementOption
+
+	// Pre-built option sets by their (bounded) values.
+	upstreamAttrs optionCache[[3]string] // upstream, kind, outcome
+	decisionAttrs optionCache[[2]string] // decision, rule
+	cacheAttrs    optionCache[string]    // result
+	activeAttrs   optionCache[[2]string] // method, scheme
 }
 
 func (in *instruments) init(m metric.Meter) error {
@@ -103,6 +109,18 @@ func (in *instruments) init(m metric.Meter) error {
 	in.retryReasons = cappedSet{max: maxRetryReasons, names: true}
 	in.up = metric.WithAttributeSet(attribute.NewSet(AttrDirection.String(DirectionUp)))
 	in.down = metric.WithAttributeSet(attribute.NewSet(AttrDirection.String(DirectionDown)))
+	in.upstreamAttrs.build = func(k [3]string) []attribute.KeyValue {
+		return []attribute.KeyValue{AttrUpstreamName.String(k[0]), AttrRequestKind.String(k[1]), AttrOutcome.String(k[2])}
+	}
+	in.decisionAttrs.build = func(k [2]string) []attribute.KeyValue {
+		return []attribute.KeyValue{AttrPolicyDecision.String(k[0]), AttrPolicyRule.String(k[1])}
+	}
+	in.cacheAttrs.build = func(k string) []attribute.KeyValue {
+		return []attribute.KeyValue{AttrCacheResult.String(k)}
+	}
+	in.activeAttrs.build = func(k [2]string) []attribute.KeyValue {
+		return []attribute.KeyValue{semconv.HTTPRequestMethodKey.String(k[0]), semconv.URLSchemeKey.String(k[1])}
+	}
 
 	var err error
 	try := func(e error) {
@@ -161,8 +179,7 @@ func (t *Telemetry) RecordUpstream(ctx context.Context, upstream, kind, outcome 
 		return
 	}
 	upstream, kind, outcome = t.inst.upstreams.value(upstream), NormalizeKind(kind), outcomes.value(outcome)
-	t.inst.upstreamDuration.Record(ctx, d.Seconds(), metric.WithAttributes(
-		AttrUpstreamName.String(upstream), AttrRequestKind.String(kind), AttrOutcome.String(outcome)))
+	t.inst.upstreamDuration.Record(ctx, d.Seconds(), t.inst.upstreamAttrs.get([3]string{upstream, kind, outcome}))
 	if outcome != OutcomeRejected {
 		t.baselines.Observe(upstream, kind, d, outcome == OutcomeError || outcome == OutcomeTimeout)
 	}
@@ -267,9 +284,7 @@ func (t *Telemetry) AddPolicyDecision(ctx context.Context, decision, rule string
 	if t == nil {
 		return
 	}
-	t.inst.decisions.Add(ctx, 1, metric.WithAttributes(
-		AttrPolicyDecision.String(decisions.value(decision)),
-		AttrPolicyRule.String(t.inst.rules.value(rule))))
+	t.inst.decisions.Add(ctx, 1, t.inst.decisionAttrs.get([2]string{decisions.value(decision), t.inst.rules.value(rule)}))
 }
 
 // AddPolicyReloadFailure counts a policy reload that failed.
@@ -299,7 +314,7 @@ func (t *Telemetry) AddCacheRequest(ctx context.Context, result string) {
 	if t == nil {
 		return
 	}
-	t.inst.cacheRequests.Add(ctx, 1, metric.WithAttributes(AttrCacheResult.String(cacheResults.value(result))))
+	t.inst.cacheRequests.Add(ctx, 1, t.inst.cacheAttrs.get(cacheResults.value(result)))
 }
 
 // Attributes that the otelhttp metrics may keep. Everything else — the

@@ -64,6 +64,11 @@ type Config struct {
 	// Clock tells time to the baselines. If nil, the system clock.
 	Clock Clock
 
+	// SpanExporters receive every sampled span too, batched like the OTLP
+	// exporter's: an in-process consumer (a benchmark's counter, an
+	// embedding program's own pipeline). Shutdown shuts them down.
+	SpanExporters []sdktrace.SpanExporter
+
 	// reader, if set, is one more metric reader: tests collect from it.
 	reader sdkmetric.Reader
 }
@@ -133,6 +138,9 @@ func Setup(ctx context.Context, cfg Config) (*Telemetry, error) {
 		}
 		topts = append(topts, sdktrace.WithBatcher(exp))
 		exporting = append(exporting, "traces to "+ep.String())
+	}
+	for _, exp := range cfg.SpanExporters {
+		topts = append(topts, sdktrace.WithBatcher(exp))
 	}
 	t.tp = sdktrace.NewTracerProvider(topts...)
 	t.tracez = zpages.NewTracezHandler(zp)
