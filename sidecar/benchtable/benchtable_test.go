@@ -33,7 +33,7 @@ func TestMain(m *testing.M) {
 // Client, origin and proxies share the process; the direct column is the
 // client and origin alone.
 func BenchmarkHotPath(b *testing.B) {
-	e, err := newInproc(b.TempDir(), modtest.FixtureDir(b))
+	e, err := newInproc(b.TempDir(), modtest.FixtureDir(b), inProcess)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -129,6 +129,45 @@ func TestColumns(t *testing.T) {
 	}
 	if recv.traces.Load() == 0 {
 		t.Error("no spans reached the OTLP receiver")
+	}
+}
+
+// TestInProcessSpans checks the in-process exporter of the modgate column
+// (-export inprocess): every request is a server span and a client span,
+// and they all reach it once modgate has stopped.
+func TestInProcessSpans(t *testing.T) {
+	dir := t.TempDir()
+	o, paths, err := newOrigin(modtest.FixtureDir(t), 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	origin := httptest.NewServer(o)
+	defer origin.Close()
+	policyFile, err := writePolicy(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := startGate(gateConfig{Origin: origin.URL, OTLP: inProcess, Policy: policyFile, Audit: filepath.Join(dir, "audit.jsonl")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := g.ln.Addr().String()
+	tg := &target{name: "modgate", addr: addr, reqs: requests(paths[:3], addr, false)}
+	c, err := tg.dial()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, req := range tg.reqs {
+		if a, err := c.roundTrip(req); err != nil || a.status != 200 {
+			t.Fatalf("status %d, %v", a.status, err)
+		}
+	}
+	c.Close()
+	if err := g.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := g.spans.n.Load(); n != 2*int64(len(tg.reqs)) {
+		t.Errorf("the in-process exporter received %d spans, want %d", n, 2*len(tg.reqs))
 	}
 }
 

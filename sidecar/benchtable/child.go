@@ -39,6 +39,7 @@ func runChild(role string, cfg gateConfig) error {
 	}
 	addrs := childAddrs{Control: ctl.Addr().String()}
 	var closeProxy func() error
+	spans := func() int64 { return 0 }
 	switch role {
 	case "floor":
 		h, err := newFloor(cfg.Origin)
@@ -60,10 +61,13 @@ func runChild(role string, cfg gateConfig) error {
 		}
 		addrs.HTTP = g.ln.Addr().String()
 		closeProxy = g.Close
+		if g.spans != nil {
+			spans = g.spans.n.Load
+		}
 	default:
 		return fmt.Errorf("unknown role %q", role)
 	}
-	go http.Serve(ctl, newControl())
+	go http.Serve(ctl, newControl(spans))
 	if err := json.NewEncoder(os.Stdout).Encode(addrs); err != nil {
 		return err
 	}
@@ -72,16 +76,20 @@ func runChild(role string, cfg gateConfig) error {
 }
 
 // control is a child's control listener: memory while streaming, the
-// allocation counters, and a CPU profile of the child alone.
+// allocation counters, the spans its in-process exporter received, and a
+// CPU profile of the child alone.
 type control struct {
 	mu      sync.Mutex
 	watch   *memWatch
 	profile *os.File
 }
 
-func newControl() http.Handler {
+func newControl(spans func() int64) http.Handler {
 	c := &control{}
 	mux := http.NewServeMux()
+	mux.HandleFunc("GET /spans", func(w http.ResponseWriter, r *http.Request) {
+		json.NewEncoder(w).Encode(spans())
+	})
 	mux.HandleFunc("POST /mem/start", func(w http.ResponseWriter, r *http.Request) {
 		c.mu.Lock()
 		defer c.mu.Unlock()
@@ -297,6 +305,13 @@ func (c *child) call(method, path string, out any) error {
 		return json.Unmarshal(body, out)
 	}
 	return nil
+}
+
+// spans is how many spans the child's in-process exporter has received.
+func (c *child) spans() int64 {
+	var n int64
+	c.call(http.MethodGet, "/spans", &n)
+	return n
 }
 
 func (c *child) allocs() allocCounts {

@@ -39,7 +39,7 @@ type inproc struct {
 	info, list []string          // escaped paths
 }
 
-func newInproc(dir, fixtures string) (_ *inproc, err error) {
+func newInproc(dir, fixtures, export string) (_ *inproc, err error) {
 	e := &inproc{addrs: map[string]string{}}
 	defer func() {
 		if err != nil {
@@ -91,6 +91,9 @@ func newInproc(dir, fixtures string) (_ *inproc, err error) {
 		cfg := gateConfig{Origin: "http://" + e.originAddr, Policy: policyFile, Audit: filepath.Join(dir, "audit", name+".jsonl")}
 		if name == "modgate" {
 			cfg.OTLP = "http://" + recv
+			if export == inProcess {
+				cfg.OTLP = inProcess
+			}
 		}
 		g, err := startGate(cfg)
 		if err != nil {
@@ -153,9 +156,15 @@ func (e *inproc) hotPath(b *testing.B, kind, name string) {
 		do(i)
 	}
 	i := 0
+	cpu := processCPU()
 	for b.Loop() {
 		do(i)
 		i++
+	}
+	// The CPU time of the whole process (client, origin and proxy): on two
+	// cores a proxy can add more CPU than it adds latency.
+	if cpu := processCPU() - cpu; cpu > 0 {
+		b.ReportMetric(float64(cpu.Nanoseconds())/1e3/float64(i), "cpu-µs/op")
 	}
 }
 
@@ -170,7 +179,7 @@ type hotResult struct {
 
 // runHotPath is the hotpath role: it runs every hot-path benchmark with
 // testing.Benchmark, n iterations each, and prints the results as JSON.
-func runHotPath(fixtures string, n int) error {
+func runHotPath(fixtures string, n int, export string) error {
 	testing.Init()
 	if err := flag.Set("test.benchtime", fmt.Sprintf("%dx", n)); err != nil {
 		return err
@@ -180,7 +189,7 @@ func runHotPath(fixtures string, n int) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	e, err := newInproc(dir, fixtures)
+	e, err := newInproc(dir, fixtures, export)
 	if err != nil {
 		return err
 	}

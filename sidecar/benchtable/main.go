@@ -13,8 +13,9 @@
 //     io.Copy both ways);
 //   - modgate: with everything that exists turned on: a policy of several
 //     rules (watched for changes), breakers and retries, an audit log to a
-//     file, telemetry sampling every request and exporting over OTLP to a
-//     local receiver;
+//     file, telemetry sampling every request and exporting it to an
+//     exporter in modgate's process (-export otlp: over OTLP to a local
+//     receiver);
 //   - modgate-notel: the same with telemetry off.
 //
 // The columns take turns: each row warms every column up, then gives each
@@ -70,6 +71,7 @@ type options struct {
 	zipMiB   int
 	zipRound int
 	hotN     int
+	export   string // where modgate's spans go: inProcess or "otlp"
 	fixtures string
 	only     map[section]bool
 }
@@ -99,19 +101,23 @@ func run(args []string) error {
 	fs.IntVar(&o.zipMiB, "zip-mib", 256, "size of the streamed zip, MiB")
 	fs.IntVar(&o.zipRound, "zip-rounds", 4, "transfers of the zip per column")
 	fs.IntVar(&o.hotN, "hotpath-n", 3000, "iterations of each hot-path benchmark")
+	fs.StringVar(&o.export, "export", inProcess, "where modgate's spans go: inprocess (an exporter in its process that counts them) or otlp (OTLP/HTTP to a receiver in this process)")
 	fs.StringVar(&o.profile, "profile", "", "folder for CPU profiles of the children, one per row and column")
 	fs.StringVar(&o.fixtures, "fixtures", "", "module fixtures (default: testdata/mod of the module)")
 	// The children's flags.
 	role := fs.String("role", "", "internal: run as a child (floor, modgate, hotpath)")
 	var gc gateConfig
 	fs.StringVar(&gc.Origin, "origin", "", "internal: the origin's base URL")
-	fs.StringVar(&gc.OTLP, "otlp", "", "internal: OTLP endpoint (empty: telemetry off)")
+	fs.StringVar(&gc.OTLP, "otlp", "", "internal: OTLP endpoint, or inprocess (empty: telemetry off)")
 	fs.StringVar(&gc.Policy, "policy", "", "internal: policy file")
 	fs.StringVar(&gc.Audit, "audit", "", "internal: audit log file")
 	if err := fs.Parse(args); err == flag.ErrHelp {
 		return nil
 	} else if err != nil {
 		return err
+	}
+	if o.export != inProcess && o.export != "otlp" {
+		return fmt.Errorf("-export: %q is neither inprocess nor otlp", o.export)
 	}
 	if o.fixtures == "" {
 		var err error
@@ -122,7 +128,7 @@ func run(args []string) error {
 	switch *role {
 	case "":
 	case "hotpath":
-		return runHotPath(o.fixtures, o.hotN)
+		return runHotPath(o.fixtures, o.hotN, o.export)
 	default:
 		return runChild(*role, gc)
 	}
@@ -216,7 +222,11 @@ func bench(o options) error {
 	if err != nil {
 		return err
 	}
-	gate, err := start("modgate", "modgate", "-otlp", "http://"+recvAddr, "-policy", policyFile, "-audit", filepath.Join(dir, "audit", "modgate.jsonl"))
+	spansTo := "http://" + recvAddr
+	if o.export == inProcess {
+		spansTo = inProcess
+	}
+	gate, err := start("modgate", "modgate", "-otlp", spansTo, "-policy", policyFile, "-audit", filepath.Join(dir, "audit", "modgate.jsonl"))
 	if err != nil {
 		return err
 	}
@@ -246,7 +256,7 @@ func bench(o options) error {
 		go srv.ServeTLS(ln, "", "")
 		defer srv.Close()
 		tlsAddr, tlsClient = ln.Addr().String(), clientTLS
-		gateTLS, err = startChild("modgate-tls", "modgate", "-origin", "https://"+tlsAddr, "-otlp", "http://"+recvAddr, "-policy", policyFile, "-audit", filepath.Join(dir, "audit", "modgate-tls.jsonl"))
+		gateTLS, err = startChild("modgate-tls", "modgate", "-origin", "https://"+tlsAddr, "-otlp", spansTo, "-policy", policyFile, "-audit", filepath.Join(dir, "audit", "modgate-tls.jsonl"))
 		if err != nil {
 			return err
 		}
@@ -331,7 +341,12 @@ func bench(o options) error {
 		out.hot(hot)
 	}
 
-	out.telemetry = telemetryReport{traces: recv.traces.Load(), metrics: recv.metrics.Load(), bytes: recv.bytes.Load()}
+	out.telemetry = telemetryReport{export: o.export, traces: recv.traces.Load(), metrics: recv.metrics.Load(), bytes: recv.bytes.Load()}
+	for _, c := range []*child{gate, gateTLS} {
+		if c != nil {
+			out.telemetry.spans += c.spans()
+		}
+	}
 	out.elapsed = time.Since(began)
 	out.table()
 	return nil
@@ -359,7 +374,7 @@ func hotPathChild(o options) ([]hotResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(exe, "-role", "hotpath", "-fixtures", o.fixtures, "-hotpath-n", strconv.Itoa(o.hotN))
+	cmd := exec.Command(exe, "-role", "hotpath", "-fixtures", o.fixtures, "-hotpath-n", strconv.Itoa(o.hotN), "-export", o.export)
 	cmd.Stderr = os.Stderr
 	setParentDeathSignal(cmd)
 	data, err := cmd.Output()

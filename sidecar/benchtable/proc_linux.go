@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // setParentDeathSignal makes the kernel kill the child if this process
@@ -53,4 +54,13 @@ func cpuName() string {
 		}
 	}
 	return ""
+}
+
+// processCPU is the CPU time this process has used so far, user and system.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

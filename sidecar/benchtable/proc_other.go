@@ -5,6 +5,7 @@ package main
 import (
 	"errors"
 	"os/exec"
+	"time"
 )
 
 // The peak RSS of a process is read from /proc, which only Linux has;
@@ -16,3 +17,4 @@ func setParentDeathSignal(*exec.Cmd)   {}
 func resetPeakRSS() error              { return errNoProc }
 func procStatus(string) (int64, error) { return 0, errNoProc }
 func cpuName() string                  { return "" }
+func processCPU() time.Duration        { return 0 }

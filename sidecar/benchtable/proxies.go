@@ -1,6 +1,9 @@
 package main
 
 import (
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"sync/atomic"
+
 	"context"
 	"errors"
 	"fmt"
@@ -129,7 +132,7 @@ func floorTunnel(w http.ResponseWriter, r *http.Request) {
 // gateConfig is what a modgate under test is built from.
 type gateConfig struct {
 	Origin string // base URL of the origin
-	OTLP   string // OTLP/HTTP endpoint every span goes to; empty: telemetry off
+	OTLP   string // OTLP/HTTP endpoint every span goes to, or inProcess; empty: telemetry off
 	Policy string // policy file
 	Audit  string // audit log file
 }
@@ -141,13 +144,14 @@ type gate struct {
 	ln, admin net.Listener
 	done      chan error
 	stop      context.CancelFunc
+	spans     *spanCounter // with OTLP inProcess, else nil
 }
 
 // startGate starts a modgate with everything that exists turned on: the
 // policy (with its watcher), the audit log to a file, a breaker and
 // retries on the upstream and on every forward-mode origin, and, unless
 // cfg.OTLP is empty, telemetry that samples every request and exports it
-// over OTLP.
+// over OTLP or, with inProcess, to an exporter in this process.
 func startGate(cfg gateConfig) (*gate, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -180,7 +184,13 @@ func startGate(cfg gateConfig) (*gate, error) {
 			"OTEL_EXPORTER_OTLP_ENDPOINT": cfg.OTLP,
 			"OTEL_TRACES_SAMPLER":         "always_on",
 		}
-		tel, err = telemetry.Setup(ctx, telemetry.Config{Version: "bench", HostName: "bench", Getenv: func(k string) string { return env[k] }})
+		tc := telemetry.Config{Version: "bench", HostName: "bench", Getenv: func(k string) string { return env[k] }}
+		if cfg.OTLP == inProcess {
+			delete(env, "OTEL_EXPORTER_OTLP_ENDPOINT")
+			g.spans = &spanCounter{}
+			tc.SpanExporters = []sdktrace.SpanExporter{g.spans}
+		}
+		tel, err = telemetry.Setup(ctx, tc)
 		if err != nil {
 			cancel()
 			return fail(fmt.Errorf("telemetry: %w", err))
@@ -247,3 +257,18 @@ func writePolicy(dir string) (string, error) {
 	p := filepath.Join(dir, "policy.yaml")
 	return p, os.WriteFile(p, []byte(benchPolicy), 0o644)
 }
+
+// inProcess, as gateConfig.OTLP, sends every span to a spanCounter in the
+// modgate's own process instead of over OTLP.
+const inProcess = "inprocess"
+
+// spanCounter is the in-process exporter: the SDK does all its work (the
+// span, its attributes, the batch) and the export counts the spans.
+type spanCounter struct{ n atomic.Int64 }
+
+func (c *spanCounter) ExportSpans(_ context.Context, spans []sdktrace.ReadOnlySpan) error {
+	c.n.Add(int64(len(spans)))
+	return nil
+}
+
+func (c *spanCounter) Shutdown(context.Context) error { return nil }

@@ -51,7 +51,8 @@ type loadRow struct {
 }
 
 type telemetryReport struct {
-	traces, metrics, bytes int64
+	export                        string
+	spans, traces, metrics, bytes int64
 }
 
 // report gathers the rows and prints them.
@@ -233,10 +234,14 @@ func (r *report) notes() {
 	fmt.Fprintln(r.w, "  floor    httputil.ReverseProxy with Rewrite only (64 idle connections per host, as modgate);")
 	fmt.Fprintln(r.w, "           absolute-form requests go where their URL says; CONNECT: hijack, dial, io.Copy both ways")
 	fmt.Fprintln(r.w, "  modgate  policy (6 rules, watched), breaker and retries, audit log to a file, telemetry sampling")
-	fmt.Fprintf(r.w, "           100%% over OTLP to a local receiver (%d trace and %d metric exports, %.1f MB received)\n",
-		r.telemetry.traces, r.telemetry.metrics, float64(r.telemetry.bytes)/1e6)
+	if r.telemetry.export == inProcess {
+		fmt.Fprintf(r.w, "           100%% to an in-process exporter, batched as OTLP's (%d spans)\n", r.telemetry.spans)
+	} else {
+		fmt.Fprintf(r.w, "           100%% over OTLP to a local receiver (%d trace and %d metric exports, %.1f MB received)\n",
+			r.telemetry.traces, r.telemetry.metrics, float64(r.telemetry.bytes)/1e6)
+	}
 	fmt.Fprintln(r.w, "  no-tel   the same modgate with telemetry off")
-	fmt.Fprintln(r.w, "  The client, the origin and the OTLP receiver share one process; floor and each modgate are")
+	fmt.Fprintln(r.w, "  The client, the origin and the OTLP receiver (-export otlp) share one process; floor and each modgate are")
 	fmt.Fprintln(r.w, "  processes of their own, so their RSS, heap and allocations (\"proxy process\") are theirs alone.")
 }
 
