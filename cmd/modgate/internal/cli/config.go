@@ -43,6 +43,18 @@ type Config struct {
 	Forward ForwardConfig `yaml:"forward"`
 	// Cache is the artifact cache.
 	Cache CacheConfig `yaml:"cache"`
+	// ClientTimeouts bound what a client may take of modgate's listener.
+	ClientTimeouts ClientTimeoutsConfig `yaml:"client_timeouts"`
+}
+
+// ClientTimeoutsConfig is the client_timeouts section; zero keys take
+// defaults (10s and 60s).
+type ClientTimeoutsConfig struct {
+	// Header is how long a client may take to send its request headers.
+	Header time.Duration `yaml:"header"`
+	// Idle is how long a client may leave an answer unread before modgate
+	// gives up on it.
+	Idle time.Duration `yaml:"idle"`
 }
 
 // CacheConfig is the cache section.
@@ -480,6 +492,13 @@ func (c *Config) validate(o origins) (sidecar.Config, error) {
 		out.RootCAs = pool
 	}
 	out.Forward = c.Forward.validate(bad)
+	out.ClientHeader, out.ClientIdle = c.ClientTimeouts.Header, c.ClientTimeouts.Idle
+	if c.ClientTimeouts.Header < 0 {
+		bad("client_timeouts.header", "must not be negative")
+	}
+	if c.ClientTimeouts.Idle < 0 {
+		bad("client_timeouts.idle", "must not be negative")
+	}
 	out.Cache = sidecar.CacheConfig{
 		Dir: c.Cache.Dir, MaxBytes: int64(c.Cache.MaxBytes), ListTTL: c.Cache.ListTTL,
 		StaleIfError: c.Cache.StaleIfError, PrivateDir: c.Cache.PrivateDir,

@@ -205,6 +205,31 @@ func FuzzParseFile(f *testing.F) {
 	})
 }
 
+func TestLoadClientTimeouts(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "modgate.yaml")
+	os.WriteFile(path, []byte("client_timeouts:\n  header: 5s\n  idle: 2m\n"), 0o644)
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	var f runFlags
+	f.register(fs)
+	fs.Parse([]string{"--config", path, "--upstream", "off", "--sumdb", "off"})
+	_, sc, err := loader{getenv: func(string) string { return "" }}.load(fs, &f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sc.ClientHeader != 5*time.Second || sc.ClientIdle != 2*time.Minute {
+		t.Errorf("client header %v, idle %v; want 5s, 2m", sc.ClientHeader, sc.ClientIdle)
+	}
+	for _, c := range []struct{ file, want string }{
+		{"client_timeouts:\n  idle: -1s\n", "modgate.yaml:2: client_timeouts.idle: must not be negative"},
+		{"client_timeouts:\n  header: soon\n", "modgate.yaml:2: client_timeouts.header: invalid value \"soon\""},
+		{"client_timeouts:\n  body: 1s\n", "modgate.yaml:2: client_timeouts.body"},
+	} {
+		if _, err := load(t, c.file, nil); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q: %v; want %q", c.file, err, c.want)
+		}
+	}
+}
+
 func TestLoadForward(t *testing.T) {
 	dir := t.TempDir()
 	users := filepath.Join(dir, "users")
