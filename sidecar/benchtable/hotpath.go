@@ -76,6 +76,10 @@ func newInproc(dir, fixtures, export string) (_ *inproc, err error) {
 	if err != nil {
 		return nil, err
 	}
+	spansTo := inProcess
+	if export != inProcess {
+		spansTo = "http://" + recv
+	}
 	floor, err := newFloor("http://" + e.originAddr)
 	if err != nil {
 		return nil, err
@@ -90,10 +94,7 @@ func newInproc(dir, fixtures, export string) (_ *inproc, err error) {
 	for _, name := range []string{"modgate", "modgate-notel"} {
 		cfg := gateConfig{Origin: "http://" + e.originAddr, Policy: policyFile, Audit: filepath.Join(dir, "audit", name+".jsonl")}
 		if name == "modgate" {
-			cfg.OTLP = "http://" + recv
-			if export == inProcess {
-				cfg.OTLP = inProcess
-			}
+			cfg.OTLP = spansTo
 		}
 		g, err := startGate(cfg)
 		if err != nil {

@@ -1,9 +1,6 @@
 package main
 
 import (
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
-	"sync/atomic"
-
 	"context"
 	"errors"
 	"fmt"
@@ -17,7 +14,10 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
 	"github.com/modgate/modgate/policy"
 	"github.com/modgate/modgate/sidecar"
@@ -180,15 +180,13 @@ func startGate(cfg gateConfig) (*gate, error) {
 	g.stop = cancel
 	var tel *telemetry.Telemetry
 	if cfg.OTLP != "" {
-		env := map[string]string{
-			"OTEL_EXPORTER_OTLP_ENDPOINT": cfg.OTLP,
-			"OTEL_TRACES_SAMPLER":         "always_on",
-		}
+		env := map[string]string{"OTEL_TRACES_SAMPLER": "always_on"}
 		tc := telemetry.Config{Version: "bench", HostName: "bench", Getenv: func(k string) string { return env[k] }}
 		if cfg.OTLP == inProcess {
-			delete(env, "OTEL_EXPORTER_OTLP_ENDPOINT")
 			g.spans = &spanCounter{}
 			tc.SpanExporters = []sdktrace.SpanExporter{g.spans}
+		} else {
+			env["OTEL_EXPORTER_OTLP_ENDPOINT"] = cfg.OTLP
 		}
 		tel, err = telemetry.Setup(ctx, tc)
 		if err != nil {
