@@ -15,6 +15,7 @@ import (
 
 	"github.com/modgate/modgate/sidecar/cache"
 	"github.com/modgate/modgate/sidecar/upstream"
+	"github.com/modgate/modgate/sidecar/wire"
 	"github.com/modgate/modgate/telemetry"
 )
 
@@ -145,7 +146,7 @@ func (s *Server) serveEntry(x *exchange, e *cache.Entry, now time.Time) {
 	if x.req.Kind == KindList || x.req.Kind == KindLatest {
 		body, err := io.ReadAll(e.Body)
 		if err != nil {
-			writeError(x.w, http.StatusInternalServerError, "cache read: "+err.Error())
+			writeError(x.w, http.StatusInternalServerError, wire.Internal, "cache read: "+err.Error())
 			return
 		}
 		s.writeBody(x, nil, body)
@@ -221,7 +222,7 @@ func (s *Server) shared(x *exchange, c *cache.Cache, key string, fetch fetchFunc
 			s.serveEntry(x, e, s.now())
 			return
 		}
-		writeError(x.w, http.StatusServiceUnavailable, describeRequest(x.req)+": fetched by another request that failed; try again")
+		writeError(x.w, http.StatusServiceUnavailable, wire.Busy, describeRequest(x.req)+": fetched by another request that failed; try again")
 		return
 	}
 	defer r.Close()

@@ -166,13 +166,13 @@ func TestChainFallthrough(t *testing.T) {
 		{name: "500,ok", faults: []string{"500", ""}, seps: ",", stderr: []string{
 			"502 Bad Gateway",
 			"server response:",
-			"modgate: fixture.test/dep13@v1.0.0 (.info): no upstream could serve it",
+			"modgate: upstream-failed: fixture.test/dep13@v1.0.0 (.info): no upstream could serve it",
 			"first: 500 Internal Server Error",
 			`the chain stops there: after "," only 404 and 410 move on`,
 		}},
 		{name: "404,404", faults: []string{"404", "410"}, seps: ",", stderr: []string{
 			"404 Not Found",
-			"modgate: fixture.test/dep13@v1.0.0 (.info): not found in any upstream",
+			"modgate: not-found: fixture.test/dep13@v1.0.0 (.info): not found in any upstream",
 			"first: 404 Not Found",
 			"second: 410 Gone",
 		}},
@@ -323,7 +323,7 @@ func TestBodyCutMidWay(t *testing.T) {
 	}{
 		// Small bodies are read whole first, so the go command gets a
 		// status and the reason.
-		{"reset", "fixture.test/dep04@v1.0.0", []string{"502 Bad Gateway", "modgate: fixture.test/dep04@v1.0.0 (.zip): no upstream could serve it", "cut: body cut after"}},
+		{"reset", "fixture.test/dep04@v1.0.0", []string{"502 Bad Gateway", "modgate: upstream-failed: fixture.test/dep04@v1.0.0 (.zip): no upstream could serve it", "cut: body cut after"}},
 		{"stall", "fixture.test/dep04@v1.0.0", []string{"504 Gateway Timeout", "cut: body stalled: no data for 300ms"}},
 		// Big ones have started streaming: the connection is aborted.
 		{"reset", "fixture.test/bigzip@v1.0.0", []string{"bigzip/@v/v1.0.0.zip", "unexpected EOF"}},
@@ -436,7 +436,7 @@ func TestMethodsAndForwardForms(t *testing.T) {
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if resp.StatusCode != 405 || resp.Header.Get("Allow") != "GET, HEAD" || !strings.HasPrefix(string(body), "modgate: method POST not allowed") {
+	if resp.StatusCode != 405 || resp.Header.Get("Allow") != "GET, HEAD" || !strings.HasPrefix(string(body), "modgate: method-not-allowed: method POST not allowed") {
 		t.Errorf("POST: %d %q", resp.StatusCode, body)
 	}
 }

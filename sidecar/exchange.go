@@ -14,6 +14,7 @@ import (
 
 	"github.com/modgate/modgate/policy"
 	"github.com/modgate/modgate/sidecar/upstream"
+	"github.com/modgate/modgate/sidecar/wire"
 	"github.com/modgate/modgate/telemetry"
 )
 
@@ -76,13 +77,13 @@ func (x *exchange) decide() bool {
 	if !d.Allow {
 		x.decision = "deny"
 		x.s.log.Info("denied by policy", "module", req.Module, "version", req.Version, "kind", req.Kind, "rule", d.Rule, "reason", d.Reason)
-		writeError(x.w, http.StatusForbidden, splitMessage(x.pol.DenyMessage(d, req.Module, req.Version))...)
+		writeError(x.w, http.StatusForbidden, wire.Denied, splitMessage(x.pol.DenyMessage(d, req.Module, req.Version))...)
 		return false
 	}
 	if req.Kind == KindSumDBLookup && x.private != "" {
 		x.decision, x.ruleText = "deny", "private "+x.private
 		x.reason = "private modules are never looked up in a checksum database"
-		writeError(x.w, http.StatusForbidden,
+		writeError(x.w, http.StatusForbidden, wire.PrivateLookup,
 			fmt.Sprintf("checksum database lookup of %s@%s refused: %s is private (pattern %s) and is never sent to a checksum database", req.Module, req.Version, req.Module, x.private),
 			fmt.Sprintf("add %s to GONOSUMDB (or GOPRIVATE) so that the go command does not ask", x.private))
 		return false

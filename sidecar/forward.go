@@ -24,6 +24,7 @@ import (
 
 	"github.com/modgate/modgate/sidecar/mitm"
 	"github.com/modgate/modgate/sidecar/upstream"
+	"github.com/modgate/modgate/sidecar/wire"
 	"github.com/modgate/modgate/telemetry"
 )
 
@@ -226,11 +227,11 @@ func (f *forward) serveAbsolute(w http.ResponseWriter, r *http.Request) {
 	identity, ok := f.authenticate(r)
 	if !ok {
 		w.Header().Set("Proxy-Authenticate", `Basic realm="modgate"`)
-		writeError(w, http.StatusProxyAuthRequired, "proxy authentication required")
+		writeError(w, http.StatusProxyAuthRequired, wire.AuthRequired, "proxy authentication required")
 		return
 	}
 	if r.URL.Scheme != "http" {
-		writeError(w, http.StatusBadRequest, fmt.Sprintf("scheme %q: send https through CONNECT (HTTPS_PROXY)", r.URL.Scheme))
+		writeError(w, http.StatusBadRequest, wire.BadRequest, fmt.Sprintf("scheme %q: send https through CONNECT (HTTPS_PROXY)", r.URL.Scheme))
 		return
 	}
 	hostport := r.URL.Host
@@ -249,13 +250,13 @@ func (f *forward) serve(w http.ResponseWriter, r *http.Request, mode, scheme, ho
 	host, port, _ := net.SplitHostPort(hostport)
 	if err := f.guard.checkHost(host, port, false); err != nil {
 		x.decision, x.reason = "deny", err.Error()
-		writeError(x.w, http.StatusForbidden, fmt.Sprintf("%s %s refused: %v", r.Method, hostport, err))
+		writeError(x.w, http.StatusForbidden, wire.Refused, fmt.Sprintf("%s %s refused: %v", r.Method, hostport, err))
 		return
 	}
 	req, err := classifyForward(host, r.URL.Path, r.URL.RawQuery, f.s.cfg.SumDB)
 	if err != nil {
 		x.decision, x.reason = "invalid", err.Error()
-		writeError(x.w, http.StatusBadRequest, err.Error())
+		writeError(x.w, http.StatusBadRequest, wire.BadRequest, err.Error())
 		return
 	}
 	x.req = req
@@ -265,14 +266,14 @@ func (f *forward) serve(w http.ResponseWriter, r *http.Request, mode, scheme, ho
 	if x.private != "" && !f.isPrivateHost(x, host) {
 		x.decision, x.ruleText = "deny", "private "+x.private
 		x.reason = "private module path to a host that is not private"
-		writeError(x.w, http.StatusForbidden,
+		writeError(x.w, http.StatusForbidden, wire.PrivateHost,
 			fmt.Sprintf("%s refused: %s is private (pattern %s) and %s is not a private host", describeRequest(req), req.Module, x.private, host),
 			"mark the host private (an upstream with private: true, or forward.private_hosts), or set GONOPROXY/GOPRIVATE so that the go command fetches it directly")
 		return
 	}
 	u, err := f.origin(scheme, hostport)
 	if err != nil {
-		writeError(x.w, http.StatusBadGateway, err.Error())
+		writeError(x.w, http.StatusBadGateway, wire.UpstreamFailed, err.Error())
 		return
 	}
 	var body io.Reader
@@ -286,7 +287,7 @@ func (f *forward) serve(w http.ResponseWriter, r *http.Request, mode, scheme, ho
 	if err != nil {
 		if ref, ok := isRefusal(err); ok {
 			x.decision, x.reason = "deny", ref.reason
-			writeError(x.w, http.StatusForbidden, fmt.Sprintf("%s %s refused: %s", r.Method, hostport, ref.reason))
+			writeError(x.w, http.StatusForbidden, wire.Refused, fmt.Sprintf("%s %s refused: %s", r.Method, hostport, ref.reason))
 			return
 		}
 		f.s.writeChainError(x, upstream.Result{Attempts: []upstream.Attempt{{Upstream: u, Err: err}}})
@@ -367,7 +368,7 @@ func (f *forward) reject(ctx *goproxy.ProxyCtx, r *http.Request, identity, hostp
 	x.identity, x.host, x.req.Kind = identity, hostport, KindTunnel
 	x.decision, x.reason, x.w.status = "deny", reason, code
 	x.finish()
-	line := "modgate: CONNECT " + hostport + " refused: " + cleanLine(reason)
+	line := wire.FirstLine(wire.Refused, "CONNECT "+hostport+" refused: "+cleanLine(reason))
 	ctx.Resp = &http.Response{
 		StatusCode: code, Status: fmt.Sprintf("%d %s", code, line),
 		ProtoMajor: 1, ProtoMinor: 1, Request: r,
@@ -399,14 +400,14 @@ func (f *forward) tunnel(r *http.Request, client net.Conn, hostport, identity st
 	u, err := f.origin("https", hostport)
 	if err != nil {
 		x.w.status = http.StatusBadGateway
-		writeConnectStatus(client, http.StatusBadGateway, "modgate: "+err.Error())
+		writeConnectStatus(client, http.StatusBadGateway, wire.FirstLine(wire.UpstreamFailed, err.Error()))
 		return
 	}
 	x.served = u
 	report, err := u.Guard()
 	if err != nil {
 		x.w.status, x.reason = http.StatusServiceUnavailable, err.Error()
-		writeConnectStatus(client, http.StatusServiceUnavailable, "modgate: CONNECT "+hostport+": "+err.Error())
+		writeConnectStatus(client, http.StatusServiceUnavailable, wire.FirstLine(wire.CircuitOpen, "CONNECT "+hostport+": "+err.Error()))
 		return
 	}
 	dctx, cancel := context.WithTimeout(r.Context(), u.Timeouts.Dial)
@@ -415,13 +416,13 @@ func (f *forward) tunnel(r *http.Request, client net.Conn, hostport, identity st
 	if ref, ok := isRefusal(err); ok {
 		report(nil) // the destination is not unwell; it is not allowed
 		x.decision, x.reason, x.w.status = "deny", ref.reason, http.StatusForbidden
-		writeConnectStatus(client, http.StatusForbidden, "modgate: CONNECT "+hostport+" refused: "+ref.reason)
+		writeConnectStatus(client, http.StatusForbidden, wire.FirstLine(wire.Refused, "CONNECT "+hostport+" refused: "+ref.reason))
 		return
 	}
 	report(err)
 	if err != nil {
 		x.w.status, x.reason = http.StatusBadGateway, err.Error()
-		writeConnectStatus(client, http.StatusBadGateway, "modgate: CONNECT "+hostport+": "+err.Error())
+		writeConnectStatus(client, http.StatusBadGateway, wire.FirstLine(wire.UpstreamFailed, "CONNECT "+hostport+": "+err.Error()))
 		return
 	}
 	defer server.Close()
@@ -528,7 +529,7 @@ func (f *forward) intercept(r *http.Request, client net.Conn, hostport, identity
 	tconn := tls.Server(client, f.cfg.CA.ServerConfig(host))
 	handler := http.HandlerFunc(func(w http.ResponseWriter, in *http.Request) {
 		if h, _, err := net.SplitHostPort(in.Host); (err == nil && !strings.EqualFold(h, host)) || (err != nil && !strings.EqualFold(in.Host, host)) {
-			writeError(w, http.StatusMisdirectedRequest, fmt.Sprintf("request for %s inside a CONNECT to %s", in.Host, hostport))
+			writeError(w, http.StatusMisdirectedRequest, wire.Misdirected, fmt.Sprintf("request for %s inside a CONNECT to %s", in.Host, hostport))
 			return
 		}
 		f.serve(w, in, "mitm", "https", hostport, identity)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/modgate/modgate/policy"
 	"github.com/modgate/modgate/sidecar/upstream"
+	"github.com/modgate/modgate/sidecar/wire"
 )
 
 // forwardedHeaders are the request headers passed to upstreams. Conditional
@@ -30,25 +31,25 @@ func (s *Server) serveReverse(w http.ResponseWriter, r *http.Request) {
 	req, err := ClassifyReverse(r.URL.Path)
 	if errors.Is(err, ErrNotModuleRequest) {
 		x.decision = "invalid"
-		writeError(x.w, http.StatusNotFound, fmt.Sprintf("%q is not a module proxy path (want /<module>/@v/list, /@v/<version>.info|.mod|.zip, /@latest or /sumdb/...)", r.URL.Path))
+		writeError(x.w, http.StatusNotFound, wire.NotModuleRequest, fmt.Sprintf("%q is not a module proxy path (want /<module>/@v/list, /@v/<version>.info|.mod|.zip, /@latest or /sumdb/...)", r.URL.Path))
 		return
 	}
 	if err != nil {
 		x.decision, x.reason = "invalid", err.Error()
-		writeError(x.w, http.StatusBadRequest, err.Error())
+		writeError(x.w, http.StatusBadRequest, wire.BadRequest, err.Error())
 		return
 	}
 	x.req = req
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		x.decision = "invalid"
 		x.w.Header().Set("Allow", "GET, HEAD")
-		writeError(x.w, http.StatusMethodNotAllowed, fmt.Sprintf("method %s not allowed: a module proxy answers GET and HEAD", r.Method))
+		writeError(x.w, http.StatusMethodNotAllowed, wire.MethodNotAllowed, fmt.Sprintf("method %s not allowed: a module proxy answers GET and HEAD", r.Method))
 		return
 	}
 	if r.ContentLength != 0 || len(r.TransferEncoding) > 0 {
 		x.decision = "invalid"
 		x.w.Header().Set("Connection", "close")
-		writeError(x.w, http.StatusBadRequest, "a module proxy request has no body")
+		writeError(x.w, http.StatusBadRequest, wire.BadRequest, "a module proxy request has no body")
 		return
 	}
 	if !x.decide() {
@@ -178,7 +179,7 @@ func (s *Server) readBody(x *exchange, resp *http.Response, limit int64) ([]byte
 			cut = fmt.Sprintf("%s: body cut after %d of %d bytes: %v", u.Name, len(body), n, err)
 		}
 		x.reason = cut
-		writeError(x.w, http.StatusBadGateway, describeRequest(x.req)+": the upstream broke off the answer", cut)
+		writeError(x.w, http.StatusBadGateway, wire.UpstreamCut, describeRequest(x.req)+": the upstream broke off the answer", cut)
 	}
 	return nil, false
 }
@@ -257,7 +258,7 @@ func (s *Server) writeLatest(x *exchange, header http.Header, body []byte) {
 	}
 	d := x.pol.Decide(policy.Request{Module: x.req.Module, Version: info.Version, Kind: string(KindInfo), Host: x.r.Host})
 	x.decision, x.rule, x.ruleText, x.reason = "deny", d.Rule, d.RuleText, d.Reason
-	writeError(x.w, http.StatusForbidden, splitMessage(x.pol.DenyMessage(d, x.req.Module, info.Version))...)
+	writeError(x.w, http.StatusForbidden, wire.Denied, splitMessage(x.pol.DenyMessage(d, x.req.Module, info.Version))...)
 }
 
 // latestAllowed returns the version the go command would pick as latest
@@ -330,7 +331,27 @@ func (s *Server) writeChainError(x *exchange, res upstream.Result) {
 	if status >= 500 {
 		s.log.Warn("no upstream could serve", "kind", req.Kind, "module", req.Module, "version", req.Version, "status", status, "attempts", attemptsAttr(res.Attempts))
 	}
-	writeError(w, status, lines...)
+	writeError(w, status, chainCode(res), lines...)
+}
+
+// chainCode is the error code of a walk that had no answer, as Status
+// ranks it.
+func chainCode(res upstream.Result) wire.Code {
+	switch status := res.Status(); {
+	case status == http.StatusLoopDetected:
+		return wire.Loop
+	case status == http.StatusForbidden:
+		return wire.Off
+	case status == http.StatusNotFound && res.End == upstream.Direct:
+		return wire.Direct
+	case status == http.StatusNotFound:
+		return wire.NotFound
+	case status == http.StatusServiceUnavailable:
+		return wire.CircuitOpen
+	case status == http.StatusGatewayTimeout:
+		return wire.Timeout
+	}
+	return wire.UpstreamFailed
 }
 
 func describeRequest(req Request) string {

@@ -25,6 +25,7 @@ import (
 	"github.com/modgate/modgate/policy"
 	"github.com/modgate/modgate/sidecar/cache"
 	"github.com/modgate/modgate/sidecar/upstream"
+	"github.com/modgate/modgate/sidecar/wire"
 	"github.com/modgate/modgate/telemetry"
 )
 
@@ -276,7 +277,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		if strings.Contains(v, s.via) {
 			x := s.newExchange(w, r, "reverse")
 			x.decision, x.reason = "loop", "Via: "+v
-			writeError(x.w, http.StatusLoopDetected, "request loop: this request has already passed through this modgate (Via: "+v+")",
+			writeError(x.w, http.StatusLoopDetected, wire.Loop, "request loop: this request has already passed through this modgate (Via: "+v+")",
 				"an upstream of modgate leads back to modgate; check the upstream chain")
 			x.finish()
 			return

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/modgate/modgate/sidecar/upstream"
+	"github.com/modgate/modgate/sidecar/wire"
 )
 
 // sumDB finds where the configured checksum database can be reached and
@@ -108,7 +109,7 @@ func (s *Server) serveSumDB(x *exchange) {
 		if db != nil {
 			served = "it serves " + db.name
 		}
-		writeError(w, http.StatusNotFound, fmt.Sprintf("checksum database %s is not served here (%s)", req.SumDB, served))
+		writeError(w, http.StatusNotFound, wire.UnknownSumDB, fmt.Sprintf("checksum database %s is not served here (%s)", req.SumDB, served))
 		return
 	}
 	if key, immutable, ok := cacheKey(req); ok {
@@ -221,5 +222,9 @@ func (s *Server) writeSumDBError(x *exchange, res upstream.Result) {
 		lines = append(lines, a.String())
 	}
 	x.reason = strings.Join(lines[1:], "; ")
-	writeError(x.w, status, lines...)
+	code := chainCode(res)
+	if code == wire.Off {
+		code = wire.UpstreamFailed
+	}
+	writeError(x.w, status, code, lines...)
 }
