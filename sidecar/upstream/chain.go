@@ -69,6 +69,18 @@ type Attempt struct {
 	Duration time.Duration
 }
 
+// AttemptOf is the attempt of one request to u that had no 200: the
+// error, or the status and the first line of its error body (the body is
+// read and closed).
+func AttemptOf(u *Upstream, resp *http.Response, err error, d time.Duration) Attempt {
+	a := Attempt{Upstream: u, Err: err, Duration: d}
+	if err == nil && resp != nil {
+		a.Status = resp.StatusCode
+		a.Detail = errorDetail(resp)
+	}
+	return a
+}
+
 // NotFound reports whether the upstream said the artifact does not exist,
 // which is how proxies say "try the next one".
 func (a Attempt) NotFound() bool {
