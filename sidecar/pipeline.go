@@ -94,7 +94,7 @@ func (x *exchange) fetchRequest() fetchRequest {
 		fr.header = http.Header{}
 		copyHeader(fr.header, r.Header)
 		fr.header.Del("Proxy-Authorization")
-		fr.query = r.URL.RawQuery
+		fr.path, fr.query = r.URL.Path, r.URL.RawQuery
 		if r.ContentLength != 0 && r.Body != nil && r.Body != http.NoBody {
 			fr.body, fr.length = r.Body, r.ContentLength
 		}
