@@ -213,10 +213,17 @@ func (s *Server) shared(x *exchange, c *cache.Cache, key string, src source, fr 
 	r, err := w.Reader()
 	if err != nil {
 		// The flight finished and its spool is gone: the entry is in the
-		// cache by now.
+		// cache by now, unless the fetch failed.
 		if e, err := c.Get(key); err == nil {
 			defer e.Close()
 			return s.serveEntry(x, src, e, s.now())
+		}
+		f.mu.Lock()
+		ferr := f.err
+		f.mu.Unlock()
+		if ferr != nil {
+			return &problem{status: http.StatusBadGateway, code: wire.UpstreamCut,
+				lines: []string{describeRequest(x.req) + ": the upstream broke off the answer", fmt.Sprintf("%s: %v", f.served.Name, ferr)}}
 		}
 		return &problem{status: http.StatusServiceUnavailable, code: wire.Busy,
 			lines: []string{describeRequest(x.req) + ": fetched by another request that failed; try again"}}
@@ -324,13 +331,21 @@ func (s *Server) fly(f *flight, c *cache.Cache, key string, ctx context.Context,
 			return
 		}
 	}
-	finish(nil)
-	var verify func(string) error
-	if req.Kind == KindZip {
-		verify = func(path string) error {
-			_, err := modzip.CheckZip(module.Version{Path: req.Module, Version: req.Version}, path)
-			return err
+	if req.Kind != KindZip {
+		// A small entry is kept before its waiters are told the answer is
+		// complete: a request that follows one that succeeded is a hit.
+		if err := w.Commit(resp.ContentLength, nil); err != nil {
+			s.log.Warn("not cached", "key", key, "err", err)
 		}
+		finish(nil)
+		return
+	}
+	// A zip is checked as a module zip once every waiter has it: that read
+	// of the whole file is not theirs to wait for.
+	finish(nil)
+	verify := func(path string) error {
+		_, err := modzip.CheckZip(module.Version{Path: req.Module, Version: req.Version}, path)
+		return err
 	}
 	if err := w.Commit(resp.ContentLength, verify); err != nil {
 		s.log.Warn("not cached", "key", key, "err", err)

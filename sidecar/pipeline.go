@@ -364,8 +364,19 @@ func (o originSource) fetch(ctx context.Context, x *exchange, fr fetchRequest) u
 	}
 	start := o.f.s.now()
 	resp, err := o.u.Do(ctx, upstream.Request{Method: fr.method, Path: fr.path, Query: fr.query, Header: fr.header, Body: fr.body, ContentLength: fr.length})
-	if err == nil && (!protocol || resp.StatusCode == http.StatusOK) {
+	if err == nil && !protocol {
 		return upstream.Result{Response: resp, Upstream: o.u}
+	}
+	if err == nil && resp.StatusCode == http.StatusOK {
+		// As the chain does: a small answer that breaks off is a failed
+		// attempt, explained, rather than a cut response.
+		if fr.method == http.MethodHead {
+			return upstream.Result{Response: resp, Upstream: o.u}
+		}
+		if err = upstream.Prefetch(resp); err == nil {
+			return upstream.Result{Response: resp, Upstream: o.u}
+		}
+		resp = nil
 	}
 	return upstream.Result{Attempts: []upstream.Attempt{upstream.AttemptOf(o.u, resp, err, o.f.s.now().Sub(start))}}
 }

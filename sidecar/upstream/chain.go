@@ -307,7 +307,7 @@ func ask(ctx context.Context, u *Upstream, method, path string, hdr http.Header)
 	resp, err := u.Get(ctx, method, path, hdr)
 	a := Attempt{Upstream: u, Err: err}
 	if err == nil && resp.StatusCode == http.StatusOK && method != http.MethodHead {
-		err = prefetch(resp)
+		err = Prefetch(resp)
 		a.Err = err
 	}
 	if err == nil {
@@ -327,11 +327,11 @@ func ask(ctx context.Context, u *Upstream, method, path string, hdr http.Header)
 // response.
 const PrefetchLimit = 64 << 10
 
-// prefetch reads up to PrefetchLimit of resp's body ahead. A body that
+// Prefetch reads up to PrefetchLimit of resp's body ahead. A body that
 // ends short of its Content-Length, or breaks off, within that span is an
 // error (the body is closed); a longer body is served from what was read
 // and then the rest.
-func prefetch(resp *http.Response) error {
+func Prefetch(resp *http.Response) error {
 	if resp.ContentLength > PrefetchLimit {
 		return nil
 	}
