@@ -352,9 +352,12 @@ func (s *Server) fly(f *flight, c *cache.Cache, key string, ctx context.Context,
 	}
 }
 
-func (s *Server) now() time.Time {
+func (s *Server) now() time.Time { return s.clock().Now() }
+
+// clock is the server's clock: Config.Clock, or the system's.
+func (s *Server) clock() upstream.Clock {
 	if s.cfg.Clock != nil {
-		return s.cfg.Clock.Now()
+		return s.cfg.Clock
 	}
-	return time.Now()
+	return upstream.SystemClock{}
 }

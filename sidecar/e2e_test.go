@@ -533,10 +533,7 @@ func TestAdmin(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Serve(ctx, ln, nil) }()
-	deadline := time.Now().Add(5 * time.Second)
-	for s.Ready() != nil && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
-	}
+	rawGet(t, "http://"+ln.Addr().String(), "/") // answered: serving
 	check("/readyz", 200)
 	cancel()
 	<-done
@@ -613,5 +610,41 @@ func TestHTTPSUpstream(t *testing.T) {
 	e.go_.UseProxy(url, e.db)
 	if out, err := e.download("fixture.test/dep05@v1.1.0"); err != nil {
 		t.Fatalf("go mod download: %v\n%s", err, out)
+	}
+}
+
+// TestReadiness: /readyz says 503 while every upstream's circuit is open
+// or the chain is off, and 200 again once a probe may go through.
+func TestReadiness(t *testing.T) {
+	readyz := func(s *sidecar.Server) (int, string) {
+		rec := httptest.NewRecorder()
+		s.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/readyz", nil))
+		return rec.Code, rec.Body.String()
+	}
+	clock := modtest.NewClock()
+	url, s := startGateServer(t, sidecar.Config{Clock: clock, Upstreams: []upstream.Config{{
+		Name: "dead", URL: modtest.DeadURL(t),
+		Breaker: upstream.BreakerSettings{ConsecutiveFailures: 1, OpenFor: 30 * time.Second},
+		Retry:   upstream.RetrySettings{Attempts: 1},
+	}}})
+	rawGet(t, url, "/") // answered: serving
+	if code, body := readyz(s); code != 200 {
+		t.Fatalf("a serving modgate with a closed circuit: %d %q", code, body)
+	}
+	if status, _, _ := rawGet(t, url, "/fixture.test/dep01/@v/list"); status != 502 {
+		t.Fatalf("request to a dead upstream: %d", status)
+	}
+	if code, body := readyz(s); code != 503 || !strings.Contains(body, "every upstream's circuit is open (dead)") {
+		t.Errorf("every circuit open: %d %q", code, body)
+	}
+	clock.Advance(30 * time.Second)
+	if code, body := readyz(s); code != 200 {
+		t.Errorf("open period over, a probe may go: %d %q", code, body)
+	}
+
+	offURL, off := startGateServer(t, sidecar.Config{Upstreams: []upstream.Config{{URL: "off"}}})
+	rawGet(t, offURL, "/")
+	if code, body := readyz(off); code != 503 || !strings.Contains(body, "the chain is off") {
+		t.Errorf("a chain that is off: %d %q", code, body)
 	}
 }

@@ -88,8 +88,11 @@ func (x *exchange) end(err error) {
 	x.reason = p.auditReason()
 	switch {
 	case p.gone:
+		// Nobody is listening; an answer that started is cut, so that a
+		// client that comes back to it never takes it for a whole one.
+		p.abort = x.w.status != 0 && x.connect == nil
 		x.w.status = p.status
-	case p.abort:
+	case p.abort && !p.gone:
 		x.s.log.Warn("upstream body failed; aborting the response", "kind", x.req.Kind, "path", x.r.URL.Path, "bytes", x.w.bytes, "reason", p.reason)
 	case x.connect != nil:
 		x.w.status = p.status

@@ -419,7 +419,7 @@ func (f *forward) relayTunnel(x *exchange, client net.Conn, hostport string) err
 	f.tunnels.Store(client, server)
 	defer f.tunnels.Delete(client)
 	start := time.Now()
-	up, down := splice(client, server, f.cfg.TunnelIdle)
+	up, down := splice(client, server, f.cfg.TunnelIdle, f.s.clock())
 	f.s.tel.RecordTunnel(x.r.Context(), time.Since(start), up, down)
 	x.w.bytes = up + down
 	x.reason = fmt.Sprintf("%d bytes up, %d down", up, down)
@@ -432,21 +432,22 @@ var bigBufPool = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b
 // splice copies client→server and server→client, passing each side's end
 // on as a half-close, until both directions are done or neither has moved
 // for idle. It returns the bytes sent each way.
-func splice(client, server net.Conn, idle time.Duration) (up, down int64) {
+func splice(client, server net.Conn, idle time.Duration, clock upstream.Clock) (up, down int64) {
 	var last atomic.Int64
-	last.Store(time.Now().UnixNano())
+	last.Store(clock.Now().UnixNano())
 	stop, watched := make(chan struct{}), make(chan struct{})
 	go func() { // the idle watchdog
 		defer close(watched)
-		t := time.NewTimer(idle)
-		defer t.Stop()
+		wait := idle
 		for {
+			fired, stopTimer := clock.After(wait)
 			select {
 			case <-stop:
+				stopTimer()
 				return
-			case <-t.C:
-				if left := idle - time.Since(time.Unix(0, last.Load())); left > 0 {
-					t.Reset(left)
+			case <-fired:
+				if left := idle - clock.Now().Sub(time.Unix(0, last.Load())); left > 0 {
+					wait = left
 					continue
 				}
 				client.Close()
@@ -481,7 +482,7 @@ func splice(client, server net.Conn, idle time.Duration) (up, down int64) {
 		for {
 			m, err := src.Read(buf)
 			if m > 0 {
-				last.Store(time.Now().UnixNano())
+				last.Store(clock.Now().UnixNano())
 				if _, werr := dst.Write(buf[:m]); werr != nil {
 					break
 				}

@@ -393,10 +393,6 @@ func (s *Server) Serve(ctx context.Context, ln, adminLn net.Listener) error {
 		servers = append(servers, &http.Server{Handler: s.AdminHandler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: errLog})
 		listeners = append(listeners, adminLn)
 	}
-	errc := make(chan error, len(servers))
-	for i, srv := range servers {
-		go func() { errc <- srv.Serve(listeners[i]) }()
-	}
 	unobserve, err := s.tel.ObserveBreakers(s.breakerReadings)
 	if err != nil {
 		return err
@@ -409,8 +405,14 @@ func (s *Server) Serve(ctx context.Context, ln, adminLn net.Listener) error {
 		}
 		defer unobserveCache()
 	}
+	// Ready before the first request is served: one that has been
+	// answered implies readiness.
 	s.ready.Store(true)
-	attrs := []any{"listen", ln.Addr().String(), "upstreams", s.chainString(), "sumdb", s.cfg.SumDB}
+	errc := make(chan error, len(servers))
+	for i, srv := range servers {
+		go func() { errc <- srv.Serve(listeners[i]) }()
+	}
+	attrs := []any{"listen", ln.Addr().String(), "upstreams", upstream.FormatChain(s.chain.Upstreams(), func(u *upstream.Upstream) string { return u.Source }), "sumdb", s.cfg.SumDB}
 	if adminLn != nil {
 		attrs = append(attrs, "admin", adminLn.Addr().String())
 	}
@@ -467,15 +469,4 @@ func (s *Server) breakerReadings() []telemetry.BreakerReading {
 		}
 	}
 	return rs
-}
-
-func (s *Server) chainString() string {
-	var b strings.Builder
-	for i, u := range s.chain.Upstreams() {
-		if i > 0 {
-			b.WriteString(map[upstream.Fallthrough]string{upstream.OnNotFound: ",", upstream.OnError: "|"}[s.chain.Upstreams()[i-1].Fallthrough])
-		}
-		b.WriteString(u.Source)
-	}
-	return b.String()
 }

@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"slices"
 	"sync"
-	"time"
 
 	"github.com/modgate/modgate/sidecar/upstream"
 	"github.com/modgate/modgate/sidecar/wire"
@@ -21,6 +20,7 @@ type sumDB struct {
 	name   string
 	chain  *upstream.Chain
 	direct *upstream.Upstream // https://<name>
+	clock  upstream.Clock     // times attempts
 
 	mu    sync.Mutex // serialises the search; the go command asks once per run
 	route *sumDBRoute
@@ -44,7 +44,11 @@ func newSumDB(name string, chain *upstream.Chain, opts upstream.Options, t upstr
 	if err != nil {
 		return nil, err
 	}
-	return &sumDB{name: name, chain: chain, direct: direct}, nil
+	clock := opts.Clock
+	if clock == nil {
+		clock = upstream.SystemClock{}
+	}
+	return &sumDB{name: name, chain: chain, direct: direct, clock: clock}, nil
 }
 
 // find returns the cached route or searches for one. On failure the
@@ -67,14 +71,14 @@ func (db *sumDB) find(ctx context.Context) (*sumDBRoute, upstream.Result) {
 		// command gives up here too rather than going around the proxy.
 		return nil, res
 	}
-	start := time.Now()
+	start := db.clock.Now()
 	resp, err := db.direct.Get(ctx, http.MethodGet, "/latest", nil)
 	if err == nil && resp.StatusCode == http.StatusOK {
 		drain(resp)
 		db.route = &sumDBRoute{via: db.direct}
 		return db.route, res
 	}
-	res.Attempts = append(res.Attempts, upstream.AttemptOf(db.direct, resp, err, time.Since(start)))
+	res.Attempts = append(res.Attempts, upstream.AttemptOf(db.direct, resp, err, db.clock.Now().Sub(start)))
 	res.End = upstream.Proxy
 	return nil, res
 }
@@ -177,10 +181,10 @@ func (db *sumDB) rest(ctx context.Context, u *upstream.Upstream, path string, re
 
 // getFrom asks one upstream.
 func (db *sumDB) getFrom(ctx context.Context, u *upstream.Upstream, path string) upstream.Result {
-	start := time.Now()
+	start := db.clock.Now()
 	resp, err := u.Get(ctx, http.MethodGet, path, nil)
 	if err == nil && resp.StatusCode == http.StatusOK {
 		return upstream.Result{Response: resp, Upstream: u}
 	}
-	return upstream.Result{Attempts: []upstream.Attempt{upstream.AttemptOf(u, resp, err, time.Since(start))}}
+	return upstream.Result{Attempts: []upstream.Attempt{upstream.AttemptOf(u, resp, err, db.clock.Now().Sub(start))}}
 }

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/sony/gobreaker/v2"
+
+	"github.com/modgate/modgate/sidecar/wire"
 )
 
 // BreakerSettings configure one upstream's circuit breaker. A zero field
@@ -60,20 +62,16 @@ func (s BreakerSettings) withDefaults() BreakerSettings {
 	return d
 }
 
-// BreakerState is a breaker's state, numbered as the
+// BreakerState is a breaker's state (wire.BreakerState), numbered as the
 // modgate.upstream.breaker.state metric reports it.
-type BreakerState int
+type BreakerState = wire.BreakerState
 
 // The breaker states.
 const (
-	Closed   BreakerState = 0
-	HalfOpen BreakerState = 1
-	Open     BreakerState = 2
+	Closed   = wire.Closed
+	HalfOpen = wire.HalfOpen
+	Open     = wire.Open
 )
-
-func (s BreakerState) String() string {
-	return [...]string{"closed", "half-open", "open"}[s]
-}
 
 // OpenError is returned for a request that an open breaker refused without
 // asking the upstream.

@@ -16,6 +16,8 @@ import (
 	"strings"
 	"time"
 	"unicode"
+
+	"github.com/modgate/modgate/sidecar/wire"
 )
 
 // ParseList turns a GOPROXY-syntax list ("URL,URL|URL,direct") into upstream
@@ -186,13 +188,17 @@ func (r Result) Loop() bool {
 
 // Chain is the ordered list of upstreams of one modgate.
 type Chain struct {
-	list []*Upstream
+	list  []*Upstream
+	clock Clock // times hedges
 }
 
 // NewChain builds the upstreams of cfgs, naming each after its host when the
 // config gives no name (with a numeric suffix when two share a host).
 func NewChain(cfgs []Config, opts Options) (*Chain, error) {
-	c := &Chain{}
+	c := &Chain{clock: opts.Clock}
+	if c.clock == nil {
+		c.clock = SystemClock{}
+	}
 	seen := map[string]bool{}
 	for _, cfg := range cfgs {
 		u, err := New(cfg, opts)
@@ -217,6 +223,16 @@ func NewChain(cfgs []Config, opts Options) (*Chain, error) {
 		return nil, errors.New("no upstreams")
 	}
 	return c, nil
+}
+
+// FormatChain writes ups in GOPROXY syntax ("a,b|c,direct"), each
+// upstream as label says (its name, or its URL).
+func FormatChain(ups []*Upstream, label func(*Upstream) string) string {
+	entries := make([]wire.ChainEntry, len(ups))
+	for i, u := range ups {
+		entries[i] = wire.ChainEntry{Name: label(u), OnError: u.Fallthrough == OnError}
+	}
+	return wire.FormatChain(entries)
 }
 
 // Upstreams returns the chain's entries in order.
@@ -395,12 +411,12 @@ func (c *Chain) race(ctx context.Context, method, path string, hdr http.Header, 
 	results := make(chan result, 2)
 	ctxU, cancelU := context.WithCancel(ctx)
 	go func() { results <- result{true, ask(ctxU, u, method, path, hdr)} }()
-	timer := time.NewTimer(delay)
-	defer timer.Stop()
+	fired, stop := c.clock.After(delay)
+	defer stop()
 	select {
 	case res := <-results:
 		return []try{keep(res.t, cancelU)}
-	case <-timer.C:
+	case <-fired:
 	}
 	if !h.Allow() {
 		return []try{keep((<-results).t, cancelU)}
