@@ -26,8 +26,10 @@ import (
 	"golang.org/x/mod/module"
 	"golang.org/x/term"
 
+	"github.com/modgate/modgate/cmd/modgate/internal/wrap"
 	"github.com/modgate/modgate/policy"
 	"github.com/modgate/modgate/sidecar"
+	"github.com/modgate/modgate/sidecar/wire"
 )
 
 // `modgate doctor` looks for the settings that make Go module traffic
@@ -1117,7 +1119,7 @@ func (d *doctorRun) usesModgateOrLoopback(goproxy string) bool {
 		return false
 	}
 	u, err := url.Parse(strings.TrimSpace(entries[0]))
-	return err == nil && u.Scheme == "http" && isLoopback(u.Host)
+	return err == nil && u.Scheme == "http" && wire.IsLoopbackHost(u.Host)
 }
 
 // ---- output ----
@@ -1158,12 +1160,12 @@ func writeDoctorReport(w io.Writer, r doctorReport) {
 			if f.Severity != g.sev {
 				continue
 			}
-			writeWrapped(bw, "  "+f.Severity+strings.Repeat(" ", 6-len(f.Severity)), f.What)
+			wrap.Paragraphs(bw, "  "+f.Severity+strings.Repeat(" ", 6-len(f.Severity)), f.What)
 			if f.Where != "" {
 				fmt.Fprintf(bw, "        at:  %s\n", f.Where)
 			}
 			if f.Fix != "" {
-				writeWrapped(bw, "        fix: ", f.Fix)
+				wrap.Paragraphs(bw, "        fix: ", f.Fix)
 			}
 		}
 	}
