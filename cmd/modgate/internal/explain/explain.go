@@ -173,8 +173,9 @@ func parseBlocks(text string) []*block {
 }
 
 var (
-	// subjectRE finds module@version in "go: M@V: ..." and "verifying M@V: ...".
-	subjectRE = regexp.MustCompile(`^(?:go: |verifying )(\S+?@[^\s:/]+)`)
+	// subjectRE finds module@version in "go: M@V: ..." and "verifying M@V: ...",
+	// or the module in "go: module M: ..." (a version list).
+	subjectRE = regexp.MustCompile(`^(?:go: |verifying )(?:module (\S+?):|(\S+?@[^\s:/]+))`)
 	// urlRE finds the URL the go command fetched: `reading URL: ` or `Get "URL"`.
 	urlRE = regexp.MustCompile(`(?:reading |Get ")(https?://[^\s"]+?)(?:": |: |"$)`)
 	// statusRE finds the HTTP status after the URL: ": 404 Not Found".
@@ -184,7 +185,7 @@ var (
 // subject returns the module@version a failure is about, or "the module".
 func (b *block) subject() string {
 	if m := subjectRE.FindStringSubmatch(b.head); m != nil {
-		return m[1]
+		return m[1] + m[2]
 	}
 	return "the module"
 }

@@ -355,4 +355,3 @@ func makeBareRepo(t *testing.T, dir, path string) {
 	}
 	git(work, "clone", "-q", "--bare", work, dir)
 }
-

@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 
+	"golang.org/x/mod/module"
+
 	"github.com/modgate/modgate/sidecar/wire"
 )
 
@@ -94,7 +96,8 @@ func explainAnswer(b *block) *Explanation {
 	}
 	e := rule(b, a)
 	e.Rule = string(a.code)
-	if len(e.Saw) == 0 || e.Saw[0] != a.line {
+	// A CONNECT's answer is on the failure's first line, shown already.
+	if !a.tunnel && (len(e.Saw) == 0 || e.Saw[0] != a.line) {
 		e.Saw = append([]string{a.line}, e.Saw...)
 	}
 	return e
@@ -126,20 +129,58 @@ func explainUnknownCode(b *block, a answer) *Explanation {
 }
 
 func explainBadRequestAnswer(b *block, a answer) *Explanation {
-	return &Explanation{
+	e := &Explanation{
 		Title: "bad request" + fromModgate(b),
 		Cause: "modgate refused the request before asking any upstream, because it is not one it will pass on: " + a.msg + ".",
 		Fix:   "Check the module path and version as written in go.mod or on the command line (case, a missing v, a stray character).",
 	}
+	if fix := b.goproxyPathFix(); fix != "" {
+		e.Cause += " The go command put " + b.proxyPath() + " before the module path, so modgate read it as part of the request."
+		e.Fix = fix
+	}
+	return e
 }
 
 func explainNotModuleRequest(b *block, a answer) *Explanation {
+	fix := b.goproxyPathFix()
+	if fix == "" {
+		fix = "Point GOPROXY at modgate's address with no path: GOPROXY=http://127.0.0.1:7070 (`go env GOPROXY` shows the value in force)."
+	}
 	return &Explanation{
 		Title: "not a module proxy request" + fromModgate(b),
 		Cause: "modgate's listener answers only the module proxy protocol, and " + b.origin() + " was asked for something else: " +
 			a.msg + ". A GOPROXY that names modgate with a path after its address does that.",
-		Fix: "Point GOPROXY at modgate's address with no path: GOPROXY=http://127.0.0.1:7070 (`go env GOPROXY` shows the value in force).",
+		Fix: fix,
 	}
+}
+
+// proxyPath returns what the failing URL has between its host and the
+// module path: the path of a GOPROXY entry such as http://host/mods.
+func (b *block) proxyPath() string {
+	u := b.fetched()
+	if u == nil {
+		return ""
+	}
+	esc, err := module.EscapePath(pathOf(b.subject()))
+	if err != nil {
+		return ""
+	}
+	prefix, _, found := strings.Cut(u.Path, "/"+esc+"/")
+	if !found {
+		return ""
+	}
+	return prefix
+}
+
+// goproxyPathFix says to drop the path from a GOPROXY that has one, or
+// returns "": modgate serves the protocol at its root.
+func (b *block) goproxyPathFix() string {
+	p := b.proxyPath()
+	if p == "" {
+		return ""
+	}
+	return "modgate serves the module proxy protocol at its root: drop " + p + " from GOPROXY, e.g. GOPROXY=" + b.origin() +
+		" (`go env GOPROXY` shows the value in force)."
 }
 
 func explainMethodNotAllowed(b *block, a answer) *Explanation {
