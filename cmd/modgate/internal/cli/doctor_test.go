@@ -31,6 +31,7 @@ import (
 	"github.com/modgate/modgate/cmd/modgate/internal/doctor"
 	"github.com/modgate/modgate/sidecar"
 	"github.com/modgate/modgate/sidecar/modtest"
+	"github.com/modgate/modgate/sidecar/sidecartest"
 	"github.com/modgate/modgate/sidecar/upstream"
 )
 
@@ -174,41 +175,8 @@ func TestDoctorUpstreamLoop(t *testing.T) {
 // ends and returns both addresses.
 func startDoctorGate(t *testing.T, ups ...upstream.Config) (listen, admin string) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	aln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := sidecar.New(sidecar.Config{Listen: ln.Addr().String(), Admin: aln.Addr().String(), Upstreams: ups, SumDB: "sum.fixture.test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Serve(ctx, ln, aln) }()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-	})
-	// Serve marks itself ready once it serves; wait for that, briefly.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		resp, err := http.Get("http://" + aln.Addr().String() + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("modgate not ready")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	return ln.Addr().String(), aln.Addr().String()
+	g := sidecartest.Start(t, nil, sidecar.Config{Admin: "127.0.0.1:0", Upstreams: ups, SumDB: "sum.fixture.test"})
+	return g.Addr, g.AdminAddr
 }
 
 func TestDoctorProbesHealthySetup(t *testing.T) {

@@ -1,7 +1,6 @@
 package explain
 
 import (
-	"context"
 	"fmt"
 	"net"
 	"net/http"
@@ -10,11 +9,20 @@ import (
 	"strings"
 	"testing"
 
+	"go.uber.org/goleak"
+
 	"github.com/modgate/modgate/policy"
 	"github.com/modgate/modgate/sidecar"
 	"github.com/modgate/modgate/sidecar/modtest"
+	"github.com/modgate/modgate/sidecar/sidecartest"
 	"github.com/modgate/modgate/sidecar/upstream"
 )
+
+// TestMain checks that the sidecars and servers the scenarios start are
+// all gone when the tests end.
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
 
 // world is one scenario: module fixtures, a checksum database that vouches
 // for them, a hermetic go command, and the modgates and servers the
@@ -79,32 +87,14 @@ func (e *world) withPolicy(text string) *policy.Store {
 	return st
 }
 
-// startGate serves a modgate with cfg on ln (a fresh listener when
-// nil) until the test ends.
+// startGate serves a modgate with cfg on ln (a fresh listener when nil)
+// until the test ends, and returns its URL.
 func startGate(t *testing.T, ln net.Listener, cfg sidecar.Config) string {
 	t.Helper()
-	if ln == nil {
-		var err error
-		if ln, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
-			t.Fatal(err)
-		}
-	}
-	cfg.Listen = ln.Addr().String()
 	if cfg.SumDB == "" {
 		cfg.SumDB = sumdbName
 	}
-	s, err := sidecar.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Serve(ctx, ln, nil) }()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-	})
-	return "http://" + ln.Addr().String()
+	return sidecartest.Start(t, ln, cfg).URL
 }
 
 // proxy starts a modtest proxy that also serves the checksum database.
