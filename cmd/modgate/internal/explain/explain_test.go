@@ -82,7 +82,7 @@ func TestGoFixtures(t *testing.T) {
 			}
 			wantOut, err := os.ReadFile(golden)
 			if err != nil {
-				t.Fatalf("%v (run go test -run TestGoFixtures -update)", err)
+				t.Fatalf("%v (run go test ./cmd/modgate/internal/explain -run TestGoFixtures -update)", err)
 			}
 			if out.String() != string(wantOut) {
 				t.Errorf("explain %s printed:\n%s\nwant (%s):\n%s", file, &out, golden, wantOut)

@@ -212,25 +212,19 @@ func TestGenerateGoFixtures(t *testing.T) {
 		"proxyconnect-refused": func(t *testing.T) string {
 			e := newWorld(t)
 			dead := modtest.DeadURL(t)
-			e.stable(dead, "127.0.0.1:7070")
-			e.g.UseProxy("https://proxy.example.test", e.db)
-			e.g.Setenv("HTTPS_PROXY", dead)
+			e.httpsProxy(dead, "127.0.0.1:7070")
 			return e.run(false, "mod", "download", "fixture.test/dep01@v1.0.0")
 		},
 		"connect-forbidden": func(t *testing.T) string {
 			e := newWorld(t)
 			fwd := connectStub(t, http.StatusForbidden)
-			e.stable(fwd, "proxy.corp.example.test:3128")
-			e.g.UseProxy("https://proxy.example.test", e.db)
-			e.g.Setenv("HTTPS_PROXY", fwd)
+			e.httpsProxy(fwd, "proxy.corp.example.test:3128")
 			return e.run(false, "mod", "download", "fixture.test/dep01@v1.0.0")
 		},
 		"proxy-auth-required": func(t *testing.T) string {
 			e := newWorld(t)
 			fwd := connectStub(t, http.StatusProxyAuthRequired)
-			e.stable(fwd, "proxy.corp.example.test:3128")
-			e.g.UseProxy("https://proxy.example.test", e.db)
-			e.g.Setenv("HTTPS_PROXY", fwd)
+			e.httpsProxy(fwd, "proxy.corp.example.test:3128")
 			return e.run(false, "mod", "download", "fixture.test/dep01@v1.0.0")
 		},
 		"proxy-not-found": func(t *testing.T) string {
@@ -311,6 +305,14 @@ func TestGenerateGoFixtures(t *testing.T) {
 			}
 		})
 	}
+}
+
+// httpsProxy makes the go command fetch from https://proxy.example.test
+// through the HTTP proxy at proxyURL (its HTTPS_PROXY), shown as shownAs.
+func (e *world) httpsProxy(proxyURL, shownAs string) {
+	e.stable(proxyURL, shownAs)
+	e.g.UseProxy("https://proxy.example.test", e.db)
+	e.g.Setenv("HTTPS_PROXY", proxyURL)
 }
 
 // useGitOrigin makes the go command fetch git.fixture.test directly, through
