@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -316,6 +317,24 @@ func TestSidecarAnswers(t *testing.T) {
 		case !provoked[code] && !skipped:
 			t.Errorf("no sidecarCase provokes code %s, and notProvoked does not say why", code)
 		}
+	}
+}
+
+// TestSidecarSeveralAnswers: one go command run that meets two of
+// modgate's answers, among modules that download fine, gets one
+// explanation for each.
+func TestSidecarSeveralAnswers(t *testing.T) {
+	w := newWorld(t)
+	p := w.proxy()
+	w.gateConfig(sidecar.Config{Upstreams: []upstream.Config{{Name: "public", URL: p.URL}}, Policy: w.withPolicy(`rules:
+  - deny: "fixture.test/dep05"
+    reason: "CVE-2099-0001"
+`)})
+	out := w.run(false, "mod", "download", "fixture.test/dep05@v1.0.0", "fixture.test/nosuch@v1.2.3", "fixture.test/dep13@v1.0.0")
+	got := rules(Text(out))
+	slices.Sort(got)
+	if want := []string{string(wire.Denied), string(wire.NotFound)}; !slices.Equal(got, want) {
+		t.Errorf("rules = %q, want %q; the go command printed:\n%s", got, want, out)
 	}
 }
 
