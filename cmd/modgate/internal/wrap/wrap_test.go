@@ -8,7 +8,8 @@ import (
 func TestParagraphs(t *testing.T) {
 	var b strings.Builder
 	long := strings.Repeat("word ", 25)
-	Paragraphs(&b, "   fix:   ", long+"`go env -w GOPROXY=http://127.0.0.1:7070` end\n- "+long+"\n\n")
+	// Sixteen words end at column 89, where the code span would be cut.
+	Paragraphs(&b, "   fix:   ", strings.Repeat("word ", 16)+"`go env -w GOPROXY=http://127.0.0.1:7070` end\n- "+long+"\n\n")
 	lines := strings.Split(strings.TrimSuffix(b.String(), "\n"), "\n")
 	if !strings.HasPrefix(lines[0], "   fix:   word") {
 		t.Errorf("first line %q does not start with the label", lines[0])
