@@ -226,6 +226,15 @@ contact: "ask #platform-builds"
 		},
 	},
 	{
+		name: "forward mode refuses a port outside connect_ports (CONNECT)",
+		code: wire.Refused,
+		want: []string{"forward.connect_ports"},
+		run: func(t *testing.T, w *world) string {
+			w.forward(sidecar.Config{Forward: sidecar.ForwardConfig{ConnectPorts: []int{8443}}}, "https")
+			return w.run(false, "mod", "download", "fixture.test/dep01@v1.0.0")
+		},
+	},
+	{
 		name: "forward mode cannot reach the host (CONNECT)",
 		code: wire.UpstreamFailed,
 		want: []string{"modgate could not reach proxy.example.test", "connection refused"},
