@@ -1,8 +1,12 @@
 package doctor
 
 import (
+	"context"
+	"errors"
 	"slices"
+	"strings"
 	"testing"
+	"time"
 )
 
 func TestHelpers(t *testing.T) {
@@ -54,5 +58,43 @@ func TestHelpers(t *testing.T) {
 		if got := sameListener(tc.host, tc.listen); got != tc.want {
 			t.Errorf("sameListener(%q, %q) = %v", tc.host, tc.listen, got)
 		}
+	}
+}
+
+// TestRunConfigDoesNotLoad: a config that does not load is an error
+// finding, and nothing is probed, since what would be probed is unknown.
+func TestRunConfigDoesNotLoad(t *testing.T) {
+	goenv := func(_ context.Context, names ...string) ([]string, error) {
+		out := make([]string, len(names))
+		for i, n := range names {
+			out[i] = map[string]string{"GOPROXY": "http://127.0.0.1:7070", "GOSUMDB": "sum.example.test", "GOENV": "off"}[n]
+		}
+		return out, nil
+	}
+	loaded := false
+	r := Run(context.Background(), Options{
+		Getenv: func(string) string { return "" },
+		GoEnv:  goenv,
+		Load: func(goenv GoEnvFunc) (Modgate, error) {
+			vals, err := goenv(context.Background(), "GOPROXY")
+			loaded = err == nil && vals[0] == "http://127.0.0.1:7070"
+			return Modgate{Listen: "127.0.0.1:7070", URL: "http://127.0.0.1:7070"}, errors.New("modgate.yaml:3: unknown key \"upstreamz\"")
+		},
+		Probe:   true,
+		Timeout: time.Second,
+		Module:  "example.test/m",
+	})
+	if !loaded {
+		t.Error("Load was not given the go env values doctor read")
+	}
+	found := false
+	for _, f := range r.Findings {
+		found = found || (f.Severity == Error && f.Check == "config" && strings.Contains(f.What, "upstreamz"))
+	}
+	if !found || r.OK || len(r.Probes) != 0 {
+		t.Errorf("config error found %v, ok %v, %d probes; want true, false, 0: %+v", found, r.OK, len(r.Probes), r)
+	}
+	if c := r.Counts(); !strings.HasPrefix(c, "1 error, ") {
+		t.Errorf("Counts() = %q", c)
 	}
 }
