@@ -10,34 +10,35 @@ import (
 	"golang.org/x/mod/semver"
 	"golang.org/x/mod/sumdb/tlog"
 	modzip "golang.org/x/mod/zip"
+
+	"github.com/modgate/modgate/sidecar/wire"
 )
 
-// Kind is the class of a request, as in DESIGN.md's table. It names spans
-// and labels metrics, so the set is closed.
-type Kind string
+// Kind is the class of a request (wire.Kind).
+type Kind = wire.Kind
 
 // The request kinds.
 const (
-	KindList           Kind = "list"
-	KindInfo           Kind = "info"
-	KindMod            Kind = "mod"
-	KindZip            Kind = "zip"
-	KindLatest         Kind = "latest"
-	KindSumDBSupported Kind = "sumdb-supported"
-	KindSumDBLookup    Kind = "sumdb-lookup"
-	KindSumDBTile      Kind = "sumdb-tile"
-	KindSumDBLatest    Kind = "sumdb-latest"
-	KindGoGet          Kind = "go-get"
-	KindVCS            Kind = "vcs"
-	KindTunnel         Kind = "tunnel"
-	KindOther          Kind = "other"
+	KindList           = wire.KindList
+	KindInfo           = wire.KindInfo
+	KindMod            = wire.KindMod
+	KindZip            = wire.KindZip
+	KindLatest         = wire.KindLatest
+	KindSumDBSupported = wire.KindSumDBSupported
+	KindSumDBLookup    = wire.KindSumDBLookup
+	KindSumDBTile      = wire.KindSumDBTile
+	KindSumDBLatest    = wire.KindSumDBLatest
+	KindGoGet          = wire.KindGoGet
+	KindVCS            = wire.KindVCS
+	KindTunnel         = wire.KindTunnel
+	KindOther          = wire.KindOther
 )
 
-// maxBody is the most an answer of kind may carry: the go command's own
+// maxBody is the most an answer of kind k may carry: the go command's own
 // limits for zips and go.mod files, a generous bound for the other module
 // protocol answers, and no bound (-1) for what forward mode passes on
 // (git packs are as large as their repositories).
-func (k Kind) maxBody() int64 {
+func maxBody(k Kind) int64 {
 	switch k {
 	case KindZip:
 		return modzip.MaxZipFile
@@ -48,9 +49,6 @@ func (k Kind) maxBody() int64 {
 	}
 	return -1
 }
-
-// IsSumDB reports whether k is one of the checksum-database kinds.
-func (k Kind) IsSumDB() bool { return strings.HasPrefix(string(k), "sumdb-") }
 
 // Request is a classified module request.
 type Request struct {

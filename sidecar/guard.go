@@ -10,6 +10,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/modgate/modgate/sidecar/upstream"
 )
 
 // refusal is a destination forward mode will not reach; its text goes in
@@ -17,6 +19,10 @@ import (
 type refusal struct{ reason string }
 
 func (r *refusal) Error() string { return r.reason }
+
+// Unwrap tells the upstream's breaker and retries that the destination was
+// refused, not unwell.
+func (r *refusal) Unwrap() error { return upstream.ErrRefused }
 
 func refuse(format string, args ...any) error {
 	return &refusal{reason: fmt.Sprintf(format, args...)}

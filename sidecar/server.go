@@ -275,11 +275,13 @@ func (s *Server) kindOf(r *http.Request) string {
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	for _, v := range r.Header.Values("Via") {
 		if strings.Contains(v, s.via) {
-			x := s.newExchange(w, r, "reverse")
-			x.decision, x.reason = "loop", "Via: "+v
-			writeError(x.w, http.StatusLoopDetected, wire.Loop, "request loop: this request has already passed through this modgate (Via: "+v+")",
-				"an upstream of modgate leads back to modgate; check the upstream chain")
-			x.finish()
+			mode := modeReverse
+			if r.URL.IsAbs() || r.Method == http.MethodConnect {
+				mode = modeForward
+			}
+			s.newExchange(w, r, mode).end(&problem{status: http.StatusLoopDetected, code: wire.Loop, decision: decisionLoop, reason: "Via: " + v,
+				lines: []string{"request loop: this request has already passed through this modgate (Via: " + v + ")",
+					"an upstream of modgate leads back to modgate; check the upstream chain"}})
 			return
 		}
 	}

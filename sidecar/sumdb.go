@@ -6,7 +6,6 @@ import (
 	"io"
 	"net/http"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -75,12 +74,7 @@ func (db *sumDB) find(ctx context.Context) (*sumDBRoute, upstream.Result) {
 		db.route = &sumDBRoute{via: db.direct}
 		return db.route, res
 	}
-	a := upstream.Attempt{Upstream: db.direct, Err: err, Duration: time.Since(start)}
-	if err == nil {
-		a.Status = resp.StatusCode
-		resp.Body.Close()
-	}
-	res.Attempts = append(res.Attempts, a)
+	res.Attempts = append(res.Attempts, upstream.AttemptOf(db.direct, resp, err, time.Since(start)))
 	res.End = upstream.Proxy
 	return nil, res
 }
@@ -101,52 +95,42 @@ func (db *sumDB) forget(r *sumDBRoute) {
 	db.mu.Unlock()
 }
 
-func (s *Server) serveSumDB(x *exchange) {
-	w, r, req := x.w, x.r, x.req
-	db := s.sumdb
-	if db == nil || req.SumDB != db.name {
-		served := "no checksum database is configured"
-		if db != nil {
-			served = "it serves " + db.name
-		}
-		writeError(w, http.StatusNotFound, wire.UnknownSumDB, fmt.Sprintf("checksum database %s is not served here (%s)", req.SumDB, served))
-		return
+// sumDBSource is reverse mode's source for /sumdb/<name>/...: the route
+// where the database was found. Finding it is part of every fetch, so that
+// with every upstream down a cached lookup is still an answer.
+type sumDBSource struct{ s *Server }
+
+// admit refuses a database modgate does not serve.
+func (src sumDBSource) admit(x *exchange) error {
+	db := src.s.sumdb
+	if db != nil && x.req.SumDB == db.name {
+		return nil
 	}
-	if key, immutable, ok := cacheKey(req); ok {
-		if c := s.cacheFor(x); c != nil {
-			// Finding the database is part of the fetch: with every
-			// upstream down, a stale lookup is still an answer.
-			fetch := func(ctx context.Context) upstream.Result {
-				route, res := db.find(upstream.WithKind(ctx, string(KindSumDBSupported)))
-				if route == nil {
-					return res
-				}
-				return db.get(ctx, route, req.Path)
-			}
-			s.serveCached(x, c, key, immutable, fetch, func(res upstream.Result) { s.writeSumDBError(x, res) })
-			return
-		}
+	served := "no checksum database is configured"
+	if db != nil {
+		served = "it serves " + db.name
 	}
-	route, res := db.find(upstream.WithKind(r.Context(), string(KindSumDBSupported)))
+	return &problem{status: http.StatusNotFound, code: wire.UnknownSumDB,
+		lines: []string{fmt.Sprintf("checksum database %s is not served here (%s)", x.req.SumDB, served)}}
+}
+
+// fetch finds the database and asks it; "supported" is answered once the
+// database is found. A database that cannot be found is an error, not a
+// 404: a 404 would send the go command to the database's host itself,
+// which modgate just failed to reach.
+func (src sumDBSource) fetch(ctx context.Context, x *exchange, fr fetchRequest) upstream.Result {
+	db := src.s.sumdb
+	route, res := db.find(upstream.WithKind(ctx, string(KindSumDBSupported)))
 	if route == nil {
-		// The answer is an error, not 404: a 404 would send the go command
-		// to the database's host itself, which modgate just failed to reach.
-		s.writeSumDBError(x, res)
-		return
+		return res
 	}
-	x.served = route.via
-	if req.Kind == KindSumDBSupported {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		w.WriteHeader(http.StatusOK)
-		return
+	if x.req.Kind == KindSumDBSupported {
+		return upstream.Result{Upstream: route.via, Response: &http.Response{
+			StatusCode: http.StatusOK, ContentLength: 0, Body: http.NoBody,
+			Header: http.Header{"Content-Type": {"text/plain; charset=utf-8"}},
+		}}
 	}
-	res = db.get(x.ctx(), route, req.Path)
-	if res.Response == nil {
-		s.writeSumDBError(x, res)
-		return
-	}
-	x.served = res.Upstream
-	s.relay(x, res.Response)
+	return db.get(ctx, route, fr.path)
 }
 
 // get fetches path from the database's route. When the route is an
@@ -198,33 +182,5 @@ func (db *sumDB) getFrom(ctx context.Context, u *upstream.Upstream, path string)
 	if err == nil && resp.StatusCode == http.StatusOK {
 		return upstream.Result{Response: resp, Upstream: u}
 	}
-	a := upstream.Attempt{Upstream: u, Err: err, Duration: time.Since(start)}
-	if err == nil {
-		a.Status = resp.StatusCode
-		resp.Body.Close()
-	}
-	return upstream.Result{Attempts: []upstream.Attempt{a}}
-}
-
-func (s *Server) writeSumDBError(x *exchange, res upstream.Result) {
-	if x.r.Context().Err() != nil {
-		return
-	}
-	status := res.Status()
-	if status == http.StatusForbidden {
-		status = http.StatusBadGateway
-	}
-	lines := []string{describeRequest(x.req) + ": " + http.StatusText(status)}
-	if status == http.StatusNotFound {
-		lines[0] = describeRequest(x.req) + ": not found"
-	}
-	for _, a := range res.Attempts {
-		lines = append(lines, a.String())
-	}
-	x.reason = strings.Join(lines[1:], "; ")
-	code := chainCode(res)
-	if code == wire.Off {
-		code = wire.UpstreamFailed
-	}
-	writeError(x.w, status, code, lines...)
+	return upstream.Result{Attempts: []upstream.Attempt{upstream.AttemptOf(u, resp, err, time.Since(start))}}
 }

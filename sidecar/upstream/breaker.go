@@ -143,7 +143,7 @@ func newBreaker(name string, s BreakerSettings, clock Clock, log *slog.Logger, d
 		Timeout:      time.Nanosecond,
 		ReadyToTrip:  b.readyToTrip,
 		IsExcluded: func(err error) bool {
-			return errors.Is(err, errAbandoned) || errors.Is(err, errClientCanceled)
+			return errors.Is(err, errAbandoned) || errors.Is(err, errClientCanceled) || errors.Is(err, ErrRefused)
 		},
 		// Called under gobreaker's lock: it must not call back into the
 		// breaker, and only records and logs.
@@ -220,7 +220,7 @@ func (b *breaker) report(done func(error), err error) {
 	if done == nil {
 		return
 	}
-	if err != nil && !errors.Is(err, errAbandoned) && !errors.Is(err, errClientCanceled) {
+	if err != nil && !errors.Is(err, errAbandoned) && !errors.Is(err, errClientCanceled) && !errors.Is(err, ErrRefused) {
 		b.recordFailure(err)
 	}
 	done(err)

@@ -69,6 +69,18 @@ type Attempt struct {
 	Duration time.Duration
 }
 
+// AttemptOf is the attempt of one request to u that had no 200: the
+// error, or the status and the first line of its error body (the body is
+// read and closed).
+func AttemptOf(u *Upstream, resp *http.Response, err error, d time.Duration) Attempt {
+	a := Attempt{Upstream: u, Err: err, Duration: d}
+	if err == nil && resp != nil {
+		a.Status = resp.StatusCode
+		a.Detail = errorDetail(resp)
+	}
+	return a
+}
+
 // NotFound reports whether the upstream said the artifact does not exist,
 // which is how proxies say "try the next one".
 func (a Attempt) NotFound() bool {
@@ -295,7 +307,7 @@ func ask(ctx context.Context, u *Upstream, method, path string, hdr http.Header)
 	resp, err := u.Get(ctx, method, path, hdr)
 	a := Attempt{Upstream: u, Err: err}
 	if err == nil && resp.StatusCode == http.StatusOK && method != http.MethodHead {
-		err = prefetch(resp)
+		err = Prefetch(resp)
 		a.Err = err
 	}
 	if err == nil {
@@ -315,11 +327,11 @@ func ask(ctx context.Context, u *Upstream, method, path string, hdr http.Header)
 // response.
 const PrefetchLimit = 64 << 10
 
-// prefetch reads up to PrefetchLimit of resp's body ahead. A body that
+// Prefetch reads up to PrefetchLimit of resp's body ahead. A body that
 // ends short of its Content-Length, or breaks off, within that span is an
 // error (the body is closed); a longer body is served from what was read
 // and then the rest.
-func prefetch(resp *http.Response) error {
+func Prefetch(resp *http.Response) error {
 	if resp.ContentLength > PrefetchLimit {
 		return nil
 	}

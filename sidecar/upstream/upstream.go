@@ -238,7 +238,16 @@ func New(cfg Config, opts Options) (*Upstream, error) {
 	}
 	u.client = &http.Client{Transport: rt, CheckRedirect: checkRedirect(base.Host, cfg.RedirectHosts)}
 	if cfg.PassRedirects {
-		u.client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+		// Forward mode's origins: the client follows redirects itself,
+		// except where modgate fetches an artifact whole to check and keep
+		// it. Every hop still goes through Options.Dial (the guard).
+		follow := checkRedirect(base.Host, []string{"*"})
+		u.client.CheckRedirect = func(req *http.Request, via []*http.Request) error {
+			if req.Context().Value(followKey{}) != nil {
+				return follow(req, via)
+			}
+			return http.ErrUseLastResponse
+		}
 	}
 	bs := cfg.Breaker.withDefaults()
 	u.breaker = newBreaker(u.Name, bs, u.clock, logger, func(err error) string { return describe(err, u) })
@@ -409,6 +418,8 @@ func (u *Upstream) Do(ctx context.Context, req Request) (*http.Response, error) 
 // outcome classifies one try for the attempt metric.
 func outcome(resp *http.Response, err error) string {
 	switch {
+	case errors.Is(err, ErrRefused):
+		return telemetry.OutcomeRejected
 	case err != nil && isTimeout(err):
 		return telemetry.OutcomeTimeout
 	case err != nil:
@@ -433,6 +444,20 @@ func retryReason(resp *http.Response, err error) string {
 }
 
 type kindKey struct{}
+
+type followKey struct{}
+
+// FollowRedirects returns a context whose requests to an upstream made
+// with PassRedirects follow redirects all the same (to any host the dialer
+// allows).
+func FollowRedirects(ctx context.Context) context.Context {
+	return context.WithValue(ctx, followKey{}, true)
+}
+
+// ErrRefused marks a request that the caller's own guard refused (forward
+// mode's SSRF guard, in the dialer): it says nothing about the upstream,
+// so it never counts against the breaker and is never retried.
+var ErrRefused = errors.New("refused by modgate's guard")
 
 // WithKind returns a context that tells the upstream what kind of request
 // it carries (list, zip, ...), for its spans and metrics.

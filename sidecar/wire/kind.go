@@ -26,5 +26,15 @@ const (
 // IsSumDB reports whether k is one of the checksum-database kinds.
 func (k Kind) IsSumDB() bool { return strings.HasPrefix(string(k), "sumdb-") }
 
+// IsModuleProtocol reports whether k is a request of the module proxy or
+// checksum database protocol.
+func (k Kind) IsModuleProtocol() bool {
+	switch k {
+	case KindList, KindInfo, KindMod, KindZip, KindLatest:
+		return true
+	}
+	return k.IsSumDB()
+}
+
 // IsArtifact reports whether k names an immutable module artifact.
 func (k Kind) IsArtifact() bool { return k == KindInfo || k == KindMod || k == KindZip }
