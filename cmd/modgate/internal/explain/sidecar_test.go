@@ -257,11 +257,20 @@ contact: "ask #platform-builds"
 		},
 	},
 	{
-		name: "forward mode wants a user",
+		name: "forward mode wants a user (plain HTTP)",
 		code: wire.AuthRequired,
 		want: []string{"forward.auth_file", "HTTP_PROXY=http://user:password@"},
 		run: func(t *testing.T, w *world) string {
 			w.forward(sidecar.Config{Forward: sidecar.ForwardConfig{Users: map[string]string{"builder": "s3cret"}}}, "http")
+			return w.run(false, "mod", "download", "fixture.test/dep01@v1.0.0")
+		},
+	},
+	{
+		name: "forward mode wants a user (CONNECT)",
+		code: wire.AuthRequired,
+		want: []string{"forward.auth_file", "HTTP_PROXY=http://user:password@"},
+		run: func(t *testing.T, w *world) string {
+			w.forward(sidecar.Config{Forward: sidecar.ForwardConfig{Users: map[string]string{"builder": "s3cret"}}}, "https")
 			return w.run(false, "mod", "download", "fixture.test/dep01@v1.0.0")
 		},
 	},
