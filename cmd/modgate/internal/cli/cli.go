@@ -1,5 +1,7 @@
-// Package cli holds modgate's subcommands and its one config loader. It is
-// the only package that reads the environment.
+// Package cli holds modgate's command line: each subcommand's flags, the
+// one config loader, and the subcommands small enough to need no package
+// of their own (explain and doctor have theirs and are handed what cli
+// read). It is the only package that reads the environment.
 package cli
 
 import (

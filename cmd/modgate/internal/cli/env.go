@@ -14,6 +14,7 @@ import (
 	"github.com/modgate/modgate/sidecar"
 	"github.com/modgate/modgate/sidecar/mitm"
 	"github.com/modgate/modgate/sidecar/upstream"
+	"github.com/modgate/modgate/sidecar/wire"
 )
 
 const envUsage = `usage: modgate env [--shell sh|fish|powershell|cmd] [--no-direct] [run's config flags]
@@ -238,14 +239,11 @@ func hostOf(hostport string) string {
 
 // chainText is the chain in GOPROXY syntax, by upstream name.
 func chainText(ups []*upstream.Upstream) string {
-	var b strings.Builder
+	entries := make([]wire.ChainEntry, len(ups))
 	for i, u := range ups {
-		if i > 0 {
-			b.WriteString(map[upstream.Fallthrough]string{upstream.OnNotFound: ",", upstream.OnError: "|"}[ups[i-1].Fallthrough])
-		}
-		b.WriteString(u.Name)
+		entries[i] = wire.ChainEntry{Name: u.Name, OnError: u.Fallthrough == upstream.OnError}
 	}
-	return "upstreams " + b.String()
+	return "upstreams " + wire.FormatChain(entries)
 }
 
 // shellSyntax writes variables and comments in one shell's language.
