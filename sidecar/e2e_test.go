@@ -23,6 +23,7 @@ import (
 
 	"github.com/modgate/modgate/sidecar"
 	"github.com/modgate/modgate/sidecar/modtest"
+	"github.com/modgate/modgate/sidecar/sidecartest"
 	"github.com/modgate/modgate/sidecar/upstream"
 )
 
@@ -55,29 +56,11 @@ func startGate(t *testing.T, cfg sidecar.Config) string {
 // startGateServer is startGate that also returns the server.
 func startGateServer(t *testing.T, cfg sidecar.Config) (string, *sidecar.Server) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.Listen = ln.Addr().String()
 	if cfg.SumDB == "" {
 		cfg.SumDB = sumdbName
 	}
-	s, err := sidecar.New(cfg)
-	if err != nil {
-		ln.Close()
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Serve(ctx, ln, nil) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
-	return "http://" + cfg.Listen, s
+	g := sidecartest.Start(t, nil, cfg)
+	return g.URL, g.Server
 }
 
 // env is one end-to-end set-up: fixtures, a checksum database, a go command

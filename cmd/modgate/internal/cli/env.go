@@ -14,7 +14,6 @@ import (
 	"github.com/modgate/modgate/sidecar"
 	"github.com/modgate/modgate/sidecar/mitm"
 	"github.com/modgate/modgate/sidecar/upstream"
-	"github.com/modgate/modgate/sidecar/wire"
 )
 
 const envUsage = `usage: modgate env [--shell sh|fish|powershell|cmd] [--no-direct] [run's config flags]
@@ -239,11 +238,7 @@ func hostOf(hostport string) string {
 
 // chainText is the chain in GOPROXY syntax, by upstream name.
 func chainText(ups []*upstream.Upstream) string {
-	entries := make([]wire.ChainEntry, len(ups))
-	for i, u := range ups {
-		entries[i] = wire.ChainEntry{Name: u.Name, OnError: u.Fallthrough == upstream.OnError}
-	}
-	return "upstreams " + wire.FormatChain(entries)
+	return "upstreams " + upstream.FormatChain(ups, func(u *upstream.Upstream) string { return u.Name })
 }
 
 // shellSyntax writes variables and comments in one shell's language.
