@@ -378,7 +378,7 @@ func TestBadInputNeverReachesUpstream(t *testing.T) {
 		{"/fixture.test/a%00/@v/list", 400, "invalid module path"},
 		{"/fixture.test/!!x/@v/list", 400, "invalid module path"},
 		{"/fixture.test/Dep01/@v/list", 400, "an escaped path has no capital letters"},
-		{"/fixture.test/dep01/@v/v1.0.info", 400, `version "v1.0" is not canonical (want v1.0.0)`},
+		{"/fixture.test/dep01/@v/v1.0.mod", 400, `version "v1.0" is not canonical (want v1.0.0)`},
 		{"/fixture.test/dep01/@v/master.zip", 400, `version "master" is not a semantic version`},
 		{"/fixture.test/dep01/@v/v1.0.0%2f..%2f..%2fx.mod", 400, "invalid version"},
 		{"/sumdb/" + sumdbName + "/lookup/fixture.test/dep01@latest", 400, "not a semantic version"},

@@ -37,9 +37,13 @@ type Config struct {
 	Admin string
 	// Upstreams is the chain, in order.
 	Upstreams []upstream.Config
-	// SumDB is the name of the checksum database served under /sumdb/.
-	// If empty, /sumdb/ answers 404.
+	// SumDB is the name of the checksum database served under /sumdb/
+	// ("sum.example.test", or with a path: "sum.example.test/sumdb"). If
+	// empty, /sumdb/ answers 404.
 	SumDB string
+	// SumDBURL is where the database answers when no upstream serves it
+	// (GOSUMDB's "name+key URL" form). If empty, https://<SumDB>.
+	SumDBURL string
 	// RootCAs verifies upstream certificates. If nil, the system pool is used.
 	RootCAs *x509.CertPool
 	// Resolve maps "host:port" to the address to dial instead.
@@ -79,6 +83,9 @@ type Server struct {
 	log   *slog.Logger
 	chain *upstream.Chain
 	sumdb *sumDB
+	// sumdbAddr is the database's direct address, which forward mode
+	// recognises.
+	sumdbAddr sumDBAddress
 	via   string // this process's Via token
 
 	// ready is set once the server has started serving.
@@ -145,7 +152,10 @@ func New(cfg Config) (*Server, error) {
 	if err := s.checkRoutes(s.policy()); err != nil {
 		return nil, err
 	}
-	if s.sumdb, err = newSumDB(cfg.SumDB, chain, opts, upstream.Timeouts{}); err != nil {
+	if s.sumdbAddr, err = newSumDBAddress(cfg.SumDB, cfg.SumDBURL); err != nil {
+		return nil, err
+	}
+	if s.sumdb, err = newSumDB(cfg.SumDB, cfg.SumDBURL, chain, opts, upstream.Timeouts{}); err != nil {
 		return nil, err
 	}
 	if len(cfg.Forward.MITMHosts) > 0 && cfg.Forward.CA == nil {
@@ -262,7 +272,7 @@ func (s *Server) Handler() http.Handler {
 // kindOf classifies a request for its span name and metrics.
 func (s *Server) kindOf(r *http.Request) string {
 	if r.URL.IsAbs() {
-		req, _ := classifyForward(r.URL.Hostname(), r.URL.Path, r.URL.RawQuery, s.cfg.SumDB)
+		req, _ := classifyForward(normalized(r.URL.Hostname()), r.URL.Path, r.URL.RawQuery, s.sumdbAddr)
 		return string(req.Kind)
 	}
 	req, err := ClassifyReverse(r.URL.Path)

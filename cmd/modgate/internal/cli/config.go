@@ -152,7 +152,22 @@ type TimeoutsConfig struct {
 
 // SumDBConfig names the checksum database served under /sumdb/.
 type SumDBConfig struct {
-	Name string `yaml:"name"` // "off" serves none
+	Name string `yaml:"name"` // "off" serves none; may have a path: sum.example.test/sumdb
+	URL  string `yaml:"url"`  // where it answers directly; default https://<name>
+}
+
+// parseGOSUMDB splits GOSUMDB's "name", "name+key" or "name+key url" into
+// the database's name and URL; the key is the go command's business.
+func parseGOSUMDB(v string) (name, url string) {
+	fields := strings.Fields(v)
+	if len(fields) == 0 {
+		return "", ""
+	}
+	name, _, _ = strings.Cut(fields[0], "+")
+	if len(fields) > 1 {
+		url = fields[1]
+	}
+	return name, url
 }
 
 // LogConfig sets up logging.
@@ -333,7 +348,11 @@ func (c *Config) set(key, value, at string, o origins) error {
 			}
 		}
 	case "sumdb.name":
-		c.SumDB.Name = value
+		// A name, or a whole GOSUMDB value (name+key [url]).
+		c.SumDB.Name, c.SumDB.URL = parseGOSUMDB(value)
+		if c.SumDB.URL != "" {
+			o["sumdb.url"] = at
+		}
 	case "resolve":
 		c.Resolve = map[string]string{}
 		for _, r := range strings.FieldsFunc(value, func(r rune) bool { return r == ',' || r == ' ' }) {
@@ -471,10 +490,17 @@ func (c *Config) validate(o origins) (sidecar.Config, error) {
 	switch name := c.SumDB.Name; name {
 	case "", "off":
 	default:
-		if strings.ContainsAny(name, "/:+ ") || strings.ToLower(name) != name {
-			bad("sumdb.name", "%q: want the database's host name, e.g. sum.example.test", name)
+		host, path, _ := strings.Cut(name, "/")
+		if host == "" || strings.ContainsAny(name, ":+ ") || strings.ToLower(name) != name || strings.Contains("/"+path+"/", "/../") || strings.Contains(path, "//") {
+			bad("sumdb.name", "%q: want the database's name: a host name, optionally with a path (sum.example.test, sum.example.test/sumdb)", name)
 		}
 		out.SumDB = name
+		if u := c.SumDB.URL; u != "" {
+			if pu, err := url.Parse(u); err != nil || (pu.Scheme != "https" && pu.Scheme != "http") || pu.Host == "" || pu.RawQuery != "" {
+				bad("sumdb.url", "%q: want https://host[/path], where the database answers", u)
+			}
+			out.SumDBURL = u
+		}
 	}
 	for from, to := range c.Resolve {
 		if _, _, err := net.SplitHostPort(from); err != nil {

@@ -26,7 +26,7 @@ var flagKeys = []struct{ flag, key, usage string }{
 	{"listen", "listen", "module listener address"},
 	{"admin", "admin", "admin listener address (empty: none)"},
 	{"upstream", "upstreams", `upstream chain in GOPROXY syntax, e.g. "https://a.example.test,https://b.example.test|direct" (default: go env GOPROXY)`},
-	{"sumdb", "sumdb.name", "checksum database name, or off (default: go env GOSUMDB)"},
+	{"sumdb", "sumdb.name", "checksum database name, a GOSUMDB value (name+key [url]), or off (default: go env GOSUMDB)"},
 	{"tls-ca-file", "tls_ca_file", "extra root CAs (PEM) for upstreams"},
 	{"log-level", "log.level", "debug, info, warn or error"},
 	{"log-format", "log.format", "auto, text or json"},
@@ -149,13 +149,12 @@ func (l loader) fillFromGoEnv(cfg *Config, o origins) error {
 		}
 	}
 	if needSumDB {
-		// GOSUMDB is "name", "name+key" or "name+key url"; modgate needs the name.
-		var name string
-		if fields := strings.Fields(vals[1]); len(fields) > 0 {
-			name, _, _ = strings.Cut(fields[0], "+")
-		}
+		name, url := parseGOSUMDB(vals[1])
 		o["sumdb.name"] = sourceName(source, "GOSUMDB")
-		cfg.SumDB.Name = name
+		cfg.SumDB.Name, cfg.SumDB.URL = name, url
+		if url != "" {
+			o["sumdb.url"] = sourceName(source, "GOSUMDB")
+		}
 		if name == "" {
 			cfg.SumDB.Name = "off"
 		}

@@ -116,10 +116,22 @@ type Modgate struct {
 	Resolve map[string]string
 	// PolicyFile is the policy file, "" for none.
 	PolicyFile string
-	// SumDB is the checksum database modgate serves, "" for none.
+	// SumDB is the checksum database modgate serves, "" for none; it may
+	// have a path (sum.example.test/sumdb).
 	SumDB string
+	// SumDBURL is where modgate reaches the database directly; if empty,
+	// https://<SumDB>.
+	SumDBURL string
 	// RootCAs verifies upstream certificates; nil means the system pool.
 	RootCAs *x509.CertPool
+}
+
+// sumDBURL is where modgate reaches its checksum database directly.
+func (d *run) sumDBURL() string {
+	if d.m.SumDBURL != "" {
+		return d.m.SumDBURL
+	}
+	return "https://" + d.m.SumDB + "/"
 }
 
 // Upstream is one entry of modgate's chain.
@@ -730,7 +742,7 @@ func (d *run) judgeUpstream(rawURL string, ps []Probe, mod string) bool {
 	what := fmt.Sprintf("upstream %s (%s): %s", name, rawURL, timings(ps))
 	for _, p := range ps {
 		if p.Kind == "sumdb-supported" && p.Status != http.StatusOK {
-			what += fmt.Sprintf("; it does not proxy the checksum database %s, so modgate reaches https://%s/ directly", d.m.SumDB, d.m.SumDB)
+			what += fmt.Sprintf("; it does not proxy the checksum database %s, so modgate reaches %s directly", d.m.SumDB, d.sumDBURL())
 		}
 		if p.Kind == "list" && p.Status == http.StatusNotFound {
 			what += "; it does not have " + mod + " (normal for an upstream of private modules only)"
