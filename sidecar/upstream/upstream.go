@@ -139,15 +139,17 @@ type Options struct {
 
 // Upstream is one entry of the chain. Its methods are safe for concurrent use.
 type Upstream struct {
-	Name        string
-	Kind        Kind
-	Source      string   // the URL as configured
-	URL         *url.URL // nil for Direct and Off
+	Name   string
+	Kind   Kind
+	Source string   // the URL as configured, credentials hidden (RedactURL)
+	URL    *url.URL // nil for Direct and Off; never holds credentials
+
 	Private     bool
 	Fallthrough Fallthrough
 	Timeouts    Timeouts
 
 	client    *http.Client
+	user      *url.Userinfo // the URL's credentials, sent as basic auth
 	via       string
 	userAgent string
 	retry     RetrySettings
@@ -162,7 +164,7 @@ type Upstream struct {
 func New(cfg Config, opts Options) (*Upstream, error) {
 	u := &Upstream{
 		Name:        cfg.Name,
-		Source:      cfg.URL,
+		Source:      RedactURL(cfg.URL),
 		Private:     cfg.Private,
 		Fallthrough: cfg.Fallthrough,
 		Timeouts:    cfg.Timeouts.withDefaults(),
@@ -195,28 +197,35 @@ func New(cfg Config, opts Options) (*Upstream, error) {
 	}
 	base, err := url.Parse(cfg.URL)
 	if err != nil {
-		return nil, fmt.Errorf("upstream %q: %v", cfg.URL, err)
+		// url.Parse's error repeats the URL, credentials and all.
+		if ue := (*url.Error)(nil); errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return nil, fmt.Errorf("upstream %q: %v", u.Source, err)
 	}
+	// The credentials leave the URL, which is shown and traced (url.full),
+	// and go with each request as basic auth instead.
+	u.user, base.User = base.User, nil
 	var rt http.RoundTripper
 	switch base.Scheme {
 	case "http", "https":
 		if base.Host == "" {
-			return nil, fmt.Errorf("upstream %q: no host", cfg.URL)
+			return nil, fmt.Errorf("upstream %q: no host", u.Source)
 		}
 		if base.RawQuery != "" || base.Fragment != "" {
-			return nil, fmt.Errorf("upstream %q: a proxy URL has no query or fragment", cfg.URL)
+			return nil, fmt.Errorf("upstream %q: a proxy URL has no query or fragment", u.Source)
 		}
 		rt = opts.Telemetry.ClientTransport(newTransport(u.Timeouts, opts))
 	case "file":
 		dir := base.Path
 		if st, err := os.Stat(dir); err != nil || !st.IsDir() {
-			return nil, fmt.Errorf("upstream %q: %s is not a directory", cfg.URL, dir)
+			return nil, fmt.Errorf("upstream %q: %s is not a directory", u.Source, dir)
 		}
 		rt = http.NewFileTransportFS(os.DirFS(dir))
 		// The file transport joins paths under "/"; keep only that part.
 		base = &url.URL{Scheme: "file", Path: "/"}
 	default:
-		return nil, fmt.Errorf("upstream %q: scheme must be http, https or file (or the words direct, off)", cfg.URL)
+		return nil, fmt.Errorf("upstream %q: scheme must be http, https or file (or the words direct, off)", u.Source)
 	}
 	base.Path = strings.TrimSuffix(base.Path, "/")
 	base.RawPath = ""
@@ -224,7 +233,7 @@ func New(cfg Config, opts Options) (*Upstream, error) {
 	if u.Name == "" {
 		u.Name = base.Host
 		if base.Scheme == "file" {
-			u.Name = "file:" + cfg.URL[len("file://"):]
+			u.Name = "file:" + u.Source[len("file://"):]
 		}
 	}
 	u.metric = opts.MetricName
@@ -265,9 +274,9 @@ func checkRedirect(own string, hosts []string) func(*http.Request, []*http.Reque
 		chain := func() string {
 			var b strings.Builder
 			for _, r := range via {
-				b.WriteString(r.URL.Redacted() + " -> ")
+				b.WriteString(redactUser(r.URL).String() + " -> ")
 			}
-			return b.String() + req.URL.Redacted()
+			return b.String() + redactUser(req.URL).String()
 		}
 		for _, r := range via {
 			if r.URL.String() == req.URL.String() {
@@ -487,6 +496,11 @@ func (u *Upstream) try(ctx context.Context, r Request) (*http.Response, error) {
 		req.Header[k] = vs
 	}
 	req.Header.Set("User-Agent", u.userAgent)
+	if u.user != nil && req.Header.Get("Authorization") == "" {
+		// What http.Client does for a URL with user information.
+		pass, _ := u.user.Password()
+		req.SetBasicAuth(u.user.Username(), pass)
+	}
 	if u.via != "" {
 		via := "1.1 " + u.via
 		if prev := req.Header.Get("Via"); prev != "" {

@@ -195,7 +195,9 @@ type configError struct {
 }
 
 func (e *configError) Error() string {
-	return fmt.Sprintf("%s: %s: %s", e.at, e.key, e.msg)
+	// A value quoted in msg may be a URL with credentials (an upstream,
+	// GOPROXY): they never reach a terminal or a log.
+	return upstream.RedactText(fmt.Sprintf("%s: %s: %s", e.at, e.key, e.msg))
 }
 
 // parseFile decodes a config file over cfg. Unknown keys and values of the
@@ -518,15 +520,22 @@ func (c *Config) validate(o origins) (sidecar.Config, error) {
 	return out, errors.Join(errs...)
 }
 
-func checkUpstreamURL(raw string) error {
-	switch raw {
+// checkUpstreamURL says what is wrong with an upstream URL, its
+// credentials hidden.
+func checkUpstreamURL(rawURL string) error {
+	switch rawURL {
 	case "":
 		return errors.New("missing (want an http, https or file URL, or direct or off)")
 	case "direct", "off":
 		return nil
 	}
-	u, err := url.Parse(raw)
+	raw := upstream.RedactURL(rawURL)
+	u, err := url.Parse(rawURL)
 	if err != nil {
+		// url.Parse's error repeats the URL, credentials and all.
+		if ue := (*url.Error)(nil); errors.As(err, &ue) {
+			err = ue.Err
+		}
 		return fmt.Errorf("%q: %v", raw, err)
 	}
 	switch u.Scheme {

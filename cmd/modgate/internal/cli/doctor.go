@@ -28,6 +28,7 @@ import (
 
 	"github.com/modgate/modgate/policy"
 	"github.com/modgate/modgate/sidecar"
+	"github.com/modgate/modgate/sidecar/upstream"
 )
 
 // `modgate doctor` looks for the settings that make Go module traffic
@@ -569,7 +570,7 @@ func (d *doctorRun) probe(ctx context.Context, timeout time.Duration, mod string
 
 	get := func(target, kind, u string) doctorProbe {
 		if d.progress != nil {
-			fmt.Fprintf(d.progress, "\r\033[Kprobing %s: %s %s", target, kind, u)
+			fmt.Fprintf(d.progress, "\r\033[Kprobing %s: %s %s", target, kind, upstream.RedactText(u))
 		}
 		p := doctorProbe{Target: target, Kind: kind, URL: u}
 		start := time.Now()
@@ -1133,6 +1134,34 @@ func (d *doctorRun) report() doctorReport {
 		}
 	}
 	r.OK = r.Summary[sevError] == 0
+	return r.redacted()
+}
+
+// redacted hides the credentials of every URL in the report: upstream URLs
+// and GOPROXY or proxy variables may carry a password or a token, and a
+// doctor report is made to be pasted into a ticket.
+func (r doctorReport) redacted() doctorReport {
+	findings := make([]doctorFinding, len(r.Findings))
+	for i, f := range r.Findings {
+		f.What, f.Where, f.Fix = upstream.RedactText(f.What), upstream.RedactText(f.Where), upstream.RedactText(f.Fix)
+		findings[i] = f
+	}
+	r.Findings = findings
+	probes := make([]doctorProbe, len(r.Probes))
+	for i, p := range r.Probes {
+		p.URL, p.Error, p.Detail = upstream.RedactText(p.URL), upstream.RedactText(p.Error), upstream.RedactText(p.Detail)
+		probes[i] = p
+	}
+	if r.Probes != nil {
+		r.Probes = probes
+	}
+	if r.GoEnv != nil {
+		env := make(map[string]string, len(r.GoEnv))
+		for k, v := range r.GoEnv {
+			env[k] = upstream.RedactText(v)
+		}
+		r.GoEnv = env
+	}
 	return r
 }
 
