@@ -521,7 +521,7 @@ func TestAdmin(t *testing.T) {
 	check := func(path string, want int) {
 		t.Helper()
 		rec := httptest.NewRecorder()
-		s.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", path, nil))
+		s.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "http://127.0.0.1"+path, nil))
 		if rec.Code != want {
 			t.Errorf("%s = %d; want %d", path, rec.Code, want)
 		}

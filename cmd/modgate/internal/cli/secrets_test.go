@@ -193,6 +193,7 @@ upstreams:
 		"ftp://ci:" + secret + "@mods.example.test",
 		"http://ci:" + secret + "@mods.example.test/%zz",
 		"http://ci:" + secret + "@/no/host",
+		"https://" + secret + "@mods.example.test:99999",
 	} {
 		file := filepath.Join(dir, fmt.Sprintf("bad%d.yaml", i))
 		writeFile(t, file, fmt.Sprintf("sumdb: {name: \"off\"}\nupstreams:\n  - url: %q\n", bad))
