@@ -28,13 +28,8 @@ import (
 // has a key. It is loaded once: defaults, then the file, then MODGATE_*
 // environment variables, then flags, then validation.
 type Config struct {
-	Listen string `yaml:"listen"`
-	Admin  string `yaml:"admin"`
-	// AdminHosts are the Host names (patterns like *.svc.example.test)
-	// the admin listener answers besides IP addresses and localhost.
-	AdminHosts []string `yaml:"admin_hosts"`
-	// PProf serves /debug/pprof/ on the admin listener.
-	PProf     bool              `yaml:"pprof"`
+	Listen    string            `yaml:"listen"`
+	Admin     string            `yaml:"admin"`
 	Upstreams []UpstreamConfig  `yaml:"upstreams"`
 	SumDB     SumDBConfig       `yaml:"sumdb"`
 	Resolve   map[string]string `yaml:"resolve"`
@@ -50,6 +45,11 @@ type Config struct {
 	Cache CacheConfig `yaml:"cache"`
 	// ClientTimeouts bound what a client may take of modgate's listener.
 	ClientTimeouts ClientTimeoutsConfig `yaml:"client_timeouts"`
+	// AdminHosts are the Host names (patterns like *.svc.example.test)
+	// the admin listener answers besides IP addresses and localhost.
+	AdminHosts []string `yaml:"admin_hosts"`
+	// PProf serves /debug/pprof/ on the admin listener.
+	PProf bool `yaml:"pprof"`
 }
 
 // ClientTimeoutsConfig is the client_timeouts section; zero keys take
