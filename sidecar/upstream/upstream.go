@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"path"
@@ -135,6 +136,33 @@ type Options struct {
 	// MetricName, if set, names every upstream in metrics (forward mode's
 	// origins: a host per series would be unbounded).
 	MetricName string
+	// CheckRedirectAddr says why a redirect target may not be reached at
+	// addr, or "" if it may: it is asked, before anything is dialled, for
+	// every address that the host of a redirect to another host than the
+	// upstream's own resolves to, and the connection goes to an address
+	// it allowed. explicit is set when RedirectHosts names the host
+	// without a wildcard. The upstream itself may be anywhere (on
+	// loopback, in a private network); its redirects may not. If nil,
+	// RedirectAddrCheck. Unused when Dial is set (Dial guards every
+	// connection) and for hosts that Resolve pins.
+	CheckRedirectAddr func(host string, addr netip.Addr, explicit bool) string
+}
+
+// RedirectAddrCheck is the default Options.CheckRedirectAddr: a redirect
+// may lead to a public address, or to a private one (not loopback, not
+// this machine) of a host that redirect_hosts names without a wildcard.
+func RedirectAddrCheck(host string, a netip.Addr, explicit bool) string {
+	a = a.WithZone("")
+	u := a.Unmap()
+	switch {
+	case u.IsLoopback() || u.IsUnspecified() || u.Is4() && netip.MustParsePrefix("0.0.0.0/8").Contains(u):
+		return SpecialAddr(u)
+	case ThisMachine.Has(u):
+		return "an address of this machine"
+	case explicit && !a.Is4In6():
+		return ""
+	}
+	return SpecialAddr(a)
 }
 
 // Upstream is one entry of the chain. Its methods are safe for concurrent use.
@@ -215,7 +243,7 @@ func New(cfg Config, opts Options) (*Upstream, error) {
 		if base.RawQuery != "" || base.Fragment != "" {
 			return nil, fmt.Errorf("upstream %q: a proxy URL has no query or fragment", u.Source)
 		}
-		rt = opts.Telemetry.ClientTransport(newTransport(u.Timeouts, opts))
+		rt = opts.Telemetry.ClientTransport(newTransport(u.Timeouts, opts, redirectGuard(base, cfg.RedirectHosts, opts)))
 	case "file":
 		dir := base.Path
 		if st, err := os.Stat(dir); err != nil || !st.IsDir() {
@@ -298,21 +326,86 @@ func checkRedirect(own string, hosts []string) func(*http.Request, []*http.Reque
 	}
 }
 
-func newTransport(t Timeouts, opts Options) *http.Transport {
+// redirectGuard returns the check of the addresses a transport dials for
+// an upstream at base: nil for the upstream's own host:port and for hosts
+// Resolve pins, an error for a redirect target at an address that
+// Options.CheckRedirectAddr refuses. It resolves the host itself and
+// returns the checked address to dial, so that a name cannot resolve to
+// one address for the check and another for the dial.
+func redirectGuard(base *url.URL, hosts []string, opts Options) func(ctx context.Context, addr string) (string, error) {
+	if opts.Dial != nil {
+		return nil
+	}
+	port := base.Port()
+	if port == "" {
+		port = map[string]string{"http": "80", "https": "443"}[base.Scheme]
+	}
+	own := strings.ToLower(net.JoinHostPort(base.Hostname(), port))
+	check := opts.CheckRedirectAddr
+	if check == nil {
+		check = RedirectAddrCheck
+	}
+	explicit := map[string]bool{}
+	for _, h := range hosts {
+		if !strings.ContainsAny(h, "*?[\\") {
+			explicit[strings.ToLower(strings.TrimSuffix(h, "."))] = true
+		}
+	}
+	return func(ctx context.Context, addr string) (string, error) {
+		if strings.ToLower(addr) == own {
+			return addr, nil
+		}
+		if _, ok := opts.Resolve[addr]; ok {
+			return addr, nil
+		}
+		host, port, err := net.SplitHostPort(addr)
+		if err != nil {
+			return "", redirectError(fmt.Sprintf("redirect to %q refused: not host:port", addr))
+		}
+		lhost := strings.ToLower(strings.TrimSuffix(host, "."))
+		var ips []netip.Addr
+		if ip, ok := ParseIPLiteral(lhost); ok {
+			ips = []netip.Addr{ip}
+		} else {
+			found, err := net.DefaultResolver.LookupNetIP(ctx, "ip", lhost)
+			if err != nil {
+				return "", err
+			}
+			for _, ip := range found {
+				ips = append(ips, ip.Unmap()) // the resolver's form of an IPv4 answer
+			}
+		}
+		for _, ip := range ips {
+			if why := check(lhost, ip, explicit[lhost]); why != "" {
+				return "", redirectError(fmt.Sprintf("redirect to %s refused: %s resolves to %s, %s", addr, host, ip, why))
+			}
+		}
+		return net.JoinHostPort(ips[0].Unmap().String(), port), nil
+	}
+}
+
+func newTransport(t Timeouts, opts Options, guard func(ctx context.Context, addr string) (string, error)) *http.Transport {
 	dialer := &net.Dialer{Timeout: t.Dial, KeepAlive: 30 * time.Second}
 	dial := dialer.DialContext
+	if guard != nil {
+		dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			ctx, cancel := context.WithTimeout(ctx, t.Dial)
+			defer cancel()
+			target, err := guard(ctx, addr)
+			if err != nil {
+				return nil, err
+			}
+			if to, ok := opts.Resolve[target]; ok {
+				target = to
+			}
+			return dialer.DialContext(ctx, network, target)
+		}
+	}
 	if opts.Dial != nil {
 		dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
 			ctx, cancel := context.WithTimeout(ctx, t.Dial)
 			defer cancel()
 			return opts.Dial(ctx, network, addr)
-		}
-	} else if len(opts.Resolve) > 0 {
-		dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
-			if to, ok := opts.Resolve[addr]; ok {
-				addr = to
-			}
-			return dialer.DialContext(ctx, network, addr)
 		}
 	}
 	return &http.Transport{
