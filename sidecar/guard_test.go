@@ -68,13 +68,13 @@ func TestGuardRefusesInternalAddresses(t *testing.T) {
 		{"[64:ff9b::a9fe:a9fe]", "a NAT64 address of 169.254.169.254, a link-local address"},
 		{"[64:ff9b::10.0.0.1]", "a NAT64 address of 10.0.0.1, a private address"},
 		{"[64:ff9b:1:7f00:0:100::]", "a local-use NAT64 address of 127.0.0.1"}, // /48 form
-		{"[64:ff9b:1:a:a00:1::]", "a local-use NAT64 address of 10.0.0.1"},    // /56 form
+		{"[64:ff9b:1:a:a00:1::]", "a local-use NAT64 address of 10.0.0.1"},     // /56 form
 		{"[64:ff9b:1::a9fe:a9fe]", "a local-use NAT64 address of 169.254.169.254"},
 		{"[2002:7f00:1::1]", "a 6to4 address of 127.0.0.1, a loopback address"},
 		{"[2002:a9fe:a9fe::]", "a 6to4 address of 169.254.169.254"},
 		{"[2002:c0a8:101::1]", "a 6to4 address of 192.168.1.1, a private address"},
 		{"[2001:0:4136:e378:8000:63bf:80ff:fffe]", "a Teredo address of 127.0.0.1"}, // client 127.0.0.1
-		{"[2001:0:a00:1::1]", "a Teredo address of 10.0.0.1"},                        // server 10.0.0.1
+		{"[2001:0:a00:1::1]", "a Teredo address of 10.0.0.1"},                       // server 10.0.0.1
 		// Other special IPv6.
 		{"[fec0::1]", "a site-local address"},
 		{"[ff02::1]", "a multicast address"},
