@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -221,5 +222,26 @@ func writeFile(t *testing.T, name, text string) {
 	t.Helper()
 	if err := os.WriteFile(name, []byte(text), 0o600); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestLogsHideCredentials: whatever the data plane logs, a URL's password
+// does not reach the log.
+func TestLogsHideCredentials(t *testing.T) {
+	for _, format := range []string{"json", "text"} {
+		var buf bytes.Buffer
+		log := newLogger(&buf, LogConfig{Level: "debug", Format: format})
+		log = log.With("base", "https://ci:pw1@a.example.test")
+		log.Info("fetch https://ci:pw2@b.example.test/x failed", "err", fmt.Errorf("get %q: refused", "http://tok3@c.example.test"),
+			"url", &url.URL{Scheme: "https", User: url.UserPassword("ci", "pw4"), Host: "d.example.test"},
+			slog.Group("g", "u", "http://ci:pw5@e.example.test"), "n", 3)
+		for _, s := range []string{"pw1", "pw2", "tok3", "pw4", "pw5"} {
+			if strings.Contains(buf.String(), s) {
+				t.Errorf("%s log shows %s:\n%s", format, s, &buf)
+			}
+		}
+		if !strings.Contains(buf.String(), "ci:xxxxx@b.example.test") || !strings.Contains(buf.String(), "3") {
+			t.Errorf("%s log lost its text:\n%s", format, &buf)
+		}
 	}
 }
