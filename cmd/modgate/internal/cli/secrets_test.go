@@ -189,6 +189,14 @@ upstreams:
 		t.Errorf("doctor did not report the upstream:\n%s", &doctorText)
 	}
 
+	// modgate env describes the chain.
+	var envOut bytes.Buffer
+	app = &App{Stdout: &envOut, Stderr: &envOut, GoEnv: goenv, Getenv: func(string) string { return "" }}
+	if code := app.Run(context.Background(), []string{"env", "--config", cfgFile}); code != 0 {
+		t.Errorf("modgate env: exit %d:\n%s", code, &envOut)
+	}
+	leaks("modgate env", envOut.String())
+
 	// Config errors quote the value they refuse, never its password.
 	for i, bad := range []string{
 		"ftp://ci:" + secret + "@mods.example.test",
