@@ -35,9 +35,10 @@ type Config struct {
 	Admin string
 	// AdminHosts are the Host names (path.Match patterns) the admin
 	// listener answers besides IP literals and localhost; any other Host
-	// is answered 421 (DNS rebinding).
+	// is answered 421 (DNS rebinding). If empty, only those.
 	AdminHosts []string
-	// PProf serves /debug/pprof/ on the admin listener.
+	// PProf serves /debug/pprof/ on the admin listener. If false, there
+	// is none.
 	PProf bool
 	// Upstreams is the chain, in order.
 	Upstreams []upstream.Config
