@@ -14,13 +14,23 @@ const redactedSecret = "xxxxx"
 // credentials hidden, for logs, pages, errors and traces. A password
 // becomes "xxxxx" (as url.URL.Redacted writes it); a user name without a
 // password is most likely a token ("https://TOKEN@host") and is hidden
-// whole. Text that does not parse as a URL is redacted as RedactText does.
+// whole. A string that does not parse as a URL loses everything between
+// its "://" and its last "@", if it has both: better a path hidden too
+// than a password shown.
 func RedactURL(raw string) string {
 	u, err := url.Parse(raw)
-	if err != nil || u.User == nil {
-		return RedactText(raw)
+	switch {
+	case err == nil && u.User != nil:
+		return redactUser(u).String()
+	case err == nil:
+		return raw
 	}
-	return redactUser(u).String()
+	if i := strings.Index(raw, "://"); i >= 0 {
+		if j := strings.LastIndex(raw[i+3:], "@"); j >= 0 {
+			return raw[:i+3] + redactedSecret + raw[i+3+j:]
+		}
+	}
+	return RedactText(raw)
 }
 
 // redactUser returns a copy of u with its credentials hidden.
@@ -38,9 +48,11 @@ func redactUser(u *url.URL) *url.URL {
 }
 
 // userinfoRE finds the user information of URLs in free text: from a
-// scheme's "://" to the last "@" before the host ends (url.Parse splits at
-// the last "@" too, so a password holding an "@" is hidden whole).
-var userinfoRE = regexp.MustCompile(`(?i)\b([a-z][a-z0-9+.\-]*://)([^\s/?#"'<>\\]*)@`)
+// scheme's "://" to the last "@" before the authority ends at a space,
+// "/", "?" or "#" (url.Parse splits at the last "@" too, so a password
+// holding an "@" is hidden whole). Quotes and the like are taken in: a
+// quoted password must not end the match early.
+var userinfoRE = regexp.MustCompile(`(?i)\b([a-z][a-z0-9+.\-]*://)([^\s/?#]*)@`)
 
 // RedactText hides the credentials of every URL in s (a GOPROXY list, an
 // error message, a log line) as RedactURL does.

@@ -2,8 +2,10 @@ package upstream
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"testing"
 )
@@ -14,15 +16,16 @@ func TestRedact(t *testing.T) {
 		{"https://ci:pw@mods.example.test/base", "https://ci:xxxxx@mods.example.test/base"},
 		{"https://TOKEN@mods.example.test", "https://xxxxx@mods.example.test"},
 		{"https://ci:p@ss@mods.example.test", "https://ci:xxxxx@mods.example.test"},
-		{"http://ci:pw@mods.example.test/%zz", "http://ci:xxxxx@mods.example.test/%zz"},
+		{"http://ci:pw@mods.example.test/%zz", "http://xxxxx@mods.example.test/%zz"}, // does not parse
+		{"http://ci:p w/x@mods.example.test", "http://xxxxx@mods.example.test"},
 		{"direct", "direct"},
 	} {
 		if got := RedactURL(c.in); got != c.want {
 			t.Errorf("RedactURL(%q) = %q; want %q", c.in, got, c.want)
 		}
 	}
-	text := `GOPROXY="https://a:pw1@a.example.test,HTTP://tok@b.example.test|direct" and git+ssh://u:pw2@c.example.test/x, mail@example.test`
-	want := `GOPROXY="https://a:xxxxx@a.example.test,HTTP://xxxxx@b.example.test|direct" and git+ssh://u:xxxxx@c.example.test/x, mail@example.test`
+	text := `GOPROXY="https://a:pw1@a.example.test,HTTP://tok@b.example.test|direct" and git+ssh://u:pw2@c.example.test/x, mail@example.test, "https://u:p\"w'3@d.example.test"`
+	want := `GOPROXY="https://a:xxxxx@a.example.test,HTTP://xxxxx@b.example.test|direct" and git+ssh://u:xxxxx@c.example.test/x, mail@example.test, "https://u:xxxxx@d.example.test"`
 	if got := RedactText(text); got != want {
 		t.Errorf("RedactText:\n got %s\nwant %s", got, want)
 	}
@@ -55,4 +58,29 @@ func TestCredentialsGoAsBasicAuthOnly(t *testing.T) {
 	if _, err := New(Config{URL: "http://ci:pw@mods.example.test/%zz"}, Options{}); err == nil || strings.Contains(err.Error(), "pw") {
 		t.Errorf("error: %v", err)
 	}
+}
+
+// FuzzRedact: whatever the password, the URL that carries it, alone or
+// quoted in a message, does not show it.
+func FuzzRedact(f *testing.F) {
+	f.Add("ci", "s3cret", "/base")
+	f.Add("", "p@ss/w:rd?#", "/@v/list")
+	f.Add("tok en", "\"'<>\\", "")
+	f.Fuzz(func(t *testing.T, user, pass, path string) {
+		if len(pass) < 4 {
+			return
+		}
+		u := &url.URL{Scheme: "https", User: url.UserPassword(user, pass), Host: "mods.example.test", Path: path}
+		raw := u.String()
+		// The password as the URL spells it, and as %q quotes that.
+		shown := strings.TrimPrefix(strings.SplitN(raw[len("https://"):], "@", 2)[0], url.User(user).String()+":")
+		if strings.Count(raw, shown) > 1 || strings.Contains("https://xxxxx@mods.example.test", shown) {
+			return // the password's text is also the host's or path's
+		}
+		for _, out := range []string{RedactURL(raw), RedactText("upstream " + raw + " failed"), RedactText(fmt.Sprintf("bad %q", raw))} {
+			if strings.Contains(out, shown) {
+				t.Fatalf("%q shows %q", out, shown)
+			}
+		}
+	})
 }
