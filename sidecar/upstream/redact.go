@@ -14,9 +14,9 @@ const redactedSecret = "xxxxx"
 // credentials hidden, for logs, pages, errors and traces. A password
 // becomes "xxxxx" (as url.URL.Redacted writes it); a user name without a
 // password is most likely a token ("https://TOKEN@host") and is hidden
-// whole. A string that does not parse as a URL loses everything between
-// its "://" and its last "@", if it has both: better a path hidden too
-// than a password shown.
+// whole, except in an ssh URL ("ssh://git@host"). A string that does
+// not parse as a URL loses everything between its "://" and its last "@",
+// if it has both: better a path hidden too than a password shown.
 func RedactURL(raw string) string {
 	u, err := url.Parse(raw)
 	switch {
@@ -39,9 +39,12 @@ func redactUser(u *url.URL) *url.URL {
 		return u
 	}
 	r := *u
-	if _, ok := u.User.Password(); ok {
+	switch _, ok := u.User.Password(); {
+	case ok:
 		r.User = url.UserPassword(u.User.Username(), redactedSecret)
-	} else {
+	case isSSH(u.Scheme):
+		return u
+	default:
 		r.User = url.User(redactedSecret)
 	}
 	return &r
@@ -54,6 +57,12 @@ func redactUser(u *url.URL) *url.URL {
 // quoted password must not end the match early.
 var userinfoRE = regexp.MustCompile(`(?i)\b([a-z][a-z0-9+.\-]*://)([^\s/?#]*)@`)
 
+// isSSH reports whether scheme is ssh's, where a user name alone is a
+// login ("ssh://git@host"), not a token.
+func isSSH(scheme string) bool {
+	return strings.HasSuffix(strings.ToLower(scheme), "ssh")
+}
+
 // RedactText hides the credentials of every URL in s (a GOPROXY list, an
 // error message, a log line) as RedactURL does.
 func RedactText(s string) string {
@@ -65,6 +74,9 @@ func RedactText(s string) string {
 		scheme, info := sub[1], sub[2]
 		if user, _, ok := strings.Cut(info, ":"); ok {
 			return scheme + user + ":" + redactedSecret + "@"
+		}
+		if isSSH(strings.TrimSuffix(scheme, "://")) {
+			return m
 		}
 		return scheme + redactedSecret + "@"
 	})

@@ -19,13 +19,15 @@ func TestRedact(t *testing.T) {
 		{"http://ci:pw@mods.example.test/%zz", "http://xxxxx@mods.example.test/%zz"}, // does not parse
 		{"http://ci:p w/x@mods.example.test", "http://xxxxx@mods.example.test"},
 		{"direct", "direct"},
+		{"ssh://git@git.example.test/repo", "ssh://git@git.example.test/repo"},
+		{"ssh://git:pw@git.example.test/repo", "ssh://git:xxxxx@git.example.test/repo"},
 	} {
 		if got := RedactURL(c.in); got != c.want {
 			t.Errorf("RedactURL(%q) = %q; want %q", c.in, got, c.want)
 		}
 	}
-	text := `GOPROXY="https://a:pw1@a.example.test,HTTP://tok@b.example.test|direct" and git+ssh://u:pw2@c.example.test/x, mail@example.test, "https://u:p\"w'3@d.example.test"`
-	want := `GOPROXY="https://a:xxxxx@a.example.test,HTTP://xxxxx@b.example.test|direct" and git+ssh://u:xxxxx@c.example.test/x, mail@example.test, "https://u:xxxxx@d.example.test"`
+	text := `GOPROXY="https://a:pw1@a.example.test,HTTP://tok@b.example.test|direct" and git+ssh://u:pw2@c.example.test/x, mail@example.test, "https://u:p\"w'3@d.example.test" ssh://git@e.example.test/r`
+	want := `GOPROXY="https://a:xxxxx@a.example.test,HTTP://xxxxx@b.example.test|direct" and git+ssh://u:xxxxx@c.example.test/x, mail@example.test, "https://u:xxxxx@d.example.test" ssh://git@e.example.test/r`
 	if got := RedactText(text); got != want {
 		t.Errorf("RedactText:\n got %s\nwant %s", got, want)
 	}
