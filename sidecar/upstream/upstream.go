@@ -148,6 +148,9 @@ type Options struct {
 	CheckRedirectAddr func(host string, addr netip.Addr, explicit bool) string
 }
 
+// thisNetwork is 0.0.0.0/8, which reaches this host on some systems.
+var thisNetwork = netip.MustParsePrefix("0.0.0.0/8")
+
 // RedirectAddrCheck is the default Options.CheckRedirectAddr: a redirect
 // may lead to a public address, or to a private one (not loopback, not
 // this machine) of a host that redirect_hosts names without a wildcard.
@@ -155,7 +158,7 @@ func RedirectAddrCheck(host string, a netip.Addr, explicit bool) string {
 	a = a.WithZone("")
 	u := a.Unmap()
 	switch {
-	case u.IsLoopback() || u.IsUnspecified() || u.Is4() && netip.MustParsePrefix("0.0.0.0/8").Contains(u):
+	case u.IsLoopback() || u.IsUnspecified() || thisNetwork.Contains(u):
 		return SpecialAddr(u)
 	case ThisMachine.Has(u):
 		return "an address of this machine"
