@@ -504,7 +504,7 @@ func TestAdmin(t *testing.T) {
 	check := func(path string, want int) {
 		t.Helper()
 		rec := httptest.NewRecorder()
-		s.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", path, nil))
+		s.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "http://127.0.0.1"+path, nil))
 		if rec.Code != want {
 			t.Errorf("%s = %d; want %d", path, rec.Code, want)
 		}
@@ -601,7 +601,7 @@ func TestHTTPSUpstream(t *testing.T) {
 func TestReadiness(t *testing.T) {
 	readyz := func(s *sidecar.Server) (int, string) {
 		rec := httptest.NewRecorder()
-		s.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/readyz", nil))
+		s.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "http://127.0.0.1/readyz", nil))
 		return rec.Code, rec.Body.String()
 	}
 	clock := modtest.NewClock()

@@ -139,7 +139,7 @@ func (su *statusSetup) traffic(t *testing.T) {
 func (su *statusSetup) page(t *testing.T, path string) (int, http.Header, string) {
 	t.Helper()
 	rec := httptest.NewRecorder()
-	su.s.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", path, nil))
+	su.s.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "http://127.0.0.1"+path, nil))
 	return rec.Code, rec.Header(), rec.Body.String()
 }
 

@@ -32,6 +32,7 @@ import (
 
 	"github.com/modgate/modgate/cmd/modgate/internal/wrap"
 	"github.com/modgate/modgate/policy"
+	"github.com/modgate/modgate/sidecar/upstream"
 	"github.com/modgate/modgate/sidecar/wire"
 )
 
@@ -552,7 +553,7 @@ func (d *run) probe(ctx context.Context, timeout time.Duration, mod string) {
 
 	get := func(target, kind, u string) Probe {
 		if d.opts.Progress != nil {
-			fmt.Fprintf(d.opts.Progress, "\r\033[Kprobing %s: %s %s", target, kind, u)
+			fmt.Fprintf(d.opts.Progress, "\r\033[Kprobing %s: %s %s", target, kind, upstream.RedactText(u))
 		}
 		p := Probe{Target: target, Kind: kind, URL: u}
 		start := time.Now()
@@ -1116,6 +1117,34 @@ func (d *run) report() Report {
 		}
 	}
 	r.OK = r.Summary[Error] == 0
+	return r.redacted()
+}
+
+// redacted hides the credentials of every URL in the report: upstream URLs
+// and GOPROXY or proxy variables may carry a password or a token, and a
+// doctor report is made to be pasted into a ticket.
+func (r Report) redacted() Report {
+	findings := make([]Finding, len(r.Findings))
+	for i, f := range r.Findings {
+		f.What, f.Where, f.Fix = upstream.RedactText(f.What), upstream.RedactText(f.Where), upstream.RedactText(f.Fix)
+		findings[i] = f
+	}
+	r.Findings = findings
+	if r.Probes != nil {
+		probes := make([]Probe, len(r.Probes))
+		for i, p := range r.Probes {
+			p.URL, p.Error, p.Detail = upstream.RedactText(p.URL), upstream.RedactText(p.Error), upstream.RedactText(p.Detail)
+			probes[i] = p
+		}
+		r.Probes = probes
+	}
+	if r.GoEnv != nil {
+		env := make(map[string]string, len(r.GoEnv))
+		for k, v := range r.GoEnv {
+			env[k] = upstream.RedactText(v)
+		}
+		r.GoEnv = env
+	}
 	return r
 }
 
