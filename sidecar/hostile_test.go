@@ -103,6 +103,35 @@ func TestRequestSmuggling(t *testing.T) {
 	stillUp(t, url)
 }
 
+// TestForwardSmugglingSafeguard: in forward mode too, a request sent
+// chunked is answered with Connection: close and nothing after it on the
+// connection reaches the origin (the origin's own headers must not drop
+// modgate's Connection: close).
+func TestForwardSmugglingSafeguard(t *testing.T) {
+	var seen atomic.Int32
+	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen.Add(1)
+		w.Header().Set("Connection", "keep-alive")
+		io.WriteString(w, "ok\n")
+	}))
+	t.Cleanup(origin.Close)
+	host := "git.example.test"
+	url := startGate(t, sidecar.Config{
+		Upstreams: []upstream.Config{{URL: "off"}},
+		Resolve:   map[string]string{host + ":80": strings.TrimPrefix(origin.URL, "http://")},
+		Forward:   sidecar.ForwardConfig{AllowHosts: []string{host}},
+	})
+	second := "GET http://" + host + "/second HTTP/1.1\r\nHost: " + host + "\r\n\r\n"
+	first := "POST http://" + host + "/repo/git-upload-pack HTTP/1.1\r\nHost: " + host + "\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+	got := raw(t, url, first+second, 2*time.Second)
+	if !strings.Contains(got, "Connection: close") {
+		t.Errorf("a chunked request in forward mode was answered without Connection: close:\n%s", got)
+	}
+	if n := seen.Load(); n != 1 {
+		t.Errorf("%d requests reached the origin, want 1 (the pipelined one must not):\n%s", n, got)
+	}
+}
+
 func TestPathTraversalEncodings(t *testing.T) {
 	fx := loadFixtures(t)
 	p := modtest.NewProxy(t, fx)
