@@ -53,6 +53,9 @@ type ForwardConfig struct {
 	// TunnelIdle closes a tunnel with no traffic either way for that long.
 	// If zero, 5 minutes.
 	TunnelIdle time.Duration
+	// MaxTunnels bounds the CONNECTs open at once (tunnels and
+	// intercepted connections); past it a CONNECT gets 503. If zero, 1024.
+	MaxTunnels int
 	// Origin settings for every host reached in forward mode.
 	Timeouts upstream.Timeouts
 	Breaker  upstream.BreakerSettings
@@ -76,6 +79,7 @@ type forward struct {
 	hijacked sync.WaitGroup
 	inner    sync.Map // *http.Server of intercepted connections
 	tunnels  sync.Map // net.Conn pairs of open tunnels
+	open     atomic.Int64 // hijacked CONNECTs, against MaxTunnels
 }
 
 const maxOrigins = 1024
@@ -89,6 +93,9 @@ func newForward(s *Server, cfg ForwardConfig, opts upstream.Options) *forward {
 	}
 	if cfg.TunnelIdle == 0 {
 		cfg.TunnelIdle = 5 * time.Minute
+	}
+	if cfg.MaxTunnels == 0 {
+		cfg.MaxTunnels = 1024
 	}
 	g := &guard{
 		connectPorts: cfg.ConnectPorts,
@@ -334,6 +341,17 @@ func (f *forward) handleConnect(target string, ctx *goproxy.ProxyCtx) (*goproxy.
 		f.hijacked.Add(1)
 		defer f.hijacked.Done()
 		defer span.End()
+		defer f.open.Add(-1)
+		if n := f.open.Add(1); n > int64(f.cfg.MaxTunnels) {
+			defer c.Close()
+			x := f.s.newExchange(nil, r, mode)
+			x.identity, x.host, x.req.Kind = identity, hostport, KindTunnel
+			x.connect = func(p *problem) { writeConnectStatus(c, p) }
+			x.end(&problem{status: http.StatusServiceUnavailable, code: wire.Busy,
+				lines:  []string{fmt.Sprintf("CONNECT %s: modgate has %d tunnels open, its forward.max_tunnels; try again", hostport, f.cfg.MaxTunnels)},
+				header: http.Header{"Retry-After": {"1"}}})
+			return
+		}
 		action(r, c, host, port, identity)
 	}}, target
 }
