@@ -69,6 +69,7 @@ type forward struct {
 	guard  *guard
 	opts   upstream.Options
 	users  map[string][32]byte // user → sha256(password)
+	logins *loginLimiter
 	goprox *goproxy.ProxyHttpServer
 
 	mu      sync.Mutex
@@ -77,8 +78,8 @@ type forward struct {
 	// hijacked connections (tunnels, intercepted TLS) live outside the
 	// listener's http.Server; shutdown reaches them through here.
 	hijacked sync.WaitGroup
-	inner    sync.Map // *http.Server of intercepted connections
-	tunnels  sync.Map // net.Conn pairs of open tunnels
+	inner    sync.Map     // *http.Server of intercepted connections
+	tunnels  sync.Map     // net.Conn pairs of open tunnels
 	open     atomic.Int64 // hijacked CONNECTs, against MaxTunnels
 }
 
@@ -118,7 +119,7 @@ func newForward(s *Server, cfg ForwardConfig, opts upstream.Options) *forward {
 	if s.cfg.Admin != "" {
 		g.own = append(g.own, s.cfg.Admin)
 	}
-	f := &forward{s: s, cfg: cfg, guard: g, origins: map[string]*upstream.Upstream{}}
+	f := &forward{s: s, cfg: cfg, guard: g, origins: map[string]*upstream.Upstream{}, logins: newLoginLimiter(s.now)}
 	opts.Dial = g.Dial
 	opts.Resolve = nil         // the guard pins
 	opts.MetricName = "origin" // hosts are on the spans, not the metrics
@@ -219,10 +220,15 @@ func normalized(host string) string {
 }
 
 // authenticate checks Proxy-Authorization and returns the identity, or the
-// 407 that asks for it. With no users configured everyone is anonymous.
+// 407 that asks for it (429 after too many failures from the client's
+// address). With no users configured everyone is anonymous.
 func (f *forward) authenticate(r *http.Request) (identity string, err error) {
 	if f.users == nil {
 		return "", nil
+	}
+	client := clientIP(r.RemoteAddr)
+	if p := f.logins.blocked(client); p != nil {
+		return "", p
 	}
 	user, pass, found := parseBasic(r.Header.Get("Proxy-Authorization"))
 	want, known := f.users[user]
@@ -235,6 +241,7 @@ func (f *forward) authenticate(r *http.Request) (identity string, err error) {
 	reason := "no Proxy-Authorization"
 	if found {
 		reason = "wrong user name or password"
+		f.logins.failed(client) // a client's first, credential-less try is free
 	}
 	return user, &problem{status: http.StatusProxyAuthRequired, code: wire.AuthRequired, decision: decisionDeny, reason: reason,
 		lines:  []string{"proxy authentication required: " + reason, "set the user and password in HTTPS_PROXY/HTTP_PROXY (http://user:password@host:port)"},
