@@ -59,7 +59,7 @@ func (l *loginLimiter) blocked(client string) *problem {
 	if b.tokens >= 1 {
 		return nil
 	}
-	wait := time.Duration((1 - b.tokens) * float64(loginRefill)).Round(time.Second) + time.Second
+	wait := time.Duration((1-b.tokens)*float64(loginRefill)).Round(time.Second) + time.Second
 	return &problem{status: http.StatusTooManyRequests, code: wire.TooManyLogins, decision: decisionDeny,
 		reason: "too many failed logins from " + client,
 		lines: []string{

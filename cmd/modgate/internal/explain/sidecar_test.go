@@ -37,8 +37,8 @@ var notProvoked = map[wire.Code]string{
 	wire.Misdirected:      "the go command never sends a request for one host inside a tunnel to another",
 	wire.UnknownSumDB: "for a checksum database modgate does not serve, the go command reads the 404 of /sumdb/<name>/supported " +
 		"as \"go to the database directly\" and never prints modgate's answer",
-	wire.Busy:        "needs a second request to join a fetch at the moment the first one fails: a race, not a test",
-	wire.Internal:    "needs the cache to fail a read between its index and its file",
+	wire.Busy:     "needs a second request to join a fetch at the moment the first one fails: a race, not a test",
+	wire.Internal: "needs the cache to fail a read between its index and its file",
 }
 
 // sidecarCases are modgate's answers as the go command shows them.
