@@ -105,8 +105,10 @@ func newForward(s *Server, cfg ForwardConfig, opts upstream.Options) *forward {
 		resolver:     net.DefaultResolver,
 		dialer:       &net.Dialer{Timeout: upstream.DefaultTimeouts.Dial, KeepAlive: 30 * time.Second},
 	}
+	// Host patterns are spelled as hosts are (wire.NormalizeHost), so that
+	// each compares with the one normalised host of a request.
+	cfg.AllowHosts, cfg.MITMHosts, cfg.PrivateHosts = normalizedPatterns(cfg.AllowHosts), normalizedPatterns(cfg.MITMHosts), normalizedPatterns(cfg.PrivateHosts)
 	for _, h := range append(append([]string{}, cfg.AllowHosts...), cfg.MITMHosts...) {
-		h = strings.ToLower(h)
 		g.allow = append(g.allow, h)
 		if !strings.ContainsAny(h, "*?[") {
 			g.explicit[h] = true
@@ -199,15 +201,33 @@ func (f *forward) isPrivateHost(x *exchange, host string) bool {
 	return ok
 }
 
-// matchHost reports whether host (normalised) matches one of patterns
-// (path.Match, case-insensitive).
+// matchHost reports whether host matches one of patterns (path.Match),
+// both normalised.
 func matchHost(patterns []string, host string) bool {
 	for _, p := range patterns {
-		if ok, _ := path.Match(strings.ToLower(p), host); ok {
+		if ok, _ := path.Match(p, host); ok {
 			return true
 		}
 	}
 	return false
+}
+
+// normalizedPatterns spells host patterns as wire.NormalizeHost spells
+// hosts: a wildcard label stays, every other label is normalised.
+func normalizedPatterns(patterns []string) []string {
+	out := make([]string, len(patterns))
+	for i, p := range patterns {
+		labels := strings.Split(strings.TrimSuffix(p, "."), ".")
+		for j, l := range labels {
+			if strings.ContainsAny(l, "*?[") {
+				labels[j] = strings.ToLower(l)
+			} else {
+				labels[j] = normalized(l)
+			}
+		}
+		out[i] = strings.Join(labels, ".")
+	}
+	return out
 }
 
 // normalized is host as wire.NormalizeHost spells it, or host in lower
