@@ -37,7 +37,7 @@ func TestCheckAnswer(t *testing.T) {
 }
 
 func TestPrivatePathIn(t *testing.T) {
-	pol, err := policy.Parse("policy.yaml", []byte("private: [\"corp.example.test/Secret\", \"*.corp.example.test\"]\n"))
+	pol, err := policy.Parse("policy.yaml", []byte("private: [\"corp.example.test/Secret\", \"*.corp.example.test\", \"golang.org\"]\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,6 +54,8 @@ func TestPrivatePathIn(t *testing.T) {
 		"/fixture.test/a/@v/list":                       "",
 		"/notcorp.example.test.evil/x":                  "",
 		"/sumdb/sum.example.test/lookup/fixture.test/a": "",
+		"/golang.org/toolchain/@v/v0.0.1-go1.99.0.linux-amd64.zip": "",
+		"/lookup/golang.org/toolchain@v0.0.1-go1.99.0.linux-amd64": "",
 	} {
 		r := httptest.NewRequest("GET", "http://host.example.test"+target, nil)
 		if got := privatePathIn(pol, r); got != want {
