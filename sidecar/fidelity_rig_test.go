@@ -77,11 +77,11 @@ type fidelityRig struct {
 	opts  rigOptions
 	fx    *modtest.Fixtures
 	db    *modtest.SumDB
-	up    *modtest.Proxy        // the fixture proxy
-	named *modtest.NamedServer  // the database at its URL, with sumdbAtURL
-	gate  *sidecartest.Gate     // modgate
-	caPEM []byte                // modgate's CA, in mitm mode
-	cfg   sidecar.Config        // modgate's configuration, as started
+	up    *modtest.Proxy       // the fixture proxy
+	named *modtest.NamedServer // the database at its URL, with sumdbAtURL
+	gate  *sidecartest.Gate    // modgate
+	caPEM []byte               // modgate's CA, in mitm mode
+	cfg   sidecar.Config       // modgate's configuration, as started
 }
 
 // sumdbHost stands for the checksum database's host in mitm mode.
