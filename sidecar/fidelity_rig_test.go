@@ -258,17 +258,18 @@ func checkExpectations(t *testing.T, steps []string, direct []stepResult) {
 	}
 }
 
-// diffSides lists every step whose exit status or standard output differs,
-// with both sides' standard error.
-func diffSides(direct, gate []stepResult) []string {
+// diffSides lists every step whose exit status or standard output differs
+// between two runs of one script (named a and b), with both runs' standard
+// error.
+func diffSides(a, b string, runA, runB []stepResult) []string {
 	var diffs []string
-	for i := range direct {
-		d, g := direct[i], gate[i]
-		if d.exit == g.exit && d.stdout == g.stdout {
+	for i := range runA {
+		x, y := runA[i], runB[i]
+		if x.exit == y.exit && x.stdout == y.stdout {
 			continue
 		}
-		diffs = append(diffs, fmt.Sprintf("%s:\n  direct:  exit %d, stdout %q\n  modgate: exit %d, stdout %q\n  direct stderr:\n%s\n  modgate stderr:\n%s",
-			d.step, d.exit, d.stdout, g.exit, g.stdout, indentLines(d.stderr), indentLines(g.stderr)))
+		diffs = append(diffs, fmt.Sprintf("%s:\n  %s: exit %d, stdout %q\n  %s: exit %d, stdout %q\n  %s stderr:\n%s\n  %s stderr:\n%s",
+			x.step, a, x.exit, x.stdout, b, y.exit, y.stdout, a, indentLines(x.stderr), b, indentLines(y.stderr)))
 	}
 	return diffs
 }

@@ -4,9 +4,9 @@ import (
 	"runtime"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/modgate/modgate/sidecar/modtest"
+	"github.com/modgate/modgate/sidecar/sidecartest"
 )
 
 // consumerMod is the go.mod of every script's module.
@@ -164,7 +164,7 @@ func compareSides(t *testing.T, r *fidelityRig, tc fidelityCase) {
 		results[i] = runScript(t, g, files, tc.steps)
 	}
 	checkExpectations(t, tc.steps, results[0])
-	for _, d := range diffSides(results[0], results[1]) {
+	for _, d := range diffSides("direct", "modgate", results[0], results[1]) {
 		t.Errorf("the go command disagrees through modgate (%s mode): %s", r.mode, d)
 	}
 }
@@ -207,34 +207,41 @@ default: allow
 
 // TestFidelityWarmCache: once modgate's cache is warm, a fresh module cache
 // downloads the same modules with every upstream down, and the go command
-// prints what it printed the first time.
+// prints what it printed the first time: from the same modgate, and from a
+// new one on the same cache directory (a restarted pod).
 func TestFidelityWarmCache(t *testing.T) {
-	t.Parallel()
-	r := newFidelityRig(t, "reverse", rigOptions{})
-	files := map[string]string{
-		"go.mod":  consumerMod + "\nrequire fixture.test/app v1.0.0\n",
-		"main.go": "package main\n\nimport \"fixture.test/app\"\n\nfunc main() { println(app.Name()) }\n",
+	for _, restart := range []bool{false, true} {
+		name := "same modgate"
+		if restart {
+			name = "restarted modgate"
+		}
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			r := newFidelityRig(t, "reverse", rigOptions{})
+			files := map[string]string{
+				"go.mod":  consumerMod + "\nrequire fixture.test/app v1.0.0\n",
+				"main.go": "package main\n\nimport \"fixture.test/app\"\n\nfunc main() { println(app.Name()) }\n",
+			}
+			steps := []string{
+				"go mod tidy",
+				"go list -m all",
+				"go mod download -json fixture.test/UpperCase@v1.0.0 fixture.test/major/v2@v2.0.0",
+				"go mod verify",
+				"cat go.mod",
+				"cat go.sum",
+			}
+			warm := runScript(t, r.through(t), files, steps)
+			checkExpectations(t, steps, warm)
+			r.up.Close()
+			if restart {
+				r.gate = sidecartest.Start(t, nil, r.cfg)
+			}
+			cold := runScript(t, r.through(t), files, steps)
+			for _, d := range diffSides("warm", "upstream down", warm, cold) {
+				t.Errorf("with every upstream down, from modgate's cache: %s", d)
+			}
+		})
 	}
-	steps := []string{
-		"go mod tidy",
-		"go list -m all",
-		"go mod download -json fixture.test/UpperCase@v1.0.0 fixture.test/major/v2@v2.0.0",
-		"go mod verify",
-		"cat go.mod",
-		"cat go.sum",
-	}
-	warm := runScript(t, r.through(t), files, steps)
-	checkExpectations(t, steps, warm)
-	r.up.Close()
-	if r.named != nil {
-		t.Fatal("the warm-cache case expects the database behind the proxy")
-	}
-	start := time.Now()
-	cold := runScript(t, r.through(t), files, steps)
-	for _, d := range diffSides(warm, cold) {
-		t.Errorf("with every upstream down, from modgate's cache: %s", d)
-	}
-	t.Logf("second run from the cache in %v", time.Since(start).Round(time.Millisecond))
 }
 
 // TestFidelityCatchesDifferences checks the oracle itself: a modgate whose
@@ -268,7 +275,7 @@ func TestFidelityCatchesDifferences(t *testing.T) {
 	direct := runScript(t, r.direct(t), files, steps)
 	g := modtest.NewGo(t)
 	g.UseProxy(wrong.URL, r.db)
-	diffs := diffSides(direct, runScript(t, g, files, steps))
+	diffs := diffSides("direct", "wrong", direct, runScript(t, g, files, steps))
 	if len(diffs) != 2 || !strings.Contains(diffs[0], "branch@main") || !strings.Contains(diffs[1], "-versions") {
 		t.Errorf("the oracle caught %d differences, want the two planted ones:\n%s", len(diffs), strings.Join(diffs, "\n"))
 	}
