@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -43,25 +44,40 @@ type CacheConfig struct {
 // entries never change and every mode shares them; lists, @latest and
 // lookups are kept for the TTL, per origin host in forward mode (two
 // proxies may well list different versions).
+//
+// An .info query (a branch, a commit) is kept for the TTL too: what it
+// resolves to moves. "supported" and the tree head are kept for the TTL
+// so that, stale, they still answer when every upstream is down and the
+// cache holds the lookups and tiles a build needs.
 func (x *exchange) cacheKey() (key string, immutable, ok bool) {
 	req := x.req
 	switch req.Kind {
 	case KindInfo, KindMod, KindZip:
-		return strings.TrimPrefix(req.Path, "/"), true, true
-	case KindList, KindLatest:
 		key = strings.TrimPrefix(req.Path, "/")
-		if x.mode != modeReverse {
-			key = "origin/" + x.host + "/" + key
+		if req.Query {
+			return x.perOrigin(key), false, true
 		}
-		return key, false, true
+		return key, true, true
+	case KindList, KindLatest:
+		return x.perOrigin(strings.TrimPrefix(req.Path, "/")), false, true
 	case KindSumDBTile:
 		// A partial tile's path names its width (.p/W): it never changes
 		// either; a wider one has another path.
 		return "sumdb/" + req.SumDB + req.Path, true, true
-	case KindSumDBLookup:
+	case KindSumDBLookup, KindSumDBSupported, KindSumDBLatest:
 		return "sumdb/" + req.SumDB + req.Path, false, true
 	}
 	return "", false, false
+}
+
+// perOrigin keys what may differ between proxies by the origin in forward
+// mode: two hosts (or two proxies under paths of one host) may well list
+// different versions.
+func (x *exchange) perOrigin(key string) string {
+	if x.mode == modeReverse {
+		return key
+	}
+	return "origin/" + x.host + x.req.Prefix + "/" + key
 }
 
 // cacheFor returns the cache this exchange may use, or nil.
@@ -111,6 +127,9 @@ func (s *Server) serveCached(x *exchange, c *cache.Cache, key string, immutable 
 	if err != nil {
 		return err
 	}
+	if err := x.accept(body); err != nil {
+		return err
+	}
 	if w, err := c.Create(key, res.Response.Header.Get("Content-Type")); err == nil {
 		w.Write(body)
 		if err := w.Commit(int64(len(body)), nil); err != nil {
@@ -129,6 +148,9 @@ func (s *Server) writeBody(x *exchange, src source, header http.Header, body []b
 	case KindLatest:
 		return s.writeLatest(x, src, header, body)
 	}
+	if err := x.resolved(body); err != nil {
+		return err
+	}
 	return writeWhole(x.w, http.StatusOK, header, body)
 }
 
@@ -141,7 +163,7 @@ func (s *Server) serveEntry(x *exchange, src source, e *cache.Entry, now time.Ti
 	if _, immutable, _ := x.cacheKey(); !immutable {
 		h.Set("Age", strconv.Itoa(int(e.Age(now).Seconds())))
 	}
-	if x.req.Kind == KindList || x.req.Kind == KindLatest {
+	if x.req.Kind == KindList || x.req.Kind == KindLatest || x.req.Query {
 		body, err := io.ReadAll(e.Body)
 		if err != nil {
 			return &problem{status: http.StatusInternalServerError, code: wire.Internal, lines: []string{"cache read: " + err.Error()}}
@@ -295,6 +317,25 @@ func (s *Server) fly(f *flight, c *cache.Cache, key string, ctx context.Context,
 	}
 	resp := res.Response
 	defer resp.Body.Close()
+	if checked(req.Kind) {
+		// Read whole and checked before anyone is served a byte of it.
+		body, err := io.ReadAll(&capReader{r: resp.Body, n: maxBody(req.Kind)})
+		if err == nil && resp.ContentLength >= 0 && int64(len(body)) != resp.ContentLength {
+			err = fmt.Errorf("body cut after %d of %d bytes: %w", len(body), resp.ContentLength, io.ErrUnexpectedEOF)
+		}
+		if err == nil {
+			err = checkAnswer(req, body)
+		}
+		if err != nil {
+			f.mu.Lock()
+			f.res = upstream.Result{Attempts: []upstream.Attempt{{Upstream: res.Upstream, Err: err}}}
+			f.mu.Unlock()
+			finish(nil)
+			return
+		}
+		resp.Body = io.NopCloser(bytes.NewReader(body))
+		resp.ContentLength = int64(len(body))
+	}
 	w, err := c.Create(key, resp.Header.Get("Content-Type"))
 	if err != nil {
 		f.mu.Lock()

@@ -283,7 +283,7 @@ func TestHedgingCutsTheTail(t *testing.T) {
 		t.Errorf("the hedge asked the second upstream %d times, want 1", n)
 	}
 	rec := httptest.NewRecorder()
-	srv.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	srv.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "http://127.0.0.1/metrics", nil))
 	for _, want := range []string{`modgate_upstream_hedges_total{modgate_hedge="sent",modgate_upstream_name="second"`, `modgate_upstream_hedges_total{modgate_hedge="won",modgate_upstream_name="second"`} {
 		if !strings.Contains(rec.Body.String(), want) {
 			t.Errorf("/metrics lacks %s", want)

@@ -300,7 +300,23 @@ var complianceCases = []complianceCase{
 	{name: "checksum database supported", run: one("/sumdb/"+sumdbName+"/supported", want{status: 200, decision: "allow", upstream: 1})},
 	{name: "checksum lookup", run: one("/sumdb/"+sumdbName+"/lookup/fixture.test/dep01@v1.0.0", want{status: 200, decision: "allow", body: "fixture.test/dep01 v1.0.0 h1:", upstream: 1})},
 	{name: "invalid path", run: one("/fixture.test/Bad/@v/list", want{status: 400, code: wire.BadRequest, decision: "invalid", body: "capital", upstream: 0, match: "Bad"})},
-	{name: "non-canonical version", run: one("/fixture.test/dep01/@v/v1.0.info", want{status: 400, code: wire.BadRequest, decision: "invalid", body: "not canonical", upstream: 0, match: "v1.0.info"})},
+	{name: "non-canonical version", run: one("/fixture.test/dep01/@v/v1.0.mod", want{status: 400, code: wire.BadRequest, decision: "invalid", body: "not canonical", upstream: 0, match: "v1.0.mod"})},
+	{name: ".info answer checked before it is kept", origin: lyingOrigin, run: func(t *testing.T, r *rig) int {
+		path := "/fixture.test/dep01/@v/v1.0.0.info"
+		for i := range 2 {
+			a := r.get(t, path)
+			r.check(t, path, a, want{status: 502, code: wire.BadUpstream, decision: "allow", body: "asked for v1.0.0, the answer names v9.9.9", upstream: -1}, r.auditLines(t), i)
+		}
+		return 2
+	}},
+	{name: ".mod answer checked before it is kept", origin: lyingOrigin, run: func(t *testing.T, r *rig) int {
+		path := "/fixture.test/dep01/@v/v1.0.0.mod"
+		for i := range 2 {
+			a := r.get(t, path)
+			r.check(t, path, a, want{status: 502, code: wire.BadUpstream, decision: "allow", body: "the go.mod names module fixture.test/other, not fixture.test/dep01", upstream: -1}, r.auditLines(t), i)
+		}
+		return 2
+	}},
 	{name: "unknown module", run: one("/fixture.test/nosuch/@v/v1.0.0.info", want{status: 404, code: wire.NotFound, decision: "allow", body: "not found", upstream: 1})},
 	{name: "upstream 500", run: func(t *testing.T, r *rig) int {
 		r.p.SetFault("500")
@@ -397,6 +413,21 @@ var complianceCases = []complianceCase{
 		r.check(t, path, a, want{status: 508, code: wire.Loop, decision: "loop", upstream: -1}, lines, 1)
 		return 2
 	}},
+}
+
+// lyingOrigin answers every .info with another version and every go.mod
+// with another module's, as a broken or hostile proxy might.
+func lyingOrigin(string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case strings.HasSuffix(r.URL.Path, ".info"):
+			io.WriteString(w, `{"Version":"v9.9.9","Time":"2024-01-01T00:00:00Z"}`)
+		case strings.HasSuffix(r.URL.Path, ".mod"):
+			io.WriteString(w, "module fixture.test/other\n")
+		default:
+			http.NotFound(w, r)
+		}
+	})
 }
 
 // loopBack is an origin that passes every request back to modgate, as a

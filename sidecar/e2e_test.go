@@ -378,7 +378,7 @@ func TestBadInputNeverReachesUpstream(t *testing.T) {
 		{"/fixture.test/a%00/@v/list", 400, "invalid module path"},
 		{"/fixture.test/!!x/@v/list", 400, "invalid module path"},
 		{"/fixture.test/Dep01/@v/list", 400, "an escaped path has no capital letters"},
-		{"/fixture.test/dep01/@v/v1.0.info", 400, `version "v1.0" is not canonical (want v1.0.0)`},
+		{"/fixture.test/dep01/@v/v1.0.mod", 400, `version "v1.0" is not canonical (want v1.0.0)`},
 		{"/fixture.test/dep01/@v/master.zip", 400, `version "master" is not a semantic version`},
 		{"/fixture.test/dep01/@v/v1.0.0%2f..%2f..%2fx.mod", 400, "invalid version"},
 		{"/sumdb/" + sumdbName + "/lookup/fixture.test/dep01@latest", 400, "not a semantic version"},
@@ -504,7 +504,7 @@ func TestAdmin(t *testing.T) {
 	check := func(path string, want int) {
 		t.Helper()
 		rec := httptest.NewRecorder()
-		s.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", path, nil))
+		s.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "http://127.0.0.1"+path, nil))
 		if rec.Code != want {
 			t.Errorf("%s = %d; want %d", path, rec.Code, want)
 		}
@@ -601,7 +601,7 @@ func TestHTTPSUpstream(t *testing.T) {
 func TestReadiness(t *testing.T) {
 	readyz := func(s *sidecar.Server) (int, string) {
 		rec := httptest.NewRecorder()
-		s.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/readyz", nil))
+		s.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "http://127.0.0.1/readyz", nil))
 		return rec.Code, rec.Body.String()
 	}
 	clock := modtest.NewClock()

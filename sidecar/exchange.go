@@ -121,9 +121,16 @@ func (x *exchange) decide() error {
 		return nil // tiles and tree heads name no module: nothing to decide
 	}
 	x.decided = true
-	x.private, _ = x.pol.IsPrivate(req.Module)
+	if req.Module != toolchainModule {
+		// The go command ignores GOPRIVATE and GONOSUMDB for toolchains.
+		x.private, _ = x.pol.IsPrivate(req.Module)
+	}
 	x.route, x.routed = x.pol.Route(req.Module)
-	d := x.pol.Decide(policy.Request{Module: req.Module, Version: req.Version, Kind: string(req.Kind), Host: x.destination(), Identity: x.identity})
+	version := req.Version
+	if req.Query {
+		version = "" // decided again on the version the query resolves to
+	}
+	d := x.pol.Decide(policy.Request{Module: req.Module, Version: version, Kind: string(req.Kind), Host: x.destination(), Identity: x.identity})
 	x.rule, x.ruleText, x.reason = d.Rule, d.RuleText, d.Reason
 	if !d.Allow {
 		x.s.log.Info("denied by policy", "module", req.Module, "version", req.Version, "kind", req.Kind, "rule", d.Rule, "reason", d.Reason)
@@ -140,10 +147,22 @@ func (x *exchange) decide() error {
 	return nil
 }
 
+// toolchainModule is the module the go command downloads toolchains as
+// (GOTOOLCHAIN); it is never private.
+const toolchainModule = "golang.org/toolchain"
+
 // denial is the 403 of a policy decision d against version.
 func (x *exchange) denial(d policy.Decision, version string) *problem {
 	return &problem{status: http.StatusForbidden, code: wire.Denied, decision: decisionDeny, rule: d.Rule, ruleText: d.RuleText, reason: d.Reason,
 		lines: splitMessage(x.pol.DenyMessage(d, x.req.Module, version))}
+}
+
+// servedName names the upstream that answered, for logs.
+func (x *exchange) servedName() string {
+	if x.served == nil {
+		return "upstream"
+	}
+	return x.served.Name
 }
 
 // destination is the host the request goes to: the origin in forward

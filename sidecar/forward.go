@@ -281,7 +281,7 @@ func (f *forward) serve(x *exchange, scheme, host, port string) error {
 	if err := f.guard.checkHost(host, port, false); err != nil {
 		return refused(fmt.Sprintf("%s %s refused: %v", r.Method, x.host, err))
 	}
-	req, err := classifyForward(host, r.URL.Path, r.URL.RawQuery, f.s.cfg.SumDB)
+	req, err := classifyForward(host, r.URL.Path, r.URL.RawQuery, f.s.sumdbAddr)
 	if err != nil {
 		return invalid(err.Error())
 	}
@@ -528,7 +528,7 @@ func (f *forward) intercept(r *http.Request, client net.Conn, host, port, identi
 		x.end(f.serve(x, "https", host, port))
 	})
 	kindOf := func(in *http.Request) string {
-		req, _ := classifyForward(host, in.URL.Path, in.URL.RawQuery, f.s.cfg.SumDB)
+		req, _ := classifyForward(host, in.URL.Path, in.URL.RawQuery, f.s.sumdbAddr)
 		return string(req.Kind)
 	}
 	srv := &http.Server{

@@ -113,13 +113,17 @@ func (x *exchange) chainProblem(res upstream.Result) *problem {
 	if x.r.Context().Err() != nil {
 		return clientGone("client went away while upstreams were asked")
 	}
+	status, code := res.Status(), chainCode(res)
 	for _, a := range res.Attempts {
 		if ref, ok := isRefusal(a.Err); ok {
 			// The guard refused a destination: not the upstream's doing.
 			return refused(fmt.Sprintf("%s %s refused: %s", x.r.Method, x.host, ref.reason))
 		}
+		var bad *badAnswer
+		if errors.As(a.Err, &bad) && code == wire.UpstreamFailed {
+			code = wire.BadUpstream
+		}
 	}
-	status, code := res.Status(), chainCode(res)
 	subject := describeRequest(x.req)
 	lines := make([]string, 0, len(res.Attempts)+3)
 	switch {

@@ -117,15 +117,31 @@ func (x *exchange) fetchRequest() fetchRequest {
 func (s *Server) deliver(x *exchange, src source, res upstream.Result) error {
 	x.served = res.Upstream
 	resp := res.Response
-	if resp.StatusCode == http.StatusOK && x.r.Method == http.MethodGet {
-		switch x.req.Kind {
-		case KindList:
-			return s.relayList(x, resp)
-		case KindLatest:
-			return s.relayLatest(x, src, resp)
-		}
+	if resp.StatusCode != http.StatusOK || x.r.Method != http.MethodGet || !(checked(x.req.Kind) || x.req.Kind == KindList) {
+		return s.relay(x, resp)
 	}
-	return s.relay(x, resp)
+	defer resp.Body.Close()
+	limit := maxBody(x.req.Kind)
+	if x.req.Kind == KindList {
+		limit = listLimit
+	}
+	body, err := s.readBody(x, resp, limit)
+	if err != nil {
+		return err
+	}
+	if err := x.accept(body); err != nil {
+		return err
+	}
+	return s.writeBody(x, src, resp.Header, body)
+}
+
+// accept checks a whole answer (checkAnswer) before it is relayed or kept.
+func (x *exchange) accept(body []byte) error {
+	if err := checkAnswer(x.req, body); err != nil {
+		x.s.log.Warn("upstream answer refused", "upstream", x.servedName(), "kind", x.req.Kind, "module", x.req.Module, "version", x.req.Version, "err", err)
+		return x.badUpstream(x.served, err)
+	}
+	return nil
 }
 
 // bufferLimit is the largest body that is read whole before the answer
@@ -215,18 +231,6 @@ func (s *Server) readBody(x *exchange, resp *http.Response, limit int64) ([]byte
 // listLimit bounds a version list read for filtering.
 const listLimit = 4 << 20
 
-// relayList passes a version list on without the versions that policy
-// denies, so that the go command's own choice of "latest" lands on an
-// allowed one.
-func (s *Server) relayList(x *exchange, resp *http.Response) error {
-	defer resp.Body.Close()
-	body, err := s.readBody(x, resp, listLimit)
-	if err != nil {
-		return err
-	}
-	return s.writeList(x, resp.Header, body)
-}
-
 // writeList answers with the version list body, less the versions that
 // policy denies.
 func (s *Server) writeList(x *exchange, header http.Header, body []byte) error {
@@ -242,20 +246,9 @@ func (s *Server) writeList(x *exchange, header http.Header, body []byte) error {
 	return writeWhole(x.w, http.StatusOK, header, body)
 }
 
-// relayLatest passes @latest on when policy allows its version; otherwise
-// it answers with the .info of the highest allowed version in the list, or
-// 403 when there is none.
-func (s *Server) relayLatest(x *exchange, src source, resp *http.Response) error {
-	defer resp.Body.Close()
-	body, err := s.readBody(x, resp, bufferLimit)
-	if err != nil {
-		return err
-	}
-	return s.writeLatest(x, src, resp.Header, body)
-}
-
 // writeLatest answers with the @latest body when policy allows its
-// version, else as relayLatest says.
+// version; otherwise with the .info of the highest allowed version in the
+// list, or 403 when there is none.
 func (s *Server) writeLatest(x *exchange, src source, header http.Header, body []byte) error {
 	var info struct{ Version string }
 	json.Unmarshal(body, &info)
@@ -263,7 +256,7 @@ func (s *Server) writeLatest(x *exchange, src source, header http.Header, body [
 	if info.Version == "" || len(x.pol.FilterVersions(preq, []string{info.Version})) == 1 {
 		return writeWhole(x.w, http.StatusOK, header, body)
 	}
-	base := strings.TrimSuffix(x.req.Path, "/@latest")
+	base := x.req.Prefix + strings.TrimSuffix(x.req.Path, "/@latest")
 	if v := s.latestAllowed(x, src, base, preq); v != "" {
 		escV, _ := module.EscapeVersion(v)
 		ctx := upstream.WithKind(x.r.Context(), string(KindInfo))
@@ -339,15 +332,24 @@ type originSource struct {
 	host string // normalised, without the port
 }
 
-// admit keeps private module paths away from hosts that are not private.
+// admit keeps private module paths away from hosts that are not private:
+// the module the request is for, or any private path in it.
 func (o originSource) admit(x *exchange) error {
-	if x.private == "" || o.f.isPrivateHost(x, o.host) {
+	pattern, what := x.private, x.req.Module+" is private"
+	if pattern == "" {
+		pattern, what = privatePathIn(x.pol, x.r), "its path names a private module"
+	}
+	if pattern == "" || o.f.isPrivateHost(x, o.host) {
 		return nil
 	}
-	return &problem{status: http.StatusForbidden, code: wire.PrivateHost, decision: decisionDeny, ruleText: "private " + x.private,
+	subject := describeRequest(x.req)
+	if x.req.Module == "" {
+		subject = x.r.Method + " " + x.r.URL.Path
+	}
+	return &problem{status: http.StatusForbidden, code: wire.PrivateHost, decision: decisionDeny, ruleText: "private " + pattern,
 		reason: "private module path to a host that is not private",
 		lines: []string{
-			fmt.Sprintf("%s refused: %s is private (pattern %s) and %s is not a private host", describeRequest(x.req), x.req.Module, x.private, o.host),
+			fmt.Sprintf("%s refused: %s (pattern %s) and %s is not a private host", subject, what, pattern, o.host),
 			"mark the host private (an upstream with private: true, or forward.private_hosts), or set GONOPROXY/GOPRIVATE so that the go command fetches it directly",
 		}}
 }

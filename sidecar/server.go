@@ -8,7 +8,6 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -35,11 +34,22 @@ type Config struct {
 	Listen string
 	// Admin is the address of the admin listener. If empty, there is none.
 	Admin string
+	// AdminHosts are the Host names (path.Match patterns) the admin
+	// listener answers besides IP literals and localhost; any other Host
+	// is answered 421 (DNS rebinding). If empty, only those.
+	AdminHosts []string
+	// PProf serves /debug/pprof/ on the admin listener. If false, there
+	// is none.
+	PProf bool
 	// Upstreams is the chain, in order.
 	Upstreams []upstream.Config
-	// SumDB is the name of the checksum database served under /sumdb/.
-	// If empty, /sumdb/ answers 404.
+	// SumDB is the name of the checksum database served under /sumdb/
+	// ("sum.example.test", or with a path: "sum.example.test/sumdb"). If
+	// empty, /sumdb/ answers 404.
 	SumDB string
+	// SumDBURL is where the database answers when no upstream serves it
+	// (GOSUMDB's "name+key URL" form). If empty, https://<SumDB>.
+	SumDBURL string
 	// RootCAs verifies upstream certificates. If nil, the system pool is used.
 	RootCAs *x509.CertPool
 	// Resolve maps "host:port" to the address to dial instead.
@@ -79,7 +89,10 @@ type Server struct {
 	log   *slog.Logger
 	chain *upstream.Chain
 	sumdb *sumDB
-	via   string // this process's Via token
+	// sumdbAddr is the database's direct address, which forward mode
+	// recognises.
+	sumdbAddr sumDBAddress
+	via       string // this process's Via token
 
 	// ready is set once the server has started serving.
 	ready atomic.Bool
@@ -145,7 +158,10 @@ func New(cfg Config) (*Server, error) {
 	if err := s.checkRoutes(s.policy()); err != nil {
 		return nil, err
 	}
-	if s.sumdb, err = newSumDB(cfg.SumDB, chain, opts, upstream.Timeouts{}); err != nil {
+	if s.sumdbAddr, err = newSumDBAddress(cfg.SumDB, cfg.SumDBURL); err != nil {
+		return nil, err
+	}
+	if s.sumdb, err = newSumDB(cfg.SumDB, cfg.SumDBURL, chain, opts, upstream.Timeouts{}); err != nil {
 		return nil, err
 	}
 	if len(cfg.Forward.MITMHosts) > 0 && cfg.Forward.CA == nil {
@@ -262,7 +278,7 @@ func (s *Server) Handler() http.Handler {
 // kindOf classifies a request for its span name and metrics.
 func (s *Server) kindOf(r *http.Request) string {
 	if r.URL.IsAbs() {
-		req, _ := classifyForward(r.URL.Hostname(), r.URL.Path, r.URL.RawQuery, s.cfg.SumDB)
+		req, _ := classifyForward(normalized(r.URL.Hostname()), r.URL.Path, r.URL.RawQuery, s.sumdbAddr)
 		return string(req.Kind)
 	}
 	req, err := ClassifyReverse(r.URL.Path)
@@ -300,41 +316,6 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	default:
 		s.serveReverse(w, r)
 	}
-}
-
-// AdminHandler serves /healthz, /readyz, /metrics, /debug/upstreams,
-// /debug/baseline and /debug/tracez.
-func (s *Server) AdminHandler() http.Handler {
-	mux := http.NewServeMux()
-	if s.tel != nil {
-		mux.Handle("GET /metrics", s.tel.MetricsHandler())
-		mux.Handle("GET /debug/tracez", s.tel.TracezHandler())
-		mux.Handle("GET /debug/baseline", s.tel.Baselines().Handler())
-	}
-	mux.HandleFunc("GET /debug/upstreams", func(w http.ResponseWriter, r *http.Request) {
-		var list []upstream.Status
-		for _, u := range s.chain.Upstreams() {
-			if u.Kind == upstream.Proxy {
-				list = append(list, u.Status())
-			}
-		}
-		w.Header().Set("Content-Type", "application/json")
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		enc.Encode(map[string]any{"upstreams": list})
-	})
-	mux.Handle("GET /{$}", s.statusHandler()) // only "/": other unknown paths stay 404
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		io.WriteString(w, "ok\n")
-	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		if err := s.Ready(); err != nil {
-			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		io.WriteString(w, "ready\n")
-	})
-	return mux
 }
 
 // Ready reports why the server cannot serve, or nil: it must be serving

@@ -33,14 +33,17 @@ type sumDBRoute struct {
 	prefix string
 }
 
-func newSumDB(name string, chain *upstream.Chain, opts upstream.Options, t upstream.Timeouts) (*sumDB, error) {
+func newSumDB(name, rawURL string, chain *upstream.Chain, opts upstream.Options, t upstream.Timeouts) (*sumDB, error) {
 	if name == "" {
 		return nil, nil
 	}
 	if err := checkSumDBName(name); err != nil {
 		return nil, err
 	}
-	direct, err := upstream.New(upstream.Config{Name: name + " (direct)", URL: "https://" + name, Timeouts: t}, opts)
+	if rawURL == "" {
+		rawURL = "https://" + name
+	}
+	direct, err := upstream.New(upstream.Config{Name: name + " (direct)", URL: rawURL, Timeouts: t}, opts)
 	if err != nil {
 		return nil, err
 	}

@@ -15,6 +15,8 @@ import (
 	"runtime"
 	"runtime/debug"
 	"syscall"
+
+	"github.com/modgate/modgate/sidecar/upstream"
 )
 
 // version is set at build time with -ldflags "-X ...cli.version=v1.2.3";
@@ -106,7 +108,9 @@ func (a *App) Run(ctx context.Context, args []string) int {
 	case errors.Is(err, errDenied):
 		return 1
 	}
-	fmt.Fprintf(a.Stderr, "modgate: %v\n", err)
+	// The last line of defence: an error that quotes a URL never shows its
+	// credentials.
+	fmt.Fprintf(a.Stderr, "modgate: %s\n", upstream.RedactText(err.Error()))
 	return 1
 }
 

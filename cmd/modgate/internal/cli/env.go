@@ -127,6 +127,9 @@ func clientEnv(cfg Config, sc sidecar.Config, pol *policy.Policy, noDirect bool)
 	lines = append(lines, envLine{name: "GOPROXY", value: goproxy})
 
 	lines = append(lines, privateEnv(pol, ups)...)
+	if sc.SumDB != "" {
+		lines = append(lines, comment("GOSUMDB: keep yours; it must name %s, the checksum database modgate serves at %s/sumdb/%s/", sc.SumDB, self, sc.SumDB))
+	}
 
 	lines = append(lines, comment("HTTP_PROXY, HTTPS_PROXY: direct fetches, ?go-get=1 discovery and git go through modgate's forward mode; curl and git read the lower-case names"))
 	if cfg.Forward.AuthFile != "" {

@@ -143,7 +143,7 @@ func newLogger(w io.Writer, c LogConfig) *slog.Logger {
 		}
 	}
 	if format == "text" {
-		return slog.New(slog.NewTextHandler(w, opts))
+		return slog.New(redactHandler{slog.NewTextHandler(w, opts)})
 	}
-	return slog.New(slog.NewJSONHandler(w, opts))
+	return slog.New(redactHandler{slog.NewJSONHandler(w, opts)})
 }

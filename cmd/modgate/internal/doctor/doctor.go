@@ -32,6 +32,7 @@ import (
 
 	"github.com/modgate/modgate/cmd/modgate/internal/wrap"
 	"github.com/modgate/modgate/policy"
+	"github.com/modgate/modgate/sidecar/upstream"
 	"github.com/modgate/modgate/sidecar/wire"
 )
 
@@ -116,10 +117,22 @@ type Modgate struct {
 	Resolve map[string]string
 	// PolicyFile is the policy file, "" for none.
 	PolicyFile string
-	// SumDB is the checksum database modgate serves, "" for none.
+	// SumDB is the checksum database modgate serves, "" for none; it may
+	// have a path (sum.example.test/sumdb).
 	SumDB string
+	// SumDBURL is where modgate reaches the database directly; if empty,
+	// https://<SumDB>.
+	SumDBURL string
 	// RootCAs verifies upstream certificates; nil means the system pool.
 	RootCAs *x509.CertPool
+}
+
+// sumDBURL is where modgate reaches its checksum database directly.
+func (d *run) sumDBURL() string {
+	if d.m.SumDBURL != "" {
+		return d.m.SumDBURL
+	}
+	return "https://" + d.m.SumDB + "/"
 }
 
 // Upstream is one entry of modgate's chain.
@@ -540,7 +553,7 @@ func (d *run) probe(ctx context.Context, timeout time.Duration, mod string) {
 
 	get := func(target, kind, u string) Probe {
 		if d.opts.Progress != nil {
-			fmt.Fprintf(d.opts.Progress, "\r\033[Kprobing %s: %s %s", target, kind, u)
+			fmt.Fprintf(d.opts.Progress, "\r\033[Kprobing %s: %s %s", target, kind, upstream.RedactText(u))
 		}
 		p := Probe{Target: target, Kind: kind, URL: u}
 		start := time.Now()
@@ -730,7 +743,7 @@ func (d *run) judgeUpstream(rawURL string, ps []Probe, mod string) bool {
 	what := fmt.Sprintf("upstream %s (%s): %s", name, rawURL, timings(ps))
 	for _, p := range ps {
 		if p.Kind == "sumdb-supported" && p.Status != http.StatusOK {
-			what += fmt.Sprintf("; it does not proxy the checksum database %s, so modgate reaches https://%s/ directly", d.m.SumDB, d.m.SumDB)
+			what += fmt.Sprintf("; it does not proxy the checksum database %s, so modgate reaches %s directly", d.m.SumDB, d.sumDBURL())
 		}
 		if p.Kind == "list" && p.Status == http.StatusNotFound {
 			what += "; it does not have " + mod + " (normal for an upstream of private modules only)"
@@ -1104,6 +1117,34 @@ func (d *run) report() Report {
 		}
 	}
 	r.OK = r.Summary[Error] == 0
+	return r.redacted()
+}
+
+// redacted hides the credentials of every URL in the report: upstream URLs
+// and GOPROXY or proxy variables may carry a password or a token, and a
+// doctor report is made to be pasted into a ticket.
+func (r Report) redacted() Report {
+	findings := make([]Finding, len(r.Findings))
+	for i, f := range r.Findings {
+		f.What, f.Where, f.Fix = upstream.RedactText(f.What), upstream.RedactText(f.Where), upstream.RedactText(f.Fix)
+		findings[i] = f
+	}
+	r.Findings = findings
+	if r.Probes != nil {
+		probes := make([]Probe, len(r.Probes))
+		for i, p := range r.Probes {
+			p.URL, p.Error, p.Detail = upstream.RedactText(p.URL), upstream.RedactText(p.Error), upstream.RedactText(p.Detail)
+			probes[i] = p
+		}
+		r.Probes = probes
+	}
+	if r.GoEnv != nil {
+		env := make(map[string]string, len(r.GoEnv))
+		for k, v := range r.GoEnv {
+			env[k] = upstream.RedactText(v)
+		}
+		r.GoEnv = env
+	}
 	return r
 }
 
