@@ -117,9 +117,13 @@ func newFidelityRig(t *testing.T, mode string, opts rigOptions) *fidelityRig {
 	if opts.sumdbAtURL {
 		r.named = r.db.ServeNamed(t)
 		roots.AppendCertsFromPEM(r.named.CAPEM)
-		// modgate reaches a database that no upstream serves at
-		// https://<name>, which this resolve override points at the fixture.
-		cfg.Resolve[r.named.Host+":443"] = r.named.Addr
+		if mode == "reverse" {
+			// GOSUMDB's "name+key URL" form, as modgate's config has it.
+			cfg.SumDBURL = r.named.Local
+		} else {
+			// The go command goes to https://<name> through modgate.
+			cfg.Resolve[r.named.Host+":443"] = r.named.Addr
+		}
 	}
 	if opts.policy != "" {
 		cfg.Policy, _ = policyStore(t, opts.policy)

@@ -21,6 +21,22 @@ type fidelityCase struct {
 	env   map[string]string // for both sides
 	files map[string]string // besides go.mod
 	steps []string          // see runScript
+	// after, if set, checks that the traffic went where the case says
+	// (both sides have run).
+	after func(t *testing.T, r *fidelityRig)
+}
+
+// wantRequests fails the test unless the fixture proxy (or, with db, the
+// database served at its URL) received at least n requests containing substr.
+func wantRequests(t *testing.T, r *fidelityRig, db bool, substr string, n int) {
+	t.Helper()
+	got, reqs := r.up.CountMatching(substr), r.up.Requests()
+	if db {
+		got, reqs = r.db.CountMatching(substr), r.db.Requests()
+	}
+	if got < n {
+		t.Errorf("%d requests for %q reached the fixtures, want at least %d (one a side): %q", got, substr, n, reqs)
+	}
 }
 
 var fidelityCases = []fidelityCase{
@@ -94,23 +110,37 @@ var fidelityCases = []fidelityCase{
 		modes: []string{"reverse", "mitm"},
 		opts:  rigOptions{sumdbName: sumdbHost + "/sumdb"},
 		steps: fidelitySumSteps,
+		after: func(t *testing.T, r *fidelityRig) {
+			wantRequests(t, r, false, "/sumdb/"+sumdbHost+"/sumdb/lookup/fixture.test/dep01@v1.0.0", 2)
+		},
 	},
 	{
 		name:  "checksum database at its URL",
 		modes: []string{"reverse", "mitm"},
 		opts:  rigOptions{sumdbName: sumdbHost + "/sumdb", sumdbAtURL: true},
 		steps: fidelitySumSteps,
+		after: func(t *testing.T, r *fidelityRig) {
+			wantRequests(t, r, true, "/lookup/fixture.test/dep01@v1.0.0", 2)
+		},
 	},
 	{
 		name:  "toolchain switch",
 		modes: []string{"reverse", "mitm"},
 		env:   map[string]string{"GOTOOLCHAIN": fidelityToolchain},
 		steps: []string{"go version", "go env GOVERSION"},
+		after: func(t *testing.T, r *fidelityRig) {
+			wantRequests(t, r, false, "/golang.org/toolchain/@v/"+
+				modtest.ToolchainVersion(fidelityToolchain, runtime.GOOS, runtime.GOARCH)+".zip", 2)
+			wantRequests(t, r, false, "/sumdb/"+sumdbName+"/lookup/golang.org/toolchain@", 2)
+		},
 	},
 	{
 		name:  "MITM proxy under a path prefix",
 		modes: []string{"mitm"},
 		opts:  rigOptions{prefix: "/artifactory/api/go/go-remote"},
+		after: func(t *testing.T, r *fidelityRig) {
+			wantRequests(t, r, false, "/fixture.test/!upper!case/@v/v1.0.0.zip", 2)
+		},
 		steps: []string{
 			"go list -m -versions fixture.test/dep05 fixture.test/UpperCase",
 			"go list -m fixture.test/branch@main",
@@ -166,6 +196,9 @@ func compareSides(t *testing.T, r *fidelityRig, tc fidelityCase) {
 	checkExpectations(t, tc.steps, results[0])
 	for _, d := range diffSides("direct", "modgate", results[0], results[1]) {
 		t.Errorf("the go command disagrees through modgate (%s mode): %s", r.mode, d)
+	}
+	if tc.after != nil {
+		tc.after(t, r)
 	}
 }
 
