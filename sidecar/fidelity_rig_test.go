@@ -69,7 +69,8 @@ type rigOptions struct {
 }
 
 // fidelityRig is the fixture proxy and checksum database, and modgate in
-// front of them in one mode: "reverse" (GOPROXY=modgate) or "mitm"
+// front of them in one mode: "reverse" (GOPROXY=modgate), "forward"
+// (GOPROXY=http://proxy.fixture.test<prefix>, HTTP_PROXY=modgate) or "mitm"
 // (GOPROXY=https://proxy.fixture.test<prefix>, HTTPS_PROXY=modgate, which
 // intercepts proxy.fixture.test and sum.fixture.test).
 type fidelityRig struct {
@@ -94,6 +95,10 @@ func newFidelityRig(t *testing.T, mode string, opts rigOptions) *fidelityRig {
 	}
 	fx := loadFidelityFixtures(t)
 	r := &fidelityRig{mode: mode, opts: opts, fx: fx, db: modtest.NewSumDB(t, opts.sumdbName, fx)}
+	// A tree that grows while the go command reads it makes the tiles it
+	// reads depend on the order of its lookups; then a warm cache would
+	// miss tiles for no fault of modgate's.
+	r.db.Preload(t)
 	var popts []modtest.ProxyOption
 	if !opts.sumdbAtURL {
 		popts = append(popts, modtest.WithSumDB(r.db))
@@ -131,20 +136,21 @@ func newFidelityRig(t *testing.T, mode string, opts rigOptions) *fidelityRig {
 	switch mode {
 	case "reverse":
 		cfg.Upstreams = []upstream.Config{{Name: "fixtures", URL: r.up.URL}}
-	case "mitm":
-		ca, pem := newCA(t)
-		r.caPEM = pem
+	case "forward", "mitm":
 		cfg.Upstreams = []upstream.Config{{URL: "off"}}
 		upURL, err := url.Parse(r.up.URL)
 		if err != nil {
 			t.Fatal(err)
 		}
-		cfg.Resolve[proxyHost+":443"] = upURL.Host
-		cfg.Forward = sidecar.ForwardConfig{
-			AllowHosts: []string{proxyHost, sumdbHost},
-			MITMHosts:  []string{proxyHost, sumdbHost},
-			CA:         ca,
+		cfg.Forward.AllowHosts = []string{proxyHost, sumdbHost}
+		if mode == "forward" {
+			cfg.Resolve[proxyHost+":80"] = upURL.Host
+			break
 		}
+		ca, pem := newCA(t)
+		r.caPEM = pem
+		cfg.Resolve[proxyHost+":443"] = upURL.Host
+		cfg.Forward.MITMHosts, cfg.Forward.CA = []string{proxyHost, sumdbHost}, ca
 	default:
 		t.Fatalf("unknown fidelity mode %q", mode)
 	}
@@ -175,6 +181,10 @@ func (r *fidelityRig) through(t *testing.T) *modtest.Go {
 		// The go command asks modgate for /sumdb/<name>/..., whatever
 		// modgate does to reach the database.
 		g.UseProxy(r.gate.URL, r.db)
+	case "forward":
+		g.UseProxy("http://"+proxyHost+r.opts.prefix, r.db)
+		g.Setenv("HTTP_PROXY", r.gate.URL)
+		g.Setenv("http_proxy", r.gate.URL)
 	case "mitm":
 		g.UseProxy("https://"+proxyHost+r.opts.prefix, r.db)
 		if r.named != nil {

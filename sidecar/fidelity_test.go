@@ -16,7 +16,7 @@ const consumerMod = "module example.test/consumer\n\ngo 1.21\n"
 // modgate, in each of modes.
 type fidelityCase struct {
 	name  string
-	modes []string // "reverse", "mitm"; nil means reverse only
+	modes []string // "reverse", "forward", "mitm" (see fidelityRig); nil means reverse only
 	opts  rigOptions
 	env   map[string]string // for both sides
 	files map[string]string // besides go.mod
@@ -42,7 +42,7 @@ func wantRequests(t *testing.T, r *fidelityRig, db bool, substr string, n int) {
 var fidelityCases = []fidelityCase{
 	{
 		name:  "branch and commit queries",
-		modes: []string{"reverse", "mitm"},
+		modes: []string{"reverse", "forward", "mitm"},
 		steps: []string{
 			"go list -m fixture.test/branch@main",
 			"go list -m fixture.test/branch@23179ee",
@@ -125,7 +125,7 @@ var fidelityCases = []fidelityCase{
 	},
 	{
 		name:  "toolchain switch",
-		modes: []string{"reverse", "mitm"},
+		modes: []string{"reverse", "forward", "mitm"},
 		env:   map[string]string{"GOTOOLCHAIN": fidelityToolchain},
 		steps: []string{"go version", "go env GOVERSION"},
 		after: func(t *testing.T, r *fidelityRig) {
@@ -135,8 +135,8 @@ var fidelityCases = []fidelityCase{
 		},
 	},
 	{
-		name:  "MITM proxy under a path prefix",
-		modes: []string{"mitm"},
+		name:  "proxy under a path prefix",
+		modes: []string{"forward", "mitm"},
 		opts:  rigOptions{prefix: "/artifactory/api/go/go-remote"},
 		after: func(t *testing.T, r *fidelityRig) {
 			wantRequests(t, r, false, "/fixture.test/!upper!case/@v/v1.0.0.zip", 2)

@@ -5,8 +5,10 @@ import (
 	"bytes"
 	"crypto/tls"
 	"net/http"
+	"net/http/httptest"
 	"os/exec"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -231,4 +233,40 @@ func TestSumDBNameWithPath(t *testing.T) {
 	if r := mustGet(t, &http.Client{Transport: tr}, "https://"+named.Addr+"/latest"); r.code != 404 {
 		t.Errorf("/latest outside the name's path: %d, want 404", r.code)
 	}
+}
+
+// TestSumDBPreload: after Preload the tree holds every fixture and lookups
+// do not grow it.
+func TestSumDBPreload(t *testing.T) {
+	t.Parallel()
+	fx := testFixtures(t)
+	db := NewSumDB(t, "sum.fixture.test", fx)
+	db.Preload(t)
+	client := &http.Client{Transport: roundTripperFunc(func(r *http.Request) (*http.Response, error) {
+		return httptestRecorder(db.Handler(), r), nil
+	})}
+	size := func() string {
+		r := mustGet(t, client, "http://db/latest")
+		return strings.SplitN(r.body, "\n", 3)[1]
+	}
+	before := size()
+	if want := len(fx.Modules()); before != strconv.Itoa(want) {
+		t.Errorf("tree size after Preload = %s, want %d", before, want)
+	}
+	if r := mustGet(t, client, "http://db/lookup/fixture.test/dep20@v1.0.0"); r.code != 200 {
+		t.Fatalf("lookup: %d %q", r.code, r.body)
+	}
+	if after := size(); after != before {
+		t.Errorf("a lookup grew the preloaded tree from %s to %s", before, after)
+	}
+}
+
+type roundTripperFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripperFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+func httptestRecorder(h http.Handler, r *http.Request) *http.Response {
+	rr := httptest.NewRecorder()
+	h.ServeHTTP(rr, r)
+	return rr.Result()
 }

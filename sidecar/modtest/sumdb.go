@@ -4,10 +4,12 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"testing"
 
+	"golang.org/x/mod/module"
 	"golang.org/x/mod/sumdb"
 	"golang.org/x/mod/sumdb/note"
 )
@@ -26,6 +28,7 @@ type SumDB struct {
 
 	handler http.Handler
 	rec     *recorder
+	fx      *Fixtures
 }
 
 // NewSumDB creates a database named name (a host name such as
@@ -55,6 +58,32 @@ func NewSumDB(t testing.TB, name string, fx *Fixtures) *SumDB {
 		VerifierKey: vkey,
 		handler:     sumdb.NewServer(sumdb.NewTestServer(skey, fx.GoSumLines)),
 		rec:         &recorder{},
+		fx:          fx,
+	}
+}
+
+// Preload adds a record for every module of the fixtures now, in the order
+// of [Fixtures.Modules], rather than on first lookup. The tree then stops
+// growing while go commands read it, so that two runs of the same commands
+// read the same tree head and tiles: a cache warmed by the first run holds
+// everything the second needs. Modules added to the fixtures later are
+// still added on first lookup.
+func (db *SumDB) Preload(t testing.TB) {
+	t.Helper()
+	for _, m := range db.fx.Modules() {
+		ep, err := module.EscapePath(m.Path)
+		if err != nil {
+			t.Fatalf("modtest: preload %s: %v", m, err)
+		}
+		ev, err := module.EscapeVersion(m.Version)
+		if err != nil {
+			t.Fatalf("modtest: preload %s: %v", m, err)
+		}
+		rr := httptest.NewRecorder()
+		db.handler.ServeHTTP(rr, httptest.NewRequest(http.MethodGet, "/lookup/"+ep+"@"+ev, nil))
+		if rr.Code != http.StatusOK {
+			t.Fatalf("modtest: preload %s: %d %s", m, rr.Code, rr.Body)
+		}
 	}
 }
 
