@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -98,17 +99,20 @@ var hopHeaders = []string{
 }
 
 // copyHeader copies end-to-end headers from src to dst.
+// Hop-by-hop headers of src are skipped, never deleted from dst: dst may
+// carry modgate's own (Connection: close after a chunked request).
 func copyHeader(dst, src http.Header) {
-	for k, vs := range src {
-		dst[k] = append(dst[k][:0:0], vs...)
-	}
-	for _, f := range src.Values("Connection") {
+	var named []string // the headers src's Connection names
+	for _, f := range src["Connection"] {
 		for _, k := range strings.Split(f, ",") {
-			dst.Del(strings.TrimSpace(k))
+			named = append(named, http.CanonicalHeaderKey(strings.TrimSpace(k)))
 		}
 	}
-	for _, k := range hopHeaders {
-		dst.Del(k)
+	for k, vs := range src {
+		if slices.Contains(hopHeaders, k) || slices.Contains(named, k) {
+			continue
+		}
+		dst[k] = append(dst[k][:0:0], vs...)
 	}
 }
 

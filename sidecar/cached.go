@@ -319,7 +319,8 @@ func (s *Server) fly(f *flight, c *cache.Cache, key string, ctx context.Context,
 	defer resp.Body.Close()
 	if checked(req.Kind) {
 		// Read whole and checked before anyone is served a byte of it.
-		body, err := io.ReadAll(&capReader{r: resp.Body, n: maxBody(req.Kind)})
+		body, held, err := readWhole(resp.Body, maxBody(req.Kind), &s.buffers)
+		defer s.buffers.give(held)
 		if err == nil && resp.ContentLength >= 0 && int64(len(body)) != resp.ContentLength {
 			err = fmt.Errorf("body cut after %d of %d bytes: %w", len(body), resp.ContentLength, io.ErrUnexpectedEOF)
 		}

@@ -35,17 +35,23 @@ const (
 )
 
 // maxBody is the most an answer of kind k may carry: the go command's own
-// limits for zips and go.mod files, a generous bound for the other module
-// protocol answers, and no bound (-1) for what forward mode passes on
-// (git packs are as large as their repositories).
+// limits for zips and go.mod files (cmd/go's codehost.MaxZipFile and
+// MaxGoMod); for the rest, a generous multiple of the largest real answers
+// (an .info is a few hundred bytes, a list of thousands of versions a few
+// hundred KiB, a data tile tens of KiB); no bound (-1) for what forward
+// mode passes on (git packs are as large as their repositories).
 func maxBody(k Kind) int64 {
 	switch k {
 	case KindZip:
 		return modzip.MaxZipFile
 	case KindMod:
 		return modzip.MaxGoMod
-	case KindInfo, KindList, KindLatest, KindSumDBSupported, KindSumDBLookup, KindSumDBTile, KindSumDBLatest:
-		return 16 << 20
+	case KindList:
+		return listLimit
+	case KindInfo, KindLatest:
+		return 256 << 10
+	case KindSumDBSupported, KindSumDBLookup, KindSumDBTile, KindSumDBLatest:
+		return 1 << 20
 	}
 	return -1
 }

@@ -55,6 +55,7 @@ type exchange struct {
 	decided  bool // a module-bearing request went through policy
 
 	cacheResult string // hit, miss or stale; empty when the cache was not asked
+	buffered    int64  // bytes of the server's buffer budget this exchange holds
 }
 
 // ctx is the request's context, telling upstreams the request's kind.
@@ -190,6 +191,8 @@ func (x *exchange) eligible(u *upstream.Upstream) error {
 // finish records the exchange: the server span's attributes, the policy
 // decision metric, and the audit line.
 func (x *exchange) finish() {
+	x.s.buffers.give(x.buffered)
+	x.buffered = 0
 	span := trace.SpanFromContext(x.r.Context())
 	if span.IsRecording() {
 		attrs := append(make([]attribute.KeyValue, 0, 7), telemetry.AttrMode.String(x.mode), telemetry.AttrPolicyDecision.String(x.decision))

@@ -53,6 +53,9 @@ type ForwardConfig struct {
 	// TunnelIdle closes a tunnel with no traffic either way for that long.
 	// If zero, 5 minutes.
 	TunnelIdle time.Duration
+	// MaxTunnels bounds the CONNECTs open at once (tunnels and
+	// intercepted connections); past it a CONNECT gets 503. If zero, 1024.
+	MaxTunnels int
 	// Origin settings for every host reached in forward mode.
 	Timeouts upstream.Timeouts
 	Breaker  upstream.BreakerSettings
@@ -66,6 +69,7 @@ type forward struct {
 	guard  *guard
 	opts   upstream.Options
 	users  map[string][32]byte // user → sha256(password)
+	logins *loginLimiter
 	goprox *goproxy.ProxyHttpServer
 
 	mu      sync.Mutex
@@ -74,8 +78,9 @@ type forward struct {
 	// hijacked connections (tunnels, intercepted TLS) live outside the
 	// listener's http.Server; shutdown reaches them through here.
 	hijacked sync.WaitGroup
-	inner    sync.Map // *http.Server of intercepted connections
-	tunnels  sync.Map // net.Conn pairs of open tunnels
+	inner    sync.Map     // *http.Server of intercepted connections
+	tunnels  sync.Map     // net.Conn pairs of open tunnels
+	open     atomic.Int64 // hijacked CONNECTs, against MaxTunnels
 }
 
 const maxOrigins = 1024
@@ -89,6 +94,9 @@ func newForward(s *Server, cfg ForwardConfig, opts upstream.Options) *forward {
 	}
 	if cfg.TunnelIdle == 0 {
 		cfg.TunnelIdle = 5 * time.Minute
+	}
+	if cfg.MaxTunnels == 0 {
+		cfg.MaxTunnels = 1024
 	}
 	g := &guard{
 		connectPorts: cfg.ConnectPorts,
@@ -111,7 +119,7 @@ func newForward(s *Server, cfg ForwardConfig, opts upstream.Options) *forward {
 	if s.cfg.Admin != "" {
 		g.own = append(g.own, s.cfg.Admin)
 	}
-	f := &forward{s: s, cfg: cfg, guard: g, origins: map[string]*upstream.Upstream{}}
+	f := &forward{s: s, cfg: cfg, guard: g, origins: map[string]*upstream.Upstream{}, logins: newLoginLimiter(s.now)}
 	opts.Dial = g.Dial
 	opts.Resolve = nil         // the guard pins
 	opts.MetricName = "origin" // hosts are on the spans, not the metrics
@@ -212,10 +220,15 @@ func normalized(host string) string {
 }
 
 // authenticate checks Proxy-Authorization and returns the identity, or the
-// 407 that asks for it. With no users configured everyone is anonymous.
+// 407 that asks for it (429 after too many failures from the client's
+// address). With no users configured everyone is anonymous.
 func (f *forward) authenticate(r *http.Request) (identity string, err error) {
 	if f.users == nil {
 		return "", nil
+	}
+	client := clientIP(r.RemoteAddr)
+	if p := f.logins.blocked(client); p != nil {
+		return "", p
 	}
 	user, pass, found := parseBasic(r.Header.Get("Proxy-Authorization"))
 	want, known := f.users[user]
@@ -228,6 +241,7 @@ func (f *forward) authenticate(r *http.Request) (identity string, err error) {
 	reason := "no Proxy-Authorization"
 	if found {
 		reason = "wrong user name or password"
+		f.logins.failed(client) // a client's first, credential-less try is free
 	}
 	return user, &problem{status: http.StatusProxyAuthRequired, code: wire.AuthRequired, decision: decisionDeny, reason: reason,
 		lines:  []string{"proxy authentication required: " + reason, "set the user and password in HTTPS_PROXY/HTTP_PROXY (http://user:password@host:port)"},
@@ -334,6 +348,17 @@ func (f *forward) handleConnect(target string, ctx *goproxy.ProxyCtx) (*goproxy.
 		f.hijacked.Add(1)
 		defer f.hijacked.Done()
 		defer span.End()
+		defer f.open.Add(-1)
+		if n := f.open.Add(1); n > int64(f.cfg.MaxTunnels) {
+			defer c.Close()
+			x := f.s.newExchange(nil, r, mode)
+			x.identity, x.host, x.req.Kind = identity, hostport, KindTunnel
+			x.connect = func(p *problem) { writeConnectStatus(c, p) }
+			x.end(&problem{status: http.StatusServiceUnavailable, code: wire.Busy,
+				lines:  []string{fmt.Sprintf("CONNECT %s: modgate has %d tunnels open, its forward.max_tunnels; try again", hostport, f.cfg.MaxTunnels)},
+				header: http.Header{"Retry-After": {"1"}}})
+			return
+		}
 		action(r, c, host, port, identity)
 	}}, target
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/cgi"
@@ -362,5 +363,63 @@ func TestForwardGoGetAndGit(t *testing.T) {
 	}
 	if !kinds["go-get"] || !kinds["vcs"] {
 		t.Errorf("audit lines with module %s by kind: %v; want go-get and vcs", mod, kinds)
+	}
+}
+
+// TestMaxTunnels: past forward.max_tunnels open CONNECTs, another is
+// answered 503 (and audited) instead of taking one more connection and
+// goroutine pair.
+func TestMaxTunnels(t *testing.T) {
+	origin, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { origin.Close() })
+	go func() {
+		for {
+			c, err := origin.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); io.Copy(c, c) }()
+		}
+	}()
+	audit, auditPath := newAudit(t)
+	host := "tls.example.test"
+	url := startGate(t, sidecar.Config{
+		Audit:     audit,
+		Upstreams: []upstream.Config{{URL: "off"}},
+		Resolve:   map[string]string{host + ":443": origin.Addr().String()},
+		Forward:   sidecar.ForwardConfig{AllowHosts: []string{host}, MaxTunnels: 2},
+	})
+	open := func() (net.Conn, string) {
+		c, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(c, "CONNECT %s:443 HTTP/1.1\r\nHost: %s:443\r\n\r\n", host, host)
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		return c, strings.TrimSpace(line)
+	}
+	for i := range 2 {
+		c, line := open()
+		defer c.Close()
+		if line != "HTTP/1.1 200 Connection established" {
+			t.Fatalf("tunnel %d: %q", i+1, line)
+		}
+	}
+	c, line := open()
+	defer c.Close()
+	if !strings.HasPrefix(line, "HTTP/1.1 503 modgate: busy: CONNECT tls.example.test:443: modgate has 2 tunnels open") {
+		t.Errorf("a third tunnel: %q", line)
+	}
+	var refused int
+	for _, l := range readAudit(t, auditPath) {
+		if l["status"] == float64(503) && l["kind"] == "tunnel" {
+			refused++
+		}
+	}
+	if refused != 1 {
+		t.Errorf("%d audit lines for the refused tunnel, want 1", refused)
 	}
 }

@@ -6,7 +6,9 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -103,6 +105,35 @@ func TestRequestSmuggling(t *testing.T) {
 	stillUp(t, url)
 }
 
+// TestForwardSmugglingSafeguard: in forward mode too, a request sent
+// chunked is answered with Connection: close and nothing after it on the
+// connection reaches the origin (the origin's own headers must not drop
+// modgate's Connection: close).
+func TestForwardSmugglingSafeguard(t *testing.T) {
+	var seen atomic.Int32
+	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen.Add(1)
+		w.Header().Set("Connection", "keep-alive")
+		io.WriteString(w, "ok\n")
+	}))
+	t.Cleanup(origin.Close)
+	host := "git.example.test"
+	url := startGate(t, sidecar.Config{
+		Upstreams: []upstream.Config{{URL: "off"}},
+		Resolve:   map[string]string{host + ":80": strings.TrimPrefix(origin.URL, "http://")},
+		Forward:   sidecar.ForwardConfig{AllowHosts: []string{host}},
+	})
+	second := "GET http://" + host + "/second HTTP/1.1\r\nHost: " + host + "\r\n\r\n"
+	first := "POST http://" + host + "/repo/git-upload-pack HTTP/1.1\r\nHost: " + host + "\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+	got := raw(t, url, first+second, 2*time.Second)
+	if !strings.Contains(got, "Connection: close") {
+		t.Errorf("a chunked request in forward mode was answered without Connection: close:\n%s", got)
+	}
+	if n := seen.Load(); n != 1 {
+		t.Errorf("%d requests reached the origin, want 1 (the pipelined one must not):\n%s", n, got)
+	}
+}
+
 func TestPathTraversalEncodings(t *testing.T) {
 	fx := loadFixtures(t)
 	p := modtest.NewProxy(t, fx)
@@ -170,8 +201,9 @@ func TestHugeAndEndlessUpstreamAnswers(t *testing.T) {
 	origin, sent, _ := hostileOrigin(t)
 	url := startGate(t, sidecar.Config{Upstreams: []upstream.Config{{Name: "hostile", URL: origin.URL}}})
 	for _, c := range []struct{ path, want string }{
-		{"/fixture.test/dep01/@v/list", "answer larger than 4194304 bytes"},
-		{"/fixture.test/dep01/@v/v1.0.0.info", "answer larger than 16777216 bytes"},
+		// The list says its length: refused before a byte is read.
+		{"/fixture.test/dep01/@v/list", "modgate: bad-upstream: fixture.test/dep01 (version list): the upstream's answer is too large for its kind"},
+		{"/fixture.test/dep01/@v/v1.0.0.info", "the limit is 262144"},
 	} {
 		sent.Store(0)
 		status, _, body := rawGet(t, url, c.path)
@@ -210,6 +242,73 @@ func stillUpWith(t *testing.T, url string, _ *httptest.Server) {
 	t.Helper()
 	if status, _, _ := rawGet(t, url, "/fixture.test/dep01/@v/v1.0.0.mod"); status == 0 {
 		t.Fatal("modgate is down")
+	}
+}
+
+// TestConcurrentHugeAnswersStayBounded: 40 concurrent requests whose
+// upstream sends a 20 MiB chunked .info, then as many for .mod (the go
+// command's 16 MiB limit) with a smaller buffer budget: modgate's heap
+// stays within a bound (documented in README, "Security"), the .info
+// answers are refused at their kind's limit and the .mod ones either there
+// or, past the budget, with 503.
+func TestConcurrentHugeAnswersStayBounded(t *testing.T) {
+	chunk := []byte(strings.Repeat("x", 64<<10))
+	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for range (20 << 20) / len(chunk) {
+			if _, err := w.Write(chunk); err != nil {
+				return
+			}
+		}
+	}))
+	t.Cleanup(origin.Close)
+	url := startGate(t, sidecar.Config{
+		BufferBudget: 64 << 20,
+		Upstreams:    []upstream.Config{{Name: "hostile", URL: origin.URL}},
+	})
+	var peak atomic.Uint64
+	stop := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		var ms runtime.MemStats
+		for {
+			runtime.ReadMemStats(&ms)
+			if ms.HeapInuse > peak.Load() {
+				peak.Store(ms.HeapInuse)
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}()
+	runtime.GC()
+	var base runtime.MemStats
+	runtime.ReadMemStats(&base)
+	for _, kind := range []string{"info", "mod"} {
+		var wg sync.WaitGroup
+		statuses := make([]int, 40)
+		for i := range statuses {
+			wg.Go(func() {
+				statuses[i], _, _ = rawGet(t, url, fmt.Sprintf("/fixture.test/dep%02d/@v/v1.0.%d.%s", i%20+1, i, kind))
+			})
+		}
+		wg.Wait()
+		for i, s := range statuses {
+			if s != http.StatusBadGateway && !(kind == "mod" && s == http.StatusServiceUnavailable) {
+				t.Errorf(".%s request %d: %d", kind, i, s)
+			}
+		}
+	}
+	close(stop)
+	<-sampled
+	growth := int64(peak.Load()) - int64(base.HeapInuse)
+	t.Logf("heap in use grew by at most %d MiB", growth>>20)
+	// 64 MiB of budget, plus per-request buffers and the race detector's
+	// shadow of them.
+	if growth > 160<<20 {
+		t.Errorf("heap in use grew by %d MiB for 80 huge answers; want under 160 MiB", growth>>20)
 	}
 }
 

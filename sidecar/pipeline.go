@@ -121,11 +121,7 @@ func (s *Server) deliver(x *exchange, src source, res upstream.Result) error {
 		return s.relay(x, resp)
 	}
 	defer resp.Body.Close()
-	limit := maxBody(x.req.Kind)
-	if x.req.Kind == KindList {
-		limit = listLimit
-	}
-	body, err := s.readBody(x, resp, limit)
+	body, err := s.readBody(x, resp, maxBody(x.req.Kind))
 	if err != nil {
 		return err
 	}
@@ -198,13 +194,21 @@ func writeWhole(w http.ResponseWriter, status int, header http.Header, body []by
 
 // readBody reads a whole upstream body of at most limit bytes; a body that
 // breaks off, or is longer, is a 502 that says so.
+//
+// The bytes come out of the server's buffer budget until the exchange
+// ends; a body the budget has no room for is a 503.
 func (s *Server) readBody(x *exchange, resp *http.Response, limit int64) ([]byte, error) {
-	body, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
 	n := resp.ContentLength
+	if n > limit {
+		// Known to be too large: not a byte is read.
+		return nil, x.tooLarge(n, limit)
+	}
+	body, held, err := readWhole(resp.Body, limit, &s.buffers)
+	x.buffered += held
 	switch {
+	case errors.Is(err, errOverBudget):
+		return nil, x.overBudget()
 	case err != nil:
-	case int64(len(body)) > limit:
-		err = fmt.Errorf("answer larger than %d bytes", limit)
 	case n >= 0 && int64(len(body)) != n:
 		err = io.ErrUnexpectedEOF
 	}
@@ -223,9 +227,19 @@ func (s *Server) readBody(x *exchange, resp *http.Response, limit int64) ([]byte
 	if n >= 0 {
 		cut = fmt.Sprintf("%s: body cut after %d of %d bytes: %v", name, len(body), n, err)
 	}
+	if errors.Is(err, errTooLarge) {
+		return nil, x.tooLarge(int64(len(body)), limit)
+	}
 	p := aborted(cut)
 	p.abort, p.lines, p.reason = false, []string{describeRequest(x.req) + ": the upstream broke off the answer", cut}, ""
 	return nil, p
+}
+
+// tooLarge is the 502 of an answer larger than any of its kind may be.
+func (x *exchange) tooLarge(n, limit int64) *problem {
+	return &problem{status: http.StatusBadGateway, code: wire.BadUpstream,
+		lines: []string{describeRequest(x.req) + ": the upstream's answer is too large for its kind; not relayed, not kept",
+			fmt.Sprintf("%s: %d bytes or more, the limit is %d", x.servedName(), n, limit)}}
 }
 
 // listLimit bounds a version list read for filtering.
@@ -288,7 +302,8 @@ func (s *Server) latestAllowed(x *exchange, src source, base string, preq policy
 	if res.Response.StatusCode != http.StatusOK {
 		return ""
 	}
-	body, err := io.ReadAll(io.LimitReader(res.Response.Body, listLimit))
+	body, held, err := readWhole(res.Response.Body, listLimit, &s.buffers)
+	x.buffered += held
 	if err != nil {
 		return ""
 	}

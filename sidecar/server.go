@@ -81,6 +81,10 @@ type Config struct {
 	Telemetry *telemetry.Telemetry
 	// Cache is the artifact cache; the zero value caches nothing.
 	Cache CacheConfig
+	// BufferBudget bounds the bytes of small answers held whole (to be
+	// checked, filtered or explained) across all requests; a request past
+	// it gets 503. If zero, DefaultBufferBudget.
+	BufferBudget int64
 }
 
 // Server is one modgate. Create it with New.
@@ -106,6 +110,8 @@ type Server struct {
 	privCache *cache.Cache // nil unless private modules may be cached
 	flightMu  sync.Mutex
 	flights   map[string]*flight
+
+	buffers budget // whole-read answers, against Config.BufferBudget
 
 	recentLog recentLog // the status page's recent requests and denials
 	hedges    hedgeBudget
@@ -137,6 +143,10 @@ func New(cfg Config) (*Server, error) {
 	}
 	if s.cfg.ClientIdle == 0 {
 		s.cfg.ClientIdle = 60 * time.Second
+	}
+	s.buffers.max = cfg.BufferBudget
+	if s.buffers.max == 0 {
+		s.buffers.max = DefaultBufferBudget
 	}
 	ua := "modgate"
 	if cfg.Version != "" {

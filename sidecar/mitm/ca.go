@@ -5,6 +5,7 @@
 package mitm
 
 import (
+	"container/list"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -109,7 +110,8 @@ type CA struct {
 	now     func() time.Time
 
 	mu     sync.Mutex
-	leaves map[string]*tls.Certificate
+	leaves map[string]*list.Element // of *leafEntry, most recent first in order
+	order  *list.List
 }
 
 // Load reads the CA of dir.
@@ -141,11 +143,21 @@ func Load(dir string) (*CA, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &CA{cert: cert, key: key, leafKey: leafKey, now: time.Now, leaves: map[string]*tls.Certificate{}}, nil
+	return &CA{cert: cert, key: key, leafKey: leafKey, now: time.Now, leaves: map[string]*list.Element{}, order: list.New()}, nil
 }
 
 // Certificate returns the CA certificate.
 func (ca *CA) Certificate() *x509.Certificate { return ca.cert }
+
+// MaxLeaves bounds the cache of minted certificates; the least recently
+// used goes first. Callers key it on a normalised host name, so that one
+// host has one entry however clients spell it.
+const MaxLeaves = 1024
+
+type leafEntry struct {
+	host string
+	cert *tls.Certificate
+}
 
 // Leaf returns a certificate for host (a name or an IP address), minted on
 // first use and cached until it nears expiry.
@@ -153,8 +165,14 @@ func (ca *CA) Leaf(host string) (*tls.Certificate, error) {
 	ca.mu.Lock()
 	defer ca.mu.Unlock()
 	now := ca.now()
-	if c, ok := ca.leaves[host]; ok && now.Before(c.Leaf.NotAfter.Add(-leafValidity/2)) {
-		return c, nil
+	if e, ok := ca.leaves[host]; ok {
+		c := e.Value.(*leafEntry).cert
+		if now.Before(c.Leaf.NotAfter.Add(-leafValidity / 2)) {
+			ca.order.MoveToFront(e)
+			return c, nil
+		}
+		ca.order.Remove(e)
+		delete(ca.leaves, host)
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: serial(),
@@ -178,8 +196,20 @@ func (ca *CA) Leaf(host string) (*tls.Certificate, error) {
 		return nil, err
 	}
 	c := &tls.Certificate{Certificate: [][]byte{der, ca.cert.Raw}, PrivateKey: ca.leafKey, Leaf: leaf}
-	ca.leaves[host] = c
+	ca.leaves[host] = ca.order.PushFront(&leafEntry{host: host, cert: c})
+	for ca.order.Len() > MaxLeaves {
+		last := ca.order.Back()
+		ca.order.Remove(last)
+		delete(ca.leaves, last.Value.(*leafEntry).host)
+	}
 	return c, nil
+}
+
+// Leaves returns how many certificates are cached.
+func (ca *CA) Leaves() int {
+	ca.mu.Lock()
+	defer ca.mu.Unlock()
+	return ca.order.Len()
 }
 
 // ServerConfig is the TLS configuration that presents a leaf for host to

@@ -3,6 +3,7 @@ package mitm
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -78,5 +79,40 @@ func TestInitLoadAndLeaves(t *testing.T) {
 func TestLoadMissing(t *testing.T) {
 	if _, err := Load(t.TempDir()); err == nil || !strings.Contains(err.Error(), "modgate ca init") {
 		t.Errorf("Load of an empty dir: %v", err)
+	}
+}
+
+// TestLeafCacheIsBounded: a client that CONNECTs to ever new host names
+// cannot grow the certificate cache past MaxLeaves; the least recently used
+// goes first.
+func TestLeafCacheIsBounded(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "ca")
+	if err := Init(dir); err != nil {
+		t.Fatal(err)
+	}
+	ca, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := ca.Leaf("h0.example.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i < MaxLeaves+50; i++ {
+		if _, err := ca.Leaf(fmt.Sprintf("h%d.example.test", i)); err != nil {
+			t.Fatal(err)
+		}
+		if i == MaxLeaves/2 {
+			ca.Leaf("h0.example.test") // recently used: kept
+		}
+	}
+	if n := ca.Leaves(); n != MaxLeaves {
+		t.Errorf("%d certificates cached, want %d", n, MaxLeaves)
+	}
+	if again, _ := ca.Leaf("h0.example.test"); again != first {
+		t.Errorf("a recently used certificate was evicted")
+	}
+	if again, _ := ca.Leaf("h1.example.test"); ca.Leaves() != MaxLeaves || again == nil {
+		t.Errorf("re-minting an evicted host: %d cached", ca.Leaves())
 	}
 }

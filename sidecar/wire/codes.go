@@ -18,6 +18,7 @@ const (
 	NotModuleRequest Code = "not-module-request" // 404: not a path of the module proxy protocol
 	MethodNotAllowed Code = "method-not-allowed" // 405
 	AuthRequired     Code = "auth-required"      // 407 (forward) or 401 (reverse): no valid credentials
+	TooManyLogins    Code = "too-many-logins"    // 429: this client's credentials failed too often
 	Misdirected      Code = "misdirected"        // 421: a request for another host inside a CONNECT
 
 	// Policy and modgate's guards refused it.
@@ -43,7 +44,7 @@ const (
 
 // Codes lists every code, for tools that check they know them all.
 var Codes = []Code{
-	BadRequest, NotModuleRequest, MethodNotAllowed, AuthRequired, Misdirected,
+	BadRequest, NotModuleRequest, MethodNotAllowed, AuthRequired, TooManyLogins, Misdirected,
 	Denied, PrivateLookup, PrivateHost, Refused, Loop,
 	NotFound, Direct, Off, CircuitOpen, Timeout, UpstreamFailed, UpstreamCut, BadUpstream, UnknownSumDB, Busy, Internal,
 }

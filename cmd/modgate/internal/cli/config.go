@@ -113,6 +113,7 @@ type ForwardConfig struct {
 	PrivateHosts []string      `yaml:"private_hosts"`
 	AuthFile     string        `yaml:"auth_file"` // lines of user:password
 	TunnelIdle   time.Duration `yaml:"tunnel_idle"`
+	MaxTunnels   int           `yaml:"max_tunnels"` // open CONNECTs at once; default 1024
 }
 
 // UpstreamConfig is one entry of upstreams.
@@ -642,7 +643,7 @@ func loadCAs(file string) (*x509.CertPool, error) {
 func (f ForwardConfig) validate(bad func(key, format string, args ...any)) sidecar.ForwardConfig {
 	out := sidecar.ForwardConfig{
 		ConnectPorts: f.ConnectPorts, AllowHosts: f.AllowHosts, MITMHosts: f.MITMHosts,
-		PrivateHosts: f.PrivateHosts, TunnelIdle: f.TunnelIdle,
+		PrivateHosts: f.PrivateHosts, TunnelIdle: f.TunnelIdle, MaxTunnels: f.MaxTunnels,
 	}
 	for i, p := range f.ConnectPorts {
 		if p < 1 || p > 65535 {
@@ -655,6 +656,9 @@ func (f ForwardConfig) validate(bad func(key, format string, args ...any)) sidec
 				bad(fmt.Sprintf("%s[%d]", key, i), "%q is not a host pattern (a name like proxy.example.test or *.example.test)", h)
 			}
 		}
+	}
+	if f.MaxTunnels < 0 {
+		bad("forward.max_tunnels", "must not be negative")
 	}
 	if f.TunnelIdle < 0 {
 		bad("forward.tunnel_idle", "must not be negative")

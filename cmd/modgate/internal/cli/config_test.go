@@ -280,6 +280,7 @@ forward:
   private_hosts: ["*.corp.example.test"]
   auth_file: ` + users + `
   tunnel_idle: 1m
+  max_tunnels: 7
 `
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	var f runFlags
@@ -292,7 +293,7 @@ forward:
 		t.Fatal(err)
 	}
 	fw := sc.Forward
-	if fw.CA == nil || fw.Users["alice"] != "s3cret" || fw.TunnelIdle != time.Minute || len(fw.ConnectPorts) != 2 || fw.MITMHosts[0] != "proxy.example.test" {
+	if fw.CA == nil || fw.Users["alice"] != "s3cret" || fw.TunnelIdle != time.Minute || fw.MaxTunnels != 7 || len(fw.ConnectPorts) != 2 || fw.MITMHosts[0] != "proxy.example.test" {
 		t.Errorf("forward %+v", fw)
 	}
 

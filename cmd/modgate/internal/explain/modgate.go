@@ -80,6 +80,7 @@ var answerRules = map[wire.Code]func(*block, answer) *Explanation{
 	wire.BadUpstream:      explainBadUpstream,
 	wire.UnknownSumDB:     explainUnknownSumDB,
 	wire.Busy:             explainBusy,
+	wire.TooManyLogins:    explainTooManyLogins,
 	wire.Internal:         explainInternal,
 }
 
@@ -391,6 +392,15 @@ func explainBusy(b *block, a answer) *Explanation {
 		Title: "modgate is busy" + fromModgate(b),
 		Cause: "modgate had no room for the request just then: " + a.msg + ".",
 		Fix:   "Retry. If it keeps happening, modgate's log says which request failed first; its upstreams may be failing.",
+	}
+}
+
+func explainTooManyLogins(b *block, a answer) *Explanation {
+	return &Explanation{
+		Title: "too many failed logins" + fromModgate(b),
+		Cause: "modgate refuses credentials from this address for a while after too many of them failed: " + a.msg + ".",
+		Fix: "Fix the user and password (in HTTPS_PROXY/HTTP_PROXY as http://user:password@host:port, or the netrc " +
+			"entry), then retry after the time the answer gives. Every failed login is in modgate's audit log.",
 	}
 }
 

@@ -37,9 +37,8 @@ var notProvoked = map[wire.Code]string{
 	wire.Misdirected:      "the go command never sends a request for one host inside a tunnel to another",
 	wire.UnknownSumDB: "for a checksum database modgate does not serve, the go command reads the 404 of /sumdb/<name>/supported " +
 		"as \"go to the database directly\" and never prints modgate's answer",
-	wire.BadUpstream: "modgate does not write it yet",
-	wire.Busy:        "needs a second request to join a fetch at the moment the first one fails: a race, not a test",
-	wire.Internal:    "needs the cache to fail a read between its index and its file",
+	wire.Busy:     "needs a second request to join a fetch at the moment the first one fails: a race, not a test",
+	wire.Internal: "needs the cache to fail a read between its index and its file",
 }
 
 // sidecarCases are modgate's answers as the go command shows them.
@@ -271,6 +270,32 @@ contact: "ask #platform-builds"
 		want: []string{"forward.auth_file", "HTTP_PROXY=http://user:password@"},
 		run: func(t *testing.T, w *world) string {
 			w.forward(sidecar.Config{Forward: sidecar.ForwardConfig{Users: map[string]string{"builder": "s3cret"}}}, "https")
+			return w.run(false, "mod", "download", "fixture.test/dep01@v1.0.0")
+		},
+	},
+	{
+		name: "forward mode after too many wrong passwords",
+		code: wire.TooManyLogins,
+		want: []string{"Fix the user and password", "audit log"},
+		run: func(t *testing.T, w *world) string {
+			w.forward(sidecar.Config{Forward: sidecar.ForwardConfig{Users: map[string]string{"builder": "s3cret"}}}, "https")
+			url := w.g.Getenv("HTTPS_PROXY")
+			w.g.Setenv("HTTPS_PROXY", strings.Replace(url, "http://", "http://builder:wrong@", 1))
+			for range 10 {
+				w.run(false, "mod", "download", "fixture.test/dep01@v1.0.0")
+			}
+			return w.run(false, "mod", "download", "fixture.test/dep01@v1.0.0")
+		},
+	},
+	{
+		name: "an upstream answers for another version",
+		code: wire.BadUpstream,
+		want: []string{"not what the module proxy protocol allows"},
+		run: func(t *testing.T, w *world) string {
+			liar := serveLoopback(t, &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				io.WriteString(w, `{"Version":"v9.9.9"}`)
+			})})
+			w.gate(upstream.Config{Name: "liar", URL: liar})
 			return w.run(false, "mod", "download", "fixture.test/dep01@v1.0.0")
 		},
 	},
