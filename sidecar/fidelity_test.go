@@ -135,6 +135,19 @@ var fidelityCases = []fidelityCase{
 		},
 	},
 	{
+		// The go command looks the toolchain module up in the checksum
+		// database even where GONOSUMDB matches it
+		// (cmd/go/internal/modfetch/sumdb.go), so modgate's private-module
+		// guard must not refuse that lookup when a policy's private
+		// patterns match golang.org. (GOPRIVATE itself is not ignored:
+		// with it the go command goes direct and cannot find a toolchain.)
+		name:  "toolchain switch with its path private",
+		modes: []string{"reverse", "mitm"},
+		opts:  rigOptions{policy: "private: [\"golang.org\"]\n"},
+		env:   map[string]string{"GOTOOLCHAIN": fidelityToolchain},
+		steps: []string{"go version"},
+	},
+	{
 		name:  "proxy under a path prefix",
 		modes: []string{"forward", "mitm"},
 		opts:  rigOptions{prefix: "/artifactory/api/go/go-remote"},
