@@ -272,6 +272,8 @@ func TestFidelityWarmCache(t *testing.T) {
 				"go mod tidy",
 				"go list -m all",
 				"go mod download -json fixture.test/UpperCase@v1.0.0 fixture.test/major/v2@v2.0.0",
+				"go list -m fixture.test/branch@main fixture.test/retract@latest",
+				"go list -m -versions fixture.test/dep05",
 				"go mod verify",
 				"cat go.mod",
 				"cat go.sum",
