@@ -221,8 +221,16 @@ func compareSides(t *testing.T, r *fidelityRig, tc fidelityCase) {
 // reach the build. The policy is decided on the version the query
 // resolves to, not on the query.
 func TestFidelityDeniedQuery(t *testing.T) {
-	t.Parallel()
-	r := newFidelityRig(t, "reverse", rigOptions{policy: `rules:
+	for _, mode := range []string{"reverse", "mitm"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			testDeniedQuery(t, mode)
+		})
+	}
+}
+
+func testDeniedQuery(t *testing.T, mode string) {
+	r := newFidelityRig(t, mode, rigOptions{policy: `rules:
   - deny: "fixture.test/branch"
     versions: ">v1.0.0"
     reason: "unreleased, see REL-9"
