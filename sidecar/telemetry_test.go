@@ -20,9 +20,15 @@ import (
 )
 
 // newTelemetry sets up telemetry with the given OTEL_* variables (none:
-// nothing exported) and shuts it down when the test ends.
+// nothing exported) and shuts it down when the test ends. With variables,
+// the test must not be parallel.
 func newTelemetry(t *testing.T, env map[string]string) *telemetry.Telemetry {
 	t.Helper()
+	// Setup decides from Getenv whether to export; the exporter (autoexport)
+	// then reads its settings from the process environment.
+	for k, v := range env {
+		t.Setenv(k, v)
+	}
 	tel, err := telemetry.Setup(context.Background(), telemetry.Config{
 		ServiceName: "modgate", Version: "test",
 		Getenv: func(k string) string { return env[k] },

@@ -20,6 +20,7 @@ type runFlags struct {
 	values  map[string]*string // by config key
 	resolve []string
 	mitm    []string
+	pprof   bool
 }
 
 var flagKeys = []struct{ flag, key, usage string }{
@@ -47,6 +48,7 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 		f.resolve = append(f.resolve, s)
 		return nil
 	})
+	fs.BoolVar(&f.pprof, "pprof", false, "serve Go's profiles at /debug/pprof/ on the admin listener")
 	fs.Func("mitm-host", "intercept CONNECTs to this host with modgate's CA (repeatable)", func(s string) error {
 		f.mitm = append(f.mitm, s)
 		return nil
