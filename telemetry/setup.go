@@ -201,7 +201,11 @@ func Setup(ctx context.Context, cfg Config) (*Telemetry, error) {
 		t.Shutdown(ctx)
 		return nil, err
 	}
-	if err := runtime.Start(runtime.WithMeterProvider(t.mp)); err != nil {
+	// Each collection (a scrape, an export) reads the runtime's metrics
+	// afresh: runtime/metrics costs microseconds and only runs then, and a
+	// 15 s old allocation count (the library's default, also what it makes
+	// of 0) misleads.
+	if err := runtime.Start(runtime.WithMeterProvider(t.mp), runtime.WithMinimumReadMemStatsInterval(time.Millisecond)); err != nil {
 		t.Shutdown(ctx)
 		return nil, fmt.Errorf("telemetry: runtime metrics: %w", err)
 	}
