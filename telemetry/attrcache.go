@@ -16,11 +16,23 @@ import (
 // (a sync.Map would box the key); the map is replaced, never changed.
 type optionCache[K comparable] struct {
 	mu    sync.Mutex
-	m     atomic.Pointer[map[K]metric.MeasurementOption]
+	m     atomic.Pointer[map[K]*options]
 	build func(K) []attribute.KeyValue
 }
 
-func (c *optionCache[K]) get(k K) metric.MeasurementOption {
+// options holds the option slices that Add and Record take, built once:
+// a variadic argument built at each call would be allocated each time.
+type options struct {
+	add    []metric.AddOption
+	record []metric.RecordOption
+}
+
+func newOptions(kvs ...attribute.KeyValue) *options {
+	o := metric.WithAttributeSet(attribute.NewSet(kvs...))
+	return &options{add: []metric.AddOption{o}, record: []metric.RecordOption{o}}
+}
+
+func (c *optionCache[K]) get(k K) *options {
 	if m := c.m.Load(); m != nil {
 		if o, ok := (*m)[k]; ok {
 			return o
@@ -34,13 +46,13 @@ func (c *optionCache[K]) get(k K) metric.MeasurementOption {
 			return o
 		}
 	}
-	m := make(map[K]metric.MeasurementOption, 1+lenOfMap(old))
+	m := make(map[K]*options, 1+lenOfMap(old))
 	if old != nil {
 		for k, v := range *old {
 			m[k] = v
 		}
 	}
-	o := metric.WithAttributeSet(attribute.NewSet(c.build(k)...))
+	o := newOptions(c.build(k)...)
 	m[k] = o
 	c.m.Store(&m)
 	return o

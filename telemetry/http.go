@@ -95,7 +95,7 @@ func (t *Telemetry) ServerMiddleware(h http.Handler, kindOf func(*http.Request) 
 		putStatusWriter(sw)
 		active.Add(-1)
 		t.inst.serverDuration.Record(ctx, time.Since(start).Seconds(),
-			t.inst.serverAttrs.get(serverKey{method: method, scheme: scheme(r), proto: protoVersion(r), kind: kind, status: status}))
+			t.inst.serverAttrs.get(serverKey{method: method, scheme: scheme(r), proto: protoVersion(r), kind: kind, status: status}).record...)
 	})
 }
 

@@ -383,4 +383,4 @@ func TestUnsampledRequestCostsLittle(t *testing.T) {
 	}
 }
 
-const maxUnsampledAllocs = 4
+const maxUnsampledAllocs = 3

@@ -93,7 +93,7 @@ type instruments struct {
 
 	// Pre-built option sets for the attributes that never vary, so that
 	// recording them allocates nothing.
-	up, down metric.MeasurementOption
+	up, down *options
 
 	// Pre-built option sets by their (bounded) values.
 	upstreamAttrs optionCache[[3]string] // upstream, kind, outcome
@@ -119,8 +119,8 @@ func (in *instruments) init(m metric.Meter) error {
 	in.upstreams = cappedSet{max: maxUpstreams, names: true}
 	in.rules = cappedSet{max: maxRules}
 	in.retryReasons = cappedSet{max: maxRetryReasons, names: true}
-	in.up = metric.WithAttributeSet(attribute.NewSet(AttrDirection.String(DirectionUp)))
-	in.down = metric.WithAttributeSet(attribute.NewSet(AttrDirection.String(DirectionDown)))
+	in.up = newOptions(AttrDirection.String(DirectionUp))
+	in.down = newOptions(AttrDirection.String(DirectionDown))
 	in.upstreamAttrs.build = func(k [3]string) []attribute.KeyValue {
 		return []attribute.KeyValue{AttrUpstreamName.String(k[0]), AttrRequestKind.String(k[1]), AttrOutcome.String(k[2])}
 	}
@@ -214,7 +214,7 @@ func (t *Telemetry) RecordUpstream(ctx context.Context, upstream, kind, outcome 
 		return
 	}
 	upstream, kind, outcome = t.inst.upstreams.value(upstream), NormalizeKind(kind), outcomes.value(outcome)
-	t.inst.upstreamDuration.Record(ctx, d.Seconds(), t.inst.upstreamAttrs.get([3]string{upstream, kind, outcome}))
+	t.inst.upstreamDuration.Record(ctx, d.Seconds(), t.inst.upstreamAttrs.get([3]string{upstream, kind, outcome}).record...)
 	if outcome != OutcomeRejected {
 		t.baselines.Observe(upstream, kind, d, outcome == OutcomeError || outcome == OutcomeTimeout)
 	}
@@ -319,7 +319,7 @@ func (t *Telemetry) AddPolicyDecision(ctx context.Context, decision, rule string
 	if t == nil {
 		return
 	}
-	t.inst.decisions.Add(ctx, 1, t.inst.decisionAttrs.get([2]string{decisions.value(decision), t.inst.rules.value(rule)}))
+	t.inst.decisions.Add(ctx, 1, t.inst.decisionAttrs.get([2]string{decisions.value(decision), t.inst.rules.value(rule)}).add...)
 }
 
 // AddPolicyReloadFailure counts a policy reload that failed.
@@ -338,8 +338,8 @@ func (t *Telemetry) RecordTunnel(ctx context.Context, d time.Duration, bytesUp, 
 		return
 	}
 	t.inst.tunnelDuration.Record(ctx, d.Seconds())
-	t.inst.tunnelBytes.Add(ctx, bytesUp, t.inst.up)
-	t.inst.tunnelBytes.Add(ctx, bytesDown, t.inst.down)
+	t.inst.tunnelBytes.Add(ctx, bytesUp, t.inst.up.add...)
+	t.inst.tunnelBytes.Add(ctx, bytesDown, t.inst.down.add...)
 	trace.SpanFromContext(ctx).SetAttributes(AttrTunnelBytesUp.Int64(bytesUp), AttrTunnelBytesDown.Int64(bytesDown))
 }
 
@@ -349,5 +349,5 @@ func (t *Telemetry) AddCacheRequest(ctx context.Context, result string) {
 	if t == nil {
 		return
 	}
-	t.inst.cacheRequests.Add(ctx, 1, t.inst.cacheAttrs.get(cacheResults.value(result)))
+	t.inst.cacheRequests.Add(ctx, 1, t.inst.cacheAttrs.get(cacheResults.value(result)).add...)
 }
