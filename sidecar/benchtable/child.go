@@ -214,6 +214,7 @@ type child struct {
 	profileDone chan struct{} // a profile being fetched from /debug/pprof
 	rssBefore   int64         // external children: VmRSS when a memory watch began
 }
+
 // startChild starts this program again as role with args and waits for
 // its addresses.
 func startChild(name, role string, args ...string) (*child, error) {

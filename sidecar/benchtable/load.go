@@ -41,11 +41,11 @@ type stats struct {
 	firstErr error
 }
 
-func (s *stats) rps() float64  { return float64(s.n) / s.elapsed.Seconds() }
+func (s *stats) rps() float64 { return float64(s.n) / s.elapsed.Seconds() }
 
 // cpuPerReq is the proxy's CPU time per request, in µs.
 func (s *stats) cpuPerReq() float64 { return float64(s.cpu.Nanoseconds()) / 1e3 / float64(s.n) }
-func (s *stats) mbps() float64 { return float64(s.bytes) / 1e6 / s.elapsed.Seconds() }
+func (s *stats) mbps() float64      { return float64(s.bytes) / 1e6 / s.elapsed.Seconds() }
 
 // pct is the p-th percentile of the latencies: the one whose rank is
 // p% of their number, rounded.
