@@ -10,6 +10,8 @@ import (
 	"time"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/modgate/modgate/sidecar/wire"
 )
 
 // The go command prints at most this much of an error body under
@@ -22,19 +24,19 @@ const (
 )
 
 // writeError answers status with a text/plain body that the go command
-// prints whole: the first line starts "modgate: ", there are at most 8
-// lines and 648 bytes, and no line is blank.
-func writeError(w http.ResponseWriter, status int, lines ...string) {
+// prints whole: the first line starts "modgate: <code>: ", there are at
+// most 8 lines and 648 bytes, and no line is blank.
+func writeError(w http.ResponseWriter, status int, code wire.Code, lines ...string) {
 	h := w.Header()
 	h.Set("Content-Type", "text/plain; charset=utf-8")
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("Cache-Control", "no-store")
 	w.WriteHeader(status)
-	io.WriteString(w, errorBody(lines...))
+	io.WriteString(w, errorBody(code, lines...))
 }
 
 // errorBody formats lines as writeError sends them.
-func errorBody(lines ...string) string {
+func errorBody(code wire.Code, lines ...string) string {
 	var b strings.Builder
 	n := 0
 	for _, line := range lines {
@@ -43,7 +45,7 @@ func errorBody(lines ...string) string {
 			continue
 		}
 		if n == 0 {
-			line = "modgate: " + line
+			line = wire.FirstLine(code, line)
 		}
 		room := maxErrorBytes - b.Len() - 2*n
 		if n == maxErrorLines || room < 16 {
@@ -57,7 +59,7 @@ func errorBody(lines ...string) string {
 		n++
 	}
 	if n == 0 {
-		b.WriteString("modgate: error\n")
+		b.WriteString(wire.FirstLine(code, "error") + "\n")
 	}
 	return b.String()
 }

@@ -1,6 +1,8 @@
 package sidecar
 
 import (
+	"github.com/modgate/modgate/sidecar/wire"
+
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -44,18 +46,18 @@ func TestErrorBody(t *testing.T) {
 		first string
 		count int
 	}{
-		{"one line", []string{"x denied"}, "modgate: x denied", 1},
-		{"blank lines dropped", []string{"a", "", "  ", "b"}, "modgate: a", 2},
-		{"newlines flattened", []string{"a\nb\r\nc"}, "modgate: a b  c", 1},
-		{"control characters removed", []string{"a\x1b[31mred\x07"}, "modgate: a[31mred", 1},
-		{"invalid utf-8 replaced", []string{"a\xffb"}, "modgate: a?b", 1},
-		{"too many lines", strings.Split(strings.Repeat("upstream: 500 Internal Server Error\n", 12), "\n"), "modgate: upstream: 500 Internal Server Error", 8},
+		{"one line", []string{"x denied"}, "modgate: denied: x denied", 1},
+		{"blank lines dropped", []string{"a", "", "  ", "b"}, "modgate: denied: a", 2},
+		{"newlines flattened", []string{"a\nb\r\nc"}, "modgate: denied: a b  c", 1},
+		{"control characters removed", []string{"a\x1b[31mred\x07"}, "modgate: denied: a[31mred", 1},
+		{"invalid utf-8 replaced", []string{"a\xffb"}, "modgate: denied: a?b", 1},
+		{"too many lines", strings.Split(strings.Repeat("upstream: 500 Internal Server Error\n", 12), "\n"), "modgate: denied: upstream: 500 Internal Server Error", 8},
 		{"too long", []string{long, long, long}, "", 0},
-		{"nothing", nil, "modgate: error", 1},
+		{"nothing", nil, "modgate: denied: error", 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			body := errorBody(tt.lines...)
+			body := errorBody(wire.Denied, tt.lines...)
 			if !goPrintsWhole(body) {
 				t.Errorf("the go command would cut or drop this body:\n%s", body)
 			}
@@ -78,14 +80,14 @@ func TestErrorBody(t *testing.T) {
 
 func TestWriteError(t *testing.T) {
 	rec := httptest.NewRecorder()
-	writeError(rec, http.StatusForbidden, "denied")
+	writeError(rec, http.StatusForbidden, wire.Denied, "example.test/m denied")
 	if rec.Code != http.StatusForbidden {
 		t.Errorf("status %d", rec.Code)
 	}
 	if ct := rec.Header().Get("Content-Type"); ct != "text/plain; charset=utf-8" {
 		t.Errorf("Content-Type %q", ct)
 	}
-	if rec.Body.String() != "modgate: denied\n" {
+	if rec.Body.String() != "modgate: denied: example.test/m denied\n" {
 		t.Errorf("body %q", rec.Body.String())
 	}
 }

@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/modgate/modgate/sidecar/cache"
 	"github.com/modgate/modgate/sidecar/upstream"
+	"github.com/modgate/modgate/sidecar/wire"
 	"github.com/modgate/modgate/telemetry"
 )
 
@@ -36,24 +38,46 @@ type CacheConfig struct {
 	PrivateDir string
 }
 
-// cacheKey names the cache entry of a request: the escaped proxy path, or
-// sumdb/<name>/... for the checksum database. Versions are canonical and
-// tiles are addressed by their content's extent, so those entries never
-// change; lists, @latest and lookups are kept for the TTL.
-func cacheKey(req Request) (key string, immutable, ok bool) {
+// cacheKey names the cache entry of the exchange: the escaped proxy
+// path, or sumdb/<name>/... for the checksum database. Versions are
+// canonical and tiles are addressed by their content's extent, so those
+// entries never change and every mode shares them; lists, @latest and
+// lookups are kept for the TTL, per origin host in forward mode (two
+// proxies may well list different versions).
+//
+// An .info query (a branch, a commit) is kept for the TTL too: what it
+// resolves to moves. "supported" and the tree head are kept for the TTL
+// so that, stale, they still answer when every upstream is down and the
+// cache holds the lookups and tiles a build needs.
+func (x *exchange) cacheKey() (key string, immutable, ok bool) {
+	req := x.req
 	switch req.Kind {
 	case KindInfo, KindMod, KindZip:
-		return strings.TrimPrefix(req.Path, "/"), true, true
+		key = strings.TrimPrefix(req.Path, "/")
+		if req.Query {
+			return x.perOrigin(key), false, true
+		}
+		return key, true, true
 	case KindList, KindLatest:
-		return strings.TrimPrefix(req.Path, "/"), false, true
+		return x.perOrigin(strings.TrimPrefix(req.Path, "/")), false, true
 	case KindSumDBTile:
 		// A partial tile's path names its width (.p/W): it never changes
 		// either; a wider one has another path.
 		return "sumdb/" + req.SumDB + req.Path, true, true
-	case KindSumDBLookup:
+	case KindSumDBLookup, KindSumDBSupported, KindSumDBLatest:
 		return "sumdb/" + req.SumDB + req.Path, false, true
 	}
 	return "", false, false
+}
+
+// perOrigin keys what may differ between proxies by the origin in forward
+// mode: two hosts (or two proxies under paths of one host) may well list
+// different versions.
+func (x *exchange) perOrigin(key string) string {
+	if x.mode == modeReverse {
+		return key
+	}
+	return "origin/" + x.host + x.req.Prefix + "/" + key
 }
 
 // cacheFor returns the cache this exchange may use, or nil.
@@ -67,46 +91,44 @@ func (s *Server) cacheFor(x *exchange) *cache.Cache {
 	return s.cache
 }
 
-// fetchFunc asks upstreams for the exchange's artifact.
-type fetchFunc func(ctx context.Context) upstream.Result
-
-// serveCached answers from the cache when it can, and fetches otherwise:
-// immutable artifacts through a single flight that every concurrent
-// request for them shares, the rest directly with stale-if-error.
-func (s *Server) serveCached(x *exchange, c *cache.Cache, key string, immutable bool, fetch fetchFunc, fail func(upstream.Result)) {
+// serveCached answers from the cache when it can, and fetches from src
+// otherwise: immutable artifacts through a single flight that every
+// concurrent request for them shares, the rest directly with
+// stale-if-error.
+func (s *Server) serveCached(x *exchange, c *cache.Cache, key string, immutable bool, src source, fr fetchRequest) error {
 	now := s.now()
 	var stale *cache.Entry
 	if e, err := c.Get(key); err == nil {
 		defer e.Close()
 		if immutable || e.Age(now) < s.cacheCfg.ListTTL {
 			x.cacheResult = telemetry.CacheHit
-			s.serveEntry(x, e, now)
-			return
+			return s.serveEntry(x, src, e, now)
 		}
 		stale = e
 	}
 	x.cacheResult = telemetry.CacheMiss
 	if immutable {
-		s.shared(x, c, key, fetch, fail)
-		return
+		return s.shared(x, c, key, src, fr)
 	}
-	res := fetch(x.ctx())
+	res := src.fetch(x.ctx(), x, fr)
 	if res.Response == nil {
 		if stale != nil && stale.Age(now) < s.cacheCfg.StaleIfError {
 			x.cacheResult = telemetry.CacheStale
-			x.reason = "stale answer served: every upstream failed"
 			x.w.Header().Set("Warning", `110 modgate "Response is Stale"`)
-			s.serveEntry(x, stale, now)
-			return
+			err := s.serveEntry(x, src, stale, now)
+			x.reason = "stale answer served: every upstream failed"
+			return err
 		}
-		fail(res)
-		return
+		return x.chainProblem(res)
 	}
 	x.served = res.Upstream
 	defer res.Response.Body.Close()
-	body, ok := s.readBody(x, res.Response, listLimit)
-	if !ok {
-		return
+	body, err := s.readBody(x, res.Response, listLimit)
+	if err != nil {
+		return err
+	}
+	if err := x.accept(body); err != nil {
+		return err
 	}
 	if w, err := c.Create(key, res.Response.Header.Get("Content-Type")); err == nil {
 		w.Write(body)
@@ -114,48 +136,46 @@ func (s *Server) serveCached(x *exchange, c *cache.Cache, key string, immutable 
 			s.log.Warn("cache write", "key", key, "err", err)
 		}
 	}
-	s.writeBody(x, res.Response.Header, body)
+	return s.writeBody(x, src, res.Response.Header, body)
 }
 
 // writeBody answers with a small body of the exchange's kind: lists and
 // @latest through policy's filter, the rest as they are.
-func (s *Server) writeBody(x *exchange, header http.Header, body []byte) {
+func (s *Server) writeBody(x *exchange, src source, header http.Header, body []byte) error {
 	switch x.req.Kind {
 	case KindList:
-		s.writeList(x, header, body)
+		return s.writeList(x, header, body)
 	case KindLatest:
-		s.writeLatest(x, header, body)
-	default:
-		copyHeader(x.w.Header(), header)
-		x.w.Header().Set("Content-Length", strconv.Itoa(len(body)))
-		x.w.WriteHeader(http.StatusOK)
-		x.w.Write(body)
+		return s.writeLatest(x, src, header, body)
 	}
+	if err := x.resolved(body); err != nil {
+		return err
+	}
+	return writeWhole(x.w, http.StatusOK, header, body)
 }
 
 // serveEntry answers from a cache entry.
-func (s *Server) serveEntry(x *exchange, e *cache.Entry, now time.Time) {
+func (s *Server) serveEntry(x *exchange, src source, e *cache.Entry, now time.Time) error {
 	h := x.w.Header()
 	if e.ContentType != "" {
 		h.Set("Content-Type", e.ContentType)
 	}
-	if _, immutable, _ := cacheKey(x.req); !immutable {
+	if _, immutable, _ := x.cacheKey(); !immutable {
 		h.Set("Age", strconv.Itoa(int(e.Age(now).Seconds())))
 	}
-	if x.req.Kind == KindList || x.req.Kind == KindLatest {
+	if x.req.Kind == KindList || x.req.Kind == KindLatest || x.req.Query {
 		body, err := io.ReadAll(e.Body)
 		if err != nil {
-			writeError(x.w, http.StatusInternalServerError, "cache read: "+err.Error())
-			return
+			return &problem{status: http.StatusInternalServerError, code: wire.Internal, lines: []string{"cache read: " + err.Error()}}
 		}
-		s.writeBody(x, nil, body)
-		return
+		return s.writeBody(x, src, nil, body)
 	}
 	h.Set("Content-Length", strconv.FormatInt(e.Size, 10))
 	x.w.WriteHeader(http.StatusOK)
-	if _, err := e.WriteTo(newDeadlineWriter(x.w, s.cfg.ClientIdle)); err != nil {
-		s.log.Debug("cache hit not delivered", "err", err)
+	if n, err := e.WriteTo(newDeadlineWriter(x.w, s.cfg.ClientIdle)); err != nil {
+		return clientGone(fmt.Sprintf("cache hit not delivered after %d bytes: %v", n, err))
 	}
+	return nil
 }
 
 // flight is one upstream fetch of an immutable artifact, spooled into the
@@ -178,7 +198,7 @@ type flight struct {
 
 // shared serves the exchange from the flight for key, starting one if none
 // is under way.
-func (s *Server) shared(x *exchange, c *cache.Cache, key string, fetch fetchFunc, fail func(upstream.Result)) {
+func (s *Server) shared(x *exchange, c *cache.Cache, key string, src source, fr fetchRequest) error {
 	s.flightMu.Lock()
 	f := s.flights[key]
 	if f == nil {
@@ -187,6 +207,7 @@ func (s *Server) shared(x *exchange, c *cache.Cache, key string, fetch fetchFunc
 		s.flights[key] = f
 		// The fetch outlives the request that started it: the others
 		// still want it if that client goes away.
+		fetch := func(ctx context.Context) upstream.Result { return src.fetch(ctx, x, fr) }
 		go s.fly(f, c, key, context.WithoutCancel(x.ctx()), fetch, x.req)
 	}
 	s.flightMu.Unlock()
@@ -201,13 +222,12 @@ func (s *Server) shared(x *exchange, c *cache.Cache, key string, fetch fetchFunc
 	}
 	if ctx.Err() != nil {
 		f.mu.Unlock()
-		return
+		return clientGone("client went away while the artifact was fetched")
 	}
 	if f.w == nil {
 		res := f.res
 		f.mu.Unlock()
-		fail(res)
-		return
+		return x.chainProblem(res)
 	}
 	header, w := f.header, f.w
 	x.served = f.served
@@ -215,14 +235,20 @@ func (s *Server) shared(x *exchange, c *cache.Cache, key string, fetch fetchFunc
 	r, err := w.Reader()
 	if err != nil {
 		// The flight finished and its spool is gone: the entry is in the
-		// cache by now.
+		// cache by now, unless the fetch failed.
 		if e, err := c.Get(key); err == nil {
 			defer e.Close()
-			s.serveEntry(x, e, s.now())
-			return
+			return s.serveEntry(x, src, e, s.now())
 		}
-		writeError(x.w, http.StatusServiceUnavailable, describeRequest(x.req)+": fetched by another request that failed; try again")
-		return
+		f.mu.Lock()
+		ferr := f.err
+		f.mu.Unlock()
+		if ferr != nil {
+			return &problem{status: http.StatusBadGateway, code: wire.UpstreamCut,
+				lines: []string{describeRequest(x.req) + ": the upstream broke off the answer", fmt.Sprintf("%s: %v", f.served.Name, ferr)}}
+		}
+		return &problem{status: http.StatusServiceUnavailable, code: wire.Busy,
+			lines: []string{describeRequest(x.req) + ": fetched by another request that failed; try again"}}
 	}
 	defer r.Close()
 	copyHeader(x.w.Header(), header)
@@ -240,13 +266,13 @@ func (s *Server) shared(x *exchange, c *cache.Cache, key string, fetch fetchFunc
 		written, done, ferr := f.written, f.done, f.err
 		f.mu.Unlock()
 		if ctx.Err() != nil {
-			return
+			return clientGone(fmt.Sprintf("client went away after %d bytes", off))
 		}
 		if off < written {
 			n, err := r.ReadAt(buf[:min(int64(len(buf)), written-off)], off)
 			if n > 0 {
 				if _, werr := out.Write(buf[:n]); werr != nil {
-					return // the client went away
+					return clientGone(fmt.Sprintf("client went away after %d bytes: %v", off, werr))
 				}
 				off += int64(n)
 			}
@@ -259,16 +285,15 @@ func (s *Server) shared(x *exchange, c *cache.Cache, key string, fetch fetchFunc
 		}
 		if done {
 			if ferr != nil {
-				x.reason = "upstream body broke off; connection aborted: " + ferr.Error()
-				panic(http.ErrAbortHandler)
+				return aborted("upstream body broke off; connection aborted: " + ferr.Error())
 			}
-			return
+			return nil
 		}
 	}
 }
 
 // fly fetches the artifact into the cache, telling waiters as it goes.
-func (s *Server) fly(f *flight, c *cache.Cache, key string, ctx context.Context, fetch fetchFunc, req Request) {
+func (s *Server) fly(f *flight, c *cache.Cache, key string, ctx context.Context, fetch func(context.Context) upstream.Result, req Request) {
 	defer func() {
 		s.flightMu.Lock()
 		if s.flights[key] == f {
@@ -292,6 +317,25 @@ func (s *Server) fly(f *flight, c *cache.Cache, key string, ctx context.Context,
 	}
 	resp := res.Response
 	defer resp.Body.Close()
+	if checked(req.Kind) {
+		// Read whole and checked before anyone is served a byte of it.
+		body, err := io.ReadAll(&capReader{r: resp.Body, n: maxBody(req.Kind)})
+		if err == nil && resp.ContentLength >= 0 && int64(len(body)) != resp.ContentLength {
+			err = fmt.Errorf("body cut after %d of %d bytes: %w", len(body), resp.ContentLength, io.ErrUnexpectedEOF)
+		}
+		if err == nil {
+			err = checkAnswer(req, body)
+		}
+		if err != nil {
+			f.mu.Lock()
+			f.res = upstream.Result{Attempts: []upstream.Attempt{{Upstream: res.Upstream, Err: err}}}
+			f.mu.Unlock()
+			finish(nil)
+			return
+		}
+		resp.Body = io.NopCloser(bytes.NewReader(body))
+		resp.ContentLength = int64(len(body))
+	}
 	w, err := c.Create(key, resp.Header.Get("Content-Type"))
 	if err != nil {
 		f.mu.Lock()
@@ -305,7 +349,7 @@ func (s *Server) fly(f *flight, c *cache.Cache, key string, ctx context.Context,
 	f.cond.Broadcast()
 	f.mu.Unlock()
 
-	body := &capReader{r: resp.Body, n: req.Kind.maxBody()}
+	body := &capReader{r: resp.Body, n: maxBody(req.Kind)}
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	for {
@@ -328,22 +372,33 @@ func (s *Server) fly(f *flight, c *cache.Cache, key string, ctx context.Context,
 			return
 		}
 	}
-	finish(nil)
-	var verify func(string) error
-	if req.Kind == KindZip {
-		verify = func(path string) error {
-			_, err := modzip.CheckZip(module.Version{Path: req.Module, Version: req.Version}, path)
-			return err
+	if req.Kind != KindZip {
+		// A small entry is kept before its waiters are told the answer is
+		// complete: a request that follows one that succeeded is a hit.
+		if err := w.Commit(resp.ContentLength, nil); err != nil {
+			s.log.Warn("not cached", "key", key, "err", err)
 		}
+		finish(nil)
+		return
+	}
+	// A zip is checked as a module zip once every waiter has it: that read
+	// of the whole file is not theirs to wait for.
+	finish(nil)
+	verify := func(path string) error {
+		_, err := modzip.CheckZip(module.Version{Path: req.Module, Version: req.Version}, path)
+		return err
 	}
 	if err := w.Commit(resp.ContentLength, verify); err != nil {
 		s.log.Warn("not cached", "key", key, "err", err)
 	}
 }
 
-func (s *Server) now() time.Time {
+func (s *Server) now() time.Time { return s.clock().Now() }
+
+// clock is the server's clock: Config.Clock, or the system's.
+func (s *Server) clock() upstream.Clock {
 	if s.cfg.Clock != nil {
-		return s.cfg.Clock.Now()
+		return s.cfg.Clock
 	}
-	return time.Now()
+	return upstream.SystemClock{}
 }

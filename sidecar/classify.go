@@ -10,34 +10,35 @@ import (
 	"golang.org/x/mod/semver"
 	"golang.org/x/mod/sumdb/tlog"
 	modzip "golang.org/x/mod/zip"
+
+	"github.com/modgate/modgate/sidecar/wire"
 )
 
-// Kind is the class of a request, as in DESIGN.md's table. It names spans
-// and labels metrics, so the set is closed.
-type Kind string
+// Kind is the class of a request (wire.Kind).
+type Kind = wire.Kind
 
 // The request kinds.
 const (
-	KindList           Kind = "list"
-	KindInfo           Kind = "info"
-	KindMod            Kind = "mod"
-	KindZip            Kind = "zip"
-	KindLatest         Kind = "latest"
-	KindSumDBSupported Kind = "sumdb-supported"
-	KindSumDBLookup    Kind = "sumdb-lookup"
-	KindSumDBTile      Kind = "sumdb-tile"
-	KindSumDBLatest    Kind = "sumdb-latest"
-	KindGoGet          Kind = "go-get"
-	KindVCS            Kind = "vcs"
-	KindTunnel         Kind = "tunnel"
-	KindOther          Kind = "other"
+	KindList           = wire.KindList
+	KindInfo           = wire.KindInfo
+	KindMod            = wire.KindMod
+	KindZip            = wire.KindZip
+	KindLatest         = wire.KindLatest
+	KindSumDBSupported = wire.KindSumDBSupported
+	KindSumDBLookup    = wire.KindSumDBLookup
+	KindSumDBTile      = wire.KindSumDBTile
+	KindSumDBLatest    = wire.KindSumDBLatest
+	KindGoGet          = wire.KindGoGet
+	KindVCS            = wire.KindVCS
+	KindTunnel         = wire.KindTunnel
+	KindOther          = wire.KindOther
 )
 
-// maxBody is the most an answer of kind may carry: the go command's own
+// maxBody is the most an answer of kind k may carry: the go command's own
 // limits for zips and go.mod files, a generous bound for the other module
 // protocol answers, and no bound (-1) for what forward mode passes on
 // (git packs are as large as their repositories).
-func (k Kind) maxBody() int64 {
+func maxBody(k Kind) int64 {
 	switch k {
 	case KindZip:
 		return modzip.MaxZipFile
@@ -49,9 +50,6 @@ func (k Kind) maxBody() int64 {
 	return -1
 }
 
-// IsSumDB reports whether k is one of the checksum-database kinds.
-func (k Kind) IsSumDB() bool { return strings.HasPrefix(string(k), "sumdb-") }
-
 // Request is a classified module request.
 type Request struct {
 	Kind Kind
@@ -60,9 +58,40 @@ type Request struct {
 	Module, Version string
 	// SumDB is the checksum database's name for the sumdb kinds.
 	SumDB string
-	// Path is the escaped path to ask an upstream for: the request path
-	// for proxy kinds, the part after /sumdb/<name> for sumdb kinds.
+	// Path is the escaped protocol path: "/<module>/@v/..." for proxy
+	// kinds (without the prefix of a proxy under a path), the part after
+	// /sumdb/<name> for sumdb kinds.
 	Path string
+	// Prefix is what comes before Path in forward mode when the origin
+	// serves its proxy under a path ("/artifactory/api/go/go-remote").
+	Prefix string
+	// Query is set for an .info request whose Version is not a canonical
+	// version but a query the proxy resolves (a branch, a tag, a commit
+	// hash or its prefix): the answer names the version.
+	Query bool
+}
+
+// sumDBEndpoints are the last elements of checksum database paths; a
+// database's name (which may have a path of its own) is what comes before.
+var sumDBEndpoints = []string{"/lookup/", "/tile/", "/supported", "/latest"}
+
+// splitSumDB splits what follows /sumdb/ into the database's name and the
+// endpoint's path ("/lookup/..."); ok is false when no endpoint is there.
+func splitSumDB(rest string) (name, sub string, ok bool) {
+	best := -1
+	for _, e := range sumDBEndpoints {
+		i := strings.Index(rest, e)
+		if i < 0 || (!strings.HasSuffix(e, "/") && i+len(e) != len(rest)) {
+			continue
+		}
+		if best < 0 || i < best {
+			best = i
+		}
+	}
+	if best <= 0 {
+		return "", "", false
+	}
+	return rest[:best], rest[best:], true
 }
 
 // ErrNotModuleRequest is returned for a path that is not part of the GOPROXY
@@ -78,8 +107,11 @@ func ClassifyReverse(p string) (Request, error) {
 		return Request{}, ErrNotModuleRequest
 	}
 	if rest, ok := strings.CutPrefix(p, "/sumdb/"); ok {
-		name, sub, _ := strings.Cut(rest, "/")
-		r, err := classifySumDB("/" + sub)
+		name, sub, ok := splitSumDB(rest)
+		if !ok {
+			return Request{}, ErrNotModuleRequest
+		}
+		r, err := classifySumDB(sub)
 		if err != nil {
 			return r, err
 		}
@@ -112,6 +144,12 @@ func classifyProxy(p string) (Request, error) {
 		if r.Kind != KindList {
 			escVer := rest[:strings.LastIndexByte(rest, '.')]
 			v, err := decodeVersion(escVer)
+			if err != nil && r.Kind == KindInfo {
+				// .info may ask for a query (a branch, a commit hash) that
+				// the proxy resolves; it must still be a valid path element.
+				v, err = decodeQuery(escVer)
+				r.Query = err == nil
+			}
 			if err != nil {
 				return r, err
 			}
@@ -160,6 +198,17 @@ func decodeVersion(esc string) (string, error) {
 	return v, nil
 }
 
+// decodeQuery decodes the escaped query of an .info request: any string
+// the go command may send as a revision (module.EscapeVersion's domain: one
+// path element, no "!" unescaped), which the proxy resolves to a version.
+func decodeQuery(esc string) (string, error) {
+	v, err := module.UnescapeVersion(esc)
+	if err != nil {
+		return "", fmt.Errorf("invalid version %q: %v", esc, unwrapModuleError(err))
+	}
+	return v, nil
+}
+
 func classifySumDB(sub string) (Request, error) {
 	r := Request{Path: sub}
 	switch {
@@ -193,11 +242,22 @@ func classifySumDB(sub string) (Request, error) {
 	return r, nil
 }
 
-// checkSumDBName accepts what can be a host name: the name becomes the host
-// of a direct connection when no upstream serves the database.
+// checkSumDBName accepts a checksum database's name as the go command
+// does: a host name, optionally followed by a path ("sum.example.test" or
+// "sum.example.test/sumdb"). Without a URL of its own the name becomes the
+// address of a direct connection, so every element must be plain.
 func checkSumDBName(name string) error {
-	if name == "" || len(name) > 253 || strings.Trim(name, "abcdefghijklmnopqrstuvwxyz0123456789.-") != "" ||
-		strings.HasPrefix(name, ".") || strings.Contains(name, "..") {
+	host, path, _ := strings.Cut(name, "/")
+	bad := name == "" || len(name) > 253 || strings.Trim(host, "abcdefghijklmnopqrstuvwxyz0123456789.-") != "" ||
+		strings.HasPrefix(host, ".") || strings.Contains(host, "..") || host == ""
+	if path != "" {
+		for _, elem := range strings.Split(path, "/") {
+			if elem == "" || elem == "." || elem == ".." || strings.Trim(elem, "abcdefghijklmnopqrstuvwxyz0123456789._-~") != "" {
+				bad = true
+			}
+		}
+	}
+	if bad {
 		return fmt.Errorf("invalid checksum database name %q", name)
 	}
 	return nil
@@ -212,12 +272,41 @@ func unwrapModuleError(err error) error {
 	return err
 }
 
-// classifyForward classifies a request to an origin host in forward mode:
-// the GOPROXY protocol (the host is a proxy), the checksum database's
-// endpoints (the host is the configured database), ?go-get=1 discovery,
-// git smart HTTP, or other. Paths with a module protocol's shape that do not
-// decode are errors, as in reverse mode.
-func classifyForward(host, p, rawQuery, sumdbName string) (Request, error) {
+// sumDBAddress is where a checksum database answers directly: its name,
+// and the host and path its direct URL has (https://<name> unless GOSUMDB
+// gives a URL).
+type sumDBAddress struct {
+	name, host, path string
+}
+
+// newSumDBAddress returns the address of the database name, at rawURL if
+// not empty. host is normalised.
+func newSumDBAddress(name, rawURL string) (sumDBAddress, error) {
+	if name == "" {
+		return sumDBAddress{}, nil
+	}
+	if rawURL == "" {
+		rawURL = "https://" + name
+	}
+	u, err := url.Parse(rawURL)
+	if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
+		return sumDBAddress{}, fmt.Errorf("checksum database %s: URL %q: want https://host[/path]", name, rawURL)
+	}
+	host, err := wire.NormalizeHost(u.Hostname())
+	if err != nil {
+		return sumDBAddress{}, fmt.Errorf("checksum database %s: %v", name, err)
+	}
+	return sumDBAddress{name: name, host: host, path: strings.TrimSuffix(u.Path, "/")}, nil
+}
+
+// classifyForward classifies a request to an origin host (normalised) in
+// forward mode: ?go-get=1 discovery, git smart HTTP, the checksum
+// database's endpoints (the host and path of its direct address), or the
+// GOPROXY protocol, under whatever path prefix the proxy has (the module
+// path starts at the first element with a dot), or other. Paths with a
+// module protocol's shape that do not decode are errors, as in reverse
+// mode.
+func classifyForward(host, p, rawQuery string, db sumDBAddress) (Request, error) {
 	query, _ := url.ParseQuery(rawQuery)
 	switch {
 	case query.Get("go-get") == "1":
@@ -235,17 +324,46 @@ func classifyForward(host, p, rawQuery, sumdbName string) (Request, error) {
 			r.Module = mod // a repository is named like the module it holds
 		}
 		return r, nil
-	case sumdbName != "" && strings.EqualFold(host, sumdbName):
-		r, err := classifySumDB(p)
+	case db.name != "" && host == db.host && strings.HasPrefix(p, db.path+"/"):
+		r, err := classifySumDB(p[len(db.path):])
 		if errors.Is(err, ErrNotModuleRequest) {
 			return Request{Kind: KindOther, Path: p}, nil
 		}
-		r.SumDB = sumdbName
+		r.SumDB = db.name
 		return r, err
 	}
-	r, err := ClassifyReverse(p)
+	prefix, rest := splitProxyPrefix(p)
+	r, err := ClassifyReverse(rest)
 	if errors.Is(err, ErrNotModuleRequest) {
 		return Request{Kind: KindOther, Path: p}, nil
 	}
+	r.Prefix = prefix
 	return r, err
+}
+
+// splitProxyPrefix splits the path of a request to a proxy that may serve
+// under a path of its own: a module path's first element has a dot, so the
+// protocol path starts at the first element that does (or at the "sumdb"
+// element just before it). Without such an element nothing is split off.
+func splitProxyPrefix(p string) (prefix, rest string) {
+	i := 0
+	for i < len(p) {
+		j := strings.IndexByte(p[i+1:], '/')
+		end := len(p)
+		if j >= 0 {
+			end = i + 1 + j
+		}
+		elem := p[i+1 : end]
+		if strings.Contains(elem, ".") {
+			if k := strings.LastIndex(p[:i], "/"); i > 0 && p[k+1:i] == "sumdb" {
+				i = k
+			}
+			return p[:i], p[i:]
+		}
+		if end == len(p) {
+			break
+		}
+		i = end
+	}
+	return "", p
 }

@@ -25,6 +25,13 @@ func TestClassifyReverse(t *testing.T) {
 		{path: "/fixture.test/pre/@v/v1.1.0-!r!c.1.info", want: Request{Kind: KindInfo, Module: "fixture.test/pre", Version: "v1.1.0-RC.1"}},
 		{path: "/fixture.test/a/@v/v2.0.0+incompatible.mod", want: Request{Kind: KindMod, Module: "fixture.test/a", Version: "v2.0.0+incompatible"}},
 		{path: "/fixture.test/a/@v/v0.0.0-20260101000000-abcdefabcdef.zip", want: Request{Kind: KindZip, Module: "fixture.test/a", Version: "v0.0.0-20260101000000-abcdefabcdef"}},
+		// .info may ask for a query the proxy resolves.
+		{path: "/fixture.test/a/@v/master.info", want: Request{Kind: KindInfo, Module: "fixture.test/a", Version: "master", Query: true}},
+		{path: "/fixture.test/a/@v/23179ee.info", want: Request{Kind: KindInfo, Module: "fixture.test/a", Version: "23179ee", Query: true}},
+		{path: "/fixture.test/a/@v/v1.0.info", want: Request{Kind: KindInfo, Module: "fixture.test/a", Version: "v1.0", Query: true}},
+		// A checksum database's name may have a path.
+		{path: "/sumdb/sum.fixture.test/sumdb/lookup/fixture.test/a@v1.0.0", want: Request{Kind: KindSumDBLookup, SumDB: "sum.fixture.test/sumdb", Module: "fixture.test/a", Version: "v1.0.0", Path: "/lookup/fixture.test/a@v1.0.0"}},
+		{path: "/sumdb/sum.fixture.test/sumdb/supported", want: Request{Kind: KindSumDBSupported, SumDB: "sum.fixture.test/sumdb", Path: "/supported"}},
 		{path: "/sumdb/sum.fixture.test/supported", want: Request{Kind: KindSumDBSupported, SumDB: "sum.fixture.test", Path: "/supported"}},
 		{path: "/sumdb/sum.fixture.test/latest", want: Request{Kind: KindSumDBLatest, SumDB: "sum.fixture.test", Path: "/latest"}},
 		{path: "/sumdb/sum.fixture.test/lookup/fixture.test/!upper!case@v1.0.0", want: Request{Kind: KindSumDBLookup, SumDB: "sum.fixture.test", Module: "fixture.test/UpperCase", Version: "v1.0.0", Path: "/lookup/fixture.test/!upper!case@v1.0.0"}},
@@ -47,8 +54,9 @@ func TestClassifyReverse(t *testing.T) {
 		{path: "/fixture.test/!!x/@v/list", wantErr: "invalid module path"},
 		{path: "/fixture.test/a!/@v/list", wantErr: "invalid module path"},
 		{path: "/@latest", wantErr: "invalid module path"},
-		{path: "/fixture.test/a/@v/v1.0.info", wantErr: "not canonical (want v1.0.0)"},
-		{path: "/fixture.test/a/@v/master.info", wantErr: "not a semantic version"},
+		{path: "/fixture.test/a/@v/v1.0.mod", wantErr: "not canonical (want v1.0.0)"},
+		{path: "/fixture.test/a/@v/master.zip", wantErr: "not a semantic version"},
+		{path: "/fixture.test/a/@v/..info", wantErr: "invalid version"},
 		{path: "/fixture.test/a/@v/v1.0.0/../../x.zip", wantErr: "invalid version"},
 		{path: "/fixture.test/a/@v/V1.0.0.mod", wantErr: "invalid version"},
 		{path: "/fixture.test/a/@v/v1.0.0\x00.zip", wantErr: "invalid version"},
@@ -58,6 +66,7 @@ func TestClassifyReverse(t *testing.T) {
 		{path: "/sumdb/sum.fixture.test/tile/8/0/../../x", wantErr: "invalid checksum database tile"},
 		{path: "/sumdb/SUM.example/supported", wantErr: "invalid checksum database name"},
 		{path: "/sumdb/../supported", wantErr: "invalid checksum database name"},
+		{path: "/sumdb/sum.fixture.test/../supported", wantErr: "invalid checksum database name"},
 	}
 	for _, tt := range tests {
 		got, err := ClassifyReverse(tt.path)
@@ -120,4 +129,37 @@ func FuzzClassifyReverse(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestClassifyForward(t *testing.T) {
+	db, err := newSumDBAddress("sum.fixture.test/db", "https://mirror.fixture.test/sumdb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		host, path string
+		want       Request
+	}{
+		// A proxy under a path: the module path starts at the first
+		// element with a dot.
+		{"proxy.fixture.test", "/artifactory/api/go/go-remote/fixture.test/a/@v/v1.0.0.zip",
+			Request{Kind: KindZip, Module: "fixture.test/a", Version: "v1.0.0", Path: "/fixture.test/a/@v/v1.0.0.zip", Prefix: "/artifactory/api/go/go-remote"}},
+		{"proxy.fixture.test", "/api/v4/projects/7/packages/go/fixture.test/a/@v/list",
+			Request{Kind: KindList, Module: "fixture.test/a", Path: "/fixture.test/a/@v/list", Prefix: "/api/v4/projects/7/packages/go"}},
+		{"proxy.fixture.test", "/repository/go-proxy/sumdb/sum.fixture.test/db/supported",
+			Request{Kind: KindSumDBSupported, SumDB: "sum.fixture.test/db", Path: "/supported", Prefix: "/repository/go-proxy"}},
+		{"proxy.fixture.test", "/fixture.test/a/@latest", Request{Kind: KindLatest, Module: "fixture.test/a", Path: "/fixture.test/a/@latest"}},
+		// The checksum database at its direct URL.
+		{"mirror.fixture.test", "/sumdb/lookup/fixture.test/a@v1.0.0",
+			Request{Kind: KindSumDBLookup, SumDB: "sum.fixture.test/db", Module: "fixture.test/a", Version: "v1.0.0", Path: "/lookup/fixture.test/a@v1.0.0"}},
+		{"mirror.fixture.test", "/lookup/fixture.test/a@v1.0.0", Request{Kind: KindOther, Path: "/lookup/fixture.test/a@v1.0.0"}},
+		{"proxy.fixture.test", "/robots.txt", Request{Kind: KindOther, Path: "/robots.txt"}},
+		{"proxy.fixture.test", "/a/b", Request{Kind: KindOther, Path: "/a/b"}},
+	}
+	for _, tt := range tests {
+		got, err := classifyForward(tt.host, tt.path, "", db)
+		if err != nil || got != tt.want {
+			t.Errorf("classifyForward(%s, %s) = %+v, %v; want %+v", tt.host, tt.path, got, err, tt.want)
+		}
+	}
 }

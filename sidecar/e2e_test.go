@@ -23,6 +23,7 @@ import (
 
 	"github.com/modgate/modgate/sidecar"
 	"github.com/modgate/modgate/sidecar/modtest"
+	"github.com/modgate/modgate/sidecar/sidecartest"
 	"github.com/modgate/modgate/sidecar/upstream"
 )
 
@@ -55,29 +56,11 @@ func startGate(t *testing.T, cfg sidecar.Config) string {
 // startGateServer is startGate that also returns the server.
 func startGateServer(t *testing.T, cfg sidecar.Config) (string, *sidecar.Server) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.Listen = ln.Addr().String()
 	if cfg.SumDB == "" {
 		cfg.SumDB = sumdbName
 	}
-	s, err := sidecar.New(cfg)
-	if err != nil {
-		ln.Close()
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Serve(ctx, ln, nil) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
-	return "http://" + cfg.Listen, s
+	g := sidecartest.Start(t, nil, cfg)
+	return g.URL, g.Server
 }
 
 // env is one end-to-end set-up: fixtures, a checksum database, a go command
@@ -166,13 +149,13 @@ func TestChainFallthrough(t *testing.T) {
 		{name: "500,ok", faults: []string{"500", ""}, seps: ",", stderr: []string{
 			"502 Bad Gateway",
 			"server response:",
-			"modgate: fixture.test/dep13@v1.0.0 (.info): no upstream could serve it",
+			"modgate: upstream-failed: fixture.test/dep13@v1.0.0 (.info): no upstream could serve it",
 			"first: 500 Internal Server Error",
 			`the chain stops there: after "," only 404 and 410 move on`,
 		}},
 		{name: "404,404", faults: []string{"404", "410"}, seps: ",", stderr: []string{
 			"404 Not Found",
-			"modgate: fixture.test/dep13@v1.0.0 (.info): not found in any upstream",
+			"modgate: not-found: fixture.test/dep13@v1.0.0 (.info): not found in any upstream",
 			"first: 404 Not Found",
 			"second: 410 Gone",
 		}},
@@ -323,7 +306,7 @@ func TestBodyCutMidWay(t *testing.T) {
 	}{
 		// Small bodies are read whole first, so the go command gets a
 		// status and the reason.
-		{"reset", "fixture.test/dep04@v1.0.0", []string{"502 Bad Gateway", "modgate: fixture.test/dep04@v1.0.0 (.zip): no upstream could serve it", "cut: body cut after"}},
+		{"reset", "fixture.test/dep04@v1.0.0", []string{"502 Bad Gateway", "modgate: upstream-failed: fixture.test/dep04@v1.0.0 (.zip): no upstream could serve it", "cut: body cut after"}},
 		{"stall", "fixture.test/dep04@v1.0.0", []string{"504 Gateway Timeout", "cut: body stalled: no data for 300ms"}},
 		// Big ones have started streaming: the connection is aborted.
 		{"reset", "fixture.test/bigzip@v1.0.0", []string{"bigzip/@v/v1.0.0.zip", "unexpected EOF"}},
@@ -395,7 +378,7 @@ func TestBadInputNeverReachesUpstream(t *testing.T) {
 		{"/fixture.test/a%00/@v/list", 400, "invalid module path"},
 		{"/fixture.test/!!x/@v/list", 400, "invalid module path"},
 		{"/fixture.test/Dep01/@v/list", 400, "an escaped path has no capital letters"},
-		{"/fixture.test/dep01/@v/v1.0.info", 400, `version "v1.0" is not canonical (want v1.0.0)`},
+		{"/fixture.test/dep01/@v/v1.0.mod", 400, `version "v1.0" is not canonical (want v1.0.0)`},
 		{"/fixture.test/dep01/@v/master.zip", 400, `version "master" is not a semantic version`},
 		{"/fixture.test/dep01/@v/v1.0.0%2f..%2f..%2fx.mod", 400, "invalid version"},
 		{"/sumdb/" + sumdbName + "/lookup/fixture.test/dep01@latest", 400, "not a semantic version"},
@@ -436,7 +419,7 @@ func TestMethodsAndForwardForms(t *testing.T) {
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if resp.StatusCode != 405 || resp.Header.Get("Allow") != "GET, HEAD" || !strings.HasPrefix(string(body), "modgate: method POST not allowed") {
+	if resp.StatusCode != 405 || resp.Header.Get("Allow") != "GET, HEAD" || !strings.HasPrefix(string(body), "modgate: method-not-allowed: method POST not allowed") {
 		t.Errorf("POST: %d %q", resp.StatusCode, body)
 	}
 }
@@ -521,7 +504,7 @@ func TestAdmin(t *testing.T) {
 	check := func(path string, want int) {
 		t.Helper()
 		rec := httptest.NewRecorder()
-		s.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", path, nil))
+		s.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "http://127.0.0.1"+path, nil))
 		if rec.Code != want {
 			t.Errorf("%s = %d; want %d", path, rec.Code, want)
 		}
@@ -533,10 +516,7 @@ func TestAdmin(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Serve(ctx, ln, nil) }()
-	deadline := time.Now().Add(5 * time.Second)
-	for s.Ready() != nil && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
-	}
+	rawGet(t, "http://"+ln.Addr().String(), "/") // answered: serving
 	check("/readyz", 200)
 	cancel()
 	<-done
@@ -613,5 +593,41 @@ func TestHTTPSUpstream(t *testing.T) {
 	e.go_.UseProxy(url, e.db)
 	if out, err := e.download("fixture.test/dep05@v1.1.0"); err != nil {
 		t.Fatalf("go mod download: %v\n%s", err, out)
+	}
+}
+
+// TestReadiness: /readyz says 503 while every upstream's circuit is open
+// or the chain is off, and 200 again once a probe may go through.
+func TestReadiness(t *testing.T) {
+	readyz := func(s *sidecar.Server) (int, string) {
+		rec := httptest.NewRecorder()
+		s.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "http://127.0.0.1/readyz", nil))
+		return rec.Code, rec.Body.String()
+	}
+	clock := modtest.NewClock()
+	url, s := startGateServer(t, sidecar.Config{Clock: clock, Upstreams: []upstream.Config{{
+		Name: "dead", URL: modtest.DeadURL(t),
+		Breaker: upstream.BreakerSettings{ConsecutiveFailures: 1, OpenFor: 30 * time.Second},
+		Retry:   upstream.RetrySettings{Attempts: 1},
+	}}})
+	rawGet(t, url, "/") // answered: serving
+	if code, body := readyz(s); code != 200 {
+		t.Fatalf("a serving modgate with a closed circuit: %d %q", code, body)
+	}
+	if status, _, _ := rawGet(t, url, "/fixture.test/dep01/@v/list"); status != 502 {
+		t.Fatalf("request to a dead upstream: %d", status)
+	}
+	if code, body := readyz(s); code != 503 || !strings.Contains(body, "every upstream's circuit is open (dead)") {
+		t.Errorf("every circuit open: %d %q", code, body)
+	}
+	clock.Advance(30 * time.Second)
+	if code, body := readyz(s); code != 200 {
+		t.Errorf("open period over, a probe may go: %d %q", code, body)
+	}
+
+	offURL, off := startGateServer(t, sidecar.Config{Upstreams: []upstream.Config{{URL: "off"}}})
+	rawGet(t, offURL, "/")
+	if code, body := readyz(off); code != 503 || !strings.Contains(body, "the chain is off") {
+		t.Errorf("a chain that is off: %d %q", code, body)
 	}
 }

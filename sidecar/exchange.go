@@ -14,21 +14,33 @@ import (
 
 	"github.com/modgate/modgate/policy"
 	"github.com/modgate/modgate/sidecar/upstream"
+	"github.com/modgate/modgate/sidecar/wire"
 	"github.com/modgate/modgate/telemetry"
+)
+
+// The modes of DESIGN.md: how the request reached modgate.
+const (
+	modeReverse = "reverse" // origin-form: modgate is the GOPROXY
+	modeForward = "forward" // absolute-form or CONNECT: modgate is the HTTP(S)_PROXY
+	modeMITM    = "mitm"    // a request inside an intercepted CONNECT
 )
 
 // exchange is one request on its way through the pipeline: what it asks
 // for, what policy decided, who answered, and what the client got. Every
-// exchange ends in exactly one audit line.
+// exchange ends in exactly one call of end, and so in exactly one audit
+// line.
 type exchange struct {
 	s     *Server
 	w     *responseRecorder
 	r     *http.Request
 	start time.Time
-	mode  string // reverse, forward or mitm
+	mode  string // modeReverse, modeForward or modeMITM
 
 	identity string // the proxy user, in forward mode
-	host     string // the destination host:port, in forward mode
+	host     string // the destination host:port (normalised), in forward mode
+
+	// connect answers a CONNECT that is refused; nil for other requests.
+	connect func(p *problem)
 
 	req      Request
 	pol      *policy.Policy // one snapshot for the whole request
@@ -53,41 +65,104 @@ func (x *exchange) ctx() context.Context {
 func (s *Server) newExchange(w http.ResponseWriter, r *http.Request, mode string) *exchange {
 	return &exchange{
 		s: s, w: &responseRecorder{ResponseWriter: w}, r: r, start: time.Now(), mode: mode,
-		pol: s.policy(), decision: "allow", req: Request{Kind: KindOther},
+		pol: s.policy(), decision: decisionAllow, req: Request{Kind: KindOther},
 	}
 }
 
-// decide applies the policy to a classified request. It answers 403 and
-// returns false when the request may not go on: a rule denies it, or it
-// would send a private module path to a checksum database.
-func (x *exchange) decide() bool {
+// end is the one exit of every exchange: it answers a problem (err) if
+// there is one, then records the exchange (span attributes, metrics, the
+// audit line). An answer that broke off mid-way is aborted after it is
+// recorded.
+func (x *exchange) end(err error) {
+	if err == nil {
+		x.finish()
+		return
+	}
+	p := asProblem(err)
+	if p.decision != "" {
+		x.decision = p.decision
+	}
+	if p.rule != 0 || p.ruleText != "" {
+		x.rule, x.ruleText = p.rule, p.ruleText
+	}
+	x.reason = p.auditReason()
+	switch {
+	case p.gone:
+		// Nobody is listening; an answer that started is cut, so that a
+		// client that comes back to it never takes it for a whole one.
+		p.abort = x.w.status != 0 && x.connect == nil
+		x.w.status = p.status
+	case p.abort && !p.gone:
+		x.s.log.Warn("upstream body failed; aborting the response", "kind", x.req.Kind, "path", x.r.URL.Path, "bytes", x.w.bytes, "reason", p.reason)
+	case x.connect != nil:
+		x.w.status = p.status
+		x.connect(p)
+	case x.w.status != 0:
+		// The answer has started: all that is left is to cut it.
+		p.abort = true
+	default:
+		for k, vs := range p.header {
+			x.w.Header()[k] = vs
+		}
+		writeError(x.w, p.status, p.code, p.lines...)
+	}
+	x.finish()
+	if p.abort {
+		panic(http.ErrAbortHandler)
+	}
+}
+
+// decide applies the policy to a classified request: a problem when a
+// rule denies it, or when it would send a private module path to a
+// checksum database.
+func (x *exchange) decide() error {
 	req := x.req
 	if req.Module == "" {
-		return true // tiles and tree heads name no module: nothing to decide
+		return nil // tiles and tree heads name no module: nothing to decide
 	}
 	x.decided = true
-	x.private, _ = x.pol.IsPrivate(req.Module)
-	x.route, x.routed = x.pol.Route(req.Module)
-	d := x.pol.Decide(policy.Request{Module: req.Module, Version: req.Version, Kind: string(req.Kind), Host: x.destination(), Identity: x.identity})
-	x.rule, x.ruleText, x.reason = d.Rule, d.RuleText, d.Reason
-	if d.Allow {
-		x.decision = "allow"
+	if req.Module != toolchainModule {
+		// The go command ignores GOPRIVATE and GONOSUMDB for toolchains.
+		x.private, _ = x.pol.IsPrivate(req.Module)
 	}
+	x.route, x.routed = x.pol.Route(req.Module)
+	version := req.Version
+	if req.Query {
+		version = "" // decided again on the version the query resolves to
+	}
+	d := x.pol.Decide(policy.Request{Module: req.Module, Version: version, Kind: string(req.Kind), Host: x.destination(), Identity: x.identity})
+	x.rule, x.ruleText, x.reason = d.Rule, d.RuleText, d.Reason
 	if !d.Allow {
-		x.decision = "deny"
 		x.s.log.Info("denied by policy", "module", req.Module, "version", req.Version, "kind", req.Kind, "rule", d.Rule, "reason", d.Reason)
-		writeError(x.w, http.StatusForbidden, splitMessage(x.pol.DenyMessage(d, req.Module, req.Version))...)
-		return false
+		return x.denial(d, req.Version)
 	}
 	if req.Kind == KindSumDBLookup && x.private != "" {
-		x.decision, x.ruleText = "deny", "private "+x.private
-		x.reason = "private modules are never looked up in a checksum database"
-		writeError(x.w, http.StatusForbidden,
-			fmt.Sprintf("checksum database lookup of %s@%s refused: %s is private (pattern %s) and is never sent to a checksum database", req.Module, req.Version, req.Module, x.private),
-			fmt.Sprintf("add %s to GONOSUMDB (or GOPRIVATE) so that the go command does not ask", x.private))
-		return false
+		return &problem{status: http.StatusForbidden, code: wire.PrivateLookup, decision: decisionDeny, ruleText: "private " + x.private,
+			reason: "private modules are never looked up in a checksum database",
+			lines: []string{
+				fmt.Sprintf("checksum database lookup of %s@%s refused: %s is private (pattern %s) and is never sent to a checksum database", req.Module, req.Version, req.Module, x.private),
+				fmt.Sprintf("add %s to GONOSUMDB (or GOPRIVATE) so that the go command does not ask", x.private),
+			}}
 	}
-	return true
+	return nil
+}
+
+// toolchainModule is the module the go command downloads toolchains as
+// (GOTOOLCHAIN); it is never private.
+const toolchainModule = "golang.org/toolchain"
+
+// denial is the 403 of a policy decision d against version.
+func (x *exchange) denial(d policy.Decision, version string) *problem {
+	return &problem{status: http.StatusForbidden, code: wire.Denied, decision: decisionDeny, rule: d.Rule, ruleText: d.RuleText, reason: d.Reason,
+		lines: splitMessage(x.pol.DenyMessage(d, x.req.Module, version))}
+}
+
+// servedName names the upstream that answered, for logs.
+func (x *exchange) servedName() string {
+	if x.served == nil {
+		return "upstream"
+	}
+	return x.served.Name
 }
 
 // destination is the host the request goes to: the origin in forward
@@ -139,7 +214,7 @@ func (x *exchange) finish() {
 				telemetry.AttrPolicyRule.String(x.ruleText), attribute.String("modgate.policy.reason", x.reason)))
 		}
 	}
-	if x.decided {
+	if x.decided || x.decision == decisionDeny {
 		x.s.tel.AddPolicyDecision(x.r.Context(), x.decision, x.ruleText)
 	}
 	if x.cacheResult != "" {

@@ -24,6 +24,7 @@ import (
 
 	"github.com/modgate/modgate/sidecar/mitm"
 	"github.com/modgate/modgate/sidecar/upstream"
+	"github.com/modgate/modgate/sidecar/wire"
 	"github.com/modgate/modgate/telemetry"
 )
 
@@ -175,35 +176,62 @@ func (f *forward) closeIdle() {
 	}
 }
 
-// isPrivateHost reports whether host may receive private module paths.
+// isPrivateHost reports whether host (normalised) may receive private
+// module paths.
 func (f *forward) isPrivateHost(x *exchange, host string) bool {
-	host = strings.ToLower(host)
 	for _, u := range f.s.chain.Upstreams() {
-		if u.Private && u.URL != nil && strings.EqualFold(u.URL.Hostname(), host) {
+		if u.Private && u.URL != nil && normalized(u.URL.Hostname()) == host {
 			return true
 		}
 	}
-	for _, p := range f.cfg.PrivateHosts {
-		if ok, _ := path.Match(strings.ToLower(p), host); ok {
-			return true
-		}
+	if matchHost(f.cfg.PrivateHosts, host) {
+		return true
 	}
 	_, ok := x.pol.IsPrivate(host)
 	return ok
 }
 
-// authenticate checks Proxy-Authorization and returns the identity. With
-// no users configured everyone is anonymous.
-func (f *forward) authenticate(r *http.Request) (identity string, ok bool) {
+// matchHost reports whether host (normalised) matches one of patterns
+// (path.Match, case-insensitive).
+func matchHost(patterns []string, host string) bool {
+	for _, p := range patterns {
+		if ok, _ := path.Match(strings.ToLower(p), host); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// normalized is host as wire.NormalizeHost spells it, or host in lower
+// case when it is not a valid name.
+func normalized(host string) string {
+	if h, err := wire.NormalizeHost(host); err == nil {
+		return h
+	}
+	return strings.ToLower(host)
+}
+
+// authenticate checks Proxy-Authorization and returns the identity, or the
+// 407 that asks for it. With no users configured everyone is anonymous.
+func (f *forward) authenticate(r *http.Request) (identity string, err error) {
 	if f.users == nil {
-		return "", true
+		return "", nil
 	}
 	user, pass, found := parseBasic(r.Header.Get("Proxy-Authorization"))
 	want, known := f.users[user]
 	got := sha256.Sum256([]byte(pass))
 	// Compare even for unknown users, so timing tells nothing.
 	match := subtle.ConstantTimeCompare(got[:], want[:]) == 1
-	return user, found && known && match
+	if found && known && match {
+		return user, nil
+	}
+	reason := "no Proxy-Authorization"
+	if found {
+		reason = "wrong user name or password"
+	}
+	return user, &problem{status: http.StatusProxyAuthRequired, code: wire.AuthRequired, decision: decisionDeny, reason: reason,
+		lines:  []string{"proxy authentication required: " + reason, "set the user and password in HTTPS_PROXY/HTTP_PROXY (http://user:password@host:port)"},
+		header: http.Header{"Proxy-Authenticate": {`Basic realm="modgate"`}}}
 }
 
 func parseBasic(h string) (user, pass string, ok bool) {
@@ -223,110 +251,70 @@ func parseBasic(h string) (user, pass string, ok bool) {
 // those return an *http.Response whose broken body goproxy would end as if
 // complete when it is chunked.
 func (f *forward) serveAbsolute(w http.ResponseWriter, r *http.Request) {
-	identity, ok := f.authenticate(r)
-	if !ok {
-		w.Header().Set("Proxy-Authenticate", `Basic realm="modgate"`)
-		writeError(w, http.StatusProxyAuthRequired, "proxy authentication required")
-		return
+	x := f.s.newExchange(w, r, modeForward)
+	x.end(f.absolute(x))
+}
+
+func (f *forward) absolute(x *exchange) error {
+	r := x.r
+	identity, err := f.authenticate(r)
+	x.identity = identity
+	if err != nil {
+		return err
 	}
 	if r.URL.Scheme != "http" {
-		writeError(w, http.StatusBadRequest, fmt.Sprintf("scheme %q: send https through CONNECT (HTTPS_PROXY)", r.URL.Scheme))
-		return
+		return invalid(fmt.Sprintf("scheme %q: send https through CONNECT (HTTPS_PROXY)", r.URL.Scheme))
 	}
-	hostport := r.URL.Host
-	if r.URL.Port() == "" {
-		hostport = net.JoinHostPort(r.URL.Hostname(), "80")
+	host, port, err := wire.NormalizeHostPort(r.URL.Host, "80")
+	if err != nil {
+		return invalid(err.Error())
 	}
-	f.serve(w, r, "forward", "http", hostport, identity)
+	return f.serve(x, "http", host, port)
 }
 
-// serve runs one forward-mode request through the pipeline, with the
-// origin host as its only upstream.
-func (f *forward) serve(w http.ResponseWriter, r *http.Request, mode, scheme, hostport, identity string) {
-	x := f.s.newExchange(w, r, mode)
-	x.identity, x.host = identity, hostport
-	defer x.finish()
-	host, port, _ := net.SplitHostPort(hostport)
+// serve runs one forward-mode request (absolute-form, or inside an
+// intercepted CONNECT) through the pipeline, with the origin host as its
+// source. host is normalised.
+func (f *forward) serve(x *exchange, scheme, host, port string) error {
+	r := x.r
+	x.host = net.JoinHostPort(host, port)
 	if err := f.guard.checkHost(host, port, false); err != nil {
-		x.decision, x.reason = "deny", err.Error()
-		writeError(x.w, http.StatusForbidden, fmt.Sprintf("%s %s refused: %v", r.Method, hostport, err))
-		return
+		return refused(fmt.Sprintf("%s %s refused: %v", r.Method, x.host, err))
 	}
-	req, err := classifyForward(host, r.URL.Path, r.URL.RawQuery, f.s.cfg.SumDB)
+	req, err := classifyForward(host, r.URL.Path, r.URL.RawQuery, f.s.sumdbAddr)
 	if err != nil {
-		x.decision, x.reason = "invalid", err.Error()
-		writeError(x.w, http.StatusBadRequest, err.Error())
-		return
+		return invalid(err.Error())
 	}
 	x.req = req
-	if !x.decide() {
-		return
-	}
-	if x.private != "" && !f.isPrivateHost(x, host) {
-		x.decision, x.ruleText = "deny", "private "+x.private
-		x.reason = "private module path to a host that is not private"
-		writeError(x.w, http.StatusForbidden,
-			fmt.Sprintf("%s refused: %s is private (pattern %s) and %s is not a private host", describeRequest(req), req.Module, x.private, host),
-			"mark the host private (an upstream with private: true, or forward.private_hosts), or set GONOPROXY/GOPRIVATE so that the go command fetches it directly")
-		return
-	}
-	u, err := f.origin(scheme, hostport)
+	u, err := f.origin(scheme, x.host)
 	if err != nil {
-		writeError(x.w, http.StatusBadGateway, err.Error())
-		return
+		return &problem{status: http.StatusBadGateway, code: wire.UpstreamFailed, lines: []string{fmt.Sprintf("%s %s: %v", r.Method, x.host, err)}}
 	}
-	var body io.Reader
-	if r.ContentLength != 0 && r.Body != nil && r.Body != http.NoBody {
-		body = r.Body
-	}
-	resp, err := u.Do(x.ctx(), upstream.Request{
-		Method: r.Method, Path: r.URL.Path, Query: r.URL.RawQuery,
-		Header: forwardHeader(r), Body: body, ContentLength: r.ContentLength,
-	})
-	if err != nil {
-		if ref, ok := isRefusal(err); ok {
-			x.decision, x.reason = "deny", ref.reason
-			writeError(x.w, http.StatusForbidden, fmt.Sprintf("%s %s refused: %s", r.Method, hostport, ref.reason))
-			return
-		}
-		f.s.writeChainError(x, upstream.Result{Attempts: []upstream.Attempt{{Upstream: u, Err: err}}})
-		return
-	}
-	x.served = u
-	f.s.relay(x, resp)
-}
-
-// forwardHeader passes the client's end-to-end headers on (git needs
-// Authorization, Git-Protocol, Content-Type), without hop-by-hop and proxy
-// headers.
-func forwardHeader(r *http.Request) http.Header {
-	h := http.Header{}
-	copyHeader(h, r.Header)
-	h.Del("Proxy-Authorization")
-	h.Del("Proxy-Authenticate")
-	return h
+	return f.s.pipeline(x, originSource{f: f, u: u, host: host})
 }
 
 // handleConnect decides what to do with a CONNECT: refuse it, tunnel it,
 // or intercept it.
-func (f *forward) handleConnect(hostport string, ctx *goproxy.ProxyCtx) (*goproxy.ConnectAction, string) {
+func (f *forward) handleConnect(target string, ctx *goproxy.ProxyCtx) (*goproxy.ConnectAction, string) {
 	r := ctx.Req
-	identity, ok := f.authenticate(r)
-	if !ok {
-		return &goproxy.ConnectAction{Action: goproxy.ConnectProxyAuthHijack, Hijack: func(r *http.Request, c net.Conn, _ *goproxy.ProxyCtx) {
-			io.WriteString(c, "Proxy-Authenticate: Basic realm=\"modgate\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-			c.Close()
-		}}, hostport
+	x := f.s.newExchange(nil, r, modeForward)
+	x.host, x.req.Kind = target, KindTunnel
+	identity, err := f.authenticate(r)
+	x.identity = identity
+	if err != nil {
+		return f.reject(ctx, x, asProblem(err)), target
 	}
-	host, port, err := net.SplitHostPort(hostport)
+	host, port, err := wire.NormalizeHostPort(target, "")
 	if err != nil || host == "" {
 		// CONNECT names host:port (RFC 9110 9.3.6); guessing a port would
 		// only send a name of the client's choosing to the resolver.
-		return f.reject(ctx, r, identity, hostport, http.StatusBadRequest, "a CONNECT target is host:port")
+		return f.reject(ctx, x, invalid("a CONNECT target is host:port")), target
 	}
-	action, mode := f.tunnel, "forward"
-	if f.cfg.CA != nil && f.isMITM(host) {
-		action, mode = f.intercept, "mitm"
+	hostport := net.JoinHostPort(host, port)
+	x.host = hostport
+	action, mode := f.tunnel, modeForward
+	if f.cfg.CA != nil && matchHost(f.cfg.MITMHosts, host) {
+		action, mode = f.intercept, modeMITM
 	}
 	// One span covers the whole CONNECT: the tunnel, or every request
 	// intercepted inside it (they are its children).
@@ -336,93 +324,94 @@ func (f *forward) handleConnect(hostport string, ctx *goproxy.ProxyCtx) (*goprox
 		attribute.String("server.address", host), attribute.String("server.port", port),
 		telemetry.AttrRequestKind.String(string(KindTunnel)), telemetry.AttrMode.String(mode)))
 	r = r.WithContext(sctx)
-	ctx.Req = r
+	ctx.Req, x.r = r, r
 	if err := f.guard.checkHost(host, port, true); err != nil {
-		span.SetAttributes(attribute.Int("http.response.status_code", http.StatusForbidden), telemetry.AttrPolicyDecision.String("deny"))
+		span.SetAttributes(attribute.Int("http.response.status_code", http.StatusForbidden), telemetry.AttrPolicyDecision.String(decisionDeny))
 		defer span.End()
-		return f.reject(ctx, r, identity, hostport, http.StatusForbidden, err.Error())
+		return f.reject(ctx, x, refused("CONNECT "+hostport+" refused: "+err.Error())), target
 	}
 	return &goproxy.ConnectAction{Action: goproxy.ConnectHijack, Hijack: func(_ *http.Request, c net.Conn, _ *goproxy.ProxyCtx) {
 		f.hijacked.Add(1)
 		defer f.hijacked.Done()
 		defer span.End()
-		action(r, c, net.JoinHostPort(host, port), identity)
-	}}, hostport
+		action(r, c, host, port, identity)
+	}}, target
 }
 
-func (f *forward) isMITM(host string) bool {
-	host = strings.ToLower(host)
-	for _, p := range f.cfg.MITMHosts {
-		if ok, _ := path.Match(strings.ToLower(p), host); ok {
-			return true
+// reject answers a refused CONNECT through goproxy, with the reason in the
+// status line: the go command and git print only that.
+func (f *forward) reject(ctx *goproxy.ProxyCtx, x *exchange, p *problem) *goproxy.ConnectAction {
+	x.connect = func(p *problem) {
+		line := connectLine(p)
+		header := http.Header{"Content-Type": {"text/plain; charset=utf-8"}}
+		for k, vs := range p.header {
+			header[k] = vs
+		}
+		ctx.Resp = &http.Response{
+			StatusCode: p.status, Status: fmt.Sprintf("%d %s", p.status, line),
+			ProtoMajor: 1, ProtoMinor: 1, Request: x.r,
+			Header:        header,
+			Body:          io.NopCloser(strings.NewReader(line + "\n")),
+			ContentLength: int64(len(line) + 1),
+			Close:         true,
 		}
 	}
-	return false
+	x.end(p)
+	return &goproxy.ConnectAction{Action: goproxy.ConnectReject}
 }
 
-// reject answers a CONNECT with code and the reason in the status line:
-// the go command and git print only that.
-func (f *forward) reject(ctx *goproxy.ProxyCtx, r *http.Request, identity, hostport string, code int, reason string) (*goproxy.ConnectAction, string) {
-	x := f.s.newExchange(nil, r, "forward")
-	x.identity, x.host, x.req.Kind = identity, hostport, KindTunnel
-	x.decision, x.reason, x.w.status = "deny", reason, code
-	x.finish()
-	line := "modgate: CONNECT " + hostport + " refused: " + cleanLine(reason)
-	ctx.Resp = &http.Response{
-		StatusCode: code, Status: fmt.Sprintf("%d %s", code, line),
-		ProtoMajor: 1, ProtoMinor: 1, Request: r,
-		Header:        http.Header{"Content-Type": {"text/plain; charset=utf-8"}},
-		Body:          io.NopCloser(strings.NewReader(line + "\n")),
-		ContentLength: int64(len(line) + 1),
-		Close:         true,
+// connectLine is the status line's text of a CONNECT refused with p.
+func connectLine(p *problem) string {
+	msg := string(p.code)
+	if len(p.lines) > 0 {
+		msg = p.lines[0]
 	}
-	return &goproxy.ConnectAction{Action: goproxy.ConnectReject}, hostport
+	return wire.FirstLine(p.code, cleanLine(msg))
 }
 
 // writeConnectStatus answers a hijacked CONNECT.
-func writeConnectStatus(c net.Conn, code int, reason string) {
-	line := cleanLine(reason)
+func writeConnectStatus(c net.Conn, p *problem) {
+	line := connectLine(p)
 	fmt.Fprintf(c, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s\n",
-		code, line, len(line)+1, line)
+		p.status, line, len(line)+1, line)
 }
 
-// tunnel connects the client to hostport and copies bytes both ways until
-// both sides are done or the tunnel is idle too long.
-func (f *forward) tunnel(r *http.Request, client net.Conn, hostport, identity string) {
+// tunnel connects the client to host:port and copies bytes both ways
+// until both sides are done or the tunnel is idle too long.
+func (f *forward) tunnel(r *http.Request, client net.Conn, host, port, identity string) {
 	defer client.Close()
-	x := f.s.newExchange(nil, r, "forward")
+	hostport := net.JoinHostPort(host, port)
+	x := f.s.newExchange(nil, r, modeForward)
 	x.identity, x.host, x.req.Kind = identity, hostport, KindTunnel
+	x.connect = func(p *problem) { writeConnectStatus(client, p) }
 	defer func() {
 		trace.SpanFromContext(r.Context()).SetAttributes(attribute.Int("http.response.status_code", x.w.status))
-		x.finish()
 	}()
+	x.end(f.relayTunnel(x, client, hostport))
+}
+
+// relayTunnel dials the destination through the guard and the origin's
+// breaker, then relays the tunnel.
+func (f *forward) relayTunnel(x *exchange, client net.Conn, hostport string) error {
 	u, err := f.origin("https", hostport)
 	if err != nil {
-		x.w.status = http.StatusBadGateway
-		writeConnectStatus(client, http.StatusBadGateway, "modgate: "+err.Error())
-		return
+		return &problem{status: http.StatusBadGateway, code: wire.UpstreamFailed, lines: []string{"CONNECT " + hostport + ": " + err.Error()}}
 	}
 	x.served = u
 	report, err := u.Guard()
 	if err != nil {
-		x.w.status, x.reason = http.StatusServiceUnavailable, err.Error()
-		writeConnectStatus(client, http.StatusServiceUnavailable, "modgate: CONNECT "+hostport+": "+err.Error())
-		return
+		return &problem{status: http.StatusServiceUnavailable, code: wire.CircuitOpen, lines: []string{"CONNECT " + hostport + ": " + err.Error()}}
 	}
-	dctx, cancel := context.WithTimeout(r.Context(), u.Timeouts.Dial)
+	dctx, cancel := context.WithTimeout(x.r.Context(), u.Timeouts.Dial)
 	server, err := f.guard.Dial(dctx, "tcp", hostport)
 	cancel()
 	if ref, ok := isRefusal(err); ok {
 		report(nil) // the destination is not unwell; it is not allowed
-		x.decision, x.reason, x.w.status = "deny", ref.reason, http.StatusForbidden
-		writeConnectStatus(client, http.StatusForbidden, "modgate: CONNECT "+hostport+" refused: "+ref.reason)
-		return
+		return refused("CONNECT " + hostport + " refused: " + ref.reason)
 	}
 	report(err)
 	if err != nil {
-		x.w.status, x.reason = http.StatusBadGateway, err.Error()
-		writeConnectStatus(client, http.StatusBadGateway, "modgate: CONNECT "+hostport+": "+err.Error())
-		return
+		return &problem{status: http.StatusBadGateway, code: wire.UpstreamFailed, lines: []string{"CONNECT " + hostport + ": " + err.Error()}}
 	}
 	defer server.Close()
 	x.w.status = http.StatusOK
@@ -430,10 +419,11 @@ func (f *forward) tunnel(r *http.Request, client net.Conn, hostport, identity st
 	f.tunnels.Store(client, server)
 	defer f.tunnels.Delete(client)
 	start := time.Now()
-	up, down := splice(client, server, f.cfg.TunnelIdle)
-	f.s.tel.RecordTunnel(r.Context(), time.Since(start), up, down)
+	up, down := splice(client, server, f.cfg.TunnelIdle, f.s.clock())
+	f.s.tel.RecordTunnel(x.r.Context(), time.Since(start), up, down)
 	x.w.bytes = up + down
 	x.reason = fmt.Sprintf("%d bytes up, %d down", up, down)
+	return nil
 }
 
 // bigBufPool holds the buffers of tunnels that carry bulk data.
@@ -442,21 +432,22 @@ var bigBufPool = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b
 // splice copies client→server and server→client, passing each side's end
 // on as a half-close, until both directions are done or neither has moved
 // for idle. It returns the bytes sent each way.
-func splice(client, server net.Conn, idle time.Duration) (up, down int64) {
+func splice(client, server net.Conn, idle time.Duration, clock upstream.Clock) (up, down int64) {
 	var last atomic.Int64
-	last.Store(time.Now().UnixNano())
+	last.Store(clock.Now().UnixNano())
 	stop, watched := make(chan struct{}), make(chan struct{})
 	go func() { // the idle watchdog
 		defer close(watched)
-		t := time.NewTimer(idle)
-		defer t.Stop()
+		wait := idle
 		for {
+			fired, stopTimer := clock.After(wait)
 			select {
 			case <-stop:
+				stopTimer()
 				return
-			case <-t.C:
-				if left := idle - time.Since(time.Unix(0, last.Load())); left > 0 {
-					t.Reset(left)
+			case <-fired:
+				if left := idle - clock.Now().Sub(time.Unix(0, last.Load())); left > 0 {
+					wait = left
 					continue
 				}
 				client.Close()
@@ -491,7 +482,7 @@ func splice(client, server net.Conn, idle time.Duration) (up, down int64) {
 		for {
 			m, err := src.Read(buf)
 			if m > 0 {
-				last.Store(time.Now().UnixNano())
+				last.Store(clock.Now().UnixNano())
 				if _, werr := dst.Write(buf[:m]); werr != nil {
 					break
 				}
@@ -521,20 +512,23 @@ func splice(client, server net.Conn, idle time.Duration) (up, down int64) {
 
 // intercept ends the client's TLS with a certificate for host minted by
 // modgate's CA and serves each request inside through the pipeline, with
-// the host as the upstream.
-func (f *forward) intercept(r *http.Request, client net.Conn, hostport, identity string) {
-	host, _, _ := net.SplitHostPort(hostport)
+// the host as its origin.
+func (f *forward) intercept(r *http.Request, client net.Conn, host, port, identity string) {
+	hostport := net.JoinHostPort(host, port)
 	io.WriteString(client, "HTTP/1.1 200 Connection established\r\n\r\n")
 	tconn := tls.Server(client, f.cfg.CA.ServerConfig(host))
 	handler := http.HandlerFunc(func(w http.ResponseWriter, in *http.Request) {
-		if h, _, err := net.SplitHostPort(in.Host); (err == nil && !strings.EqualFold(h, host)) || (err != nil && !strings.EqualFold(in.Host, host)) {
-			writeError(w, http.StatusMisdirectedRequest, fmt.Sprintf("request for %s inside a CONNECT to %s", in.Host, hostport))
+		x := f.s.newExchange(w, in, modeMITM)
+		x.identity, x.host = identity, hostport
+		if h, _, err := wire.NormalizeHostPort(in.Host, port); err != nil || h != host {
+			x.end(&problem{status: http.StatusMisdirectedRequest, code: wire.Misdirected, decision: decisionInvalid,
+				lines: []string{fmt.Sprintf("request for %s inside a CONNECT to %s", in.Host, hostport)}})
 			return
 		}
-		f.serve(w, in, "mitm", "https", hostport, identity)
+		x.end(f.serve(x, "https", host, port))
 	})
 	kindOf := func(in *http.Request) string {
-		req, _ := classifyForward(host, in.URL.Path, in.URL.RawQuery, f.s.cfg.SumDB)
+		req, _ := classifyForward(host, in.URL.Path, in.URL.RawQuery, f.s.sumdbAddr)
 		return string(req.Kind)
 	}
 	srv := &http.Server{

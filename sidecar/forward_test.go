@@ -229,10 +229,10 @@ func TestForwardRefusals(t *testing.T) {
 		Forward:   sidecar.ForwardConfig{AllowHosts: []string{"*", "127.0.0.1"}, ConnectPorts: []int{443, port}},
 	})
 	tests := []struct{ target, want string }{
-		{"ssh.example.test:22", "403 modgate: CONNECT ssh.example.test:22 refused: port 22 is not in connect_ports"},
-		{"[::1]:443", "403 modgate: CONNECT [::1]:443 refused: ::1 resolves to ::1, a loopback address"},
-		{"0x7f.1:443", "403 modgate: CONNECT 0x7f.1:443 refused: 0x7f.1 resolves to 127.0.0.1, a loopback address"},
-		{"2130706433:443", "403 modgate: CONNECT 2130706433:443 refused: 2130706433 resolves to 127.0.0.1, a loopback address"},
+		{"ssh.example.test:22", "403 modgate: refused: CONNECT ssh.example.test:22 refused: port 22 is not in connect_ports"},
+		{"[::1]:443", "403 modgate: refused: CONNECT [::1]:443 refused: ::1 resolves to ::1, a loopback address"},
+		{"0x7f.1:443", "403 modgate: refused: CONNECT 0x7f.1:443 refused: 0x7f.1 resolves to 127.0.0.1, a loopback address"},
+		{"2130706433:443", "403 modgate: refused: CONNECT 2130706433:443 refused: 2130706433 resolves to 127.0.0.1, a loopback address"},
 		{"017700000001:443", "a loopback address"},
 		{"localhost:443", "a loopback address"},
 		{"169.254.169.254:443", "169.254.169.254 resolves to 169.254.169.254, a link-local address"},
@@ -259,7 +259,7 @@ func TestForwardRefusals(t *testing.T) {
 
 	// An allowlist refuses everything else before resolving anything.
 	url = startGate(t, sidecar.Config{Upstreams: []upstream.Config{{URL: "off"}}, Forward: sidecar.ForwardConfig{AllowHosts: []string{"*.example.test"}}})
-	if got := connect(t, url, "evil.example.invalid:443"); !strings.Contains(got, "403 modgate: CONNECT evil.example.invalid:443 refused: host evil.example.invalid is not in allow_hosts") {
+	if got := connect(t, url, "evil.example.invalid:443"); !strings.Contains(got, "403 modgate: refused: CONNECT evil.example.invalid:443 refused: host evil.example.invalid is not in allow_hosts") {
 		t.Errorf("host not allowed: %q", got)
 	}
 }

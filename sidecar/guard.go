@@ -10,6 +10,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/modgate/modgate/sidecar/upstream"
 )
 
 // refusal is a destination forward mode will not reach; its text goes in
@@ -17,6 +19,10 @@ import (
 type refusal struct{ reason string }
 
 func (r *refusal) Error() string { return r.reason }
+
+// Unwrap tells the upstream's breaker and retries that the destination was
+// refused, not unwell.
+func (r *refusal) Unwrap() error { return upstream.ErrRefused }
 
 func refuse(format string, args ...any) error {
 	return &refusal{reason: fmt.Sprintf(format, args...)}
@@ -40,6 +46,16 @@ type guard struct {
 	own      []string
 	resolver *net.Resolver
 	dialer   *net.Dialer
+	// machine is this machine's addresses, refused like loopback. If nil,
+	// upstream.ThisMachine.
+	machine *upstream.Machine
+}
+
+func (g *guard) thisMachine() *upstream.Machine {
+	if g.machine == nil {
+		return upstream.ThisMachine
+	}
+	return g.machine
 }
 
 // checkHost refuses a CONNECT or request target before anything is
@@ -107,86 +123,55 @@ func (g *guard) resolveTarget(ctx context.Context, addr string) (string, error) 
 		if g.isOwn(target) {
 			return "", refuse("%s is modgate itself", addr)
 		}
-		if why := special(a); why != "" && !g.explicit[lhost] && !isPinned {
+		if g.explicit[lhost] || isPinned {
+			continue
+		}
+		if why := special(a); why != "" {
 			return "", refuse("%s resolves to %s, %s", host, a, why)
+		}
+		if g.thisMachine().Has(a) {
+			return "", refuse("%s resolves to %s, an address of this machine", host, a)
 		}
 	}
 	return net.JoinHostPort(addrs[0].Unmap().String(), port), nil
 }
 
+// isOwn reports whether target (ip:port) is one of modgate's listeners:
+// the same address and port, or the port of a listener on every address
+// (0.0.0.0, ::) at any address of this machine.
 func (g *guard) isOwn(target string) bool {
 	th, tp, _ := net.SplitHostPort(target)
 	tip, _ := netip.ParseAddr(th)
+	tip = tip.Unmap()
 	for _, own := range g.own {
 		oh, op, err := net.SplitHostPort(own)
 		if err != nil || op != tp {
 			continue
 		}
 		oip, err := netip.ParseAddr(oh)
-		if err != nil || oip.IsUnspecified() && (tip.IsLoopback() || tip.IsUnspecified()) || oip == tip {
+		if err != nil || oip.Unmap() == tip {
+			return true
+		}
+		if oip.IsUnspecified() && (tip.IsLoopback() || tip.IsUnspecified() || g.thisMachine().Has(tip)) {
 			return true
 		}
 	}
 	return false
 }
 
-var cgnat = netip.MustParsePrefix("100.64.0.0/10")
-
-// special says why an address is not on the public internet, or "".
+// special says why an address is not on the public internet, or "":
+// loopback, private, link-local, site-local, multicast, broadcast,
+// reserved and the like, and IPv6 forms that carry such an IPv4 address
+// (see upstream.SpecialAddr, which upstream redirects share).
 func special(a netip.Addr) string {
-	if a.Is4In6() {
-		return "an IPv4-mapped IPv6 address"
-	}
-	switch {
-	case a.IsLoopback():
-		return "a loopback address"
-	case a.IsPrivate():
-		return "a private address"
-	case a.IsLinkLocalUnicast() || a.IsLinkLocalMulticast():
-		return "a link-local address"
-	case a.IsUnspecified():
-		return "an unspecified address"
-	case a.IsMulticast() || a.IsInterfaceLocalMulticast():
-		return "a multicast address"
-	case a.Is4() && cgnat.Contains(a):
-		return "a carrier-grade NAT address"
-	}
-	return ""
+	return upstream.SpecialAddr(a)
 }
 
 // parseIP parses an IP literal, including the old inet_aton spellings
 // that some resolvers accept ("0x7f.1", "2130706433", "017700000001"), so
 // that none of them slips past special as a host name.
 func parseIP(host string) (netip.Addr, bool) {
-	if a, err := netip.ParseAddr(strings.Trim(host, "[]")); err == nil {
-		return a.WithZone(""), true
-	}
-	parts := strings.Split(host, ".")
-	if len(parts) > 4 {
-		return netip.Addr{}, false
-	}
-	var nums []uint64
-	for _, p := range parts {
-		n, err := strconv.ParseUint(p, 0, 32)
-		if err != nil {
-			return netip.Addr{}, false
-		}
-		nums = append(nums, n)
-	}
-	// a, a.b (b: 24 bits), a.b.c (c: 16 bits), a.b.c.d
-	var v uint64
-	last := len(nums) - 1
-	for i, n := range nums[:last] {
-		if n > 255 {
-			return netip.Addr{}, false
-		}
-		v |= n << (24 - 8*i)
-	}
-	if nums[last] >= 1<<(8*(4-last)) {
-		return netip.Addr{}, false
-	}
-	v |= nums[last]
-	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}), true
+	return upstream.ParseIPLiteral(host)
 }
 
 // isRefusal reports whether err is a guard's refusal.

@@ -131,7 +131,7 @@ contact: "ask #platform-builds"
 	url := startGate(t, sidecar.Config{Policy: st, Upstreams: []upstream.Config{{URL: p.URL}}})
 	e.go_.UseProxy(url, e.db)
 	out, err := e.download("fixture.test/dep02@v1.0.0")
-	want := "403 Forbidden\n\tserver response:\n\tmodgate: fixture.test/dep02@v1.0.0 denied by policy rule 2 (deny fixture.test/dep02): malware, see SEC-123\n\task #platform-builds"
+	want := "403 Forbidden\n\tserver response:\n\tmodgate: denied: fixture.test/dep02@v1.0.0 denied by policy rule 2 (deny fixture.test/dep02): malware, see SEC-123\n\task #platform-builds"
 	if err == nil || !strings.Contains(out, want) {
 		t.Errorf("go command output lacks\n%s\n---\n%s", want, out)
 	}

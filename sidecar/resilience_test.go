@@ -19,7 +19,7 @@ import (
 func breakerState(t *testing.T, s *sidecar.Server, name string) map[string]any {
 	t.Helper()
 	rec := httptest.NewRecorder()
-	s.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/debug/upstreams", nil))
+	s.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "http://127.0.0.1/debug/upstreams", nil))
 	var doc struct {
 		Upstreams []struct {
 			Name    string         `json:"name"`

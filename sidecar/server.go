@@ -8,7 +8,6 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -25,6 +24,7 @@ import (
 	"github.com/modgate/modgate/policy"
 	"github.com/modgate/modgate/sidecar/cache"
 	"github.com/modgate/modgate/sidecar/upstream"
+	"github.com/modgate/modgate/sidecar/wire"
 	"github.com/modgate/modgate/telemetry"
 )
 
@@ -34,11 +34,22 @@ type Config struct {
 	Listen string
 	// Admin is the address of the admin listener. If empty, there is none.
 	Admin string
+	// AdminHosts are the Host names (path.Match patterns) the admin
+	// listener answers besides IP literals and localhost; any other Host
+	// is answered 421 (DNS rebinding). If empty, only those.
+	AdminHosts []string
+	// PProf serves /debug/pprof/ on the admin listener. If false, there
+	// is none.
+	PProf bool
 	// Upstreams is the chain, in order.
 	Upstreams []upstream.Config
-	// SumDB is the name of the checksum database served under /sumdb/.
-	// If empty, /sumdb/ answers 404.
+	// SumDB is the name of the checksum database served under /sumdb/
+	// ("sum.example.test", or with a path: "sum.example.test/sumdb"). If
+	// empty, /sumdb/ answers 404.
 	SumDB string
+	// SumDBURL is where the database answers when no upstream serves it
+	// (GOSUMDB's "name+key URL" form). If empty, https://<SumDB>.
+	SumDBURL string
 	// RootCAs verifies upstream certificates. If nil, the system pool is used.
 	RootCAs *x509.CertPool
 	// Resolve maps "host:port" to the address to dial instead.
@@ -78,7 +89,10 @@ type Server struct {
 	log   *slog.Logger
 	chain *upstream.Chain
 	sumdb *sumDB
-	via   string // this process's Via token
+	// sumdbAddr is the database's direct address, which forward mode
+	// recognises.
+	sumdbAddr sumDBAddress
+	via       string // this process's Via token
 
 	// ready is set once the server has started serving.
 	ready atomic.Bool
@@ -144,7 +158,10 @@ func New(cfg Config) (*Server, error) {
 	if err := s.checkRoutes(s.policy()); err != nil {
 		return nil, err
 	}
-	if s.sumdb, err = newSumDB(cfg.SumDB, chain, opts, upstream.Timeouts{}); err != nil {
+	if s.sumdbAddr, err = newSumDBAddress(cfg.SumDB, cfg.SumDBURL); err != nil {
+		return nil, err
+	}
+	if s.sumdb, err = newSumDB(cfg.SumDB, cfg.SumDBURL, chain, opts, upstream.Timeouts{}); err != nil {
 		return nil, err
 	}
 	if len(cfg.Forward.MITMHosts) > 0 && cfg.Forward.CA == nil {
@@ -261,7 +278,7 @@ func (s *Server) Handler() http.Handler {
 // kindOf classifies a request for its span name and metrics.
 func (s *Server) kindOf(r *http.Request) string {
 	if r.URL.IsAbs() {
-		req, _ := classifyForward(r.URL.Hostname(), r.URL.Path, r.URL.RawQuery, s.cfg.SumDB)
+		req, _ := classifyForward(normalized(r.URL.Hostname()), r.URL.Path, r.URL.RawQuery, s.sumdbAddr)
 		return string(req.Kind)
 	}
 	req, err := ClassifyReverse(r.URL.Path)
@@ -274,11 +291,13 @@ func (s *Server) kindOf(r *http.Request) string {
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	for _, v := range r.Header.Values("Via") {
 		if strings.Contains(v, s.via) {
-			x := s.newExchange(w, r, "reverse")
-			x.decision, x.reason = "loop", "Via: "+v
-			writeError(x.w, http.StatusLoopDetected, "request loop: this request has already passed through this modgate (Via: "+v+")",
-				"an upstream of modgate leads back to modgate; check the upstream chain")
-			x.finish()
+			mode := modeReverse
+			if r.URL.IsAbs() || r.Method == http.MethodConnect {
+				mode = modeForward
+			}
+			s.newExchange(w, r, mode).end(&problem{status: http.StatusLoopDetected, code: wire.Loop, decision: decisionLoop, reason: "Via: " + v,
+				lines: []string{"request loop: this request has already passed through this modgate (Via: " + v + ")",
+					"an upstream of modgate leads back to modgate; check the upstream chain"}})
 			return
 		}
 	}
@@ -297,41 +316,6 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	default:
 		s.serveReverse(w, r)
 	}
-}
-
-// AdminHandler serves /healthz, /readyz, /metrics, /debug/upstreams,
-// /debug/baseline and /debug/tracez.
-func (s *Server) AdminHandler() http.Handler {
-	mux := http.NewServeMux()
-	if s.tel != nil {
-		mux.Handle("GET /metrics", s.tel.MetricsHandler())
-		mux.Handle("GET /debug/tracez", s.tel.TracezHandler())
-		mux.Handle("GET /debug/baseline", s.tel.Baselines().Handler())
-	}
-	mux.HandleFunc("GET /debug/upstreams", func(w http.ResponseWriter, r *http.Request) {
-		var list []upstream.Status
-		for _, u := range s.chain.Upstreams() {
-			if u.Kind == upstream.Proxy {
-				list = append(list, u.Status())
-			}
-		}
-		w.Header().Set("Content-Type", "application/json")
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		enc.Encode(map[string]any{"upstreams": list})
-	})
-	mux.Handle("GET /{$}", s.statusHandler()) // only "/": other unknown paths stay 404
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		io.WriteString(w, "ok\n")
-	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		if err := s.Ready(); err != nil {
-			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		io.WriteString(w, "ready\n")
-	})
-	return mux
 }
 
 // Ready reports why the server cannot serve, or nil: it must be serving
@@ -390,10 +374,6 @@ func (s *Server) Serve(ctx context.Context, ln, adminLn net.Listener) error {
 		servers = append(servers, &http.Server{Handler: s.AdminHandler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: errLog})
 		listeners = append(listeners, adminLn)
 	}
-	errc := make(chan error, len(servers))
-	for i, srv := range servers {
-		go func() { errc <- srv.Serve(listeners[i]) }()
-	}
 	unobserve, err := s.tel.ObserveBreakers(s.breakerReadings)
 	if err != nil {
 		return err
@@ -406,8 +386,14 @@ func (s *Server) Serve(ctx context.Context, ln, adminLn net.Listener) error {
 		}
 		defer unobserveCache()
 	}
+	// Ready before the first request is served: one that has been
+	// answered implies readiness.
 	s.ready.Store(true)
-	attrs := []any{"listen", ln.Addr().String(), "upstreams", s.chainString(), "sumdb", s.cfg.SumDB}
+	errc := make(chan error, len(servers))
+	for i, srv := range servers {
+		go func() { errc <- srv.Serve(listeners[i]) }()
+	}
+	attrs := []any{"listen", ln.Addr().String(), "upstreams", upstream.FormatChain(s.chain.Upstreams(), func(u *upstream.Upstream) string { return u.Source }), "sumdb", s.cfg.SumDB}
 	if adminLn != nil {
 		attrs = append(attrs, "admin", adminLn.Addr().String())
 	}
@@ -464,15 +450,4 @@ func (s *Server) breakerReadings() []telemetry.BreakerReading {
 		}
 	}
 	return rs
-}
-
-func (s *Server) chainString() string {
-	var b strings.Builder
-	for i, u := range s.chain.Upstreams() {
-		if i > 0 {
-			b.WriteString(map[upstream.Fallthrough]string{upstream.OnNotFound: ",", upstream.OnError: "|"}[s.chain.Upstreams()[i-1].Fallthrough])
-		}
-		b.WriteString(u.Source)
-	}
-	return b.String()
 }

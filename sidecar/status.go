@@ -179,7 +179,7 @@ type statusRow struct {
 
 func (s *Server) statusPage(now time.Time) statusPage {
 	p := statusPage{
-		Version: s.cfg.Version, Listen: s.cfg.Listen, Admin: s.cfg.Admin, Chain: chainNames(s.chain.Upstreams()), SumDB: s.cfg.SumDB,
+		Version: s.cfg.Version, Listen: s.cfg.Listen, Admin: s.cfg.Admin, Chain: upstream.FormatChain(s.chain.Upstreams(), func(u *upstream.Upstream) string { return u.Name }), SumDB: s.cfg.SumDB,
 		Policy:       "none: every module allowed, none private",
 		Generated:    now.UTC().Format("2006-01-02 15:04:05 UTC"),
 		Telemetry:    s.tel != nil,
@@ -252,19 +252,6 @@ func (s *Server) statusPage(now time.Time) statusPage {
 		p.Denials = append(p.Denials, e.row(now, s.tel != nil))
 	}
 	return p
-}
-
-// chainNames is the chain in GOPROXY syntax by upstream name: shorter
-// than URLs, and the names are what the rest of the page uses.
-func chainNames(ups []*upstream.Upstream) string {
-	var b strings.Builder
-	for i, u := range ups {
-		if i > 0 {
-			b.WriteString(map[upstream.Fallthrough]string{upstream.OnNotFound: ",", upstream.OnError: "|"}[ups[i-1].Fallthrough])
-		}
-		b.WriteString(u.Name)
-	}
-	return b.String()
 }
 
 func (su statusUpstream) withNote(telemetryOn bool) statusUpstream {

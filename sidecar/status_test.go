@@ -123,8 +123,8 @@ func (su *statusSetup) traffic(t *testing.T) {
 		"/fixture.test/dep05/@v/v1.1.0.zip",
 		"/fixture.test/dep11/@v/v1.0.0.info", // private: internal only
 		"/fixture.test/dep12/@v/v1.0.0.mod",
-		"/fixture.test/nothere/@v/list",    // 404
-		"/fixture.test/dep01/@v/v1.0.info", // 400
+		"/fixture.test/nothere/@v/list",   // 404
+		"/fixture.test/dep01/@v/v1.0.mod", // 400
 		"/fixture.test/pre/@latest",
 	} {
 		resp, err := su.moduleClient.Get(su.url + path)
@@ -139,7 +139,7 @@ func (su *statusSetup) traffic(t *testing.T) {
 func (su *statusSetup) page(t *testing.T, path string) (int, http.Header, string) {
 	t.Helper()
 	rec := httptest.NewRecorder()
-	su.s.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", path, nil))
+	su.s.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "http://127.0.0.1"+path, nil))
 	return rec.Code, rec.Header(), rec.Body.String()
 }
 
@@ -163,7 +163,7 @@ func TestStatusPage(t *testing.T) {
 		`<meta http-equiv="refresh" content="5">`,
 		"v0.9.0-test", su.s.cfg.Listen, su.s.cfg.Admin, "sum.fixture.test",
 		"internal", "mirror", "public", "direct", "internal,mirror|public,direct",
-		"/fixture.test/dep01/@v/v1.0.info",         // the invalid request's path
+		"/fixture.test/dep01/@v/v1.0.mod",          // the invalid request's path
 		`<span class="badge open">open</span>`,     // mirror's breaker
 		`<span class="badge closed">closed</span>`, // public's
 		"probe in ",

@@ -6,11 +6,10 @@ import (
 	"io"
 	"net/http"
 	"slices"
-	"strings"
 	"sync"
-	"time"
 
 	"github.com/modgate/modgate/sidecar/upstream"
+	"github.com/modgate/modgate/sidecar/wire"
 )
 
 // sumDB finds where the configured checksum database can be reached and
@@ -21,6 +20,7 @@ type sumDB struct {
 	name   string
 	chain  *upstream.Chain
 	direct *upstream.Upstream // https://<name>
+	clock  upstream.Clock     // times attempts
 
 	mu    sync.Mutex // serialises the search; the go command asks once per run
 	route *sumDBRoute
@@ -33,18 +33,25 @@ type sumDBRoute struct {
 	prefix string
 }
 
-func newSumDB(name string, chain *upstream.Chain, opts upstream.Options, t upstream.Timeouts) (*sumDB, error) {
+func newSumDB(name, rawURL string, chain *upstream.Chain, opts upstream.Options, t upstream.Timeouts) (*sumDB, error) {
 	if name == "" {
 		return nil, nil
 	}
 	if err := checkSumDBName(name); err != nil {
 		return nil, err
 	}
-	direct, err := upstream.New(upstream.Config{Name: name + " (direct)", URL: "https://" + name, Timeouts: t}, opts)
+	if rawURL == "" {
+		rawURL = "https://" + name
+	}
+	direct, err := upstream.New(upstream.Config{Name: name + " (direct)", URL: rawURL, Timeouts: t}, opts)
 	if err != nil {
 		return nil, err
 	}
-	return &sumDB{name: name, chain: chain, direct: direct}, nil
+	clock := opts.Clock
+	if clock == nil {
+		clock = upstream.SystemClock{}
+	}
+	return &sumDB{name: name, chain: chain, direct: direct, clock: clock}, nil
 }
 
 // find returns the cached route or searches for one. On failure the
@@ -67,19 +74,14 @@ func (db *sumDB) find(ctx context.Context) (*sumDBRoute, upstream.Result) {
 		// command gives up here too rather than going around the proxy.
 		return nil, res
 	}
-	start := time.Now()
+	start := db.clock.Now()
 	resp, err := db.direct.Get(ctx, http.MethodGet, "/latest", nil)
 	if err == nil && resp.StatusCode == http.StatusOK {
 		drain(resp)
 		db.route = &sumDBRoute{via: db.direct}
 		return db.route, res
 	}
-	a := upstream.Attempt{Upstream: db.direct, Err: err, Duration: time.Since(start)}
-	if err == nil {
-		a.Status = resp.StatusCode
-		resp.Body.Close()
-	}
-	res.Attempts = append(res.Attempts, a)
+	res.Attempts = append(res.Attempts, upstream.AttemptOf(db.direct, resp, err, db.clock.Now().Sub(start)))
 	res.End = upstream.Proxy
 	return nil, res
 }
@@ -100,52 +102,42 @@ func (db *sumDB) forget(r *sumDBRoute) {
 	db.mu.Unlock()
 }
 
-func (s *Server) serveSumDB(x *exchange) {
-	w, r, req := x.w, x.r, x.req
-	db := s.sumdb
-	if db == nil || req.SumDB != db.name {
-		served := "no checksum database is configured"
-		if db != nil {
-			served = "it serves " + db.name
-		}
-		writeError(w, http.StatusNotFound, fmt.Sprintf("checksum database %s is not served here (%s)", req.SumDB, served))
-		return
+// sumDBSource is reverse mode's source for /sumdb/<name>/...: the route
+// where the database was found. Finding it is part of every fetch, so that
+// with every upstream down a cached lookup is still an answer.
+type sumDBSource struct{ s *Server }
+
+// admit refuses a database modgate does not serve.
+func (src sumDBSource) admit(x *exchange) error {
+	db := src.s.sumdb
+	if db != nil && x.req.SumDB == db.name {
+		return nil
 	}
-	if key, immutable, ok := cacheKey(req); ok {
-		if c := s.cacheFor(x); c != nil {
-			// Finding the database is part of the fetch: with every
-			// upstream down, a stale lookup is still an answer.
-			fetch := func(ctx context.Context) upstream.Result {
-				route, res := db.find(upstream.WithKind(ctx, string(KindSumDBSupported)))
-				if route == nil {
-					return res
-				}
-				return db.get(ctx, route, req.Path)
-			}
-			s.serveCached(x, c, key, immutable, fetch, func(res upstream.Result) { s.writeSumDBError(x, res) })
-			return
-		}
+	served := "no checksum database is configured"
+	if db != nil {
+		served = "it serves " + db.name
 	}
-	route, res := db.find(upstream.WithKind(r.Context(), string(KindSumDBSupported)))
+	return &problem{status: http.StatusNotFound, code: wire.UnknownSumDB,
+		lines: []string{fmt.Sprintf("checksum database %s is not served here (%s)", x.req.SumDB, served)}}
+}
+
+// fetch finds the database and asks it; "supported" is answered once the
+// database is found. A database that cannot be found is an error, not a
+// 404: a 404 would send the go command to the database's host itself,
+// which modgate just failed to reach.
+func (src sumDBSource) fetch(ctx context.Context, x *exchange, fr fetchRequest) upstream.Result {
+	db := src.s.sumdb
+	route, res := db.find(upstream.WithKind(ctx, string(KindSumDBSupported)))
 	if route == nil {
-		// The answer is an error, not 404: a 404 would send the go command
-		// to the database's host itself, which modgate just failed to reach.
-		s.writeSumDBError(x, res)
-		return
+		return res
 	}
-	x.served = route.via
-	if req.Kind == KindSumDBSupported {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		w.WriteHeader(http.StatusOK)
-		return
+	if x.req.Kind == KindSumDBSupported {
+		return upstream.Result{Upstream: route.via, Response: &http.Response{
+			StatusCode: http.StatusOK, ContentLength: 0, Body: http.NoBody,
+			Header: http.Header{"Content-Type": {"text/plain; charset=utf-8"}},
+		}}
 	}
-	res = db.get(x.ctx(), route, req.Path)
-	if res.Response == nil {
-		s.writeSumDBError(x, res)
-		return
-	}
-	x.served = res.Upstream
-	s.relay(x, res.Response)
+	return db.get(ctx, route, fr.path)
 }
 
 // get fetches path from the database's route. When the route is an
@@ -192,34 +184,10 @@ func (db *sumDB) rest(ctx context.Context, u *upstream.Upstream, path string, re
 
 // getFrom asks one upstream.
 func (db *sumDB) getFrom(ctx context.Context, u *upstream.Upstream, path string) upstream.Result {
-	start := time.Now()
+	start := db.clock.Now()
 	resp, err := u.Get(ctx, http.MethodGet, path, nil)
 	if err == nil && resp.StatusCode == http.StatusOK {
 		return upstream.Result{Response: resp, Upstream: u}
 	}
-	a := upstream.Attempt{Upstream: u, Err: err, Duration: time.Since(start)}
-	if err == nil {
-		a.Status = resp.StatusCode
-		resp.Body.Close()
-	}
-	return upstream.Result{Attempts: []upstream.Attempt{a}}
-}
-
-func (s *Server) writeSumDBError(x *exchange, res upstream.Result) {
-	if x.r.Context().Err() != nil {
-		return
-	}
-	status := res.Status()
-	if status == http.StatusForbidden {
-		status = http.StatusBadGateway
-	}
-	lines := []string{describeRequest(x.req) + ": " + http.StatusText(status)}
-	if status == http.StatusNotFound {
-		lines[0] = describeRequest(x.req) + ": not found"
-	}
-	for _, a := range res.Attempts {
-		lines = append(lines, a.String())
-	}
-	x.reason = strings.Join(lines[1:], "; ")
-	writeError(x.w, status, lines...)
+	return upstream.Result{Attempts: []upstream.Attempt{upstream.AttemptOf(u, resp, err, db.clock.Now().Sub(start))}}
 }

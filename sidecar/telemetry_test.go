@@ -69,7 +69,7 @@ func TestMetricsOnAdmin(t *testing.T) {
 		get(t, url+path)
 	}
 	rec := httptest.NewRecorder()
-	srv.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	srv.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "http://127.0.0.1/metrics", nil))
 	metrics := rec.Body.String()
 	for _, want := range []string{
 		`modgate_upstream_request_duration_seconds_bucket{modgate_outcome="notfound",modgate_request_kind="info",modgate_upstream_name="first"`,
@@ -94,7 +94,7 @@ func TestMetricsOnAdmin(t *testing.T) {
 	}
 
 	rec = httptest.NewRecorder()
-	srv.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/debug/baseline", nil))
+	srv.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "http://127.0.0.1/debug/baseline", nil))
 	var report telemetry.BaselineReport
 	if err := json.Unmarshal(rec.Body.Bytes(), &report); err != nil {
 		t.Fatalf("/debug/baseline: %v\n%s", err, rec.Body)
@@ -107,7 +107,7 @@ func TestMetricsOnAdmin(t *testing.T) {
 		t.Errorf("/debug/baseline has no row for (second, info): %+v", report.Rows)
 	}
 	rec = httptest.NewRecorder()
-	srv.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/debug/tracez", nil))
+	srv.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "http://127.0.0.1/debug/tracez", nil))
 	if rec.Code != 200 {
 		t.Errorf("/debug/tracez: %d", rec.Code)
 	}

@@ -87,11 +87,24 @@ type fileID struct {
 	ino   uint64
 }
 
+// dirMode is the mode of the cache's folders: its file names are module
+// paths (private ones among them), for this user only. Entries are 0600
+// (os.CreateTemp).
+const dirMode = 0o700
+
 // Open opens (and creates) the cache in dir, holding at most maxBytes
-// (0: no limit). now, if not nil, tells time (tests move it).
+// (0: no limit). now, if not nil, tells time (tests move it). A dir that
+// others may read is made private to its owner, unless it is not this
+// user's or is a shared folder like /tmp (sticky): then only the folders
+// the cache creates in it are private.
 func Open(dir string, maxBytes int64, now func() time.Time) (*Cache, error) {
-	if err := os.MkdirAll(filepath.Join(dir, "tmp"), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Join(dir, "tmp"), dirMode); err != nil {
 		return nil, err
+	}
+	if st, err := os.Stat(dir); err == nil && st.Mode().Perm()&0o077 != 0 && st.Mode()&os.ModeSticky == 0 && ownedByMe(st) {
+		if err := os.Chmod(dir, st.Mode().Perm()&^0o077); err != nil {
+			return nil, err
+		}
 	}
 	if now == nil {
 		now = time.Now
@@ -393,7 +406,7 @@ func (w *Writer) Commit(wantSize int64, verify func(path string) error) error {
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Dir(w.path), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(w.path), dirMode); err != nil {
 		return err
 	}
 	var old int64

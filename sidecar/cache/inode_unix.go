@@ -15,3 +15,9 @@ func inode(st os.FileInfo) uint64 {
 	}
 	return 0
 }
+
+// ownedByMe reports whether this process's user owns st's file.
+func ownedByMe(st os.FileInfo) bool {
+	s, ok := st.Sys().(*syscall.Stat_t)
+	return ok && int(s.Uid) == os.Geteuid()
+}

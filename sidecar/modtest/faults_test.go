@@ -12,16 +12,11 @@ import (
 	"time"
 )
 
-// withBlocked calls fn when a hang or stall handler starts to block.
-func withBlocked(fn func(fault string)) ProxyOption {
-	return func(c *proxyConfig) { c.blocked = fn }
-}
-
 // blockingProxy returns a proxy and a channel that receives the fault name
 // each time a hang or stall handler blocks.
 func blockingProxy(t *testing.T, useTLS bool) (*Proxy, <-chan string) {
 	blocked := make(chan string, 10)
-	opt := withBlocked(func(fault string) { blocked <- fault })
+	opt := WithBlocked(func(fault string) { blocked <- fault })
 	if useTLS {
 		return NewProxyTLS(t, testFixtures(t), opt), blocked
 	}

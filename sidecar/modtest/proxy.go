@@ -32,6 +32,12 @@ type proxyConfig struct {
 	tlsNames []string
 }
 
+// WithBlocked calls fn (with the fault's name) whenever a hang or stall
+// fault starts to block, so that a test knows a request is held there.
+func WithBlocked(fn func(fault string)) ProxyOption {
+	return func(c *proxyConfig) { c.blocked = fn }
+}
+
 // WithTLSNames makes a proxy from NewProxyTLS present a certificate for
 // names (and 127.0.0.1) instead of httptest's, so that it can stand in
 // for a named host reached through a resolve override.

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/sony/gobreaker/v2"
+
+	"github.com/modgate/modgate/sidecar/wire"
 )
 
 // BreakerSettings configure one upstream's circuit breaker. A zero field
@@ -60,20 +62,16 @@ func (s BreakerSettings) withDefaults() BreakerSettings {
 	return d
 }
 
-// BreakerState is a breaker's state, numbered as the
+// BreakerState is a breaker's state (wire.BreakerState), numbered as the
 // modgate.upstream.breaker.state metric reports it.
-type BreakerState int
+type BreakerState = wire.BreakerState
 
 // The breaker states.
 const (
-	Closed   BreakerState = 0
-	HalfOpen BreakerState = 1
-	Open     BreakerState = 2
+	Closed   = wire.Closed
+	HalfOpen = wire.HalfOpen
+	Open     = wire.Open
 )
-
-func (s BreakerState) String() string {
-	return [...]string{"closed", "half-open", "open"}[s]
-}
 
 // OpenError is returned for a request that an open breaker refused without
 // asking the upstream.
@@ -143,7 +141,7 @@ func newBreaker(name string, s BreakerSettings, clock Clock, log *slog.Logger, d
 		Timeout:      time.Nanosecond,
 		ReadyToTrip:  b.readyToTrip,
 		IsExcluded: func(err error) bool {
-			return errors.Is(err, errAbandoned) || errors.Is(err, errClientCanceled)
+			return errors.Is(err, errAbandoned) || errors.Is(err, errClientCanceled) || errors.Is(err, ErrRefused)
 		},
 		// Called under gobreaker's lock: it must not call back into the
 		// breaker, and only records and logs.
@@ -220,7 +218,7 @@ func (b *breaker) report(done func(error), err error) {
 	if done == nil {
 		return
 	}
-	if err != nil && !errors.Is(err, errAbandoned) && !errors.Is(err, errClientCanceled) {
+	if err != nil && !errors.Is(err, errAbandoned) && !errors.Is(err, errClientCanceled) && !errors.Is(err, ErrRefused) {
 		b.recordFailure(err)
 	}
 	done(err)

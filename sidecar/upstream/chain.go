@@ -16,6 +16,8 @@ import (
 	"strings"
 	"time"
 	"unicode"
+
+	"github.com/modgate/modgate/sidecar/wire"
 )
 
 // ParseList turns a GOPROXY-syntax list ("URL,URL|URL,direct") into upstream
@@ -67,6 +69,18 @@ type Attempt struct {
 	Err      error  // why no response was had, or why the walk skipped it
 	Detail   string // first line of the upstream's text/plain error body
 	Duration time.Duration
+}
+
+// AttemptOf is the attempt of one request to u that had no 200: the
+// error, or the status and the first line of its error body (the body is
+// read and closed).
+func AttemptOf(u *Upstream, resp *http.Response, err error, d time.Duration) Attempt {
+	a := Attempt{Upstream: u, Err: err, Duration: d}
+	if err == nil && resp != nil {
+		a.Status = resp.StatusCode
+		a.Detail = errorDetail(resp)
+	}
+	return a
 }
 
 // NotFound reports whether the upstream said the artifact does not exist,
@@ -174,13 +188,17 @@ func (r Result) Loop() bool {
 
 // Chain is the ordered list of upstreams of one modgate.
 type Chain struct {
-	list []*Upstream
+	list  []*Upstream
+	clock Clock // times hedges
 }
 
 // NewChain builds the upstreams of cfgs, naming each after its host when the
 // config gives no name (with a numeric suffix when two share a host).
 func NewChain(cfgs []Config, opts Options) (*Chain, error) {
-	c := &Chain{}
+	c := &Chain{clock: opts.Clock}
+	if c.clock == nil {
+		c.clock = SystemClock{}
+	}
 	seen := map[string]bool{}
 	for _, cfg := range cfgs {
 		u, err := New(cfg, opts)
@@ -205,6 +223,16 @@ func NewChain(cfgs []Config, opts Options) (*Chain, error) {
 		return nil, errors.New("no upstreams")
 	}
 	return c, nil
+}
+
+// FormatChain writes ups in GOPROXY syntax ("a,b|c,direct"), each
+// upstream as label says (its name, or its URL).
+func FormatChain(ups []*Upstream, label func(*Upstream) string) string {
+	entries := make([]wire.ChainEntry, len(ups))
+	for i, u := range ups {
+		entries[i] = wire.ChainEntry{Name: label(u), OnError: u.Fallthrough == OnError}
+	}
+	return wire.FormatChain(entries)
 }
 
 // Upstreams returns the chain's entries in order.
@@ -295,7 +323,7 @@ func ask(ctx context.Context, u *Upstream, method, path string, hdr http.Header)
 	resp, err := u.Get(ctx, method, path, hdr)
 	a := Attempt{Upstream: u, Err: err}
 	if err == nil && resp.StatusCode == http.StatusOK && method != http.MethodHead {
-		err = prefetch(resp)
+		err = Prefetch(resp)
 		a.Err = err
 	}
 	if err == nil {
@@ -315,11 +343,11 @@ func ask(ctx context.Context, u *Upstream, method, path string, hdr http.Header)
 // response.
 const PrefetchLimit = 64 << 10
 
-// prefetch reads up to PrefetchLimit of resp's body ahead. A body that
+// Prefetch reads up to PrefetchLimit of resp's body ahead. A body that
 // ends short of its Content-Length, or breaks off, within that span is an
 // error (the body is closed); a longer body is served from what was read
 // and then the rest.
-func prefetch(resp *http.Response) error {
+func Prefetch(resp *http.Response) error {
 	if resp.ContentLength > PrefetchLimit {
 		return nil
 	}
@@ -383,12 +411,12 @@ func (c *Chain) race(ctx context.Context, method, path string, hdr http.Header, 
 	results := make(chan result, 2)
 	ctxU, cancelU := context.WithCancel(ctx)
 	go func() { results <- result{true, ask(ctxU, u, method, path, hdr)} }()
-	timer := time.NewTimer(delay)
-	defer timer.Stop()
+	fired, stop := c.clock.After(delay)
+	defer stop()
 	select {
 	case res := <-results:
 		return []try{keep(res.t, cancelU)}
-	case <-timer.C:
+	case <-fired:
 	}
 	if !h.Allow() {
 		return []try{keep((<-results).t, cancelU)}

@@ -5,12 +5,16 @@ import (
 	"time"
 )
 
-// Clock tells time for breakers, retry back-off and budgets, so that tests
-// move time instead of sleeping.
+// Clock tells time and makes timers for breakers, retry back-off, budgets,
+// hedging and tunnels' idle timeouts, so that tests move time instead of
+// sleeping or comparing wall clocks.
 type Clock interface {
 	Now() time.Time
 	// Sleep waits for d, or until ctx is done and then returns its error.
 	Sleep(ctx context.Context, d time.Duration) error
+	// After returns a channel that receives the time once d has passed,
+	// and a func that stops the timer (true if it had not fired).
+	After(d time.Duration) (c <-chan time.Time, stop func() bool)
 }
 
 // SystemClock is the real clock.
@@ -18,6 +22,12 @@ type SystemClock struct{}
 
 // Now returns time.Now().
 func (SystemClock) Now() time.Time { return time.Now() }
+
+// After is time.NewTimer.
+func (SystemClock) After(d time.Duration) (<-chan time.Time, func() bool) {
+	t := time.NewTimer(d)
+	return t.C, t.Stop
+}
 
 // Sleep waits for d or until ctx is done.
 func (SystemClock) Sleep(ctx context.Context, d time.Duration) error {

@@ -78,7 +78,7 @@ func isFailureStatus(status int) bool {
 // wait would end.
 func retryable(status int, err error) bool {
 	if err != nil {
-		return !isTimeout(err) && !errors.Is(err, context.Canceled) && !errors.Is(err, errRedirect)
+		return !isTimeout(err) && !errors.Is(err, context.Canceled) && !errors.Is(err, errRedirect) && !errors.Is(err, ErrRefused)
 	}
 	switch status {
 	case http.StatusNotImplemented, http.StatusHTTPVersionNotSupported, http.StatusLoopDetected:

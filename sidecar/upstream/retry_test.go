@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -210,7 +211,21 @@ func TestRedirects(t *testing.T) {
 		t.Errorf("followed a redirect to a host not allowed")
 	}
 
+	// A host redirect_hosts allows is still refused at a loopback address
+	// (see TestRedirectTargetsAreGuarded); a check that allows it lets
+	// the redirect through.
 	u = newTestUpstream(t, Config{URL: srv.URL, RedirectHosts: []string{"127.0.0.*"}}, newFakeClock())
+	if _, err := get2(u, "/cdn"); err == nil || !errors.Is(err, errRedirect) || !strings.Contains(describe(err, u), "a loopback address") {
+		t.Errorf("redirect to loopback: %v", err)
+	}
+	if cdnHits.Load() != 0 {
+		t.Errorf("followed a redirect to a loopback address")
+	}
+	u, err := New(Config{Name: "up", URL: srv.URL, RedirectHosts: []string{"127.0.0.*"}},
+		Options{Clock: newFakeClock(), CheckRedirectAddr: func(string, netip.Addr, bool) string { return "" }})
+	if err != nil {
+		t.Fatal(err)
+	}
 	if got, err := get2(u, "/cdn"); err != nil || got != "from cdn\n" {
 		t.Errorf("allowed redirect: %q %v", got, err)
 	}

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"path"
@@ -133,19 +134,51 @@ type Options struct {
 	// MetricName, if set, names every upstream in metrics (forward mode's
 	// origins: a host per series would be unbounded).
 	MetricName string
+	// CheckRedirectAddr says why a redirect target may not be reached at
+	// addr, or "" if it may: it is asked, before anything is dialled, for
+	// every address that the host of a redirect to another host than the
+	// upstream's own resolves to, and the connection goes to an address
+	// it allowed. explicit is set when RedirectHosts names the host
+	// without a wildcard. The upstream itself may be anywhere (on
+	// loopback, in a private network); its redirects may not. If nil,
+	// RedirectAddrCheck. Unused when Dial is set (Dial guards every
+	// connection) and for hosts that Resolve pins.
+	CheckRedirectAddr func(host string, addr netip.Addr, explicit bool) string
+}
+
+// thisNetwork is 0.0.0.0/8, which reaches this host on some systems.
+var thisNetwork = netip.MustParsePrefix("0.0.0.0/8")
+
+// RedirectAddrCheck is the default Options.CheckRedirectAddr: a redirect
+// may lead to a public address, or to a private one (not loopback, not
+// this machine) of a host that redirect_hosts names without a wildcard.
+func RedirectAddrCheck(host string, a netip.Addr, explicit bool) string {
+	a = a.WithZone("")
+	u := a.Unmap()
+	switch {
+	case u.IsLoopback() || u.IsUnspecified() || thisNetwork.Contains(u):
+		return SpecialAddr(u)
+	case ThisMachine.Has(u):
+		return "an address of this machine"
+	case explicit && !a.Is4In6():
+		return ""
+	}
+	return SpecialAddr(a)
 }
 
 // Upstream is one entry of the chain. Its methods are safe for concurrent use.
 type Upstream struct {
-	Name        string
-	Kind        Kind
-	Source      string   // the URL as configured
-	URL         *url.URL // nil for Direct and Off
+	Name   string
+	Kind   Kind
+	Source string   // the URL as configured, credentials hidden (RedactURL)
+	URL    *url.URL // nil for Direct and Off; never holds credentials
+
 	Private     bool
 	Fallthrough Fallthrough
 	Timeouts    Timeouts
 
 	client    *http.Client
+	user      *url.Userinfo // the URL's credentials, sent as basic auth
 	via       string
 	userAgent string
 	retry     RetrySettings
@@ -160,7 +193,7 @@ type Upstream struct {
 func New(cfg Config, opts Options) (*Upstream, error) {
 	u := &Upstream{
 		Name:        cfg.Name,
-		Source:      cfg.URL,
+		Source:      RedactURL(cfg.URL),
 		Private:     cfg.Private,
 		Fallthrough: cfg.Fallthrough,
 		Timeouts:    cfg.Timeouts.withDefaults(),
@@ -193,28 +226,35 @@ func New(cfg Config, opts Options) (*Upstream, error) {
 	}
 	base, err := url.Parse(cfg.URL)
 	if err != nil {
-		return nil, fmt.Errorf("upstream %q: %v", cfg.URL, err)
+		// url.Parse's error repeats the URL, credentials and all.
+		if ue := (*url.Error)(nil); errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return nil, fmt.Errorf("upstream %q: %v", u.Source, err)
 	}
+	// The credentials leave the URL, which is shown and traced (url.full),
+	// and go with each request as basic auth instead.
+	u.user, base.User = base.User, nil
 	var rt http.RoundTripper
 	switch base.Scheme {
 	case "http", "https":
 		if base.Host == "" {
-			return nil, fmt.Errorf("upstream %q: no host", cfg.URL)
+			return nil, fmt.Errorf("upstream %q: no host", u.Source)
 		}
 		if base.RawQuery != "" || base.Fragment != "" {
-			return nil, fmt.Errorf("upstream %q: a proxy URL has no query or fragment", cfg.URL)
+			return nil, fmt.Errorf("upstream %q: a proxy URL has no query or fragment", u.Source)
 		}
-		rt = opts.Telemetry.ClientTransport(newTransport(u.Timeouts, opts))
+		rt = opts.Telemetry.ClientTransport(newTransport(u.Timeouts, opts, redirectGuard(base, cfg.RedirectHosts, opts)))
 	case "file":
 		dir := base.Path
 		if st, err := os.Stat(dir); err != nil || !st.IsDir() {
-			return nil, fmt.Errorf("upstream %q: %s is not a directory", cfg.URL, dir)
+			return nil, fmt.Errorf("upstream %q: %s is not a directory", u.Source, dir)
 		}
 		rt = http.NewFileTransportFS(os.DirFS(dir))
 		// The file transport joins paths under "/"; keep only that part.
 		base = &url.URL{Scheme: "file", Path: "/"}
 	default:
-		return nil, fmt.Errorf("upstream %q: scheme must be http, https or file (or the words direct, off)", cfg.URL)
+		return nil, fmt.Errorf("upstream %q: scheme must be http, https or file (or the words direct, off)", u.Source)
 	}
 	base.Path = strings.TrimSuffix(base.Path, "/")
 	base.RawPath = ""
@@ -222,7 +262,7 @@ func New(cfg Config, opts Options) (*Upstream, error) {
 	if u.Name == "" {
 		u.Name = base.Host
 		if base.Scheme == "file" {
-			u.Name = "file:" + cfg.URL[len("file://"):]
+			u.Name = "file:" + u.Source[len("file://"):]
 		}
 	}
 	u.metric = opts.MetricName
@@ -236,7 +276,16 @@ func New(cfg Config, opts Options) (*Upstream, error) {
 	}
 	u.client = &http.Client{Transport: rt, CheckRedirect: checkRedirect(base.Host, cfg.RedirectHosts)}
 	if cfg.PassRedirects {
-		u.client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+		// Forward mode's origins: the client follows redirects itself,
+		// except where modgate fetches an artifact whole to check and keep
+		// it. Every hop still goes through Options.Dial (the guard).
+		follow := checkRedirect(base.Host, []string{"*"})
+		u.client.CheckRedirect = func(req *http.Request, via []*http.Request) error {
+			if req.Context().Value(followKey{}) != nil {
+				return follow(req, via)
+			}
+			return http.ErrUseLastResponse
+		}
 	}
 	bs := cfg.Breaker.withDefaults()
 	u.breaker = newBreaker(u.Name, bs, u.clock, logger, func(err error) string { return describe(err, u) })
@@ -263,9 +312,9 @@ func checkRedirect(own string, hosts []string) func(*http.Request, []*http.Reque
 		chain := func() string {
 			var b strings.Builder
 			for _, r := range via {
-				b.WriteString(r.URL.Redacted() + " -> ")
+				b.WriteString(redactUser(r.URL).String() + " -> ")
 			}
-			return b.String() + req.URL.Redacted()
+			return b.String() + redactUser(req.URL).String()
 		}
 		for _, r := range via {
 			if r.URL.String() == req.URL.String() {
@@ -287,21 +336,86 @@ func checkRedirect(own string, hosts []string) func(*http.Request, []*http.Reque
 	}
 }
 
-func newTransport(t Timeouts, opts Options) *http.Transport {
+// redirectGuard returns the check of the addresses a transport dials for
+// an upstream at base: nil for the upstream's own host:port and for hosts
+// Resolve pins, an error for a redirect target at an address that
+// Options.CheckRedirectAddr refuses. It resolves the host itself and
+// returns the checked address to dial, so that a name cannot resolve to
+// one address for the check and another for the dial.
+func redirectGuard(base *url.URL, hosts []string, opts Options) func(ctx context.Context, addr string) (string, error) {
+	if opts.Dial != nil {
+		return nil
+	}
+	port := base.Port()
+	if port == "" {
+		port = map[string]string{"http": "80", "https": "443"}[base.Scheme]
+	}
+	own := strings.ToLower(net.JoinHostPort(base.Hostname(), port))
+	check := opts.CheckRedirectAddr
+	if check == nil {
+		check = RedirectAddrCheck
+	}
+	explicit := map[string]bool{}
+	for _, h := range hosts {
+		if !strings.ContainsAny(h, "*?[\\") {
+			explicit[strings.ToLower(strings.TrimSuffix(h, "."))] = true
+		}
+	}
+	return func(ctx context.Context, addr string) (string, error) {
+		if strings.ToLower(addr) == own {
+			return addr, nil
+		}
+		if _, ok := opts.Resolve[addr]; ok {
+			return addr, nil
+		}
+		host, port, err := net.SplitHostPort(addr)
+		if err != nil {
+			return "", redirectError(fmt.Sprintf("redirect to %q refused: not host:port", addr))
+		}
+		lhost := strings.ToLower(strings.TrimSuffix(host, "."))
+		var ips []netip.Addr
+		if ip, ok := ParseIPLiteral(lhost); ok {
+			ips = []netip.Addr{ip}
+		} else {
+			found, err := net.DefaultResolver.LookupNetIP(ctx, "ip", lhost)
+			if err != nil {
+				return "", err
+			}
+			for _, ip := range found {
+				ips = append(ips, ip.Unmap()) // the resolver's form of an IPv4 answer
+			}
+		}
+		for _, ip := range ips {
+			if why := check(lhost, ip, explicit[lhost]); why != "" {
+				return "", redirectError(fmt.Sprintf("redirect to %s refused: %s resolves to %s, %s", addr, host, ip, why))
+			}
+		}
+		return net.JoinHostPort(ips[0].Unmap().String(), port), nil
+	}
+}
+
+func newTransport(t Timeouts, opts Options, guard func(ctx context.Context, addr string) (string, error)) *http.Transport {
 	dialer := &net.Dialer{Timeout: t.Dial, KeepAlive: 30 * time.Second}
 	dial := dialer.DialContext
+	if guard != nil {
+		dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			ctx, cancel := context.WithTimeout(ctx, t.Dial)
+			defer cancel()
+			target, err := guard(ctx, addr)
+			if err != nil {
+				return nil, err
+			}
+			if to, ok := opts.Resolve[target]; ok {
+				target = to
+			}
+			return dialer.DialContext(ctx, network, target)
+		}
+	}
 	if opts.Dial != nil {
 		dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
 			ctx, cancel := context.WithTimeout(ctx, t.Dial)
 			defer cancel()
 			return opts.Dial(ctx, network, addr)
-		}
-	} else if len(opts.Resolve) > 0 {
-		dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
-			if to, ok := opts.Resolve[addr]; ok {
-				addr = to
-			}
-			return dialer.DialContext(ctx, network, addr)
 		}
 	}
 	return &http.Transport{
@@ -405,6 +519,8 @@ func (u *Upstream) Do(ctx context.Context, req Request) (*http.Response, error) 
 // outcome classifies one try for the attempt metric.
 func outcome(resp *http.Response, err error) string {
 	switch {
+	case errors.Is(err, ErrRefused):
+		return telemetry.OutcomeRejected
 	case err != nil && isTimeout(err):
 		return telemetry.OutcomeTimeout
 	case err != nil:
@@ -429,6 +545,20 @@ func retryReason(resp *http.Response, err error) string {
 }
 
 type kindKey struct{}
+
+type followKey struct{}
+
+// FollowRedirects returns a context whose requests to an upstream made
+// with PassRedirects follow redirects all the same (to any host the dialer
+// allows).
+func FollowRedirects(ctx context.Context) context.Context {
+	return context.WithValue(ctx, followKey{}, true)
+}
+
+// ErrRefused marks a request that the caller's own guard refused (forward
+// mode's SSRF guard, in the dialer): it says nothing about the upstream,
+// so it never counts against the breaker and is never retried.
+var ErrRefused = errors.New("refused by modgate's guard")
 
 // WithKind returns a context that tells the upstream what kind of request
 // it carries (list, zip, ...), for its spans and metrics.
@@ -483,6 +613,11 @@ func (u *Upstream) try(ctx context.Context, r Request) (*http.Response, error) {
 		req.Header[k] = vs
 	}
 	req.Header.Set("User-Agent", u.userAgent)
+	if u.user != nil && req.Header.Get("Authorization") == "" {
+		// What http.Client does for a URL with user information.
+		pass, _ := u.user.Password()
+		req.SetBasicAuth(u.user.Username(), pass)
+	}
 	if u.via != "" {
 		via := "1.1 " + u.via
 		if prev := req.Header.Get("Via"); prev != "" {

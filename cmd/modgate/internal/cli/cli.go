@@ -1,5 +1,7 @@
-// Package cli holds modgate's subcommands and its one config loader. It is
-// the only package that reads the environment.
+// Package cli holds modgate's command line: each subcommand's flags, the
+// one config loader, and the subcommands small enough to need no package
+// of their own (explain and doctor have theirs and are handed what cli
+// read). It is the only package that reads the environment.
 package cli
 
 import (
@@ -13,6 +15,8 @@ import (
 	"runtime"
 	"runtime/debug"
 	"syscall"
+
+	"github.com/modgate/modgate/sidecar/upstream"
 )
 
 // version is set at build time with -ldflags "-X ...cli.version=v1.2.3";
@@ -104,7 +108,9 @@ func (a *App) Run(ctx context.Context, args []string) int {
 	case errors.Is(err, errDenied):
 		return 1
 	}
-	fmt.Fprintf(a.Stderr, "modgate: %v\n", err)
+	// The last line of defence: an error that quotes a URL never shows its
+	// credentials.
+	fmt.Fprintf(a.Stderr, "modgate: %s\n", upstream.RedactText(err.Error()))
 	return 1
 }
 

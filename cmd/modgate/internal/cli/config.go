@@ -47,6 +47,11 @@ type Config struct {
 	Cache CacheConfig `yaml:"cache"`
 	// ClientTimeouts bound what a client may take of modgate's listener.
 	ClientTimeouts ClientTimeoutsConfig `yaml:"client_timeouts"`
+	// AdminHosts are the Host names (patterns like *.svc.example.test)
+	// the admin listener answers besides IP addresses and localhost.
+	AdminHosts []string `yaml:"admin_hosts"`
+	// PProf serves /debug/pprof/ on the admin listener.
+	PProf bool `yaml:"pprof"`
 	// Telemetry is what modgate adds to the standard OTEL_* variables.
 	Telemetry TelemetryConfig `yaml:"telemetry"`
 }
@@ -164,7 +169,22 @@ type TimeoutsConfig struct {
 
 // SumDBConfig names the checksum database served under /sumdb/.
 type SumDBConfig struct {
-	Name string `yaml:"name"` // "off" serves none
+	Name string `yaml:"name"` // "off" serves none; may have a path: sum.example.test/sumdb
+	URL  string `yaml:"url"`  // where it answers directly; default https://<name>
+}
+
+// parseGOSUMDB splits GOSUMDB's "name", "name+key" or "name+key url" into
+// the database's name and URL; the key is the go command's business.
+func parseGOSUMDB(v string) (name, url string) {
+	fields := strings.Fields(v)
+	if len(fields) == 0 {
+		return "", ""
+	}
+	name, _, _ = strings.Cut(fields[0], "+")
+	if len(fields) > 1 {
+		url = fields[1]
+	}
+	return name, url
 }
 
 // LogConfig sets up logging.
@@ -210,7 +230,9 @@ type configError struct {
 }
 
 func (e *configError) Error() string {
-	return fmt.Sprintf("%s: %s: %s", e.at, e.key, e.msg)
+	// A value quoted in msg may be a URL with credentials (an upstream,
+	// GOPROXY): they never reach a terminal or a log.
+	return upstream.RedactText(fmt.Sprintf("%s: %s: %s", e.at, e.key, e.msg))
 }
 
 // parseFile decodes a config file over cfg. Unknown keys and values of the
@@ -313,6 +335,8 @@ func indexKeys(n *yaml.Node, prefix string, lines map[int]string, file string, o
 var envKeys = []struct{ env, key string }{
 	{"MODGATE_LISTEN", "listen"},
 	{"MODGATE_ADMIN", "admin"},
+	{"MODGATE_ADMIN_HOSTS", "admin_hosts"},
+	{"MODGATE_PPROF", "pprof"},
 	{"MODGATE_UPSTREAM", "upstreams"},
 	{"MODGATE_SUMDB", "sumdb.name"},
 	{"MODGATE_RESOLVE", "resolve"},
@@ -337,6 +361,14 @@ func (c *Config) set(key, value, at string, o origins) error {
 		c.Listen = value
 	case "admin":
 		c.Admin = value
+	case "admin_hosts":
+		c.AdminHosts = splitList(value)
+	case "pprof":
+		on, err := strconv.ParseBool(value)
+		if err != nil {
+			return &configError{at: at, key: key, msg: fmt.Sprintf("%q: want true or false", value)}
+		}
+		c.PProf = on
 	case "upstreams":
 		list, err := upstream.ParseList(value)
 		if err != nil {
@@ -349,7 +381,11 @@ func (c *Config) set(key, value, at string, o origins) error {
 			}
 		}
 	case "sumdb.name":
-		c.SumDB.Name = value
+		// A name, or a whole GOSUMDB value (name+key [url]).
+		c.SumDB.Name, c.SumDB.URL = parseGOSUMDB(value)
+		if c.SumDB.URL != "" {
+			o["sumdb.url"] = at
+		}
 	case "resolve":
 		c.Resolve = map[string]string{}
 		for _, r := range strings.FieldsFunc(value, func(r rune) bool { return r == ',' || r == ' ' }) {
@@ -419,15 +455,24 @@ func (c *Config) validate(o origins) (sidecar.Config, error) {
 	bad := func(key, format string, args ...any) {
 		errs = append(errs, &configError{at: o.of(key), key: key, msg: fmt.Sprintf(format, args...)})
 	}
-	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+	if _, port, err := net.SplitHostPort(c.Listen); err != nil {
 		bad("listen", "%q is not host:port", c.Listen)
+	} else if err := checkPort(port); err != nil {
+		bad("listen", "%q: %v", c.Listen, err)
 	}
 	if c.Admin != "" {
-		if _, _, err := net.SplitHostPort(c.Admin); err != nil {
+		if _, port, err := net.SplitHostPort(c.Admin); err != nil {
 			bad("admin", "%q is not host:port (leave empty for no admin listener)", c.Admin)
+		} else if err := checkPort(port); err != nil {
+			bad("admin", "%q: %v", c.Admin, err)
 		}
 	}
-	out := sidecar.Config{Listen: c.Listen, Admin: c.Admin, Resolve: c.Resolve}
+	for i, h := range c.AdminHosts {
+		if _, err := path.Match(h, ""); err != nil || h == "" || strings.ContainsAny(h, "/: ") {
+			bad(fmt.Sprintf("admin_hosts[%d]", i), "%q is not a host pattern (a name like modgate.corp.example.test or *.svc.example.test)", h)
+		}
+	}
+	out := sidecar.Config{Listen: c.Listen, Admin: c.Admin, AdminHosts: c.AdminHosts, PProf: c.PProf, Resolve: c.Resolve}
 	if len(c.Upstreams) == 0 {
 		bad("upstreams", "no upstream: give --upstream, MODGATE_UPSTREAM or upstreams in the config")
 	}
@@ -493,17 +538,28 @@ func (c *Config) validate(o origins) (sidecar.Config, error) {
 	switch name := c.SumDB.Name; name {
 	case "", "off":
 	default:
-		if strings.ContainsAny(name, "/:+ ") || strings.ToLower(name) != name {
-			bad("sumdb.name", "%q: want the database's host name, e.g. sum.example.test", name)
+		host, path, _ := strings.Cut(name, "/")
+		if host == "" || strings.ContainsAny(name, ":+ ") || strings.ToLower(name) != name || strings.Contains("/"+path+"/", "/../") || strings.Contains(path, "//") {
+			bad("sumdb.name", "%q: want the database's name: a host name, optionally with a path (sum.example.test, sum.example.test/sumdb)", name)
 		}
 		out.SumDB = name
+		if u := c.SumDB.URL; u != "" {
+			if pu, err := url.Parse(u); err != nil || (pu.Scheme != "https" && pu.Scheme != "http") || pu.Host == "" || pu.RawQuery != "" {
+				bad("sumdb.url", "%q: want https://host[/path], where the database answers", u)
+			}
+			out.SumDBURL = u
+		}
 	}
 	for from, to := range c.Resolve {
-		if _, _, err := net.SplitHostPort(from); err != nil {
+		if _, port, err := net.SplitHostPort(from); err != nil {
 			bad("resolve", "%q: want host:port", from)
+		} else if err := checkPort(port); err != nil {
+			bad("resolve", "%q: %v", from, err)
 		}
-		if _, _, err := net.SplitHostPort(to); err != nil {
+		if _, port, err := net.SplitHostPort(to); err != nil {
 			bad("resolve", "%q (for %s): want addr:port", to, from)
+		} else if err := checkPort(port); err != nil {
+			bad("resolve", "%q (for %s): %v", to, from, err)
 		}
 	}
 	if c.TLSCAFile != "" {
@@ -543,21 +599,33 @@ func (c *Config) validate(o origins) (sidecar.Config, error) {
 	return out, errors.Join(errs...)
 }
 
-func checkUpstreamURL(raw string) error {
-	switch raw {
+// checkUpstreamURL says what is wrong with an upstream URL, its
+// credentials hidden.
+func checkUpstreamURL(rawURL string) error {
+	switch rawURL {
 	case "":
 		return errors.New("missing (want an http, https or file URL, or direct or off)")
 	case "direct", "off":
 		return nil
 	}
-	u, err := url.Parse(raw)
+	raw := upstream.RedactURL(rawURL)
+	u, err := url.Parse(rawURL)
 	if err != nil {
+		// url.Parse's error repeats the URL, credentials and all.
+		if ue := (*url.Error)(nil); errors.As(err, &ue) {
+			err = ue.Err
+		}
 		return fmt.Errorf("%q: %v", raw, err)
 	}
 	switch u.Scheme {
 	case "http", "https":
-		if u.Host == "" {
+		if u.Host == "" || u.Hostname() == "" {
 			return fmt.Errorf("%q has no host", raw)
+		}
+		if p := u.Port(); p != "" {
+			if err := checkPort(p); err != nil {
+				return fmt.Errorf("%q: %v", raw, err)
+			}
 		}
 	case "file":
 		if st, err := os.Stat(u.Path); err != nil || !st.IsDir() {
@@ -565,6 +633,15 @@ func checkUpstreamURL(raw string) error {
 		}
 	default:
 		return fmt.Errorf("%q: want an http, https or file URL, or direct or off", raw)
+	}
+	return nil
+}
+
+// checkPort refuses a port that is not a number from 1 to 65535.
+func checkPort(port string) error {
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("port %q is not a port: want 1 to 65535", port)
 	}
 	return nil
 }

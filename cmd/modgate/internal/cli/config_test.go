@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/modgate/modgate/sidecar"
 	"github.com/modgate/modgate/sidecar/mitm"
 	"github.com/modgate/modgate/sidecar/upstream"
 )
@@ -19,6 +20,13 @@ import (
 // load runs the config loader with a config file body (if any), an
 // environment and flags, and a fake `go env`.
 func load(t *testing.T, file string, env map[string]string, args ...string) (Config, error) {
+	t.Helper()
+	cfg, _, err := loadSidecar(t, file, env, args...)
+	return cfg, err
+}
+
+// loadSidecar is load that also returns the sidecar's config.
+func loadSidecar(t *testing.T, file string, env map[string]string, args ...string) (Config, sidecar.Config, error) {
 	t.Helper()
 	if file != "" {
 		path := filepath.Join(t.TempDir(), "modgate.yaml")
@@ -43,8 +51,7 @@ func load(t *testing.T, file string, env map[string]string, args ...string) (Con
 			return []string{"https://proxy.example.test,direct", "sum.example.test+key"}, nil
 		},
 	}
-	cfg, _, err := l.load(fs, &f)
-	return cfg, err
+	return l.load(fs, &f)
 }
 
 func TestLoadDefaultsFromGoEnv(t *testing.T) {
@@ -61,6 +68,31 @@ func TestLoadDefaultsFromGoEnv(t *testing.T) {
 	}
 	if cfg.SumDB.Name != "sum.example.test" {
 		t.Errorf("sumdb %q", cfg.SumDB.Name)
+	}
+}
+
+// TestSumDBNamesAsTheGoCommandDoes: a checksum database's name may have a
+// path, and GOSUMDB may give a URL after the key (where direct lookups go).
+func TestSumDBNamesAsTheGoCommandDoes(t *testing.T) {
+	for _, tt := range []struct {
+		args           []string
+		env            map[string]string
+		file           string
+		wantName, wURL string
+	}{
+		{args: []string{"--sumdb", "localhost.localdev/sumdb"}, wantName: "localhost.localdev/sumdb"},
+		{args: []string{"--sumdb", "sum.example.test/sumdb+key https://mirror.example.test/sumdb"}, wantName: "sum.example.test/sumdb", wURL: "https://mirror.example.test/sumdb"},
+		{env: map[string]string{"GOENV_FAILS": "1", "GOPROXY": "off", "GOSUMDB": "sum.example.test+key https://mirror.example.test/db"}, wantName: "sum.example.test", wURL: "https://mirror.example.test/db"},
+		{file: "sumdb: {name: sum.example.test/db, url: \"https://mirror.example.test/db\"}\n", wantName: "sum.example.test/db", wURL: "https://mirror.example.test/db"},
+	} {
+		_, sc, err := loadSidecar(t, tt.file, tt.env, tt.args...)
+		if err != nil {
+			t.Errorf("%v %v: %v", tt.args, tt.env, err)
+			continue
+		}
+		if sc.SumDB != tt.wantName || sc.SumDBURL != tt.wURL {
+			t.Errorf("%v %v %q: sumdb %q at %q; want %q at %q", tt.args, tt.env, tt.file, sc.SumDB, sc.SumDBURL, tt.wantName, tt.wURL)
+		}
 	}
 }
 
@@ -154,6 +186,8 @@ func TestLoadErrorsNameKeyAndLine(t *testing.T) {
 		{name: "negative window", file: "upstreams:\n  - url: https://a.example.test\n    breaker: {window: -1s}\n", want: "modgate.yaml:3: upstreams[0].breaker.window: must not be negative"},
 		{name: "bad log level", file: "log:\n  level: loud\n", want: "modgate.yaml:2: log.level: \"loud\": want debug"},
 		{name: "bad sumdb", file: "sumdb: {name: \"https://sum.example.test\"}\n", want: "modgate.yaml:1: sumdb.name:"},
+		{name: "bad sumdb path", file: "sumdb:\n  name: sum.example.test/../x\n", want: "modgate.yaml:2: sumdb.name:"},
+		{name: "bad sumdb url", file: "sumdb:\n  name: sum.example.test\n  url: ftp://sum.example.test\n", want: "modgate.yaml:3: sumdb.url: \"ftp://sum.example.test\": want https://host[/path]"},
 		{name: "missing CA file", file: "tls_ca_file: /does/not/exist.pem\n", want: "modgate.yaml:1: tls_ca_file: open /does/not/exist.pem"},
 		{name: "not yaml", file: "listen: [\n", want: "modgate.yaml: "},
 	}

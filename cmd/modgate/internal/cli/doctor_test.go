@@ -28,8 +28,10 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/modgate/modgate/cmd/modgate/internal/doctor"
 	"github.com/modgate/modgate/sidecar"
 	"github.com/modgate/modgate/sidecar/modtest"
+	"github.com/modgate/modgate/sidecar/sidecartest"
 	"github.com/modgate/modgate/sidecar/upstream"
 )
 
@@ -60,13 +62,13 @@ func fakeGoEnv(t *testing.T, file string, over map[string]string) func(context.C
 // doctorResult is one run of modgate doctor --json.
 type doctorResult struct {
 	code   int
-	report doctorReport
+	report doctor.Report
 	stderr string
 }
 
 // has reports whether the report holds a finding of check with severity
 // sev, at a place containing where.
-func (r doctorResult) has(sev, check, where string) bool {
+func (r doctorResult) has(sev doctor.Severity, check, where string) bool {
 	for _, f := range r.report.Findings {
 		if f.Severity == sev && f.Check == check && strings.Contains(f.Where, where) {
 			return true
@@ -107,15 +109,18 @@ func TestDoctorRiskyGoEnv(t *testing.T) {
 		"HTTP_PROXY":   "http://other.corp.example.test:3128",
 	}
 	r := runDoctor(t, goenv, env, "--no-probe", "--policy", "testdata/doctor/policy.yaml", "--upstream", "https://mods.corp.example.test")
-	for _, want := range []struct{ sev, check, where string }{
-		{sevError, "gosumdb-off", "environment"},
-		{sevError, "goflags-insecure", "goenv.file"},
-		{sevWarn, "goinsecure", ""},
-		{sevWarn, "gonosumcheck", "environment"},
-		{sevError, "gonosumdb-leak", ""},
-		{sevWarn, "goproxy-bypass", ""},
-		{sevWarn, "proxy-var-case", "environment"},
-		{sevWarn, "go-env-overridden", "goenv.file"},
+	for _, want := range []struct {
+		sev          doctor.Severity
+		check, where string
+	}{
+		{doctor.Error, "gosumdb-off", "environment"},
+		{doctor.Error, "goflags-insecure", "goenv.file"},
+		{doctor.Warn, "goinsecure", ""},
+		{doctor.Warn, "gonosumcheck", "environment"},
+		{doctor.Error, "gonosumdb-leak", ""},
+		{doctor.Warn, "goproxy-bypass", ""},
+		{doctor.Warn, "proxy-var-case", "environment"},
+		{doctor.Warn, "go-env-overridden", "goenv.file"},
 	} {
 		if !r.has(want.sev, want.check, want.where) {
 			t.Errorf("no %s %s at %q", want.sev, want.check, want.where)
@@ -151,7 +156,7 @@ func TestDoctorRiskyGoEnv(t *testing.T) {
 func TestDoctorGoEnvFails(t *testing.T) {
 	goenv := func(context.Context, ...string) ([]string, error) { return nil, errors.New("go: command not found") }
 	r := runDoctor(t, goenv, map[string]string{}, "--no-probe", "--upstream", "https://mods.corp.example.test")
-	if r.code != 1 || !r.has(sevError, "go-env", "") {
+	if r.code != 1 || !r.has(doctor.Error, "go-env", "") {
 		t.Errorf("want a go-env error and exit 1:\n%s", r)
 	}
 }
@@ -161,7 +166,7 @@ func TestDoctorUpstreamLoop(t *testing.T) {
 	// modgate itself.
 	goenv := fakeGoEnv(t, "testdata/doctor/goenv-good.json", nil)
 	r := runDoctor(t, goenv, map[string]string{}, "--no-probe")
-	if !r.has(sevError, "upstream-loop", "") || r.code != 1 {
+	if !r.has(doctor.Error, "upstream-loop", "") || r.code != 1 {
 		t.Errorf("want an upstream-loop error:\n%s", r)
 	}
 }
@@ -170,41 +175,8 @@ func TestDoctorUpstreamLoop(t *testing.T) {
 // ends and returns both addresses.
 func startDoctorGate(t *testing.T, ups ...upstream.Config) (listen, admin string) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	aln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := sidecar.New(sidecar.Config{Listen: ln.Addr().String(), Admin: aln.Addr().String(), Upstreams: ups, SumDB: "sum.fixture.test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Serve(ctx, ln, aln) }()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-	})
-	// Serve marks itself ready once it serves; wait for that, briefly.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		resp, err := http.Get("http://" + aln.Addr().String() + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("modgate not ready")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	return ln.Addr().String(), aln.Addr().String()
+	g := sidecartest.Start(t, nil, sidecar.Config{Admin: "127.0.0.1:0", Upstreams: ups, SumDB: "sum.fixture.test"})
+	return g.Addr, g.AdminAddr
 }
 
 func TestDoctorProbesHealthySetup(t *testing.T) {
@@ -219,7 +191,7 @@ func TestDoctorProbesHealthySetup(t *testing.T) {
 		t.Errorf("want exit 0:\n%s", r)
 	}
 	for _, want := range []string{"modgate", "upstream", "goproxy-no-fallback", "gonosumdb"} {
-		if !r.has(sevInfo, want, "") {
+		if !r.has(doctor.Info, want, "") {
 			t.Errorf("no info %s:\n%s", want, r)
 		}
 	}
@@ -249,10 +221,10 @@ func TestDoctorModgateDown(t *testing.T) {
 	p := modtest.NewProxy(t, fx)
 	r := runDoctor(t, goenv, map[string]string{"MODGATE_UPSTREAM": p.URL + "/f/500"}, "--listen", listen, "--admin", "", "--module", "fixture.test/dep01")
 	// GOPROXY goes through modgate, so modgate being down is an error.
-	if !r.has(sevError, "modgate-down", listen) || r.code != 1 {
+	if !r.has(doctor.Error, "modgate-down", listen) || r.code != 1 {
 		t.Errorf("want a modgate-down error:\n%s", r)
 	}
-	if !r.has(sevWarn, "upstream", p.URL) {
+	if !r.has(doctor.Warn, "upstream", p.URL) {
 		t.Errorf("want a warning for the failing upstream:\n%s", r)
 	}
 }
@@ -333,13 +305,16 @@ tls_ca_file: %s
 `, strings.TrimPrefix(modtest.DeadURL(t), "http://"), soonURL, expiredURL, fineURL, untrustedURL, caFile)), 0o644)
 	goenv := fakeGoEnv(t, "testdata/doctor/goenv-good.json", nil)
 	r := runDoctor(t, goenv, map[string]string{}, "--config", config, "--module", "fixture.test/dep01")
-	for _, want := range []struct{ sev, check, where string }{
-		{sevWarn, "cert-expiring", strings.TrimPrefix(soonURL, "https://")},
-		{sevError, "cert-expired", strings.TrimPrefix(expiredURL, "https://")},
-		{sevInfo, "cert", strings.TrimPrefix(fineURL, "https://")},
-		{sevError, "cert-untrusted", strings.TrimPrefix(untrustedURL, "https://")},
-		{sevWarn, "upstream", expiredURL}, // its probes fail verification
-		{sevInfo, "upstream", ""},         // fine's probes pass
+	for _, want := range []struct {
+		sev          doctor.Severity
+		check, where string
+	}{
+		{doctor.Warn, "cert-expiring", strings.TrimPrefix(soonURL, "https://")},
+		{doctor.Error, "cert-expired", strings.TrimPrefix(expiredURL, "https://")},
+		{doctor.Info, "cert", strings.TrimPrefix(fineURL, "https://")},
+		{doctor.Error, "cert-untrusted", strings.TrimPrefix(untrustedURL, "https://")},
+		{doctor.Warn, "upstream", expiredURL}, // its probes fail verification
+		{doctor.Info, "upstream", ""},         // fine's probes pass
 	} {
 		if !r.has(want.sev, want.check, want.where) {
 			t.Errorf("no %s %s at %q", want.sev, want.check, want.where)
@@ -363,19 +338,22 @@ func TestDoctorScan(t *testing.T) {
 	goenv := fakeGoEnv(t, "testdata/doctor/goenv-good.json", nil)
 	r := runDoctor(t, goenv, map[string]string{"MODGATE_UPSTREAM": "https://mods.corp.example.test"},
 		"--no-probe", "--policy", "testdata/doctor/policy.yaml", "--scan", "testdata/doctor/repo")
-	want := []struct{ sev, check, where string }{
-		{sevWarn, "replace-abs-path", "go.mod:10"},
-		{sevError, "replace-url", "go.mod:13"},
-		{sevWarn, "replace-abs-path", "tools/go.mod:5"},
-		{sevError, "ci-goflags-insecure", ".github/workflows/ci.yml:4"},
-		{sevError, "ci-gonosumdb-leak", ".github/workflows/ci.yml:5"},
-		{sevWarn, "ci-goproxy-bypass", ".github/workflows/ci.yml:10"},
-		{sevError, "ci-gosumdb-off", ".gitlab-ci.yml:2"},
-		{sevWarn, "ci-goinsecure", "Jenkinsfile:4"},
-		{sevWarn, "ci-gonosumcheck", "Dockerfile:2"},
-		{sevWarn, "ci-goproxy-bypass", "Dockerfile:3"},
-		{sevError, "ci-gonosumdb-all", "Makefile:2"},
-		{sevError, "ci-gosumdb-off", "scripts/build.sh:4"},
+	want := []struct {
+		sev          doctor.Severity
+		check, where string
+	}{
+		{doctor.Warn, "replace-abs-path", "go.mod:10"},
+		{doctor.Error, "replace-url", "go.mod:13"},
+		{doctor.Warn, "replace-abs-path", "tools/go.mod:5"},
+		{doctor.Error, "ci-goflags-insecure", ".github/workflows/ci.yml:4"},
+		{doctor.Error, "ci-gonosumdb-leak", ".github/workflows/ci.yml:5"},
+		{doctor.Warn, "ci-goproxy-bypass", ".github/workflows/ci.yml:10"},
+		{doctor.Error, "ci-gosumdb-off", ".gitlab-ci.yml:2"},
+		{doctor.Warn, "ci-goinsecure", "Jenkinsfile:4"},
+		{doctor.Warn, "ci-gonosumcheck", "Dockerfile:2"},
+		{doctor.Warn, "ci-goproxy-bypass", "Dockerfile:3"},
+		{doctor.Error, "ci-gonosumdb-all", "Makefile:2"},
+		{doctor.Error, "ci-gosumdb-off", "scripts/build.sh:4"},
 	}
 	for _, w := range want {
 		if !r.has(w.sev, w.check, w.where) {
@@ -421,58 +399,6 @@ func TestDoctorHumanOutput(t *testing.T) {
 	}
 }
 
-func TestDoctorHelpers(t *testing.T) {
-	for _, tc := range []struct {
-		patterns []string
-		list     string
-		missing  []string
-	}{
-		{[]string{"*.corp.example.test", "github.com/acme/*"}, "*.corp.example.test,github.com/acme", nil},
-		{[]string{"*.corp.example.test", "github.com/acme/*"}, "github.com/*", []string{"*.corp.example.test"}},
-		{[]string{"git.corp.example.test"}, "*.corp.example.test", nil},
-		{[]string{"*.corp.example.test"}, "git.corp.example.test", []string{"*.corp.example.test"}},
-		{[]string{"example.test/private,example.test/secret/*"}, "example.test/private", []string{"example.test/secret/*"}},
-	} {
-		if got := missingPatterns(tc.patterns, tc.list); !slices.Equal(got, tc.missing) {
-			t.Errorf("missingPatterns(%q, %q) = %q, want %q", tc.patterns, tc.list, got, tc.missing)
-		}
-	}
-	for in, want := range map[string]bool{"-mod=mod -insecure": true, "--insecure": true, "-insecure=true": true, "-modcacherw": false, "-tags=insecure": false} {
-		if hasInsecureFlag(in) != want {
-			t.Errorf("hasInsecureFlag(%q) = %v", in, !want)
-		}
-	}
-	for _, tc := range []struct {
-		rest string
-		yaml bool
-		want string
-	}{
-		{`"off" # why`, false, "off"},
-		{`off && go build`, false, "off"},
-		{`-mod=mod -insecure # no`, true, "-mod=mod -insecure"},
-		{`'a b' c`, false, "a b"},
-		{`http://127.0.0.1:7070;`, false, "http://127.0.0.1:7070"},
-	} {
-		if got := settingValue(tc.rest, tc.yaml); got != tc.want {
-			t.Errorf("settingValue(%q, %v) = %q, want %q", tc.rest, tc.yaml, got, tc.want)
-		}
-	}
-	for _, tc := range []struct {
-		host, listen string
-		want         bool
-	}{
-		{"127.0.0.1:7070", "127.0.0.1:7070", true},
-		{"localhost:7070", "127.0.0.1:7070", true},
-		{"127.0.0.1:7070", "0.0.0.0:7070", true},
-		{"127.0.0.1:7071", "127.0.0.1:7070", false},
-		{"mods.corp.example.test:7070", "127.0.0.1:7070", false},
-	} {
-		if got := sameListener(tc.host, tc.listen); got != tc.want {
-			t.Errorf("sameListener(%q, %q) = %v", tc.host, tc.listen, got)
-		}
-	}
-}
-
 // TestDoctorDeployConfig loads the build pod's ConfigMap
 // (deploy/k8s/base/configmap.yaml) with modgate's own config and policy
 // loaders, as the pod's modgate does, and runs doctor on the environment
@@ -499,7 +425,7 @@ func TestDoctorDeployConfig(t *testing.T) {
 	env := map[string]string{"MODGATE_CONFIG": filepath.Join(dir, "modgate.yaml"), "MODGATE_POLICY": filepath.Join(dir, "policy.yaml")}
 	// The image's ENTRYPOINT flags (deploy/docker/Dockerfile).
 	r := runDoctor(t, goenv, env, "--no-probe", "--listen", "0.0.0.0:7070", "--admin", "0.0.0.0:7071")
-	if r.code != 0 || r.report.Summary[sevWarn] != 0 || !r.has(sevInfo, "gonosumdb", "") {
+	if r.code != 0 || r.report.Summary[doctor.Warn] != 0 || !r.has(doctor.Info, "gonosumdb", "") {
 		t.Errorf("the pod's config and policy, with its GONOSUMDB, are not clean:\n%s", r)
 	}
 }

@@ -127,6 +127,9 @@ func clientEnv(cfg Config, sc sidecar.Config, pol *policy.Policy, noDirect bool)
 	lines = append(lines, envLine{name: "GOPROXY", value: goproxy})
 
 	lines = append(lines, privateEnv(pol, ups)...)
+	if sc.SumDB != "" {
+		lines = append(lines, comment("GOSUMDB: keep yours; it must name %s, the checksum database modgate serves at %s/sumdb/%s/", sc.SumDB, self, sc.SumDB))
+	}
 
 	lines = append(lines, comment("HTTP_PROXY, HTTPS_PROXY: direct fetches, ?go-get=1 discovery and git go through modgate's forward mode; curl and git read the lower-case names"))
 	if cfg.Forward.AuthFile != "" {
@@ -238,14 +241,7 @@ func hostOf(hostport string) string {
 
 // chainText is the chain in GOPROXY syntax, by upstream name.
 func chainText(ups []*upstream.Upstream) string {
-	var b strings.Builder
-	for i, u := range ups {
-		if i > 0 {
-			b.WriteString(map[upstream.Fallthrough]string{upstream.OnNotFound: ",", upstream.OnError: "|"}[ups[i-1].Fallthrough])
-		}
-		b.WriteString(u.Name)
-	}
-	return "upstreams " + b.String()
+	return "upstreams " + upstream.FormatChain(ups, func(u *upstream.Upstream) string { return u.Name })
 }
 
 // shellSyntax writes variables and comments in one shell's language.

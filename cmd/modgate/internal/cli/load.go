@@ -26,8 +26,9 @@ type runFlags struct {
 var flagKeys = []struct{ flag, key, usage string }{
 	{"listen", "listen", "module listener address"},
 	{"admin", "admin", "admin listener address (empty: none)"},
+	{"admin-hosts", "admin_hosts", "Host names the admin listener answers besides IP addresses and localhost (comma separated patterns)"},
 	{"upstream", "upstreams", `upstream chain in GOPROXY syntax, e.g. "https://a.example.test,https://b.example.test|direct" (default: go env GOPROXY)`},
-	{"sumdb", "sumdb.name", "checksum database name, or off (default: go env GOSUMDB)"},
+	{"sumdb", "sumdb.name", "checksum database name, a GOSUMDB value (name+key [url]), or off (default: go env GOSUMDB)"},
 	{"tls-ca-file", "tls_ca_file", "extra root CAs (PEM) for upstreams"},
 	{"log-level", "log.level", "debug, info, warn or error"},
 	{"log-format", "log.format", "auto, text or json"},
@@ -44,11 +45,11 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 	for _, k := range flagKeys {
 		f.values[k.key] = fs.String(k.flag, "", k.usage)
 	}
+	fs.BoolVar(&f.pprof, "pprof", false, "serve /debug/pprof/ on the admin listener")
 	fs.Func("resolve", "host:port=addr:port: dial addr instead of host (repeatable)", func(s string) error {
 		f.resolve = append(f.resolve, s)
 		return nil
 	})
-	fs.BoolVar(&f.pprof, "pprof", false, "serve Go's profiles at /debug/pprof/ on the admin listener")
 	fs.Func("mitm-host", "intercept CONNECTs to this host with modgate's CA (repeatable)", func(s string) error {
 		f.mitm = append(f.mitm, s)
 		return nil
@@ -90,6 +91,9 @@ func (l loader) load(fs *flag.FlagSet, f *runFlags) (Config, sidecar.Config, err
 	}
 	var err error
 	fs.Visit(func(fl *flag.Flag) {
+		if fl.Name == "pprof" && err == nil {
+			err = cfg.set("pprof", fl.Value.String(), "--pprof", o)
+		}
 		for _, k := range flagKeys {
 			if k.flag == fl.Name && err == nil {
 				err = cfg.set(k.key, fl.Value.String(), "--"+fl.Name, o)
@@ -152,13 +156,12 @@ func (l loader) fillFromGoEnv(cfg *Config, o origins) error {
 		}
 	}
 	if needSumDB {
-		// GOSUMDB is "name", "name+key" or "name+key url"; modgate needs the name.
-		var name string
-		if fields := strings.Fields(vals[1]); len(fields) > 0 {
-			name, _, _ = strings.Cut(fields[0], "+")
-		}
+		name, url := parseGOSUMDB(vals[1])
 		o["sumdb.name"] = sourceName(source, "GOSUMDB")
-		cfg.SumDB.Name = name
+		cfg.SumDB.Name, cfg.SumDB.URL = name, url
+		if url != "" {
+			o["sumdb.url"] = sourceName(source, "GOSUMDB")
+		}
 		if name == "" {
 			cfg.SumDB.Name = "off"
 		}

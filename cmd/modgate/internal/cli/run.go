@@ -2,14 +2,10 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"net/http"
-	"net/http/pprof"
 	"os"
 	"os/signal"
 	"sync"
@@ -88,46 +84,12 @@ func (a *App) run(ctx context.Context, args []string) error {
 		stop := watchPolicy(ctx, sc.Policy, log, tel)
 		defer stop()
 	}
-	if f.pprof {
-		err = servePprof(ctx, srv, sc)
-	} else {
-		err = srv.Run(ctx)
-	}
+	err = srv.Run(ctx)
 	// Every request has finished: the last audit lines are flushed now.
 	if cerr := audit.Close(); cerr != nil && err == nil {
 		err = fmt.Errorf("audit log: %w", cerr)
 	}
 	return err
-}
-
-// servePprof is srv.Run with Go's profiles on the admin listener, at
-// /debug/pprof/ beside the admin handler's own paths (--pprof): run.go
-// serves the admin listener itself, so that the data plane does not carry
-// a debugging switch.
-func servePprof(ctx context.Context, srv *sidecar.Server, sc sidecar.Config) error {
-	if sc.Admin == "" {
-		return errors.New("--pprof: there is no admin listener to serve the profiles on")
-	}
-	ln, err := net.Listen("tcp", sc.Listen)
-	if err != nil {
-		return err
-	}
-	adminLn, err := net.Listen("tcp", sc.Admin)
-	if err != nil {
-		ln.Close()
-		return err
-	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
-	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
-	mux.Handle("/", srv.AdminHandler())
-	admin := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	go admin.Serve(adminLn)
-	defer admin.Close()
-	return srv.Serve(ctx, ln, nil)
 }
 
 // watchPolicy reloads the policy when its file changes and on SIGHUP. A
@@ -187,7 +149,7 @@ func newLogger(w io.Writer, c LogConfig) *slog.Logger {
 		}
 	}
 	if format == "text" {
-		return slog.New(slog.NewTextHandler(w, opts))
+		return slog.New(redactHandler{slog.NewTextHandler(w, opts)})
 	}
-	return slog.New(slog.NewJSONHandler(w, opts))
+	return slog.New(redactHandler{slog.NewJSONHandler(w, opts)})
 }

@@ -1,0 +1,191 @@
+package sidecar
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/modgate/modgate/sidecar/upstream"
+	"github.com/modgate/modgate/sidecar/wire"
+)
+
+// Audit decisions. A problem that policy or a guard raised is "deny"; bad
+// input is "invalid"; a request that came back is "loop". A request policy
+// allowed stays "allow" whatever the upstreams then did: its status says
+// that.
+const (
+	decisionAllow   = "allow"
+	decisionDeny    = "deny"
+	decisionInvalid = "invalid"
+	decisionLoop    = "loop"
+)
+
+// statusClientGone is what the audit log records for a request whose
+// client went away before its answer (nginx's and Caddy's 499).
+const statusClientGone = 499
+
+// problem is an answer modgate gives instead of the one asked for: a
+// refusal (policy, a guard, bad input) or a failure (no upstream could
+// serve). Every step of the pipeline returns one as its error, and
+// exchange.end turns it into the status, the body the go command prints,
+// the audit line, the span's attributes and the metrics, in one place.
+type problem struct {
+	status int
+	code   wire.Code
+	// lines are the body: the message, then details. For a CONNECT only
+	// the message is sent, in the status line.
+	lines []string
+	// decision, rule and ruleText go to the audit line; an empty decision
+	// leaves the exchange's own.
+	decision string
+	rule     int
+	ruleText string
+	// reason is the audit line's reason; if empty, the details, or the
+	// message when there are none.
+	reason string
+	// header is set on the answer (Allow, Retry-After, Proxy-Authenticate).
+	header http.Header
+	// abort: the answer has started and broke off; the connection is cut
+	// so that the client never takes a short body for a whole one.
+	abort bool
+	// gone: the client went away; nothing is written.
+	gone bool
+}
+
+func (p *problem) Error() string {
+	if len(p.lines) == 0 {
+		return string(p.code)
+	}
+	return string(p.code) + ": " + p.lines[0]
+}
+
+// auditReason is the reason the audit line gives for p.
+func (p *problem) auditReason() string {
+	switch {
+	case p.reason != "":
+		return p.reason
+	case len(p.lines) > 1:
+		return strings.Join(p.lines[1:], "; ")
+	case len(p.lines) == 1:
+		return p.lines[0]
+	}
+	return string(p.code)
+}
+
+// asProblem turns any error of the pipeline into a problem: a guard's
+// refusal is a 403, anything else modgate's own 500.
+func asProblem(err error) *problem {
+	var p *problem
+	if errors.As(err, &p) {
+		return p
+	}
+	if ref, ok := isRefusal(err); ok {
+		return refused(ref.reason)
+	}
+	return &problem{status: http.StatusInternalServerError, code: wire.Internal, lines: []string{err.Error()}}
+}
+
+// invalid is a request modgate will not pass on: 400 with the reason.
+func invalid(lines ...string) *problem {
+	return &problem{status: http.StatusBadRequest, code: wire.BadRequest, lines: lines, decision: decisionInvalid}
+}
+
+// refused is a destination forward mode will not reach.
+func refused(reason string, details ...string) *problem {
+	return &problem{status: http.StatusForbidden, code: wire.Refused, lines: append([]string{reason}, details...), decision: decisionDeny, reason: reason}
+}
+
+// clientGone is a request whose client went away; nothing is answered.
+func clientGone(reason string) *problem {
+	return &problem{status: statusClientGone, gone: true, reason: reason}
+}
+
+// aborted is an answer cut off mid-way because its upstream broke off.
+func aborted(reason string) *problem {
+	return &problem{status: http.StatusBadGateway, code: wire.UpstreamCut, abort: true, reason: reason}
+}
+
+// chainProblem explains why no upstream answered 200: which upstreams were
+// asked, what each said, and what the client can do.
+func (x *exchange) chainProblem(res upstream.Result) *problem {
+	if x.r.Context().Err() != nil {
+		return clientGone("client went away while upstreams were asked")
+	}
+	status, code := res.Status(), chainCode(res)
+	for _, a := range res.Attempts {
+		if ref, ok := isRefusal(a.Err); ok {
+			// The guard refused a destination: not the upstream's doing.
+			return refused(fmt.Sprintf("%s %s refused: %s", x.r.Method, x.host, ref.reason))
+		}
+		var bad *badAnswer
+		if errors.As(a.Err, &bad) && code == wire.UpstreamFailed {
+			code = wire.BadUpstream
+		}
+	}
+	subject := describeRequest(x.req)
+	lines := make([]string, 0, len(res.Attempts)+3)
+	switch {
+	case x.req.Kind.IsSumDB():
+		if status == http.StatusForbidden {
+			// off ends a module chain, not the search for a database.
+			status, code = http.StatusBadGateway, wire.UpstreamFailed
+		}
+		text := http.StatusText(status)
+		if status == http.StatusNotFound {
+			text = "not found"
+		}
+		lines = append(lines, subject+": "+text)
+	case code == wire.Loop:
+		lines = append(lines, subject+": request loop: an upstream leads back to a modgate this request already passed")
+	case code == wire.Off:
+		lines = append(lines, subject+": module lookup disabled by GOPROXY=off in modgate's upstream chain")
+	case code == wire.Direct:
+		lines = append(lines, subject+": not found upstream; the chain ends in direct: fetch it from its origin (GOPROXY=<modgate>,direct)")
+	case code == wire.NotFound:
+		lines = append(lines, subject+": not found in any upstream")
+	default:
+		lines = append(lines, subject+": no upstream could serve it")
+	}
+	for _, a := range res.Attempts {
+		lines = append(lines, a.String())
+	}
+	if res.Stopped {
+		lines = append(lines, `the chain stops there: after "," only 404 and 410 move on ("|" moves on after any error)`)
+	}
+	p := &problem{status: status, code: code, lines: lines}
+	if ra := res.RetryAfter(); ra > 0 && status == http.StatusServiceUnavailable {
+		p.header = http.Header{"Retry-After": {strconv.Itoa(ra)}}
+	}
+	if x.private != "" && status == http.StatusNotFound && x.mode == modeReverse {
+		p.lines = append(p.lines, fmt.Sprintf("%s is private (%s): only upstreams marked private are asked", x.req.Module, x.private))
+	}
+	if code == wire.Loop {
+		p.decision = decisionLoop
+	}
+	if status >= 500 {
+		x.s.log.Warn("no upstream could serve", "kind", x.req.Kind, "module", x.req.Module, "version", x.req.Version, "status", status, "attempts", attemptsAttr(res.Attempts))
+	}
+	return p
+}
+
+// chainCode is the error code of a walk that had no answer, as Status
+// ranks it.
+func chainCode(res upstream.Result) wire.Code {
+	switch status := res.Status(); {
+	case status == http.StatusLoopDetected:
+		return wire.Loop
+	case status == http.StatusForbidden:
+		return wire.Off
+	case status == http.StatusNotFound && res.End == upstream.Direct:
+		return wire.Direct
+	case status == http.StatusNotFound:
+		return wire.NotFound
+	case status == http.StatusServiceUnavailable:
+		return wire.CircuitOpen
+	case status == http.StatusGatewayTimeout:
+		return wire.Timeout
+	}
+	return wire.UpstreamFailed
+}

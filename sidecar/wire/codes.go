@@ -1,0 +1,78 @@
+package wire
+
+import "strings"
+
+// Code names why modgate refused or failed a request. It is the first word
+// after "modgate: " on the first line of every error body, so that the go
+// command prints it and `modgate explain` can key on it:
+//
+//	modgate: denied: example.test/lib@v1.0.0 denied by policy rule 2 ...
+//
+// Codes are stable: tools depend on them; the prose after them may change.
+type Code string
+
+// The codes, by what they say about the request.
+const (
+	// The request itself is wrong.
+	BadRequest       Code = "bad-request"        // 400: a path, version, method or body modgate will not pass on
+	NotModuleRequest Code = "not-module-request" // 404: not a path of the module proxy protocol
+	MethodNotAllowed Code = "method-not-allowed" // 405
+	AuthRequired     Code = "auth-required"      // 407 (forward) or 401 (reverse): no valid credentials
+	Misdirected      Code = "misdirected"        // 421: a request for another host inside a CONNECT
+
+	// Policy and modgate's guards refused it.
+	Denied        Code = "denied"         // 403: a policy rule denies the module or version
+	PrivateLookup Code = "private-lookup" // 403: a private module's checksum database lookup
+	PrivateHost   Code = "private-host"   // 403: a private module to a host that is not private
+	Refused       Code = "refused"        // 403: forward mode will not reach that destination
+	Loop          Code = "loop"           // 508: the request already passed through this modgate
+
+	// The upstream chain could not serve it.
+	NotFound       Code = "not-found"        // 404: no upstream has it
+	Direct         Code = "direct"           // 404: not found, and the chain ends in direct
+	Off            Code = "off"              // 403: the chain ends in off
+	CircuitOpen    Code = "circuit-open"     // 503: the upstream that decided is open
+	Timeout        Code = "upstream-timeout" // 504
+	UpstreamFailed Code = "upstream-failed"  // 502: an upstream answered an error or could not be reached
+	UpstreamCut    Code = "upstream-cut"     // 502: an upstream broke off a small answer
+	BadUpstream    Code = "bad-upstream"     // 502: an upstream's answer is not what the protocol allows
+	UnknownSumDB   Code = "unknown-sumdb"    // 404: a checksum database modgate does not serve
+	Busy           Code = "busy"             // 503: modgate has no room for the request now
+	Internal       Code = "internal"         // 500: modgate's own fault (a cache read)
+)
+
+// Codes lists every code, for tools that check they know them all.
+var Codes = []Code{
+	BadRequest, NotModuleRequest, MethodNotAllowed, AuthRequired, Misdirected,
+	Denied, PrivateLookup, PrivateHost, Refused, Loop,
+	NotFound, Direct, Off, CircuitOpen, Timeout, UpstreamFailed, UpstreamCut, BadUpstream, UnknownSumDB, Busy, Internal,
+}
+
+// Prefix starts every line modgate writes for the go command to print.
+const Prefix = "modgate: "
+
+// FirstLine is the first line of an error body with code c.
+func FirstLine(c Code, msg string) string {
+	return Prefix + string(c) + ": " + msg
+}
+
+// ParseLine finds modgate's code in a line of text, wherever the line
+// quotes it (the go command indents a server response and may put other
+// words before it). It returns the code and the message after it.
+func ParseLine(line string) (Code, string, bool) {
+	i := strings.Index(line, Prefix)
+	if i < 0 {
+		return "", "", false
+	}
+	rest := line[i+len(Prefix):]
+	word, msg, ok := strings.Cut(rest, ": ")
+	if !ok {
+		return "", "", false
+	}
+	for _, c := range Codes {
+		if string(c) == word {
+			return c, msg, true
+		}
+	}
+	return "", "", false
+}
