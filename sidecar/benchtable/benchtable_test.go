@@ -388,3 +388,42 @@ func TestThousands(t *testing.T) {
 		t.Errorf("growth below zero = %s, want %s", got, want)
 	}
 }
+
+// TestTargets checks the verdicts the table prints against made-up rows:
+// each target compares the right columns with the right bound.
+func TestTargets(t *testing.T) {
+	st := func(rps float64, p50 time.Duration) *stats {
+		s := &stats{n: int(rps), elapsed: time.Second, cpu: time.Duration(rps) * 100 * time.Microsecond}
+		s.lat = []time.Duration{p50}
+		return s
+	}
+	mb := func(mbps float64) *stats { return &stats{n: 1, bytes: int64(mbps * 1e6), elapsed: time.Second} }
+	r := newReport(options{zipMiB: 256})
+	var out strings.Builder
+	r.w = &out
+	r.loads[sectionSmall] = []loadRow{
+		{clients: 1, res: map[string]*stats{"floor": st(1000, 100*time.Microsecond), "modgate": st(950, 140*time.Microsecond), "otlp": st(790, 0), "sdk-off": st(1000, 0), "always-on": st(500, 0)}},
+		{clients: 16, res: map[string]*stats{"floor": st(1000, 0), "modgate": st(910, 0), "otlp": st(850, 0), "sdk-off": st(1000, 0), "always-on": st(500, 0)}},
+	}
+	r.loads[sectionCached] = []loadRow{{clients: 16, res: map[string]*stats{"floor": st(1000, 0), "cached": st(2100, 0)}}}
+	r.loads[sectionForward] = []loadRow{{clients: 16, res: map[string]*stats{"floor": st(1000, 0), "squid": st(1200, 0), "modgate": st(1100, 0)}}}
+	r.streams[sectionZip] = map[string]*stats{"floor": mb(1000), "modgate": mb(950)}
+	r.streams[sectionZip]["modgate"].mem = &memReport{RSSBefore: 10 << 20, PeakRSS: 50 << 20}
+	r.streams[sectionTunnelZipTLS] = map[string]*stats{"squid": mb(500), "modgate": mb(520)}
+	r.targets()
+	for _, want := range []string{
+		"met     default config (modgate) ≥ 0.9× floor req/s: 0.95× at 1, 0.91× at 16",
+		"met     default config p50 added ≤ floor + 50 µs (1 client: no queueing): +40 µs at 1",
+		"MISSED  OTLP export, default sampler (otlp) ≥ 0.8× floor req/s: 0.79× at 1, 0.85× at 16",
+		"report  always_on at 16: 0.50× floor req/s, CPU 100.0 µs/req (floor 100.0, modgate default 100.0)",
+		"met     cached small artifacts ≥ 2× floor req/s: 2.10× at 16",
+		"met     zip streaming ≥ 0.9× floor MB/s: 0.95×",
+		"MISSED  modgate's RSS growth while streaming 256 MiB < 32 MiB: 40.0 MiB",
+		"MISSED  forward absolute-form small ≥ 1.0× Squid req/s: 0.92× at 16",
+		"met     CONNECT 256 MiB over TLS ≥ 1.0× Squid MB/s: 1.04×",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("no line %q in:\n%s", want, out.String())
+		}
+	}
+}
