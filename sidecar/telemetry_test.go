@@ -147,7 +147,8 @@ func TestTracesInJaeger(t *testing.T) {
 	tel := newTelemetry(t, map[string]string{
 		"OTEL_EXPORTER_OTLP_ENDPOINT": j.OTLPHTTP,
 		"OTEL_SERVICE_NAME":           "modgate-jaeger-test",
-		"OTEL_METRICS_EXPORTER":       "none", // Jaeger takes traces only
+		"OTEL_METRICS_EXPORTER":       "none",      // Jaeger takes traces only
+		"OTEL_TRACES_SAMPLER":         "always_on", // every request's trace, not the default's rate
 	})
 	st, _ := policyStore(t, "rules:\n  - deny: \"fixture.test/dep02\"\n    reason: \"malware, see SEC-123\"\n")
 	url := startGate(t, sidecar.Config{

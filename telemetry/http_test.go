@@ -275,12 +275,12 @@ func TestClientTransportNotSampled(t *testing.T) {
 }
 
 // TestDefaultSamplerLimitsNewTraces: with OTEL_TRACES_SAMPLER unset, new
-// traces are limited to MaxTracesPerSecond (burst as many), a sampled
+// traces are limited to MaxTracesPerSecond (a burst of a tenth of them), a sampled
 // parent is always followed and an unsampled one never, and every request
 // has a trace ID all the same.
 func TestDefaultSamplerLimitsNewTraces(t *testing.T) {
 	clock := &fakeClock{now: time.Unix(1e9, 0)}
-	tel, _ := setup(t, Config{MaxTracesPerSecond: 3, Clock: clock})
+	tel, _ := setup(t, Config{MaxTracesPerSecond: 30, Clock: clock})
 	sr := recordSpans(tel)
 	ids := map[trace.TraceID]bool{}
 	h := tel.ServerMiddleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -307,10 +307,15 @@ func TestDefaultSamplerLimitsNewTraces(t *testing.T) {
 	if n := len(sr.Ended()); n != 5 {
 		t.Errorf("%d spans after 2 sampled and 2 unsampled parents, want 5", n)
 	}
-	clock.Advance(time.Second)
+	clock.Advance(50 * time.Millisecond) // 1.5 tokens
 	serve(10, "")
-	if n := len(sr.Ended()); n != 8 {
-		t.Errorf("%d spans a second later, want 8 (3 more)", n)
+	if n := len(sr.Ended()); n != 6 {
+		t.Errorf("%d spans 50 ms later, want 6 (1 more)", n)
+	}
+	clock.Advance(time.Second) // the bucket fills up to its burst
+	serve(10, "")
+	if n := len(sr.Ended()); n != 9 {
+		t.Errorf("%d spans a second later, want 9 (the burst of 3 more)", n)
 	}
 	for _, s := range sr.Ended() {
 		if s.Name() != "GET info" || !s.SpanContext().IsSampled() {

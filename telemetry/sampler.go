@@ -59,7 +59,10 @@ func samplerFrom(getenv func(string) string, maxPerSecond float64, now func() ti
 }
 
 // rateLimited samples spans while a token bucket has tokens: rate tokens
-// a second, and a burst of as many (at least one).
+// a second, and a burst of a tenth of a second's worth (at least one), so
+// that the samples of a busy second are spread over it rather than spent
+// on its first requests (and a build that starts after a pause does not
+// pay for a whole second of traces at once).
 type rateLimited struct {
 	rate, burst float64
 	now         func() time.Time
@@ -70,7 +73,7 @@ type rateLimited struct {
 }
 
 func newRateLimited(rate float64, now func() time.Time) *rateLimited {
-	burst := max(1, rate)
+	burst := max(1, rate/10)
 	if rate <= 0 {
 		burst = 0
 	}
