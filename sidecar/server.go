@@ -110,6 +110,11 @@ type Server struct {
 	privCache *cache.Cache // nil unless private modules may be cached
 	flightMu  sync.Mutex
 	flights   map[string]*flight
+	// flying counts the fetches under way, which outlive their requests;
+	// stopFlights cancels them (flightsCtx) when shutdown's grace is over.
+	flying      sync.WaitGroup
+	flightsCtx  context.Context
+	stopFlights context.CancelFunc
 
 	buffers budget // whole-read answers, against Config.BufferBudget
 
@@ -144,6 +149,7 @@ func New(cfg Config) (*Server, error) {
 	if s.cfg.ClientIdle == 0 {
 		s.cfg.ClientIdle = 60 * time.Second
 	}
+	s.flightsCtx, s.stopFlights = context.WithCancel(context.Background())
 	s.buffers.max = cfg.BufferBudget
 	if s.buffers.max == 0 {
 		s.buffers.max = DefaultBufferBudget
@@ -424,6 +430,16 @@ func (s *Server) Serve(ctx context.Context, ln, adminLn net.Listener) error {
 		}
 	}
 	s.fwd.shutdown(sctx) // tunnels and intercepted connections
+	// Fetches for the cache that outlived their requests finish their
+	// entries, within the grace period.
+	flown := make(chan struct{})
+	go func() { s.flying.Wait(); close(flown) }()
+	select {
+	case <-flown:
+	case <-sctx.Done():
+		s.stopFlights()
+		<-flown
+	}
 	// Nothing more will be asked of the upstreams: let their kept-alive
 	// connections go now rather than at their idle timeout.
 	for _, u := range s.chain.Upstreams() {
