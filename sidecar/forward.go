@@ -430,7 +430,9 @@ func (f *forward) tunnel(r *http.Request, client net.Conn, host, port, identity 
 	x.identity, x.host, x.req.Kind = identity, hostport, KindTunnel
 	x.connect = func(p *problem) { writeConnectStatus(client, p) }
 	defer func() {
-		trace.SpanFromContext(r.Context()).SetAttributes(attribute.Int("http.response.status_code", x.w.status))
+		if span := trace.SpanFromContext(r.Context()); span.IsRecording() {
+			span.SetAttributes(attribute.Int("http.response.status_code", x.w.status))
+		}
 	}()
 	x.end(f.relayTunnel(x, client, hostport))
 }

@@ -120,6 +120,7 @@ type Server struct {
 
 	recentLog recentLog // the status page's recent requests and denials
 	hedges    hedgeBudget
+	hedgers   map[Kind]*upstream.Hedge // by immutable kind; nil without telemetry
 }
 
 // defaultPolicy is the policy of a server given none: allow everything.
@@ -150,6 +151,7 @@ func New(cfg Config) (*Server, error) {
 		s.cfg.ClientIdle = 60 * time.Second
 	}
 	s.flightsCtx, s.stopFlights = context.WithCancel(context.Background())
+	s.hedgers = s.newHedgers()
 	s.buffers.max = cfg.BufferBudget
 	if s.buffers.max == 0 {
 		s.buffers.max = DefaultBufferBudget
