@@ -315,7 +315,7 @@ func (f *forward) serve(x *exchange, scheme, host, port string) error {
 	if err := f.guard.checkHost(host, port, false); err != nil {
 		return refused(fmt.Sprintf("%s %s refused: %v", r.Method, x.host, err))
 	}
-	req, err := classifyForward(host, r.URL.Path, r.URL.RawQuery, f.s.sumdbAddr)
+	req, err := f.s.classify(r, host)
 	if err != nil {
 		return invalid(err.Error())
 	}
