@@ -290,3 +290,35 @@ func TestHedgingCutsTheTail(t *testing.T) {
 		}
 	}
 }
+
+// TestOffline: a modgate with offline: true serves a fresh module cache
+// from a cache another modgate warmed, asks no upstream, and answers what
+// the cache lacks (and any tunnel) with 404 offline.
+func TestOffline(t *testing.T) {
+	e := newEnv(t)
+	p := e.proxy(t, true)
+	dir := t.TempDir()
+	warm := startGate(t, sidecar.Config{Cache: sidecar.CacheConfig{Dir: dir}, Upstreams: []upstream.Config{{Name: "fixtures", URL: p.URL}}})
+	e.go_.UseProxy(warm, e.db)
+	if out, err := e.download("fixture.test/app@v1.0.0", "fixture.test/dep05@v1.1.0"); err != nil {
+		t.Fatalf("warming the cache: %v\n%s", err, out)
+	}
+	asked := len(p.Requests())
+	offline := startGate(t, sidecar.Config{Offline: true, Cache: sidecar.CacheConfig{Dir: dir},
+		Upstreams: []upstream.Config{{Name: "dead", URL: modtest.DeadURL(t)}}})
+	fresh := modtest.NewGo(t)
+	fresh.UseProxy(offline, e.db)
+	if _, stderr, err := fresh.Run("mod", "download", "fixture.test/app@v1.0.0", "fixture.test/dep05@v1.1.0"); err != nil {
+		t.Fatalf("a fresh module cache from an offline modgate: %v\n%s", err, stderr)
+	}
+	if n := len(p.Requests()); n != asked {
+		t.Errorf("offline, %d more requests reached the upstream", n-asked)
+	}
+	_, stderr, err := fresh.Run("mod", "download", "fixture.test/major/v2@v2.0.0")
+	if err == nil || !strings.Contains(stderr, "404 Not Found") || !strings.Contains(stderr, "modgate: offline: fixture.test/major/v2@v2.0.0 (.info): modgate is offline: not in modgate's cache") {
+		t.Errorf("a module the cache lacks: %v\n%s", err, stderr)
+	}
+	if got := connect(t, offline, "tls.example.test:443"); !strings.HasPrefix(got, "HTTP/1.1 404 modgate: offline:") {
+		t.Errorf("a tunnel offline: %q", got)
+	}
+}

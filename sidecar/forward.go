@@ -364,6 +364,12 @@ func (f *forward) handleConnect(target string, ctx *goproxy.ProxyCtx) (*goproxy.
 		defer span.End()
 		return f.reject(ctx, x, refused("CONNECT "+hostport+" refused: "+err.Error())), target
 	}
+	if f.s.cfg.Offline && mode != modeMITM {
+		// A tunnel's bytes cannot come from the cache.
+		defer span.End()
+		return f.reject(ctx, x, &problem{status: http.StatusNotFound, code: wire.Offline,
+			lines: []string{"CONNECT " + hostport + ": modgate is offline and only intercepted hosts are served, from its cache"}}), target
+	}
 	return &goproxy.ConnectAction{Action: goproxy.ConnectHijack, Hijack: func(_ *http.Request, c net.Conn, _ *goproxy.ProxyCtx) {
 		f.hijacked.Add(1)
 		defer f.hijacked.Done()

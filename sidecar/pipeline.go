@@ -54,6 +54,9 @@ func (s *Server) pipeline(x *exchange, src source) error {
 	if err := src.admit(x); err != nil {
 		return err
 	}
+	if s.cfg.Offline {
+		return s.serveOffline(x)
+	}
 	fr := x.fetchRequest()
 	if c := s.cacheFor(x); c != nil {
 		if key, immutable, ok := x.cacheKey(); ok {

@@ -81,6 +81,9 @@ type Config struct {
 	Telemetry *telemetry.Telemetry
 	// Cache is the artifact cache; the zero value caches nothing.
 	Cache CacheConfig
+	// Offline serves only from the cache: what it lacks is 404, and no
+	// upstream or origin is asked (air-gapped builds).
+	Offline bool
 	// BufferBudget bounds the bytes of small answers held whole (to be
 	// checked, filtered or explained) across all requests; a request past
 	// it gets 503. If zero, DefaultBufferBudget.

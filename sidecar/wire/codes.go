@@ -38,6 +38,7 @@ const (
 	UpstreamCut    Code = "upstream-cut"     // 502: an upstream broke off a small answer
 	BadUpstream    Code = "bad-upstream"     // 502: an upstream's answer is not what the protocol allows
 	UnknownSumDB   Code = "unknown-sumdb"    // 404: a checksum database modgate does not serve
+	Offline        Code = "offline"          // 404: modgate serves only from its cache, which lacks it
 	Busy           Code = "busy"             // 503: modgate has no room for the request now
 	Internal       Code = "internal"         // 500: modgate's own fault (a cache read)
 )
@@ -46,7 +47,7 @@ const (
 var Codes = []Code{
 	BadRequest, NotModuleRequest, MethodNotAllowed, AuthRequired, TooManyLogins, Misdirected,
 	Denied, PrivateLookup, PrivateHost, Refused, Loop,
-	NotFound, Direct, Off, CircuitOpen, Timeout, UpstreamFailed, UpstreamCut, BadUpstream, UnknownSumDB, Busy, Internal,
+	NotFound, Direct, Off, CircuitOpen, Timeout, UpstreamFailed, UpstreamCut, BadUpstream, UnknownSumDB, Offline, Busy, Internal,
 }
 
 // Prefix starts every line modgate writes for the go command to print.

@@ -52,6 +52,8 @@ type Config struct {
 	AdminHosts []string `yaml:"admin_hosts"`
 	// PProf serves /debug/pprof/ on the admin listener.
 	PProf bool `yaml:"pprof"`
+	// Offline serves only from the cache (air-gapped builds).
+	Offline bool `yaml:"offline"`
 	// Telemetry is what modgate adds to the standard OTEL_* variables.
 	Telemetry TelemetryConfig `yaml:"telemetry"`
 }
@@ -338,6 +340,7 @@ var envKeys = []struct{ env, key string }{
 	{"MODGATE_ADMIN", "admin"},
 	{"MODGATE_ADMIN_HOSTS", "admin_hosts"},
 	{"MODGATE_PPROF", "pprof"},
+	{"MODGATE_OFFLINE", "offline"},
 	{"MODGATE_UPSTREAM", "upstreams"},
 	{"MODGATE_SUMDB", "sumdb.name"},
 	{"MODGATE_RESOLVE", "resolve"},
@@ -370,6 +373,12 @@ func (c *Config) set(key, value, at string, o origins) error {
 			return &configError{at: at, key: key, msg: fmt.Sprintf("%q: want true or false", value)}
 		}
 		c.PProf = on
+	case "offline":
+		on, err := strconv.ParseBool(value)
+		if err != nil {
+			return &configError{at: at, key: key, msg: fmt.Sprintf("%q: want true or false", value)}
+		}
+		c.Offline = on
 	case "upstreams":
 		list, err := upstream.ParseList(value)
 		if err != nil {
@@ -473,7 +482,10 @@ func (c *Config) validate(o origins) (sidecar.Config, error) {
 			bad(fmt.Sprintf("admin_hosts[%d]", i), "%q is not a host pattern (a name like modgate.corp.example.test or *.svc.example.test)", h)
 		}
 	}
-	out := sidecar.Config{Listen: c.Listen, Admin: c.Admin, AdminHosts: c.AdminHosts, PProf: c.PProf, Resolve: c.Resolve}
+	out := sidecar.Config{Listen: c.Listen, Admin: c.Admin, AdminHosts: c.AdminHosts, PProf: c.PProf, Offline: c.Offline, Resolve: c.Resolve}
+	if c.Offline && c.Cache.Dir == "" {
+		bad("offline", "offline serves only from the cache: set cache.dir (--cache-dir) too")
+	}
 	if len(c.Upstreams) == 0 {
 		bad("upstreams", "no upstream: give --upstream, MODGATE_UPSTREAM or upstreams in the config")
 	}

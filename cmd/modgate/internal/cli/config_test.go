@@ -186,6 +186,8 @@ func TestLoadErrorsNameKeyAndLine(t *testing.T) {
 		{name: "negative window", file: "upstreams:\n  - url: https://a.example.test\n    breaker: {window: -1s}\n", want: "modgate.yaml:3: upstreams[0].breaker.window: must not be negative"},
 		{name: "bad log level", file: "log:\n  level: loud\n", want: "modgate.yaml:2: log.level: \"loud\": want debug"},
 		{name: "bad sumdb", file: "sumdb: {name: \"https://sum.example.test\"}\n", want: "modgate.yaml:1: sumdb.name:"},
+		{name: "offline without a cache", file: "offline: true\n", want: "modgate.yaml:1: offline: offline serves only from the cache: set cache.dir"},
+		{name: "offline not a bool", env: map[string]string{"MODGATE_OFFLINE": "maybe"}, want: "MODGATE_OFFLINE: offline: \"maybe\": want true or false"},
 		{name: "bad sumdb path", file: "sumdb:\n  name: sum.example.test/../x\n", want: "modgate.yaml:2: sumdb.name:"},
 		{name: "bad sumdb url", file: "sumdb:\n  name: sum.example.test\n  url: ftp://sum.example.test\n", want: "modgate.yaml:3: sumdb.url: \"ftp://sum.example.test\": want https://host[/path]"},
 		{name: "missing CA file", file: "tls_ca_file: /does/not/exist.pem\n", want: "modgate.yaml:1: tls_ca_file: open /does/not/exist.pem"},

@@ -21,6 +21,7 @@ type runFlags struct {
 	resolve []string
 	mitm    []string
 	pprof   bool
+	offline bool
 }
 
 var flagKeys = []struct{ flag, key, usage string }{
@@ -46,6 +47,7 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 		f.values[k.key] = fs.String(k.flag, "", k.usage)
 	}
 	fs.BoolVar(&f.pprof, "pprof", false, "serve /debug/pprof/ on the admin listener")
+	fs.BoolVar(&f.offline, "offline", false, "serve only from the cache; everything else is 404 (air-gapped builds)")
 	fs.Func("resolve", "host:port=addr:port: dial addr instead of host (repeatable)", func(s string) error {
 		f.resolve = append(f.resolve, s)
 		return nil
@@ -91,8 +93,8 @@ func (l loader) load(fs *flag.FlagSet, f *runFlags) (Config, sidecar.Config, err
 	}
 	var err error
 	fs.Visit(func(fl *flag.Flag) {
-		if fl.Name == "pprof" && err == nil {
-			err = cfg.set("pprof", fl.Value.String(), "--pprof", o)
+		if (fl.Name == "pprof" || fl.Name == "offline") && err == nil {
+			err = cfg.set(fl.Name, fl.Value.String(), "--"+fl.Name, o)
 		}
 		for _, k := range flagKeys {
 			if k.flag == fl.Name && err == nil {

@@ -81,6 +81,7 @@ var answerRules = map[wire.Code]func(*block, answer) *Explanation{
 	wire.UnknownSumDB:     explainUnknownSumDB,
 	wire.Busy:             explainBusy,
 	wire.TooManyLogins:    explainTooManyLogins,
+	wire.Offline:          explainOffline,
 	wire.Internal:         explainInternal,
 }
 
@@ -401,6 +402,15 @@ func explainTooManyLogins(b *block, a answer) *Explanation {
 		Cause: "modgate refuses credentials from this address for a while after too many of them failed: " + a.msg + ".",
 		Fix: "Fix the user and password (in HTTPS_PROXY/HTTP_PROXY as http://user:password@host:port, or the netrc " +
 			"entry), then retry after the time the answer gives. Every failed login is in modgate's audit log.",
+	}
+}
+
+func explainOffline(b *block, a answer) *Explanation {
+	return &Explanation{
+		Title: "modgate is offline and does not have " + b.subject() + fromModgate(b),
+		Cause: "modgate runs with offline: true and serves only what its cache holds; " + a.msg + ".",
+		Fix: "Fetch the module once through a modgate that is online and shares the cache (cache.dir), " +
+			"or turn offline off. `ls` the cache folder to see what it holds.",
 	}
 }
 

@@ -300,6 +300,15 @@ contact: "ask #platform-builds"
 		},
 	},
 	{
+		name: "offline, and the cache lacks the module",
+		code: wire.Offline,
+		want: []string{"offline: true", "cache.dir"},
+		run: func(t *testing.T, w *world) string {
+			w.gateConfig(sidecar.Config{Offline: true, Cache: sidecar.CacheConfig{Dir: t.TempDir()}, Upstreams: []upstream.Config{{URL: "off"}}})
+			return w.run(false, "mod", "download", "fixture.test/dep01@v1.0.0")
+		},
+	},
+	{
 		name: "GOPROXY names modgate with a path",
 		code: wire.BadRequest,
 		want: []string{"before asking any upstream", "drop /mods from GOPROXY"},

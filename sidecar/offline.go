@@ -1,0 +1,53 @@
+package sidecar
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+
+	"github.com/modgate/modgate/sidecar/upstream"
+	"github.com/modgate/modgate/sidecar/wire"
+	"github.com/modgate/modgate/telemetry"
+)
+
+// Offline mode (Config.Offline) serves only from the cache, whatever the
+// age of an entry: a list or lookup kept yesterday is still the best
+// answer an air-gapped build can get. What the cache lacks is 404, so that
+// the go command says the module is not found, with modgate's reason.
+
+// serveOffline answers the exchange from the cache or with a 404.
+func (s *Server) serveOffline(x *exchange) error {
+	c := s.cacheFor(x)
+	key, _, ok := x.cacheKey()
+	if c == nil || !ok {
+		return x.notOffline("modgate serves only what its cache holds, and keeps no " + string(x.req.Kind) + " answers")
+	}
+	e, err := c.Get(key)
+	if err != nil {
+		return x.notOffline("not in modgate's cache")
+	}
+	defer e.Close()
+	x.cacheResult = telemetry.CacheHit
+	if _, immutable, _ := x.cacheKey(); !immutable && e.Age(s.now()) >= s.cacheCfg.ListTTL {
+		x.cacheResult = telemetry.CacheStale
+	}
+	return s.serveEntry(x, noSource{}, e, s.now())
+}
+
+// notOffline is the 404 of a request offline mode cannot serve.
+func (x *exchange) notOffline(why string) *problem {
+	return &problem{status: http.StatusNotFound, code: wire.Offline,
+		lines: []string{fmt.Sprintf("%s: modgate is offline: %s", describeRequest(x.req), why),
+			"offline: true serves only from the cache; fetch it once with modgate online, or turn offline off"}}
+}
+
+// noSource has nothing: an @latest whose version policy denies finds no
+// other version offline.
+type noSource struct{}
+
+func (noSource) admit(*exchange) error { return nil }
+
+func (noSource) fetch(context.Context, *exchange, fetchRequest) upstream.Result {
+	return upstream.Result{}
+}
+
