@@ -50,4 +50,3 @@ func (noSource) admit(*exchange) error { return nil }
 func (noSource) fetch(context.Context, *exchange, fetchRequest) upstream.Result {
 	return upstream.Result{}
 }
-
