@@ -608,7 +608,7 @@ func (t *authTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if !replay || !t.creds.refused(req.Context(), gen, req.URL, resp) {
 		return resp, nil
 	}
-	t.log.Info("upstream refused the credentials; trying renewed ones", "upstream", t.name, "status", resp.StatusCode)
+	t.log.Info("upstream refused the credentials; trying renewed ones", "status", resp.StatusCode)
 	io.Copy(io.Discard, io.LimitReader(resp.Body, 4<<10))
 	resp.Body.Close()
 	h, _, err = t.creds.header(req.URL)
