@@ -598,7 +598,7 @@ func (t *authTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	h, gen, err := t.creds.header(req.URL)
 	if err != nil {
 		closeBody(req)
-		return nil, fmt.Errorf("credentials for upstream %s: %w", t.name, err)
+		return nil, &CredentialsError{Upstream: t.name, Err: err}
 	}
 	resp, err := t.next.RoundTrip(withHeader(req, h))
 	if err != nil || (resp.StatusCode != http.StatusUnauthorized && resp.StatusCode != http.StatusForbidden) {
@@ -613,7 +613,8 @@ func (t *authTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	resp.Body.Close()
 	h, _, err = t.creds.header(req.URL)
 	if err != nil {
-		return nil, fmt.Errorf("credentials for upstream %s: %w", t.name, err)
+		closeBody(req)
+		return nil, &CredentialsError{Upstream: t.name, Err: err}
 	}
 	retry := withHeader(req, h)
 	if req.GetBody != nil {
@@ -623,6 +624,20 @@ func (t *authTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	return t.next.RoundTrip(retry)
 }
+
+// CredentialsError is a request that was not sent because the upstream's
+// credentials could not be had: a file gone before it was ever read, a
+// command that fails. It shows no secret.
+type CredentialsError struct {
+	Upstream string // the upstream's URL, credentials hidden
+	Err      error
+}
+
+func (e *CredentialsError) Error() string {
+	return "credentials for upstream " + e.Upstream + ": " + e.Err.Error()
+}
+
+func (e *CredentialsError) Unwrap() error { return e.Err }
 
 // withHeader returns a copy of req with h set (a RoundTripper must not
 // change its request).

@@ -274,3 +274,28 @@ upstreams:
 		}
 	}
 }
+
+// An auth command that fails is a doctor error that names the upstream
+// and shows nothing the command printed.
+func TestDoctorSaysCredentialsCannotBeHad(t *testing.T) {
+	if runtime.GOOS == "windows" {
+		t.Skip("the auth command is a shell script")
+	}
+	dir := t.TempDir()
+	script := filepath.Join(dir, "corp-go-auth")
+	writeFile(t, script, "#!/bin/sh\necho 'Authorization: Bearer leaked-abcdef' \necho 'cannot reach the vault' >&2\nexit 2\n")
+	if err := os.Chmod(script, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	up := newCredentialProxy(t, modtest.DeadURL(t), "Bearer x")
+	cfgFile := filepath.Join(dir, "modgate.yaml")
+	writeFile(t, cfgFile, fmt.Sprintf("listen: %s\nadmin: \"\"\nsumdb: {name: \"off\"}\nupstreams:\n  - name: vaulted\n    url: %s\n    auth: {command: %s}\n", freeAddr(t), up.URL, script))
+	goenv := fakeGoEnv(t, "testdata/doctor/goenv-good.json", nil)
+	r := runDoctor(t, goenv, nil, "--config", cfgFile)
+	if !r.has("error", "upstream-credentials", "upstreams[].auth") || !strings.Contains(r.String(), "upstream vaulted ("+up.URL+"): its credentials (command) cannot be had: auth command "+script+": exit status 2") {
+		t.Errorf("doctor does not say the credentials cannot be had:\n%s", r)
+	}
+	if strings.Contains(r.String(), "abcdef") || up.ok.Load()+up.bad.Load() != 0 {
+		t.Errorf("the command's output shows, or a request was sent without credentials:\n%s", r)
+	}
+}

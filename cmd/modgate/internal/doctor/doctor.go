@@ -574,7 +574,11 @@ func (d *run) probe(ctx context.Context, timeout time.Duration, mod string) {
 			}
 		}
 		p.Millis = float64(time.Since(start).Microseconds()) / 1000
-		if err != nil {
+		var ce *upstream.CredentialsError
+		switch {
+		case errors.As(err, &ce):
+			p.Error = "credentials: " + ce.Err.Error()
+		case err != nil:
 			p.Error = shortErr(err)
 		}
 		return p
@@ -613,7 +617,7 @@ func (d *run) probe(ctx context.Context, timeout time.Duration, mod string) {
 			uc := client
 			rt, kind, err := upstream.AuthTransport(u.URL, u.Auth, transport, nil)
 			if err != nil {
-				results[i] = result{auth: u.Auth.Kind(), probes: []Probe{{Target: name, Kind: "credentials", URL: b, Error: err.Error()}}}
+				results[i] = result{auth: u.Auth.Kind(), probes: []Probe{{Target: name, Kind: "list", URL: b, Error: "credentials: " + err.Error()}}}
 				return
 			}
 			if kind != "" {
@@ -731,10 +735,10 @@ func (d *run) judgeUpstream(rawURL, auth string, ps []Probe, mod string) bool {
 		creds = "credentials: " + auth
 	}
 	for _, p := range ps {
-		if p.Kind == "credentials" {
-			d.add(Finding{Severity: Error, Check: "upstream-credentials", What: fmt.Sprintf("upstream %s (%s): credentials (%s) cannot be had: %s", name, rawURL, auth, p.Error),
+		if why, ok := strings.CutPrefix(p.Error, "credentials: "); ok {
+			d.add(Finding{Severity: Error, Check: "upstream-credentials", What: fmt.Sprintf("upstream %s (%s): its credentials (%s) cannot be had: %s", name, rawURL, auth, why),
 				Where: "modgate config: upstreams[].auth",
-				Fix:   "Check the file or command that upstreams[].auth names (README: Private upstreams); modgate refuses to start until it is there."})
+				Fix:   "Check the file or command that upstreams[].auth names (README: Private upstreams): run the command by hand with the upstream's URL."})
 			return false
 		}
 		if p.Status == http.StatusUnauthorized || p.Status == http.StatusForbidden {
