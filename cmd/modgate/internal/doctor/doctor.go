@@ -287,6 +287,16 @@ func (d *run) loadConfig() {
 		return
 	}
 	d.cfgOK = true
+	for _, u := range m.Upstreams {
+		uu, err := url.Parse(u.URL)
+		if err != nil || uu.Scheme != "http" || (u.Auth.Kind() == "" && uu.User == nil) || isLoopback(uu.Hostname()) {
+			continue
+		}
+		d.add(Finding{Severity: Warn, Check: "credentials-plain-http",
+			What:  fmt.Sprintf("upstream %s gets credentials over plain http: anyone on the path can read them", upstreamName(u, uu)),
+			Where: upstream.RedactURL(u.URL),
+			Fix:   "Use the upstream's https:// URL (the go command itself sends credentials only over HTTPS)."})
+	}
 	for i, u := range m.Upstreams {
 		if uu, err := url.Parse(u.URL); err == nil && (uu.Scheme == "http" || uu.Scheme == "https") && sameListener(uu.Host, m.Listen) {
 			d.add(Finding{Severity: Error, Check: "upstream-loop",
@@ -1229,4 +1239,13 @@ func WriteReport(w io.Writer, r Report) {
 			}
 		}
 	}
+}
+
+// isLoopback reports whether host is localhost or a loopback address.
+func isLoopback(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
