@@ -338,7 +338,7 @@ func TestAuthCommandFailures(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "secret") {
 				t.Errorf("error %v; want one that says %q and shows no output", err, c.want)
 			}
-			if _, ok := u.retryWait(http.MethodGet, 0, nil, err); ok {
+			if retryable(0, err) {
 				t.Errorf("credentials that cannot be had are retried")
 			}
 		})
