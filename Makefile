@@ -47,17 +47,34 @@ $(STATICCHECK):
 	GOBIN=$(TOOLS) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 	mv $(TOOLS)/staticcheck $@
 
-# `make bench` measures modgate, the floor (httputil.ReverseProxy) and a
-# direct fetch in one run, taking turns, and prints one table with the
-# targets and whether each is met (sidecar/benchtable, about 3 minutes).
+# `make bench` measures the modgate users run: `modgate run` (bin/modgate)
+# as child processes configured by a config file, flags and OTEL_*
+# variables (as shipped, OTEL_SDK_DISABLED=true, OTLP to a local receiver,
+# OTEL_TRACES_SAMPLER=always_on, --cache-dir), against a floor
+# (httputil.ReverseProxy), a direct fetch, nginx (reverse) and Squid
+# (forward), in one run, taking turns, and prints one table with the
+# targets and whether each is met (sidecar/benchtable, about 6 minutes).
 # Its Benchmark lines are benchstat's input:
-#   make bench | tee new.txt && benchstat -col '/target@(floor modgate modgate-notel)' new.txt
+#   make bench | tee new.txt && benchstat -col '/target@(floor modgate otlp always-on)' new.txt
 # BENCHFLAGS go to the program, e.g. BENCHFLAGS='-d 2s -profile /tmp/prof'
 # (go run ./sidecar/benchtable -h lists them).
 BENCHFLAGS ?=
-bench:
+bench: build bench-peers
 	$(GO) build -o $(BIN)/benchtable ./sidecar/benchtable
-	$(BIN)/benchtable $(BENCHFLAGS)
+	$(BIN)/benchtable -modgate $(BIN)/modgate $(BENCHFLAGS)
+
+# The bench's peers, nginx and Squid, from Debian (their services are not
+# started: the bench runs its own, on loopback ports of its own). Where
+# there is no apt-get, their columns stay empty and the table says why.
+.PHONY: bench-peers
+NGINX := /usr/sbin/nginx
+SQUID := /usr/sbin/squid
+bench-peers: $(NGINX) $(SQUID)
+
+$(NGINX) $(SQUID):
+	@if command -v apt-get >/dev/null; then \
+	  export DEBIAN_FRONTEND=noninteractive; apt-get update && apt-get install -y --no-install-recommends nginx squid; \
+	else echo "bench: no apt-get here; the nginx and Squid columns will be empty"; fi
 
 # Each fuzz target runs for FUZZTIME; crashers land in testdata/fuzz.
 # Go 1.26's fuzz coordinator can fail a target with a bare "context

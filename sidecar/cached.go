@@ -207,8 +207,17 @@ func (s *Server) shared(x *exchange, c *cache.Cache, key string, src source, fr 
 		s.flights[key] = f
 		// The fetch outlives the request that started it: the others
 		// still want it if that client goes away.
+		// Shutdown waits for it (its entry is being written) for the
+		// grace period, then cancels it.
 		fetch := func(ctx context.Context) upstream.Result { return src.fetch(ctx, x, fr) }
-		go s.fly(f, c, key, context.WithoutCancel(x.ctx()), fetch, x.req)
+		s.flying.Add(1)
+		go func() {
+			defer s.flying.Done()
+			ctx, cancel := context.WithCancel(context.WithoutCancel(x.ctx()))
+			defer cancel()
+			defer context.AfterFunc(s.flightsCtx, cancel)()
+			s.fly(f, c, key, ctx, fetch, x.req)
+		}()
 	}
 	s.flightMu.Unlock()
 

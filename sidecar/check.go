@@ -106,8 +106,8 @@ func privatePathIn(pol *policy.Policy, r *http.Request) string {
 				if at := strings.IndexByte(candidate, '@'); at >= 0 {
 					candidate = candidate[:at] // a lookup's module@version
 				}
-				if candidate == "" {
-					continue
+				if candidate == "" || candidate == toolchainModule || strings.HasPrefix(candidate, toolchainModule+"/") {
+					continue // never private, as in reverse mode
 				}
 				if pattern, ok := pol.IsPrivate(candidate); ok {
 					return pattern

@@ -37,23 +37,25 @@ func TestCheckAnswer(t *testing.T) {
 }
 
 func TestPrivatePathIn(t *testing.T) {
-	pol, err := policy.Parse("policy.yaml", []byte("private: [\"corp.example.test/Secret\", \"*.corp.example.test\"]\n"))
+	pol, err := policy.Parse("policy.yaml", []byte("private: [\"corp.example.test/Secret\", \"*.corp.example.test\", \"golang.org\"]\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	for target, want := range map[string]string{
-		"/lookup/corp.example.test/Secret@v1.0.0":       "corp.example.test/Secret",
-		"/alias/lookup/corp.example.test/!secret@v1":    "corp.example.test/Secret",
-		"//lookup/corp.example.test/Secret/x":           "corp.example.test/Secret",
-		"/x/../lookup/corp.example.test/Secret@v1.0.0":  "corp.example.test/Secret",
-		"/corp.example.test/Secret/@v/list/":            "corp.example.test/Secret",
-		"/corp.example.test/!secret/@v/V1.0.0.ZIP":      "corp.example.test/Secret",
-		"/prefix/git.corp.example.test/repo/info/refs":  "*.corp.example.test",
-		"/?go-get=1&x=corp.example.test/Secret":         "corp.example.test/Secret",
-		"/corp.example.test/Public/@v/list":             "",
-		"/fixture.test/a/@v/list":                       "",
-		"/notcorp.example.test.evil/x":                  "",
-		"/sumdb/sum.example.test/lookup/fixture.test/a": "",
+		"/lookup/corp.example.test/Secret@v1.0.0":                  "corp.example.test/Secret",
+		"/alias/lookup/corp.example.test/!secret@v1":               "corp.example.test/Secret",
+		"//lookup/corp.example.test/Secret/x":                      "corp.example.test/Secret",
+		"/x/../lookup/corp.example.test/Secret@v1.0.0":             "corp.example.test/Secret",
+		"/corp.example.test/Secret/@v/list/":                       "corp.example.test/Secret",
+		"/corp.example.test/!secret/@v/V1.0.0.ZIP":                 "corp.example.test/Secret",
+		"/prefix/git.corp.example.test/repo/info/refs":             "*.corp.example.test",
+		"/?go-get=1&x=corp.example.test/Secret":                    "corp.example.test/Secret",
+		"/corp.example.test/Public/@v/list":                        "",
+		"/fixture.test/a/@v/list":                                  "",
+		"/notcorp.example.test.evil/x":                             "",
+		"/sumdb/sum.example.test/lookup/fixture.test/a":            "",
+		"/golang.org/toolchain/@v/v0.0.1-go1.99.0.linux-amd64.zip": "",
+		"/lookup/golang.org/toolchain@v0.0.1-go1.99.0.linux-amd64": "",
 	} {
 		r := httptest.NewRequest("GET", "http://host.example.test"+target, nil)
 		if got := privatePathIn(pol, r); got != want {

@@ -163,3 +163,16 @@ func TestClassifyForward(t *testing.T) {
 		}
 	}
 }
+
+func TestNormalizedPatterns(t *testing.T) {
+	got := normalizedPatterns([]string{"Proxy.Example.Test.", "*.Bücher.example.test", "git.corp.example.test", "*"})
+	want := []string{"proxy.example.test", "*.xn--bcher-kva.example.test", "git.corp.example.test", "*"}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("normalizedPatterns[%d] = %q; want %q", i, got[i], want[i])
+		}
+	}
+	if !matchHost(got[:2], "www.xn--bcher-kva.example.test") {
+		t.Errorf("a normalised host does not match its normalised pattern")
+	}
+}

@@ -96,8 +96,10 @@ func (x *exchange) end(err error) {
 	case p.abort && !p.gone:
 		x.s.log.Warn("upstream body failed; aborting the response", "kind", x.req.Kind, "path", x.r.URL.Path, "bytes", x.w.bytes, "reason", p.reason)
 	case x.connect != nil:
+		// Answered once the audit line is written: a refusal a client
+		// has seen is always on record.
 		x.w.status = p.status
-		x.connect(p)
+		defer x.connect(p)
 	case x.w.status != 0:
 		// The answer has started: all that is left is to cut it.
 		p.abort = true

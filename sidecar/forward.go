@@ -105,8 +105,10 @@ func newForward(s *Server, cfg ForwardConfig, opts upstream.Options) *forward {
 		resolver:     net.DefaultResolver,
 		dialer:       &net.Dialer{Timeout: upstream.DefaultTimeouts.Dial, KeepAlive: 30 * time.Second},
 	}
+	// Host patterns are spelled as hosts are (wire.NormalizeHost), so that
+	// each compares with the one normalised host of a request.
+	cfg.AllowHosts, cfg.MITMHosts, cfg.PrivateHosts = normalizedPatterns(cfg.AllowHosts), normalizedPatterns(cfg.MITMHosts), normalizedPatterns(cfg.PrivateHosts)
 	for _, h := range append(append([]string{}, cfg.AllowHosts...), cfg.MITMHosts...) {
-		h = strings.ToLower(h)
 		g.allow = append(g.allow, h)
 		if !strings.ContainsAny(h, "*?[") {
 			g.explicit[h] = true
@@ -199,15 +201,33 @@ func (f *forward) isPrivateHost(x *exchange, host string) bool {
 	return ok
 }
 
-// matchHost reports whether host (normalised) matches one of patterns
-// (path.Match, case-insensitive).
+// matchHost reports whether host matches one of patterns (path.Match),
+// both normalised.
 func matchHost(patterns []string, host string) bool {
 	for _, p := range patterns {
-		if ok, _ := path.Match(strings.ToLower(p), host); ok {
+		if ok, _ := path.Match(p, host); ok {
 			return true
 		}
 	}
 	return false
+}
+
+// normalizedPatterns spells host patterns as wire.NormalizeHost spells
+// hosts: a wildcard label stays, every other label is normalised.
+func normalizedPatterns(patterns []string) []string {
+	out := make([]string, len(patterns))
+	for i, p := range patterns {
+		labels := strings.Split(strings.TrimSuffix(p, "."), ".")
+		for j, l := range labels {
+			if strings.ContainsAny(l, "*?[") {
+				labels[j] = strings.ToLower(l)
+			} else {
+				labels[j] = normalized(l)
+			}
+		}
+		out[i] = strings.Join(labels, ".")
+	}
+	return out
 }
 
 // normalized is host as wire.NormalizeHost spells it, or host in lower
@@ -295,7 +315,7 @@ func (f *forward) serve(x *exchange, scheme, host, port string) error {
 	if err := f.guard.checkHost(host, port, false); err != nil {
 		return refused(fmt.Sprintf("%s %s refused: %v", r.Method, x.host, err))
 	}
-	req, err := classifyForward(host, r.URL.Path, r.URL.RawQuery, f.s.sumdbAddr)
+	req, err := f.s.classify(r, host)
 	if err != nil {
 		return invalid(err.Error())
 	}
@@ -410,7 +430,9 @@ func (f *forward) tunnel(r *http.Request, client net.Conn, host, port, identity 
 	x.identity, x.host, x.req.Kind = identity, hostport, KindTunnel
 	x.connect = func(p *problem) { writeConnectStatus(client, p) }
 	defer func() {
-		trace.SpanFromContext(r.Context()).SetAttributes(attribute.Int("http.response.status_code", x.w.status))
+		if span := trace.SpanFromContext(r.Context()); span.IsRecording() {
+			span.SetAttributes(attribute.Int("http.response.status_code", x.w.status))
+		}
 	}()
 	x.end(f.relayTunnel(x, client, hostport))
 }

@@ -50,29 +50,40 @@ func (b *hedgeBudget) spend() bool {
 
 // walk asks the chain for an artifact, hedging immutable ones.
 func (s *Server) walk(ctx context.Context, x *exchange, path string, hdr http.Header) upstream.Result {
-	switch x.req.Kind {
-	case KindInfo, KindMod, KindZip:
-	default:
+	h := s.hedgers[x.req.Kind]
+	if h == nil {
+		// Not an immutable artifact, or no telemetry: no baselines to
+		// hedge on.
 		return s.chain.Walk(ctx, http.MethodGet, path, hdr, x.eligible)
 	}
-	if s.tel == nil {
-		return s.chain.Walk(ctx, http.MethodGet, path, hdr, x.eligible) // no baselines to hedge on
-	}
 	s.hedges.earn()
-	kind := string(x.req.Kind)
-	return s.chain.WalkHedged(ctx, http.MethodGet, path, hdr, x.eligible, &upstream.Hedge{
-		Delay: func(u *upstream.Upstream) time.Duration {
-			p95, n := s.tel.UpstreamQuantile(u.Name, kind, 0.95)
-			if n < hedgeMinSamples {
-				return 0
-			}
-			return max(p95, hedgeFloor)
-		},
-		Allow: s.hedges.spend,
-		Sent:  func(ctx context.Context, u *upstream.Upstream) { s.tel.AddHedge(ctx, u.Name, false) },
-		Won:   func(ctx context.Context, u *upstream.Upstream) { s.tel.AddHedge(ctx, u.Name, true) },
-		Mark: func(ctx context.Context) context.Context {
-			return telemetry.WithClientAttributes(ctx, attribute.Bool(string(telemetry.AttrHedge), true))
-		},
-	})
+	return s.chain.WalkHedged(ctx, http.MethodGet, path, hdr, x.eligible, h)
+}
+
+// newHedgers returns the hedging of each immutable kind, made once: the
+// delay is the upstream's p95 for that kind, at least hedgeFloor.
+func (s *Server) newHedgers() map[Kind]*upstream.Hedge {
+	if s.tel == nil {
+		return nil
+	}
+	hedgers := map[Kind]*upstream.Hedge{}
+	for _, k := range []Kind{KindInfo, KindMod, KindZip} {
+		kind := string(k)
+		hedgers[k] = &upstream.Hedge{
+			Delay: func(u *upstream.Upstream) time.Duration {
+				p95, n := s.tel.UpstreamQuantile(u.Name, kind, 0.95)
+				if n < hedgeMinSamples {
+					return 0
+				}
+				return max(p95, hedgeFloor)
+			},
+			Allow: s.hedges.spend,
+			Sent:  func(ctx context.Context, u *upstream.Upstream) { s.tel.AddHedge(ctx, u.Name, false) },
+			Won:   func(ctx context.Context, u *upstream.Upstream) { s.tel.AddHedge(ctx, u.Name, true) },
+			Mark: func(ctx context.Context) context.Context {
+				return telemetry.WithClientAttributes(ctx, attribute.Bool(string(telemetry.AttrHedge), true))
+			},
+		}
+	}
+	return hedgers
 }

@@ -23,7 +23,7 @@ func (s *Server) serveReverse(w http.ResponseWriter, r *http.Request) {
 // /sumdb/.
 func (s *Server) reverse(x *exchange) error {
 	r := x.r
-	req, err := ClassifyReverse(r.URL.Path)
+	req, err := s.classify(r, "")
 	if errors.Is(err, ErrNotModuleRequest) {
 		return &problem{status: http.StatusNotFound, code: wire.NotModuleRequest, decision: decisionInvalid,
 			lines: []string{fmt.Sprintf("%q is not a module proxy path (want /<module>/@v/list, /@v/<version>.info|.mod|.zip, /@latest or /sumdb/...)", r.URL.Path)}}

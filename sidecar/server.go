@@ -110,11 +110,17 @@ type Server struct {
 	privCache *cache.Cache // nil unless private modules may be cached
 	flightMu  sync.Mutex
 	flights   map[string]*flight
+	// flying counts the fetches under way, which outlive their requests;
+	// stopFlights cancels them (flightsCtx) when shutdown's grace is over.
+	flying      sync.WaitGroup
+	flightsCtx  context.Context
+	stopFlights context.CancelFunc
 
 	buffers budget // whole-read answers, against Config.BufferBudget
 
 	recentLog recentLog // the status page's recent requests and denials
 	hedges    hedgeBudget
+	hedgers   map[Kind]*upstream.Hedge // by immutable kind; nil without telemetry
 }
 
 // defaultPolicy is the policy of a server given none: allow everything.
@@ -144,6 +150,8 @@ func New(cfg Config) (*Server, error) {
 	if s.cfg.ClientIdle == 0 {
 		s.cfg.ClientIdle = 60 * time.Second
 	}
+	s.flightsCtx, s.stopFlights = context.WithCancel(context.Background())
+	s.hedgers = s.newHedgers()
 	s.buffers.max = cfg.BufferBudget
 	if s.buffers.max == 0 {
 		s.buffers.max = DefaultBufferBudget
@@ -275,24 +283,60 @@ func pointsAt(u *url.URL, listen string, resolve map[string]string) bool {
 // protection, then the pipeline. A CONNECT gets a span of its own that
 // covers the whole tunnel.
 func (s *Server) Handler() http.Handler {
+	if s.tel == nil {
+		return http.HandlerFunc(s.serveHTTP)
+	}
 	traced := s.tel.ServerMiddleware(http.HandlerFunc(s.serveHTTP), s.kindOf)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodConnect {
 			s.serveHTTP(w, r)
 			return
 		}
-		traced.ServeHTTP(w, r)
+		// The span's name needs the request's kind before the pipeline
+		// runs: kindOf classifies once, into this slot, for both.
+		traced.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), classifiedKey{}, new(classified))))
 	})
+}
+
+// classified is a request's classification, made once for the span (by
+// kindOf) and the pipeline.
+type classified struct {
+	done bool
+	req  Request
+	err  error
+}
+
+type classifiedKey struct{}
+
+// classify classifies a request to modgate as a GOPROXY (host empty) or
+// to host (normalised) in forward mode, reusing kindOf's work when it was
+// done.
+func (s *Server) classify(r *http.Request, host string) (Request, error) {
+	c, _ := r.Context().Value(classifiedKey{}).(*classified)
+	if c != nil && c.done {
+		return c.req, c.err
+	}
+	var req Request
+	var err error
+	if host != "" {
+		req, err = classifyForward(host, r.URL.Path, r.URL.RawQuery, s.sumdbAddr)
+	} else {
+		req, err = ClassifyReverse(r.URL.Path)
+	}
+	if c != nil {
+		c.req, c.err, c.done = req, err, true
+	}
+	return req, err
 }
 
 // kindOf classifies a request for its span name and metrics.
 func (s *Server) kindOf(r *http.Request) string {
+	host := ""
 	if r.URL.IsAbs() {
-		req, _ := classifyForward(normalized(r.URL.Hostname()), r.URL.Path, r.URL.RawQuery, s.sumdbAddr)
-		return string(req.Kind)
+		host = normalized(r.URL.Hostname())
 	}
-	req, err := ClassifyReverse(r.URL.Path)
-	if err != nil {
+	req, err := s.classify(r, host)
+	if err != nil && host == "" {
 		return string(KindOther)
 	}
 	return string(req.Kind)
@@ -424,6 +468,16 @@ func (s *Server) Serve(ctx context.Context, ln, adminLn net.Listener) error {
 		}
 	}
 	s.fwd.shutdown(sctx) // tunnels and intercepted connections
+	// Fetches for the cache that outlived their requests finish their
+	// entries, within the grace period.
+	flown := make(chan struct{})
+	go func() { s.flying.Wait(); close(flown) }()
+	select {
+	case <-flown:
+	case <-sctx.Done():
+		s.stopFlights()
+		<-flown
+	}
 	// Nothing more will be asked of the upstreams: let their kept-alive
 	// connections go now rather than at their idle timeout.
 	for _, u := range s.chain.Upstreams() {

@@ -55,6 +55,9 @@ func BenchmarkTelemetryOverhead(b *testing.B) {
 			"OTEL_TRACES_SAMPLER":         sampler, "OTEL_TRACES_SAMPLER_ARG": arg,
 		}
 	}
+	// Setup decides from Getenv to export; the exporter (autoexport) reads
+	// where to from the process environment.
+	b.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.URL)
 	gates := []*httptest.Server{gate(nil), gate(export("always_on", "")), gate(export("traceidratio", "0.01"))}
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 8}}
 	fetch := func(g *httptest.Server) time.Duration {

@@ -20,9 +20,15 @@ import (
 )
 
 // newTelemetry sets up telemetry with the given OTEL_* variables (none:
-// nothing exported) and shuts it down when the test ends.
+// nothing exported) and shuts it down when the test ends. With variables,
+// the test must not be parallel.
 func newTelemetry(t *testing.T, env map[string]string) *telemetry.Telemetry {
 	t.Helper()
+	// Setup decides from Getenv whether to export; the exporter (autoexport)
+	// then reads its settings from the process environment.
+	for k, v := range env {
+		t.Setenv(k, v)
+	}
 	tel, err := telemetry.Setup(context.Background(), telemetry.Config{
 		ServiceName: "modgate", Version: "test",
 		Getenv: func(k string) string { return env[k] },
@@ -141,7 +147,8 @@ func TestTracesInJaeger(t *testing.T) {
 	tel := newTelemetry(t, map[string]string{
 		"OTEL_EXPORTER_OTLP_ENDPOINT": j.OTLPHTTP,
 		"OTEL_SERVICE_NAME":           "modgate-jaeger-test",
-		"OTEL_METRICS_EXPORTER":       "none", // Jaeger takes traces only
+		"OTEL_METRICS_EXPORTER":       "none",      // Jaeger takes traces only
+		"OTEL_TRACES_SAMPLER":         "always_on", // every request's trace, not the default's rate
 	})
 	st, _ := policyStore(t, "rules:\n  - deny: \"fixture.test/dep02\"\n    reason: \"malware, see SEC-123\"\n")
 	url := startGate(t, sidecar.Config{

@@ -5,30 +5,41 @@
 //
 // # Configuration and the environment
 //
-// Like every package but the CLI, telemetry reads no environment variable
-// itself. The CLI hands it a lookup function, [Config.Getenv] (os.Getenv in
-// production, a map in tests), and Setup reads the standard OTEL_* variables
-// through it:
+// Like every package but the CLI, telemetry's own code reads no environment
+// variable: the CLI hands it a lookup function, [Config.Getenv] (os.Getenv
+// in production, a map in tests). Through it Setup decides what modgate
+// adds to the standard OTEL_* variables:
 //
-//   - OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES, OTEL_SDK_DISABLED
-//   - OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_EXPORTER_OTLP_{TRACES,METRICS}_ENDPOINT
-//   - OTEL_EXPORTER_OTLP_[{TRACES,METRICS}_]PROTOCOL (http/protobuf, the
-//     default, or grpc), _HEADERS, _TIMEOUT, _COMPRESSION, _INSECURE
-//   - OTEL_TRACES_EXPORTER, OTEL_METRICS_EXPORTER (otlp or none)
-//   - OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG
-//   - OTEL_METRIC_EXPORT_INTERVAL, OTEL_METRIC_EXPORT_TIMEOUT
+//   - whether a signal is exported at all: only when OTEL_EXPORTER_OTLP_ENDPOINT
+//     (or the signal's own endpoint) is set, or OTEL_{TRACES,METRICS}_EXPORTER
+//     names an exporter that needs none (console, prometheus); never with
+//     OTEL_SDK_DISABLED=true;
+//   - the sampler: OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG as the
+//     SDK reads them, and when unset modgate's default, parent-based with at
+//     most [Config.MaxTracesPerSecond] new traces a second;
+//   - service.name (OTEL_SERVICE_NAME) for the server.address of spans.
 //
-// Whether anything leaves the process is decided from Getenv alone: without
-// an endpoint there (or with Getenv nil) no exporter is built, whatever the
-// process environment says. Once an exporter is built, the OTel SDK still
-// applies the variables it reads on its own and that Setup does not pass
-// explicitly (client certificates, batch processor and span limits, metric
-// temporality), exactly as the SDK documents; values Setup read through
-// Getenv always win over those.
+// The exporters themselves come from go.opentelemetry.io/contrib/exporters/autoexport
+// and the resource from the SDK's resource.WithFromEnv, which read the
+// process environment, as every OpenTelemetry SDK does: protocol, headers,
+// timeouts, compression, certificates, OTEL_RESOURCE_ATTRIBUTES, the
+// Prometheus exporter's host and port, the batch processor's and periodic
+// reader's settings. That is the libraries' contract; re-implementing their
+// parsing here would only drift from it.
 //
-// The Prometheus exposition ([Telemetry.MetricsHandler]) and the in-process
-// trace view ([Telemetry.TracezHandler]) work whether or not anything is
-// exported; OTEL_SDK_DISABLED=true turns off OTLP export, not them.
+// The Prometheus exposition ([Telemetry.MetricsHandler]) works whether or
+// not anything is exported. The in-process trace view
+// ([Telemetry.TracezHandler]) shows the sampled spans; OTEL_SDK_DISABLED=true
+// samples none.
+//
+// # Cost
+//
+// [Telemetry.ServerMiddleware] asks the sampler before otelhttp: a request
+// that is not sampled never enters otelhttp's handler or transport, builds
+// no span attribute, and gets only a span context (for the audit log's trace
+// ID and the traceparent sent upstream). Metrics are recorded once per
+// request with attribute sets and option slices built once, for sampled and
+// unsampled requests alike.
 //
 // # Bounded labels
 //
@@ -38,9 +49,9 @@
 // closed sets (anything else is recorded as "other"); names that come from
 // configuration (upstreams, policy rules, retry reasons) are capped per
 // attribute, past which they are recorded as "other", and upstream names and
-// retry reasons must look like names, not paths. The HTTP helpers drop
-// server.address, server.port and url.* from the otelhttp metrics for the
-// same reason; those stay on spans, where they belong.
+// retry reasons must look like names, not paths. The server metrics carry
+// no server.address, server.port or url.* for the same reason; those stay
+// on spans, where they belong.
 //
 // # Nil receiver
 //

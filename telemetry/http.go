@@ -2,11 +2,17 @@ package telemetry
 
 import (
 	"context"
+	"io"
 	"net/http"
+	"net/textproto"
+	"sync"
+	"time"
 
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"go.opentelemetry.io/otel/attribute"
 	metricnoop "go.opentelemetry.io/otel/metric/noop"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
 )
 
@@ -16,6 +22,13 @@ import (
 // http.server.active_requests. kindOf classifies a request (one of the Kind
 // constants; anything else is "other"); it is called once per request,
 // before h.
+//
+// The sampler decides first. A sampled request goes through otelhttp's
+// handler, which makes the span; a request that is not sampled (most of
+// them, under the default sampler's rate limit) never enters otelhttp: it
+// gets a span context of its own (its trace ID for the audit log and
+// upstream requests, not sampled) and nothing more. Either way the metrics
+// are recorded here, once, with pre-built attribute sets.
 //
 // server.address is pinned to Config.ServerName: in forward mode the Host
 // header names an arbitrary origin, and it must not become a span or metric
@@ -30,39 +43,174 @@ func (t *Telemetry) ServerMiddleware(h http.Handler, kindOf func(*http.Request) 
 		trace.SpanFromContext(r.Context()).SetAttributes(AttrRequestKind.String(kindFrom(r.Context())))
 		h.ServeHTTP(w, r)
 	})
-	inner := otelhttp.NewHandler(tagged, t.serverName,
+	traced := otelhttp.NewHandler(tagged, t.serverName,
 		otelhttp.WithTracerProvider(t.tp),
-		otelhttp.WithMeterProvider(t.mp),
+		// The metrics are recorded below, for every request alike.
+		otelhttp.WithMeterProvider(metricnoop.NewMeterProvider()),
 		otelhttp.WithPropagators(t.prop),
 		otelhttp.WithServerName(t.serverName),
 		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string {
-			return spanMethod(r.Method) + " " + kindFrom(r.Context())
+			return spanName(r.Method, kindFrom(r.Context()))
 		}),
 	)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
 		kind := NormalizeKind(kindOf(r))
-		ctx := context.WithValue(r.Context(), kindKey{}, kind)
-		// otelhttp adds the labeler's attributes to its metrics; this is
-		// the way in that its v0.72 does not deprecate.
-		labeler := &otelhttp.Labeler{}
-		labeler.Add(AttrRequestKind.String(kind))
-		ctx = otelhttp.ContextWithLabeler(ctx, labeler)
+		method := metricMethod(r.Method)
+		active := t.inst.active.get(activeKey{method, scheme(r)})
+		active.Add(1)
+		sw := getStatusWriter(w)
 
-		active := t.inst.activeAttrs.get([2]string{metricMethod(r.Method), scheme(r)})
-		t.inst.activeRequests.Add(ctx, 1, active)
-		defer t.inst.activeRequests.Add(context.WithoutCancel(ctx), -1, active)
-		inner.ServeHTTP(w, r.WithContext(ctx))
+		ctx := t.prop.Extract(r.Context(), headerCarrier(r.Header))
+		switch {
+		case t.disabled:
+			// No span: an incoming trace context passes through as it came.
+			h.ServeHTTP(sw, r.WithContext(ctx))
+		default:
+			parent := trace.SpanContextFromContext(ctx)
+			tid := parent.TraceID()
+			if !parent.IsValid() {
+				tid = newTraceID()
+			}
+			res := t.sampler.ShouldSample(sdktrace.SamplingParameters{
+				ParentContext: ctx, TraceID: tid, Name: spanName(r.Method, kind), Kind: trace.SpanKindServer,
+			})
+			if res.Decision == sdktrace.Drop {
+				sc := trace.NewSpanContext(trace.SpanContextConfig{
+					TraceID: tid, SpanID: newSpanID(), TraceState: res.Tracestate,
+					TraceFlags: parent.TraceFlags().WithSampled(false),
+				})
+				h.ServeHTTP(sw, r.WithContext(trace.ContextWithSpanContext(ctx, sc)))
+				break
+			}
+			ctx = context.WithValue(ctx, kindKey{}, kind)
+			ctx = context.WithValue(ctx, decisionKey{}, &decision{parent: parent, traceID: tid, result: res})
+			traced.ServeHTTP(sw, r.WithContext(ctx))
+		}
+
+		status := sw.status
+		if status == 0 {
+			status = http.StatusOK // a handler that wrote nothing
+		}
+		putStatusWriter(sw)
+		active.Add(-1)
+		t.inst.serverDuration.Record(ctx, time.Since(start).Seconds(),
+			t.inst.serverAttrs.get(serverKey{method: method, scheme: scheme(r), proto: protoVersion(r), kind: kind, status: status}).record...)
 	})
 }
 
+// statusWriter remembers the status of the answer, for the metrics. It
+// passes on what the server's own ResponseWriter offers beyond Write:
+// Flush, ReadFrom (sendfile for cached files) and Unwrap (for
+// http.ResponseController).
+type statusWriter struct {
+	w      http.ResponseWriter
+	status int
+}
+
+var statusWriters = sync.Pool{New: func() any { return new(statusWriter) }}
+
+func getStatusWriter(w http.ResponseWriter) *statusWriter {
+	sw := statusWriters.Get().(*statusWriter)
+	sw.w, sw.status = w, 0
+	return sw
+}
+
+func putStatusWriter(sw *statusWriter) {
+	sw.w = nil
+	statusWriters.Put(sw)
+}
+
+func (s *statusWriter) Header() http.Header { return s.w.Header() }
+
+func (s *statusWriter) WriteHeader(code int) {
+	if s.status == 0 && code >= 200 {
+		s.status = code
+	}
+	s.w.WriteHeader(code)
+}
+
+func (s *statusWriter) Write(b []byte) (int, error) {
+	if s.status == 0 {
+		s.status = http.StatusOK
+	}
+	return s.w.Write(b)
+}
+
+func (s *statusWriter) ReadFrom(r io.Reader) (int64, error) {
+	if s.status == 0 {
+		s.status = http.StatusOK
+	}
+	if rf, ok := s.w.(io.ReaderFrom); ok {
+		return rf.ReadFrom(r)
+	}
+	return io.Copy(struct{ io.Writer }{s.w}, r)
+}
+
+func (s *statusWriter) Flush() {
+	if s.status == 0 {
+		s.status = http.StatusOK
+	}
+	http.NewResponseController(s.w).Flush()
+}
+
+// Unwrap lets http.ResponseController reach the server's ResponseWriter.
+func (s *statusWriter) Unwrap() http.ResponseWriter { return s.w }
+
+// headerCarrier is propagation.HeaderCarrier without the allocation of
+// canonicalising the propagators' own header names on every request.
+type headerCarrier http.Header
+
+func canonicalKey(k string) string {
+	switch k {
+	case "traceparent":
+		return "Traceparent"
+	case "tracestate":
+		return "Tracestate"
+	case "baggage":
+		return "Baggage"
+	}
+	return textproto.CanonicalMIMEHeaderKey(k)
+}
+
+func (c headerCarrier) Get(k string) string {
+	if v := c[canonicalKey(k)]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
+}
+
+func (c headerCarrier) Set(k, v string) { c[canonicalKey(k)] = []string{v} }
+
+func (c headerCarrier) Keys() []string {
+	keys := make([]string, 0, len(c))
+	for k := range c {
+		keys = append(keys, k)
+	}
+	return keys
+}
+
+// InjectTrace writes the trace context of ctx (traceparent, tracestate,
+// baggage) into h, the header of a request modgate is about to send
+// upstream. A sampled attempt's ClientTransport span replaces it with its
+// own; a request that is not sampled still passes its trace ID on, marked
+// not sampled, so that a parent-based sampler upstream agrees.
+func (t *Telemetry) InjectTrace(ctx context.Context, h http.Header) {
+	if t == nil || !trace.SpanContextFromContext(ctx).IsValid() {
+		return
+	}
+	t.prop.Inject(ctx, headerCarrier(h))
+}
+
 // ClientTransport wraps rt (if nil, http.DefaultTransport) so that each
-// request it sends is a client span named "{METHOD} {kind}" with
-// server.address, url.full, http.response.status_code,
-// modgate.upstream.name and whatever WithClientAttributes added, carries the
-// trace upstream in traceparent, and counts in http.client.request.duration
-// by upstream name and kind — never by destination host. The name and kind
-// come from WithUpstream on the request's context; without it they are
-// "other".
+// request it sends under a recording span is a client span named
+// "{METHOD} {kind}" with server.address, url.full,
+// http.response.status_code, modgate.upstream.name and the attempt's
+// attributes (WithAttempt, WithClientAttributes), and carries the trace
+// upstream in traceparent. A request whose server span is not recording
+// goes straight to rt. The name and kind come from WithAttempt on the
+// request's context; without it they are "other". Attempts are measured by
+// RecordUpstream, by upstream, kind and outcome, never by destination host.
 //
 // Each RoundTrip is one attempt, so put ClientTransport inside retries: each
 // try is then a span of its own.
@@ -73,37 +221,42 @@ func (t *Telemetry) ClientTransport(rt http.RoundTripper) http.RoundTripper {
 	if t == nil {
 		return rt
 	}
-	inner := &annotatingTransport{rt: rt, upstreams: &t.inst.upstreams}
 	return &clientTransport{
-		Transport: otelhttp.NewTransport(inner,
+		traced: otelhttp.NewTransport(annotatingTransport{rt},
 			otelhttp.WithTracerProvider(t.tp),
-			// No http.client.* metrics: modgate.upstream.request.duration
-			// says the same by upstream, kind and outcome, and measuring
-			// twice per attempt is a cost on the hot path.
 			otelhttp.WithMeterProvider(metricnoop.NewMeterProvider()),
 			otelhttp.WithPropagators(t.prop),
 			otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string {
-				return spanMethod(r.Method) + " " + upstreamFrom(r.Context()).kind
+				return spanName(r.Method, upstreamFrom(r.Context()).kind)
 			}),
 		),
 		rt: rt,
 	}
 }
 
-// WithUpstream returns a context that names, for ClientTransport's span and
-// metrics, the upstream a request goes to and its kind. name is the
-// upstream's configured name (in forward mode, use a fixed name such as
-// "origin": the host is on the span as server.address already).
+// WithUpstream returns a context that names, for ClientTransport's span,
+// the upstream a request goes to and its kind. name is the upstream's
+// configured name (in forward mode, use a fixed name such as "origin": the
+// host is on the span as server.address already).
 func WithUpstream(ctx context.Context, name, kind string) context.Context {
 	u := upstreamFrom(ctx)
 	u.name, u.kind = name, NormalizeKind(kind)
 	return context.WithValue(ctx, upstreamKey{}, u)
 }
 
+// WithAttempt is WithUpstream for one attempt: it also gives the breaker's
+// state (modgate.breaker.state) and how many times the request was sent
+// before (http.request.resend_count). They are kept as plain values and
+// become span attributes only when the attempt's span is recording.
+func WithAttempt(ctx context.Context, name, kind, breakerState string, resends int) context.Context {
+	u := upstreamFrom(ctx)
+	u.name, u.kind, u.breaker, u.resends, u.attempt = name, NormalizeKind(kind), breakerState, resends, true
+	return context.WithValue(ctx, upstreamKey{}, u)
+}
+
 // WithClientAttributes returns a context whose ClientTransport span also
-// carries attrs — per attempt, e.g. AttrBreakerState and
-// semconv's http.request.resend_count. They go on the span only, never on
-// a metric.
+// carries attrs (e.g. AttrHedge). They go on the span only, never on a
+// metric.
 func WithClientAttributes(ctx context.Context, attrs ...attribute.KeyValue) context.Context {
 	u := upstreamFrom(ctx)
 	u.attrs = append(u.attrs[:len(u.attrs):len(u.attrs)], attrs...)
@@ -117,6 +270,9 @@ type (
 
 type upstreamInfo struct {
 	name, kind string
+	breaker    string
+	resends    int
+	attempt    bool // breaker and resends are set
 	attrs      []attribute.KeyValue
 }
 
@@ -135,33 +291,38 @@ func upstreamFrom(ctx context.Context) upstreamInfo {
 }
 
 // annotatingTransport runs inside otelhttp's transport, where the client
-// span and the client labeler are in the request's context.
-type annotatingTransport struct {
-	rt        http.RoundTripper
-	upstreams *cappedSet
-}
+// span is in the request's context.
+type annotatingTransport struct{ rt http.RoundTripper }
 
-func (a *annotatingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+func (a annotatingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	ctx := r.Context()
-	u := upstreamFrom(ctx)
-	span := trace.SpanFromContext(ctx)
-	if span.IsRecording() {
+	if span := trace.SpanFromContext(ctx); span.IsRecording() {
+		u := upstreamFrom(ctx)
 		// One call: each SetAttributes may grow the span's slice anew.
-		attrs := make([]attribute.KeyValue, 0, 2+len(u.attrs))
-		span.SetAttributes(append(append(attrs, AttrUpstreamName.String(u.name), AttrRequestKind.String(u.kind)), u.attrs...)...)
-	}
-	if l, ok := otelhttp.ClientLabelerFromContext(ctx); ok {
-		l.Add(AttrUpstreamName.String(a.upstreams.value(u.name)), AttrRequestKind.String(u.kind))
+		attrs := make([]attribute.KeyValue, 0, 4+len(u.attrs))
+		attrs = append(attrs, AttrUpstreamName.String(u.name), AttrRequestKind.String(u.kind))
+		if u.attempt {
+			attrs = append(attrs, AttrBreakerState.String(u.breaker), semconv.HTTPRequestResendCount(u.resends))
+		}
+		span.SetAttributes(append(attrs, u.attrs...)...)
 	}
 	return a.rt.RoundTrip(r)
 }
 
-// clientTransport keeps CloseIdleConnections, which otelhttp's transport
-// does not pass on: http.Client.CloseIdleConnections and a server's
-// shutdown rely on it.
+// clientTransport sends a request through otelhttp only when its parent
+// span is recording, and keeps CloseIdleConnections, which otelhttp's
+// transport does not pass on: http.Client.CloseIdleConnections and a
+// server's shutdown rely on it.
 type clientTransport struct {
-	*otelhttp.Transport
-	rt http.RoundTripper
+	traced *otelhttp.Transport
+	rt     http.RoundTripper
+}
+
+func (c *clientTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if trace.SpanFromContext(r.Context()).IsRecording() {
+		return c.traced.RoundTrip(r)
+	}
+	return c.rt.RoundTrip(r)
 }
 
 // CloseIdleConnections closes the idle connections of the wrapped transport.
@@ -177,13 +338,31 @@ var knownMethods = map[string]bool{
 	http.MethodOptions: true, http.MethodTrace: true,
 }
 
-// spanMethod is the method as span names use it: a made-up method would be
-// a new span name per request, so it is "HTTP" as semconv says.
-func spanMethod(m string) string {
-	if knownMethods[m] {
-		return m
+// spanNames holds every "{METHOD} {kind}" there is, so that naming a span
+// allocates nothing.
+var spanNames = func() map[[2]string]string {
+	m := map[[2]string]string{}
+	for method := range knownMethods {
+		for kind := range kinds {
+			m[[2]string{method, kind}] = method + " " + kind
+		}
 	}
-	return "HTTP"
+	for kind := range kinds {
+		m[[2]string{"HTTP", kind}] = "HTTP " + kind
+	}
+	return m
+}()
+
+// spanName is "{METHOD} {kind}"; a made-up method would be a new span name
+// per request, so it is "HTTP" as semconv says.
+func spanName(method, kind string) string {
+	if !knownMethods[method] {
+		method = "HTTP"
+	}
+	if n, ok := spanNames[[2]string{method, NormalizeKind(kind)}]; ok {
+		return n
+	}
+	return method + " " + kind
 }
 
 // metricMethod is the method as the http.request.method attribute of
@@ -200,4 +379,17 @@ func scheme(r *http.Request) string {
 		return "https"
 	}
 	return "http"
+}
+
+// protoVersion is network.protocol.version: "1.1", "2", "1.0".
+func protoVersion(r *http.Request) string {
+	switch {
+	case r.ProtoMajor == 1 && r.ProtoMinor == 1:
+		return "1.1"
+	case r.ProtoMajor == 2:
+		return "2"
+	case r.ProtoMajor == 1 && r.ProtoMinor == 0:
+		return "1.0"
+	}
+	return "_OTHER"
 }

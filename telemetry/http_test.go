@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
@@ -220,12 +221,171 @@ func TestClientTransportWithoutUpstream(t *testing.T) {
 	tel, _ := setup(t, Config{})
 	sr := recordSpans(tel)
 	rt := tel.ClientTransport(stubTransport(http.StatusNotFound))
-	resp, err := rt.RoundTrip(httptest.NewRequest("HEAD", "http://proxy.fixture.test/x", nil))
+	ctx, parent := tel.Tracer().Start(context.Background(), "HEAD other")
+	resp, err := rt.RoundTrip(httptest.NewRequestWithContext(ctx, "HEAD", "http://proxy.fixture.test/x", nil))
 	if err != nil {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	if s := sr.Ended(); len(s) != 1 || s[0].Name() != "HEAD other" {
-		t.Errorf("spans %v, want one named \"HEAD other\"", s)
+	parent.End()
+	var names []string
+	for _, s := range sr.Ended() {
+		if s.SpanKind() == trace.SpanKindClient {
+			names = append(names, s.Name())
+		}
+	}
+	if len(names) != 1 || names[0] != "HEAD other" {
+		t.Errorf("client spans %v, want one named \"HEAD other\"", names)
 	}
 }
+
+// TestClientTransportNotSampled: under a server span that does not record,
+// the request goes to the wrapped transport as it is (no clone, no span),
+// and InjectTrace has already passed the trace on, marked not sampled.
+func TestClientTransportNotSampled(t *testing.T) {
+	tel, _ := setup(t, Config{Getenv: envOf(map[string]string{"OTEL_TRACES_SAMPLER": "always_off"})})
+	sr := recordSpans(tel)
+	stub := stubTransport(http.StatusOK)
+	rt := tel.ClientTransport(stub)
+	var sc trace.SpanContext
+	h := tel.ServerMiddleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sc = trace.SpanContextFromContext(r.Context())
+		req := httptest.NewRequestWithContext(WithAttempt(r.Context(), "public", KindInfo, "closed", 0), "GET", "http://proxy.fixture.test/x", nil)
+		tel.InjectTrace(req.Context(), req.Header)
+		resp, err := rt.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if stub.reqs[0] != req {
+			t.Error("the request was copied on its way to the wrapped transport")
+		}
+	}), func(*http.Request) string { return KindInfo })
+	h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/a/@v/v1.0.0.info", nil))
+	if n := len(sr.Ended()); n != 0 {
+		t.Errorf("%d spans recorded with always_off", n)
+	}
+	if !sc.IsValid() || sc.IsSampled() {
+		t.Fatalf("handler's span context %v: want a valid one, not sampled (the audit log's trace id)", sc)
+	}
+	want := "00-" + sc.TraceID().String() + "-" + sc.SpanID().String() + "-00"
+	if got := stub.reqs[0].Header.Get("traceparent"); got != want {
+		t.Errorf("upstream traceparent %q, want %q", got, want)
+	}
+}
+
+// TestDefaultSamplerLimitsNewTraces: with OTEL_TRACES_SAMPLER unset, new
+// traces are limited to MaxTracesPerSecond (a burst of a tenth of them), a sampled
+// parent is always followed and an unsampled one never, and every request
+// has a trace ID all the same.
+func TestDefaultSamplerLimitsNewTraces(t *testing.T) {
+	clock := &fakeClock{now: time.Unix(1e9, 0)}
+	tel, _ := setup(t, Config{MaxTracesPerSecond: 30, Clock: clock})
+	sr := recordSpans(tel)
+	ids := map[trace.TraceID]bool{}
+	h := tel.ServerMiddleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ids[trace.SpanContextFromContext(r.Context()).TraceID()] = true
+	}), func(*http.Request) string { return KindInfo })
+	serve := func(n int, traceparent string) {
+		for range n {
+			req := httptest.NewRequest("GET", "/a/@v/v1.0.0.info", nil)
+			if traceparent != "" {
+				req.Header.Set("traceparent", traceparent)
+			}
+			h.ServeHTTP(httptest.NewRecorder(), req)
+		}
+	}
+	serve(10, "")
+	if n := len(sr.Ended()); n != 3 {
+		t.Errorf("%d of 10 new traces recorded at once, want the burst of 3", n)
+	}
+	if len(ids) != 10 {
+		t.Errorf("%d distinct trace IDs for 10 requests", len(ids))
+	}
+	serve(2, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+	serve(2, "00-5bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00")
+	if n := len(sr.Ended()); n != 5 {
+		t.Errorf("%d spans after 2 sampled and 2 unsampled parents, want 5", n)
+	}
+	clock.Advance(50 * time.Millisecond) // 1.5 tokens
+	serve(10, "")
+	if n := len(sr.Ended()); n != 6 {
+		t.Errorf("%d spans 50 ms later, want 6 (1 more)", n)
+	}
+	clock.Advance(time.Second) // the bucket fills up to its burst
+	serve(10, "")
+	if n := len(sr.Ended()); n != 9 {
+		t.Errorf("%d spans a second later, want 9 (the burst of 3 more)", n)
+	}
+	for _, s := range sr.Ended() {
+		if s.Name() != "GET info" || !s.SpanContext().IsSampled() {
+			t.Errorf("span %q sampled %v", s.Name(), s.SpanContext().IsSampled())
+		}
+	}
+}
+
+// TestServerMetricsForEveryRequest: http.server.request.duration counts
+// sampled and unsampled requests alike, with the same attributes.
+func TestServerMetricsForEveryRequest(t *testing.T) {
+	tel, r := setup(t, Config{MaxTracesPerSecond: 1, Clock: &fakeClock{now: time.Unix(1e9, 0)}})
+	sr := recordSpans(tel)
+	h := tel.ServerMiddleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusBadGateway)
+	}), func(*http.Request) string { return KindMod })
+	for range 4 {
+		h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/a/@v/v1.0.0.mod", nil))
+	}
+	if n := len(sr.Ended()); n != 1 {
+		t.Fatalf("%d spans, want 1", n)
+	}
+	m := collect(t, r)[MetricServerDuration]
+	points := m.Data.(metricdata.Histogram[float64]).DataPoints
+	if len(points) != 1 || points[0].Count != 4 {
+		t.Fatalf("%s: %d series (want 1) or count != 4: %+v", MetricServerDuration, len(points), points)
+	}
+	want := "error.type,http.request.method,http.response.status_code,modgate.request.kind,network.protocol.name,network.protocol.version,url.scheme"
+	if got := keysOf(points[0].Attributes); got != want {
+		t.Errorf("attributes %s, want %s", got, want)
+	}
+}
+
+// TestServerMiddlewareKeepsWriterInterfaces: the handler's writer still
+// flushes and still takes io.Copy's ReadFrom (sendfile for cached files).
+func TestServerMiddlewareKeepsWriterInterfaces(t *testing.T) {
+	tel, _ := setup(t, Config{})
+	var flusher, readerFrom bool
+	h := tel.ServerMiddleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, flusher = w.(http.Flusher)
+		_, readerFrom = w.(io.ReaderFrom)
+		http.NewResponseController(w).Flush()
+	}), func(*http.Request) string { return KindZip })
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	resp, err := http.Get(srv.URL + "/a/@v/v1.0.0.zip")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if !flusher || !readerFrom {
+		t.Errorf("writer is Flusher %v, ReaderFrom %v; want both", flusher, readerFrom)
+	}
+}
+
+// TestUnsampledRequestCostsLittle counts what ServerMiddleware adds to a
+// request that is not sampled, and with the SDK disabled: no otelhttp, no
+// attributes, a handful of allocations (the request copy that carries the
+// context, the context and span context, and none per metric).
+func TestUnsampledRequestCostsLittle(t *testing.T) {
+	for _, vars := range []map[string]string{{"OTEL_TRACES_SAMPLER": "always_off"}, {"OTEL_SDK_DISABLED": "true"}} {
+		tel, _ := setup(t, Config{Getenv: envOf(vars)})
+		h := tel.ServerMiddleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}), func(*http.Request) string { return KindInfo })
+		req := httptest.NewRequest("GET", "/a/@v/v1.0.0.info", nil)
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, req) // builds the attribute sets once
+		if n := testing.AllocsPerRun(200, func() { h.ServeHTTP(w, req) }); n > maxUnsampledAllocs {
+			t.Errorf("%v: %.0f allocations per request, want at most %d", vars, n, maxUnsampledAllocs)
+		}
+	}
+}
+
+const maxUnsampledAllocs = 3

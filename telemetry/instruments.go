@@ -3,12 +3,11 @@ package telemetry
 import (
 	"context"
 	"fmt"
-	"strings"
+	"strconv"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
-	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
 )
@@ -86,7 +85,7 @@ type instruments struct {
 	tunnelBytes      metric.Int64Counter
 	cacheRequests    metric.Int64Counter
 	hedges           metric.Int64Counter
-	activeRequests   metric.Int64UpDownCounter
+	serverDuration   metric.Float64Histogram
 
 	upstreams    cappedSet
 	rules        cappedSet
@@ -94,21 +93,34 @@ type instruments struct {
 
 	// Pre-built option sets for the attributes that never vary, so that
 	// recording them allocates nothing.
-	up, down metric.MeasurementOption
+	up, down *options
 
 	// Pre-built option sets by their (bounded) values.
 	upstreamAttrs optionCache[[3]string] // upstream, kind, outcome
 	decisionAttrs optionCache[[2]string] // decision, rule
 	cacheAttrs    optionCache[string]    // result
-	activeAttrs   optionCache[[2]string] // method, scheme
+	serverAttrs   optionCache[serverKey]
+
+	// active counts the requests in flight by method and scheme: an
+	// atomic add per request, read when metrics are collected.
+	active counters[activeKey]
 }
+
+// serverKey is the attributes of http.server.request.duration.
+type serverKey struct {
+	method, scheme, proto, kind string
+	status                      int
+}
+
+// activeKey is the attributes of http.server.active_requests.
+type activeKey struct{ method, scheme string }
 
 func (in *instruments) init(m metric.Meter) error {
 	in.upstreams = cappedSet{max: maxUpstreams, names: true}
 	in.rules = cappedSet{max: maxRules}
 	in.retryReasons = cappedSet{max: maxRetryReasons, names: true}
-	in.up = metric.WithAttributeSet(attribute.NewSet(AttrDirection.String(DirectionUp)))
-	in.down = metric.WithAttributeSet(attribute.NewSet(AttrDirection.String(DirectionDown)))
+	in.up = newOptions(AttrDirection.String(DirectionUp))
+	in.down = newOptions(AttrDirection.String(DirectionDown))
 	in.upstreamAttrs.build = func(k [3]string) []attribute.KeyValue {
 		return []attribute.KeyValue{AttrUpstreamName.String(k[0]), AttrRequestKind.String(k[1]), AttrOutcome.String(k[2])}
 	}
@@ -118,8 +130,17 @@ func (in *instruments) init(m metric.Meter) error {
 	in.cacheAttrs.build = func(k string) []attribute.KeyValue {
 		return []attribute.KeyValue{AttrCacheResult.String(k)}
 	}
-	in.activeAttrs.build = func(k [2]string) []attribute.KeyValue {
-		return []attribute.KeyValue{semconv.HTTPRequestMethodKey.String(k[0]), semconv.URLSchemeKey.String(k[1])}
+	in.serverAttrs.build = func(k serverKey) []attribute.KeyValue {
+		kvs := []attribute.KeyValue{
+			semconv.HTTPRequestMethodKey.String(k.method), semconv.URLSchemeKey.String(k.scheme),
+			semconv.NetworkProtocolName("http"), semconv.NetworkProtocolVersion(k.proto),
+			semconv.HTTPResponseStatusCode(k.status), AttrRequestKind.String(k.kind),
+		}
+		if k.status >= 500 {
+			// semconv: a server error's type is its status code.
+			kvs = append(kvs, semconv.ErrorTypeKey.String(strconv.Itoa(k.status)))
+		}
+		return kvs
 	}
 
 	var err error
@@ -158,11 +179,25 @@ func (in *instruments) init(m metric.Meter) error {
 	in.cacheRequests, e = m.Int64Counter(MetricCacheRequests, metric.WithUnit("{request}"),
 		metric.WithDescription("Cache lookups, by result: hit, miss or stale."))
 	try(e)
-	// otelhttp (v0.72) records no active-requests metric, so
-	// ServerMiddleware keeps this one.
-	in.activeRequests, e = m.Int64UpDownCounter(MetricServerActive, metric.WithUnit("{request}"),
+	// The two server metrics of semconv, with otelhttp's names, recorded
+	// by ServerMiddleware for sampled and unsampled requests alike.
+	in.serverDuration, e = m.Float64Histogram(MetricServerDuration, metric.WithUnit("s"),
+		metric.WithDescription("Duration of HTTP server requests."),
+		metric.WithExplicitBucketBoundaries(latencyBuckets...))
+	try(e)
+	activeGauge, e := m.Int64ObservableUpDownCounter(MetricServerActive, metric.WithUnit("{request}"),
 		metric.WithDescription("Number of active HTTP server requests."))
 	try(e)
+	if e == nil {
+		in.active.build = func(k activeKey) []attribute.KeyValue {
+			return []attribute.KeyValue{semconv.HTTPRequestMethodKey.String(k.method), semconv.URLSchemeKey.String(k.scheme)}
+		}
+		_, e = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+			in.active.each(func(n int64, opt metric.ObserveOption) { o.ObserveInt64(activeGauge, n, opt) })
+			return nil
+		}, activeGauge)
+		try(e)
+	}
 	if err != nil {
 		return fmt.Errorf("telemetry: instruments: %w", err)
 	}
@@ -179,7 +214,7 @@ func (t *Telemetry) RecordUpstream(ctx context.Context, upstream, kind, outcome 
 		return
 	}
 	upstream, kind, outcome = t.inst.upstreams.value(upstream), NormalizeKind(kind), outcomes.value(outcome)
-	t.inst.upstreamDuration.Record(ctx, d.Seconds(), t.inst.upstreamAttrs.get([3]string{upstream, kind, outcome}))
+	t.inst.upstreamDuration.Record(ctx, d.Seconds(), t.inst.upstreamAttrs.get([3]string{upstream, kind, outcome}).record...)
 	if outcome != OutcomeRejected {
 		t.baselines.Observe(upstream, kind, d, outcome == OutcomeError || outcome == OutcomeTimeout)
 	}
@@ -284,7 +319,7 @@ func (t *Telemetry) AddPolicyDecision(ctx context.Context, decision, rule string
 	if t == nil {
 		return
 	}
-	t.inst.decisions.Add(ctx, 1, t.inst.decisionAttrs.get([2]string{decisions.value(decision), t.inst.rules.value(rule)}))
+	t.inst.decisions.Add(ctx, 1, t.inst.decisionAttrs.get([2]string{decisions.value(decision), t.inst.rules.value(rule)}).add...)
 }
 
 // AddPolicyReloadFailure counts a policy reload that failed.
@@ -303,8 +338,8 @@ func (t *Telemetry) RecordTunnel(ctx context.Context, d time.Duration, bytesUp, 
 		return
 	}
 	t.inst.tunnelDuration.Record(ctx, d.Seconds())
-	t.inst.tunnelBytes.Add(ctx, bytesUp, t.inst.up)
-	t.inst.tunnelBytes.Add(ctx, bytesDown, t.inst.down)
+	t.inst.tunnelBytes.Add(ctx, bytesUp, t.inst.up.add...)
+	t.inst.tunnelBytes.Add(ctx, bytesDown, t.inst.down.add...)
 	trace.SpanFromContext(ctx).SetAttributes(AttrTunnelBytesUp.Int64(bytesUp), AttrTunnelBytesDown.Int64(bytesDown))
 }
 
@@ -314,44 +349,5 @@ func (t *Telemetry) AddCacheRequest(ctx context.Context, result string) {
 	if t == nil {
 		return
 	}
-	t.inst.cacheRequests.Add(ctx, 1, t.inst.cacheAttrs.get(cacheResults.value(result)))
-}
-
-// Attributes that the otelhttp metrics may keep. Everything else — the
-// server.address and server.port of whatever host a client named, url.* —
-// is dropped: spans keep it, metrics must not.
-var (
-	serverMetricKeys = attribute.NewAllowKeysFilter(
-		semconv.HTTPRequestMethodKey, semconv.HTTPResponseStatusCodeKey, semconv.HTTPRouteKey,
-		semconv.URLSchemeKey, semconv.NetworkProtocolNameKey, semconv.NetworkProtocolVersionKey,
-		semconv.ErrorTypeKey, AttrRequestKind)
-	clientMetricKeys = attribute.NewAllowKeysFilter(
-		semconv.HTTPRequestMethodKey, semconv.HTTPResponseStatusCodeKey,
-		semconv.URLSchemeKey, semconv.NetworkProtocolNameKey, semconv.NetworkProtocolVersionKey,
-		semconv.ErrorTypeKey, AttrRequestKind, AttrUpstreamName)
-)
-
-// boundedView trims the otelhttp instruments to bounded attributes and gives
-// their durations modgate's buckets. It is one view for all of them because
-// each view that matches an instrument makes a stream of its own.
-func boundedView(inst sdkmetric.Instrument) (sdkmetric.Stream, bool) {
-	s := sdkmetric.Stream{Name: inst.Name, Description: inst.Description, Unit: inst.Unit}
-	if strings.HasSuffix(inst.Name, ".body.size") {
-		// Body sizes are not in the telemetry contract; dropping them
-		// saves two histogram updates per request.
-		s.Aggregation = sdkmetric.AggregationDrop{}
-		return s, true
-	}
-	switch {
-	case strings.HasPrefix(inst.Name, "http.server."):
-		s.AttributeFilter = serverMetricKeys
-	case strings.HasPrefix(inst.Name, "http.client."):
-		s.AttributeFilter = clientMetricKeys
-	default:
-		return sdkmetric.Stream{}, false
-	}
-	if strings.HasSuffix(inst.Name, ".request.duration") {
-		s.Aggregation = sdkmetric.AggregationExplicitBucketHistogram{Boundaries: latencyBuckets}
-	}
-	return s, true
+	t.inst.cacheRequests.Add(ctx, 1, t.inst.cacheAttrs.get(cacheResults.value(result)).add...)
 }

@@ -266,3 +266,19 @@ func TestPrometheusNames(t *testing.T) {
 		t.Logf("/metrics:\n%s", body)
 	}
 }
+
+// TestRecordingAllocatesNothing: the per-request instruments record with
+// pre-built attribute sets and option slices.
+func TestRecordingAllocatesNothing(t *testing.T) {
+	tel, _ := setup(t, Config{})
+	ctx := context.Background()
+	record := func() {
+		tel.RecordUpstream(ctx, "public", KindInfo, OutcomeOK, time.Millisecond)
+		tel.AddPolicyDecision(ctx, DecisionAllow, "allow *")
+		tel.AddCacheRequest(ctx, CacheHit)
+	}
+	record() // builds the sets once
+	if n := testing.AllocsPerRun(100, record); n != 0 {
+		t.Errorf("%.0f allocations per request's records, want 0", n)
+	}
+}

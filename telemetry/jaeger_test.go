@@ -20,7 +20,7 @@ func TestExportToJaeger(t *testing.T) {
 	const service = "modgate-jaeger-test"
 	tel, err := Setup(context.Background(), Config{
 		Version: "v0.0.0-test",
-		Getenv: envOf(map[string]string{
+		Getenv: otelEnv(t, map[string]string{
 			"OTEL_EXPORTER_OTLP_ENDPOINT": j.OTLPHTTP,
 			"OTEL_SERVICE_NAME":           service,
 			"OTEL_METRICS_EXPORTER":       "none", // Jaeger takes traces only

@@ -2,6 +2,7 @@ package telemetry
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -32,6 +33,16 @@ func TestMain(m *testing.M) {
 // envOf returns a Config.Getenv that knows only vars.
 func envOf(vars map[string]string) func(string) string {
 	return func(k string) string { return vars[k] }
+}
+
+// otelEnv sets vars in the process environment too, for the test: Setup
+// decides from Getenv whether to export, and autoexport and the SDK then
+// read the details from the process environment.
+func otelEnv(t *testing.T, vars map[string]string) func(string) string {
+	for k, v := range vars {
+		t.Setenv(k, v)
+	}
+	return envOf(vars)
 }
 
 // setup runs Setup with a manual metric reader and shuts it down at the end
@@ -144,7 +155,7 @@ func TestSetupExportsOverOTLPHTTP(t *testing.T) {
 	tel, err := Setup(context.Background(), Config{
 		Version:  "v1.2.3",
 		HostName: "host.example.test",
-		Getenv: envOf(map[string]string{
+		Getenv: otelEnv(t, map[string]string{
 			"OTEL_EXPORTER_OTLP_ENDPOINT": rc.URL,
 			"OTEL_EXPORTER_OTLP_HEADERS":  "authorization=Bearer%20token,x-tenant=builds",
 			"OTEL_RESOURCE_ATTRIBUTES":    "deployment.environment.name=ci,service.name=ignored",
@@ -154,7 +165,7 @@ func TestSetupExportsOverOTLPHTTP(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := tel.Exporting(); !strings.Contains(got, rc.URL+"/v1/traces") || !strings.Contains(got, rc.URL+"/v1/metrics") {
+	if got := tel.Exporting(); !strings.Contains(got, "traces (OTLP http/protobuf to "+rc.URL) || !strings.Contains(got, "metrics (OTLP http/protobuf to "+rc.URL) {
 		t.Errorf("Exporting() = %q, want both signals to %s", got, rc.URL)
 	}
 	ctx, parent := tel.Tracer().Start(context.Background(), "GET info")
@@ -200,7 +211,7 @@ func TestSetupExportsOverOTLPHTTP(t *testing.T) {
 
 func TestSetupSignalSpecificEndpoints(t *testing.T) {
 	rc := newOTLPReceiver(t)
-	tel, err := Setup(context.Background(), Config{Getenv: envOf(map[string]string{
+	tel, err := Setup(context.Background(), Config{Getenv: otelEnv(t, map[string]string{
 		"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": rc.URL + "/collector/traces", // used as given
 		"OTEL_METRICS_EXPORTER":              "none",
 		"OTEL_EXPORTER_OTLP_ENDPOINT":        "http://127.0.0.1:1",
@@ -221,8 +232,8 @@ func TestSetupSignalSpecificEndpoints(t *testing.T) {
 }
 
 // TestSetupNoEndpointExportsNothing sets the endpoint in the process
-// environment, where the SDK would look, but not in Config.Getenv: the
-// package must follow Getenv.
+// environment, where autoexport would look, but not in Config.Getenv: the
+// decision to export follows Getenv.
 func TestSetupNoEndpointExportsNothing(t *testing.T) {
 	rc := newOTLPReceiver(t)
 	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", rc.URL)
@@ -232,7 +243,7 @@ func TestSetupNoEndpointExportsNothing(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := tel.Exporting(); !strings.Contains(got, "no OTLP export") {
+		if got := tel.Exporting(); !strings.Contains(got, "no export") {
 			t.Errorf("Exporting() = %q", got)
 		}
 		_, span := tel.Tracer().Start(context.Background(), "GET zip")
@@ -259,9 +270,11 @@ func TestSetupNoEndpointExportsNothing(t *testing.T) {
 	}
 }
 
+// TestSetupSDKDisabled: OTEL_SDK_DISABLED=true exports nothing and records
+// no span, while /metrics keeps working.
 func TestSetupSDKDisabled(t *testing.T) {
 	rc := newOTLPReceiver(t)
-	tel, err := Setup(context.Background(), Config{Getenv: envOf(map[string]string{
+	tel, err := Setup(context.Background(), Config{Getenv: otelEnv(t, map[string]string{
 		"OTEL_EXPORTER_OTLP_ENDPOINT": rc.URL,
 		"OTEL_SDK_DISABLED":           "true",
 	})})
@@ -269,7 +282,16 @@ func TestSetupSDKDisabled(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, span := tel.Tracer().Start(context.Background(), "x")
+	if span.IsRecording() {
+		t.Error("a span records with OTEL_SDK_DISABLED=true")
+	}
 	span.End()
+	tel.AddCacheRequest(context.Background(), CacheHit)
+	rec := httptest.NewRecorder()
+	tel.MetricsHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	if !strings.Contains(rec.Body.String(), "modgate_cache_requests_total") {
+		t.Errorf("/metrics lacks the cache counter with the SDK disabled:\n%.1000s", rec.Body)
+	}
 	if err := tel.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -315,7 +337,7 @@ func TestSetupExportsOverOTLPGRPC(t *testing.T) {
 	go srv.Serve(ln)
 	defer srv.Stop()
 
-	tel, err := Setup(context.Background(), Config{Getenv: envOf(map[string]string{
+	tel, err := Setup(context.Background(), Config{Getenv: otelEnv(t, map[string]string{
 		"OTEL_EXPORTER_OTLP_ENDPOINT": "http://" + ln.Addr().String(),
 		"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
 	})})
@@ -340,31 +362,30 @@ func TestSetupRejectsBadSettings(t *testing.T) {
 		{"OTEL_TRACES_SAMPLER": "sometimes"},
 		{"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "2"},
 		{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"},
-		{"OTEL_EXPORTER_OTLP_ENDPOINT": "collector.example.test:4318"},
-		{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1", "OTEL_EXPORTER_OTLP_TIMEOUT": "soon"},
-		{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1", "OTEL_EXPORTER_OTLP_HEADERS": "novalue"},
-		{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1", "OTEL_METRIC_EXPORT_INTERVAL": "-1"},
-		{"OTEL_TRACES_EXPORTER": "zipkin", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1"},
-		{"OTEL_RESOURCE_ATTRIBUTES": "=x"},
+		{"OTEL_TRACES_EXPORTER": "zipkin"},
+		{"OTEL_METRICS_EXPORTER": "statsd"},
 	} {
-		tel, err := Setup(context.Background(), Config{Getenv: envOf(vars)})
-		if err == nil {
-			tel.Shutdown(context.Background())
-			t.Errorf("Setup with %v: no error", vars)
-		}
+		t.Run(fmt.Sprint(vars), func(t *testing.T) {
+			tel, err := Setup(context.Background(), Config{Getenv: otelEnv(t, vars)})
+			if err == nil {
+				tel.Shutdown(context.Background())
+				t.Errorf("Setup with %v: no error", vars)
+			}
+		})
 	}
 }
 
 func TestSampler(t *testing.T) {
 	for _, tc := range []struct{ sampler, arg, want string }{
-		{"", "", "ParentBased{root:AlwaysOnSampler"},
+		{"", "", "ParentBased{root:RateLimited{7/s}"},
+		{"parentbased_always_on", "", "ParentBased{root:AlwaysOnSampler"},
 		{"always_off", "", "AlwaysOffSampler"},
 		{"always_on", "", "AlwaysOnSampler"},
 		{"traceidratio", "0.25", "TraceIDRatioBased{0.25}"},
 		{"parentbased_traceidratio", "0.5", "ParentBased{root:TraceIDRatioBased{0.5}"},
 		{"parentbased_always_off", "", "ParentBased{root:AlwaysOffSampler"},
 	} {
-		s, err := samplerFrom(envOf(map[string]string{"OTEL_TRACES_SAMPLER": tc.sampler, "OTEL_TRACES_SAMPLER_ARG": tc.arg}))
+		s, err := samplerFrom(envOf(map[string]string{"OTEL_TRACES_SAMPLER": tc.sampler, "OTEL_TRACES_SAMPLER_ARG": tc.arg}), 7, time.Now)
 		if err != nil {
 			t.Errorf("%s(%s): %v", tc.sampler, tc.arg, err)
 			continue
@@ -375,25 +396,26 @@ func TestSampler(t *testing.T) {
 	}
 }
 
-func TestEndpointSelection(t *testing.T) {
+func TestExporterWanted(t *testing.T) {
 	for _, tc := range []struct {
-		name     string
-		vars     map[string]string
-		signal   string
-		ok       bool
-		url      string
-		protocol string
+		name   string
+		vars   map[string]string
+		signal string
+		ok     bool
+		how    string
 	}{
-		{"none set", nil, "TRACES", false, "", ""},
-		{"general http", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c.example.test:4318/"}, "METRICS", true, "http://c.example.test:4318/v1/metrics", "http/protobuf"},
-		{"general grpc", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c.example.test:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, "TRACES", true, "http://c.example.test:4317", "grpc"},
-		{"specific wins", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://a.example.test", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://b.example.test/t"}, "TRACES", true, "https://b.example.test/t", "http/protobuf"},
-		{"specific protocol wins", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://a.example.test:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": "grpc"}, "METRICS", true, "http://a.example.test:4317", "grpc"},
-		{"signal off", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://a.example.test", "OTEL_TRACES_EXPORTER": "none"}, "TRACES", false, "", ""},
+		{"none set", nil, "TRACES", false, ""},
+		{"otlp without endpoint", map[string]string{"OTEL_TRACES_EXPORTER": "otlp"}, "TRACES", false, ""},
+		{"general endpoint", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c.example.test:4318"}, "METRICS", true, "OTLP http/protobuf to http://c.example.test:4318"},
+		{"specific endpoint and protocol", map[string]string{"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c.example.test:4317", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "grpc"}, "TRACES", true, "OTLP grpc to http://c.example.test:4317"},
+		{"signal off", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://a.example.test", "OTEL_TRACES_EXPORTER": "none"}, "TRACES", false, ""},
+		{"prometheus needs no endpoint", map[string]string{"OTEL_METRICS_EXPORTER": "prometheus"}, "METRICS", true, "prometheus"},
+		{"console", map[string]string{"OTEL_TRACES_EXPORTER": "console"}, "TRACES", true, "console"},
+		{"disabled", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://a.example.test", "OTEL_SDK_DISABLED": "true"}, "TRACES", false, ""},
 	} {
-		ep, ok := otlpEndpoint(envOf(tc.vars), tc.signal, false)
-		if ok != tc.ok || ep.url != tc.url || ep.protocol != tc.protocol || ep.err != nil {
-			t.Errorf("%s: got ok=%v url=%q protocol=%q err=%v, want ok=%v url=%q protocol=%q", tc.name, ok, ep.url, ep.protocol, ep.err, tc.ok, tc.url, tc.protocol)
+		how, ok := exporterWanted(envOf(tc.vars), tc.signal, tc.vars["OTEL_SDK_DISABLED"] == "true")
+		if ok != tc.ok || how != tc.how {
+			t.Errorf("%s: got %v %q, want %v %q", tc.name, ok, how, tc.ok, tc.how)
 		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -33,23 +34,24 @@ func TestMain(m *testing.M) {
 // Client, origin and proxies share the process; the direct column is the
 // client and origin alone.
 func BenchmarkHotPath(b *testing.B) {
-	e, err := newInproc(b.TempDir(), modtest.FixtureDir(b), inProcess)
+	e, err := newInproc(b.TempDir(), modtest.FixtureDir(b))
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(e.Close)
 	for _, kind := range hotKinds {
-		for _, name := range hotTargets(kind) {
+		for _, name := range hotColumns {
 			b.Run("kind="+kind+"/target="+name, func(b *testing.B) { e.hotPath(b, kind, name) })
 		}
 	}
 }
 
-// TestColumns sends every kind of request the table measures through
-// every column once, and checks that each comes back whole: the policy
-// allows the fixtures, forward mode reaches the loopback origin, tunnels
-// open, and modgate writes an audit line per request and exports spans.
-func TestColumns(t *testing.T) {
+// TestInProcessGate sends every kind of request the hot path measures
+// through the floor and the in-process modgate once, and checks that each
+// comes back whole: the policy allows the fixtures, forward mode reaches
+// the loopback origin, tunnels open, and modgate writes an audit line per
+// request and, sampling every request, a server and a client span each.
+func TestInProcessGate(t *testing.T) {
 	dir := t.TempDir()
 	o, paths, err := newOrigin(modtest.FixtureDir(t), 3<<20)
 	if err != nil {
@@ -58,9 +60,6 @@ func TestColumns(t *testing.T) {
 	origin := httptest.NewServer(o)
 	defer origin.Close()
 	originAddr := origin.Listener.Addr().String()
-	recv := &receiver{}
-	collector := httptest.NewServer(recv)
-	defer collector.Close()
 	floorHandler, err := newFloor(origin.URL)
 	if err != nil {
 		t.Fatal(err)
@@ -72,21 +71,15 @@ func TestColumns(t *testing.T) {
 		t.Fatal(err)
 	}
 	audit := filepath.Join(dir, "audit", "modgate.jsonl")
-	g, err := startGate(gateConfig{Origin: origin.URL, OTLP: collector.URL, Policy: policyFile, Audit: audit})
+	g, err := startGate(gateConfig{Origin: origin.URL, AlwaysOn: true, Policy: policyFile, Audit: audit})
 	if err != nil {
 		t.Fatal(err)
 	}
 	gateAddr := g.ln.Addr().String()
 	floorAddr := floor.Listener.Addr().String()
 
-	want := func(p string) int64 {
-		if p == zipPath {
-			return o.zipSize
-		}
-		return int64(len(o.files[p].body))
-	}
 	all := append(append([]string{}, paths...), zipPath)
-	sent := 0
+	sent, proxied := 0, 0
 	for _, tg := range []*target{
 		{name: "direct", addr: originAddr, reqs: requests(all, originAddr, false)},
 		{name: "floor", addr: floorAddr, reqs: requests(all, floorAddr, false)},
@@ -96,22 +89,14 @@ func TestColumns(t *testing.T) {
 		{name: "floor tunnel", addr: floorAddr, via: originAddr, reqs: requests(all, originAddr, false)},
 		{name: "modgate tunnel", addr: gateAddr, via: originAddr, reqs: requests(all, originAddr, false)},
 	} {
-		c, err := tg.dial()
-		if err != nil {
-			t.Fatalf("%s: %v", tg.name, err)
-		}
-		for i, req := range tg.reqs {
-			a, err := c.roundTrip(req)
-			if err != nil || a.status != 200 || a.bytes != want(all[i]) {
-				t.Fatalf("%s %s: status %d, %d bytes (want %d), %v", tg.name, all[i], a.status, a.bytes, want(all[i]), err)
+		roundTrips(t, o, tg, all)
+		if strings.HasPrefix(tg.name, "modgate") {
+			if tg.via == "" {
+				sent += len(all)
+				proxied += len(all)
+			} else {
+				sent++ // one audit line for the tunnel
 			}
-			if strings.HasPrefix(tg.name, "modgate") && tg.via == "" {
-				sent++
-			}
-		}
-		c.Close()
-		if strings.HasPrefix(tg.name, "modgate") && tg.via != "" {
-			sent++ // one audit line for the tunnel
 		}
 	}
 	if err := g.Close(); err != nil {
@@ -127,48 +112,161 @@ func TestColumns(t *testing.T) {
 	if !bytes.Contains(data, []byte(`"decision":"allow"`)) || !bytes.Contains(data, []byte(`"trace_id":"`)) {
 		t.Errorf("audit lines without a decision or trace id:\n%.400s", data)
 	}
-	if recv.traces.Load() == 0 {
-		t.Error("no spans reached the OTLP receiver")
+	// Every proxied request: a server and a client span; every tunnel: one.
+	if n, want := g.spans.n.Load(), int64(2*proxied+1); n != want {
+		t.Errorf("the in-process exporter received %d spans, want %d", n, want)
 	}
 }
 
-// TestInProcessSpans checks the in-process exporter of the modgate column
-// (-export inprocess): every request is a server span and a client span,
-// and they all reach it once modgate has stopped.
-func TestInProcessSpans(t *testing.T) {
+// roundTrips sends tg's requests (for paths) on one connection and checks
+// each answer's status and length.
+func roundTrips(t *testing.T, o *origin, tg *target, paths []string) {
+	t.Helper()
+	want := func(p string) int64 {
+		if p == zipPath {
+			return o.zipSize
+		}
+		return int64(len(o.files[p].body))
+	}
+	c, err := tg.dial()
+	if err != nil {
+		t.Fatalf("%s: %v", tg.name, err)
+	}
+	defer func() { c.Close() }()
+	for i, req := range tg.reqs {
+		a, err := c.roundTrip(req)
+		if err != nil || a.status != 200 || a.bytes != want(paths[i]) {
+			t.Fatalf("%s %s: status %d, %d bytes (want %d), %v", tg.name, paths[i], a.status, a.bytes, want(paths[i]), err)
+		}
+		if a.close {
+			c.Close()
+			if c, err = tg.dial(); err != nil {
+				t.Fatalf("%s: %v", tg.name, err)
+			}
+		}
+	}
+}
+
+// TestShippedColumns starts every column of the table the way `make bench`
+// does (`modgate run` built from this module, nginx and Squid if they are
+// installed) and sends each kind of request they serve in the table
+// through them once; it checks what the table reads from each process:
+// CPU time, allocations, memory, and that the OTLP columns export and the
+// cached one serves from its cache.
+func TestShippedColumns(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds modgate")
+	}
 	dir := t.TempDir()
+	bin := filepath.Join(dir, "modgate")
+	build := exec.Command("go", "build", "-o", bin, "github.com/modgate/modgate/cmd/modgate")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
 	o, paths, err := newOrigin(modtest.FixtureDir(t), 1<<20)
 	if err != nil {
 		t.Fatal(err)
 	}
 	origin := httptest.NewServer(o)
 	defer origin.Close()
-	policyFile, err := writePolicy(dir)
+	originAddr := origin.Listener.Addr().String()
+	policyFile, err := writePolicy(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	g, err := startGate(gateConfig{Origin: origin.URL, OTLP: inProcess, Policy: policyFile, Audit: filepath.Join(dir, "audit.jsonl")})
-	if err != nil {
+	_, port, _ := net.SplitHostPort(originAddr)
+	configFile := filepath.Join(dir, "modgate.yaml")
+	if err := os.WriteFile(configFile, []byte(fmt.Sprintf(modgateConfig, origin.URL, policyFile, port)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	addr := g.ln.Addr().String()
-	tg := &target{name: "modgate", addr: addr, reqs: requests(paths[:3], addr, false)}
-	c, err := tg.dial()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, req := range tg.reqs {
-		if a, err := c.roundTrip(req); err != nil || a.status != 200 {
-			t.Fatalf("status %d, %v", a.status, err)
+	small := append([]string{}, paths[:6]...)
+	all := append(append([]string{}, small...), zipPath)
+	for _, mc := range modgateColumns {
+		recv := &receiver{}
+		rs := httptest.NewServer(recv)
+		defer rs.Close()
+		c, err := startModgate(bin, dir, configFile, rs.URL, mc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := c.addrs.HTTP
+		before, ok := c.allocs()
+		if !ok {
+			t.Errorf("%s: no allocation counts on /metrics", mc.name)
+		}
+		roundTrips(t, o, &target{name: mc.name, addr: addr, reqs: requests(all, addr, false)}, all)
+		roundTrips(t, o, &target{name: mc.name + " again", addr: addr, reqs: requests(small, addr, false)}, small)
+		roundTrips(t, o, &target{name: mc.name + " absolute-form", addr: addr, reqs: requests(small, originAddr, true)}, small)
+		roundTrips(t, o, &target{name: mc.name + " tunnel", addr: addr, via: originAddr, reqs: requests(all, originAddr, false)}, all)
+		// The runtime counts allocations as its per-P caches refill: a few
+		// hundred requests more make sure they show.
+		many := requests(small, addr, false)
+		for len(many) < 600 {
+			many = append(many, many[:len(small)]...)
+		}
+		manyPaths := make([]string, len(many))
+		for i := range many {
+			manyPaths[i] = small[i%len(small)]
+		}
+		roundTrips(t, o, &target{name: mc.name + " many", addr: addr, reqs: many}, manyPaths)
+		if after, _ := c.allocs(); after.Objects <= before.Objects || after.Bytes <= before.Bytes {
+			t.Errorf("%s: allocations %+v, then %+v", mc.name, before, after)
+		}
+		if c.cpu() <= 0 {
+			t.Errorf("%s: no CPU time read", mc.name)
+		}
+		if mc.name == "cached" {
+			resp, err := http.Get("http://" + c.admin + "/metrics")
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if !bytes.Contains(body, []byte(`modgate_cache_requests_total{modgate_cache_result="hit"`)) {
+				t.Errorf("cached: no cache hit on /metrics")
+			}
+		}
+		if err := c.memStart(); err != nil {
+			t.Errorf("%s: %v", mc.name, err)
+		} else if rep, err := c.memStop(); err != nil || rep.PeakRSS == 0 || rep.RSSBefore == 0 {
+			t.Errorf("%s: memory report %+v, %v", mc.name, rep, err)
+		}
+		c.stop() // flushes telemetry
+		if got := recv.traces.Load() > 0; got != mc.otlp {
+			t.Errorf("%s: traces exported %v, want %v", mc.name, got, mc.otlp)
+		}
+		audit, _ := os.ReadFile(filepath.Join(dir, mc.name+".audit.jsonl"))
+		if n, want := bytes.Count(audit, []byte("\n")), len(all)+2*len(small)+len(many)+1; n != want {
+			t.Errorf("%s: %d audit lines, want %d", mc.name, n, want)
 		}
 	}
-	c.Close()
-	if err := g.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if n := g.spans.n.Load(); n != 2*int64(len(tg.reqs)) {
-		t.Errorf("the in-process exporter received %d spans, want %d", n, 2*len(tg.reqs))
-	}
+
+	t.Run("nginx", func(t *testing.T) {
+		c, err := startNginx(t.TempDir(), originAddr)
+		if err != nil {
+			t.Skip(err)
+		}
+		defer c.stop()
+		roundTrips(t, o, &target{name: "nginx", addr: c.addrs.HTTP, reqs: requests(all, originAddr, false)}, all)
+		if n := len(processTree(c.cmd.Process.Pid)); n < 2 {
+			t.Errorf("nginx: %d processes, want its master and workers", n)
+		}
+		if _, ok := c.allocs(); ok {
+			t.Error("nginx reports Go allocations")
+		}
+	})
+	t.Run("squid", func(t *testing.T) {
+		c, err := startSquid(t.TempDir())
+		if err != nil {
+			t.Skip(err)
+		}
+		defer c.stop()
+		roundTrips(t, o, &target{name: "squid absolute-form", addr: c.addrs.HTTP, reqs: requests(all, originAddr, true)}, all)
+		roundTrips(t, o, &target{name: "squid tunnel", addr: c.addrs.HTTP, via: originAddr, reqs: requests(all, originAddr, false)}, all)
+		if c.cpu() <= 0 {
+			t.Error("squid: no CPU time read")
+		}
+	})
 }
 
 // TestRawConn checks the load generator's reader against net/http's
@@ -288,5 +386,44 @@ func TestThousands(t *testing.T) {
 	}
 	if got, want := fmt.Sprint(growth(1<<20, 2<<20)), "0"; got != want {
 		t.Errorf("growth below zero = %s, want %s", got, want)
+	}
+}
+
+// TestTargets checks the verdicts the table prints against made-up rows:
+// each target compares the right columns with the right bound.
+func TestTargets(t *testing.T) {
+	st := func(rps float64, p50 time.Duration) *stats {
+		s := &stats{n: int(rps), elapsed: time.Second, cpu: time.Duration(rps) * 100 * time.Microsecond}
+		s.lat = []time.Duration{p50}
+		return s
+	}
+	mb := func(mbps float64) *stats { return &stats{n: 1, bytes: int64(mbps * 1e6), elapsed: time.Second} }
+	r := newReport(options{zipMiB: 256})
+	var out strings.Builder
+	r.w = &out
+	r.loads[sectionSmall] = []loadRow{
+		{clients: 1, res: map[string]*stats{"floor": st(1000, 100*time.Microsecond), "modgate": st(950, 160*time.Microsecond), "otlp": st(790, 0), "sdk-off": st(1000, 0), "always-on": st(500, 0)}},
+		{clients: 16, res: map[string]*stats{"floor": st(1000, 0), "modgate": st(910, 0), "otlp": st(850, 0), "sdk-off": st(1000, 0), "always-on": st(500, 0)}},
+	}
+	r.loads[sectionCached] = []loadRow{{clients: 16, res: map[string]*stats{"floor": st(1000, 0), "cached": st(2100, 0)}}}
+	r.loads[sectionForward] = []loadRow{{clients: 16, res: map[string]*stats{"floor": st(1000, 0), "squid": st(1200, 0), "modgate": st(1100, 0)}}}
+	r.streams[sectionZip] = map[string]*stats{"floor": mb(1000), "modgate": mb(950)}
+	r.streams[sectionZip]["modgate"].mem = &memReport{RSSBefore: 10 << 20, PeakRSS: 50 << 20}
+	r.streams[sectionTunnelZipTLS] = map[string]*stats{"squid": mb(500), "modgate": mb(520)}
+	r.targets()
+	for _, want := range []string{
+		"met     default config (modgate) ≥ 0.9× floor req/s: 0.95× at 1, 0.91× at 16",
+		"MISSED  default config p50 added ≤ floor + 50 µs (1 client: no queueing): +60 µs at 1",
+		"MISSED  OTLP export, default sampler (otlp) ≥ 0.8× floor req/s: 0.79× at 1, 0.85× at 16",
+		"report  always_on at 16: 0.50× floor req/s, CPU 100.0 µs/req (floor 100.0, modgate default 100.0)",
+		"met     cached small artifacts ≥ 2× floor req/s: 2.10× at 16",
+		"met     zip streaming ≥ 0.9× floor MB/s: 0.95×",
+		"MISSED  modgate's RSS growth while streaming 256 MiB < 32 MiB: 40.0 MiB",
+		"MISSED  forward absolute-form small ≥ 1.0× Squid req/s: 0.92× at 16",
+		"met     CONNECT 256 MiB over TLS ≥ 1.0× Squid MB/s: 1.04×",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("no line %q in:\n%s", want, out.String())
+		}
 	}
 }

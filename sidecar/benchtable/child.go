@@ -32,64 +32,45 @@ type childAddrs struct {
 }
 
 // runChild serves role until standard input closes.
-func runChild(role string, cfg gateConfig) error {
+func runChild(role, origin string) error {
+	if role != "floor" {
+		return fmt.Errorf("unknown role %q", role)
+	}
 	ctl, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
 	}
 	addrs := childAddrs{Control: ctl.Addr().String()}
-	var closeProxy func() error
-	spans := func() int64 { return 0 }
-	switch role {
-	case "floor":
-		h, err := newFloor(cfg.Origin)
-		if err != nil {
-			return err
-		}
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return err
-		}
-		srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second}
-		go srv.Serve(ln)
-		addrs.HTTP = ln.Addr().String()
-		closeProxy = srv.Close
-	case "modgate":
-		g, err := startGate(cfg)
-		if err != nil {
-			return err
-		}
-		addrs.HTTP = g.ln.Addr().String()
-		closeProxy = g.Close
-		if g.spans != nil {
-			spans = g.spans.n.Load
-		}
-	default:
-		return fmt.Errorf("unknown role %q", role)
+	h, err := newFloor(origin)
+	if err != nil {
+		return err
 	}
-	go http.Serve(ctl, newControl(spans))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second}
+	go srv.Serve(ln)
+	addrs.HTTP = ln.Addr().String()
+	go http.Serve(ctl, newControl())
 	if err := json.NewEncoder(os.Stdout).Encode(addrs); err != nil {
 		return err
 	}
 	io.Copy(io.Discard, os.Stdin) // until the parent closes it, or dies
-	return closeProxy()
+	return srv.Close()
 }
 
 // control is a child's control listener: memory while streaming, the
-// allocation counters, the spans its in-process exporter received, and a
-// CPU profile of the child alone.
+// allocation counters, and a CPU profile of the child alone.
 type control struct {
 	mu      sync.Mutex
 	watch   *memWatch
 	profile *os.File
 }
 
-func newControl(spans func() int64) http.Handler {
+func newControl() http.Handler {
 	c := &control{}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /spans", func(w http.ResponseWriter, r *http.Request) {
-		json.NewEncoder(w).Encode(spans())
-	})
 	mux.HandleFunc("POST /mem/start", func(w http.ResponseWriter, r *http.Request) {
 		c.mu.Lock()
 		defer c.mu.Unlock()
@@ -219,13 +200,19 @@ func heapInUse() uint64 {
 	return s[0].Value.Uint64() + s[1].Value.Uint64()
 }
 
-// child is the parent's handle on a child process.
+// child is the parent's handle on a child process: this program as the
+// floor (with a control listener), or an external proxy (modgate run,
+// nginx, Squid).
 type child struct {
 	name  string
 	cmd   *exec.Cmd
-	stdin io.WriteCloser
+	stdin io.WriteCloser // this program's children end when it is closed
 	addrs childAddrs
+	admin string // modgate's admin listener: /metrics, /debug/pprof
 	ctl   *http.Client
+
+	profileDone chan struct{} // a profile being fetched from /debug/pprof
+	rssBefore   int64         // external children: VmRSS when a memory watch began
 }
 
 // startChild starts this program again as role with args and waits for
@@ -271,9 +258,14 @@ func startChild(name, role string, args ...string) (*child, error) {
 	return c, nil
 }
 
-// stop closes the child's standard input, which ends it, and kills it if
-// it has not exited after 10 s.
+// stop ends the child: this program's by closing its standard input, the
+// others with SIGTERM; any of them is killed if it has not exited after
+// 10 s.
 func (c *child) stop() {
+	if c.stdin == nil {
+		signalStop(c.cmd)
+		return
+	}
 	c.stdin.Close()
 	exited := make(chan struct{})
 	go func() { c.cmd.Wait(); close(exited) }()
@@ -282,6 +274,74 @@ func (c *child) stop() {
 	case <-time.After(10 * time.Second):
 		c.cmd.Process.Kill()
 		<-exited
+	}
+}
+
+// cpu is the CPU time the child (and its worker processes) used so far.
+func (c *child) cpu() time.Duration { return treeCPU(c.cmd.Process.Pid) }
+
+// memStart resets the child's peak RSS and, for this program's children,
+// starts sampling its heap.
+func (c *child) memStart() error {
+	if c.addrs.Control != "" {
+		return c.call("POST", "/mem/start", nil)
+	}
+	pid := c.cmd.Process.Pid
+	if err := os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0); err != nil {
+		return err
+	}
+	var err error
+	c.rssBefore, err = pidStatus(pid, "VmRSS")
+	return err
+}
+
+// memStop reports how the child's memory grew since memStart. External
+// children report RSS only (heap stays zero).
+func (c *child) memStop() (*memReport, error) {
+	if c.addrs.Control != "" {
+		var rep memReport
+		err := c.call("POST", "/mem/stop", &rep)
+		return &rep, err
+	}
+	peak, err := pidStatus(c.cmd.Process.Pid, "VmHWM")
+	return &memReport{RSSBefore: c.rssBefore, PeakRSS: peak}, err
+}
+
+// profileStart starts a CPU profile of the child into path, for about d:
+// this program's children until profileStop, modgate through its
+// /debug/pprof/profile (--pprof). Peers are not profiled.
+func (c *child) profileStart(path string, d time.Duration) error {
+	switch {
+	case c.addrs.Control != "":
+		return c.call("POST", "/profile/start?path="+path, nil)
+	case c.admin != "":
+		c.profileDone = make(chan struct{})
+		go func() {
+			defer close(c.profileDone)
+			secs := max(1, int(d.Round(time.Second)/time.Second))
+			resp, err := (&http.Client{Timeout: d + time.Minute}).Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", c.admin, secs))
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "bench: profile of %s: %v\n", c.name, err)
+				return
+			}
+			defer resp.Body.Close()
+			f, err := os.Create(path)
+			if err == nil {
+				io.Copy(f, resp.Body)
+				f.Close()
+			}
+		}()
+	}
+	return nil
+}
+
+func (c *child) profileStop() {
+	switch {
+	case c.addrs.Control != "":
+		c.call("POST", "/profile/stop", nil)
+	case c.profileDone != nil:
+		<-c.profileDone
+		c.profileDone = nil
 	}
 }
 
@@ -307,15 +367,15 @@ func (c *child) call(method, path string, out any) error {
 	return nil
 }
 
-// spans is how many spans the child's in-process exporter has received.
-func (c *child) spans() int64 {
-	var n int64
-	c.call(http.MethodGet, "/spans", &n)
-	return n
-}
-
-func (c *child) allocs() allocCounts {
-	var a allocCounts
-	c.call(http.MethodGet, "/allocs", &a)
-	return a
+// allocs is the child's cumulative heap allocations, if it is a Go
+// process that says (ok false for nginx and Squid).
+func (c *child) allocs() (a allocCounts, ok bool) {
+	switch {
+	case c.addrs.Control != "":
+		return a, c.call(http.MethodGet, "/allocs", &a) == nil
+	case c.admin != "":
+		a, err := scrapeAllocs(c.ctl, c.admin)
+		return a, err == nil
+	}
+	return a, false
 }

@@ -22,13 +22,10 @@ import (
 // hotKinds are the requests of the hot-path row.
 var hotKinds = []string{"reverse-info", "reverse-list", "forward-info"}
 
-// hotTargets are its columns; forward mode has no no-tel column.
-func hotTargets(kind string) []string {
-	if kind == "forward-info" {
-		return []string{"direct", "floor", "modgate"}
-	}
-	return []string{"direct", "floor", "modgate", "modgate-notel"}
-}
+// hotColumns are its columns: modgate with the telemetry of `modgate run`
+// as shipped, and with every request sampled (spans to an in-process
+// exporter).
+var hotColumns = []string{"direct", "floor", "modgate", "always-on"}
 
 // inproc is everything the hot-path row needs, in this process.
 type inproc struct {
@@ -39,7 +36,7 @@ type inproc struct {
 	info, list []string          // escaped paths
 }
 
-func newInproc(dir, fixtures, export string) (_ *inproc, err error) {
+func newInproc(dir, fixtures string) (_ *inproc, err error) {
 	e := &inproc{addrs: map[string]string{}}
 	defer func() {
 		if err != nil {
@@ -72,14 +69,6 @@ func newInproc(dir, fixtures, export string) (_ *inproc, err error) {
 		return nil, err
 	}
 	e.addrs["direct"] = e.originAddr
-	recv, err := serve(&receiver{})
-	if err != nil {
-		return nil, err
-	}
-	spansTo := inProcess
-	if export != inProcess {
-		spansTo = "http://" + recv
-	}
 	floor, err := newFloor("http://" + e.originAddr)
 	if err != nil {
 		return nil, err
@@ -91,11 +80,8 @@ func newInproc(dir, fixtures, export string) (_ *inproc, err error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, name := range []string{"modgate", "modgate-notel"} {
-		cfg := gateConfig{Origin: "http://" + e.originAddr, Policy: policyFile, Audit: filepath.Join(dir, "audit", name+".jsonl")}
-		if name == "modgate" {
-			cfg.OTLP = spansTo
-		}
+	for _, name := range []string{"modgate", "always-on"} {
+		cfg := gateConfig{Origin: "http://" + e.originAddr, Policy: policyFile, Audit: filepath.Join(dir, "audit", name+".jsonl"), AlwaysOn: name == "always-on"}
 		g, err := startGate(cfg)
 		if err != nil {
 			return nil, err
@@ -180,7 +166,7 @@ type hotResult struct {
 
 // runHotPath is the hotpath role: it runs every hot-path benchmark with
 // testing.Benchmark, n iterations each, and prints the results as JSON.
-func runHotPath(fixtures string, n int, export string) error {
+func runHotPath(fixtures string, n int) error {
 	testing.Init()
 	if err := flag.Set("test.benchtime", fmt.Sprintf("%dx", n)); err != nil {
 		return err
@@ -190,14 +176,14 @@ func runHotPath(fixtures string, n int, export string) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	e, err := newInproc(dir, fixtures, export)
+	e, err := newInproc(dir, fixtures)
 	if err != nil {
 		return err
 	}
 	defer e.Close()
 	var out []hotResult
 	for _, kind := range hotKinds {
-		for _, name := range hotTargets(kind) {
+		for _, name := range hotColumns {
 			r := testing.Benchmark(func(b *testing.B) { e.hotPath(b, kind, name) })
 			if r.N == 0 {
 				return fmt.Errorf("hot path %s %s failed", kind, name)

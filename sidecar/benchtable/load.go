@@ -35,12 +35,17 @@ type stats struct {
 	elapsed  time.Duration   // wall time of the measured slices
 	lat      []time.Duration // per request, sorted once the row is done
 	allocs   allocCounts     // by its child process during the slices
+	allocsOK bool            // the child reports allocations (a Go process)
+	cpu      time.Duration   // CPU time of its child process(es) during the slices
 	mem      *memReport      // while the row ran, for streaming rows
 	firstErr error
 }
 
-func (s *stats) rps() float64  { return float64(s.n) / s.elapsed.Seconds() }
-func (s *stats) mbps() float64 { return float64(s.bytes) / 1e6 / s.elapsed.Seconds() }
+func (s *stats) rps() float64 { return float64(s.n) / s.elapsed.Seconds() }
+
+// cpuPerReq is the proxy's CPU time per request, in µs.
+func (s *stats) cpuPerReq() float64 { return float64(s.cpu.Nanoseconds()) / 1e3 / float64(s.n) }
+func (s *stats) mbps() float64      { return float64(s.bytes) / 1e6 / s.elapsed.Seconds() }
 
 // pct is the p-th percentile of the latencies: the one whose rank is
 // p% of their number, rounded.
@@ -121,8 +126,11 @@ type group struct {
 // is set.
 func (g *group) run(d time.Duration, count int, record bool) {
 	var before allocCounts
+	var beforeOK bool
+	var cpuBefore time.Duration
 	if record && g.t.child != nil {
-		before = g.t.child.allocs()
+		before, beforeOK = g.t.child.allocs()
+		cpuBefore = g.t.child.cpu()
 	}
 	for _, w := range g.ws {
 		w.record = record
@@ -150,9 +158,12 @@ func (g *group) run(d time.Duration, count int, record bool) {
 		return
 	}
 	if g.t.child != nil {
-		after := g.t.child.allocs()
-		g.st.allocs.Objects += after.Objects - before.Objects
-		g.st.allocs.Bytes += after.Bytes - before.Bytes
+		g.st.cpu += g.t.child.cpu() - cpuBefore
+		if after, ok := g.t.child.allocs(); ok && beforeOK {
+			g.st.allocsOK = true
+			g.st.allocs.Objects += after.Objects - before.Objects
+			g.st.allocs.Bytes += after.Bytes - before.Bytes
+		}
 	}
 	g.st.elapsed += elapsed
 	for _, w := range g.ws {
@@ -206,19 +217,24 @@ func measure(p plan, row string, targets []*target, clients, count int, watchMem
 			g.run(p.warm, 0, false)
 		}
 	}
+	// A profile covers the measured rounds.
+	span := time.Duration(p.rounds*len(groups)) * p.d
+	if count > 0 {
+		span = 0
+	}
 	for _, g := range groups {
 		c := g.t.child
 		if c == nil {
 			continue
 		}
 		if watchMem {
-			if err := c.call("POST", "/mem/start", nil); err != nil {
-				fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+			if err := c.memStart(); err != nil {
+				fmt.Fprintf(os.Stderr, "bench: %s: memory: %v\n", c.name, err)
 			}
 		}
 		if p.profile != "" {
 			path := fmt.Sprintf("%s/%s.%s.cpu.pprof", p.profile, fileName(row), g.t.name)
-			if err := c.call("POST", "/profile/start?path="+path, nil); err != nil {
+			if err := c.profileStart(path, max(span, 5*time.Second)); err != nil {
 				fmt.Fprintf(os.Stderr, "bench: %v\n", err)
 			}
 		}
@@ -232,12 +248,11 @@ func measure(p plan, row string, targets []*target, clients, count int, watchMem
 	for _, g := range groups {
 		if c := g.t.child; c != nil {
 			if p.profile != "" {
-				c.call("POST", "/profile/stop", nil)
+				c.profileStop()
 			}
 			if watchMem {
-				var rep memReport
-				if err := c.call("POST", "/mem/stop", &rep); err == nil {
-					g.st.mem = &rep
+				if rep, err := c.memStop(); err == nil {
+					g.st.mem = rep
 				}
 			}
 		}

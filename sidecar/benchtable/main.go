@@ -1,44 +1,47 @@
-// Command benchtable is `make bench`: it measures modgate against the
-// floor, in one run, and prints the results twice: as benchmark lines that
-// benchstat reads, and as one table for people, with the targets and
-// whether each is met.
+// Command benchtable is `make bench`: it measures the modgate users run
+// against the floor and against nginx and Squid, in one run, and prints the
+// results twice: as benchmark lines that benchstat reads, and as one table
+// for people, with the targets and whether each is met.
 //
-// Every row is measured against three columns (four for small reverse
-// requests), in the same run:
+// The columns:
 //
 //   - direct: the client talks to the fake origin, no proxy in between;
 //   - floor: httputil.ReverseProxy with Rewrite and nothing else (an
 //     absolute-form request goes where its URL says: a plain forwarder),
 //     and for CONNECT the least a net/http server can do (hijack, dial,
-//     io.Copy both ways);
-//   - modgate: with everything that exists turned on: a policy of several
-//     rules (watched for changes), breakers and retries, an audit log to a
-//     file, telemetry sampling every request and exporting it to an
-//     exporter in modgate's process (-export otlp: over OTLP to a local
-//     receiver);
-//   - modgate-notel: the same with telemetry off.
+//     io.Copy both ways), in a process of its own;
+//   - nginx (reverse mode, keep-alive pool to the origin) and Squid
+//     (forward mode, absolute-form and CONNECT), as Debian ships them;
+//   - modgate: `modgate run` (the binary -modgate names) as child
+//     processes configured only with a config file, flags and environment
+//     variables, as users configure it: as shipped (no OTLP endpoint),
+//     OTEL_SDK_DISABLED=true, OTLP export to a receiver in this process
+//     with the default sampler, the same with OTEL_TRACES_SAMPLER=always_on,
+//     and with --cache-dir. Every one has the bench policy (six rules,
+//     watched) and an audit log to a file.
 //
 // The columns take turns: each row warms every column up, then gives each
 // a slice of time (-d) per round, for -rounds rounds, in an order that
 // rotates from round to round, so that a noisy machine spreads its noise
 // over all of them. Clients are closed loops on keep-alive connections.
+// Each process's CPU time comes from /proc, so the table has CPU per
+// request for every proxy.
 //
-// The client, the origin and the OTLP receiver run in this process; the
-// floor and the modgates run as child processes (this program again, with
-// -role), so that a proxy's peak RSS, heap and allocations are its own.
-// The hot-path allocation row is the exception: it is Go's benchmark
-// harness with everything in one process, like go test -bench -benchmem
+// The hot-path row is Go's benchmark harness with client, origin and an
+// in-process modgate (sidecar.New, as `modgate run` builds it) in one
+// process, for allocation counts and profiles of the request path
 // (BenchmarkHotPath runs the same code under go test).
 //
 // Usage:
 //
-//	go run ./sidecar/benchtable [-d 750ms] [-rounds 5] [-warmup 300ms] [-clients 1,16,64]
-//		[-only small,zip,forward,tunnel,setup,tunnelzip,tunnelzip-tls,hotpath] [-profile DIR]
+//	go run ./sidecar/benchtable -modgate bin/modgate [-d 750ms] [-rounds 5] [-warmup 300ms] [-clients 1,16,64]
+//		[-only small,cached,zip,forward,tunnel,setup,tunnelzip,tunnelzip-tls,hotpath] [-profile DIR]
 //
-// With -profile, each child writes a CPU profile of each row it serves
-// into DIR (row.target.cpu.pprof), for go tool pprof; -only picks rows,
-// e.g. -only small -clients 16 -d 5s -rounds 2 -profile /tmp/prof to
-// profile one row at length.
+// With -profile, the floor and each modgate write a CPU profile of each
+// row they serve into DIR (row.column.cpu.pprof; modgate's through its
+// --pprof endpoint), for go tool pprof; -only picks rows, e.g. -only small
+// -clients 16 -d 5s -rounds 2 -profile /tmp/prof to profile one row at
+// length.
 package main
 
 import (
@@ -71,14 +74,14 @@ type options struct {
 	zipMiB   int
 	zipRound int
 	hotN     int
-	export   string // where modgate's spans go: inProcess or "otlp"
+	modgate  string // the modgate binary
 	fixtures string
 	only     map[section]bool
 }
 
 // sectionNames name the rows for -only.
 var sectionNames = map[string]section{
-	"small": sectionSmall, "zip": sectionZip, "forward": sectionForward, "tunnel": sectionTunnel,
+	"small": sectionSmall, "cached": sectionCached, "zip": sectionZip, "forward": sectionForward, "tunnel": sectionTunnel,
 	"setup": sectionSetup, "tunnelzip": sectionTunnelZip, "tunnelzip-tls": sectionTunnelZipTLS, "hotpath": sectionHot,
 }
 
@@ -97,27 +100,21 @@ func run(args []string) error {
 	fs.IntVar(&o.rounds, "rounds", 5, "rounds per row; the columns take turns in each")
 	fs.DurationVar(&o.warm, "warmup", 300*time.Millisecond, "warm-up per column before a row is measured")
 	fs.StringVar(&clients, "clients", "1,16,64", "concurrent clients of the small-request rows")
-	only := fs.String("only", "small,zip,forward,tunnel,setup,tunnelzip,tunnelzip-tls,hotpath", "the rows to run")
+	only := fs.String("only", "small,cached,zip,forward,tunnel,setup,tunnelzip,tunnelzip-tls,hotpath", "the rows to run")
 	fs.IntVar(&o.zipMiB, "zip-mib", 256, "size of the streamed zip, MiB")
 	fs.IntVar(&o.zipRound, "zip-rounds", 4, "transfers of the zip per column")
 	fs.IntVar(&o.hotN, "hotpath-n", 3000, "iterations of each hot-path benchmark")
-	fs.StringVar(&o.export, "export", inProcess, "where modgate's spans go: inprocess (an exporter in its process that counts them) or otlp (OTLP/HTTP to a receiver in this process)")
-	fs.StringVar(&o.profile, "profile", "", "folder for CPU profiles of the children, one per row and column")
+	fs.StringVar(&o.modgate, "modgate", "bin/modgate", "the modgate binary to measure (make bench builds it)")
+	fs.StringVar(&o.profile, "profile", "", "folder for CPU profiles of the floor and the modgates, one per row and column")
 	fs.StringVar(&o.fixtures, "fixtures", "", "module fixtures (default: testdata/mod of the module)")
 	// The children's flags.
-	role := fs.String("role", "", "internal: run as a child (floor, modgate, hotpath)")
-	var gc gateConfig
-	fs.StringVar(&gc.Origin, "origin", "", "internal: the origin's base URL")
-	fs.StringVar(&gc.OTLP, "otlp", "", "internal: OTLP endpoint, or inprocess (empty: telemetry off)")
-	fs.StringVar(&gc.Policy, "policy", "", "internal: policy file")
-	fs.StringVar(&gc.Audit, "audit", "", "internal: audit log file")
+	role := fs.String("role", "", "internal: run as a child (floor, hotpath)")
+	var origin string
+	fs.StringVar(&origin, "origin", "", "internal: the origin's base URL")
 	if err := fs.Parse(args); err == flag.ErrHelp {
 		return nil
 	} else if err != nil {
 		return err
-	}
-	if o.export != inProcess && o.export != "otlp" {
-		return fmt.Errorf("-export: %q is neither inprocess nor otlp", o.export)
 	}
 	if o.fixtures == "" {
 		var err error
@@ -128,9 +125,9 @@ func run(args []string) error {
 	switch *role {
 	case "":
 	case "hotpath":
-		return runHotPath(o.fixtures, o.hotN, o.export)
+		return runHotPath(o.fixtures, o.hotN)
 	default:
-		return runChild(*role, gc)
+		return runChild(*role, origin)
 	}
 	for _, f := range strings.Split(clients, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
@@ -143,12 +140,18 @@ func run(args []string) error {
 	for _, f := range strings.Split(*only, ",") {
 		s, ok := sectionNames[strings.TrimSpace(f)]
 		if !ok {
-			return fmt.Errorf("-only: no row %q (small, zip, forward, tunnel, setup, tunnelzip, tunnelzip-tls, hotpath)", f)
+			return fmt.Errorf("-only: no row %q (small, cached, zip, forward, tunnel, setup, tunnelzip, tunnelzip-tls, hotpath)", f)
 		}
 		o.only[s] = true
 	}
 	if o.rounds < 1 || o.d <= 0 || o.zipMiB < 1 || o.zipRound < 1 {
 		return fmt.Errorf("-rounds, -d, -zip-mib and -zip-rounds must be positive")
+	}
+	if abs, err := filepath.Abs(o.modgate); err == nil {
+		o.modgate = abs
+	}
+	if _, err := os.Stat(o.modgate); err != nil {
+		return fmt.Errorf("-modgate: %w (make bench builds bin/modgate)", err)
 	}
 	if o.profile != "" {
 		abs, err := filepath.Abs(o.profile)
@@ -196,6 +199,21 @@ func bench(o options) error {
 		return err
 	}
 	defer closeRecv()
+	// The TLS tunnel row's origin: the same origin over HTTPS, with a
+	// certificate of a CA made for this run.
+	serverTLS, tlsClient, err := originTLS(filepath.Join(dir, "ca"))
+	if err != nil {
+		return err
+	}
+	tlsLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	tlsSrv := &http.Server{Handler: org, TLSConfig: serverTLS}
+	go tlsSrv.ServeTLS(tlsLn, "", "")
+	defer tlsSrv.Close()
+	tlsAddr := tlsLn.Addr().String()
+
 	policyDir := filepath.Join(dir, "policy") // apart from the audit logs: the policy watcher sees its whole folder
 	if err := os.Mkdir(policyDir, 0o755); err != nil {
 		return err
@@ -205,132 +223,125 @@ func bench(o options) error {
 		return err
 	}
 	originURL := "http://" + originAddr
+	_, originPort, _ := net.SplitHostPort(originAddr)
+	_, tlsPort, _ := net.SplitHostPort(tlsAddr)
+	configFile := filepath.Join(dir, "modgate.yaml")
+	if err := os.WriteFile(configFile, []byte(fmt.Sprintf(modgateConfig, originURL, policyFile, originPort+", "+tlsPort)), 0o644); err != nil {
+		return err
+	}
+
 	var children []*child
 	defer func() {
 		for _, c := range children {
 			c.stop()
 		}
 	}()
-	start := func(name, role string, args ...string) (*child, error) {
-		c, err := startChild(name, role, append([]string{"-origin", originURL}, args...)...)
-		if err == nil {
-			children = append(children, c)
-		}
-		return c, err
-	}
-	floor, err := start("floor", "floor")
+	floor, err := startChild("floor", "floor", "-origin", originURL)
 	if err != nil {
 		return err
 	}
-	spansTo := "http://" + recvAddr
-	if o.export == inProcess {
-		spansTo = inProcess
+	children = append(children, floor)
+	gates := map[string]*child{}
+	for _, mc := range modgateColumns {
+		c, err := startModgate(o.modgate, dir, configFile, "http://"+recvAddr, mc)
+		if err != nil {
+			return err
+		}
+		children = append(children, c)
+		gates[mc.name] = c
 	}
-	gate, err := start("modgate", "modgate", "-otlp", spansTo, "-policy", policyFile, "-audit", filepath.Join(dir, "audit", "modgate.jsonl"))
+	// The peers are optional: without them their columns stay empty and
+	// the table says why.
+	var peerNotes []string
+	nginx, err := startNginx(dir, originAddr)
 	if err != nil {
-		return err
+		peerNotes = append(peerNotes, err.Error())
+	} else {
+		children = append(children, nginx)
 	}
-	noTel, err := start("modgate-notel", "modgate", "-policy", policyFile, "-audit", filepath.Join(dir, "audit", "modgate-notel.jsonl"))
+	squid, err := startSquid(dir)
 	if err != nil {
-		return err
-	}
-	// The TLS tunnel row has an origin of its own, on a port of its own:
-	// an HTTPS server of the same origin, with a certificate of a CA made
-	// for this run. A modgate allows CONNECT only to the port of its
-	// origin, so that row has a modgate of its own too, set up like the
-	// other (telemetry, policy, audit log) but for the HTTPS origin. The
-	// floor tunnels to any port.
-	var tlsAddr string
-	var tlsClient *tls.Config
-	var gateTLS *child
-	if o.only[sectionTunnelZipTLS] {
-		serverTLS, clientTLS, err := originTLS(filepath.Join(dir, "ca"))
-		if err != nil {
-			return err
-		}
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return err
-		}
-		srv := &http.Server{Handler: org, TLSConfig: serverTLS}
-		go srv.ServeTLS(ln, "", "")
-		defer srv.Close()
-		tlsAddr, tlsClient = ln.Addr().String(), clientTLS
-		gateTLS, err = startChild("modgate-tls", "modgate", "-origin", "https://"+tlsAddr, "-otlp", spansTo, "-policy", policyFile, "-audit", filepath.Join(dir, "audit", "modgate-tls.jsonl"))
-		if err != nil {
-			return err
-		}
-		children = append(children, gateTLS)
+		peerNotes = append(peerNotes, err.Error())
+	} else {
+		children = append(children, squid)
 	}
 
 	out := newReport(o)
 	out.modules = len(paths) / 3
+	out.peerNotes = peerNotes
 	out.header()
 
-	reverse := func(c *child, name string, reqs func(host string) [][]byte) *target {
+	// at is a column that serves reqs at its listener; via, if set, is
+	// where it tunnels to (CONNECT) first.
+	at := func(name string, c *child, reqs [][]byte) *target {
 		if c == nil {
-			return &target{name: "direct", addr: originAddr, reqs: reqs(originAddr)}
+			return nil
 		}
-		return &target{name: name, addr: c.addrs.HTTP, reqs: reqs(c.addrs.HTTP), child: c}
+		return &target{name: name, addr: c.addrs.HTTP, reqs: reqs, child: c}
 	}
+	direct := func(reqs [][]byte) *target { return &target{name: "direct", addr: originAddr, reqs: reqs} }
 	small := func(host string) [][]byte { return requests(paths, host, false) }
-	zip := func(host string) [][]byte { return requests([]string{zipPath}, host, false) }
 	var infos []string // paths are .info, .mod and list of each module in turn
 	for i := 0; i < len(paths); i += 3 {
 		infos = append(infos, paths[i])
 	}
-	tunnel := func(reqs [][]byte, fresh bool) []*target {
-		return []*target{
-			{name: "direct", addr: originAddr, reqs: reqs, fresh: fresh},
-			{name: "floor", addr: floor.addrs.HTTP, via: originAddr, reqs: reqs, fresh: fresh, child: floor},
-			{name: "modgate", addr: gate.addrs.HTTP, via: originAddr, reqs: reqs, fresh: fresh, child: gate},
+	tunnel := func(reqs [][]byte, via string, fresh bool, tc *tls.Config) []*target {
+		ts := []*target{{name: "direct", addr: via, reqs: reqs, fresh: fresh, tls: tc}}
+		for _, c := range []*child{floor, squid, gates["modgate"]} {
+			if c != nil {
+				name := c.name
+				ts = append(ts, &target{name: name, addr: c.addrs.HTTP, via: via, reqs: reqs, fresh: fresh, tls: tc, child: c})
+			}
 		}
+		return ts
 	}
 	zo := o.plan
 	zo.rounds = o.zipRound
 
 	if o.only[sectionSmall] {
 		for _, n := range o.clients {
-			ts := []*target{reverse(nil, "", small), reverse(floor, "floor", small), reverse(gate, "modgate", small), reverse(noTel, "modgate-notel", small)}
-			out.load(sectionSmall, fmt.Sprintf("Small/mode=reverse/clients=%d", n), n, measure(o.plan, "small requests, reverse, "+clientsText(n), ts, n, 0, false))
+			ts := []*target{direct(small(originAddr)), at("floor", floor, small(floor.addrs.HTTP)), at("nginx", nginx, small(originAddr))}
+			for _, mc := range modgateColumns[:4] {
+				ts = append(ts, at(mc.name, gates[mc.name], small(gates[mc.name].addrs.HTTP)))
+			}
+			out.load(sectionSmall, fmt.Sprintf("Small/mode=reverse/clients=%d", n), n, measure(o.plan, "small requests, reverse, "+clientsText(n), compact(ts), n, 0, false))
+		}
+	}
+	if o.only[sectionCached] {
+		c := gates["cached"]
+		for _, n := range o.clients {
+			ts := []*target{direct(small(originAddr)), at("floor", floor, small(floor.addrs.HTTP)), at("cached", c, small(c.addrs.HTTP))}
+			out.load(sectionCached, fmt.Sprintf("Small/mode=cached/clients=%d", n), n, measure(o.plan, "small requests from the cache, "+clientsText(n), ts, n, 0, false))
 		}
 	}
 	if o.only[sectionZip] {
-		ts := []*target{reverse(nil, "", zip), reverse(floor, "floor", zip), reverse(gate, "modgate", zip)}
-		out.stream(sectionZip, "Zip/mode=reverse", measure(zo, fmt.Sprintf("%d MiB zip, reverse", o.zipMiB), ts, 1, 1, true))
+		zip := func(host string) [][]byte { return requests([]string{zipPath}, host, false) }
+		ts := []*target{direct(zip(originAddr)), at("floor", floor, zip(floor.addrs.HTTP)), at("nginx", nginx, zip(originAddr)), at("modgate", gates["modgate"], zip(gates["modgate"].addrs.HTTP))}
+		out.stream(sectionZip, "Zip/mode=reverse", measure(zo, fmt.Sprintf("%d MiB zip, reverse", o.zipMiB), compact(ts), 1, 1, true))
 	}
 	if o.only[sectionForward] {
+		abs := requests(paths, originAddr, true)
 		for _, n := range o.clients {
-			ts := []*target{
-				{name: "direct", addr: originAddr, reqs: requests(paths, originAddr, false)},
-				{name: "floor", addr: floor.addrs.HTTP, reqs: requests(paths, originAddr, true), child: floor},
-				{name: "modgate", addr: gate.addrs.HTTP, reqs: requests(paths, originAddr, true), child: gate},
-			}
-			out.load(sectionForward, fmt.Sprintf("Small/mode=forward/clients=%d", n), n, measure(o.plan, "small requests, forward absolute-form, "+clientsText(n), ts, n, 0, false))
+			ts := []*target{direct(small(originAddr)), at("floor", floor, abs), at("squid", squid, abs), at("modgate", gates["modgate"], abs)}
+			out.load(sectionForward, fmt.Sprintf("Small/mode=forward/clients=%d", n), n, measure(o.plan, "small requests, forward absolute-form, "+clientsText(n), compact(ts), n, 0, false))
 		}
 	}
 	if o.only[sectionTunnel] {
 		for _, n := range o.clients {
-			out.load(sectionTunnel, fmt.Sprintf("Tunnel/clients=%d", n), n, measure(o.plan, "small requests through open tunnels, "+clientsText(n), tunnel(requests(paths, originAddr, false), false), n, 0, false))
+			out.load(sectionTunnel, fmt.Sprintf("Tunnel/clients=%d", n), n, measure(o.plan, "small requests through open tunnels, "+clientsText(n), tunnel(small(originAddr), originAddr, false, nil), n, 0, false))
 		}
 	}
 	if o.only[sectionSetup] {
 		// Two client counts at most: every request is two new connections.
 		for _, n := range o.clients[:min(2, len(o.clients))] {
-			out.load(sectionSetup, fmt.Sprintf("TunnelSetup/clients=%d", n), n, measure(o.plan, "a new tunnel per request, "+clientsText(n), tunnel(requests(infos, originAddr, false), true), n, 0, false))
+			out.load(sectionSetup, fmt.Sprintf("TunnelSetup/clients=%d", n), n, measure(o.plan, "a new tunnel per request, "+clientsText(n), tunnel(requests(infos, originAddr, false), originAddr, true, nil), n, 0, false))
 		}
 	}
 	if o.only[sectionTunnelZip] {
-		out.stream(sectionTunnelZip, "Zip/mode=tunnel", measure(zo, fmt.Sprintf("%d MiB zip through a tunnel", o.zipMiB), tunnel(requests([]string{zipPath}, originAddr, false), false), 1, 1, true))
+		out.stream(sectionTunnelZip, "Zip/mode=tunnel", measure(zo, fmt.Sprintf("%d MiB zip through a tunnel", o.zipMiB), tunnel(requests([]string{zipPath}, originAddr, false), originAddr, false, nil), 1, 1, true))
 	}
 	if o.only[sectionTunnelZipTLS] {
-		reqs := requests([]string{zipPath}, tlsAddr, false)
-		ts := []*target{
-			{name: "direct", addr: tlsAddr, reqs: reqs, tls: tlsClient},
-			{name: "floor", addr: floor.addrs.HTTP, via: tlsAddr, reqs: reqs, tls: tlsClient, child: floor},
-			{name: "modgate", addr: gateTLS.addrs.HTTP, via: tlsAddr, reqs: reqs, tls: tlsClient, child: gateTLS},
-		}
-		out.stream(sectionTunnelZipTLS, "Zip/mode=tunnel-tls", measure(zo, fmt.Sprintf("%d MiB zip over TLS through a tunnel", o.zipMiB), ts, 1, 1, true))
+		out.stream(sectionTunnelZipTLS, "Zip/mode=tunnel-tls", measure(zo, fmt.Sprintf("%d MiB zip over TLS through a tunnel", o.zipMiB), tunnel(requests([]string{zipPath}, tlsAddr, false), tlsAddr, false, tlsClient), 1, 1, true))
 	}
 	if o.only[sectionHot] {
 		fmt.Fprintln(os.Stderr, "bench: hot path, with Go's benchmark harness")
@@ -341,15 +352,21 @@ func bench(o options) error {
 		out.hot(hot)
 	}
 
-	out.telemetry = telemetryReport{export: o.export, traces: recv.traces.Load(), metrics: recv.metrics.Load(), bytes: recv.bytes.Load()}
-	for _, c := range []*child{gate, gateTLS} {
-		if c != nil {
-			out.telemetry.spans += c.spans()
-		}
-	}
+	out.telemetry = telemetryReport{traces: recv.traces.Load(), metrics: recv.metrics.Load(), bytes: recv.bytes.Load()}
 	out.elapsed = time.Since(began)
 	out.table()
 	return nil
+}
+
+// compact drops the columns whose process did not start.
+func compact(ts []*target) []*target {
+	out := ts[:0]
+	for _, t := range ts {
+		if t != nil {
+			out = append(out, t)
+		}
+	}
+	return out
 }
 
 // requests prepares a GET of each path for host (the Host header). With
@@ -374,7 +391,7 @@ func hotPathChild(o options) ([]hotResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(exe, "-role", "hotpath", "-fixtures", o.fixtures, "-hotpath-n", strconv.Itoa(o.hotN), "-export", o.export)
+	cmd := exec.Command(exe, "-role", "hotpath", "-fixtures", o.fixtures, "-hotpath-n", strconv.Itoa(o.hotN))
 	cmd.Stderr = os.Stderr
 	setParentDeathSignal(cmd)
 	data, err := cmd.Output()

@@ -129,29 +129,33 @@ func floorTunnel(w http.ResponseWriter, r *http.Request) {
 	<-done
 }
 
-// gateConfig is what a modgate under test is built from.
+// gateConfig is what an in-process modgate (the hot-path row) is built
+// from.
 type gateConfig struct {
 	Origin string // base URL of the origin
-	OTLP   string // OTLP/HTTP endpoint every span goes to, or inProcess; empty: telemetry off
-	Policy string // policy file
-	Audit  string // audit log file
+	// AlwaysOn samples every request and sends the spans to a counter in
+	// this process, batched as the OTLP exporter does. If false, the
+	// telemetry of `modgate run` with no OTEL_* variable: the default
+	// sampler, nothing exported.
+	AlwaysOn bool
+	Policy   string // policy file
+	Audit    string // audit log file
 }
 
-// gate is a running modgate, built the way `modgate run` builds it
-// (cmd/modgate/internal/cli/run.go): telemetry, a policy store that
-// watches its file, an audit log, the server with its admin listener.
+// gate is a running modgate in this process, built the way `modgate run`
+// builds it (cmd/modgate/internal/cli/run.go): telemetry, a policy store
+// that watches its file, an audit log, the server with its admin listener.
 type gate struct {
 	ln, admin net.Listener
 	done      chan error
 	stop      context.CancelFunc
-	spans     *spanCounter // with OTLP inProcess, else nil
+	spans     *spanCounter // with AlwaysOn, else nil
 }
 
 // startGate starts a modgate with everything that exists turned on: the
 // policy (with its watcher), the audit log to a file, a breaker and
-// retries on the upstream and on every forward-mode origin, and, unless
-// cfg.OTLP is empty, telemetry that samples every request and exports it
-// over OTLP or, with inProcess, to an exporter in this process.
+// retries on the upstream and on every forward-mode origin, and telemetry
+// (see gateConfig.AlwaysOn).
 func startGate(cfg gateConfig) (*gate, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -178,21 +182,16 @@ func startGate(cfg gateConfig) (*gate, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	g.stop = cancel
-	var tel *telemetry.Telemetry
-	if cfg.OTLP != "" {
-		env := map[string]string{"OTEL_TRACES_SAMPLER": "always_on"}
-		tc := telemetry.Config{Version: "bench", HostName: "bench", Getenv: func(k string) string { return env[k] }}
-		if cfg.OTLP == inProcess {
-			g.spans = &spanCounter{}
-			tc.SpanExporters = []sdktrace.SpanExporter{g.spans}
-		} else {
-			env["OTEL_EXPORTER_OTLP_ENDPOINT"] = cfg.OTLP
-		}
-		tel, err = telemetry.Setup(ctx, tc)
-		if err != nil {
-			cancel()
-			return fail(fmt.Errorf("telemetry: %w", err))
-		}
+	tc := telemetry.Config{Version: "bench", HostName: "bench"}
+	if cfg.AlwaysOn {
+		g.spans = &spanCounter{}
+		tc.Getenv = func(k string) string { return map[string]string{"OTEL_TRACES_SAMPLER": "always_on"}[k] }
+		tc.SpanExporters = []sdktrace.SpanExporter{g.spans}
+	}
+	tel, err := telemetry.Setup(ctx, tc)
+	if err != nil {
+		cancel()
+		return fail(fmt.Errorf("telemetry: %w", err))
 	}
 	store, err := policy.NewStore(cfg.Policy)
 	if err != nil {
@@ -230,11 +229,9 @@ func startGate(cfg gateConfig) (*gate, error) {
 	go func() {
 		err := s.Serve(ctx, ln, admin)
 		wg.Wait()
-		if tel != nil {
-			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			tel.Shutdown(sctx)
-			cancel()
-		}
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		tel.Shutdown(sctx)
+		cancel()
 		g.done <- errors.Join(err, audit.Close())
 	}()
 	return g, nil
@@ -255,10 +252,6 @@ func writePolicy(dir string) (string, error) {
 	p := filepath.Join(dir, "policy.yaml")
 	return p, os.WriteFile(p, []byte(benchPolicy), 0o644)
 }
-
-// inProcess, as gateConfig.OTLP, sends every span to a spanCounter in the
-// modgate's own process instead of over OTLP.
-const inProcess = "inprocess"
 
 // spanCounter is the in-process exporter: the SDK does all its work (the
 // span, its attributes, the batch) and the export counts the spans.

@@ -22,6 +22,7 @@ type section int
 
 const (
 	sectionSmall section = iota
+	sectionCached
 	sectionZip
 	sectionForward
 	sectionTunnel
@@ -33,6 +34,7 @@ const (
 
 var sectionTitles = map[section]string{
 	sectionSmall:        "Small artifacts, reverse mode (.info, .mod, list in turn over %d modules)",
+	sectionCached:       "Small artifacts from modgate's cache (modgate run --cache-dir; the floor fetches from the origin)",
 	sectionZip:          "%d MiB zip, reverse mode",
 	sectionForward:      "Forward mode, absolute-form requests (floor: the plain forwarder)",
 	sectionTunnel:       "Forward mode, small requests through open CONNECT tunnels",
@@ -42,7 +44,9 @@ var sectionTitles = map[section]string{
 	sectionHot:          "Hot path per request, Go's benchmark harness, one process (go test -bench -benchmem; in brackets: over direct)",
 }
 
-var columns = []string{"direct", "floor", "modgate", "modgate-notel"}
+// columnOrder is the order columns are printed in; a row shows those it
+// measured.
+var columnOrder = []string{"direct", "floor", "nginx", "squid", "modgate", "sdk-off", "otlp", "always-on", "cached"}
 
 type loadRow struct {
 	key     string
@@ -51,8 +55,7 @@ type loadRow struct {
 }
 
 type telemetryReport struct {
-	export                        string
-	spans, traces, metrics, bytes int64
+	traces, metrics, bytes int64
 }
 
 // report gathers the rows and prints them.
@@ -65,6 +68,7 @@ type report struct {
 	telemetry telemetryReport
 	elapsed   time.Duration
 	modules   int
+	peerNotes []string // why a peer has no column
 }
 
 func newReport(o options) *report {
@@ -87,12 +91,23 @@ func metric(v float64, prec int, unit string) string {
 	return strconv.FormatFloat(v, 'f', prec, 64) + " " + unit
 }
 
+// present is the columns of res in print order.
+func present[V any](res map[string]V) []string {
+	var names []string
+	for _, name := range columnOrder {
+		if _, ok := res[name]; ok {
+			names = append(names, name)
+		}
+	}
+	return names
+}
+
 // load records and prints a row of closed-loop requests.
 func (r *report) load(s section, key string, clients int, res map[string]*stats) {
 	r.loads[s] = append(r.loads[s], loadRow{key: key, clients: clients, res: res})
-	for _, name := range columns {
-		st, ok := res[name]
-		if !ok || st.n == 0 {
+	for _, name := range present(res) {
+		st := res[name]
+		if st.n == 0 {
 			continue
 		}
 		ms := []string{
@@ -102,6 +117,9 @@ func (r *report) load(s section, key string, clients int, res map[string]*stats)
 			metric(float64(st.pct(99).Nanoseconds()), 0, "p99-ns"),
 		}
 		if name != "direct" {
+			ms = append(ms, metric(st.cpuPerReq(), 1, "proc-cpu-µs/op"))
+		}
+		if st.allocsOK {
 			ms = append(ms,
 				metric(float64(st.allocs.Objects)/float64(st.n), 1, "proc-allocs/op"),
 				metric(float64(st.allocs.Bytes)/float64(st.n), 0, "proc-B/op"))
@@ -116,9 +134,9 @@ func (r *report) load(s section, key string, clients int, res map[string]*stats)
 // stream records and prints a row of large transfers.
 func (r *report) stream(s section, key string, res map[string]*stats) {
 	r.streams[s] = res
-	for _, name := range columns {
-		st, ok := res[name]
-		if !ok || st.n == 0 {
+	for _, name := range present(res) {
+		st := res[name]
+		if st.n == 0 {
 			continue
 		}
 		ms := []string{
@@ -126,9 +144,7 @@ func (r *report) stream(s section, key string, res map[string]*stats) {
 			metric(st.mbps(), 1, "MB/s"),
 		}
 		if m := st.mem; m != nil {
-			ms = append(ms,
-				metric(growth(m.PeakRSS, m.RSSBefore), 2, "rss-growth-MiB"),
-				metric(growth(int64(m.HeapPeak), int64(m.HeapBefore)), 2, "heap-growth-MiB"))
+			ms = append(ms, metric(growth(m.PeakRSS, m.RSSBefore), 2, "rss-growth-MiB"))
 		}
 		if st.errs > 0 {
 			ms = append(ms, metric(float64(st.errs), 0, "errors"))
@@ -153,68 +169,70 @@ func mib(b int64) float64 { return float64(b) / (1 << 20) }
 // little below zero; it is shown as zero.
 func growth(peak, before int64) float64 { return max(0, mib(peak-before)) }
 
-// cells is one line of the table: a label, a value per column, and the
-// comparisons.
-type cells struct {
-	label  string
-	values [4]string // direct, floor, modgate, modgate-notel
-	ratio  string    // modgate against the floor
-	telem  string    // modgate against modgate-notel
-	title  bool
+// block is one section of the table: its title, its columns, and lines of
+// a label and a value per column.
+type block struct {
+	title string
+	cols  []string
+	lines [][]string // label, then one value per column
 }
 
 func (r *report) table() {
-	var t []cells
-	add := func(c cells) { t = append(t, c) }
-	title := func(s string) { add(cells{label: s, title: true}) }
-
-	for _, s := range []section{sectionSmall, sectionZip, sectionForward, sectionTunnel, sectionSetup, sectionTunnelZip, sectionTunnelZipTLS} {
+	var blocks []block
+	for _, s := range []section{sectionSmall, sectionCached, sectionZip, sectionForward, sectionTunnel, sectionSetup, sectionTunnelZip, sectionTunnelZipTLS} {
+		title := sectionTitles[s]
 		switch s {
 		case sectionSmall:
-			title(fmt.Sprintf(sectionTitles[s], r.modules))
+			title = fmt.Sprintf(title, r.modules)
 		case sectionZip, sectionTunnelZip, sectionTunnelZipTLS:
-			title(fmt.Sprintf(sectionTitles[s], r.o.zipMiB))
-		default:
-			title(sectionTitles[s])
+			title = fmt.Sprintf(title, r.o.zipMiB)
 		}
-		if rows, ok := r.loads[s]; ok {
-			r.loadCells(rows, add)
+		if rows, ok := r.loads[s]; ok && len(rows) > 0 {
+			blocks = append(blocks, r.loadBlock(title, rows))
 		}
 		if res, ok := r.streams[s]; ok {
-			r.streamCells(res, add)
+			blocks = append(blocks, r.streamBlock(title, res))
 		}
 	}
 	if len(r.hots) > 0 {
-		title(sectionTitles[sectionHot])
-		r.hotCells(add)
-	}
-
-	// Column widths.
-	head := cells{label: "", values: [4]string{"direct", "floor", "modgate", "no-tel"}, ratio: "modgate vs floor", telem: "tel on vs off"}
-	all := append([]cells{head}, t...)
-	wl, wv, wr, wt := 0, 0, len(head.ratio), len(head.telem)
-	for _, c := range all {
-		if !c.title {
-			wl = max(wl, len(c.label))
-		}
-		for _, v := range c.values {
-			wv = max(wv, len(v))
-		}
-		wr, wt = max(wr, len(c.ratio)), max(wt, len(c.telem))
+		blocks = append(blocks, r.hotBlock())
 	}
 	fmt.Fprintln(r.w)
 	r.notes()
-	fmt.Fprintln(r.w)
-	for _, c := range all {
-		if c.title {
-			fmt.Fprintf(r.w, "%s\n", c.label)
-			continue
+	for _, b := range blocks {
+		fmt.Fprintf(r.w, "\n%s\n", b.title)
+		wl, wv := 0, 0
+		for _, l := range b.lines {
+			wl = max(wl, len([]rune(l[0])))
+			for _, v := range l[1:] {
+				wv = max(wv, len([]rune(v)))
+			}
 		}
-		fmt.Fprintf(r.w, "  %-*s", wl, c.label)
-		for _, v := range c.values {
-			fmt.Fprintf(r.w, "  %*s", wv, v)
+		for _, c := range b.cols {
+			wv = max(wv, len(c))
 		}
-		fmt.Fprintf(r.w, "  %*s  %*s\n", wr, c.ratio, wt, c.telem)
+		pad := func(s string, w int, left bool) string {
+			n := w - len([]rune(s))
+			if n <= 0 {
+				return s
+			}
+			if left {
+				return s + strings.Repeat(" ", n)
+			}
+			return strings.Repeat(" ", n) + s
+		}
+		fmt.Fprintf(r.w, "  %s", pad("", wl, true))
+		for _, c := range b.cols {
+			fmt.Fprintf(r.w, "  %s", pad(c, wv, false))
+		}
+		fmt.Fprintln(r.w)
+		for _, l := range b.lines {
+			fmt.Fprintf(r.w, "  %s", pad(l[0], wl, true))
+			for _, v := range l[1:] {
+				fmt.Fprintf(r.w, "  %s", pad(v, wv, false))
+			}
+			fmt.Fprintln(r.w)
+		}
 	}
 	fmt.Fprintln(r.w)
 	r.targets()
@@ -230,24 +248,29 @@ func (r *report) notes() {
 	fmt.Fprintf(r.w, "Modgate bench, %s, %s/%s, %s, %d CPUs%s.\n", time.Now().UTC().Format("2006-01-02 15:04 MST"), runtime.GOOS, runtime.GOARCH, runtime.Version(), runtime.NumCPU(), cpu)
 	fmt.Fprintf(r.w, "Each load cell: %d rounds of %s per column, the columns taking turns in a rotating order, after a %s warm-up;\n", o.rounds, o.d, o.warm)
 	fmt.Fprintf(r.w, "closed-loop clients on keep-alive connections. Zips: %d transfers per column, taking turns.\n", o.zipRound)
-	fmt.Fprintln(r.w, "  direct   the client fetches from the fake origin, no proxy in between")
-	fmt.Fprintln(r.w, "  floor    httputil.ReverseProxy with Rewrite only (64 idle connections per host, as modgate);")
-	fmt.Fprintln(r.w, "           absolute-form requests go where their URL says; CONNECT: hijack, dial, io.Copy both ways")
-	fmt.Fprintln(r.w, "  modgate  policy (6 rules, watched), breaker and retries, audit log to a file, telemetry sampling")
-	if r.telemetry.export == inProcess {
-		fmt.Fprintf(r.w, "           100%% to an in-process exporter, batched as OTLP's (%d spans)\n", r.telemetry.spans)
-	} else {
-		fmt.Fprintf(r.w, "           100%% over OTLP to a local receiver (%d trace and %d metric exports, %.1f MB received)\n",
-			r.telemetry.traces, r.telemetry.metrics, float64(r.telemetry.bytes)/1e6)
+	fmt.Fprintln(r.w, "  direct     the client fetches from the fake origin, no proxy in between")
+	fmt.Fprintln(r.w, "  floor      httputil.ReverseProxy with Rewrite only (64 idle connections per host, as modgate);")
+	fmt.Fprintln(r.w, "             absolute-form requests go where their URL says; CONNECT: hijack, dial, io.Copy both ways")
+	fmt.Fprintln(r.w, "  nginx      Debian's nginx, reverse proxy, keep-alive pool of 64 to the origin, no access log")
+	fmt.Fprintln(r.w, "  squid      Debian's Squid, forward proxy (absolute-form and CONNECT), caching nothing, no access log")
+	fmt.Fprintln(r.w, "  modgate... `modgate run` processes, each with a config file (the origin as upstream, policy of 6 rules,")
+	fmt.Fprintln(r.w, "             watched), an audit log to a file, and what the environment and flags say:")
+	for _, mc := range modgateColumns {
+		fmt.Fprintf(r.w, "    %-9s %s\n", mc.name, mc.about)
 	}
-	fmt.Fprintln(r.w, "  no-tel   the same modgate with telemetry off")
-	fmt.Fprintln(r.w, "  The client, the origin and the OTLP receiver (-export otlp) share one process; floor and each modgate are")
-	fmt.Fprintln(r.w, "  processes of their own, so their RSS, heap and allocations (\"proxy process\") are theirs alone.")
+	fmt.Fprintf(r.w, "  The OTLP receiver got %d trace and %d metric exports, %.1f MB.\n", r.telemetry.traces, r.telemetry.metrics, float64(r.telemetry.bytes)/1e6)
+	for _, n := range r.peerNotes {
+		fmt.Fprintf(r.w, "  No column: %s\n", n)
+	}
+	fmt.Fprintln(r.w, "  The client, the origin and the OTLP receiver share one process; every proxy is a process of its own, so their")
+	fmt.Fprintln(r.w, "  CPU time (from /proc, worker processes included), RSS and allocations (Go processes) are theirs alone.")
 }
 
-func (r *report) loadCells(rows []loadRow, add func(cells)) {
+func (r *report) loadBlock(title string, rows []loadRow) block {
+	cols := present(rows[0].res)
+	b := block{title: title, cols: cols}
 	val := func(st *stats, f func(*stats) string) string {
-		if st == nil || st.n == 0 {
+		if !ok(st) {
 			return "-"
 		}
 		s := f(st)
@@ -256,86 +279,115 @@ func (r *report) loadCells(rows []loadRow, add func(cells)) {
 		}
 		return s
 	}
-	for _, m := range []struct {
-		name string
-		f    func(*stats) string
-		diff func(a, b *stats) string
-	}{
-		{"req/s", func(s *stats) string { return thousands(s.rps()) }, func(a, b *stats) string { return fmt.Sprintf("%.2f×", a.rps()/b.rps()) }},
-		{"p50 µs", func(s *stats) string { return micros(s.pct(50)) }, func(a, b *stats) string { return signedMicros(a.pct(50) - b.pct(50)) }},
-		{"p99 µs", func(s *stats) string { return micros(s.pct(99)) }, func(a, b *stats) string { return signedMicros(a.pct(99) - b.pct(99)) }},
-	} {
+	add := func(label string, f func(row loadRow, name string) string) {
 		for _, row := range rows {
-			c := cells{label: fmt.Sprintf("%-7s %11s", m.name, clientsText(row.clients))}
-			for i, name := range columns {
-				c.values[i] = val(row.res[name], m.f)
+			l := []string{fmt.Sprintf("%-14s %10s", label, clientsText(row.clients))}
+			for _, name := range cols {
+				l = append(l, f(row, name))
 			}
-			if g, f := row.res["modgate"], row.res["floor"]; ok(g) && ok(f) {
-				c.ratio = m.diff(g, f)
-			}
-			if g, n := row.res["modgate"], row.res["modgate-notel"]; ok(g) && ok(n) {
-				c.telem = m.diff(g, n)
-			}
-			add(c)
+			b.lines = append(b.lines, l)
 		}
 	}
-	// Allocations of the proxy processes, over every row of the section.
-	var sum [4]stats
-	for _, row := range rows {
-		for i, name := range columns {
-			if st := row.res[name]; st != nil {
-				sum[i].n += st.n
-				sum[i].allocs.Objects += st.allocs.Objects
-				sum[i].allocs.Bytes += st.allocs.Bytes
+	add("req/s", func(row loadRow, name string) string {
+		return val(row.res[name], func(s *stats) string { return thousands(s.rps()) })
+	})
+	add("× floor", func(row loadRow, name string) string {
+		st, f := row.res[name], row.res["floor"]
+		if name == "floor" || !ok(st) || !ok(f) {
+			return ""
+		}
+		return fmt.Sprintf("%.2f×", st.rps()/f.rps())
+	})
+	add("p50 µs", func(row loadRow, name string) string {
+		return val(row.res[name], func(s *stats) string { return micros(s.pct(50)) })
+	})
+	add("p50 vs floor", func(row loadRow, name string) string {
+		st, f := row.res[name], row.res["floor"]
+		if name == "floor" || !ok(st) || !ok(f) {
+			return ""
+		}
+		return signedMicros(st.pct(50) - f.pct(50))
+	})
+	add("p99 µs", func(row loadRow, name string) string {
+		return val(row.res[name], func(s *stats) string { return micros(s.pct(99)) })
+	})
+	add("CPU µs/req", func(row loadRow, name string) string {
+		st := row.res[name]
+		if name == "direct" || !ok(st) {
+			return "-"
+		}
+		return fmt.Sprintf("%.1f", st.cpuPerReq())
+	})
+	// Allocations of the Go proxy processes, over every row of the section.
+	allocs := []string{"allocs/req, proxy process"}
+	kb := []string{"kB/req, proxy process"}
+	for _, name := range cols {
+		var n int
+		var a allocCounts
+		good := false
+		for _, row := range rows {
+			if st := row.res[name]; st != nil && st.allocsOK {
+				good = true
+				n += st.n
+				a.Objects += st.allocs.Objects
+				a.Bytes += st.allocs.Bytes
 			}
 		}
-	}
-	ca := cells{label: "allocs/req, proxy process"}
-	cb := cells{label: "kB/req, proxy process"}
-	for i, name := range columns {
-		ca.values[i], cb.values[i] = "-", "-"
-		if name != "direct" && sum[i].n > 0 {
-			ca.values[i] = strconv.FormatFloat(float64(sum[i].allocs.Objects)/float64(sum[i].n), 'f', 0, 64)
-			cb.values[i] = strconv.FormatFloat(float64(sum[i].allocs.Bytes)/float64(sum[i].n)/1000, 'f', 1, 64)
-		}
-	}
-	add(ca)
-	add(cb)
-}
-
-func (r *report) streamCells(res map[string]*stats, add func(cells)) {
-	c := cells{label: "MB/s"}
-	rss := cells{label: "peak RSS growth, MiB"}
-	heap := cells{label: "peak heap growth, MiB"}
-	base := cells{label: "RSS before, MiB"}
-	for i, name := range columns {
-		c.values[i], rss.values[i], heap.values[i], base.values[i] = "-", "-", "-", "-"
-		st := res[name]
-		if !ok(st) {
+		if !good || n == 0 {
+			allocs, kb = append(allocs, "-"), append(kb, "-")
 			continue
 		}
-		c.values[i] = thousands(st.mbps())
+		allocs = append(allocs, strconv.FormatFloat(float64(a.Objects)/float64(n), 'f', 0, 64))
+		kb = append(kb, strconv.FormatFloat(float64(a.Bytes)/float64(n)/1000, 'f', 1, 64))
+	}
+	b.lines = append(b.lines, allocs, kb)
+	return b
+}
+
+func (r *report) streamBlock(title string, res map[string]*stats) block {
+	cols := present(res)
+	b := block{title: title, cols: cols}
+	mbps := []string{"MB/s"}
+	ratio := []string{"× floor"}
+	cpu := []string{"CPU ms per transfer"}
+	rss := []string{"peak RSS growth, MiB"}
+	base := []string{"RSS before, MiB"}
+	for _, name := range cols {
+		st := res[name]
+		if !ok(st) {
+			mbps, ratio, cpu, rss, base = append(mbps, "-"), append(ratio, ""), append(cpu, "-"), append(rss, "-"), append(base, "-")
+			continue
+		}
+		v := thousands(st.mbps())
 		if st.errs > 0 {
-			c.values[i] += "!"
+			v += "!"
+		}
+		mbps = append(mbps, v)
+		if f := res["floor"]; name != "floor" && ok(f) {
+			ratio = append(ratio, fmt.Sprintf("%.2f×", st.mbps()/f.mbps()))
+		} else {
+			ratio = append(ratio, "")
+		}
+		if name == "direct" {
+			cpu = append(cpu, "-")
+		} else {
+			cpu = append(cpu, fmt.Sprintf("%.0f", float64(st.cpu.Milliseconds())/float64(st.n)))
 		}
 		if m := st.mem; m != nil {
-			rss.values[i] = fmt.Sprintf("%.1f", growth(m.PeakRSS, m.RSSBefore))
-			heap.values[i] = fmt.Sprintf("%.1f", growth(int64(m.HeapPeak), int64(m.HeapBefore)))
-			base.values[i] = fmt.Sprintf("%.1f", mib(m.RSSBefore))
+			rss = append(rss, fmt.Sprintf("%.1f", growth(m.PeakRSS, m.RSSBefore)))
+			base = append(base, fmt.Sprintf("%.1f", mib(m.RSSBefore)))
+		} else {
+			rss, base = append(rss, "-"), append(base, "-")
 		}
 	}
-	if g, f := res["modgate"], res["floor"]; ok(g) && ok(f) {
-		c.ratio = fmt.Sprintf("%.2f×", g.mbps()/f.mbps())
-	}
-	add(c)
-	add(rss)
-	add(heap)
-	add(base)
+	b.lines = append(b.lines, mbps, ratio, cpu, rss, base)
+	return b
 }
 
 var hotLabels = map[string]string{"reverse-info": "reverse .info", "reverse-list": "reverse list", "forward-info": "forward .info"}
 
-func (r *report) hotCells(add func(cells)) {
+func (r *report) hotBlock() block {
+	b := block{title: sectionTitles[sectionHot], cols: hotColumns}
 	by := map[string]map[string]hotResult{}
 	for _, h := range r.hots {
 		if by[h.Kind] == nil {
@@ -352,29 +404,25 @@ func (r *report) hotCells(add func(cells)) {
 		}{
 			{"allocs/op", func(h hotResult) float64 { return float64(h.AllocsPerOp) }, 0},
 			{"kB/op", func(h hotResult) float64 { return float64(h.BytesPerOp) / 1000 }, 1},
+			{"µs/op", func(h hotResult) float64 { return float64(h.NsPerOp) / 1000 }, 0},
 		} {
-			c := cells{label: fmt.Sprintf("%-9s %s", m.unit, hotLabels[kind])}
+			l := []string{fmt.Sprintf("%-9s %s", m.unit, hotLabels[kind])}
 			d, hasDirect := hs["direct"]
-			for i, name := range columns {
+			for _, name := range hotColumns {
 				h, ok := hs[name]
 				switch {
 				case !ok:
-					c.values[i] = "-"
+					l = append(l, "-")
 				case name == "direct" || !hasDirect:
-					c.values[i] = strconv.FormatFloat(m.f(h), 'f', m.prec, 64)
+					l = append(l, strconv.FormatFloat(m.f(h), 'f', m.prec, 64))
 				default:
-					c.values[i] = fmt.Sprintf("%.*f (+%.*f)", m.prec, m.f(h), m.prec, m.f(h)-m.f(d))
+					l = append(l, fmt.Sprintf("%.*f (+%.*f)", m.prec, m.f(h), m.prec, m.f(h)-m.f(d)))
 				}
 			}
-			if g, f := hs["modgate"], hs["floor"]; hasDirect && m.f(f)-m.f(d) > 0 {
-				c.ratio = fmt.Sprintf("%.1f× own", (m.f(g)-m.f(d))/(m.f(f)-m.f(d)))
-			}
-			if g, n := hs["modgate"], hs["modgate-notel"]; hasDirect && m.f(n)-m.f(d) > 0 {
-				c.telem = fmt.Sprintf("%.1f× own", (m.f(g)-m.f(d))/(m.f(n)-m.f(d)))
-			}
-			add(c)
+			b.lines = append(b.lines, l)
 		}
 	}
+	return b
 }
 
 // targets prints each target of the issue, what was measured, and whether
@@ -410,25 +458,37 @@ func (r *report) targets() {
 			return fmt.Sprintf("%.2f× at %d", q, row.clients), q >= least && x.errs == 0
 		}
 	}
-	p50 := func(row loadRow) (string, bool) {
-		g, f := row.res["modgate"], row.res["floor"]
-		if !ok(g) || !ok(f) {
-			return "n/a", false
-		}
-		d := g.pct(50) - f.pct(50)
-		return fmt.Sprintf("%s at %d", signedMicros(d), row.clients), d <= 100*time.Microsecond
-	}
-	loadTarget(r.loads[sectionSmall], "small requests, reverse: modgate ≥ 1.0× floor req/s", rpsRatio("modgate", "floor", 1.0))
-	loadTarget(r.loads[sectionForward], "small requests, forward absolute-form: modgate ≥ 1.0× floor req/s", rpsRatio("modgate", "floor", 1.0))
-	for _, s := range []struct {
-		rows []loadRow
-		name string
-	}{{r.loads[sectionSmall], "reverse"}, {r.loads[sectionForward], "forward absolute-form"}} {
-		if len(s.rows) > 0 && s.rows[0].clients == 1 {
-			loadTarget(s.rows[:1], "small requests, "+s.name+": p50 added latency ≤ floor + 100 µs (1 client: no queueing)", p50)
+	small := r.loads[sectionSmall]
+	loadTarget(small, "default config (modgate) ≥ 0.9× floor req/s", rpsRatio("modgate", "floor", 0.9))
+	for _, row := range small {
+		if row.clients == 1 {
+			loadTarget([]loadRow{row}, "default config p50 added ≤ floor + 50 µs (1 client: no queueing)", func(row loadRow) (string, bool) {
+				g, f := row.res["modgate"], row.res["floor"]
+				if !ok(g) || !ok(f) {
+					return "n/a", false
+				}
+				d := g.pct(50) - f.pct(50)
+				return fmt.Sprintf("%s at %d", signedMicros(d), row.clients), d <= 50*time.Microsecond
+			})
 		}
 	}
-	loadTarget(r.loads[sectionSmall], "telemetry on vs off ≥ 0.85× req/s (modgate against no-tel)", rpsRatio("modgate", "modgate-notel", 0.85))
+	loadTarget(small, "OTLP export, default sampler (otlp) ≥ 0.8× floor req/s", rpsRatio("otlp", "floor", 0.8))
+	for _, row := range small {
+		a, f, g := row.res["always-on"], row.res["floor"], row.res["modgate"]
+		if ok(a) && ok(f) && ok(g) {
+			fmt.Fprintf(r.w, "  report  always_on at %d: %.2f× floor req/s, CPU %.1f µs/req (floor %.1f, modgate default %.1f)\n",
+				row.clients, a.rps()/f.rps(), a.cpuPerReq(), f.cpuPerReq(), g.cpuPerReq())
+		}
+	}
+	if len(small) > 0 {
+		var parts []string
+		for _, row := range small {
+			v, _ := rpsRatio("sdk-off", "floor", 0)(row)
+			parts = append(parts, v)
+		}
+		fmt.Fprintf(r.w, "  report  OTEL_SDK_DISABLED=true (sdk-off) vs floor req/s: %s\n", strings.Join(parts, ", "))
+	}
+	loadTarget(r.loads[sectionCached], "cached small artifacts ≥ 2× floor req/s", rpsRatio("cached", "floor", 2))
 	if res := r.streams[sectionZip]; res != nil {
 		g, f := res["modgate"], res["floor"]
 		if ok(g) && ok(f) {
@@ -440,13 +500,11 @@ func (r *report) targets() {
 			fmt.Fprintf(r.w, "  %s  modgate's RSS growth while streaming %d MiB < 32 MiB: %.1f MiB\n", verdict(g < 32), r.o.zipMiB, g)
 		}
 	}
-	for _, s := range []struct {
-		s    section
-		name string
-	}{{sectionTunnelZip, "zip through a tunnel"}, {sectionTunnelZipTLS, "zip over TLS through a tunnel"}} {
-		if g, d := r.streams[s.s]["modgate"], r.streams[s.s]["direct"]; ok(g) && ok(d) {
-			q := g.mbps() / d.mbps()
-			fmt.Fprintf(r.w, "  %s  %s ≥ 0.9× direct MB/s: %.2f×\n", verdict(q >= 0.9 && g.errs == 0), s.name, q)
+	loadTarget(r.loads[sectionForward], "forward absolute-form small ≥ 1.0× Squid req/s", rpsRatio("modgate", "squid", 1.0))
+	if res := r.streams[sectionTunnelZipTLS]; res != nil {
+		if g, q := res["modgate"], res["squid"]; ok(g) && ok(q) {
+			x := g.mbps() / q.mbps()
+			fmt.Fprintf(r.w, "  %s  CONNECT %d MiB over TLS ≥ 1.0× Squid MB/s: %.2f×\n", verdict(x >= 1 && g.errs == 0), r.o.zipMiB, x)
 		}
 	}
 }

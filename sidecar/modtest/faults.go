@@ -107,12 +107,18 @@ type faultServer struct {
 
 	// fault applies to requests that name none (see Proxy.SetFault).
 	fault atomic.Pointer[string]
+
+	// prefix, if not empty, is the path the server is mounted at (see
+	// WithPathPrefix): requests outside it answer 404, and it is cut off
+	// before faults are read.
+	prefix string
 }
 
-// startFaultServer starts a server closed by t.Cleanup.
-func startFaultServer(t testing.TB, inner http.Handler, rec *recorder, useTLS bool, blocked func(string), tlsNames ...string) *faultServer {
+// startFaultServer starts a server closed by t.Cleanup, mounted at prefix
+// ("" for the root).
+func startFaultServer(t testing.TB, inner http.Handler, rec *recorder, useTLS bool, blocked func(string), prefix string, tlsNames ...string) *faultServer {
 	t.Helper()
-	s := &faultServer{inner: inner, rec: rec, blocked: blocked, done: make(chan struct{})}
+	s := &faultServer{inner: inner, rec: rec, blocked: blocked, done: make(chan struct{}), prefix: prefix}
 	s.srv = &httptest.Server{
 		Listener: listenLoopback(t),
 		Config:   &http.Server{Handler: s, ErrorLog: log.New(logWriter{t}, "", 0)},
@@ -228,6 +234,15 @@ func withPath(r *http.Request, path string) *http.Request {
 }
 
 func (s *faultServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if s.prefix != "" {
+		rest, ok := strings.CutPrefix(r.URL.Path, s.prefix)
+		if !ok || !strings.HasPrefix(rest, "/") {
+			s.rec.record("", r.URL.Path)
+			writeText(w, http.StatusNotFound, "not found: outside "+s.prefix+"/\n")
+			return
+		}
+		r = withPath(r, rest)
+	}
 	fault, rest, faulted := splitFault(r.URL.Path)
 	if f := s.fault.Load(); !faulted && f != nil {
 		fault, faulted = *f, true

@@ -37,6 +37,11 @@ type Module struct {
 	Info    []byte // body of /@v/<version>.info (JSON)
 	Mod     []byte // body of /@v/<version>.mod
 	Zip     []byte // body of /@v/<version>.zip
+	// Queries are the other names that /@v/<query>.info resolves to this
+	// version: branch names, commit hashes and their prefixes, as a real
+	// proxy resolves them. Only .info answers a query; .mod and .zip are
+	// fetched by canonical version.
+	Queries []string
 }
 
 // String returns "path@version".
@@ -67,10 +72,19 @@ type Fixtures struct {
 // is used: the module path with "/" replaced by "_" (optionally case-encoded
 // with "!"), "_", then the version. When both are present they must agree.
 //
+// A comment line "query: q1 q2 ..." lists queries that resolve to this
+// version ([Module.Queries]): the proxy answers /@v/<q>.info with this
+// version's info, as a real proxy answers a branch name, a commit hash or a
+// hash prefix. A query may not be a canonical version, and two versions of
+// one module may not share a query.
+//
 // The .mod section is required and is served for /@v/<version>.mod. The .info
 // section is optional; without it the info is {"Version":..., "Time":...} with
 // [FixtureTime]. The other sections are the module's files; the module zip
-// gets the .mod section as its go.mod unless the archive has its own go.mod.
+// gets the .mod section as its go.mod unless the archive has its own go.mod
+// or the version is +incompatible (such a module has no go.mod: the .mod
+// section is then the "module path" line a proxy synthesizes, as in cmd/go's
+// testdata/mod).
 func LoadFixtures(dir string) (*Fixtures, error) {
 	names, err := filepath.Glob(filepath.Join(dir, "*.txtar"))
 	if err != nil {
@@ -150,6 +164,7 @@ func ParseFixture(name string, data []byte) (Module, error) {
 	if err != nil {
 		return fail("%v", err)
 	}
+	queries := parseQueries(ar.Comment)
 	base := strings.TrimSuffix(filepath.Base(name), ".txtar")
 	if hasHeader {
 		if !fileNameMatches(base, path, vers) {
@@ -184,7 +199,7 @@ func ParseFixture(name string, data []byte) (Module, error) {
 	if !haveMod {
 		return fail("missing -- .mod -- section")
 	}
-	if !haveGoMod {
+	if !haveGoMod && !strings.HasSuffix(vers, "+incompatible") {
 		files = append(files, File{Name: "go.mod", Data: mod})
 	}
 	if haveInfo {
@@ -201,7 +216,37 @@ func ParseFixture(name string, data []byte) (Module, error) {
 	if err != nil {
 		return fail("%v", err)
 	}
+	m.Queries = queries
+	if err := checkQueries(m); err != nil {
+		return fail("%v", err)
+	}
 	return m, nil
+}
+
+// parseQueries returns the fields of every "query:" line of a txtar comment.
+func parseQueries(comment []byte) []string {
+	var qs []string
+	for l := range strings.SplitSeq(string(comment), "\n") {
+		if rest, ok := strings.CutPrefix(strings.TrimSpace(l), "query:"); ok {
+			qs = append(qs, strings.Fields(rest)...)
+		}
+	}
+	return qs
+}
+
+// checkQueries checks that m's queries are names a version query can be:
+// never a canonical version (that would shadow a real version), and safe
+// to put in a proxy path.
+func checkQueries(m Module) error {
+	for _, q := range m.Queries {
+		if q == "latest" || q == "upgrade" || q == "patch" || semver.IsValid(q) {
+			return fmt.Errorf("query %q is a version or a version query, not a revision", q)
+		}
+		if _, err := module.EscapeVersion(q); err != nil {
+			return fmt.Errorf("query %q: %v", q, err)
+		}
+	}
+	return nil
 }
 
 // A File is one file of a module built by [NewModule].
@@ -212,7 +257,8 @@ type File struct {
 
 // NewModule builds a module in memory for tests that generate modules in
 // code. The go.mod served for /@v/<version>.mod is the go.mod among files, or
-// "module <path>" if there is none (and then it is added to the zip too).
+// "module <path>" if there is none (and then it is added to the zip too,
+// unless the version is +incompatible).
 // The info is generated as described at [LoadFixtures].
 func NewModule(path, version string, files ...File) (Module, error) {
 	var mod []byte
@@ -223,7 +269,9 @@ func NewModule(path, version string, files ...File) (Module, error) {
 	}
 	if mod == nil {
 		mod = []byte("module " + path + "\n")
-		files = append(slices.Clip(files), File{Name: "go.mod", Data: mod})
+		if !strings.HasSuffix(version, "+incompatible") {
+			files = append(slices.Clip(files), File{Name: "go.mod", Data: mod})
+		}
 	}
 	m, err := buildModule(path, version, mod, nil, files)
 	if err != nil {
@@ -357,11 +405,15 @@ func (i zipFileInfo) Sys() any           { return nil }
 
 // Add adds m to the set, replacing any module with the same path and version.
 // Empty Info and Mod are filled in as [NewModule] would; Zip is served as
-// given, so a test can add a deliberately broken module. Add fails only if
-// the path or version is invalid.
+// given, so a test can add a deliberately broken module. Add fails if the
+// path or version is invalid, or if another version of the module already
+// answers one of m's queries.
 func (fx *Fixtures) Add(m Module) error {
 	if err := checkModuleVersion(m.Path, m.Version); err != nil {
 		return fmt.Errorf("modtest: add: %v", err)
+	}
+	if err := checkQueries(m); err != nil {
+		return fmt.Errorf("modtest: add %s: %v", m, err)
 	}
 	if m.Info == nil {
 		m.Info = defaultInfo(m.Version)
@@ -371,11 +423,37 @@ func (fx *Fixtures) Add(m Module) error {
 	}
 	fx.mu.Lock()
 	defer fx.mu.Unlock()
+	for k, other := range fx.mods {
+		if k.Path == m.Path && k.Version != m.Version {
+			for _, q := range m.Queries {
+				if slices.Contains(other.Queries, q) {
+					return fmt.Errorf("modtest: add %s: query %q already resolves to %s", m, q, other.Version)
+				}
+			}
+		}
+	}
 	if fx.mods == nil {
 		fx.mods = make(map[module.Version]Module)
 	}
 	fx.mods[module.Version{Path: m.Path, Version: m.Version}] = m
 	return nil
+}
+
+// Resolve returns the module that /@v/<query>.info names: the version
+// query itself, or else the version that lists query among its
+// [Module.Queries].
+func (fx *Fixtures) Resolve(path, query string) (Module, bool) {
+	if m, ok := fx.Lookup(path, query); ok {
+		return m, true
+	}
+	fx.mu.RLock()
+	defer fx.mu.RUnlock()
+	for k, m := range fx.mods {
+		if k.Path == path && slices.Contains(m.Queries, query) {
+			return m, true
+		}
+	}
+	return Module{}, false
 }
 
 // Modules returns every module version, sorted by path and then by semantic

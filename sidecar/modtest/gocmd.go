@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"os/exec"
@@ -78,6 +79,10 @@ func NewGo(t testing.TB) *Go {
 		t.Fatalf("modtest: no go command: %v", err)
 	}
 	root := t.TempDir()
+	// A toolchain the go command downloads lands in the module cache
+	// read-only whatever GOFLAGS says (the switch happens before flags are
+	// read); give the write bits back so that the directory can be removed.
+	t.Cleanup(func() { makeWritable(root) })
 	g := &Go{t: t, bin: bin, root: root, dir: filepath.Join(root, "work"), env: make(map[string]string)}
 	for _, d := range []string{"work", "gopath", "modcache", "home"} {
 		if err := os.Mkdir(filepath.Join(root, d), 0o777); err != nil {
@@ -246,6 +251,19 @@ func (g *Go) MustRun(args ...string) (stdout, stderr string) {
 		g.t.Fatalf("%v\n%s", err, indent(stderr))
 	}
 	return stdout, stderr
+}
+
+// makeWritable adds the owner's write bit to every directory under root,
+// ignoring errors: the removal that follows reports what is left.
+func makeWritable(root string) {
+	filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err == nil && d.IsDir() {
+			if info, err := d.Info(); err == nil && info.Mode()&0o200 == 0 {
+				os.Chmod(path, info.Mode()|0o200)
+			}
+		}
+		return nil
+	})
 }
 
 func indent(s string) string {

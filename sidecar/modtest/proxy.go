@@ -15,7 +15,8 @@ import (
 // It counts every request it receives.
 type Proxy struct {
 	// URL is the base URL of the proxy, "http://127.0.0.1:port" (https for
-	// [NewProxyTLS]), with no trailing slash.
+	// [NewProxyTLS]) followed by any [WithPathPrefix], with no trailing
+	// slash.
 	URL string
 
 	fx *Fixtures
@@ -30,6 +31,16 @@ type proxyConfig struct {
 	db       *SumDB
 	blocked  func(fault string) // test hook, see faultServer.blocked
 	tlsNames []string
+	prefix   string
+}
+
+// WithPathPrefix mounts the proxy at prefix (e.g.
+// "/artifactory/api/go/go-remote"), as repository managers serve module
+// proxies: [Proxy.URL] ends with prefix, requests outside it answer 404,
+// and fault prefixes follow it (<URL>/f/500/...). [Proxy.Requests] reports
+// paths without it.
+func WithPathPrefix(prefix string) ProxyOption {
+	return func(c *proxyConfig) { c.prefix = strings.TrimSuffix(prefix, "/") }
 }
 
 // WithBlocked calls fn (with the fault's name) whenever a hang or stall
@@ -46,7 +57,8 @@ func WithTLSNames(names ...string) ProxyOption {
 }
 
 // WithSumDB makes the proxy serve db the way a proxy that supports checksum
-// database proxying does: /sumdb/<db.Name>/supported answers 200 and
+// database proxying does (db.Name may have a path, as in
+// /sumdb/sum.fixture.test/sumdb/...): /sumdb/<db.Name>/supported answers 200 and
 // /sumdb/<db.Name>/lookup/..., /tile/... and /latest are served by
 // db.Handler() with the prefix stripped. Without this option, and for any
 // other database name, /sumdb/... answers 404, so the go command falls back
@@ -60,7 +72,7 @@ func WithSumDB(db *SumDB) ProxyOption {
 // It serves
 //
 //	/<module>/@v/list             text/plain; charset=utf-8, one version a line
-//	/<module>/@v/<version>.info   application/json
+//	/<module>/@v/<version>.info   application/json (also for a query, see [Module.Queries])
 //	/<module>/@v/<version>.mod    text/plain; charset=utf-8
 //	/<module>/@v/<version>.zip    application/zip
 //	/<module>/@latest             application/json
@@ -118,8 +130,11 @@ func newProxy(t testing.TB, fx *Fixtures, useTLS bool, opts []ProxyOption) *Prox
 		fx = &Fixtures{}
 	}
 	p := &Proxy{fx: fx, db: cfg.db}
-	p.s = startFaultServer(t, http.HandlerFunc(p.serve), &recorder{}, useTLS, cfg.blocked, cfg.tlsNames...)
-	p.URL = p.s.srv.URL
+	if cfg.prefix != "" && (!strings.HasPrefix(cfg.prefix, "/") || strings.Contains(cfg.prefix, "/f/")) {
+		t.Fatalf("modtest: path prefix %q must start with / and hold no fault prefix", cfg.prefix)
+	}
+	p.s = startFaultServer(t, http.HandlerFunc(p.serve), &recorder{}, useTLS, cfg.blocked, cfg.prefix, cfg.tlsNames...)
+	p.URL = p.s.srv.URL + cfg.prefix
 	return p
 }
 
@@ -231,6 +246,11 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	m, ok := p.fx.Lookup(path, vers)
+	if !ok && ext == ".info" {
+		// A query (branch, commit hash): answered with the info of the
+		// version it resolves to, as real proxies do.
+		m, ok = p.fx.Resolve(path, vers)
+	}
 	if !ok {
 		notFound(w, "%s@%s: unknown version", path, vers)
 		return

@@ -2,11 +2,14 @@ package modtest
 
 import (
 	"crypto/rand"
+	"crypto/x509"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"testing"
 
+	"golang.org/x/mod/module"
 	"golang.org/x/mod/sumdb"
 	"golang.org/x/mod/sumdb/note"
 )
@@ -25,12 +28,14 @@ type SumDB struct {
 
 	handler http.Handler
 	rec     *recorder
+	fx      *Fixtures
 }
 
 // NewSumDB creates a database named name (a host name such as
-// "sum.fixture.test") with a fresh signing key, serving fx. It starts no
+// "sum.fixture.test", or a host and a path, "sum.fixture.test/sumdb", as the
+// go command allows) with a fresh signing key, serving fx. It starts no
 // server: serve it through a proxy with [WithSumDB], or on its own with
-// [SumDB.Serve].
+// [SumDB.Serve] or [SumDB.ServeNamed].
 func NewSumDB(t testing.TB, name string, fx *Fixtures) *SumDB {
 	t.Helper()
 	skey, vkey, err := note.GenerateKey(rand.Reader, name)
@@ -53,6 +58,32 @@ func NewSumDB(t testing.TB, name string, fx *Fixtures) *SumDB {
 		VerifierKey: vkey,
 		handler:     sumdb.NewServer(sumdb.NewTestServer(skey, fx.GoSumLines)),
 		rec:         &recorder{},
+		fx:          fx,
+	}
+}
+
+// Preload adds a record for every module of the fixtures now, in the order
+// of [Fixtures.Modules], rather than on first lookup. The tree then stops
+// growing while go commands read it, so that two runs of the same commands
+// read the same tree head and tiles: a cache warmed by the first run holds
+// everything the second needs. Modules added to the fixtures later are
+// still added on first lookup.
+func (db *SumDB) Preload(t testing.TB) {
+	t.Helper()
+	for _, m := range db.fx.Modules() {
+		ep, err := module.EscapePath(m.Path)
+		if err != nil {
+			t.Fatalf("modtest: preload %s: %v", m, err)
+		}
+		ev, err := module.EscapeVersion(m.Version)
+		if err != nil {
+			t.Fatalf("modtest: preload %s: %v", m, err)
+		}
+		rr := httptest.NewRecorder()
+		db.handler.ServeHTTP(rr, httptest.NewRequest(http.MethodGet, "/lookup/"+ep+"@"+ev, nil))
+		if rr.Code != http.StatusOK {
+			t.Fatalf("modtest: preload %s: %d %s", m, rr.Code, rr.Body)
+		}
 	}
 }
 
@@ -67,15 +98,59 @@ func (db *SumDB) Handler() http.Handler { return db.handler }
 // db's counters. Use [SumDB.GOSUMDB] to point the go command at it directly.
 func (db *SumDB) Serve(t testing.TB) string {
 	t.Helper()
-	return startFaultServer(t, db.handler, db.rec, false, nil).srv.URL
+	return startFaultServer(t, db.handler, db.rec, false, nil, "").srv.URL
 }
 
 // ServeTLS is [SumDB.Serve] over HTTPS. It also returns the PEM encoding of
 // the server's self-signed certificate, for clients to trust.
 func (db *SumDB) ServeTLS(t testing.TB) (url string, caPEM []byte) {
 	t.Helper()
-	s := startFaultServer(t, db.handler, db.rec, true, nil)
+	s := startFaultServer(t, db.handler, db.rec, true, nil, "")
 	return s.srv.URL, s.certPEM()
+}
+
+// A NamedServer is a TLS server on 127.0.0.1 that stands in for
+// https://<host>/<path>: clients reach it by resolving host:443 to Addr
+// (or by dialing Local) and trusting CAPEM.
+type NamedServer struct {
+	// URL is the address the server stands in for, "https://<name>".
+	URL string
+	// Local is the same URL at the loopback address,
+	// "https://127.0.0.1:port/<path>".
+	Local string
+	// Addr is the loopback address, "127.0.0.1:port".
+	Addr string
+	// Host is the host name the certificate is for.
+	Host string
+	// CAPEM is the server's self-signed certificate, PEM encoded.
+	CAPEM []byte
+	// CertPool holds that certificate.
+	CertPool *x509.CertPool
+}
+
+// ServeNamed serves the database over HTTPS where its name says it lives,
+// https://<Name>/ (a name with a path, "sum.fixture.test/sumdb", is served
+// under /sumdb/ and answers 404 elsewhere), with a certificate for the
+// name's host: the go command reaches such a database directly when no
+// proxy serves it, or at the URL of GOSUMDB="<key> <URL>". Faults follow
+// the path (<URL>/f/500/lookup/...); requests are counted as for
+// [SumDB.Serve].
+func (db *SumDB) ServeNamed(t testing.TB) *NamedServer {
+	t.Helper()
+	host, path, _ := strings.Cut(db.Name, "/")
+	prefix := ""
+	if path != "" {
+		prefix = "/" + path
+	}
+	s := startFaultServer(t, db.handler, db.rec, true, nil, prefix, host)
+	return &NamedServer{
+		URL:      "https://" + db.Name,
+		Local:    s.srv.URL + prefix,
+		Addr:     s.srv.Listener.Addr().String(),
+		Host:     host,
+		CAPEM:    s.certPEM(),
+		CertPool: s.certPool(),
+	}
 }
 
 // GOSUMDB returns the GOSUMDB value that makes the go command use this

@@ -22,8 +22,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"go.opentelemetry.io/otel/attribute"
-
 	"github.com/modgate/modgate/telemetry"
 )
 
@@ -491,9 +489,7 @@ func (u *Upstream) Do(ctx context.Context, req Request) (*http.Response, error) 
 			u.tel.RecordUpstream(ctx, u.metric, kind, telemetry.OutcomeRejected, 0)
 			return nil, err
 		}
-		tctx := telemetry.WithClientAttributes(telemetry.WithUpstream(ctx, u.metric, kind),
-			telemetry.AttrBreakerState.String(u.breaker.state().String()),
-			attribute.Int("http.request.resend_count", try))
+		tctx := telemetry.WithAttempt(ctx, u.metric, kind, u.breaker.state().String(), try)
 		start := u.clock.Now()
 		resp, err := u.try(tctx, req)
 		if err == nil || ctx.Err() == nil {
@@ -641,6 +637,7 @@ func (u *Upstream) try(ctx context.Context, r Request) (*http.Response, error) {
 		}
 		req.Header.Set("Via", via)
 	}
+	u.tel.InjectTrace(ctx, req.Header)
 	resp, err := u.client.Do(req)
 	if err != nil {
 		cancel(nil)

@@ -340,3 +340,46 @@ func TestCACommands(t *testing.T) {
 		t.Errorf("path: %d %q", code, out.String())
 	}
 }
+
+// TestRunPprof: --pprof adds Go's profiles to the admin listener, which
+// keeps its own paths; without it they are not there.
+func TestRunPprof(t *testing.T) {
+	fx := modtest.MustLoadFixtures(t, modtest.FixtureDir(t))
+	p := modtest.NewProxy(t, fx)
+	for _, pprofOn := range []bool{true, false} {
+		listen, admin := freeAddr(t), freeAddr(t)
+		args := []string{"run", "--listen", listen, "--admin", admin, "--upstream", p.URL, "--sumdb", "off"}
+		if pprofOn {
+			args = append(args, "--pprof")
+		}
+		cmd, out := modgate(t, args...)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		waitReady(t, admin, out)
+		status := func(path string) int {
+			resp, err := http.Get("http://" + admin + path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			return resp.StatusCode
+		}
+		want := map[bool]int{true: 200, false: 404}[pprofOn]
+		if got := status("/debug/pprof/goroutine?debug=1"); got != want {
+			t.Errorf("--pprof %v: /debug/pprof/goroutine: %d, want %d", pprofOn, got, want)
+		}
+		if got := status("/metrics"); got != 200 {
+			t.Errorf("--pprof %v: /metrics: %d", pprofOn, got)
+		}
+		if resp, err := http.Get("http://" + listen + "/fixture.test/dep01/@v/list"); err != nil || resp.StatusCode != 200 {
+			t.Errorf("--pprof %v: module listener: %v %v", pprofOn, resp, err)
+		} else {
+			resp.Body.Close()
+		}
+		cmd.Process.Signal(syscall.SIGTERM)
+		if err := cmd.Wait(); err != nil {
+			t.Errorf("modgate exited with %v:\n%s", err, out)
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/url"
 	"os"
@@ -22,6 +23,7 @@ import (
 	"github.com/modgate/modgate/sidecar"
 	"github.com/modgate/modgate/sidecar/mitm"
 	"github.com/modgate/modgate/sidecar/upstream"
+	"github.com/modgate/modgate/telemetry"
 )
 
 // Config is modgate's configuration as the YAML file spells it. Every flag
@@ -50,11 +52,21 @@ type Config struct {
 	AdminHosts []string `yaml:"admin_hosts"`
 	// PProf serves /debug/pprof/ on the admin listener.
 	PProf bool `yaml:"pprof"`
+	// Telemetry is what modgate adds to the standard OTEL_* variables.
+	Telemetry TelemetryConfig `yaml:"telemetry"`
 
 	// netrc is the netrc file that upstreams[].auth.netrc reads, as the
 	// go command finds it ($NETRC, else ~/.netrc, or ~/_netrc on
 	// Windows); the loader sets it from the environment.
 	netrc string
+}
+
+// TelemetryConfig is the telemetry section.
+type TelemetryConfig struct {
+	// MaxTracesPerSecond bounds the new traces the default sampler
+	// records (when OTEL_TRACES_SAMPLER is unset); 0 records only traces
+	// a client started and sampled.
+	MaxTracesPerSecond float64 `yaml:"max_traces_per_second"`
 }
 
 // ClientTimeoutsConfig is the client_timeouts section; zero keys take
@@ -214,6 +226,9 @@ func defaultConfig() Config {
 		Listen: "127.0.0.1:7070",
 		Admin:  "127.0.0.1:7071",
 		Log:    LogConfig{Level: "info", Format: "auto"},
+		Telemetry: TelemetryConfig{
+			MaxTracesPerSecond: telemetry.DefaultMaxTracesPerSecond,
+		},
 	}
 }
 
@@ -362,6 +377,7 @@ var envKeys = []struct{ env, key string }{
 	{"MODGATE_MITM_HOSTS", "forward.mitm_hosts"},
 	{"MODGATE_ALLOW_HOSTS", "forward.allow_hosts"},
 	{"MODGATE_CACHE_DIR", "cache.dir"},
+	{"MODGATE_MAX_TRACES_PER_SECOND", "telemetry.max_traces_per_second"},
 }
 
 // set applies one value given as a string (from the environment or a
@@ -423,6 +439,12 @@ func (c *Config) set(key, value, at string, o origins) error {
 		c.Forward.AllowHosts = splitList(value)
 	case "cache.dir":
 		c.Cache.Dir = value
+	case "telemetry.max_traces_per_second":
+		n, err := strconv.ParseFloat(value, 64)
+		if err != nil {
+			return &configError{at: at, key: key, msg: fmt.Sprintf("invalid value %q, want a number", value)}
+		}
+		c.Telemetry.MaxTracesPerSecond = n
 	default:
 		return fmt.Errorf("%s: unknown key %q", at, key)
 	}
@@ -595,6 +617,9 @@ func (c *Config) validate(o origins) (sidecar.Config, error) {
 	}
 	if c.Cache.PrivateDir != "" && c.Cache.PrivateDir == c.Cache.Dir {
 		bad("cache.private_dir", "must not be the shared cache directory: a shared cache would hold private modules")
+	}
+	if r := c.Telemetry.MaxTracesPerSecond; r < 0 || math.IsNaN(r) || math.IsInf(r, 0) {
+		bad("telemetry.max_traces_per_second", "%v: want a number of traces a second, 0 or more", r)
 	}
 	if !slices.Contains([]string{"debug", "info", "warn", "error"}, c.Log.Level) {
 		bad("log.level", "%q: want debug, info, warn or error", c.Log.Level)

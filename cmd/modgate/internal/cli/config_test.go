@@ -326,3 +326,47 @@ func TestLoadCache(t *testing.T) {
 		}
 	}
 }
+
+func TestLoadMaxTracesPerSecond(t *testing.T) {
+	cfg, err := load(t, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.Telemetry.MaxTracesPerSecond; got != 100 {
+		t.Errorf("default max_traces_per_second = %v, want 100", got)
+	}
+	for _, c := range []struct {
+		file string
+		env  map[string]string
+		args []string
+		want float64
+	}{
+		{file: "telemetry:\n  max_traces_per_second: 2.5\n", want: 2.5},
+		{file: "telemetry: {max_traces_per_second: 0}\n", want: 0},
+		{file: "telemetry: {max_traces_per_second: 5}\n", env: map[string]string{"MODGATE_MAX_TRACES_PER_SECOND": "7"}, want: 7},
+		{env: map[string]string{"MODGATE_MAX_TRACES_PER_SECOND": "7"}, args: []string{"--max-traces-per-second", "9"}, want: 9},
+	} {
+		cfg, err := load(t, c.file, c.env, c.args...)
+		if err != nil {
+			t.Errorf("%q %v %v: %v", c.file, c.env, c.args, err)
+			continue
+		}
+		if got := cfg.Telemetry.MaxTracesPerSecond; got != c.want {
+			t.Errorf("%q %v %v: max_traces_per_second = %v, want %v", c.file, c.env, c.args, got, c.want)
+		}
+	}
+	for _, c := range []struct {
+		file string
+		env  map[string]string
+		want string
+	}{
+		{file: "telemetry:\n  max_traces_per_second: lots\n", want: "modgate.yaml:2: telemetry.max_traces_per_second: invalid value \"lots\", want a number"},
+		{file: "telemetry:\n  max_traces_per_second: -1\n", want: "modgate.yaml:2: telemetry.max_traces_per_second: -1: want a number of traces a second"},
+		{file: "telemetry:\n  max_trace_rate: 1\n", want: "modgate.yaml:2: telemetry.max_trace_rate: unknown key"},
+		{env: map[string]string{"MODGATE_MAX_TRACES_PER_SECOND": "fast"}, want: "MODGATE_MAX_TRACES_PER_SECOND: telemetry.max_traces_per_second: invalid value \"fast\""},
+	} {
+		if _, err := load(t, c.file, c.env); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q %v: %v; want %q", c.file, c.env, err, c.want)
+		}
+	}
+}

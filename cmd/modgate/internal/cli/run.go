@@ -44,7 +44,13 @@ func (a *App) run(ctx context.Context, args []string) error {
 	log := newLogger(a.Stderr, cfg.Log)
 	sc.Logger = log
 	sc.Version = Version()
-	tel, err := telemetry.Setup(ctx, telemetry.Config{Version: Version(), Getenv: a.Getenv})
+	// A rate of 0 in the config means "no new traces"; telemetry.Config
+	// spells that with a negative rate (its zero is the default).
+	maxTraces := cfg.Telemetry.MaxTracesPerSecond
+	if maxTraces == 0 {
+		maxTraces = -1
+	}
+	tel, err := telemetry.Setup(ctx, telemetry.Config{Version: Version(), Getenv: a.Getenv, MaxTracesPerSecond: maxTraces})
 	if err != nil {
 		return fmt.Errorf("telemetry: %w", err)
 	}
