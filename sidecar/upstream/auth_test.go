@@ -409,3 +409,48 @@ func TestSplitCommand(t *testing.T) {
 		t.Errorf("%q, %v", words, err)
 	}
 }
+
+// Walking the chain, each upstream gets its own credentials and never
+// another's, even when two upstreams share a host.
+func TestAuthEachUpstreamItsOwn(t *testing.T) {
+	dir := t.TempDir()
+	tokA, tokB := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	os.WriteFile(tokA, []byte("tok-a-abcdef\n"), 0o600)
+	os.WriteFile(tokB, []byte("tok-b-abcdef\n"), 0o600)
+	var mu sync.Mutex
+	seen := map[string]string{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		first, _, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, "/"), "/")
+		mu.Lock()
+		seen[first] = r.Header.Get("Authorization")
+		mu.Unlock()
+		if first != "last" {
+			http.NotFound(w, r)
+			return
+		}
+		io.WriteString(w, "v1.0.0\n")
+	}))
+	defer srv.Close()
+	chain, err := NewChain([]Config{
+		{Name: "a", URL: srv.URL + "/a", Auth: Auth{BearerFile: tokA}},
+		{Name: "none", URL: srv.URL + "/none"},
+		{Name: "b", URL: srv.URL + "/b", Auth: Auth{BearerFile: tokB}},
+		{Name: "last", URL: srv.URL + "/last"},
+	}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := chain.Walk(context.Background(), "GET", "/fixture.test/m/@v/list", nil, nil)
+	if res.Response == nil {
+		t.Fatalf("no answer: %+v", res)
+	}
+	res.Response.Body.Close()
+	mu.Lock()
+	defer mu.Unlock()
+	want := map[string]string{"a": "Bearer tok-a-abcdef", "none": "", "b": "Bearer tok-b-abcdef", "last": ""}
+	for name, w := range want {
+		if got, ok := seen[name]; !ok || got != w {
+			t.Errorf("upstream %s got Authorization %q (asked: %v); want %q", name, got, ok, w)
+		}
+	}
+}
