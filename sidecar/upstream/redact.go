@@ -63,9 +63,31 @@ func isSSH(scheme string) bool {
 	return strings.HasSuffix(strings.ToLower(scheme), "ssh")
 }
 
+// schemeRE finds credentials written as an HTTP header or its value in
+// free text (an auth command's standard error, an upstream's error
+// answer): "Authorization: anything", "Proxy-Authorization: ...", or a
+// "Bearer TOKEN" / "Basic BASE64" / "token TOKEN" credential. The value
+// becomes "xxxxx"; the scheme word stays.
+var schemeRE = regexp.MustCompile(`(?i)((?:proxy-)?authorization\s*[:=]\s*"?(?:(?:bearer|basic|token|negotiate|digest)\s+)?)[^\s",;]+|\b((?:Bearer|Basic)\s+)[A-Za-z0-9\-._~+/]{8,}=*`)
+
 // RedactText hides the credentials of every URL in s (a GOPROXY list, an
-// error message, a log line) as RedactURL does.
+// error message, a log line) as RedactURL does, and the values of
+// Authorization headers and Bearer or Basic credentials written in it.
 func RedactText(s string) string {
+	if strings.Contains(s, "uthorization") || strings.Contains(s, "UTHORIZATION") || strings.Contains(s, "Bearer") || strings.Contains(s, "Basic") {
+		s = schemeRE.ReplaceAllStringFunc(s, func(m string) string {
+			sub := schemeRE.FindStringSubmatch(m)
+			if sub[1] != "" {
+				return sub[1] + redactedSecret
+			}
+			// "Basic authentication": a bare scheme followed by a word of
+			// lower-case letters is prose, not a credential.
+			if tok := m[len(sub[2]):]; strings.Trim(tok, "abcdefghijklmnopqrstuvwxyz") == "" {
+				return m
+			}
+			return sub[2] + redactedSecret
+		})
+	}
 	if !strings.Contains(s, "@") {
 		return s
 	}

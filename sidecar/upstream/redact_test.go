@@ -86,3 +86,19 @@ func FuzzRedact(f *testing.F) {
 		}
 	})
 }
+
+func TestRedactHeaderCredentials(t *testing.T) {
+	for _, c := range []struct{ in, want string }{
+		{"Authorization: Bearer tok-123456789", "Authorization: Bearer xxxxx"},
+		{"authorization=Basic Y2k6c2VjcmV0LXBhc3M=, next", "authorization=Basic xxxxx, next"},
+		{`got "Authorization: s3cr3t-raw" back`, `got "Authorization: xxxxx" back`},
+		{"PROXY-AUTHORIZATION: Negotiate abcdefgh", "PROXY-AUTHORIZATION: Negotiate xxxxx"},
+		{"using Bearer eyJhbGciOi.payload.sig now", "using Bearer xxxxx now"},
+		{"basic auth is set up", "basic auth is set up"},
+		{"Basic authentication failed", "Basic authentication failed"}, // a word, not a credential
+	} {
+		if got := RedactText(c.in); got != c.want {
+			t.Errorf("RedactText(%q) = %q; want %q", c.in, got, c.want)
+		}
+	}
+}

@@ -78,7 +78,8 @@ func isFailureStatus(status int) bool {
 // wait would end.
 func retryable(status int, err error) bool {
 	if err != nil {
-		return !isTimeout(err) && !errors.Is(err, context.Canceled) && !errors.Is(err, errRedirect) && !errors.Is(err, ErrRefused)
+		var ce *CredentialsError // the same credentials would fail the same way
+		return !isTimeout(err) && !errors.Is(err, context.Canceled) && !errors.Is(err, errRedirect) && !errors.Is(err, ErrRefused) && !errors.As(err, &ce)
 	}
 	switch status {
 	case http.StatusNotImplemented, http.StatusHTTPVersionNotSupported, http.StatusLoopDetected:

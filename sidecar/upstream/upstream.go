@@ -108,6 +108,10 @@ type Config struct {
 	// PassRedirects returns redirects to the caller instead of following
 	// them, as a forward proxy must.
 	PassRedirects bool
+	// Auth is how modgate authenticates to the upstream. If empty, with
+	// the URL's user information if it has some (as basic
+	// authentication), else not at all.
+	Auth Auth
 }
 
 // Options are the settings shared by every upstream of a process.
@@ -178,7 +182,7 @@ type Upstream struct {
 	Timeouts    Timeouts
 
 	client    *http.Client
-	user      *url.Userinfo // the URL's credentials, sent as basic auth
+	auth      string // the kind of credentials (Auth.Kind, AuthURL), "" for none
 	via       string
 	userAgent string
 	retry     RetrySettings
@@ -232,9 +236,6 @@ func New(cfg Config, opts Options) (*Upstream, error) {
 		}
 		return nil, fmt.Errorf("upstream %q: %v", u.Source, err)
 	}
-	// The credentials leave the URL, which is shown and traced (url.full),
-	// and go with each request as basic auth instead.
-	u.user, base.User = base.User, nil
 	var rt http.RoundTripper
 	switch base.Scheme {
 	case "http", "https":
@@ -244,7 +245,23 @@ func New(cfg Config, opts Options) (*Upstream, error) {
 		if base.RawQuery != "" || base.Fragment != "" {
 			return nil, fmt.Errorf("upstream %q: a proxy URL has no query or fragment", u.Source)
 		}
-		rt = opts.Telemetry.ClientTransport(newTransport(u.Timeouts, opts, redirectGuard(base, cfg.RedirectHosts, opts)))
+		// The credentials leave the URL, which is shown and traced
+		// (url.full), and the transport adds them to each request to the
+		// upstream's own origin, beneath the client span.
+		var next http.RoundTripper = newTransport(u.Timeouts, opts, redirectGuard(base, cfg.RedirectHosts, opts))
+		if base.User != nil && cfg.Auth.Kind() != "" {
+			return nil, fmt.Errorf("upstream %q: the URL carries credentials and auth is set too: give one or the other", u.Source)
+		}
+		logName := cfg.Name
+		if logName == "" {
+			logName = base.Host
+		}
+		next, u.auth, err = AuthTransport(base.String(), cfg.Auth, next, logger.With("upstream", logName))
+		if err != nil {
+			return nil, fmt.Errorf("upstream %q: %v", u.Source, err)
+		}
+		base.User = nil
+		rt = opts.Telemetry.ClientTransport(next)
 	case "file":
 		dir := base.Path
 		if st, err := os.Stat(dir); err != nil || !st.IsDir() {
@@ -613,11 +630,6 @@ func (u *Upstream) try(ctx context.Context, r Request) (*http.Response, error) {
 		req.Header[k] = vs
 	}
 	req.Header.Set("User-Agent", u.userAgent)
-	if u.user != nil && req.Header.Get("Authorization") == "" {
-		// What http.Client does for a URL with user information.
-		pass, _ := u.user.Password()
-		req.SetBasicAuth(u.user.Username(), pass)
-	}
 	if u.via != "" {
 		via := "1.1 " + u.via
 		if prev := req.Header.Get("Via"); prev != "" {
@@ -647,6 +659,10 @@ func (u *Upstream) Guard() (report func(error), err error) {
 	return func(err error) { u.breaker.report(done, err) }, nil
 }
 
+// AuthKind is the kind of credentials sent to the upstream (Auth.Kind, or
+// AuthURL for a URL's password), "" for none.
+func (u *Upstream) AuthKind() string { return u.auth }
+
 // CloseIdle closes the upstream's idle connections.
 func (u *Upstream) CloseIdle() {
 	if u.client != nil {
@@ -664,16 +680,19 @@ func (u *Upstream) Breaker() BreakerState {
 
 // Status is a snapshot of the upstream for /debug/upstreams.
 type Status struct {
-	Name        string        `json:"name"`
-	URL         string        `json:"url"`
-	Private     bool          `json:"private"`
-	Fallthrough string        `json:"fallthrough"`
-	Breaker     BreakerStatus `json:"breaker"`
+	Name        string `json:"name"`
+	URL         string `json:"url"`
+	Private     bool   `json:"private"`
+	Fallthrough string `json:"fallthrough"`
+	// Auth is the kind of credentials modgate sends (basic, bearer,
+	// netrc, command, url), never the credentials.
+	Auth    string        `json:"auth,omitempty"`
+	Breaker BreakerStatus `json:"breaker"`
 }
 
 // Status returns a snapshot of the upstream.
 func (u *Upstream) Status() Status {
-	st := Status{Name: u.Name, URL: u.Source, Private: u.Private, Fallthrough: u.Fallthrough.String()}
+	st := Status{Name: u.Name, URL: u.Source, Private: u.Private, Fallthrough: u.Fallthrough.String(), Auth: u.auth}
 	if u.breaker != nil {
 		st.Breaker = u.breaker.status()
 	}

@@ -56,6 +56,11 @@ type Config struct {
 	Offline bool `yaml:"offline"`
 	// Telemetry is what modgate adds to the standard OTEL_* variables.
 	Telemetry TelemetryConfig `yaml:"telemetry"`
+
+	// netrc is the netrc file that upstreams[].auth.netrc reads, as the
+	// go command finds it ($NETRC, else ~/.netrc, or ~/_netrc on
+	// Windows); the loader sets it from the environment.
+	netrc string
 }
 
 // TelemetryConfig is the telemetry section.
@@ -141,6 +146,28 @@ type UpstreamConfig struct {
 	Retry       RetryConfig    `yaml:"retry"`
 	// RedirectHosts are other hosts the upstream may redirect to (a CDN).
 	RedirectHosts []string `yaml:"redirect_hosts"`
+	// Auth is how modgate authenticates to the upstream.
+	Auth *AuthConfig `yaml:"auth"`
+}
+
+// AuthConfig is one upstream's credentials: exactly one key. Secrets are
+// read from files or a command, never written in the config.
+type AuthConfig struct {
+	Basic *BasicAuthConfig `yaml:"basic"`
+	// BearerFile holds a token sent as "Authorization: Bearer TOKEN".
+	BearerFile string `yaml:"bearer_file"`
+	// Netrc reads $NETRC or ~/.netrc as the go command does.
+	Netrc bool `yaml:"netrc"`
+	// Command is a GOAUTH-style command (go help goauth).
+	Command string `yaml:"command"`
+	// CommandTimeout bounds each run of Command; default 30s.
+	CommandTimeout time.Duration `yaml:"command_timeout"`
+}
+
+// BasicAuthConfig is HTTP basic authentication with a password file.
+type BasicAuthConfig struct {
+	Username     string `yaml:"username"`
+	PasswordFile string `yaml:"password_file"`
 }
 
 // BreakerConfig is one upstream's circuit breaker; zero keys take defaults.
@@ -519,6 +546,9 @@ func (c *Config) validate(o origins) (sidecar.Config, error) {
 				bad(fmt.Sprintf("%s.redirect_hosts[%d]", key, j), "%q is not a host pattern", h)
 			}
 		}
+		if u.Auth != nil {
+			uc.Auth = c.upstreamAuth(key+".auth", u.URL, *u.Auth, bad)
+		}
 		switch u.Fallthrough {
 		case "", "notfound":
 		case "error":
@@ -610,6 +640,65 @@ func (c *Config) validate(o origins) (sidecar.Config, error) {
 		bad("log.format", "%q: want auto, text or json", c.Log.Format)
 	}
 	return out, errors.Join(errs...)
+}
+
+// upstreamAuth checks one upstream's auth section: exactly one way, its
+// files there (and the netrc file's entry for the upstream's host), its
+// command found.
+func (c *Config) upstreamAuth(key, rawURL string, a AuthConfig, bad func(key, format string, args ...any)) upstream.Auth {
+	var set []string
+	var out upstream.Auth
+	if a.Basic != nil {
+		set = append(set, "basic")
+		out.Username, out.PasswordFile = a.Basic.Username, a.Basic.PasswordFile
+		if a.Basic.Username == "" {
+			bad(key+".basic.username", "missing: basic needs a username and a password_file")
+		}
+		if a.Basic.PasswordFile == "" {
+			bad(key+".basic.password_file", "missing: basic needs a username and a password_file (the password is never written in the config)")
+		}
+	}
+	if a.BearerFile != "" {
+		set = append(set, "bearer_file")
+		out.BearerFile = a.BearerFile
+	}
+	if a.Netrc {
+		set = append(set, "netrc")
+		out.Netrc = c.netrc
+		if c.netrc == "" {
+			bad(key+".netrc", "no netrc file: set NETRC or HOME")
+		}
+	}
+	if a.Command != "" {
+		set = append(set, "command")
+		out.Command = a.Command
+	}
+	if a.CommandTimeout < 0 {
+		bad(key+".command_timeout", "must not be negative")
+	}
+	out.CommandTimeout = a.CommandTimeout
+	switch {
+	case len(set) == 0:
+		bad(key, "give one of basic, bearer_file, netrc or command")
+		return upstream.Auth{}
+	case len(set) > 1:
+		bad(key, "%s: give only one", strings.Join(set, " and "))
+		return upstream.Auth{}
+	}
+	if a.Basic != nil && (a.Basic.Username == "" || a.Basic.PasswordFile == "") {
+		return out
+	}
+	if rawURL == "" || checkUpstreamURL(rawURL) != nil {
+		return out // the URL's own error says enough
+	}
+	if err := out.Check(rawURL); err != nil {
+		k := key + "." + set[0]
+		if set[0] == "basic" {
+			k += ".password_file"
+		}
+		bad(k, "%v", err)
+	}
+	return out
 }
 
 // checkUpstreamURL says what is wrong with an upstream URL, its

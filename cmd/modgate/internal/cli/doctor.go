@@ -88,8 +88,12 @@ func (a *App) doctor(ctx context.Context, args []string) error {
 			if cfg.Admin != "" {
 				m.AdminURL = "http://" + clientAddr(cfg.Admin)
 			}
-			for _, u := range cfg.Upstreams {
-				m.Upstreams = append(m.Upstreams, doctor.Upstream{Name: u.Name, URL: u.URL})
+			for i, u := range cfg.Upstreams {
+				du := doctor.Upstream{Name: u.Name, URL: u.URL}
+				if i < len(sc.Upstreams) {
+					du.Auth = sc.Upstreams[i].Auth
+				}
+				m.Upstreams = append(m.Upstreams, du)
 			}
 			return m, err
 		},

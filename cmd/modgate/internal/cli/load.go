@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"runtime"
 	"strings"
 	"time"
 
@@ -118,6 +120,7 @@ func (l loader) load(fs *flag.FlagSet, f *runFlags) (Config, sidecar.Config, err
 	if err := l.fillFromGoEnv(&cfg, o); err != nil {
 		return cfg, sidecar.Config{}, err
 	}
+	cfg.netrc = netrcPath(l.getenv, runtime.GOOS)
 	sc, err := cfg.validate(o)
 	return cfg, sc, err
 }
@@ -195,4 +198,30 @@ func goEnv(ctx context.Context, names ...string) ([]string, error) {
 		return nil, fmt.Errorf("go env printed %d lines for %d names", len(vals), len(names))
 	}
 	return vals, nil
+}
+
+// netrcPath is the netrc file as the go command finds it
+// (cmd/go/internal/auth/netrc.go): $NETRC, else .netrc in the home
+// folder, or _netrc there on Windows when it exists. "" when there is no
+// home folder.
+func netrcPath(getenv func(string) string, goos string) string {
+	if f := getenv("NETRC"); f != "" {
+		return f
+	}
+	home := getenv("HOME")
+	if goos == "windows" {
+		home = getenv("USERPROFILE")
+	}
+	if goos == "plan9" {
+		home = getenv("home")
+	}
+	if home == "" {
+		return ""
+	}
+	if goos == "windows" {
+		if _, err := os.Stat(filepath.Join(home, "_netrc")); err == nil {
+			return filepath.Join(home, "_netrc")
+		}
+	}
+	return filepath.Join(home, ".netrc")
 }

@@ -37,9 +37,11 @@ func (r redactHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
 func (r redactHandler) WithGroup(name string) slog.Handler { return redactHandler{r.h.WithGroup(name)} }
 
 // redactString is upstream.RedactText, cheap for the strings (nearly all)
-// that hold no URL with user information.
+// that hold no URL with user information and no credential written as a
+// header (an auth command's standard error, an upstream's error answer).
 func redactString(s string) string {
-	if !strings.Contains(s, "@") || !strings.Contains(s, "://") {
+	if (!strings.Contains(s, "@") || !strings.Contains(s, "://")) && !strings.Contains(s, "uthorization") &&
+		!strings.Contains(s, "UTHORIZATION") && !strings.Contains(s, "Bearer") && !strings.Contains(s, "Basic") {
 		return s
 	}
 	return upstream.RedactText(s)

@@ -242,8 +242,9 @@ func TestLogsHideCredentials(t *testing.T) {
 		log = log.With("base", "https://ci:pw1@a.example.test")
 		log.Info("fetch https://ci:pw2@b.example.test/x failed", "err", fmt.Errorf("get %q: refused", "http://tok3@c.example.test"),
 			"url", &url.URL{Scheme: "https", User: url.UserPassword("ci", "pw4"), Host: "d.example.test"},
-			slog.Group("g", "u", "http://ci:pw5@e.example.test"), "n", 3)
-		for _, s := range []string{"pw1", "pw2", "tok3", "pw4", "pw5"} {
+			slog.Group("g", "u", "http://ci:pw5@e.example.test"), "n", 3,
+			"stderr", "sent Authorization: Bearer tok6-abcdef", "err2", fmt.Errorf("upstream said: Bearer tok7-abcdef is expired"))
+		for _, s := range []string{"pw1", "pw2", "tok3", "pw4", "pw5", "tok6", "tok7"} {
 			if strings.Contains(buf.String(), s) {
 				t.Errorf("%s log shows %s:\n%s", format, s, &buf)
 			}

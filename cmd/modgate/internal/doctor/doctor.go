@@ -141,6 +141,8 @@ type Upstream struct {
 	Name string
 	// URL is the upstream's URL, or direct, off, file://...
 	URL string
+	// Auth is how modgate authenticates to it; the probes do the same.
+	Auth upstream.Auth
 }
 
 // GoEnvFunc runs `go env NAME...` and returns the values in order.
@@ -285,6 +287,16 @@ func (d *run) loadConfig() {
 		return
 	}
 	d.cfgOK = true
+	for _, u := range m.Upstreams {
+		uu, err := url.Parse(u.URL)
+		if err != nil || uu.Scheme != "http" || (u.Auth.Kind() == "" && uu.User == nil) || isLoopback(uu.Hostname()) {
+			continue
+		}
+		d.add(Finding{Severity: Warn, Check: "credentials-plain-http",
+			What:  fmt.Sprintf("upstream %s gets credentials over plain http: anyone on the path can read them", upstreamName(u, uu)),
+			Where: upstream.RedactURL(u.URL),
+			Fix:   "Use the upstream's https:// URL (the go command itself sends credentials only over HTTPS)."})
+	}
 	for i, u := range m.Upstreams {
 		if uu, err := url.Parse(u.URL); err == nil && (uu.Scheme == "http" || uu.Scheme == "https") && sameListener(uu.Host, m.Listen) {
 			d.add(Finding{Severity: Error, Check: "upstream-loop",
@@ -551,7 +563,7 @@ func (d *run) probe(ctx context.Context, timeout time.Duration, mod string) {
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	escMod, _ := module.EscapePath(mod)
 
-	get := func(target, kind, u string) Probe {
+	get := func(client *http.Client, target, kind, u string) Probe {
 		if d.opts.Progress != nil {
 			fmt.Fprintf(d.opts.Progress, "\r\033[Kprobing %s: %s %s", target, kind, upstream.RedactText(u))
 		}
@@ -572,7 +584,11 @@ func (d *run) probe(ctx context.Context, timeout time.Duration, mod string) {
 			}
 		}
 		p.Millis = float64(time.Since(start).Microseconds()) / 1000
-		if err != nil {
+		var ce *upstream.CredentialsError
+		switch {
+		case errors.As(err, &ce):
+			p.Error = "credentials: " + ce.Err.Error()
+		case err != nil:
 			p.Error = shortErr(err)
 		}
 		return p
@@ -583,9 +599,9 @@ func (d *run) probe(ctx context.Context, timeout time.Duration, mod string) {
 	throughModgate := d.usesModgate(d.goenv["GOPROXY"])
 	var mp []Probe
 	if d.m.AdminURL != "" {
-		mp = append(mp, get("modgate", "readyz", d.m.AdminURL+"/readyz"))
+		mp = append(mp, get(client, "modgate", "readyz", d.m.AdminURL+"/readyz"))
 	}
-	mp = append(mp, get("modgate", "list", base+"/"+escMod+"/@v/list"))
+	mp = append(mp, get(client, "modgate", "list", base+"/"+escMod+"/@v/list"))
 	d.probes = append(d.probes, mp...)
 	d.judgeModgate(mp, throughModgate, mod)
 
@@ -594,6 +610,7 @@ func (d *run) probe(ctx context.Context, timeout time.Duration, mod string) {
 	type result struct {
 		probes []Probe
 		cert   *certResult
+		auth   string // the kind of credentials sent
 	}
 	results := make([]result, len(d.m.Upstreams))
 	var wg sync.WaitGroup
@@ -605,12 +622,23 @@ func (d *run) probe(ctx context.Context, timeout time.Duration, mod string) {
 		name := upstreamName(u, uu)
 		wg.Go(func() {
 			b := strings.TrimSuffix(u.URL, "/")
-			r := result{probes: []Probe{
-				get(name, "list", b+"/"+escMod+"/@v/list"),
-				get(name, "latest", b+"/"+escMod+"/@latest"),
+			// The probes send the upstream's credentials as modgate does:
+			// to its own origin only, never shown.
+			uc := client
+			rt, kind, err := upstream.AuthTransport(u.URL, u.Auth, transport, nil)
+			if err != nil {
+				results[i] = result{auth: u.Auth.Kind(), probes: []Probe{{Target: name, Kind: "list", URL: b, Error: "credentials: " + err.Error()}}}
+				return
+			}
+			if kind != "" {
+				uc = &http.Client{Transport: rt, Timeout: timeout, CheckRedirect: client.CheckRedirect}
+			}
+			r := result{auth: kind, probes: []Probe{
+				get(uc, name, "list", b+"/"+escMod+"/@v/list"),
+				get(uc, name, "latest", b+"/"+escMod+"/@latest"),
 			}}
 			if db := d.m.SumDB; db != "" {
-				r.probes = append(r.probes, get(name, "sumdb-supported", b+"/sumdb/"+db+"/supported"))
+				r.probes = append(r.probes, get(uc, name, "sumdb-supported", b+"/sumdb/"+db+"/supported"))
 			}
 			if uu.Scheme == "https" {
 				r.cert = checkCert(ctx, dial, uu, d.m.RootCAs, timeout)
@@ -630,7 +658,7 @@ func (d *run) probe(ctx context.Context, timeout time.Duration, mod string) {
 		}
 		asked++
 		d.probes = append(d.probes, r.probes...)
-		if !d.judgeUpstream(d.m.Upstreams[i].URL, r.probes, mod) {
+		if !d.judgeUpstream(d.m.Upstreams[i].URL, r.auth, r.probes, mod) {
 			failing++
 		}
 		if r.cert != nil {
@@ -706,11 +734,34 @@ func (d *run) judgeModgate(ps []Probe, throughModgate bool, mod string) {
 }
 
 // judgeUpstream turns an upstream's probes into a finding and reports
-// whether it answered at all.
-func (d *run) judgeUpstream(rawURL string, ps []Probe, mod string) bool {
+// whether it answered at all. auth is the kind of credentials the probes
+// sent, "" for none.
+func (d *run) judgeUpstream(rawURL, auth string, ps []Probe, mod string) bool {
 	name := ps[0].Target
 	var bad []string
 	answered := false
+	creds := "no credentials"
+	if auth != "" {
+		creds = "credentials: " + auth
+	}
+	for _, p := range ps {
+		if why, ok := strings.CutPrefix(p.Error, "credentials: "); ok {
+			d.add(Finding{Severity: Error, Check: "upstream-credentials", What: fmt.Sprintf("upstream %s (%s): its credentials (%s) cannot be had: %s", name, rawURL, auth, why),
+				Where: "modgate config: upstreams[].auth",
+				Fix:   "Check the file or command that upstreams[].auth names (README: Private upstreams): run the command by hand with the upstream's URL."})
+			return false
+		}
+		if p.Status == http.StatusUnauthorized || p.Status == http.StatusForbidden {
+			what, fix := fmt.Sprintf("upstream %s (%s): credentials refused (%s, %s %d)", name, rawURL, auth, p.Kind, p.Status),
+				"The upstream refuses the credentials modgate sends: renew the secret in the file that upstreams[].auth names, or fix the auth command."
+			if auth == "" {
+				what = fmt.Sprintf("upstream %s (%s) wants credentials (%s %d) and modgate sends none", name, rawURL, p.Kind, p.Status)
+				fix = "Give the upstream an auth section: basic (username and password_file), bearer_file, netrc or command (README: Private upstreams)."
+			}
+			d.add(Finding{Severity: Error, Check: "upstream-credentials", What: what, Where: rawURL, Fix: fix})
+			return true
+		}
+	}
 	for _, p := range ps {
 		switch {
 		case p.Error != "":
@@ -740,7 +791,7 @@ func (d *run) judgeUpstream(rawURL string, ps []Probe, mod string) bool {
 			Fix:   "Check that the URL is right and the upstream is up and reachable from here; modgate's breaker skips it while it fails."})
 		return answered
 	}
-	what := fmt.Sprintf("upstream %s (%s): %s", name, rawURL, timings(ps))
+	what := fmt.Sprintf("upstream %s (%s, %s): %s", name, rawURL, creds, timings(ps))
 	for _, p := range ps {
 		if p.Kind == "sumdb-supported" && p.Status != http.StatusOK {
 			what += fmt.Sprintf("; it does not proxy the checksum database %s, so modgate reaches %s directly", d.m.SumDB, d.sumDBURL())
@@ -1188,4 +1239,13 @@ func WriteReport(w io.Writer, r Report) {
 			}
 		}
 	}
+}
+
+// isLoopback reports whether host is localhost or a loopback address.
+func isLoopback(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

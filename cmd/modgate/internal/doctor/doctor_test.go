@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/modgate/modgate/sidecar/upstream"
 )
 
 func TestHelpers(t *testing.T) {
@@ -96,5 +98,35 @@ func TestRunConfigDoesNotLoad(t *testing.T) {
 	}
 	if c := r.Counts(); !strings.HasPrefix(c, "1 error, ") {
 		t.Errorf("Counts() = %q", c)
+	}
+}
+
+// Credentials to an upstream over plain http, other than on loopback, are
+// worth a warning.
+func TestCredentialsOverPlainHTTP(t *testing.T) {
+	r := Run(context.Background(), Options{
+		Getenv: func(string) string { return "" },
+		GoEnv:  func(context.Context, ...string) ([]string, error) { return nil, errors.New("no go") },
+		Load: func(GoEnvFunc) (Modgate, error) {
+			return Modgate{Listen: "127.0.0.1:7070", Upstreams: []Upstream{
+				{Name: "plain", URL: "http://mods.corp.example.test", Auth: upstream.Auth{BearerFile: "/run/secrets/token"}},
+				{Name: "userinfo", URL: "http://ci:pw-abcdef@athens.corp.example.test"},
+				{Name: "tls", URL: "https://mods.corp.example.test", Auth: upstream.Auth{BearerFile: "/run/secrets/token"}},
+				{Name: "local", URL: "http://127.0.0.1:3000", Auth: upstream.Auth{BearerFile: "/run/secrets/token"}},
+				{Name: "open", URL: "http://proxy.example.test"},
+			}}, nil
+		},
+	})
+	var warned []string
+	for _, f := range r.Findings {
+		if f.Check == "credentials-plain-http" {
+			warned = append(warned, f.What)
+			if strings.Contains(f.What+f.Where, "abcdef") {
+				t.Errorf("the finding shows the password: %+v", f)
+			}
+		}
+	}
+	if len(warned) != 2 || !strings.Contains(warned[0], "upstream plain ") || !strings.Contains(warned[1], "upstream userinfo ") {
+		t.Errorf("warnings: %q; want plain and userinfo", warned)
 	}
 }
