@@ -437,3 +437,51 @@ func eachLine(data []byte, f func(n int, line string) error) error {
 	}
 	return sc.Err()
 }
+
+// Check reads the certificate and key as the listener will, so that a
+// config loader can refuse them before start-up.
+func (t ListenerTLS) Check() error {
+	if t.CertFile == "" && t.KeyFile == "" {
+		return nil
+	}
+	if t.CertFile == "" || t.KeyFile == "" {
+		return errors.New("needs both cert_file and key_file")
+	}
+	_, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+	return err
+}
+
+// Certificate returns the listener's certificate (the leaf), for tools
+// that print client settings.
+func (t ListenerTLS) Certificate() (*x509.Certificate, error) {
+	pair, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+	if err != nil {
+		return nil, err
+	}
+	return x509.ParseCertificate(pair.Certificate[0])
+}
+
+// Check reads the files c names as the server will and returns the
+// problem of each, by its key (htpasswd_file, tokens_file,
+// client_ca_file). Problems name the file's line, never a secret.
+func (c ClientsConfig) Check() map[string]error {
+	errs := map[string]error{}
+	check := func(key, path string, parse func([]byte) error) {
+		if path == "" {
+			return
+		}
+		data, err := os.ReadFile(path)
+		if err == nil {
+			if err = parse(data); err != nil {
+				err = fmt.Errorf("%s: %w", path, err)
+			}
+		}
+		if err != nil {
+			errs[key] = err
+		}
+	}
+	check("htpasswd_file", c.HtpasswdFile, func(b []byte) error { _, err := parseHtpasswd(b); return err })
+	check("tokens_file", c.TokensFile, func(b []byte) error { _, err := parseTokens(b); return err })
+	check("client_ca_file", c.ClientCAFile, func(b []byte) error { _, err := parseCAs(b); return err })
+	return errs
+}

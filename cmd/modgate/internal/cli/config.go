@@ -50,6 +50,8 @@ type Config struct {
 	AdminHosts []string `yaml:"admin_hosts"`
 	// PProf serves /debug/pprof/ on the admin listener.
 	PProf bool `yaml:"pprof"`
+	// ListenerSecurity is the tls and clients sections (clients.go).
+	ListenerSecurity `yaml:",inline"`
 }
 
 // ClientTimeoutsConfig is the client_timeouts section; zero keys take
@@ -549,6 +551,7 @@ func (c *Config) validate(o origins) (sidecar.Config, error) {
 		out.RootCAs = pool
 	}
 	out.Forward = c.Forward.validate(bad)
+	c.ListenerSecurity.validate(bad, &out)
 	out.ClientHeader, out.ClientIdle = c.ClientTimeouts.Header, c.ClientTimeouts.Idle
 	if c.ClientTimeouts.Header < 0 {
 		bad("client_timeouts.header", "must not be negative")
