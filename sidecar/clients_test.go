@@ -112,8 +112,8 @@ func newTenantRig(t *testing.T, policyText string, setup func(r *tenantRig, cfg 
 		SumDB:     sumdbName,
 		Upstreams: []upstream.Config{{Name: "fixtures", URL: r.p.URL}},
 		Policy:    st, Audit: audit, Telemetry: tel,
-		Logger:  slog.New(slog.NewTextHandler(r.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		TLS:     sidecar.ListenerTLS{CertFile: r.certFile, KeyFile: r.keyFile},
+		Logger: slog.New(slog.NewTextHandler(r.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		TLS:    sidecar.ListenerTLS{CertFile: r.certFile, KeyFile: r.keyFile},
 	}
 	setup(r, &cfg)
 	g := sidecartest.Start(t, nil, cfg)
@@ -123,7 +123,6 @@ func newTenantRig(t *testing.T, policyText string, setup func(r *tenantRig, cfg 
 	r.e.go_.UseProxy(r.url, r.e.db)
 	return r
 }
-
 
 func writeFile(t *testing.T, name, content string) {
 	t.Helper()

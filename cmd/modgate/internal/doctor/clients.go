@@ -54,7 +54,7 @@ func (d *run) checkClients() {
 	}
 	if d.m.ListenerCert == nil {
 		d.add(Finding{Severity: Error, Check: "clients-over-http",
-			What: "modgate asks who is asking (clients), but its listener is plain HTTP: the go command sends netrc and GOAUTH credentials only over HTTPS",
+			What:  "modgate asks who is asking (clients), but its listener is plain HTTP: the go command sends netrc and GOAUTH credentials only over HTTPS",
 			Where: "modgate config: clients", Fix: "Give the listener a certificate: `modgate ca issue --host <name>` and tls: {cert_file, key_file} in the config."})
 		return
 	}
@@ -178,4 +178,3 @@ func netrcLogin(data, machine string) (login string, ok bool) {
 	}
 	return "", false
 }
-
