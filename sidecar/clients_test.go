@@ -430,3 +430,71 @@ func TestForwardOverTLSListener(t *testing.T) {
 	}
 	r.noSecrets(t, []string{out}, alicePassword)
 }
+
+// TestAnonymousClients: with anonymous, a request without credentials is
+// "anonymous" (and policy can tell it apart); wrong credentials are still
+// refused.
+func TestAnonymousClients(t *testing.T) {
+	r := newTenantRig(t, "rules:\n  - deny: \"fixture.test/dep08\"\n    identities: [anonymous]\n    reason: log in for this one\n", func(r *tenantRig, cfg *sidecar.Config) {
+		f := filepath.Join(r.dir, "htpasswd")
+		writeFile(t, f, htpasswdLine(t, "alice", alicePassword))
+		cfg.Clients = sidecar.ClientsConfig{HtpasswdFile: f, Anonymous: true}
+	})
+	c := r.client()
+	if status, _, body := r.get(t, c, "/fixture.test/dep01/@v/v1.0.0.info", ""); status != 200 {
+		t.Errorf("anonymous: %d %q", status, body)
+	}
+	if status, _, body := r.get(t, c, "/fixture.test/dep08/@v/v1.0.0.info", ""); status != 403 || !strings.Contains(body, "log in for this one") {
+		t.Errorf("anonymous, a module for those who log in: %d %q", status, body)
+	}
+	basic := "Authorization: Basic " + base64.StdEncoding.EncodeToString([]byte("alice:"+alicePassword))
+	if status, _, body := r.get(t, c, "/fixture.test/dep08/@v/v1.0.0.info", basic); status != 200 {
+		t.Errorf("alice: %d %q", status, body)
+	}
+	wrong := "Authorization: Basic " + base64.StdEncoding.EncodeToString([]byte("alice:wrong"))
+	if status, h, _ := r.get(t, c, "/fixture.test/dep01/@v/v1.0.0.info", wrong); status != 401 || h.Get("Www-Authenticate") != `Basic realm="modgate"` {
+		t.Errorf("wrong password with anonymous on: %d %v", status, h)
+	}
+	lines := strings.Join(r.identities(t), "\n")
+	for _, want := range []string{"anonymous 200 fixture.test/dep01", "anonymous 403 fixture.test/dep08", "alice 200 fixture.test/dep08", "alice 401 <nil>"} {
+		if !strings.Contains(lines, want) {
+			t.Errorf("no audit line %q in:\n%s", want, lines)
+		}
+	}
+}
+
+// TestListenerCertificateReload: a new certificate in the files is
+// served from the next handshake on, without a restart.
+func TestListenerCertificateReload(t *testing.T) {
+	r := newTenantRig(t, "{}\n", func(*tenantRig, *sidecar.Config) {})
+	serial := func() string {
+		t.Helper()
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(r.caPEM)
+		conn, err := tls.Dial("tcp", r.host, &tls.Config{RootCAs: pool, ServerName: "modgate.corp.example.test"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		return conn.ConnectionState().PeerCertificates[0].SerialNumber.String()
+	}
+	before := serial()
+	cert, key, err := r.ca.IssueServer([]string{"modgate.corp.example.test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, r.keyFile, string(key))
+	writeFile(t, r.certFile, string(cert))
+	future := time.Now().Add(time.Minute)
+	os.Chtimes(r.certFile, future, future)
+	after := serial()
+	if after == before {
+		t.Errorf("the listener still serves the old certificate (serial %s)", after)
+	}
+	// A half-written pair does not take the listener down: the last good
+	// certificate stays.
+	writeFile(t, r.certFile, "not a certificate")
+	if got := serial(); got != after {
+		t.Errorf("after a bad file: serial %s, want the last good one %s", got, after)
+	}
+}
