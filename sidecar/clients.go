@@ -122,6 +122,24 @@ func newClients(cfg ClientsConfig, users map[string]string, now func() time.Time
 	return c, nil
 }
 
+// describe says which credentials modgate takes, for the start-up line.
+func (c *clients) describe() string {
+	var ways []string
+	if c.htpasswd != nil {
+		ways = append(ways, "htpasswd "+c.cfg.HtpasswdFile)
+	}
+	if c.tokens != nil {
+		ways = append(ways, "tokens "+c.cfg.TokensFile)
+	}
+	if c.cas != nil {
+		ways = append(ways, "client certificates "+c.cfg.ClientCAFile)
+	}
+	if c.cfg.Anonymous {
+		ways = append(ways, "anonymous")
+	}
+	return strings.Join(ways, ", ")
+}
+
 // required reports whether a way in must authenticate: reverse mode when
 // clients are configured; forward mode also when auth_file users are.
 func (c *clients) required(forward bool) bool {

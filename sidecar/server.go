@@ -431,6 +431,12 @@ func (s *Server) Serve(ctx context.Context, ln, adminLn net.Listener) error {
 	if adminLn != nil {
 		attrs = append(attrs, "admin", adminLn.Addr().String())
 	}
+	if s.tlsCfg != nil {
+		attrs = append(attrs, "tls", s.cfg.TLS.CertFile)
+	}
+	if s.cfg.Clients.Enabled() {
+		attrs = append(attrs, "clients", s.clients.describe())
+	}
 	s.log.Info("modgate serving", attrs...)
 
 	select {
