@@ -168,11 +168,16 @@ func (c *clients) authenticate(r *http.Request, forward bool) (identity string, 
 	scheme, cred, found := strings.Cut(strings.TrimSpace(r.Header.Get(header)), " ")
 	cred = strings.TrimSpace(cred)
 	reason := "no credentials"
+	if forward {
+		reason = "no Proxy-Authorization"
+	}
+	tried := true
 	switch {
 	case !found && scheme == "":
 		if c.cfg.Anonymous {
 			return AnonymousIdentity, nil
 		}
+		tried = false
 	case strings.EqualFold(scheme, "Basic"):
 		user, pass, ok := parseBasic("Basic " + cred)
 		if ok && c.checkPassword(user, pass) {
@@ -187,7 +192,7 @@ func (c *clients) authenticate(r *http.Request, forward bool) (identity string, 
 	default:
 		reason = "unsupported " + header + " scheme"
 	}
-	if reason != "no credentials" {
+	if tried {
 		c.logins.failed(client) // a client's first, credential-less try is free
 	}
 	return identity, c.refusal(r, forward, reason)
@@ -245,8 +250,12 @@ func (c *clients) checkToken(token string) (string, bool) {
 // and says which ones modgate takes and how the go command sends them.
 func (c *clients) refusal(r *http.Request, forward bool, reason string) *problem {
 	if forward {
+		scheme := "http"
+		if r.TLS != nil {
+			scheme = "https"
+		}
 		return &problem{status: http.StatusProxyAuthRequired, code: wire.AuthRequired, decision: decisionDeny, reason: reason,
-			lines:  []string{"proxy authentication required: " + reason, "set the user and password in HTTPS_PROXY/HTTP_PROXY (https://user:password@host:port)"},
+			lines:  []string{"proxy authentication required: " + reason, "set the user and password in HTTPS_PROXY/HTTP_PROXY (" + scheme + "://user:password@host:port)"},
 			header: http.Header{"Proxy-Authenticate": c.challenges()}}
 	}
 	machine := r.Host
