@@ -223,6 +223,9 @@ func (p *Policy) Describe() []string {
 	}
 	for i, r := range p.rules {
 		line := fmt.Sprintf("rule %d: %s", i+1, r.text)
+		if r.identities != nil {
+			line += " for identities " + strings.Join(r.identities, ", ")
+		}
 		if r.reason != "" {
 			line += " (" + r.reason + ")"
 		}

@@ -220,3 +220,33 @@ func TestDoctorClients(t *testing.T) {
 		}
 	}
 }
+
+// TestPolicyCheckIdentity: `modgate policy check --identity` decides and
+// routes as modgate would for that client.
+func TestPolicyCheckIdentity(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "policy.yaml")
+	os.WriteFile(file, []byte(`routes:
+  - modules: ["*.corp.example.test"]
+    identities: ["team-a-*"]
+    upstreams: [internal-a]
+rules:
+  - allow: "git.corp.example.test/team-a/*"
+    identities: [alice, "team-a-*"]
+  - deny: "git.corp.example.test/team-a/*"
+    reason: "team A's modules"
+`), 0o644)
+	run := func(args ...string) (int, string) {
+		var out bytes.Buffer
+		app := &App{Stdout: &out, Stderr: &out, Getenv: func(string) string { return "" }}
+		return app.Run(context.Background(), args), out.String()
+	}
+	if code, out := run("policy", "check", "--policy", file, "--identity", "team-a-ci", "git.corp.example.test/team-a/x@v1.0.0"); code != 0 || !strings.Contains(out, "rule:    1 (allow git.corp.example.test/team-a/*)") || !strings.Contains(out, "route:   internal-a") {
+		t.Errorf("team-a-ci: %d\n%s", code, out)
+	}
+	if code, out := run("policy", "check", "--policy", file, "--identity", "bob", "git.corp.example.test/team-a/x@v1.0.0"); code != 1 || !strings.Contains(out, "rule:    2 (deny git.corp.example.test/team-a/*)") || strings.Contains(out, "route:") {
+		t.Errorf("bob: %d\n%s", code, out)
+	}
+	if code, out := run("policy", "lint", file); code != 0 || !strings.Contains(out, "rule 1: allow git.corp.example.test/team-a/* for identities alice, team-a-*") {
+		t.Errorf("lint: %d\n%s", code, out)
+	}
+}
