@@ -193,7 +193,7 @@ func (c *clients) authenticate(r *http.Request, forward bool) (identity string, 
 		reason = "unsupported " + header + " scheme"
 	}
 	if tried {
-		c.logins.failed(client) // a client's first, credential-less try is free
+		c.logins.failed(client) // a request without credentials costs nothing: the go command's first has none
 	}
 	return identity, c.refusal(r, forward, reason)
 }
