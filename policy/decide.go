@@ -88,22 +88,24 @@ func (ru *rule) applies(r *Request, st *reqState) bool {
 			return false
 		}
 	}
-	if ru.identities != nil {
-		if r.Identity == "" {
-			return false
-		}
-		ok := false
-		for _, pat := range ru.identities {
-			if m, _ := matchHostLike(pat, r.Identity); m {
-				ok = true
-				break
-			}
-		}
-		if !ok {
-			return false
+	return matchIdentity(ru.identities, r.Identity)
+}
+
+// matchIdentity reports whether identity matches one of patterns; nil
+// patterns match any identity, others never the empty one.
+func matchIdentity(patterns []string, identity string) bool {
+	if patterns == nil {
+		return true
+	}
+	if identity == "" {
+		return false
+	}
+	for _, pat := range patterns {
+		if m, _ := matchHostLike(pat, identity); m {
+			return true
 		}
 	}
-	return true
+	return false
 }
 
 // matchHostLike matches the hosts and identities of rules; one function so
@@ -143,11 +145,25 @@ func (p *Policy) IsPrivate(modulePath string) (pattern string, ok bool) {
 // Route returns the upstream names of the first route whose modules match
 // modulePath; ok is false when no route matches and every upstream may serve
 // it. The caller must not modify the slice.
+//
+// A route that names identities applies only to them; Route is RouteFor
+// with no identity, so such routes never apply.
 func (p *Policy) Route(modulePath string) (upstreams []string, ok bool) {
+	return p.RouteFor(modulePath, "")
+}
+
+// RouteFor is Route for a request made by identity: the first route whose
+// modules match modulePath and whose identities (if it names any) match
+// identity.
+func (p *Policy) RouteFor(modulePath, identity string) (upstreams []string, ok bool) {
 	if p == nil {
 		return nil, false
 	}
-	i := p.routeIx.first(modulePath, nil)
+	var accept func(int) bool
+	if p.routeIdentities {
+		accept = func(i int) bool { return p.routes[i].appliesTo(identity) }
+	}
+	i := p.routeIx.first(modulePath, accept)
 	if i < 0 {
 		return nil, false
 	}

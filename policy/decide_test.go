@@ -152,6 +152,45 @@ func TestRoute(t *testing.T) {
 	}
 }
 
+// TestRouteForIdentities: a route that names identities applies only to
+// them; the next matching route (or none) serves everyone else.
+func TestRouteForIdentities(t *testing.T) {
+	p, err := Parse("policy.yaml", []byte(`
+routes:
+  - modules: ["*.corp.example.test"]
+    upstreams: [tenant-a]
+    identities: [alice, "team-a-*"]
+  - modules: ["*.corp.example.test"]
+    upstreams: [internal]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		identity string
+		want     []string
+	}{
+		{"alice", []string{"tenant-a"}},
+		{"team-a-ci", []string{"tenant-a"}},
+		{"bob", []string{"internal"}},
+		{"", []string{"internal"}},
+	} {
+		got, ok := p.RouteFor("git.corp.example.test/a/x", c.identity)
+		if !ok || !slices.Equal(got, c.want) {
+			t.Errorf("RouteFor(%q) = %q, %t; want %q", c.identity, got, ok, c.want)
+		}
+	}
+	if got, _ := p.Route("git.corp.example.test/a/x"); !slices.Equal(got, []string{"internal"}) {
+		t.Errorf("Route (no identity) = %q, want the route for everyone", got)
+	}
+	if _, ok := p.RouteFor("example.test/other", "alice"); ok {
+		t.Error("RouteFor of a module no route names: routed")
+	}
+	if d := p.Describe(); !slices.Contains(d, "route 1: *.corp.example.test -> tenant-a (for identities alice, team-a-*)") {
+		t.Errorf("Describe = %q", d)
+	}
+}
+
 func TestIsPrivateFull(t *testing.T) {
 	p := loadFull(t)
 	for mod, want := range map[string]string{

@@ -324,7 +324,7 @@ func (ps *parser) routes(p *Policy, v *yaml.Node) {
 		key := fmt.Sprintf("routes[%d]", i+1)
 		var r route
 		haveModules, haveUpstreams, ok := false, false, true
-		if !ps.fields(rn, key, []string{"modules", "upstreams"}, func(k string, kn, v *yaml.Node) {
+		if !ps.fields(rn, key, []string{"modules", "upstreams", "identities"}, func(k string, kn, v *yaml.Node) {
 			sub := key + "." + k
 			items, nodes, okList := ps.list(v, sub)
 			if !okList {
@@ -332,6 +332,10 @@ func (ps *parser) routes(p *Policy, v *yaml.Node) {
 				return
 			}
 			switch k {
+			case "identities":
+				ids, okIDs := ps.identities(v, sub, items, nodes)
+				ok = okIDs && ok
+				r.identities = ids
 			case "modules":
 				haveModules = true
 				if len(items) == 0 {
@@ -371,10 +375,33 @@ func (ps *parser) routes(p *Policy, v *yaml.Node) {
 			// Clipped, so that a caller appending to Route's answer
 			// cannot write into the next route's names.
 			r.upstreams = r.upstreams[:len(r.upstreams):len(r.upstreams)]
+			if r.identities != nil {
+				p.routeIdentities = true
+			}
 			p.routeIx.add(len(p.routes), r.modules)
 			p.routes = append(p.routes, r)
 		}
 	}
+}
+
+// identities checks the identity patterns (path.Match globs) of a rule or
+// a route.
+func (ps *parser) identities(v *yaml.Node, key string, items []string, nodes []*yaml.Node) ([]string, bool) {
+	if len(items) == 0 {
+		ps.errorf(v, key, "empty list (leave identities out to match any)")
+		return nil, false
+	}
+	ok := true
+	var ids []string
+	for j, s := range items {
+		if _, err := matchHostLike(s, ""); s == "" || err != nil {
+			ps.errorf(nodes[j], fmt.Sprintf("%s[%d]", key, j+1), "invalid pattern %q", s)
+			ok = false
+			continue
+		}
+		ids = append(ids, s)
+	}
+	return ids, ok
 }
 
 func (ps *parser) rules(p *Policy, v *yaml.Node) {
@@ -440,7 +467,16 @@ func (ps *parser) rules(p *Policy, v *yaml.Node) {
 					r.kinds |= b
 				}
 				p.hasKinds = true
-			case "hosts", "identities":
+			case "identities":
+				items, nodes, okList := ps.list(v, sub)
+				if !okList {
+					ok = false
+					return
+				}
+				ids, okIDs := ps.identities(v, sub, items, nodes)
+				ok = okIDs && ok
+				r.identities = ids
+			case "hosts":
 				items, nodes, okList := ps.list(v, sub)
 				if !okList {
 					ok = false
@@ -452,20 +488,14 @@ func (ps *parser) rules(p *Policy, v *yaml.Node) {
 				}
 				for j, s := range items {
 					jkey := fmt.Sprintf("%s[%d]", sub, j+1)
-					if k == "hosts" {
-						// Host names are case-insensitive; Decide lowers the request's.
-						s = strings.ToLower(s)
-					}
+					// Host names are case-insensitive; Decide lowers the request's.
+					s = strings.ToLower(s)
 					if _, err := matchHostLike(s, ""); s == "" || err != nil {
 						ps.errorf(nodes[j], jkey, "invalid pattern %q", s)
 						ok = false
 						continue
 					}
-					if k == "hosts" {
-						r.hosts = append(r.hosts, s)
-					} else {
-						r.identities = append(r.identities, s)
-					}
+					r.hosts = append(r.hosts, s)
 				}
 			case "reason":
 				s, _ := ps.str(v, sub)

@@ -126,11 +126,20 @@ type Policy struct {
 	defaultText  string
 	contact      string
 	hasKinds     bool // some rule lists kinds; FilterVersions then checks each artifact kind
+
+	routeIdentities bool // some route names identities
 }
 
 type route struct {
-	modules   string   // the comma list, as matched
-	upstreams []string // clipped, so that a caller's append cannot reach the next route
+	modules    string   // the comma list, as matched
+	upstreams  []string // clipped, so that a caller's append cannot reach the next route
+	identities []string // path.Match patterns; nil: any identity
+}
+
+// appliesTo reports whether the route is for identity: it names no
+// identities, or one of its patterns matches (never the empty identity).
+func (r *route) appliesTo(identity string) bool {
+	return matchIdentity(r.identities, identity)
 }
 
 type rule struct {
@@ -206,10 +215,17 @@ func (p *Policy) Describe() []string {
 		lines = append(lines, fmt.Sprintf("private %s: only private upstreams, never a checksum database", g))
 	}
 	for i, r := range p.routes {
-		lines = append(lines, fmt.Sprintf("route %d: %s -> %s", i+1, r.modules, strings.Join(r.upstreams, ", ")))
+		line := fmt.Sprintf("route %d: %s -> %s", i+1, r.modules, strings.Join(r.upstreams, ", "))
+		if r.identities != nil {
+			line += " (for identities " + strings.Join(r.identities, ", ") + ")"
+		}
+		lines = append(lines, line)
 	}
 	for i, r := range p.rules {
 		line := fmt.Sprintf("rule %d: %s", i+1, r.text)
+		if r.identities != nil {
+			line += " for identities " + strings.Join(r.identities, ", ")
+		}
 		if r.reason != "" {
 			line += " (" + r.reason + ")"
 		}

@@ -36,7 +36,7 @@ type exchange struct {
 	start time.Time
 	mode  string // modeReverse, modeForward or modeMITM
 
-	identity string // the proxy user, in forward mode
+	identity string // who is asking (Config.Clients, Forward.Users); "" when nobody has to say
 	host     string // the destination host:port (normalised), in forward mode
 
 	// connect answers a CONNECT that is refused; nil for other requests.
@@ -57,6 +57,10 @@ type exchange struct {
 	cacheResult string // hit, miss or stale; empty when the cache was not asked
 	buffered    int64  // bytes of the server's buffer budget this exchange holds
 }
+
+// attrEndUser is OpenTelemetry's semantic convention for who made the
+// request.
+const attrEndUser = attribute.Key("enduser.id")
 
 // ctx is the request's context, telling upstreams the request's kind.
 func (x *exchange) ctx() context.Context {
@@ -128,7 +132,7 @@ func (x *exchange) decide() error {
 		// The go command ignores GOPRIVATE and GONOSUMDB for toolchains.
 		x.private, _ = x.pol.IsPrivate(req.Module)
 	}
-	x.route, x.routed = x.pol.Route(req.Module)
+	x.route, x.routed = x.pol.RouteFor(req.Module, x.identity)
 	version := req.Version
 	if req.Query {
 		version = "" // decided again on the version the query resolves to
@@ -197,7 +201,7 @@ func (x *exchange) finish() {
 	x.buffered = 0
 	span := trace.SpanFromContext(x.r.Context())
 	if span.IsRecording() {
-		attrs := append(make([]attribute.KeyValue, 0, 7), telemetry.AttrMode.String(x.mode), telemetry.AttrPolicyDecision.String(x.decision))
+		attrs := append(make([]attribute.KeyValue, 0, 8), telemetry.AttrMode.String(x.mode), telemetry.AttrPolicyDecision.String(x.decision))
 		if x.req.Module != "" {
 			attrs = append(attrs, telemetry.AttrModulePath.String(x.req.Module))
 		}
@@ -212,6 +216,11 @@ func (x *exchange) finish() {
 		}
 		if x.cacheResult != "" {
 			attrs = append(attrs, telemetry.AttrCacheResult.String(x.cacheResult))
+		}
+		if x.identity != "" {
+			// Spans and the audit log only: identities are unbounded,
+			// so never a metric's label.
+			attrs = append(attrs, attrEndUser.String(x.identity))
 		}
 		span.SetAttributes(attrs...)
 		if x.decision == "deny" {

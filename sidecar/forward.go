@@ -2,8 +2,6 @@ package sidecar
 
 import (
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
 	"crypto/tls"
 	"encoding/base64"
 	"fmt"
@@ -48,7 +46,9 @@ type ForwardConfig struct {
 	// the hosts of private upstreams and hosts the private patterns match.
 	PrivateHosts []string
 	// Users, if not empty, requires Proxy-Authorization Basic with one of
-	// these user names and passwords; the user name is the identity.
+	// these user names and passwords; the user name is the identity. This
+	// is forward.auth_file, the older form of Config.Clients, which forward
+	// mode takes too.
 	Users map[string]string
 	// TunnelIdle closes a tunnel with no traffic either way for that long.
 	// If zero, 5 minutes.
@@ -68,8 +68,6 @@ type forward struct {
 	cfg    ForwardConfig
 	guard  *guard
 	opts   upstream.Options
-	users  map[string][32]byte // user → sha256(password)
-	logins *loginLimiter
 	goprox *goproxy.ProxyHttpServer
 
 	mu      sync.Mutex
@@ -121,17 +119,11 @@ func newForward(s *Server, cfg ForwardConfig, opts upstream.Options) *forward {
 	if s.cfg.Admin != "" {
 		g.own = append(g.own, s.cfg.Admin)
 	}
-	f := &forward{s: s, cfg: cfg, guard: g, origins: map[string]*upstream.Upstream{}, logins: newLoginLimiter(s.now)}
+	f := &forward{s: s, cfg: cfg, guard: g, origins: map[string]*upstream.Upstream{}}
 	opts.Dial = g.Dial
 	opts.Resolve = nil         // the guard pins
 	opts.MetricName = "origin" // hosts are on the spans, not the metrics
 	f.opts = opts
-	if len(cfg.Users) > 0 {
-		f.users = map[string][32]byte{}
-		for u, p := range cfg.Users {
-			f.users[u] = sha256.Sum256([]byte(p))
-		}
-	}
 
 	// goproxy parses CONNECT and hands over the connection. Everything it
 	// would otherwise do by default is replaced: no built-in CA, no
@@ -239,33 +231,13 @@ func normalized(host string) string {
 	return strings.ToLower(host)
 }
 
-// authenticate checks Proxy-Authorization and returns the identity, or the
-// 407 that asks for it (429 after too many failures from the client's
-// address). With no users configured everyone is anonymous.
+// authenticate checks Proxy-Authorization (or the client certificate of
+// the TLS listener) with the identities every way in shares, and returns
+// the identity, or the 407 that asks for it (429 after too many failures
+// from the client's address). With no users or clients configured
+// everyone is nobody in particular ("").
 func (f *forward) authenticate(r *http.Request) (identity string, err error) {
-	if f.users == nil {
-		return "", nil
-	}
-	client := clientIP(r.RemoteAddr)
-	if p := f.logins.blocked(client); p != nil {
-		return "", p
-	}
-	user, pass, found := parseBasic(r.Header.Get("Proxy-Authorization"))
-	want, known := f.users[user]
-	got := sha256.Sum256([]byte(pass))
-	// Compare even for unknown users, so timing tells nothing.
-	match := subtle.ConstantTimeCompare(got[:], want[:]) == 1
-	if found && known && match {
-		return user, nil
-	}
-	reason := "no Proxy-Authorization"
-	if found {
-		reason = "wrong user name or password"
-		f.logins.failed(client) // a client's first, credential-less try is free
-	}
-	return user, &problem{status: http.StatusProxyAuthRequired, code: wire.AuthRequired, decision: decisionDeny, reason: reason,
-		lines:  []string{"proxy authentication required: " + reason, "set the user and password in HTTPS_PROXY/HTTP_PROXY (http://user:password@host:port)"},
-		header: http.Header{"Proxy-Authenticate": {`Basic realm="modgate"`}}}
+	return f.s.clients.authenticate(r, true)
 }
 
 func parseBasic(h string) (user, pass string, ok bool) {

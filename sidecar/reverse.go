@@ -18,11 +18,16 @@ func (s *Server) serveReverse(w http.ResponseWriter, r *http.Request) {
 	x.end(s.reverse(x))
 }
 
-// reverse classifies an origin-form request and picks its source: the
+// reverse authenticates and classifies an origin-form request and picks its source: the
 // chain for the module proxy protocol, the checksum database's route for
 // /sumdb/.
 func (s *Server) reverse(x *exchange) error {
 	r := x.r
+	identity, err := s.clients.authenticate(r, false)
+	x.identity = identity
+	if err != nil {
+		return err
+	}
 	req, err := s.classify(r, "")
 	if errors.Is(err, ErrNotModuleRequest) {
 		return &problem{status: http.StatusNotFound, code: wire.NotModuleRequest, decision: decisionInvalid,

@@ -6,6 +6,7 @@ package sidecar
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
 	"errors"
@@ -84,6 +85,12 @@ type Config struct {
 	// Offline serves only from the cache: what it lacks is 404, and no
 	// upstream or origin is asked (air-gapped builds).
 	Offline bool
+	// TLS makes the module listener HTTPS. If empty, it is plain HTTP.
+	TLS ListenerTLS
+	// Clients says who may use the module listener (reverse mode, and
+	// forward mode besides Forward.Users). The zero value lets everyone in
+	// as nobody in particular.
+	Clients ClientsConfig
 	// BufferBudget bounds the bytes of small answers held whole (to be
 	// checked, filtered or explained) across all requests; a request past
 	// it gets 503. If zero, DefaultBufferBudget.
@@ -104,9 +111,11 @@ type Server struct {
 	// ready is set once the server has started serving.
 	ready atomic.Bool
 
-	audit *policy.AuditLog
-	fwd   *forward
-	tel   *telemetry.Telemetry
+	audit   *policy.AuditLog
+	fwd     *forward
+	clients *clients    // who is asking, for every way in
+	tlsCfg  *tls.Config // the module listener's, nil for plain HTTP
+	tel     *telemetry.Telemetry
 
 	cacheCfg  CacheConfig
 	cache     *cache.Cache // nil when off
@@ -187,6 +196,17 @@ func New(cfg Config) (*Server, error) {
 	}
 	if len(cfg.Forward.MITMHosts) > 0 && cfg.Forward.CA == nil {
 		return nil, errors.New("mitm hosts are set but there is no CA: run `modgate ca init` and give --ca-dir")
+	}
+	if cfg.Clients.ClientCAFile != "" && !cfg.TLS.Enabled() {
+		return nil, errors.New("clients: client certificates (client_ca_file) need HTTPS on the listener (tls)")
+	}
+	if s.clients, err = newClients(cfg.Clients, cfg.Forward.Users, s.now, s.log); err != nil {
+		return nil, err
+	}
+	if cfg.TLS.Enabled() {
+		if s.tlsCfg, err = s.clients.tlsConfig(cfg.TLS, s.log); err != nil {
+			return nil, err
+		}
 	}
 	s.fwd = newForward(s, cfg.Forward, opts)
 	if err := s.openCaches(cfg.Cache); err != nil {
@@ -416,8 +436,12 @@ func (s *Server) Run(ctx context.Context) error {
 	return s.Serve(ctx, ln, adminLn)
 }
 
-// Serve is Run on listeners the caller made. adminLn may be nil.
+// Serve is Run on listeners the caller made. adminLn may be nil. With
+// Config.TLS, ln is served HTTPS.
 func (s *Server) Serve(ctx context.Context, ln, adminLn net.Listener) error {
+	if s.tlsCfg != nil {
+		ln = tls.NewListener(ln, s.tlsCfg)
+	}
 	errLog := slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)
 	servers := []*http.Server{{
 		Handler:           s.Handler(),
@@ -453,6 +477,12 @@ func (s *Server) Serve(ctx context.Context, ln, adminLn net.Listener) error {
 	attrs := []any{"listen", ln.Addr().String(), "upstreams", upstream.FormatChain(s.chain.Upstreams(), func(u *upstream.Upstream) string { return u.Source }), "sumdb", s.cfg.SumDB}
 	if adminLn != nil {
 		attrs = append(attrs, "admin", adminLn.Addr().String())
+	}
+	if s.tlsCfg != nil {
+		attrs = append(attrs, "tls", s.cfg.TLS.CertFile)
+	}
+	if s.cfg.Clients.Enabled() {
+		attrs = append(attrs, "clients", s.clients.describe())
 	}
 	s.log.Info("modgate serving", attrs...)
 

@@ -54,6 +54,8 @@ type Config struct {
 	PProf bool `yaml:"pprof"`
 	// Offline serves only from the cache (air-gapped builds).
 	Offline bool `yaml:"offline"`
+	// ListenerSecurity is the tls and clients sections (clients.go).
+	ListenerSecurity `yaml:",inline"`
 	// Telemetry is what modgate adds to the standard OTEL_* variables.
 	Telemetry TelemetryConfig `yaml:"telemetry"`
 
@@ -613,6 +615,7 @@ func (c *Config) validate(o origins) (sidecar.Config, error) {
 		out.RootCAs = pool
 	}
 	out.Forward = c.Forward.validate(bad)
+	c.ListenerSecurity.validate(bad, &out)
 	out.ClientHeader, out.ClientIdle = c.ClientTimeouts.Header, c.ClientTimeouts.Idle
 	if c.ClientTimeouts.Header < 0 {
 		bad("client_timeouts.header", "must not be negative")

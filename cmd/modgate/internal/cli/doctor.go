@@ -85,6 +85,14 @@ func (a *App) doctor(ctx context.Context, args []string) error {
 			if cfg.Listen != "" {
 				m.URL = "http://" + clientAddr(cfg.Listen)
 			}
+			m.Clients = doctor.Clients{Htpasswd: sc.Clients.HtpasswdFile != "", Tokens: sc.Clients.TokensFile != "",
+				ClientCerts: sc.Clients.ClientCAFile != "", Anonymous: sc.Clients.Anonymous}
+			if sc.TLS.Enabled() && cfg.Listen != "" {
+				if trust, terr := newListenerTrust(sc.TLS, clientAddr(cfg.Listen), caDir(cfg.Forward.CADir)); terr == nil {
+					m.URL = "https://" + trust.addr
+					m.ListenerCert, _ = sc.TLS.Certificate()
+				}
+			}
 			if cfg.Admin != "" {
 				m.AdminURL = "http://" + clientAddr(cfg.Admin)
 			}

@@ -102,8 +102,17 @@ func clientEnv(cfg Config, sc sidecar.Config, pol *policy.Policy, noDirect bool)
 		}
 	}
 
-	self := "http://" + clientAddr(cfg.Listen)
-	lines := []envLine{comment("modgate env: client settings for modgate on %s (%s)", clientAddr(cfg.Listen), chainText(ups))}
+	addr := clientAddr(cfg.Listen)
+	self := "http://" + addr
+	var trust *listenerTrust
+	if sc.TLS.Enabled() {
+		if trust, err = newListenerTrust(sc.TLS, addr, caDir(cfg.Forward.CADir)); err != nil {
+			return nil, err
+		}
+		addr = trust.addr
+		self = "https://" + addr
+	}
+	lines := []envLine{comment("modgate env: client settings for modgate on %s (%s)", addr, chainText(ups))}
 
 	// GOPROXY. A direct entry in modgate's chain answers 404 and relies on
 	// the go command going direct itself, so ",direct" is then required.
@@ -131,9 +140,12 @@ func clientEnv(cfg Config, sc sidecar.Config, pol *policy.Policy, noDirect bool)
 		lines = append(lines, comment("GOSUMDB: keep yours; it must name %s, the checksum database modgate serves at %s/sumdb/%s/", sc.SumDB, self, sc.SumDB))
 	}
 
+	lines = append(lines, clientsEnv(sc.Clients, trust, addr)...)
+
 	lines = append(lines, comment("HTTP_PROXY, HTTPS_PROXY: direct fetches, ?go-get=1 discovery and git go through modgate's forward mode; curl and git read the lower-case names"))
-	if cfg.Forward.AuthFile != "" {
-		lines = append(lines, comment("forward mode asks for a user (forward.auth_file): put user:password@ after http:// in these four"))
+	if proxyAuth(cfg) {
+		scheme, _, _ := strings.Cut(self, ":")
+		lines = append(lines, comment("forward mode asks who you are: put <name>:<password>@ after %s:// in these four (your own name and password; never commit them)", scheme))
 	}
 	for _, name := range []string{"HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"} {
 		lines = append(lines, envLine{name: name, value: self})
@@ -149,14 +161,27 @@ func clientEnv(cfg Config, sc sidecar.Config, pol *policy.Policy, noDirect bool)
 		lines = append(lines, envLine{name: name, value: strings.Join(noProxy, ",")})
 	}
 
+	var caWhy []string
 	if hosts := cfg.Forward.MITMHosts; len(hosts) > 0 {
+		caWhy = append(caWhy, "intercepts "+strings.Join(hosts, ", "))
+	}
+	if trust != nil {
+		switch {
+		case trust.systemTrusted:
+		case trust.modgateCA:
+			caWhy = append(caWhy, "signed modgate's certificate for "+addr)
+		default:
+			lines = append(lines, comment("SSL_CERT_FILE: modgate's certificate (%s) is signed neither by a CA this system trusts nor by modgate's CA: add its CA to SSL_CERT_FILE", sc.TLS.CertFile))
+		}
+	}
+	if len(caWhy) > 0 {
 		// Absolute: the settings are used from other folders.
 		ca, err := filepath.Abs(mitm.CertPath(caDir(cfg.Forward.CADir)))
 		if err != nil {
 			return nil, err
 		}
 		lines = append(lines,
-			comment("SSL_CERT_FILE, GIT_SSL_CAINFO: modgate's CA, which intercepts %s", strings.Join(hosts, ", ")),
+			comment("SSL_CERT_FILE, GIT_SSL_CAINFO: modgate's CA, which %s", strings.Join(caWhy, " and ")),
 			envLine{name: "SSL_CERT_FILE", value: ca},
 			envLine{name: "GIT_SSL_CAINFO", value: ca})
 	}

@@ -14,7 +14,7 @@ import (
 )
 
 const policyUsage = `usage:
-  modgate policy check [--policy F] [--kind K] [--host H] MODULE[@VERSION]
+  modgate policy check [--policy F] [--kind K] [--host H] [--identity NAME] MODULE[@VERSION]
       print the decision, the rule and the reason; exit 0 allow, 1 deny
   modgate policy lint F
       check a policy file and print what it says
@@ -44,6 +44,7 @@ func (a *App) policyCheck(args []string) error {
 	file := fs.String("policy", "", "policy file (default $MODGATE_POLICY)")
 	kind := fs.String("kind", "zip", "request kind: list info mod zip latest sumdb-lookup ...")
 	host := fs.String("host", "", "destination host, for rules with hosts")
+	identity := fs.String("identity", "", "who asks (a clients name, a certificate CN, anonymous), for rules and routes with identities")
 	if err := fs.Parse(args); err != nil {
 		return usageOrHelp(err)
 	}
@@ -68,7 +69,7 @@ func (a *App) policyCheck(args []string) error {
 	if version != "" && !semver.IsValid(version) {
 		return fmt.Errorf("policy check: %q is not a semantic version", version)
 	}
-	d := p.Decide(policy.Request{Module: mod, Version: version, Kind: *kind, Host: *host})
+	d := p.Decide(policy.Request{Module: mod, Version: version, Kind: *kind, Host: *host, Identity: *identity})
 	fmt.Fprintf(a.Stdout, "%s %s\n", d, fs.Arg(0))
 	if d.Rule > 0 {
 		fmt.Fprintf(a.Stdout, "rule:    %d (%s)\n", d.Rule, d.RuleText)
@@ -81,7 +82,7 @@ func (a *App) policyCheck(args []string) error {
 	if pattern, ok := p.IsPrivate(mod); ok {
 		fmt.Fprintf(a.Stdout, "private: yes (%s): only private upstreams; add %s to GONOSUMDB\n", pattern, pattern)
 	}
-	if ups, ok := p.Route(mod); ok {
+	if ups, ok := p.RouteFor(mod, *identity); ok {
 		fmt.Fprintf(a.Stdout, "route:   %s\n", strings.Join(ups, ", "))
 	}
 	if !d.Allow {

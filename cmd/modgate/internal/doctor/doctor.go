@@ -100,7 +100,7 @@ type Report struct {
 }
 
 // goEnvNames are the go env variables doctor reads.
-var goEnvNames = []string{"GOPROXY", "GOSUMDB", "GOFLAGS", "GOINSECURE", "GONOSUMDB", "GOPRIVATE", "GONOPROXY", "GOTOOLCHAIN", "GOENV", "GOVERSION"}
+var goEnvNames = []string{"GOPROXY", "GOSUMDB", "GOFLAGS", "GOINSECURE", "GONOSUMDB", "GOPRIVATE", "GONOPROXY", "GOTOOLCHAIN", "GOENV", "GOVERSION", "GOAUTH"}
 
 // Modgate is the modgate doctor checks, as `modgate run` with the same
 // config file, variables and flags would start it.
@@ -125,6 +125,11 @@ type Modgate struct {
 	SumDBURL string
 	// RootCAs verifies upstream certificates; nil means the system pool.
 	RootCAs *x509.CertPool
+	// ListenerCert is the module listener's certificate when it is HTTPS
+	// (tls), nil when it is plain HTTP.
+	ListenerCert *x509.Certificate
+	// Clients says who may use the listener; the zero value: everyone.
+	Clients Clients
 }
 
 // sumDBURL is where modgate reaches its checksum database directly.
@@ -207,6 +212,7 @@ func Run(ctx context.Context, opts Options) Report {
 	d.checkGoproxy()
 	d.checkProxyVars()
 	d.checkEnvFile()
+	d.checkClients()
 	if opts.Probe && d.cfgOK {
 		d.probe(ctx, opts.Timeout, opts.Module)
 	}
@@ -470,7 +476,13 @@ func (d *run) usesModgate(goproxy string) bool {
 		return false
 	}
 	u, err := url.Parse(strings.TrimSpace(entries[0]))
-	return err == nil && u.Scheme == "http" && sameListener(u.Host, d.m.Listen)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") {
+		return false
+	}
+	if self, err := url.Parse(d.m.URL); err == nil && d.m.URL != "" && strings.EqualFold(u.Host, self.Host) {
+		return true // the name modgate's certificate holds
+	}
+	return sameListener(u.Host, d.m.Listen)
 }
 
 func (d *run) checkGoproxy() {
@@ -563,6 +575,17 @@ func (d *run) probe(ctx context.Context, timeout time.Duration, mod string) {
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	escMod, _ := module.EscapePath(mod)
 
+	// modgate's own HTTPS listener is checked against its certificate:
+	// whether clients trust it is checkClients' question.
+	selfClient := client
+	if d.m.ListenerCert != nil {
+		pool := x509.NewCertPool()
+		pool.AddCert(d.m.ListenerCert)
+		st := transport.Clone()
+		st.TLSClientConfig = &tls.Config{RootCAs: pool}
+		defer st.CloseIdleConnections()
+		selfClient = &http.Client{Transport: st, Timeout: timeout, CheckRedirect: client.CheckRedirect}
+	}
 	get := func(client *http.Client, target, kind, u string) Probe {
 		if d.opts.Progress != nil {
 			fmt.Fprintf(d.opts.Progress, "\r\033[Kprobing %s: %s %s", target, kind, upstream.RedactText(u))
@@ -599,9 +622,9 @@ func (d *run) probe(ctx context.Context, timeout time.Duration, mod string) {
 	throughModgate := d.usesModgate(d.goenv["GOPROXY"])
 	var mp []Probe
 	if d.m.AdminURL != "" {
-		mp = append(mp, get(client, "modgate", "readyz", d.m.AdminURL+"/readyz"))
+		mp = append(mp, get(selfClient, "modgate", "readyz", d.m.AdminURL+"/readyz"))
 	}
-	mp = append(mp, get(client, "modgate", "list", base+"/"+escMod+"/@v/list"))
+	mp = append(mp, get(selfClient, "modgate", "list", base+"/"+escMod+"/@v/list"))
 	d.probes = append(d.probes, mp...)
 	d.judgeModgate(mp, throughModgate, mod)
 
