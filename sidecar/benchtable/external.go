@@ -322,8 +322,13 @@ func treeCPU(pid int) time.Duration {
 }
 
 // pidStatus reads a "kB" field of /proc/PID/status, in bytes.
-func pidStatus(pid int, field string) (int64, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+func pidStatus(pid int, field string) (int64, error) { return statusField(fmt.Sprint(pid), field) }
+
+// statusField reads a "kB" field of /proc/<proc>/status ("self" or a
+// PID), in bytes.
+func statusField(proc, field string) (int64, error) {
+	name := "/proc/" + proc + "/status"
+	f, err := os.Open(name)
 	if err != nil {
 		return 0, err
 	}
@@ -333,12 +338,12 @@ func pidStatus(pid int, field string) (int64, error) {
 		if rest, ok := strings.CutPrefix(sc.Text(), field+":"); ok {
 			var kb int64
 			if _, err := fmt.Sscanf(strings.TrimSpace(rest), "%d kB", &kb); err != nil {
-				return 0, err
+				return 0, fmt.Errorf("%s %s: %v", name, field, err)
 			}
 			return kb << 10, nil
 		}
 	}
-	return 0, fmt.Errorf("no %s in /proc/%d/status", field, pid)
+	return 0, fmt.Errorf("no %s in %s", field, name)
 }
 
 // scrapeAllocs reads the Go runtime's cumulative allocations from a

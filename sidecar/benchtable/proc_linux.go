@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bufio"
-	"fmt"
 	"os"
 	"os/exec"
 	"strings"
@@ -23,24 +21,7 @@ func resetPeakRSS() error {
 }
 
 // procStatus reads a "kB" field of /proc/self/status, in bytes.
-func procStatus(field string) (int64, error) {
-	f, err := os.Open("/proc/self/status")
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), field+":"); ok {
-			var kb int64
-			if _, err := fmt.Sscanf(strings.TrimSpace(rest), "%d kB", &kb); err != nil {
-				return 0, fmt.Errorf("/proc/self/status %s: %v", field, err)
-			}
-			return kb << 10, nil
-		}
-	}
-	return 0, fmt.Errorf("no %s in /proc/self/status", field)
-}
+func procStatus(field string) (int64, error) { return statusField("self", field) }
 
 // cpuName is the processor's model name, for the table's heading.
 func cpuName() string {
