@@ -15,6 +15,7 @@ import (
 	modzip "golang.org/x/mod/zip"
 
 	"github.com/modgate/modgate/sidecar/cache"
+	"github.com/modgate/modgate/sidecar/store"
 	"github.com/modgate/modgate/sidecar/upstream"
 	"github.com/modgate/modgate/sidecar/wire"
 	"github.com/modgate/modgate/telemetry"
@@ -36,6 +37,15 @@ type CacheConfig struct {
 	// PrivateDir caches private modules. Empty: they are never cached, so
 	// that a shared cache cannot leak them.
 	PrivateDir string
+	// Shared is the second tier of immutable artifacts (.info, .mod,
+	// .zip, checksum tiles) that every replica of a fleet reads and
+	// writes: a local miss is looked for there before upstreams are
+	// asked, and what upstreams answer is written to both. Needs Dir.
+	// Nil: none.
+	Shared *store.Store
+	// SharedPrivate is the shared tier of private modules, which never go
+	// to Shared. Needs PrivateDir. Nil: private modules stay local.
+	SharedPrivate *store.Store
 }
 
 // cacheKey names the cache entry of the exchange: the escaped proxy
@@ -89,6 +99,14 @@ func (s *Server) cacheFor(x *exchange) *cache.Cache {
 		return s.privCache
 	}
 	return s.cache
+}
+
+// storeFor returns the shared tier this exchange may use, or nil.
+func (s *Server) storeFor(x *exchange) *store.Store {
+	if x.private != "" {
+		return s.cacheCfg.SharedPrivate
+	}
+	return s.cacheCfg.Shared
 }
 
 // serveCached answers from the cache when it can, and fetches from src
@@ -186,6 +204,7 @@ type flight struct {
 	cond *sync.Cond
 
 	ready  bool            // the answer's header is known, or the fetch failed
+	stored bool            // the shared store had it: it is in the local cache now
 	res    upstream.Result // the failure, when there is no answer
 	header http.Header
 	served *upstream.Upstream
@@ -210,13 +229,14 @@ func (s *Server) shared(x *exchange, c *cache.Cache, key string, src source, fr 
 		// Shutdown waits for it (its entry is being written) for the
 		// grace period, then cancels it.
 		fetch := func(ctx context.Context) upstream.Result { return src.fetch(ctx, x, fr) }
+		st := s.storeFor(x)
 		s.flying.Add(1)
 		go func() {
 			defer s.flying.Done()
 			ctx, cancel := context.WithCancel(context.WithoutCancel(x.ctx()))
 			defer cancel()
 			defer context.AfterFunc(s.flightsCtx, cancel)()
-			s.fly(f, c, key, ctx, fetch, x.req)
+			s.fly(ctx, f, tiers{c, st}, key, fetch, x.req)
 		}()
 	}
 	s.flightMu.Unlock()
@@ -232,6 +252,17 @@ func (s *Server) shared(x *exchange, c *cache.Cache, key string, src source, fr 
 	if ctx.Err() != nil {
 		f.mu.Unlock()
 		return clientGone("client went away while the artifact was fetched")
+	}
+	if f.stored {
+		f.mu.Unlock()
+		x.cacheResult = telemetry.CacheShared
+		e, err := c.Get(key)
+		if err != nil {
+			return &problem{status: http.StatusServiceUnavailable, code: wire.Busy,
+				lines: []string{describeRequest(x.req) + ": copied from the shared store but gone from the local cache at once; try again"}}
+		}
+		defer e.Close()
+		return s.serveEntry(x, src, e, s.now())
 	}
 	if f.w == nil {
 		res := f.res
@@ -301,8 +332,17 @@ func (s *Server) shared(x *exchange, c *cache.Cache, key string, src source, fr 
 	}
 }
 
-// fly fetches the artifact into the cache, telling waiters as it goes.
-func (s *Server) fly(f *flight, c *cache.Cache, key string, ctx context.Context, fetch func(context.Context) upstream.Result, req Request) {
+// tiers are the caches an immutable artifact is kept in: the local one,
+// and the shared store (nil when there is none).
+type tiers struct {
+	local  *cache.Cache
+	shared *store.Store
+}
+
+// fly fetches the artifact into the caches, telling waiters as it goes:
+// from the shared store when it has a good copy, else from upstreams.
+func (s *Server) fly(ctx context.Context, f *flight, t tiers, key string, fetch func(context.Context) upstream.Result, req Request) {
+	c := t.local
 	defer func() {
 		s.flightMu.Lock()
 		if s.flights[key] == f {
@@ -315,6 +355,13 @@ func (s *Server) fly(f *flight, c *cache.Cache, key string, ctx context.Context,
 		f.ready, f.done, f.err = true, true, err
 		f.cond.Broadcast()
 		f.mu.Unlock()
+	}
+	if s.fromStore(ctx, t, key) {
+		f.mu.Lock()
+		f.stored = true
+		f.mu.Unlock()
+		finish(nil)
+		return
 	}
 	res := fetch(ctx)
 	if res.Response == nil {
@@ -385,10 +432,13 @@ func (s *Server) fly(f *flight, c *cache.Cache, key string, ctx context.Context,
 	if req.Kind != KindZip {
 		// A small entry is kept before its waiters are told the answer is
 		// complete: a request that follows one that succeeded is a hit.
-		if err := w.Commit(resp.ContentLength, nil); err != nil {
-			s.log.Warn("not cached", "key", key, "err", err)
-		}
+		err := w.Commit(resp.ContentLength, nil)
 		finish(nil)
+		if err != nil {
+			s.log.Warn("not cached", "key", key, "err", err)
+			return
+		}
+		s.toStore(ctx, t, key)
 		return
 	}
 	// A zip is checked as a module zip once every waiter has it: that read
@@ -400,7 +450,49 @@ func (s *Server) fly(f *flight, c *cache.Cache, key string, ctx context.Context,
 	}
 	if err := w.Commit(resp.ContentLength, verify); err != nil {
 		s.log.Warn("not cached", "key", key, "err", err)
+		return
 	}
+	s.toStore(ctx, t, key)
+}
+
+// fromStore copies the artifact from the shared store into the local
+// cache, and reports whether it did. A store that lacks it, holds a
+// damaged copy (the store deletes it) or fails leaves the fetch to
+// upstreams: the store only ever saves work.
+func (s *Server) fromStore(ctx context.Context, t tiers, key string) bool {
+	if t.shared == nil {
+		return false
+	}
+	w, err := t.local.Create(key, "")
+	if err != nil {
+		return false
+	}
+	obj, err := t.shared.Get(ctx, key, w)
+	if err != nil {
+		w.Abort()
+		return false
+	}
+	w.SetContentType(obj.ContentType)
+	if err := w.Commit(obj.Size, nil); err != nil {
+		s.log.Warn("not cached", "key", key, "err", err)
+		return false
+	}
+	return true
+}
+
+// toStore offers the local cache's entry for key to the shared store,
+// which keeps it unless it has it already.
+func (s *Server) toStore(ctx context.Context, t tiers, key string) {
+	if t.shared == nil {
+		return
+	}
+	e, err := t.local.Get(key)
+	if err != nil {
+		return
+	}
+	defer e.Close()
+	// The store logs and counts its failures; the artifact is served either way.
+	t.shared.Put(ctx, key, e.Body, store.Object{Size: e.Size, SHA256: e.SHA256, ContentType: e.ContentType})
 }
 
 func (s *Server) now() time.Time { return s.clock().Now() }

@@ -315,7 +315,7 @@ func TestOffline(t *testing.T) {
 		t.Errorf("offline, %d more requests reached the upstream", n-asked)
 	}
 	_, stderr, err := fresh.Run("mod", "download", "fixture.test/major/v2@v2.0.0")
-	if err == nil || !strings.Contains(stderr, "404 Not Found") || !strings.Contains(stderr, "modgate: offline: fixture.test/major/v2@v2.0.0 (.info): modgate is offline: not in modgate's cache") {
+	if err == nil || !strings.Contains(stderr, "404 Not Found") || !strings.Contains(stderr, "modgate: offline: fixture.test/major/v2@v2.0.0 (.info): modgate is offline: not in modgate's caches") {
 		t.Errorf("a module the cache lacks: %v\n%s", err, stderr)
 	}
 	if got := connect(t, offline, "tls.example.test:443"); !strings.HasPrefix(got, "HTTP/1.1 404 modgate: offline:") {

@@ -10,7 +10,8 @@ import (
 	"github.com/modgate/modgate/telemetry"
 )
 
-// Offline mode (Config.Offline) serves only from the cache, whatever the
+// Offline mode (Config.Offline) serves only from the caches (the local one,
+// then the shared store for immutable artifacts), whatever the
 // age of an entry: a list or lookup kept yesterday is still the best
 // answer an air-gapped build can get. What the cache lacks is 404, so that
 // the go command says the module is not found, with modgate's reason.
@@ -18,17 +19,28 @@ import (
 // serveOffline answers the exchange from the cache or with a 404.
 func (s *Server) serveOffline(x *exchange) error {
 	c := s.cacheFor(x)
-	key, _, ok := x.cacheKey()
+	if x.req.Kind == KindSumDBSupported {
+		// Yes, whatever the cache holds: a 404 would send the go command to
+		// the database's own host, which an air-gapped build cannot reach.
+		// Lookups the cache lacks are 404 with modgate's reason instead.
+		return writeWhole(x.w, http.StatusOK, http.Header{"Content-Type": {"text/plain; charset=utf-8"}}, nil)
+	}
+	key, immutable, ok := x.cacheKey()
 	if c == nil || !ok {
 		return x.notOffline("modgate serves only what its cache holds, and keeps no " + string(x.req.Kind) + " answers")
 	}
+	x.cacheResult = telemetry.CacheHit
 	e, err := c.Get(key)
+	if err != nil && immutable && s.fromStore(x.ctx(), tiers{c, s.storeFor(x)}, key) {
+		x.cacheResult = telemetry.CacheShared
+		e, err = c.Get(key)
+	}
 	if err != nil {
-		return x.notOffline("not in modgate's cache")
+		x.cacheResult = ""
+		return x.notOffline("not in modgate's caches")
 	}
 	defer e.Close()
-	x.cacheResult = telemetry.CacheHit
-	if _, immutable, _ := x.cacheKey(); !immutable && e.Age(s.now()) >= s.cacheCfg.ListTTL {
+	if !immutable && e.Age(s.now()) >= s.cacheCfg.ListTTL {
 		x.cacheResult = telemetry.CacheStale
 	}
 	return s.serveEntry(x, noSource{}, e, s.now())

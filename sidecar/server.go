@@ -230,6 +230,12 @@ func (s *Server) openCaches(cc CacheConfig) error {
 			return fmt.Errorf("cache: %w", err)
 		}
 	}
+	if cc.Shared != nil && cc.Dir == "" {
+		return errors.New("cache: the shared store (cache.shared) needs a local cache (cache.dir) to copy artifacts through")
+	}
+	if cc.SharedPrivate != nil && cc.PrivateDir == "" {
+		return errors.New("cache: the private shared store (cache.shared_private) needs a local cache of private modules (cache.private_dir)")
+	}
 	if cc.PrivateDir != "" {
 		if cc.PrivateDir == cc.Dir {
 			return errors.New("cache: private modules need a directory of their own (private_dir), not the shared one")

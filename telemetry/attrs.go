@@ -64,6 +64,8 @@ const (
 	CacheHit   = "hit"
 	CacheMiss  = "miss"
 	CacheStale = "stale"
+	// CacheShared: not in the local cache, served from the shared store.
+	CacheShared = "shared"
 )
 
 // Directions of tunnel bytes: up is client to origin, down is origin to
@@ -108,7 +110,7 @@ var (
 		KindSumDBSupported, KindSumDBLookup, KindSumDBTile, KindSumDBLatest,
 		KindGoGet, KindVCS, KindTunnel, KindOther)
 	outcomes     = newClosedSet(OutcomeOK, OutcomeNotFound, OutcomeError, OutcomeTimeout, OutcomeRejected)
-	cacheResults = newClosedSet(CacheHit, CacheMiss, CacheStale)
+	cacheResults = newClosedSet(CacheHit, CacheMiss, CacheStale, CacheShared)
 	decisions    = newClosedSet(DecisionAllow, DecisionDeny)
 )
 

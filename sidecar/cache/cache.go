@@ -347,6 +347,10 @@ func (w *Writer) ReadAt(p []byte, off int64) (int, error) { return w.body.ReadAt
 // that lags behind the writer never loses its place.
 func (w *Writer) Reader() (*os.File, error) { return os.Open(w.tmp.Name()) }
 
+// SetContentType sets the content type the entry is committed with, when
+// it was not known at Create.
+func (w *Writer) SetContentType(ct string) { w.contentType = ct }
+
 // Len returns the bytes written so far.
 func (w *Writer) Len() int64 { return w.n }
 

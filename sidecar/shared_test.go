@@ -1,0 +1,187 @@
+package sidecar_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/modgate/modgate/sidecar"
+	"github.com/modgate/modgate/sidecar/modtest"
+	"github.com/modgate/modgate/sidecar/store"
+	"github.com/modgate/modgate/sidecar/upstream"
+)
+
+// The shared tier in one process's tests is a file:// bucket; the real
+// S3 server and several processes are in cmd/modgate's fleet test.
+func fileStore(t *testing.T) (*store.Store, string) {
+	t.Helper()
+	dir := t.TempDir()
+	s, err := store.Open(context.Background(), "file://"+dir, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s, dir
+}
+
+// immutableAsked counts the proxy's requests for .info, .mod and .zip
+// files of canonical versions, which the shared tier keeps.
+func immutableAsked(p *modtest.Proxy) int {
+	n := 0
+	for _, r := range p.Requests() {
+		if strings.Contains(r, "/@v/v") && (strings.HasSuffix(r, ".info") || strings.HasSuffix(r, ".mod") || strings.HasSuffix(r, ".zip")) {
+			n++
+		}
+	}
+	return n
+}
+
+// buildModule is a module that requires sharedModules, as a project's
+// repository holds it.
+const buildModule = `module example.test/build
+
+go 1.21
+
+require (
+	fixture.test/app v1.0.0
+	fixture.test/dep05 v1.1.0
+)
+`
+
+var sharedModules = []string{"fixture.test/app", "fixture.test/dep05"}
+
+// TestSharedTier: what one modgate fetched, a second with an empty local
+// cache serves from the shared store without asking upstreams; a damaged
+// object is never served and is replaced; offline, a modgate with a
+// fresh local cache serves a build's fresh module cache from the shared
+// store.
+func TestSharedTier(t *testing.T) {
+	e := newEnv(t)
+	p := e.proxy(t, true)
+	shared, bucket := fileStore(t)
+	var last *sidecar.Server
+	gate := func() string {
+		url, srv := startGateServer(t, sidecar.Config{Cache: sidecar.CacheConfig{Dir: t.TempDir(), Shared: shared},
+			Upstreams: []upstream.Config{{Name: "fixtures", URL: p.URL}}})
+		last = srv
+		return url
+	}
+	// Each build has a fresh module cache and the project's go.mod and
+	// go.sum (written by the first).
+	var goSum string
+	build := func(via string) {
+		t.Helper()
+		g := modtest.NewGo(t)
+		g.UseProxy(via, e.db)
+		g.WriteFile("go.mod", buildModule)
+		if goSum != "" {
+			g.WriteFile("go.sum", goSum)
+		}
+		if _, stderr, err := g.Run(append([]string{"mod", "download"}, sharedModules...)...); err != nil {
+			t.Fatalf("go mod download: %v\n%s", err, stderr)
+		}
+		if goSum == "" {
+			b, err := os.ReadFile(filepath.Join(g.Dir(), "go.sum"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			goSum = string(b)
+		}
+	}
+
+	build(gate())
+	last.Settle()
+	first := immutableAsked(p)
+	if first == 0 {
+		t.Fatal("the first modgate asked the upstream for nothing")
+	}
+	zip := filepath.Join(bucket, "fixture.test", "dep05", "@v", "v1.1.0.zip")
+	if _, err := os.Stat(zip); err != nil {
+		t.Fatalf("the zip was not written to the shared store: %v", err)
+	}
+
+	build(gate())
+	if n := immutableAsked(p) - first; n != 0 {
+		t.Fatalf("a second modgate with an empty local cache asked the upstream for %d artifacts the shared store had", n)
+	}
+	if st := shared.Status(); st.Hits == 0 {
+		t.Fatalf("shared store status %+v: no hits", st)
+	}
+
+	// Damage the zip in the store: the next modgate detects it, fetches
+	// the zip from the upstream, and the store holds a good copy again.
+	good, err := os.ReadFile(zip)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := bytes.Clone(good)
+	bad[len(bad)/2] ^= 0xff
+	if err := os.WriteFile(zip, bad, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	before := p.CountMatching("dep05/@v/v1.1.0.zip")
+	build(gate())
+	last.Settle()
+	if n := p.CountMatching("dep05/@v/v1.1.0.zip") - before; n != 1 {
+		t.Fatalf("after the damage the zip was fetched from the upstream %d times, want 1", n)
+	}
+	if now, err := os.ReadFile(zip); err != nil || !bytes.Equal(now, good) {
+		t.Fatalf("the damaged object was not replaced by a good one (%v)", err)
+	}
+	if st := shared.Status(); st.Damaged != 1 {
+		t.Fatalf("shared store status %+v: want one damaged object", st)
+	}
+
+	// Offline, with an empty local cache and a dead upstream.
+	asked := len(p.Requests())
+	offline := startGate(t, sidecar.Config{Offline: true,
+		Cache:     sidecar.CacheConfig{Dir: t.TempDir(), Shared: shared},
+		Upstreams: []upstream.Config{{Name: "dead", URL: modtest.DeadURL(t)}}})
+	build(offline)
+	if n := len(p.Requests()) - asked; n != 0 {
+		t.Errorf("offline, %d requests reached the upstream", n)
+	}
+}
+
+// TestSharedStoreDown: a shared store that refuses connections costs no
+// request anything but time: every artifact comes from the upstream, and
+// the status says why.
+func TestSharedStoreDown(t *testing.T) {
+	t.Setenv("AWS_ACCESS_KEY_ID", "test")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "test")
+	t.Setenv("AWS_REGION", "us-east-1")
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+	t.Setenv("AWS_CONFIG_FILE", filepath.Join(t.TempDir(), "none"))
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", filepath.Join(t.TempDir(), "none"))
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := l.Addr().String()
+	l.Close()
+	shared, err := store.Open(context.Background(), "s3://modules?endpoint=http://"+dead+"&region=us-east-1&use_path_style=true", store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer shared.Close()
+	e := newEnv(t)
+	p := e.proxy(t, true)
+	url := startGate(t, sidecar.Config{Cache: sidecar.CacheConfig{Dir: t.TempDir(), Shared: shared},
+		Upstreams: []upstream.Config{{Name: "fixtures", URL: p.URL}}})
+	e.go_.UseProxy(url, e.db)
+	if out, err := e.download("fixture.test/app@v1.0.0", "fixture.test/dep05@v1.1.0"); err != nil {
+		t.Fatalf("with the shared store down: %v\n%s", err, out)
+	}
+	st := shared.Status()
+	if st.Errors == 0 || st.LastError == "" || st.State != "down" {
+		t.Fatalf("status of a dead store: %+v", st)
+	}
+	if _, err := shared.Get(context.Background(), "x", new(bytes.Buffer)); !errors.Is(err, store.ErrUnavailable) {
+		t.Fatalf("a dead store is not skipped: %v", err)
+	}
+}
