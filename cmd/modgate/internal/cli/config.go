@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bytes"
+	"context"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/modgate/modgate/sidecar"
 	"github.com/modgate/modgate/sidecar/mitm"
+	"github.com/modgate/modgate/sidecar/store"
 	"github.com/modgate/modgate/sidecar/upstream"
 	"github.com/modgate/modgate/telemetry"
 )
@@ -90,6 +92,11 @@ type CacheConfig struct {
 	ListTTL      time.Duration `yaml:"list_ttl"`
 	StaleIfError time.Duration `yaml:"stale_if_error"`
 	PrivateDir   string        `yaml:"private_dir"`
+	// Shared is the shared store (a gocloud.dev/blob URL) of a fleet's
+	// immutable artifacts; SharedPrivate the one of private modules.
+	Shared        string        `yaml:"shared"`
+	SharedPrivate string        `yaml:"shared_private"`
+	SharedTimeout time.Duration `yaml:"shared_timeout"`
 }
 
 // ByteSize is a size written 10GiB, 500MB, 1024 or the like.
@@ -382,6 +389,8 @@ var envKeys = []struct{ env, key string }{
 	{"MODGATE_MITM_HOSTS", "forward.mitm_hosts"},
 	{"MODGATE_ALLOW_HOSTS", "forward.allow_hosts"},
 	{"MODGATE_CACHE_DIR", "cache.dir"},
+	{"MODGATE_CACHE_SHARED", "cache.shared"},
+	{"MODGATE_CACHE_SHARED_PRIVATE", "cache.shared_private"},
 	{"MODGATE_MAX_TRACES_PER_SECOND", "telemetry.max_traces_per_second"},
 }
 
@@ -450,6 +459,10 @@ func (c *Config) set(key, value, at string, o origins) error {
 		c.Forward.AllowHosts = splitList(value)
 	case "cache.dir":
 		c.Cache.Dir = value
+	case "cache.shared":
+		c.Cache.Shared = value
+	case "cache.shared_private":
+		c.Cache.SharedPrivate = value
 	case "telemetry.max_traces_per_second":
 		n, err := strconv.ParseFloat(value, 64)
 		if err != nil {
@@ -633,6 +646,14 @@ func (c *Config) validate(o origins) (sidecar.Config, error) {
 	if c.Cache.PrivateDir != "" && c.Cache.PrivateDir == c.Cache.Dir {
 		bad("cache.private_dir", "must not be the shared cache directory: a shared cache would hold private modules")
 	}
+	out.Cache.Shared = c.openStore("cache.shared", c.Cache.Shared, "cache.dir", c.Cache.Dir, bad)
+	out.Cache.SharedPrivate = c.openStore("cache.shared_private", c.Cache.SharedPrivate, "cache.private_dir", c.Cache.PrivateDir, bad)
+	if c.Cache.Shared != "" && c.Cache.Shared == c.Cache.SharedPrivate {
+		bad("cache.shared_private", "must not be the store of public modules (cache.shared): private modules only go to a store of their own")
+	}
+	if c.Cache.SharedTimeout < 0 {
+		bad("cache.shared_timeout", "must not be negative")
+	}
 	if r := c.Telemetry.MaxTracesPerSecond; r < 0 || math.IsNaN(r) || math.IsInf(r, 0) {
 		bad("telemetry.max_traces_per_second", "%v: want a number of traces a second, 0 or more", r)
 	}
@@ -643,6 +664,24 @@ func (c *Config) validate(o origins) (sidecar.Config, error) {
 		bad("log.format", "%q: want auto, text or json", c.Log.Format)
 	}
 	return out, errors.Join(errs...)
+}
+
+// openStore opens the shared store that key names, if any. It does not
+// reach it: a store that is down is skipped at run time, never fatal.
+func (c *Config) openStore(key, rawURL, localKey, local string, bad func(key, format string, args ...any)) *store.Store {
+	if rawURL == "" {
+		return nil
+	}
+	if local == "" {
+		bad(key, "needs %s: artifacts from the shared store are copied through the local cache", localKey)
+		return nil
+	}
+	s, err := store.Open(context.Background(), rawURL, store.Options{Timeout: c.Cache.SharedTimeout})
+	if err != nil {
+		bad(key, "%v", err)
+		return nil
+	}
+	return s
 }
 
 // upstreamAuth checks one upstream's auth section: exactly one way, its

@@ -322,9 +322,38 @@ func TestLoadCache(t *testing.T) {
 	for _, c := range []struct{ file, want string }{
 		{"cache:\n  max_bytes: lots\n", "modgate.yaml:2: cache.max_bytes: invalid size \"lots\""},
 		{"cache:\n  dir: /x\n  private_dir: /x\n", "cache.private_dir: must not be the shared cache directory"},
+		{"cache:\n  dir: /x\n  shared: \"mods.example.test/bucket\"\n", "modgate.yaml:3: cache.shared: not a bucket URL"},
+		{"cache:\n  dir: /x\n  shared: \"ftp://bucket\"\n", "modgate.yaml:3: cache.shared: open ftp://bucket"},
+		{"cache:\n  shared: \"file:///srv/modules\"\n", "modgate.yaml:2: cache.shared: needs cache.dir"},
+		{"cache:\n  dir: /x\n  shared_private: \"file:///srv/private\"\n", "modgate.yaml:3: cache.shared_private: needs cache.private_dir"},
+		{"cache:\n  dir: /x\n  private_dir: /y\n  shared: \"file:///srv/m\"\n  shared_private: \"file:///srv/m\"\n", "modgate.yaml:5: cache.shared_private: must not be the store of public modules"},
+		{"cache:\n  dir: /x\n  shared: \"azblob://c?sas_token=s3cr3t&x=1\"\n  shared_timeout: -1s\n", "cache.shared_timeout: must not be negative"},
 	} {
 		if _, err := load(t, c.file, nil); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%q: %v; want %q", c.file, err, c.want)
+		}
+	}
+}
+
+// The shared store comes from the file, MODGATE_CACHE_SHARED or
+// --cache-shared, and is opened (not reached) at load.
+func TestLoadSharedStore(t *testing.T) {
+	dir, storeDir := t.TempDir(), t.TempDir()
+	for _, c := range []struct {
+		file string
+		env  map[string]string
+		args []string
+	}{
+		{file: "cache:\n  dir: " + dir + "\n  shared: file://" + storeDir + "\n"},
+		{file: "cache:\n  dir: " + dir + "\n", env: map[string]string{"MODGATE_CACHE_SHARED": "file://" + storeDir}},
+		{file: "cache:\n  dir: " + dir + "\n", args: []string{"--cache-shared", "file://" + storeDir}},
+	} {
+		_, sc, err := loadSidecar(t, c.file, c.env, c.args...)
+		if err != nil {
+			t.Fatalf("%q %v %v: %v", c.file, c.env, c.args, err)
+		}
+		if sc.Cache.Shared == nil || sc.Cache.Shared.Name() != "file://"+storeDir {
+			t.Errorf("%q %v %v: shared store %v", c.file, c.env, c.args, sc.Cache.Shared)
 		}
 	}
 }
