@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+	"golang.org/x/mod/module"
+	modzip "golang.org/x/mod/zip"
 
 	"github.com/modgate/modgate/sidecar/modtest"
 )
@@ -425,5 +427,144 @@ func TestTargets(t *testing.T) {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("no line %q in:\n%s", want, out.String())
 		}
+	}
+}
+
+// TestFleetModuleSet checks the fleet rows' fixture: every zip is one
+// modgate accepts (a valid module zip), and the fake upstream serves each
+// artifact whole and counts what it was asked.
+func TestFleetModuleSet(t *testing.T) {
+	set, err := newFleetModuleSet(3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(set.modules) != 3 || len(set.files) != 9 {
+		t.Fatalf("%d modules, %d artifacts; want 3 and 9", len(set.modules), len(set.files))
+	}
+	for i, m := range set.modules {
+		zipPath := filepath.Join(t.TempDir(), "m.zip")
+		if err := os.WriteFile(zipPath, set.files[m[2]].body, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		mv := module.Version{Path: fmt.Sprintf("fixture.test/fleet/m%02d", i+1), Version: fleetVersion}
+		if _, err := modzip.CheckZip(mv, zipPath); err != nil {
+			t.Errorf("%s: %v", m[2], err)
+		}
+	}
+	u := &fleetUpstream{set: set, counts: map[string]int{}}
+	srv := httptest.NewServer(u)
+	defer srv.Close()
+	fb := &fleetBench{set: set}
+	client := srv.Client()
+	for _, p := range append(set.modules[0][:], set.modules[0][2], set.modules[1][0]) {
+		if err := fb.fetch(client, srv.URL+p, set.files[p]); err != nil {
+			t.Error(err)
+		}
+	}
+	if err := fb.fetch(client, srv.URL+set.modules[0][0], set.files[set.modules[0][1]]); err == nil || !strings.Contains(err.Error(), "wrong answer") {
+		t.Errorf("the .mod's body checked as the .info: %v, want a wrong answer", err)
+	}
+	resp, err := client.Get(srv.URL + "/fixture.test/fleet/m01/@v/list")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if got, want := tally(u.take()), (upstreamTally{requests: 6, distinct: 4, other: 1}); got != want {
+		t.Errorf("tally %+v, want %+v", got, want)
+	}
+	if got := u.take(); len(got) != 0 {
+		t.Errorf("counts after take: %v", got)
+	}
+}
+
+func TestIsArtifact(t *testing.T) {
+	for p, want := range map[string]bool{
+		"/fixture.test/m/@v/v1.0.0.info":       true,
+		"/fixture.test/m/@v/v1.0.0.mod":        true,
+		"/fixture.test/!big/@v/v1.2.3-pre.zip": true,
+		"/fixture.test/m/@v/list":              false,
+		"/fixture.test/m/@latest":              false,
+		"/fixture.test/m/@v/.info":             false,
+		"/sumdb/sum.example.test/supported":    false,
+	} {
+		if got := isArtifact(p); got != want {
+			t.Errorf("isArtifact(%q) = %v, want %v", p, got, want)
+		}
+	}
+	if got := (upstreamTally{requests: 270}).perArtifact(90); got != 3 {
+		t.Errorf("270 requests over 90 artifacts: %v per artifact", got)
+	}
+	if got := (upstreamTally{}).perArtifact(0); got != 0 {
+		t.Errorf("no artifacts: %v per artifact", got)
+	}
+}
+
+func TestFleetRefused(t *testing.T) {
+	for msg, want := range map[string]bool{
+		"replica1: exited\nmodgate: config:\n/tmp/x/modgate.yaml:7: fleet.redis: unknown key \"fleet\"\n": true,
+		"modgate: config:\nmodgate.yaml:7: fleet: unknown key \"redis\"":                                  true,
+		"modgate: config:\nmodgate.yaml:7: fleet.redis: \"http://x\": want a redis:// URL":                false,
+		"modgate: config:\nmodgate.yaml:3: cache: unknown key \"sharde\"":                                 false,
+	} {
+		if got := fleetRefused(msg); got != want {
+			t.Errorf("fleetRefused(%q) = %v, want %v", msg, got, want)
+		}
+	}
+}
+
+func TestRedisRequest(t *testing.T) {
+	if got, want := string(redisRequest("FLUSHALL")), "*1\r\n$8\r\nFLUSHALL\r\n"; got != want {
+		t.Errorf("%q, want %q", got, want)
+	}
+	if got, want := string(redisRequest("SET", "k", "")), "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$0\r\n\r\n"; got != want {
+		t.Errorf("%q, want %q", got, want)
+	}
+}
+
+// TestFleetReport checks the fleet rows' table lines, benchmark lines and
+// verdicts against made-up runs.
+func TestFleetReport(t *testing.T) {
+	run := func(n int, setup string, wall time.Duration, requests int) *fleetResult {
+		return &fleetResult{n: n, setup: setup, wall: wall, artifacts: 90, tally: upstreamTally{requests: requests, distinct: 90}}
+	}
+	r := newReport(options{})
+	var out strings.Builder
+	r.w = &out
+	for _, res := range []*fleetResult{
+		run(1, "independent", 600*time.Millisecond, 90), run(1, "shared", 900*time.Millisecond, 90), run(1, "fleet", 660*time.Millisecond, 90),
+		run(3, "independent", 1100*time.Millisecond, 270), run(3, "shared", 2*time.Second, 250), run(3, "fleet", 1230*time.Millisecond, 90),
+	} {
+		r.fleetRun(res)
+	}
+	for _, want := range []string{
+		fmt.Sprintf("BenchmarkFleetColdStart/n=3/target=fleet-%d\t       1\t1230000000 ns/op\t1.00 upstream-req/artifact\n", procs()),
+		fmt.Sprintf("BenchmarkFleetColdStart/n=3/target=independent-%d\t       1\t1100000000 ns/op\t3.00 upstream-req/artifact\n", procs()),
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("no line %q in:\n%s", want, out.String())
+		}
+	}
+	ns, by := fleetByN(r.fleet)
+	if len(ns) != 2 {
+		t.Fatalf("Ns %v", ns)
+	}
+	if got, want := fleetLine(3, by[3]), "fleet cold start N=3: fleet 1.00 upstream requests/artifact, 1.23 s; independent 3.00/artifact, 1.10 s (fleet 1.12× the wall time); shared store without lease 2.78/artifact, 2.00 s"; got != want {
+		t.Errorf("line\n%s\nwant\n%s", got, want)
+	}
+	if v, text := fleetTarget(r.fleet); v != "met   " || text != "fleet: upstream requests per artifact ≤ 1.0 (N=1,3): 1.00 at N=1, 1.00 at N=3" {
+		t.Errorf("target %q %q", v, text)
+	}
+	r.fleetRun(run(6, "fleet", 2*time.Second, 100))
+	if v, text := fleetTarget(r.fleet); v != "MISSED" || !strings.HasSuffix(text, "1.11 at N=6") {
+		t.Errorf("target with 100 requests for 90 artifacts: %q %q", v, text)
+	}
+
+	skipped := []*fleetResult{run(1, "independent", 600*time.Millisecond, 90), {n: 1, setup: "fleet", skip: errFleetUnsupported.Error()}}
+	_, by = fleetByN(skipped)
+	if got, want := fleetLine(1, by[1]), "fleet cold start N=1: fleet (fleet.redis not supported by this modgate); independent 1.00/artifact, 0.60 s"; got != want {
+		t.Errorf("line\n%s\nwant\n%s", got, want)
+	}
+	if v, text := fleetTarget(skipped); v != "n/a   " || !strings.HasSuffix(text, "N=1 fleet.redis not supported by this modgate") {
+		t.Errorf("target without fleet runs: %q %q", v, text)
 	}
 }

@@ -72,7 +72,7 @@ func freePort() (string, error) {
 func cleanEnv() []string {
 	var env []string
 	for _, kv := range os.Environ() {
-		if strings.HasPrefix(kv, "OTEL_") || strings.HasPrefix(kv, "MODGATE_") || strings.HasPrefix(kv, "GOMAXPROCS=") ||
+		if strings.HasPrefix(kv, "OTEL_") || strings.HasPrefix(kv, "MODGATE_") || strings.HasPrefix(kv, "AWS_") || strings.HasPrefix(kv, "GOMAXPROCS=") ||
 			strings.HasPrefix(strings.ToUpper(kv), "HTTP_PROXY=") || strings.HasPrefix(strings.ToUpper(kv), "HTTPS_PROXY=") {
 			continue
 		}

@@ -27,6 +27,10 @@
 // Each process's CPU time comes from /proc, so the table has CPU per
 // request for every proxy.
 //
+// The fleet rows (fleet.go) are a cold start of N `modgate run` replicas
+// at once, independent or sharing a store on versitygw and leases in
+// Redis, counting what a fake upstream is asked per artifact.
+//
 // The hot-path row is Go's benchmark harness with client, origin and an
 // in-process modgate (sidecar.New, as `modgate run` builds it) in one
 // process, for allocation counts and profiles of the request path
@@ -35,7 +39,8 @@
 // Usage:
 //
 //	go run ./sidecar/benchtable -modgate bin/modgate [-d 750ms] [-rounds 5] [-warmup 300ms] [-clients 1,16,64]
-//		[-only small,cached,zip,forward,tunnel,setup,tunnelzip,tunnelzip-tls,hotpath] [-profile DIR]
+//		[-only small,cached,zip,forward,tunnel,setup,tunnelzip,tunnelzip-tls,fleet,hotpath] [-profile DIR]
+//		[-redis redis-server] [-versitygw versitygw] [-fleet-n 1,3,6] [-fleet-latency 30ms] [-fleet-inflight 6]
 //
 // With -profile, the floor and each modgate write a CPU profile of each
 // row they serve into DIR (row.column.cpu.pprof; modgate's through its
@@ -77,12 +82,14 @@ type options struct {
 	modgate  string // the modgate binary
 	fixtures string
 	only     map[section]bool
+	fleet    fleetPlan
 }
 
 // sectionNames name the rows for -only.
 var sectionNames = map[string]section{
 	"small": sectionSmall, "cached": sectionCached, "zip": sectionZip, "forward": sectionForward, "tunnel": sectionTunnel,
 	"setup": sectionSetup, "tunnelzip": sectionTunnelZip, "tunnelzip-tls": sectionTunnelZipTLS, "hotpath": sectionHot,
+	"fleet": sectionFleet,
 }
 
 func clientsText(n int) string {
@@ -100,13 +107,23 @@ func run(args []string) error {
 	fs.IntVar(&o.rounds, "rounds", 5, "rounds per row; the columns take turns in each")
 	fs.DurationVar(&o.warm, "warmup", 300*time.Millisecond, "warm-up per column before a row is measured")
 	fs.StringVar(&clients, "clients", "1,16,64", "concurrent clients of the small-request rows")
-	only := fs.String("only", "small,cached,zip,forward,tunnel,setup,tunnelzip,tunnelzip-tls,hotpath", "the rows to run")
+	only := fs.String("only", "small,cached,zip,forward,tunnel,setup,tunnelzip,tunnelzip-tls,fleet,hotpath", "the rows to run")
 	fs.IntVar(&o.zipMiB, "zip-mib", 256, "size of the streamed zip, MiB")
 	fs.IntVar(&o.zipRound, "zip-rounds", 4, "transfers of the zip per column")
 	fs.IntVar(&o.hotN, "hotpath-n", 3000, "iterations of each hot-path benchmark")
 	fs.StringVar(&o.modgate, "modgate", "bin/modgate", "the modgate binary to measure (make bench builds it)")
 	fs.StringVar(&o.profile, "profile", "", "folder for CPU profiles of the floor and the modgates, one per row and column")
 	fs.StringVar(&o.fixtures, "fixtures", "", "module fixtures (default: testdata/mod of the module)")
+	// The fleet section's servers and shape.
+	defaultRedis := os.Getenv("REDIS_SERVER")
+	if defaultRedis == "" {
+		defaultRedis, _ = exec.LookPath("redis-server")
+	}
+	fs.StringVar(&o.fleet.redis, "redis", defaultRedis, "redis-server binary for the fleet rows (default: $REDIS_SERVER, else redis-server on PATH)")
+	fs.StringVar(&o.fleet.versitygw, "versitygw", os.Getenv("VERSITYGW_BIN"), "versitygw binary for the fleet rows' shared store (default: $VERSITYGW_BIN)")
+	replicas := fs.String("fleet-n", "1,3,6", "replicas (N) of the fleet rows")
+	fs.DurationVar(&o.fleet.latency, "fleet-latency", 30*time.Millisecond, "the fleet rows' upstream: delay before each answer")
+	fs.IntVar(&o.fleet.inflight, "fleet-inflight", 6, "modules each fleet client fetches at once")
 	// The children's flags.
 	role := fs.String("role", "", "internal: run as a child (floor, hotpath)")
 	var origin string
@@ -136,11 +153,21 @@ func run(args []string) error {
 		}
 		o.clients = append(o.clients, n)
 	}
+	for _, f := range strings.Split(*replicas, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			return fmt.Errorf("-fleet-n: %q is not a number of replicas", f)
+		}
+		o.fleet.replicas = append(o.fleet.replicas, n)
+	}
+	if o.fleet.inflight < 1 || o.fleet.latency < 0 {
+		return fmt.Errorf("-fleet-inflight must be positive, -fleet-latency not negative")
+	}
 	o.only = map[section]bool{}
 	for _, f := range strings.Split(*only, ",") {
 		s, ok := sectionNames[strings.TrimSpace(f)]
 		if !ok {
-			return fmt.Errorf("-only: no row %q (small, cached, zip, forward, tunnel, setup, tunnelzip, tunnelzip-tls, hotpath)", f)
+			return fmt.Errorf("-only: no row %q (small, cached, zip, forward, tunnel, setup, tunnelzip, tunnelzip-tls, fleet, hotpath)", f)
 		}
 		o.only[s] = true
 	}
@@ -236,34 +263,36 @@ func bench(o options) error {
 			c.stop()
 		}
 	}()
-	floor, err := startChild("floor", "floor", "-origin", originURL)
-	if err != nil {
-		return err
-	}
-	children = append(children, floor)
+	// The proxies serve the load and streaming rows; the fleet and
+	// hot-path rows start processes of their own.
+	var floor, nginx, squid *child
 	gates := map[string]*child{}
-	for _, mc := range modgateColumns {
-		c, err := startModgate(o.modgate, dir, configFile, "http://"+recvAddr, mc)
-		if err != nil {
+	var peerNotes []string
+	if o.proxyRows() {
+		if floor, err = startChild("floor", "floor", "-origin", originURL); err != nil {
 			return err
 		}
-		children = append(children, c)
-		gates[mc.name] = c
-	}
-	// The peers are optional: without them their columns stay empty and
-	// the table says why.
-	var peerNotes []string
-	nginx, err := startNginx(dir, originAddr)
-	if err != nil {
-		peerNotes = append(peerNotes, err.Error())
-	} else {
-		children = append(children, nginx)
-	}
-	squid, err := startSquid(dir)
-	if err != nil {
-		peerNotes = append(peerNotes, err.Error())
-	} else {
-		children = append(children, squid)
+		children = append(children, floor)
+		for _, mc := range modgateColumns {
+			c, err := startModgate(o.modgate, dir, configFile, "http://"+recvAddr, mc)
+			if err != nil {
+				return err
+			}
+			children = append(children, c)
+			gates[mc.name] = c
+		}
+		// The peers are optional: without them their columns stay empty
+		// and the table says why.
+		if nginx, err = startNginx(dir, originAddr); err != nil {
+			peerNotes = append(peerNotes, err.Error())
+		} else {
+			children = append(children, nginx)
+		}
+		if squid, err = startSquid(dir); err != nil {
+			peerNotes = append(peerNotes, err.Error())
+		} else {
+			children = append(children, squid)
+		}
 	}
 
 	out := newReport(o)
@@ -343,6 +372,11 @@ func bench(o options) error {
 	if o.only[sectionTunnelZipTLS] {
 		out.stream(sectionTunnelZipTLS, "Zip/mode=tunnel-tls", measure(zo, fmt.Sprintf("%d MiB zip over TLS through a tunnel", o.zipMiB), tunnel(requests([]string{zipPath}, tlsAddr, false), tlsAddr, false, tlsClient), 1, 1, true))
 	}
+	if o.only[sectionFleet] {
+		if err := runFleet(o, dir, out); err != nil {
+			return err
+		}
+	}
 	if o.only[sectionHot] {
 		fmt.Fprintln(os.Stderr, "bench: hot path, with Go's benchmark harness")
 		hot, err := hotPathChild(o)
@@ -356,6 +390,17 @@ func bench(o options) error {
 	out.elapsed = time.Since(began)
 	out.table()
 	return nil
+}
+
+// proxyRows reports whether a row that needs the proxy processes (the
+// floor, the modgate columns, nginx, Squid) is to run.
+func (o options) proxyRows() bool {
+	for s := range o.only {
+		if s != sectionFleet && s != sectionHot {
+			return true
+		}
+	}
+	return false
 }
 
 // compact drops the columns whose process did not start.

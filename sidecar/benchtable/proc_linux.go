@@ -45,3 +45,16 @@ func processCPU() time.Duration {
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+// userXattrs reports whether files in dir can carry user extended
+// attributes (versitygw's posix backend keeps object metadata in them).
+func userXattrs(dir string) bool {
+	f, err := os.CreateTemp(dir, ".xattr-probe-")
+	if err != nil {
+		return false
+	}
+	name := f.Name()
+	f.Close()
+	defer os.Remove(name)
+	return syscall.Setxattr(name, "user.modgate-bench", []byte("1"), 0) == nil
+}

@@ -18,3 +18,4 @@ func resetPeakRSS() error              { return errNoProc }
 func procStatus(string) (int64, error) { return 0, errNoProc }
 func cpuName() string                  { return "" }
 func processCPU() time.Duration        { return 0 }
+func userXattrs(string) bool           { return false }

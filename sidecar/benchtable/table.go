@@ -30,6 +30,7 @@ const (
 	sectionTunnelZip
 	sectionTunnelZipTLS
 	sectionHot
+	sectionFleet
 )
 
 var sectionTitles = map[section]string{
@@ -41,6 +42,7 @@ var sectionTitles = map[section]string{
 	sectionSetup:        "Forward mode, a new tunnel per request: CONNECT, one .info, close",
 	sectionTunnelZip:    "Forward mode, the %d MiB zip through a CONNECT tunnel",
 	sectionTunnelZipTLS: "Forward mode, the %d MiB zip over TLS through a CONNECT tunnel",
+	sectionFleet:        "Fleet cold start: N replicas, a client each, all downloading %d modules (.info, .mod, .zip; %.1f MiB) at once from cold caches;\n  %d modules in flight per client, the upstream answering each request after %s. Upstream requests per artifact, wall time",
 	sectionHot:          "Hot path per request, Go's benchmark harness, one process (go test -bench -benchmem; in brackets: over direct)",
 }
 
@@ -69,6 +71,11 @@ type report struct {
 	elapsed   time.Duration
 	modules   int
 	peerNotes []string // why a peer has no column
+
+	fleet        []*fleetResult
+	fleetModules int
+	fleetMiB     float64
+	fleetNotes   []string // why a fleet setup has no rows
 }
 
 func newReport(o options) *report {
@@ -194,6 +201,9 @@ func (r *report) table() {
 			blocks = append(blocks, r.streamBlock(title, res))
 		}
 	}
+	if len(r.fleet) > 0 {
+		blocks = append(blocks, r.fleetBlock())
+	}
 	if len(r.hots) > 0 {
 		blocks = append(blocks, r.hotBlock())
 	}
@@ -221,11 +231,13 @@ func (r *report) table() {
 			}
 			return strings.Repeat(" ", n) + s
 		}
-		fmt.Fprintf(r.w, "  %s", pad("", wl, true))
-		for _, c := range b.cols {
-			fmt.Fprintf(r.w, "  %s", pad(c, wv, false))
+		if len(b.cols) > 0 {
+			fmt.Fprintf(r.w, "  %s", pad("", wl, true))
+			for _, c := range b.cols {
+				fmt.Fprintf(r.w, "  %s", pad(c, wv, false))
+			}
+			fmt.Fprintln(r.w)
 		}
-		fmt.Fprintln(r.w)
 		for _, l := range b.lines {
 			fmt.Fprintf(r.w, "  %s", pad(l[0], wl, true))
 			for _, v := range l[1:] {
@@ -246,24 +258,37 @@ func (r *report) notes() {
 		cpu = ": " + cpu
 	}
 	fmt.Fprintf(r.w, "Modgate bench, %s, %s/%s, %s, %d CPUs%s.\n", time.Now().UTC().Format("2006-01-02 15:04 MST"), runtime.GOOS, runtime.GOARCH, runtime.Version(), runtime.NumCPU(), cpu)
-	fmt.Fprintf(r.w, "Each load cell: %d rounds of %s per column, the columns taking turns in a rotating order, after a %s warm-up;\n", o.rounds, o.d, o.warm)
-	fmt.Fprintf(r.w, "closed-loop clients on keep-alive connections. Zips: %d transfers per column, taking turns.\n", o.zipRound)
-	fmt.Fprintln(r.w, "  direct     the client fetches from the fake origin, no proxy in between")
-	fmt.Fprintln(r.w, "  floor      httputil.ReverseProxy with Rewrite only (64 idle connections per host, as modgate);")
-	fmt.Fprintln(r.w, "             absolute-form requests go where their URL says; CONNECT: hijack, dial, io.Copy both ways")
-	fmt.Fprintln(r.w, "  nginx      Debian's nginx, reverse proxy, keep-alive pool of 64 to the origin, no access log")
-	fmt.Fprintln(r.w, "  squid      Debian's Squid, forward proxy (absolute-form and CONNECT), caching nothing, no access log")
-	fmt.Fprintln(r.w, "  modgate... `modgate run` processes, each with a config file (the origin as upstream, policy of 6 rules,")
-	fmt.Fprintln(r.w, "             watched), an audit log to a file, and what the environment and flags say:")
-	for _, mc := range modgateColumns {
-		fmt.Fprintf(r.w, "    %-9s %s\n", mc.name, mc.about)
+	if o.proxyRows() {
+		fmt.Fprintf(r.w, "Each load cell: %d rounds of %s per column, the columns taking turns in a rotating order, after a %s warm-up;\n", o.rounds, o.d, o.warm)
+		fmt.Fprintf(r.w, "closed-loop clients on keep-alive connections. Zips: %d transfers per column, taking turns.\n", o.zipRound)
+		fmt.Fprintln(r.w, "  direct     the client fetches from the fake origin, no proxy in between")
+		fmt.Fprintln(r.w, "  floor      httputil.ReverseProxy with Rewrite only (64 idle connections per host, as modgate);")
+		fmt.Fprintln(r.w, "             absolute-form requests go where their URL says; CONNECT: hijack, dial, io.Copy both ways")
+		fmt.Fprintln(r.w, "  nginx      Debian's nginx, reverse proxy, keep-alive pool of 64 to the origin, no access log")
+		fmt.Fprintln(r.w, "  squid      Debian's Squid, forward proxy (absolute-form and CONNECT), caching nothing, no access log")
+		fmt.Fprintln(r.w, "  modgate... `modgate run` processes, each with a config file (the origin as upstream, policy of 6 rules,")
+		fmt.Fprintln(r.w, "             watched), an audit log to a file, and what the environment and flags say:")
+		for _, mc := range modgateColumns {
+			fmt.Fprintf(r.w, "    %-9s %s\n", mc.name, mc.about)
+		}
+		fmt.Fprintf(r.w, "  The OTLP receiver got %d trace and %d metric exports, %.1f MB.\n", r.telemetry.traces, r.telemetry.metrics, float64(r.telemetry.bytes)/1e6)
+		for _, n := range r.peerNotes {
+			fmt.Fprintf(r.w, "  No column: %s\n", n)
+		}
 	}
-	fmt.Fprintf(r.w, "  The OTLP receiver got %d trace and %d metric exports, %.1f MB.\n", r.telemetry.traces, r.telemetry.metrics, float64(r.telemetry.bytes)/1e6)
-	for _, n := range r.peerNotes {
-		fmt.Fprintf(r.w, "  No column: %s\n", n)
+	if len(r.fleet) > 0 {
+		fmt.Fprintln(r.w, "  Fleet rows: `modgate run` replicas, each with its own --cache-dir, the fake upstream as their one upstream:")
+		for _, s := range fleetSetups {
+			fmt.Fprintf(r.w, "    %-11s %s\n", s.name, s.about)
+		}
+		for _, n := range r.fleetNotes {
+			fmt.Fprintf(r.w, "  No fleet row: %s\n", n)
+		}
 	}
-	fmt.Fprintln(r.w, "  The client, the origin and the OTLP receiver share one process; every proxy is a process of its own, so their")
-	fmt.Fprintln(r.w, "  CPU time (from /proc, worker processes included), RSS and allocations (Go processes) are theirs alone.")
+	if o.proxyRows() {
+		fmt.Fprintln(r.w, "  The client, the origin and the OTLP receiver share one process; every proxy is a process of its own, so their")
+		fmt.Fprintln(r.w, "  CPU time (from /proc, worker processes included), RSS and allocations (Go processes) are theirs alone.")
+	}
 }
 
 func (r *report) loadBlock(title string, rows []loadRow) block {
@@ -501,6 +526,10 @@ func (r *report) targets() {
 		}
 	}
 	loadTarget(r.loads[sectionForward], "forward absolute-form small ≥ 1.0× Squid req/s", rpsRatio("modgate", "squid", 1.0))
+	if len(r.fleet) > 0 {
+		v, text := fleetTarget(r.fleet)
+		fmt.Fprintf(r.w, "  %s  %s\n", v, text)
+	}
 	if res := r.streams[sectionTunnelZipTLS]; res != nil {
 		if g, q := res["modgate"], res["squid"]; ok(g) && ok(q) {
 			x := g.mbps() / q.mbps()
