@@ -281,7 +281,9 @@ func TestBreakerNews(t *testing.T) {
 	if st := a.Status(); st.NewsSent != 2 || st.NewsReceived != 0 {
 		t.Errorf("A status %+v", st)
 	}
-	if st := b.Status(); st.NewsReceived != 2 {
+	// The open news may come twice: published, and read back by the
+	// subscription's first scan if that ran after the publish.
+	if st := b.Status(); st.NewsReceived < 2 {
 		t.Errorf("B status %+v", st)
 	}
 }

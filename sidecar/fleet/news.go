@@ -86,7 +86,9 @@ func (s *subscription) stop() {
 // at a time, until stop is called (or the fleet is closed). Each time it
 // (re)connects to Redis, it first hands over the breakers that are open
 // now, so that a replica that starts or reconnects late learns of them.
-// It reconnects by itself when Redis comes back.
+// It reconnects by itself when Redis comes back. The same news may come
+// twice (read back as well as published): handle must be idempotent, as
+// Upstream.HoldOpen is.
 func (f *Fleet) Subscribe(handle func(News)) (stop func()) {
 	s := &subscription{
 		ps:   f.rdb.Subscribe(context.Background(), f.key("news", "breakers")),
