@@ -6,9 +6,12 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"net/url"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -23,7 +26,30 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if os.Getenv("FLEETTEST_CHILD") == "1" {
+		os.Exit(child())
+	}
 	goleak.VerifyTestMain(m)
+}
+
+// child is the test binary run as a child process by TestS3EnvInChild: it
+// reads the object FLEETTEST_KEY from the bucket FLEETTEST_URL with only
+// the environment it was given, and prints it.
+func child() int {
+	ctx := context.Background()
+	b, err := blob.OpenBucket(ctx, os.Getenv("FLEETTEST_URL"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer b.Close()
+	data, err := b.ReadAll(ctx, os.Getenv("FLEETTEST_KEY"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	os.Stdout.Write(data)
+	return 0
 }
 
 func TestRedis(t *testing.T) {
@@ -172,6 +198,38 @@ func TestS3(t *testing.T) {
 	}
 	if !bytes.Equal(got, damaged[:200]) {
 		t.Fatal("range read of the damaged object did not return the damaged bytes")
+	}
+}
+
+// TestS3EnvInChild runs a child process whose AWS SDK has nothing but
+// Env: it reads what the test wrote, so Env is all a child needs.
+func TestS3EnvInChild(t *testing.T) {
+	s := fleettest.S3(t)
+	u := s.Bucket(t, "shared")
+	// The test writes with the object's file: the child's read goes
+	// through the server.
+	if err := os.MkdirAll(filepath.Dir(s.ObjectFile("shared", "a/b")), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(s.ObjectFile("shared", "a/b"), []byte("from disk"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "AWS_") {
+			env = append(env, kv)
+		}
+	}
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(append(env, s.Env()...), "FLEETTEST_CHILD=1", "FLEETTEST_URL="+u, "FLEETTEST_KEY=a/b")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("child: %v\n%s", err, stderr.Bytes())
+	}
+	if string(out) != "from disk" {
+		t.Fatalf("child read %q, want %q", out, "from disk")
 	}
 }
 
