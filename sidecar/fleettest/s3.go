@@ -72,9 +72,11 @@ func S3(t testing.TB) *S3Server {
 				"--sidecar", meta,
 				root,
 			},
-			// Its own variables (VGW_*, ROOT_*) could open ports or
-			// change credentials; none reach it.
-			env:     childEnv("VGW_", "ROOT_ACCESS_KEY", "ROOT_SECRET"),
+			// The variables it reads (versitygw --help lists them) could
+			// open ports (VGW_WEBUI_PORT), send audit logs away
+			// (WEBHOOK), write logs (LOGFILE) or change credentials;
+			// none reach it.
+			env:     childEnv("VGW_", "ROOT_ACCESS_KEY", "ROOT_SECRET", "LOGFILE=", "WEBHOOK="),
 			dir:     dir,
 			logPath: filepath.Join(dir, "versitygw.log"),
 			ready:   func() error { return health(client, "http://"+addr+"/health") },
