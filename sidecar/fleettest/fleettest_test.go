@@ -148,6 +148,17 @@ func TestS3(t *testing.T) {
 	}
 	check("after write")
 
+	// The spelling config files use, the endpoint unescaped, is the same
+	// bucket.
+	plain, err := blob.OpenBucket(ctx, "s3://modules?endpoint="+s.Endpoint+"&region=us-east-1&use_path_style=true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := plain.ReadAll(ctx, key); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read through the unescaped URL: %d bytes, %v", len(got), err)
+	}
+	plain.Close()
+
 	// The object is the file ObjectFile names.
 	onDisk, err := os.ReadFile(s.ObjectFile("modules", key))
 	if err != nil {

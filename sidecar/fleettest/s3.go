@@ -91,8 +91,11 @@ func S3(t testing.TB) *S3Server {
 // Bucket creates the bucket name (a directory under Root, which versitygw's
 // posix backend serves as a bucket) and returns its gocloud.dev/blob URL:
 // "s3://name?endpoint=http://127.0.0.1:port&region=us-east-1&use_path_style=true".
-// The endpoint's scheme says http, so disable_https is not needed.
-// Credentials are not in the URL: they come from Env or SetEnv.
+// The endpoint's scheme says http, so disable_https is not needed; the
+// endpoint may as well be written unescaped. use_path_style=true is
+// needed: without it the SDK puts the bucket in the host name and looks up
+// "name.127.0.0.1" in DNS. Credentials are not in the URL: they come from
+// Env or SetEnv.
 func (s *S3Server) Bucket(t testing.TB, name string) string {
 	t.Helper()
 	if err := os.Mkdir(filepath.Join(s.Root, name), 0o755); err != nil {
