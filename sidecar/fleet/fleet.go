@@ -304,3 +304,15 @@ func scrub(s, password string) string {
 	}
 	return strings.ReplaceAll(s, password, "xxxxx")
 }
+
+// LogTo sends the Redis client's own messages (a dial that failed, a
+// subscription that reconnects: many a second while Redis is down) to l
+// at debug level, instead of standard error. The client's logger is one
+// per process, hence a function of its own.
+func LogTo(l *slog.Logger) { redis.SetLogger(redisLogger{l}) }
+
+type redisLogger struct{ l *slog.Logger }
+
+func (r redisLogger) Printf(ctx context.Context, format string, v ...any) {
+	r.l.DebugContext(ctx, "redis: "+fmt.Sprintf(format, v...))
+}
