@@ -11,6 +11,13 @@ JAEGER_VERSION := v1.76.0
 JAEGER_DIR ?= $(HOME)/.cache/modgate/jaeger-$(JAEGER_VERSION)
 JAEGER_BIN := $(JAEGER_DIR)/jaeger
 
+# The fleet's servers for sidecar/fleettest (see the versitygw and redis
+# targets).
+VERSITYGW_VERSION := v1.8.0
+VERSITYGW_DIR ?= $(HOME)/.cache/modgate/versitygw-$(VERSITYGW_VERSION)
+VERSITYGW_BIN := $(VERSITYGW_DIR)/versitygw
+REDIS_SERVER := /usr/bin/redis-server
+
 # Flags for `make run`, e.g. make run RUN_FLAGS='--upstream https://proxy.example.test'
 RUN_FLAGS ?=
 # How long each fuzz target runs under `make fuzz`.
@@ -19,7 +26,7 @@ FUZZTIME ?= 30s
 PKGS ?= ./...
 TESTFLAGS ?= -race -count=1 -timeout=30m
 
-.PHONY: all build run test lint bench fuzz clean jaeger
+.PHONY: all build run test lint bench fuzz clean jaeger versitygw redis
 
 all: build
 
@@ -30,9 +37,10 @@ run: build
 	$(BIN)/modgate run $(RUN_FLAGS)
 
 # The end-to-end telemetry tests run against a real Jaeger (built once, see
-# the jaeger target).
-test: lint $(JAEGER_BIN) chromium
-	JAEGER_BIN=$(JAEGER_BIN) $(GO) test $(TESTFLAGS) $(PKGS)
+# the jaeger target); the fleet's tests against a real Redis and a real S3
+# server (the redis and versitygw targets).
+test: lint $(JAEGER_BIN) chromium $(REDIS_SERVER) $(VERSITYGW_BIN)
+	JAEGER_BIN=$(JAEGER_BIN) REDIS_SERVER=$(REDIS_SERVER) VERSITYGW_BIN=$(VERSITYGW_BIN) $(GO) test $(TESTFLAGS) $(PKGS)
 	$(MAKE) test-deploy
 	$(MAKE) cross
 
@@ -116,6 +124,45 @@ $(JAEGER_BIN):
 	echo "building jaeger $(JAEGER_VERSION) from $$dir (a few minutes, once)"; \
 	cd "$$dir" && GOFLAGS=-buildvcs=false GOWORK=off CGO_ENABLED=0 $(GO) build -trimpath -o $@.tmp ./cmd/jaeger; \
 	mv $@.tmp $@
+
+# The S3 server the shared-cache tests run against (sidecar/fleettest reads
+# VERSITYGW_BIN; without it those tests are skipped): versitygw, a real
+# S3-compatible server (Apache-2.0) that is one static binary built from its
+# Go module, serving a directory with its posix backend, so each test gets
+# its own store in a temporary directory. Built from empty module and build
+# caches on 2 CPUs it took about 2 minutes (123 s; 202 s on a busy machine);
+# MinIO is far larger to build and AGPL. Built and cached like Jaeger above;
+# its go.mod has no replace directives, so a plain module-mode build works.
+versitygw: $(VERSITYGW_BIN)
+	@echo $(VERSITYGW_BIN)
+
+$(VERSITYGW_BIN):
+	@mkdir -p $(VERSITYGW_DIR)
+	@set -e; \
+	dir=$$(cd / && GOFLAGS= GOWORK=off $(GO) mod download -json github.com/versity/versitygw@$(VERSITYGW_VERSION) | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$$/\1/p'); \
+	if [ -z "$$dir" ]; then echo "versitygw: go mod download found no module directory"; exit 1; fi; \
+	echo "building versitygw $(VERSITYGW_VERSION) from $$dir (a minute or two, once)"; \
+	cd "$$dir" && GOFLAGS=-buildvcs=false GOWORK=off CGO_ENABLED=0 $(GO) build -trimpath -o $@.tmp ./cmd/versitygw; \
+	mv $@.tmp $@
+
+# Redis for the fleet's tests (sidecar/fleettest reads REDIS_SERVER, else
+# redis-server on PATH): Debian's package. Its service is not started: each
+# test runs its own on a loopback port, without persistence, and a
+# policy-rc.d that refuses (Debian's mechanism, honoured by systemd's
+# deb-systemd-invoke too) stops the package from starting one on 6379, unless
+# the machine already has a policy-rc.d of its own. Where there is no
+# apt-get the tests that need Redis are skipped.
+redis: $(REDIS_SERVER)
+
+$(REDIS_SERVER):
+	@if command -v apt-get >/dev/null; then \
+	  set -e; export DEBIAN_FRONTEND=noninteractive; \
+	  if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; \
+	    trap 'rm -f /usr/sbin/policy-rc.d' EXIT; \
+	  fi; \
+	  apt-get update && apt-get install -y --no-install-recommends redis-server; \
+	else echo "redis: no apt-get here; the fleet's Redis tests will be skipped"; fi
 
 # Headless Chromium renders the admin status page in its test
 # (TestStatusPageInChromium, skipped when /usr/bin/chromium is missing):

@@ -17,12 +17,15 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
 	"go.yaml.in/yaml/v3"
+	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/kustomize/api/krusty"
@@ -205,6 +208,14 @@ func decodeManifest(t *testing.T, file string, doc []byte) manifest {
 		obj = &batchv1.Job{}
 	case "ConfigMap":
 		obj = &corev1.ConfigMap{}
+	case "Secret":
+		obj = &corev1.Secret{}
+	case "Deployment":
+		obj = &appsv1.Deployment{}
+	case "Service":
+		obj = &corev1.Service{}
+	case "NetworkPolicy":
+		obj = &networkingv1.NetworkPolicy{}
 	default:
 		t.Fatalf("%s: kind %q: add it to decodeManifest", file, tm.Kind)
 	}
@@ -243,12 +254,16 @@ func TestKubernetesManifestsDecodeStrictly(t *testing.T) {
 		files[m.file] = m.kind
 	}
 	for file, kind := range map[string]string{
-		"k8s/base/kustomization.yaml":          "Kustomization",
-		"k8s/base/configmap.yaml":              "ConfigMap",
-		"k8s/base/job.yaml":                    "Job",
-		"k8s/overlays/otel/kustomization.yaml": "Kustomization",
-		"k8s/overlays/otel/modgate-otel.yaml":  "Job",
-		"k8s/examples/job.yaml":                "Job",
+		"k8s/base/kustomization.yaml":            "Kustomization",
+		"k8s/base/configmap.yaml":                "ConfigMap",
+		"k8s/base/job.yaml":                      "Job",
+		"k8s/overlays/otel/kustomization.yaml":   "Kustomization",
+		"k8s/overlays/otel/modgate-otel.yaml":    "Job",
+		"k8s/examples/job.yaml":                  "Job",
+		"k8s/overlays/fleet/kustomization.yaml":  "Kustomization",
+		"k8s/overlays/fleet/modgate-config.yaml": "ConfigMap",
+		"k8s/overlays/fleet/modgate-fleet.yaml":  "Job",
+		"k8s/overlays/fleet/secret.example.yaml": "Secret",
 	} {
 		if files[file] != kind {
 			t.Errorf("%s: kind %q, want %q", file, files[file], kind)
@@ -407,10 +422,11 @@ func checkBuildPod(t *testing.T, file string, spec corev1.PodSpec) {
 			t.Errorf("%s: %s=%q, want %q", file, env, menv[env].Value, want)
 		}
 	}
-	// The CA directory: an emptyDir, writable by modgate.
+	// The CA directory: an emptyDir, writable by modgate. (An overlay may
+	// mount more emptyDirs, e.g. the fleet's cache directory.)
 	var caMount *corev1.VolumeMount
 	for i, m := range mg.VolumeMounts {
-		if volumes[m.Name].EmptyDir != nil {
+		if volumes[m.Name].EmptyDir != nil && m.MountPath == menv["MODGATE_CA_DIR"].Value {
 			caMount = &mg.VolumeMounts[i]
 		}
 	}
@@ -592,6 +608,225 @@ func TestKustomizeBaseAndOtelOverlay(t *testing.T) {
 	}
 }
 
+// fleetConfig is the part of modgate.yaml the fleet overlay adds.
+type fleetConfig struct {
+	Cache struct {
+		Dir           string `yaml:"dir"`
+		Shared        string `yaml:"shared"`
+		SharedPrivate string `yaml:"shared_private"`
+	} `yaml:"cache"`
+	Fleet struct {
+		Redis string `yaml:"redis"`
+	} `yaml:"fleet"`
+}
+
+// checkSharedURL checks a gocloud.dev/blob S3 URL of the form the fleet
+// files use: a bucket, a region, and for an S3-compatible store its
+// endpoint with path-style addressing.
+func checkSharedURL(t *testing.T, where, raw string) *url.URL {
+	t.Helper()
+	u, err := url.Parse(raw)
+	if err != nil {
+		t.Fatalf("%s: cache.shared %q: %v", where, raw, err)
+	}
+	q := u.Query()
+	if u.Scheme != "s3" || u.Host == "" || q.Get("region") == "" {
+		t.Errorf("%s: cache.shared %q, want s3://BUCKET?region=...", where, raw)
+	}
+	if ep := q.Get("endpoint"); ep != "" {
+		if e, err := url.Parse(ep); err != nil || (e.Scheme != "http" && e.Scheme != "https") || e.Host == "" {
+			t.Errorf("%s: cache.shared endpoint %q is not an http(s) URL", where, ep)
+		}
+		if q.Get("use_path_style") != "true" {
+			t.Errorf("%s: cache.shared %q names an endpoint without use_path_style=true", where, raw)
+		}
+	}
+	for k := range q {
+		// The parameters gocloud.dev v0.47.0's s3blob knows; anything else
+		// fails blob.OpenBucket.
+		if !slices.Contains([]string{"endpoint", "region", "use_path_style", "disable_https", "profile", "anonymous", "hostname_immutable"}, k) {
+			t.Errorf("%s: cache.shared has parameter %q, which gocloud's s3blob does not take", where, k)
+		}
+	}
+	return u
+}
+
+func TestKustomizeFleetOverlay(t *testing.T) {
+	built := kustomize(t, "k8s/overlays/fleet")
+	byKind := map[string][]any{}
+	for _, m := range built {
+		byKind[m.kind] = append(byKind[m.kind], m.obj)
+	}
+	for kind, n := range map[string]int{"ConfigMap": 1, "Job": 1, "Deployment": 1, "Service": 1, "NetworkPolicy": 1, "Secret": 0} {
+		if len(byKind[kind]) != n {
+			t.Errorf("the fleet overlay builds %d %s, want %d", len(byKind[kind]), kind, n)
+		}
+	}
+	if t.Failed() {
+		t.FailNow()
+	}
+	job := builtJob(t, built)
+	spec := job.Spec.Template.Spec
+	checkBuildPod(t, "k8s/overlays/fleet (built)", spec)
+	mg := spec.InitContainers[slices.IndexFunc(spec.InitContainers, func(c corev1.Container) bool { return c.Name == "modgate" })]
+	env := envOf(mg)
+
+	// The store's credentials and the optional overrides come from the
+	// Secret; the example Secret has every key the Job requires.
+	data, err := os.ReadFile("k8s/overlays/fleet/secret.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret := decodeManifest(t, "secret.example.yaml", data).obj.(*corev1.Secret)
+	for name, optional := range map[string]bool{"AWS_ACCESS_KEY_ID": false, "AWS_SECRET_ACCESS_KEY": false, "MODGATE_CACHE_SHARED": true, "MODGATE_FLEET_REDIS": true} {
+		e := env[name]
+		if e.Value != "" || e.ValueFrom == nil || e.ValueFrom.SecretKeyRef == nil {
+			t.Errorf("modgate %s does not come from a Secret: %+v", name, e)
+			continue
+		}
+		ref := e.ValueFrom.SecretKeyRef
+		if ref.Name != secret.Name || ref.Key != name {
+			t.Errorf("modgate %s comes from Secret %s key %s, want %s key %s", name, ref.Name, ref.Key, secret.Name, name)
+		}
+		if got := ref.Optional != nil && *ref.Optional; got != optional {
+			t.Errorf("modgate %s: optional %v, want %v", name, got, optional)
+		}
+		if _, ok := secret.StringData[name]; !ok && !optional {
+			t.Errorf("secret.example.yaml has no %s, which the Job requires", name)
+		}
+	}
+	for k, v := range secret.StringData {
+		if strings.HasPrefix(k, "AWS_") && !strings.HasPrefix(v, "PLACEHOLDER") {
+			t.Errorf("secret.example.yaml: %s=%q is not marked as a placeholder", k, v)
+		}
+		if _, ok := env[k]; !ok {
+			t.Errorf("secret.example.yaml has %s, which the modgate container does not read", k)
+		}
+	}
+	if s := secret.StringData["MODGATE_CACHE_SHARED"]; s != "" {
+		checkSharedURL(t, "secret.example.yaml", s)
+	}
+	// The patch adds to the base's environment; it does not replace it.
+	if env["MODGATE_CONFIG"].Value == "" || env["MODGATE_CA_DIR"].Value == "" {
+		t.Errorf("the overlay lost the base's env: %v", env)
+	}
+
+	// The config carries cache.shared and fleet.redis; the rest is the
+	// base's, unchanged.
+	cm := byKind["ConfigMap"][0].(*corev1.ConfigMap)
+	baseCM := readConfigMap(t)
+	for _, key := range []string{"policy.yaml", "GONOSUMDB"} {
+		if cm.Data[key] != baseCM.Data[key] {
+			t.Errorf("the overlay changed the ConfigMap's %s", key)
+		}
+	}
+	var cfg fleetConfig
+	if err := yaml.Unmarshal([]byte(cm.Data["modgate.yaml"]), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	checkSharedURL(t, "modgate.yaml", cfg.Cache.Shared)
+	var overlayAll, baseAll map[string]any
+	if err := yaml.Unmarshal([]byte(cm.Data["modgate.yaml"]), &overlayAll); err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.Unmarshal([]byte(baseCM.Data["modgate.yaml"]), &baseAll); err != nil {
+		t.Fatal(err)
+	}
+	delete(overlayAll, "cache")
+	delete(overlayAll, "fleet")
+	a, _ := json.Marshal(baseAll)
+	b, _ := json.Marshal(overlayAll)
+	if !bytes.Equal(a, b) {
+		t.Errorf("the fleet overlay's modgate.yaml is not the base's plus cache and fleet:\nbase:    %s\noverlay: %s", a, b)
+	}
+
+	// cache.dir is a writable emptyDir of the modgate container's own.
+	volumes := map[string]corev1.Volume{}
+	for _, v := range spec.Volumes {
+		volumes[v.Name] = v
+	}
+	var cacheMount *corev1.VolumeMount
+	for i, m := range mg.VolumeMounts {
+		if m.MountPath == cfg.Cache.Dir {
+			cacheMount = &mg.VolumeMounts[i]
+		}
+	}
+	if cfg.Cache.Dir == "" || cacheMount == nil || cacheMount.ReadOnly || volumes[cacheMount.Name].EmptyDir == nil || cacheMount.MountPath == env["MODGATE_CA_DIR"].Value {
+		t.Errorf("cache.dir %q is not a writable emptyDir of its own in the modgate container: %+v", cfg.Cache.Dir, mg.VolumeMounts)
+	}
+
+	// fleet.redis names the Redis Service, whose selector picks the Redis
+	// Deployment's pods on the port the container listens on.
+	ru, err := url.Parse(cfg.Fleet.Redis)
+	if err != nil || ru.Scheme != "redis" {
+		t.Fatalf("fleet.redis %q is not a redis:// URL (%v)", cfg.Fleet.Redis, err)
+	}
+	svc := byKind["Service"][0].(*corev1.Service)
+	dep := byKind["Deployment"][0].(*appsv1.Deployment)
+	if ru.Hostname() != svc.Name || len(svc.Spec.Ports) != 1 || ru.Port() != strconv.Itoa(int(svc.Spec.Ports[0].Port)) {
+		t.Errorf("fleet.redis %q does not name Service %s port %v", cfg.Fleet.Redis, svc.Name, svc.Spec.Ports)
+	}
+	for k, v := range svc.Spec.Selector {
+		if dep.Spec.Template.Labels[k] != v || dep.Spec.Selector.MatchLabels[k] != v {
+			t.Errorf("Service selector %s=%s does not pick the Deployment's pods (%v)", k, v, dep.Spec.Template.Labels)
+		}
+	}
+	if len(dep.Spec.Template.Spec.Containers) != 1 {
+		t.Fatalf("the Redis Deployment has %d containers, want 1", len(dep.Spec.Template.Spec.Containers))
+	}
+	redis := dep.Spec.Template.Spec.Containers[0]
+	if !strings.HasPrefix(redis.Image, "redis:") {
+		t.Errorf("Redis image %q", redis.Image)
+	}
+	if port := portOf(redis, svc.Spec.Ports[0].TargetPort); port != 6379 {
+		t.Errorf("the Service's targetPort %v is container port %d, want 6379", svc.Spec.Ports[0].TargetPort.String(), port)
+	}
+	// No persistence: no RDB snapshots, no AOF, no PersistentVolume.
+	args := strings.Join(quoteAll(append(slices.Clone(redis.Command), redis.Args...)), " ")
+	if !strings.Contains(args, `--save ""`) || !strings.Contains(args, "--appendonly no") {
+		t.Errorf("Redis runs with %s, want --save \"\" and --appendonly no", args)
+	}
+	for _, v := range dep.Spec.Template.Spec.Volumes {
+		if v.EmptyDir == nil {
+			t.Errorf("Redis volume %s is not an emptyDir: %+v", v.Name, v.VolumeSource)
+		}
+	}
+	checkHardened(t, "redis", redis.SecurityContext)
+	if redis.Resources.Requests.Cpu().IsZero() || redis.Resources.Limits.Memory().IsZero() {
+		t.Errorf("redis has no cpu request or memory limit: %+v", redis.Resources)
+	}
+	if redis.ReadinessProbe == nil || redis.LivenessProbe == nil {
+		t.Errorf("redis has no readiness or liveness probe")
+	}
+	// Only the build pods may reach it.
+	np := byKind["NetworkPolicy"][0].(*networkingv1.NetworkPolicy)
+	for k, v := range np.Spec.PodSelector.MatchLabels {
+		if dep.Spec.Template.Labels[k] != v {
+			t.Errorf("the NetworkPolicy does not select the Redis pods: %v", np.Spec.PodSelector.MatchLabels)
+		}
+	}
+	if len(np.Spec.Ingress) != 1 || len(np.Spec.Ingress[0].From) != 1 || np.Spec.Ingress[0].From[0].PodSelector == nil {
+		t.Fatalf("NetworkPolicy ingress %+v, want one rule from the build pods", np.Spec.Ingress)
+	}
+	for k, v := range np.Spec.Ingress[0].From[0].PodSelector.MatchLabels {
+		if job.Spec.Template.Labels[k] != v {
+			t.Errorf("the NetworkPolicy admits %s=%s, which the build pods (%v) do not carry", k, v, job.Spec.Template.Labels)
+		}
+	}
+}
+
+// quoteAll shows empty arguments as "" so that a flag's empty value is seen.
+func quoteAll(args []string) []string {
+	out := make([]string, len(args))
+	for i, a := range args {
+		if a == "" {
+			a = `""`
+		}
+		out[i] = a
+	}
+	return out
+}
+
 // ---- compose ----
 
 func TestComposeWiresJaeger(t *testing.T) {
@@ -656,6 +891,189 @@ func TestComposeWiresJaeger(t *testing.T) {
 	}
 	if !mg.ReadOnly || mg.User != "65532:65532" || !slices.Equal(mg.CapDrop, []string{"ALL"}) {
 		t.Errorf("modgate is not hardened: read_only %v, user %q, cap_drop %v", mg.ReadOnly, mg.User, mg.CapDrop)
+	}
+}
+
+func TestComposeFleet(t *testing.T) {
+	data, err := os.ReadFile("compose/fleet.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	type dependency struct {
+		Condition string `yaml:"condition"`
+	}
+	type service struct {
+		Image       string                `yaml:"image"`
+		Entrypoint  []string              `yaml:"entrypoint"`
+		Command     []string              `yaml:"command"`
+		Environment map[string]string     `yaml:"environment"`
+		Ports       []string              `yaml:"ports"`
+		Volumes     []string              `yaml:"volumes"`
+		ReadOnly    bool                  `yaml:"read_only"`
+		User        string                `yaml:"user"`
+		CapDrop     []string              `yaml:"cap_drop"`
+		SecurityOpt []string              `yaml:"security_opt"`
+		DependsOn   map[string]dependency `yaml:"depends_on"`
+		Healthcheck *struct {
+			Test     []string `yaml:"test"`
+			Interval string   `yaml:"interval"`
+			Retries  int      `yaml:"retries"`
+		} `yaml:"healthcheck"`
+		Build *struct {
+			Context    string `yaml:"context"`
+			Dockerfile string `yaml:"dockerfile"`
+		} `yaml:"build"`
+		Restart string `yaml:"restart"`
+	}
+	var doc struct {
+		Name     string             `yaml:"name"`
+		XModgate service            `yaml:"x-modgate"`
+		Services map[string]service `yaml:"services"`
+		Volumes  map[string]any     `yaml:"volumes"`
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&doc); err != nil {
+		t.Fatal(err)
+	}
+
+	s3, redis, init := doc.Services["s3"], doc.Services["redis"], doc.Services["init"]
+	if s3.Image != "versity/versitygw:v1.8.0" {
+		t.Errorf("s3 image %q, want versity/versitygw:v1.8.0", s3.Image)
+	}
+	if !strings.HasPrefix(redis.Image, "redis:") {
+		t.Errorf("redis image %q", redis.Image)
+	}
+	if r := strings.Join(quoteAll(redis.Command), " "); !strings.Contains(r, `--save ""`) || !strings.Contains(r, "--appendonly no") {
+		t.Errorf("redis runs %s, want no persistence", r)
+	}
+	// versitygw: global flags, then "posix [--sidecar DIR] ROOT", all on
+	// the volume.
+	i := slices.Index(s3.Command, "posix")
+	if i < 0 || i == len(s3.Command)-1 {
+		t.Fatalf("s3 runs %q, want the posix backend", s3.Command)
+	}
+	root := s3.Command[len(s3.Command)-1]
+	mounted := func(s service, dir string) string {
+		for _, v := range s.Volumes {
+			name, path, _ := strings.Cut(v, ":")
+			if dir == path || strings.HasPrefix(dir, path+"/") {
+				return name + ":" + strings.TrimPrefix(dir, path)
+			}
+		}
+		return ""
+	}
+	if mounted(s3, root) == "" {
+		t.Errorf("the posix root %s is not on a volume: %v", root, s3.Volumes)
+	}
+	if j := slices.Index(s3.Command, "--sidecar"); j >= 0 && mounted(s3, s3.Command[j+1]) == "" {
+		t.Errorf("the sidecar directory %s is not on a volume", s3.Command[j+1])
+	}
+	for _, s := range []service{s3, redis, init} {
+		if len(s.Ports) > 0 {
+			t.Errorf("%s publishes %v: the store and Redis are for the modgates alone", s.Image, s.Ports)
+		}
+	}
+
+	// Three modgates with one store and one Redis, each with its own cache
+	// volume and its own loopback ports.
+	var modgates []string
+	for name := range doc.Services {
+		if strings.HasPrefix(name, "modgate") {
+			modgates = append(modgates, name)
+		}
+	}
+	slices.Sort(modgates)
+	if len(modgates) != 3 {
+		t.Fatalf("modgate services %v, want 3", modgates)
+	}
+	hostPorts := map[string]string{}
+	cacheVolumes := map[string]string{}
+	var shared, redisURL string
+	for _, name := range modgates {
+		mg := doc.Services[name]
+		env := mg.Environment
+		if shared == "" {
+			shared, redisURL = env["MODGATE_CACHE_SHARED"], env["MODGATE_FLEET_REDIS"]
+		}
+		if env["MODGATE_CACHE_SHARED"] != shared || env["MODGATE_FLEET_REDIS"] != redisURL {
+			t.Errorf("%s: MODGATE_CACHE_SHARED=%q MODGATE_FLEET_REDIS=%q, want the fleet's one store and Redis", name, env["MODGATE_CACHE_SHARED"], env["MODGATE_FLEET_REDIS"])
+		}
+		if env["AWS_ACCESS_KEY_ID"] != s3.Environment["ROOT_ACCESS_KEY_ID"] || env["AWS_SECRET_ACCESS_KEY"] != s3.Environment["ROOT_SECRET_ACCESS_KEY"] || env["AWS_ACCESS_KEY_ID"] == "" {
+			t.Errorf("%s: AWS credentials are not the store's", name)
+		}
+		if env["AWS_EC2_METADATA_DISABLED"] != "true" {
+			t.Errorf("%s: AWS_EC2_METADATA_DISABLED=%q, want true", name, env["AWS_EC2_METADATA_DISABLED"])
+		}
+		for _, dep := range []struct{ name, condition string }{{"init", "service_completed_successfully"}, {"s3", "service_healthy"}, {"redis", "service_healthy"}} {
+			if mg.DependsOn[dep.name].Condition != dep.condition {
+				t.Errorf("%s: depends_on %s %+v, want %s", name, dep.name, mg.DependsOn[dep.name], dep.condition)
+			}
+		}
+		if mg.Build == nil || filepath.ToSlash(filepath.Join("compose", mg.Build.Context, mg.Build.Dockerfile)) != "../deploy/docker/Dockerfile" {
+			t.Errorf("%s: build %+v does not build deploy/docker/Dockerfile from the repository root", name, mg.Build)
+		}
+		if !mg.ReadOnly || mg.User != "65532:65532" || !slices.Equal(mg.CapDrop, []string{"ALL"}) {
+			t.Errorf("%s is not hardened: read_only %v, user %q, cap_drop %v", name, mg.ReadOnly, mg.User, mg.CapDrop)
+		}
+		vol := mounted(mg, env["MODGATE_CACHE_DIR"])
+		if env["MODGATE_CACHE_DIR"] == "" || vol == "" {
+			t.Errorf("%s: MODGATE_CACHE_DIR=%q is not on a volume", name, env["MODGATE_CACHE_DIR"])
+		} else if other, dup := cacheVolumes[vol]; dup {
+			t.Errorf("%s and %s share the cache volume %s", name, other, vol)
+		} else {
+			cacheVolumes[vol] = name
+			// The one-shot hands the volume to modgate's user.
+			volName, _, _ := strings.Cut(vol, ":")
+			if !slices.ContainsFunc(init.Volumes, func(v string) bool { return strings.HasPrefix(v, volName+":") }) {
+				t.Errorf("%s: init does not prepare the cache volume %s", name, volName)
+			}
+		}
+		inner := map[string]bool{}
+		for _, p := range mg.Ports {
+			parts := strings.Split(p, ":")
+			if len(parts) != 3 || parts[0] != "127.0.0.1" {
+				t.Errorf("%s: port %q is published beyond loopback", name, p)
+				continue
+			}
+			if other, dup := hostPorts[parts[1]]; dup {
+				t.Errorf("%s and %s both publish host port %s", name, other, parts[1])
+			}
+			hostPorts[parts[1]] = name
+			inner[parts[2]] = true
+		}
+		if !inner["7070"] || !inner["7071"] {
+			t.Errorf("%s publishes %v, want its 7070 and 7071", name, mg.Ports)
+		}
+	}
+
+	// The store URL names the s3 service and a bucket the one-shot makes
+	// under the posix root; the Redis URL names the redis service.
+	u := checkSharedURL(t, "compose/fleet.yaml", shared)
+	ep, _ := url.Parse(u.Query().Get("endpoint"))
+	if ep == nil || ep.Hostname() != "s3" || !slices.Contains(s3.Command, ":"+ep.Port()) {
+		t.Errorf("MODGATE_CACHE_SHARED endpoint %v is not the s3 service's port (%q)", ep, s3.Command)
+	}
+	bucketDir := mounted(s3, root) + "/" + u.Host
+	made := false
+	for _, arg := range append(slices.Clone(init.Entrypoint), init.Command...) {
+		for _, f := range strings.Fields(arg) {
+			if strings.HasPrefix(f, "/") && mounted(init, f) == bucketDir {
+				made = true
+			}
+		}
+	}
+	if !made {
+		t.Errorf("init does not make the bucket directory %s (%q)", bucketDir, init.Command)
+	}
+	if ru, err := url.Parse(redisURL); err != nil || ru.Scheme != "redis" || ru.Hostname() != "redis" || ru.Port() != "6379" {
+		t.Errorf("MODGATE_FLEET_REDIS=%q, want redis://redis:6379/...", redisURL)
+	}
+	for vol := range cacheVolumes {
+		name, _, _ := strings.Cut(vol, ":")
+		if _, ok := doc.Volumes[name]; !ok {
+			t.Errorf("cache volume %s is not declared", name)
+		}
 	}
 }
 

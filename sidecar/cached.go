@@ -356,7 +356,15 @@ func (s *Server) fly(ctx context.Context, f *flight, t tiers, key string, fetch 
 		f.cond.Broadcast()
 		f.mu.Unlock()
 	}
-	if s.fromStore(ctx, t, key) {
+	stored := s.fromStore(ctx, t, key)
+	release := func() {}
+	if !stored {
+		release, stored = s.claim(ctx, t, key)
+	}
+	// Given up once the artifact is in the store (or its fetch failed):
+	// the replicas waiting for it look there then.
+	defer release()
+	if stored {
 		f.mu.Lock()
 		f.stored = true
 		f.mu.Unlock()

@@ -82,6 +82,10 @@ type Config struct {
 	Telemetry *telemetry.Telemetry
 	// Cache is the artifact cache; the zero value caches nothing.
 	Cache CacheConfig
+	// Fleet coordinates the replicas of a fleet through Redis: one fetch
+	// per artifact that the shared store lacks, and breaker news. The
+	// zero value: each replica on its own.
+	Fleet FleetConfig
 	// Offline serves only from the cache: what it lacks is 404, and no
 	// upstream or origin is asked (air-gapped builds).
 	Offline bool
@@ -129,6 +133,7 @@ type Server struct {
 	stopFlights context.CancelFunc
 
 	buffers budget // whole-read answers, against Config.BufferBudget
+	leases  leaseCounts
 
 	recentLog recentLog // the status page's recent requests and denials
 	hedges    hedgeBudget
@@ -173,7 +178,9 @@ func New(cfg Config) (*Server, error) {
 		ua += "/" + cfg.Version
 	}
 	opts := upstream.Options{RootCAs: cfg.RootCAs, Resolve: cfg.Resolve, Via: s.via, UserAgent: ua, Clock: cfg.Clock, Logger: s.log, Telemetry: cfg.Telemetry}
-	chain, err := upstream.NewChain(cfg.Upstreams, opts)
+	chainOpts := opts // only the chain's breakers make news, not forward mode's origins
+	s.chainNews(&chainOpts)
+	chain, err := upstream.NewChain(cfg.Upstreams, chainOpts)
 	if err != nil {
 		return nil, err
 	}
@@ -472,6 +479,16 @@ func (s *Server) Serve(ctx context.Context, ln, adminLn net.Listener) error {
 			return err
 		}
 		defer unobserveCache()
+	}
+	if len(s.sharedStores()) > 0 || s.cfg.Fleet.Fleet != nil {
+		unobserveFleet, err := s.tel.ObserveFleet(s.fleetReading)
+		if err != nil {
+			return err
+		}
+		defer unobserveFleet()
+	}
+	if f := s.cfg.Fleet.Fleet; f != nil {
+		defer f.Subscribe(s.heed)()
 	}
 	// Ready before the first request is served: one that has been
 	// answered implies readiness.

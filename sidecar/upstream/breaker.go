@@ -112,12 +112,29 @@ type breaker struct {
 	cb       *gobreaker.TwoStepCircuitBreaker[struct{}]
 
 	openUntil atomic.Int64 // unix nanoseconds on clock; 0 when not open
+	// newsUntil is the end of an open period that another replica's
+	// breaker reported (HoldOpen), kept apart from this breaker's own.
+	newsUntil atomic.Int64 // unix nanoseconds on clock; 0 when not held
 
-	mu        sync.Mutex
-	reason    string // why it last opened
-	tripCause string // what ReadyToTrip saw
-	failures  []Failure
-	lastFail  string
+	// news, if set, is told of this breaker opening and closing again,
+	// in order, by one goroutine at a time (never under gobreaker's lock).
+	news func(open bool, until time.Time, reason string)
+
+	mu         sync.Mutex
+	reason     string // why it last opened
+	newsReason string // why another replica's breaker opened
+	tripCause  string // what ReadyToTrip saw
+	failures   []Failure
+	lastFail   string
+	pending    []breakerNews // for news, oldest first
+	draining   bool          // a goroutine is delivering pending
+}
+
+// breakerNews is one change of state for breaker.news.
+type breakerNews struct {
+	open   bool
+	until  time.Time
+	reason string
 }
 
 // Failure is a recent failure of an upstream, for /debug/upstreams.
@@ -178,7 +195,12 @@ func (b *breaker) onStateChange(_ string, from, to gobreaker.State) {
 		}
 		reason = fmt.Sprintf("%s (last: %s)", cause, b.lastFail)
 		b.reason = reason
-		b.openUntil.Store(b.clock.Now().Add(b.settings.OpenFor).UnixNano())
+		until := b.clock.Now().Add(b.settings.OpenFor)
+		b.openUntil.Store(until.UnixNano())
+		b.tell(breakerNews{open: true, until: until, reason: reason})
+	}
+	if to == gobreaker.StateClosed && from == gobreaker.StateHalfOpen {
+		b.tell(breakerNews{reason: "a probe succeeded"})
 	}
 	b.mu.Unlock()
 	if to != gobreaker.StateOpen {
@@ -192,6 +214,69 @@ func (b *breaker) onStateChange(_ string, from, to gobreaker.State) {
 	b.log.Info("upstream breaker "+to.String(), "upstream", b.name, "from", from.String(), "reason", reason)
 }
 
+// tell queues n for b.news and makes sure a goroutine delivers it. It is
+// called with b.mu held, under gobreaker's lock: the hook may take its
+// time (it talks to other replicas) and must not hold up requests.
+func (b *breaker) tell(n breakerNews) {
+	if b.news == nil {
+		return
+	}
+	b.pending = append(b.pending, n)
+	if !b.draining {
+		b.draining = true
+		go b.drain()
+	}
+}
+
+// drain delivers pending news in order until there is none.
+func (b *breaker) drain() {
+	for {
+		b.mu.Lock()
+		batch := b.pending
+		b.pending = nil
+		if len(batch) == 0 {
+			b.draining = false
+			b.mu.Unlock()
+			return
+		}
+		b.mu.Unlock()
+		for _, n := range batch {
+			b.news(n.open, n.until, n.reason)
+		}
+	}
+}
+
+// hold treats the upstream as open until until, as another replica's
+// breaker reported it, whatever this breaker's own state; after until,
+// this breaker decides again. A disabled breaker ignores it. until is
+// capped at one open period from now: a replica's news cannot keep an
+// upstream shut for longer than this replica would itself.
+func (b *breaker) hold(until time.Time, reason string) {
+	if b.cb == nil {
+		return
+	}
+	if limit := b.clock.Now().Add(b.settings.OpenFor); until.After(limit) {
+		until = limit
+	}
+	b.mu.Lock()
+	b.newsReason = reason
+	b.mu.Unlock()
+	b.newsUntil.Store(until.UnixNano())
+}
+
+// releaseHold ends hold's open period (the other replica's breaker closed).
+func (b *breaker) releaseHold() { b.newsUntil.Store(0) }
+
+// heldFor is how long hold's open period has left, 0 if none.
+func (b *breaker) heldFor() time.Duration {
+	if until := b.newsUntil.Load(); until != 0 {
+		if left := time.Duration(until - b.clock.Now().UnixNano()); left > 0 {
+			return left
+		}
+	}
+	return 0
+}
+
 // allow admits a request or refuses it with an *OpenError. The outcome goes
 // to b.report with the returned func: nil for success, errAbandoned or
 // errClientCanceled for neither.
@@ -203,6 +288,12 @@ func (b *breaker) allow() (report func(error), err error) {
 		if left := time.Duration(until - b.clock.Now().UnixNano()); left > 0 {
 			return nil, b.openError(left)
 		}
+	}
+	if left := b.heldFor(); left > 0 {
+		b.mu.Lock()
+		reason := b.newsReason
+		b.mu.Unlock()
+		return nil, &OpenError{Upstream: b.name, Reason: heldReason(reason), RetryIn: left}
 	}
 	report, err = b.cb.Allow()
 	if err != nil {
@@ -222,6 +313,14 @@ func (b *breaker) report(done func(error), err error) {
 		b.recordFailure(err)
 	}
 	done(err)
+}
+
+// heldReason is the reason of an open period that hold set.
+func heldReason(reason string) string {
+	if reason == "" {
+		return "opened by another replica"
+	}
+	return "opened by another replica: " + reason
 }
 
 func (b *breaker) openError(left time.Duration) *OpenError {
@@ -253,6 +352,9 @@ func (b *breaker) state() BreakerState {
 	if until := b.openUntil.Load(); until != 0 && until > b.clock.Now().UnixNano() {
 		return Open
 	}
+	if b.heldFor() > 0 {
+		return Open
+	}
 	switch b.cb.State() {
 	case gobreaker.StateOpen:
 		return Open
@@ -281,14 +383,21 @@ func (b *breaker) status() BreakerStatus {
 	}
 	c := b.cb.Counts()
 	st.Requests, st.Failures, st.Consecutive = c.Requests, c.TotalFailures, c.ConsecutiveFailures
+	var own time.Duration
 	if until := b.openUntil.Load(); until != 0 {
 		if left := time.Duration(until - b.clock.Now().UnixNano()); left > 0 {
+			own = left
 			st.HalfOpenInSecs = math.Ceil(left.Seconds())
 		}
 	}
+	held := b.heldFor()
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if st.State != "closed" {
+	switch {
+	case own <= 0 && held > 0:
+		st.OpenReason = heldReason(b.newsReason)
+		st.HalfOpenInSecs = math.Ceil(held.Seconds())
+	case st.State != "closed":
 		st.OpenReason = b.reason
 	}
 	st.Recent = append(st.Recent, b.failures...)

@@ -5,8 +5,10 @@ package upstream
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -148,6 +150,15 @@ type Options struct {
 	// RedirectAddrCheck. Unused when Dial is set (Dial guards every
 	// connection) and for hosts that Resolve pins.
 	CheckRedirectAddr func(host string, addr netip.Addr, explicit bool) string
+	// BreakerNews, if set, is told when this process's breaker for an
+	// upstream opens (open, with the end of the open period on Clock and
+	// why) and when it closes again after a good probe (open false), for
+	// the other replicas of a fleet (HoldOpen is their side). name is the
+	// upstream's Name; its NewsID identifies it to other replicas. It is
+	// called from a goroutine of its own, in order, one call at a time;
+	// never for the open periods that HoldOpen sets. If nil, nobody is
+	// told.
+	BreakerNews func(name string, open bool, until time.Time, reason string)
 }
 
 // thisNetwork is 0.0.0.0/8, which reaches this host on some systems.
@@ -191,6 +202,7 @@ type Upstream struct {
 	clock     Clock
 	tel       *telemetry.Telemetry
 	metric    string // the name metrics use
+	urlHash   string // of the URL without credentials, for NewsID
 }
 
 // New returns the upstream that cfg describes.
@@ -205,6 +217,7 @@ func New(cfg Config, opts Options) (*Upstream, error) {
 		userAgent:   opts.UserAgent,
 		clock:       opts.Clock,
 		tel:         opts.Telemetry,
+		urlHash:     hashURL(cfg.URL),
 	}
 	if u.clock == nil {
 		u.clock = SystemClock{}
@@ -306,6 +319,9 @@ func New(cfg Config, opts Options) (*Upstream, error) {
 	}
 	bs := cfg.Breaker.withDefaults()
 	u.breaker = newBreaker(u.Name, bs, u.clock, logger, func(err error) string { return describe(err, u) })
+	if news := opts.BreakerNews; news != nil {
+		u.breaker.news = func(open bool, until time.Time, reason string) { news(u.Name, open, until, reason) }
+	}
 	u.retry = cfg.Retry.withDefaults(bs.Window)
 	u.budget = &budget{ratio: u.retry.BudgetRatio, window: u.retry.Window, clock: u.clock}
 	return u, nil
@@ -676,6 +692,45 @@ func (u *Upstream) Breaker() BreakerState {
 		return Closed
 	}
 	return u.breaker.state()
+}
+
+// HoldOpen treats the upstream as open until until, because another
+// replica's breaker for it opened (for reason): requests are refused with
+// an *OpenError that says so, and Breaker and Status report it open.
+// After until, the upstream's own breaker decides again; this process's
+// breaker counts and trips on its own all along. Options.BreakerNews is
+// not told. It does nothing for direct, off and breaker-less upstreams.
+func (u *Upstream) HoldOpen(until time.Time, reason string) {
+	if u.breaker != nil {
+		u.breaker.hold(until, reason)
+	}
+}
+
+// ReleaseHold ends the open period that HoldOpen set (the other
+// replica's breaker closed again).
+func (u *Upstream) ReleaseHold() {
+	if u.breaker != nil {
+		u.breaker.releaseHold()
+	}
+}
+
+// NewsID identifies the upstream to other replicas: its name, "@" and the
+// first 12 hex digits of the sha256 of its URL without credentials, so
+// that replicas that give one name to different URLs do not take each
+// other's news, and rotated credentials do not change it.
+func (u *Upstream) NewsID() string { return u.Name + "@" + u.urlHash }
+
+// hashURL is the first 12 hex digits of the sha256 of raw without its
+// user information.
+func hashURL(raw string) string {
+	if p, err := url.Parse(raw); err == nil {
+		p.User = nil
+		raw = p.String()
+	} else {
+		raw = RedactURL(raw)
+	}
+	sum := sha256.Sum256([]byte(raw))
+	return hex.EncodeToString(sum[:])[:12]
 }
 
 // Status is a snapshot of the upstream for /debug/upstreams.

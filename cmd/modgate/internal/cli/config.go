@@ -22,6 +22,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/modgate/modgate/sidecar"
+	"github.com/modgate/modgate/sidecar/fleet"
 	"github.com/modgate/modgate/sidecar/mitm"
 	"github.com/modgate/modgate/sidecar/store"
 	"github.com/modgate/modgate/sidecar/upstream"
@@ -58,6 +59,8 @@ type Config struct {
 	Offline bool `yaml:"offline"`
 	// ListenerSecurity is the tls and clients sections (clients.go).
 	ListenerSecurity `yaml:",inline"`
+	// Fleet is the coordination of many modgates through Redis.
+	Fleet FleetConfig `yaml:"fleet"`
 	// Telemetry is what modgate adds to the standard OTEL_* variables.
 	Telemetry TelemetryConfig `yaml:"telemetry"`
 
@@ -65,6 +68,16 @@ type Config struct {
 	// go command finds it ($NETRC, else ~/.netrc, or ~/_netrc on
 	// Windows); the loader sets it from the environment.
 	netrc string
+}
+
+// FleetConfig is the fleet section.
+type FleetConfig struct {
+	// Redis is the replicas' Redis (redis:// or rediss://); empty: each
+	// replica on its own.
+	Redis string `yaml:"redis"`
+	// Wait is how long a replica waits for another's fetch of an
+	// artifact before fetching it itself.
+	Wait time.Duration `yaml:"wait"`
 }
 
 // TelemetryConfig is the telemetry section.
@@ -391,6 +404,7 @@ var envKeys = []struct{ env, key string }{
 	{"MODGATE_CACHE_DIR", "cache.dir"},
 	{"MODGATE_CACHE_SHARED", "cache.shared"},
 	{"MODGATE_CACHE_SHARED_PRIVATE", "cache.shared_private"},
+	{"MODGATE_FLEET_REDIS", "fleet.redis"},
 	{"MODGATE_MAX_TRACES_PER_SECOND", "telemetry.max_traces_per_second"},
 }
 
@@ -463,6 +477,8 @@ func (c *Config) set(key, value, at string, o origins) error {
 		c.Cache.Shared = value
 	case "cache.shared_private":
 		c.Cache.SharedPrivate = value
+	case "fleet.redis":
+		c.Fleet.Redis = value
 	case "telemetry.max_traces_per_second":
 		n, err := strconv.ParseFloat(value, 64)
 		if err != nil {
@@ -654,6 +670,18 @@ func (c *Config) validate(o origins) (sidecar.Config, error) {
 	if c.Cache.SharedTimeout < 0 {
 		bad("cache.shared_timeout", "must not be negative")
 	}
+	if c.Fleet.Redis != "" {
+		// Checked here, opened by run (with its logger).
+		if f, err := fleet.Open(fleet.Config{URL: c.Fleet.Redis}); err != nil {
+			bad("fleet.redis", "%v", strings.TrimPrefix(err.Error(), "fleet: "))
+		} else {
+			f.Close()
+		}
+	}
+	if c.Fleet.Wait < 0 {
+		bad("fleet.wait", "must not be negative")
+	}
+	out.Fleet.Wait = c.Fleet.Wait
 	if r := c.Telemetry.MaxTracesPerSecond; r < 0 || math.IsNaN(r) || math.IsInf(r, 0) {
 		bad("telemetry.max_traces_per_second", "%v: want a number of traces a second, 0 or more", r)
 	}

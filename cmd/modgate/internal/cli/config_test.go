@@ -328,6 +328,8 @@ func TestLoadCache(t *testing.T) {
 		{"cache:\n  dir: /x\n  shared_private: \"file:///srv/private\"\n", "modgate.yaml:3: cache.shared_private: needs cache.private_dir"},
 		{"cache:\n  dir: /x\n  private_dir: /y\n  shared: \"file:///srv/m\"\n  shared_private: \"file:///srv/m\"\n", "modgate.yaml:5: cache.shared_private: must not be the store of public modules"},
 		{"cache:\n  dir: /x\n  shared: \"azblob://c?sas_token=s3cr3t&x=1\"\n  shared_timeout: -1s\n", "cache.shared_timeout: must not be negative"},
+		{"fleet:\n  redis: \"http://redis.example.test\"\n", "modgate.yaml:2: fleet.redis: redis URL"},
+		{"fleet:\n  redis: \"redis://:s3cr3t@redis.example.test:6379/0\"\n  wait: -1s\n", "modgate.yaml:3: fleet.wait: must not be negative"},
 	} {
 		if _, err := load(t, c.file, nil); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%q: %v; want %q", c.file, err, c.want)

@@ -38,6 +38,7 @@ var flagKeys = []struct{ flag, key, usage string }{
 	{"policy", "policy_file", "policy file (reloaded when it changes and on SIGHUP)"},
 	{"audit-log", "audit_log", "audit log: a file (rotated by size), - for standard output, empty for none"},
 	{"cache-dir", "cache.dir", "artifact cache folder (empty: no cache)"},
+	{"fleet-redis", "fleet.redis", "the fleet's Redis (redis://host:6379/0): one upstream fetch per artifact across replicas, and breaker news"},
 	{"cache-shared", "cache.shared", "shared store of a fleet's artifacts, a gocloud.dev/blob URL (s3://bucket?endpoint=...&region=..., gs://, azblob://, file://)"},
 	{"ca-dir", "forward.ca_dir", "folder of the CA that `modgate ca init` made (default: the user's config folder)"},
 	{"max-traces-per-second", "telemetry.max_traces_per_second", "new traces the default sampler records a second, when OTEL_TRACES_SAMPLER is unset (default 100)"},

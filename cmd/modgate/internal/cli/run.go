@@ -18,6 +18,7 @@ import (
 
 	"github.com/modgate/modgate/policy"
 	"github.com/modgate/modgate/sidecar"
+	"github.com/modgate/modgate/sidecar/fleet"
 	"github.com/modgate/modgate/telemetry"
 )
 
@@ -75,6 +76,16 @@ func (a *App) run(ctx context.Context, args []string) error {
 		return fmt.Errorf("audit log: %w", err)
 	}
 	sc.Audit = audit
+	if cfg.Fleet.Redis != "" {
+		fleet.LogTo(log)
+		f, err := fleet.Open(fleet.Config{URL: cfg.Fleet.Redis, Logger: log})
+		if err != nil {
+			return fmt.Errorf("config:\nfleet.redis: %w", err)
+		}
+		defer f.Close()
+		sc.Fleet.Fleet = f
+		log.Info("fleet", "redis", f.Status().URL, "replica", f.Replica())
+	}
 	srv, err := sidecar.New(sc)
 	if err != nil {
 		audit.Close()

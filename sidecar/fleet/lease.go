@@ -1,0 +1,222 @@
+package fleet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Lease is this replica's claim on an artifact: while it holds it, the
+// other replicas wait for it instead of fetching the artifact too.
+type Lease struct {
+	f     *Fleet
+	rkey  string // the Redis key (hashed)
+	hash  string
+	token string
+	once  sync.Once
+}
+
+// Lease tries to take the lease on key (an artifact key such as
+// "example.test/m/@v/v1.0.0.zip") for ttl. It returns the lease if this
+// replica got it, (nil, nil) if another replica holds it, and an error
+// if Redis could not be asked (the caller then fetches by itself). The
+// key is stored hashed: module paths may be private.
+func (f *Fleet) Lease(ctx context.Context, key string, ttl time.Duration) (*Lease, error) {
+	if ttl <= 0 {
+		return nil, fmt.Errorf("fleet: lease ttl %v: must be positive", ttl)
+	}
+	h := hashKey(key)
+	l := &Lease{f: f, rkey: f.key("lease", h), hash: h, token: f.replica + ":" + randomHex(8)}
+	err := f.do(ctx, func(ctx context.Context) error {
+		return f.rdb.SetArgs(ctx, l.rkey, l.token, redis.SetArgs{Mode: "NX", TTL: ttl}).Err()
+	})
+	switch {
+	case errors.Is(err, redis.Nil):
+		return nil, nil
+	case err != nil:
+		return nil, err
+	}
+	f.leases.Add(1)
+	return l, nil
+}
+
+// releaseScript deletes the lease only if it is still the caller's (it
+// may have expired and been taken by another replica), and then tells
+// the waiters.
+var releaseScript = redis.NewScript(`
+if redis.call("GET", KEYS[1]) == ARGV[1] then
+	redis.call("DEL", KEYS[1])
+	redis.call("PUBLISH", ARGV[2], ARGV[3])
+	return 1
+end
+return 0
+`)
+
+// Release gives the lease up, if it is still this replica's, and wakes
+// the replicas waiting for it. It is best effort and bounded in time (a
+// lease not released expires with its ttl); calls after the first do
+// nothing.
+func (l *Lease) Release() {
+	l.once.Do(func() {
+		f := l.f
+		err := f.do(context.Background(), func(ctx context.Context) error {
+			return releaseScript.Run(ctx, f.rdb, []string{l.rkey}, l.token, f.key("release", "leases"), l.hash).Err()
+		})
+		if err != nil {
+			f.log.Debug("fleet: lease not released; it expires with its ttl", "error", err)
+		}
+	})
+}
+
+// Wait waits until the lease on key is released or has expired, and
+// returns nil then (the artifact is in the shared store, or its fetcher
+// gave up). It returns ctx's error when ctx ends first, and another error
+// when Redis fails: the caller then fetches by itself. It is woken by the
+// release's pub/sub message, and checks the lease every pollEvery (and at
+// its expiry) in case a message was lost.
+func (f *Fleet) Wait(ctx context.Context, key string) error {
+	f.waits.Add(1)
+	w := f.watcher()
+	if w == nil {
+		return errors.New("fleet: closed")
+	}
+	h := hashKey(key)
+	wake := w.add(h)
+	defer w.remove(h, wake)
+	rkey := f.key("lease", h)
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	<-timer.C
+	for {
+		var left time.Duration
+		err := f.do(ctx, func(ctx context.Context) error {
+			var err error
+			left, err = f.rdb.PTTL(ctx, rkey).Result()
+			return err
+		})
+		if err != nil {
+			if ctx.Err() != nil {
+				f.waitTimeout.Add(1)
+			}
+			return err
+		}
+		if left == -2 || left == 0 {
+			return nil // no such key (PTTL's -2), or expiring now
+		}
+		next := pollEvery
+		if left > 0 && left < next {
+			next = left + time.Millisecond
+		}
+		timer.Reset(next)
+		select {
+		case <-wake:
+			if !timer.Stop() {
+				<-timer.C
+			}
+		case <-timer.C:
+		case <-ctx.Done():
+			f.waitTimeout.Add(1)
+			return ctx.Err()
+		}
+	}
+}
+
+// watcher returns the fleet's release watcher, starting it on first use,
+// or nil once the fleet is closed.
+func (f *Fleet) watcher() *watcher {
+	f.watchOnce.Do(func() {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if !f.closed {
+			f.watch = startWatcher(f)
+		}
+	})
+	return f.watch
+}
+
+// watcher is one subscription, shared by every Wait of the process, to
+// the channel on which releases are published. It wakes the waiters of
+// the released key, and every waiter when it (re)subscribes: a release
+// made while it was not subscribed is then seen by the waiter's check.
+type watcher struct {
+	ps   *redis.PubSub
+	done chan struct{}
+
+	mu      sync.Mutex
+	waiters map[string]map[chan struct{}]struct{}
+}
+
+func startWatcher(f *Fleet) *watcher {
+	w := &watcher{
+		ps:      f.rdb.Subscribe(context.Background(), f.key("release", "leases")),
+		done:    make(chan struct{}),
+		waiters: map[string]map[chan struct{}]struct{}{},
+	}
+	ch := w.ps.ChannelWithSubscriptions(redis.WithChannelHealthCheckInterval(time.Second))
+	go func() {
+		defer close(w.done)
+		for m := range ch {
+			switch m := m.(type) {
+			case *redis.Subscription:
+				w.wakeAll()
+			case *redis.Message:
+				w.wakeKey(m.Payload)
+			}
+		}
+	}()
+	return w
+}
+
+func (w *watcher) add(h string) chan struct{} {
+	c := make(chan struct{}, 1)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.waiters[h] == nil {
+		w.waiters[h] = map[chan struct{}]struct{}{}
+	}
+	w.waiters[h][c] = struct{}{}
+	return c
+}
+
+func (w *watcher) remove(h string, c chan struct{}) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	delete(w.waiters[h], c)
+	if len(w.waiters[h]) == 0 {
+		delete(w.waiters, h)
+	}
+}
+
+// wakeKey wakes the waiters for the lease of hash h.
+func (w *watcher) wakeKey(h string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	notify(w.waiters[h])
+}
+
+// wakeAll wakes every waiter, to check its lease again.
+func (w *watcher) wakeAll() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, cs := range w.waiters {
+		notify(cs)
+	}
+}
+
+func notify(cs map[chan struct{}]struct{}) {
+	for c := range cs {
+		select {
+		case c <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (w *watcher) stop() {
+	w.ps.Close()
+	<-w.done
+}
