@@ -469,7 +469,7 @@ func TestFleetModuleSet(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	if got, want := tally(u.take()), (upstreamTally{requests: 6, distinct: 4, other: 1}); got != want {
+	if got, want := tally(u.take()), (upstreamTally{requests: 6, distinct: 4, other: 1, extraInfo: 1, extraZip: 1}); got != want {
 		t.Errorf("tally %+v, want %+v", got, want)
 	}
 	if got := u.take(); len(got) != 0 {
@@ -477,19 +477,26 @@ func TestFleetModuleSet(t *testing.T) {
 	}
 }
 
-func TestIsArtifact(t *testing.T) {
-	for p, want := range map[string]bool{
-		"/fixture.test/m/@v/v1.0.0.info":       true,
-		"/fixture.test/m/@v/v1.0.0.mod":        true,
-		"/fixture.test/!big/@v/v1.2.3-pre.zip": true,
-		"/fixture.test/m/@v/list":              false,
-		"/fixture.test/m/@latest":              false,
-		"/fixture.test/m/@v/.info":             false,
-		"/sumdb/sum.example.test/supported":    false,
+func TestArtifactKind(t *testing.T) {
+	for p, want := range map[string]string{
+		"/fixture.test/m/@v/v1.0.0.info":       ".info",
+		"/fixture.test/m/@v/v1.0.0.mod":        ".mod",
+		"/fixture.test/!big/@v/v1.2.3-pre.zip": ".zip",
+		"/fixture.test/m/@v/list":              "",
+		"/fixture.test/m/@latest":              "",
+		"/fixture.test/m/@v/.info":             "",
+		"/sumdb/sum.example.test/supported":    "",
 	} {
-		if got := isArtifact(p); got != want {
-			t.Errorf("isArtifact(%q) = %v, want %v", p, got, want)
+		if got := artifactKind(p); got != want {
+			t.Errorf("artifactKind(%q) = %q, want %q", p, got, want)
 		}
+	}
+	tl := tally(map[string]int{"/a/@v/v1.0.0.info": 3, "/a/@v/v1.0.0.mod": 1, "/a/@v/v1.0.0.zip": 2, "/a/@v/list": 4})
+	if want := (upstreamTally{requests: 6, distinct: 3, other: 4, extraInfo: 2, extraZip: 1}); tl != want {
+		t.Errorf("tally %+v, want %+v", tl, want)
+	}
+	if got, want := tl.extras(), "+2 .info, +1 .zip"; got != want {
+		t.Errorf("extras %q, want %q", got, want)
 	}
 	if got := (upstreamTally{requests: 270}).perArtifact(90); got != 3 {
 		t.Errorf("270 requests over 90 artifacts: %v per artifact", got)
@@ -554,9 +561,15 @@ func TestFleetReport(t *testing.T) {
 	if v, text := fleetTarget(r.fleet); v != "met   " || text != "fleet: upstream requests per artifact ≤ 1.0 (N=1,3): 1.00 at N=1, 1.00 at N=3" {
 		t.Errorf("target %q %q", v, text)
 	}
-	r.fleetRun(run(6, "fleet", 2*time.Second, 100))
+	six := run(6, "fleet", 2*time.Second, 100)
+	six.tally.extraZip = 10
+	r.fleetRun(six)
 	if v, text := fleetTarget(r.fleet); v != "MISSED" || !strings.HasSuffix(text, "1.11 at N=6") {
 		t.Errorf("target with 100 requests for 90 artifacts: %q %q", v, text)
+	}
+	_, by = fleetByN(r.fleet)
+	if got, want := fleetLine(6, by[6]), "fleet cold start N=6: fleet 1.11 upstream requests/artifact, 2.00 s (+10 .zip); independent not run"; got != want {
+		t.Errorf("line\n%s\nwant\n%s", got, want)
 	}
 
 	skipped := []*fleetResult{run(1, "independent", 600*time.Millisecond, 90), {n: 1, setup: "fleet", skip: errFleetUnsupported.Error()}}
@@ -566,5 +579,28 @@ func TestFleetReport(t *testing.T) {
 	}
 	if v, text := fleetTarget(skipped); v != "n/a   " || !strings.HasSuffix(text, "N=1 fleet.redis not supported by this modgate") {
 		t.Errorf("target without fleet runs: %q %q", v, text)
+	}
+}
+
+func TestAddSeries(t *testing.T) {
+	exp := []byte(`# HELP modgate_fleet_leases_total Leases.
+modgate_fleet_leases_total{modgate_fleet_lease_result="taken",otel_scope_name="m"} 30
+modgate_fleet_leases_total{modgate_fleet_lease_result="waited",otel_scope_name="m"} 58
+modgate_fleet_leases_total_other{modgate_fleet_lease_result="taken"} 7
+modgate_cache_shared_requests_total{modgate_cache_shared_op="get",modgate_cache_shared_result="hit",modgate_cache_shared_tier="public"} 58
+modgate_cache_shared_requests_total{modgate_cache_shared_op="put",modgate_cache_shared_result="hit",modgate_cache_shared_tier="public"} 30
+modgate_cache_shared_requests_total{modgate_cache_shared_op="get",modgate_cache_shared_result="miss",modgate_cache_shared_tier="public"} 2
+`)
+	leases, gets := map[string]float64{"taken": 1}, map[string]float64{}
+	addSeries(exp, "modgate_fleet_leases_total", "modgate_fleet_lease_result", nil, leases)
+	addSeries(exp, "modgate_cache_shared_requests_total", "modgate_cache_shared_result", map[string]string{"modgate_cache_shared_op": "get"}, gets)
+	if got, want := countsText(leases, "taken", "waited", "wait_timeout"), "taken 31, waited 58"; got != want {
+		t.Errorf("leases %q, want %q", got, want)
+	}
+	if got, want := countsText(gets, "hit", "miss"), "hit 58, miss 2"; got != want {
+		t.Errorf("gets %q, want %q", got, want)
+	}
+	if got, want := countsText(map[string]float64{"z": 1, "a": 2, "hit": 0}, "hit"), "a 2, z 1"; got != want {
+		t.Errorf("others %q, want %q", got, want)
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -127,31 +128,35 @@ func newFleetModuleSet(n int) (*fleetModuleSet, error) {
 	return ms, nil
 }
 
-// isArtifact reports whether an upstream path is an immutable artifact:
-// a version's .info, .mod or .zip (not a list or @latest).
-func isArtifact(path string) bool {
+// artifactKind is what kind of immutable artifact an upstream path is: a
+// version's ".info", ".mod" or ".zip", or "" for anything else (a list,
+// @latest).
+func artifactKind(path string) string {
 	_, file, ok := strings.Cut(path, "/@v/")
 	if !ok {
-		return false
+		return ""
 	}
 	for _, ext := range []string{".info", ".mod", ".zip"} {
 		if v, ok := strings.CutSuffix(file, ext); ok && v != "" && !strings.Contains(v, "/") {
-			return true
+			return ext
 		}
 	}
-	return false
+	return ""
 }
 
 // upstreamTally sums what an upstream was asked: requests for immutable
-// artifacts, the distinct artifacts among them, and the other requests.
+// artifacts, the distinct artifacts among them, the requests beyond the
+// first for an artifact by kind, and the other requests.
 type upstreamTally struct {
-	requests, distinct, other int
+	requests, distinct, other     int
+	extraInfo, extraMod, extraZip int
 }
 
 func tally(counts map[string]int) upstreamTally {
 	var t upstreamTally
 	for p, n := range counts {
-		if !isArtifact(p) {
+		kind := artifactKind(p)
+		if kind == "" {
 			t.other += n
 			continue
 		}
@@ -159,8 +164,25 @@ func tally(counts map[string]int) upstreamTally {
 		if n > 0 {
 			t.distinct++
 		}
+		extra := map[string]*int{".info": &t.extraInfo, ".mod": &t.extraMod, ".zip": &t.extraZip}[kind]
+		*extra += max(0, n-1)
 	}
 	return t
+}
+
+// extras says which kinds of artifact were asked for more than once, as
+// "+2 .info, +1 .zip", or "" if none was.
+func (t upstreamTally) extras() string {
+	var parts []string
+	for _, k := range []struct {
+		n    int
+		kind string
+	}{{t.extraInfo, ".info"}, {t.extraMod, ".mod"}, {t.extraZip, ".zip"}} {
+		if k.n > 0 {
+			parts = append(parts, fmt.Sprintf("+%d %s", k.n, k.kind))
+		}
+	}
+	return strings.Join(parts, ", ")
 }
 
 // perArtifact is upstream requests per artifact of a set of artifacts.
@@ -221,6 +243,9 @@ type fleetResult struct {
 	wall      time.Duration
 	tally     upstreamTally
 	artifacts int // in the module set
+	// From the replicas' /metrics, summed: lease results (taken, waited,
+	// wait_timeout, unavailable) and shared store reads (hit, miss, ...).
+	leases, sharedGets map[string]float64
 }
 
 func (f *fleetResult) perArtifact() float64 { return f.tally.perArtifact(f.artifacts) }
@@ -250,7 +275,8 @@ type fleetBench struct {
 	redis    *child
 	vgw      *child
 	vgwRoot  string
-	skip     map[string]string // setup → why it cannot run
+	skip     map[string]string // setup → why it cannot run, in short
+	notes    []string          // why a server did not start, in full
 	runs     int
 	children []*child
 }
@@ -282,16 +308,22 @@ func startFleetBench(o options, dir string) (*fleetBench, func(), error) {
 		}
 		srv.Close()
 	}
+	var missing []string
+	if fb.vgw, fb.vgwRoot, err = startVersityGW(o.fleet.versitygw, dir); err != nil {
+		fb.notes = append(fb.notes, err.Error())
+		fb.skip["shared"] = "skipped: no versitygw"
+		missing = append(missing, "no versitygw")
+	} else {
+		fb.children = append(fb.children, fb.vgw)
+	}
 	if fb.redis, err = startRedis(o.fleet.redis, dir); err != nil {
-		fb.skip["fleet"] = err.Error()
+		fb.notes = append(fb.notes, err.Error())
+		missing = append(missing, "no redis-server")
 	} else {
 		fb.children = append(fb.children, fb.redis)
 	}
-	if fb.vgw, fb.vgwRoot, err = startVersityGW(o.fleet.versitygw, dir); err != nil {
-		fb.skip["fleet"] = err.Error()
-		fb.skip["shared"] = err.Error()
-	} else {
-		fb.children = append(fb.children, fb.vgw)
+	if len(missing) > 0 {
+		fb.skip["fleet"] = "skipped: " + strings.Join(missing, ", ")
 	}
 	return fb, stop, nil
 }
@@ -482,10 +514,90 @@ func (fb *fleetBench) run(setup fleetSetup, n int) (*fleetResult, error) {
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("fleet %s N=%d: %w", setup.name, n, err)
 	}
+	res.leases, res.sharedGets = map[string]float64{}, map[string]float64{}
+	for _, r := range replicas {
+		if err := scrapeFleetMetrics(r, res.leases, res.sharedGets); err != nil {
+			fmt.Fprintf(os.Stderr, "bench: %s metrics: %v\n", r.name, err)
+		}
+	}
 	stopAll(replicas)
 	replicas = nil
 	res.tally = tally(fb.up.take())
 	return res, nil
+}
+
+// scrapeFleetMetrics adds a replica's lease results and shared store
+// reads, from its /metrics, to leases and gets.
+func scrapeFleetMetrics(c *child, leases, gets map[string]float64) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+c.admin+"/metrics", nil)
+	resp, err := c.ctl.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	addSeries(data, "modgate_fleet_leases_total", "modgate_fleet_lease_result", nil, leases)
+	addSeries(data, "modgate_cache_shared_requests_total", "modgate_cache_shared_result", map[string]string{"modgate_cache_shared_op": "get"}, gets)
+	return nil
+}
+
+// addSeries adds the values of metric's series in a Prometheus text
+// exposition to sums, by the value of label, over the series whose labels
+// include every one of match.
+func addSeries(exposition []byte, metric, label string, match map[string]string, sums map[string]float64) {
+	for line := range strings.Lines(string(exposition)) {
+		rest, ok := strings.CutPrefix(line, metric+"{")
+		if !ok {
+			continue
+		}
+		labels, value, ok := strings.Cut(rest, "} ")
+		if !ok {
+			continue
+		}
+		v, err := strconv.ParseFloat(strings.Fields(value)[0], 64)
+		if err != nil {
+			continue
+		}
+		kv := map[string]string{}
+		for _, l := range strings.Split(labels, ",") {
+			if k, val, ok := strings.Cut(l, "="); ok {
+				kv[k] = strings.Trim(val, `"`)
+			}
+		}
+		good := kv[label] != ""
+		for k, want := range match {
+			good = good && kv[k] == want
+		}
+		if good {
+			sums[kv[label]] += v
+		}
+	}
+}
+
+// countsText is "a 3, b 1" of the non-zero counts, in the order of names
+// and then the others sorted.
+func countsText(counts map[string]float64, names ...string) string {
+	var parts []string
+	seen := map[string]bool{}
+	for _, n := range names {
+		seen[n] = true
+		if counts[n] != 0 {
+			parts = append(parts, fmt.Sprintf("%s %.0f", n, counts[n]))
+		}
+	}
+	var rest []string
+	for n, v := range counts {
+		if !seen[n] && v != 0 {
+			rest = append(rest, fmt.Sprintf("%s %.0f", n, v))
+		}
+	}
+	slices.Sort(rest)
+	return strings.Join(append(parts, rest...), ", ")
 }
 
 // stopAll stops the children at once and waits for them all.
@@ -570,9 +682,7 @@ func runFleet(o options, dir string, out *report) error {
 	defer stop()
 	out.fleetModules = fleetModuleCount
 	out.fleetMiB = mib(fb.set.bytes)
-	for setup, why := range fb.skip {
-		out.fleetNotes = append(out.fleetNotes, fmt.Sprintf("no %s setup: %s", setup, firstLine(why)))
-	}
+	out.fleetNotes = fb.notes
 	for _, n := range o.fleet.replicas {
 		for _, s := range fleetSetups {
 			res, err := fb.run(s, n)
@@ -626,7 +736,11 @@ func fleetLine(n int, by map[string]*fleetResult) string {
 		}
 		return fmt.Sprintf("%.2f%s, %.2f s", res.perArtifact(), unit, res.wall.Seconds())
 	}
-	s := fmt.Sprintf("fleet cold start N=%d: fleet %s; independent %s", n, part("fleet", " upstream requests/artifact"), part("independent", "/artifact"))
+	fleet := part("fleet", " upstream requests/artifact")
+	if f := by["fleet"]; f != nil && f.skip == "" && f.tally.extras() != "" {
+		fleet += " (" + f.tally.extras() + ")"
+	}
+	s := fmt.Sprintf("fleet cold start N=%d: fleet %s; independent %s", n, fleet, part("independent", "/artifact"))
 	if f, i := by["fleet"], by["independent"]; f != nil && i != nil && f.skip == "" && i.skip == "" {
 		s += fmt.Sprintf(" (fleet %.2f× the wall time)", f.wall.Seconds()/i.wall.Seconds())
 	}
@@ -641,6 +755,10 @@ func (r *report) fleetBlock() block {
 	ns, by := fleetByN(r.fleet)
 	for _, n := range ns {
 		b.lines = append(b.lines, []string{fleetLine(n, by[n])})
+		if f := by[n]["fleet"]; f != nil && f.skip == "" && f.leases != nil {
+			b.lines = append(b.lines, []string{fmt.Sprintf("  fleet N=%d, summed over the replicas: leases %s; shared store reads %s", n,
+				orNone(countsText(f.leases, "taken", "waited", "wait_timeout", "unavailable")), orNone(countsText(f.sharedGets, "hit", "miss")))})
+		}
 	}
 	return b
 }
@@ -674,6 +792,13 @@ func fleetTarget(rs []*fleetResult) (verdict, text string) {
 		verdict = "MISSED"
 	}
 	return verdict, "fleet: upstream requests per artifact ≤ 1.0 (N=" + joinInts(ns, ",") + "): " + strings.Join(parts, ", ")
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
 }
 
 func joinInts(ns []int, sep string) string {

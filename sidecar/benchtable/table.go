@@ -239,6 +239,10 @@ func (r *report) table() {
 			fmt.Fprintln(r.w)
 		}
 		for _, l := range b.lines {
+			if len(l) == 1 { // a line of text
+				fmt.Fprintf(r.w, "  %s\n", l[0])
+				continue
+			}
 			fmt.Fprintf(r.w, "  %s", pad(l[0], wl, true))
 			for _, v := range l[1:] {
 				fmt.Fprintf(r.w, "  %s", pad(v, wv, false))
