@@ -64,6 +64,13 @@ func (s *Server) claim(ctx context.Context, t tiers, key string) (release func()
 		s.leases.unavailable.Add(1)
 		return func() {}, false
 	case lease != nil:
+		// The lease may be free because its last holder just stored the
+		// artifact and let go, after this replica looked in the store.
+		if s.fromStore(ctx, t, key) {
+			lease.Release()
+			s.leases.waited.Add(1)
+			return func() {}, true
+		}
 		s.leases.taken.Add(1)
 		return lease.Release, false
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -171,7 +172,8 @@ func TestSharedStoreDown(t *testing.T) {
 	defer shared.Close()
 	e := newEnv(t)
 	p := e.proxy(t, true)
-	url := startGate(t, sidecar.Config{Cache: sidecar.CacheConfig{Dir: t.TempDir(), Shared: shared},
+	url, srv := startGateServer(t, sidecar.Config{Cache: sidecar.CacheConfig{Dir: t.TempDir(), Shared: shared},
+		Telemetry: newTelemetry(t, nil),
 		Upstreams: []upstream.Config{{Name: "fixtures", URL: p.URL}}})
 	e.go_.UseProxy(url, e.db)
 	if out, err := e.download("fixture.test/app@v1.0.0", "fixture.test/dep05@v1.1.0"); err != nil {
@@ -184,4 +186,29 @@ func TestSharedStoreDown(t *testing.T) {
 	if _, err := shared.Get(context.Background(), "x", new(bytes.Buffer)); !errors.Is(err, store.ErrUnavailable) {
 		t.Fatalf("a dead store is not skipped: %v", err)
 	}
+	// Said on the status page and in the metrics.
+	for page, wants := range map[string][]string{
+		"/": {"shared store (public)", `<span class="badge open">down</span>`, `<td class="failure">get fixture.test/`},
+		"/metrics": {`modgate_cache_shared_up{modgate_cache_shared_tier="public",`,
+			`modgate_cache_shared_requests_total{modgate_cache_shared_op="get",modgate_cache_shared_result="error",modgate_cache_shared_tier="public",`,
+			`modgate_cache_shared_requests_total{modgate_cache_shared_op="get",modgate_cache_shared_result="skipped",modgate_cache_shared_tier="public",`},
+	} {
+		rec := httptest.NewRecorder()
+		srv.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "http://127.0.0.1"+page, nil))
+		for _, want := range wants {
+			if !strings.Contains(rec.Body.String(), want) {
+				t.Errorf("%s lacks %s\n%s", page, want, grepLines(rec.Body.String(), "shared"))
+			}
+		}
+	}
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }

@@ -144,6 +144,7 @@ type statusPage struct {
 	Exporting                            string
 	BaselineWindow                       string
 	Upstreams                            []statusUpstream
+	Fleet                                fleetStatus
 	Others                               []statusUpstream // baselines of forward mode's origins and the like
 	Requests, Denials                    []statusRow
 	Total                                int
@@ -204,6 +205,7 @@ func (s *Server) statusPage(now time.Time) statusPage {
 		}
 	}
 
+	p.Fleet = s.fleetStatus()
 	report := s.tel.Baselines().Snapshot()
 	p.BaselineWindow = strings.TrimSuffix((time.Duration(report.WindowSeconds) * time.Second).String(), "0s")
 	byName := map[string][]telemetry.BaselineRow{}

@@ -61,13 +61,13 @@ func (t *Telemetry) ObserveFleet(read func() FleetReading) (unregister func() er
 	m := t.meter
 	requests, err1 := m.Int64ObservableCounter(MetricSharedRequests, metric.WithUnit("{request}"),
 		metric.WithDescription("Requests to the shared store, by operation and result; skipped: the store failed repeatedly and upstreams were asked instead."))
-	up, err2 := m.Int64ObservableGauge(MetricSharedUp, metric.WithUnit("1"),
+	up, err2 := m.Int64ObservableGauge(MetricSharedUp,
 		metric.WithDescription("1 while the shared store is used, 0 while it is skipped for its failures."))
 	leases, err3 := m.Int64ObservableCounter(MetricFleetLeases, metric.WithUnit("{lease}"),
 		metric.WithDescription("Artifacts missing from every cache: taken (this replica fetched it for the fleet), waited (another replica did), wait_timeout, unavailable (Redis down: fetched without a lease)."))
 	news, err4 := m.Int64ObservableCounter(MetricFleetNews, metric.WithUnit("{message}"),
 		metric.WithDescription("Breaker news: an upstream's breaker opened or closed in this replica (sent) or another (received)."))
-	redisUp, err5 := m.Int64ObservableGauge(MetricFleetRedisUp, metric.WithUnit("1"),
+	redisUp, err5 := m.Int64ObservableGauge(MetricFleetRedisUp,
 		metric.WithDescription("1 while Redis answers, 0 while the fleet falls back to each replica on its own."))
 	for _, err := range []error{err1, err2, err3, err4, err5} {
 		if err != nil {
