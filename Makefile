@@ -67,9 +67,9 @@ $(STATICCHECK):
 # BENCHFLAGS go to the program, e.g. BENCHFLAGS='-d 2s -profile /tmp/prof'
 # (go run ./sidecar/benchtable -h lists them).
 BENCHFLAGS ?=
-bench: build bench-peers
+bench: build bench-peers $(REDIS_SERVER) $(VERSITYGW_BIN)
 	$(GO) build -o $(BIN)/benchtable ./sidecar/benchtable
-	$(BIN)/benchtable -modgate $(BIN)/modgate $(BENCHFLAGS)
+	REDIS_SERVER=$(REDIS_SERVER) VERSITYGW_BIN=$(VERSITYGW_BIN) $(BIN)/benchtable -modgate $(BIN)/modgate $(BENCHFLAGS)
 
 # The bench's peers, nginx and Squid, from Debian (their services are not
 # started: the bench runs its own, on loopback ports of its own). Where
