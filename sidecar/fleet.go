@@ -23,13 +23,18 @@ import (
 // DefaultFleetWait is how long a replica waits for another's fetch.
 const DefaultFleetWait = 30 * time.Second
 
+// leaseTTL is how long a lease outlives the replica holding it: it renews
+// the lease while it fetches, so the others wait for a live replica up
+// to FleetConfig.Wait, and for a dead one no longer than this.
+const leaseTTL = 10 * time.Second
+
 // FleetConfig is the coordination of a fleet's replicas.
 type FleetConfig struct {
 	// Fleet is the replicas' Redis. If nil, each replica is on its own.
 	Fleet *fleet.Fleet
 	// Wait is how long a replica waits for the replica that took the
-	// lease on an artifact (and how long a lease lasts); past it, it
-	// fetches the artifact itself. If zero, DefaultFleetWait.
+	// lease on an artifact; past it, it fetches the artifact itself. If
+	// zero, DefaultFleetWait.
 	Wait time.Duration
 }
 
@@ -58,7 +63,7 @@ func (s *Server) claim(ctx context.Context, t tiers, key string) (release func()
 		return func() {}, false
 	}
 	wait := s.cfg.Fleet.wait()
-	lease, err := f.Lease(ctx, key, wait)
+	lease, err := f.Lease(ctx, key, min(wait, leaseTTL))
 	switch {
 	case err != nil:
 		s.leases.unavailable.Add(1)
@@ -72,6 +77,7 @@ func (s *Server) claim(ctx context.Context, t tiers, key string) (release func()
 			return func() {}, true
 		}
 		s.leases.taken.Add(1)
+		lease.KeepAlive()
 		return lease.Release, false
 	}
 	wctx, cancel := context.WithTimeout(ctx, wait)

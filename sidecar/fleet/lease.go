@@ -17,7 +17,13 @@ type Lease struct {
 	rkey  string // the Redis key (hashed)
 	hash  string
 	token string
+	ttl   time.Duration
 	once  sync.Once
+
+	stopKeep  chan struct{} // closed by Release: KeepAlive's renewals stop
+	keepOnce  sync.Once
+	keepDone  chan struct{}
+	keepStart sync.Once
 }
 
 // Lease tries to take the lease on key (an artifact key such as
@@ -30,7 +36,8 @@ func (f *Fleet) Lease(ctx context.Context, key string, ttl time.Duration) (*Leas
 		return nil, fmt.Errorf("fleet: lease ttl %v: must be positive", ttl)
 	}
 	h := hashKey(key)
-	l := &Lease{f: f, rkey: f.key("lease", h), hash: h, token: f.replica + ":" + randomHex(8)}
+	l := &Lease{f: f, rkey: f.key("lease", h), hash: h, token: f.replica + ":" + randomHex(8), ttl: ttl,
+		stopKeep: make(chan struct{}), keepDone: make(chan struct{})}
 	err := f.do(ctx, func(ctx context.Context) error {
 		return f.rdb.SetArgs(ctx, l.rkey, l.token, redis.SetArgs{Mode: "NX", TTL: ttl}).Err()
 	})
@@ -62,6 +69,9 @@ return 0
 // nothing.
 func (l *Lease) Release() {
 	l.once.Do(func() {
+		close(l.stopKeep)
+		l.keepStart.Do(func() { close(l.keepDone) }) // KeepAlive never started
+		<-l.keepDone                                 // no renewal after the delete
 		f := l.f
 		err := f.do(context.Background(), func(ctx context.Context) error {
 			return releaseScript.Run(ctx, f.rdb, []string{l.rkey}, l.token, f.key("release", "leases"), l.hash).Err()
@@ -69,6 +79,46 @@ func (l *Lease) Release() {
 		if err != nil {
 			f.log.Debug("fleet: lease not released; it expires with its ttl", "error", err)
 		}
+	})
+}
+
+// renewScript extends the lease only if it is still the caller's.
+var renewScript = redis.NewScript(`
+if redis.call("GET", KEYS[1]) == ARGV[1] then
+	return redis.call("PEXPIRE", KEYS[1], ARGV[2])
+end
+return 0
+`)
+
+// KeepAlive renews the lease every third of its ttl until Release, so
+// that a short ttl can bound how long the others wait for a replica that
+// died holding it, while a live one keeps it through a long fetch. It
+// stops early when the lease is lost (expired and taken, or Redis down):
+// the worst that follows is a second fetch of the artifact.
+func (l *Lease) KeepAlive() {
+	l.keepStart.Do(func() {
+		go func() {
+			defer close(l.keepDone)
+			t := time.NewTicker(l.ttl / 3)
+			defer t.Stop()
+			for {
+				select {
+				case <-l.stopKeep:
+					return
+				case <-t.C:
+				}
+				var kept int64
+				err := l.f.do(context.Background(), func(ctx context.Context) error {
+					var err error
+					kept, err = renewScript.Run(ctx, l.f.rdb, []string{l.rkey}, l.token, l.ttl.Milliseconds()).Int64()
+					return err
+				})
+				if err != nil || kept == 0 {
+					l.f.log.Debug("fleet: lease lost; another replica may fetch the artifact too", "error", err)
+					return
+				}
+			}
+		}()
 	})
 }
 
