@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http/httptest"
 	"os"
@@ -211,4 +212,44 @@ func grepLines(s, sub string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// TestSharedPrivate: private modules go to the private shared store only,
+// public ones to the public store only; without a private store, private
+// modules never reach a shared store at all.
+func TestSharedPrivate(t *testing.T) {
+	fx := loadFixtures(t)
+	p := modtest.NewProxy(t, fx)
+	pol, _ := policyStore(t, "private: [\"fixture.test/dep08\"]\n")
+	for _, withPrivate := range []bool{true, false} {
+		t.Run(fmt.Sprintf("private store %v", withPrivate), func(t *testing.T) {
+			pub, pubDir := fileStore(t)
+			cc := sidecar.CacheConfig{Dir: t.TempDir(), PrivateDir: t.TempDir(), Shared: pub}
+			var privDir string
+			if withPrivate {
+				cc.SharedPrivate, privDir = fileStore(t)
+			}
+			url, srv := startGateServer(t, sidecar.Config{Policy: pol, Cache: cc,
+				Upstreams: []upstream.Config{{Name: "internal", URL: p.URL, Private: true}}})
+			for _, m := range []string{"dep08", "dep09"} {
+				if status, _, _ := rawGet(t, url, "/fixture.test/"+m+"/@v/v1.0.0.zip"); status != 200 {
+					t.Fatalf("%s: %d", m, status)
+				}
+			}
+			srv.Settle()
+			in := func(dir, m string) bool {
+				if dir == "" {
+					return false
+				}
+				_, err := os.Stat(filepath.Join(dir, "fixture.test", m, "@v", "v1.0.0.zip"))
+				return err == nil
+			}
+			if !in(pubDir, "dep09") || in(pubDir, "dep08") {
+				t.Errorf("public store: dep09 %v (want true), private dep08 %v (want false)", in(pubDir, "dep09"), in(pubDir, "dep08"))
+			}
+			if withPrivate && (!in(privDir, "dep08") || in(privDir, "dep09")) {
+				t.Errorf("private store: dep08 %v (want true), public dep09 %v (want false)", in(privDir, "dep08"), in(privDir, "dep09"))
+			}
+		})
+	}
 }
