@@ -396,7 +396,7 @@ func TestStatusHidesPassword(t *testing.T) {
 	if !st.Up || st.LastError != "" {
 		t.Errorf("status %+v; want up", st)
 	}
-	if want := "redis://:xxxxx@" + srv.Addr() + "/0"; st.URL != want {
+	if want := "redis://:xxxxx@" + srv.Addr + "/0"; st.URL != want {
 		t.Errorf("status URL %q; want %q", st.URL, want)
 	}
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -23,8 +24,9 @@ type RedisServer struct {
 }
 
 // Redis runs redis-server for the rest of t on a free loopback port and
-// waits until it answers PING. It skips t when there is no redis-server.
-func Redis(t testing.TB) *RedisServer {
+// waits until it answers PING. extra are more arguments (e.g.
+// "--requirepass", "pw"). It skips t when there is no redis-server.
+func Redis(t testing.TB, extra ...string) *RedisServer {
 	t.Helper()
 	bin := binary(t, EnvRedis, "redis-server")
 	dir := t.TempDir()
@@ -34,7 +36,7 @@ func Redis(t testing.TB) *RedisServer {
 			name: "redis-server",
 			bin:  bin,
 			// No config file: Debian's /etc/redis/redis.conf is not read.
-			args: []string{
+			args: append([]string{
 				"--bind", "127.0.0.1",
 				"--port", port,
 				"--save", "",
@@ -43,7 +45,7 @@ func Redis(t testing.TB) *RedisServer {
 				"--daemonize", "no",
 				"--protected-mode", "yes",
 				"--logfile", "",
-			},
+			}, extra...),
 			env:     childEnv(),
 			dir:     dir,
 			logPath: filepath.Join(dir, "redis.log"),
@@ -82,7 +84,8 @@ func ping(addr string) error {
 	if err != nil {
 		return err
 	}
-	if line != "+PONG\r\n" {
+	// A server with a password answers, if not PONG: that is enough.
+	if line != "+PONG\r\n" && !strings.HasPrefix(line, "-NOAUTH") {
 		return fmt.Errorf("PING answered %q", line)
 	}
 	return nil
