@@ -21,7 +21,6 @@ type Lease struct {
 	once  sync.Once
 
 	stopKeep  chan struct{} // closed by Release: KeepAlive's renewals stop
-	keepOnce  sync.Once
 	keepDone  chan struct{}
 	keepStart sync.Once
 }
