@@ -305,6 +305,11 @@ func scrub(s, password string) string {
 	return strings.ReplaceAll(s, password, "xxxxx")
 }
 
+// Ping asks Redis for PONG (modgate doctor).
+func (f *Fleet) Ping(ctx context.Context) error {
+	return f.do(ctx, func(ctx context.Context) error { return f.rdb.Ping(ctx).Err() })
+}
+
 // LogTo sends the Redis client's own messages (a dial that failed, a
 // subscription that reconnects: many a second while Redis is down) to l
 // at debug level, instead of standard error. The client's logger is one

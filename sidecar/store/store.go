@@ -11,6 +11,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -252,6 +253,26 @@ func (s *Store) Exists(ctx context.Context, key string) (bool, error) {
 		return struct{}{}, err
 	})
 	return ok, s.unavailable(err)
+}
+
+// Probe writes a small object, reads it back through the integrity check
+// and deletes it: whether the store can be reached, and this process's
+// credentials may write, read and delete (modgate doctor).
+func (s *Store) Probe(ctx context.Context) error {
+	key := "modgate-doctor/probe-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	body := []byte("modgate doctor wrote this and deletes it\n")
+	sum := sha256.Sum256(body)
+	obj := Object{Size: int64(len(body)), SHA256: hex.EncodeToString(sum[:]), ContentType: "text/plain"}
+	if err := s.Put(ctx, key, bytes.NewReader(body), obj); err != nil {
+		return fmt.Errorf("write: %w", err)
+	}
+	if _, err := s.Get(ctx, key, io.Discard); err != nil {
+		return fmt.Errorf("read back: %w", err)
+	}
+	if err := s.bucket.Delete(ctx, key); err != nil {
+		return fmt.Errorf("delete: %s", Redact(err.Error()))
+	}
+	return nil
 }
 
 // failed turns a bucket error into ErrNotExist or a described failure,

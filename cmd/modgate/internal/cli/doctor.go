@@ -13,6 +13,10 @@ import (
 	"golang.org/x/term"
 
 	"github.com/modgate/modgate/cmd/modgate/internal/doctor"
+	"github.com/modgate/modgate/sidecar"
+	"github.com/modgate/modgate/sidecar/fleet"
+	"github.com/modgate/modgate/sidecar/store"
+	"github.com/modgate/modgate/sidecar/upstream"
 )
 
 const doctorUsage = `usage: modgate doctor [--json] [--scan DIR] [--policy F] [--no-probe] [modgate run flags]
@@ -96,6 +100,7 @@ func (a *App) doctor(ctx context.Context, args []string) error {
 			if cfg.Admin != "" {
 				m.AdminURL = "http://" + clientAddr(cfg.Admin)
 			}
+			m.Fleet = fleetParts(cfg, sc)
 			for i, u := range cfg.Upstreams {
 				du := doctor.Upstream{Name: u.Name, URL: u.URL}
 				if i < len(sc.Upstreams) {
@@ -129,4 +134,29 @@ func (a *App) doctor(ctx context.Context, args []string) error {
 		return fmt.Errorf("%w: %s", errDoctorFailed, report.Counts())
 	}
 	return nil
+}
+
+// fleetParts are the shared stores and the Redis of the config, for
+// doctor to probe.
+func fleetParts(cfg Config, sc sidecar.Config) []doctor.FleetPart {
+	var parts []doctor.FleetPart
+	for _, st := range []struct {
+		tier string
+		s    *store.Store
+	}{{"public", sc.Cache.Shared}, {"private", sc.Cache.SharedPrivate}} {
+		if st.s != nil {
+			parts = append(parts, doctor.FleetPart{Name: "shared store (" + st.tier + ")", Where: st.s.Name(), Probe: st.s.Probe})
+		}
+	}
+	if raw := cfg.Fleet.Redis; raw != "" {
+		parts = append(parts, doctor.FleetPart{Name: "Redis", Where: upstream.RedactURL(raw), Probe: func(ctx context.Context) error {
+			f, err := fleet.Open(fleet.Config{URL: raw})
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			return f.Ping(ctx)
+		}})
+	}
+	return parts
 }

@@ -30,6 +30,7 @@ import (
 
 	"github.com/modgate/modgate/cmd/modgate/internal/doctor"
 	"github.com/modgate/modgate/sidecar"
+	"github.com/modgate/modgate/sidecar/fleettest"
 	"github.com/modgate/modgate/sidecar/modtest"
 	"github.com/modgate/modgate/sidecar/sidecartest"
 	"github.com/modgate/modgate/sidecar/upstream"
@@ -427,5 +428,42 @@ func TestDoctorDeployConfig(t *testing.T) {
 	r := runDoctor(t, goenv, env, "--no-probe", "--listen", "0.0.0.0:7070", "--admin", "0.0.0.0:7071")
 	if r.code != 0 || r.report.Summary[doctor.Warn] != 0 || !r.has(doctor.Info, "gonosumdb", "") {
 		t.Errorf("the pod's config and policy, with its GONOSUMDB, are not clean:\n%s", r)
+	}
+}
+
+// TestDoctorFleet: doctor writes, reads back and deletes an object in the
+// shared store and pings Redis; a Redis that is not there is a warning
+// (modgate serves without it), with its password hidden.
+func TestDoctorFleet(t *testing.T) {
+	redis := fleettest.Redis(t)
+	fx := modtest.MustLoadFixtures(t, modtest.FixtureDir(t))
+	db := modtest.NewSumDB(t, "sum.fixture.test", fx)
+	p := modtest.NewProxy(t, fx, modtest.WithSumDB(db))
+	listen, admin := startDoctorGate(t, upstream.Config{Name: "fixtures", URL: p.URL})
+	goenv := fakeGoEnv(t, "testdata/doctor/goenv-good.json", map[string]string{"GOPROXY": "http://" + listen})
+	bucket := t.TempDir()
+	for _, c := range []struct {
+		redis string
+		sev   doctor.Severity
+		check string
+	}{
+		{redis.URL(), doctor.Info, "fleet"},
+		{"redis://:s3cr3t@" + freeAddr(t) + "/0", doctor.Warn, "fleet-unreachable"},
+	} {
+		env := map[string]string{"MODGATE_UPSTREAM": p.URL, "MODGATE_SUMDB": "sum.fixture.test",
+			"MODGATE_CACHE_DIR": t.TempDir(), "MODGATE_CACHE_SHARED": "file://" + bucket, "MODGATE_FLEET_REDIS": c.redis}
+		r := runDoctor(t, goenv, env, "--listen", listen, "--admin", admin, "--policy", "testdata/doctor/policy.yaml", "--module", "fixture.test/dep01")
+		if !r.has(doctor.Info, "fleet", "file://"+bucket) {
+			t.Errorf("no info on the shared store:\n%s", r)
+		}
+		if !r.has(c.sev, c.check, "redis://") {
+			t.Errorf("Redis at %s: want %s %s:\n%s", c.redis, c.sev, c.check, r)
+		}
+		if strings.Contains(fmt.Sprint(r.report), "s3cr3t") {
+			t.Errorf("the Redis password is in the report:\n%s", r)
+		}
+		if entries, _ := os.ReadDir(filepath.Join(bucket, "modgate-doctor")); len(entries) != 0 {
+			t.Errorf("doctor left %d objects in the store", len(entries))
+		}
 	}
 }

@@ -130,6 +130,19 @@ type Modgate struct {
 	ListenerCert *x509.Certificate
 	// Clients says who may use the listener; the zero value: everyone.
 	Clients Clients
+	// Fleet are the parts a fleet of modgates shares (shared stores,
+	// Redis), to be probed.
+	Fleet []FleetPart
+}
+
+// FleetPart is one thing a fleet of modgates shares.
+type FleetPart struct {
+	// Name says what it is: "shared store (public)", "Redis".
+	Name string
+	// Where is its URL with credentials hidden.
+	Where string
+	// Probe checks that modgate can use it.
+	Probe func(context.Context) error
 }
 
 // sumDBURL is where modgate reaches its checksum database directly.
@@ -215,6 +228,7 @@ func Run(ctx context.Context, opts Options) Report {
 	d.checkClients()
 	if opts.Probe && d.cfgOK {
 		d.probe(ctx, opts.Timeout, opts.Module)
+		d.probeFleet(ctx, opts.Timeout)
 	}
 	if opts.ScanDir != "" {
 		d.scan(opts.ScanDir)
