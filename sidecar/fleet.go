@@ -97,6 +97,30 @@ func (s *Server) claim(ctx context.Context, t tiers, key string) (release func()
 	return func() {}, false
 }
 
+// redisCheckEvery is how often an idle replica checks that Redis answers,
+// so that its status, metrics and alerts tell the truth without traffic.
+const redisCheckEvery = 2 * time.Second
+
+// watchRedis pings Redis every redisCheckEvery until stop is called.
+func (s *Server) watchRedis(f *fleet.Fleet) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(redisCheckEvery)
+		defer t.Stop()
+		for {
+			f.Ping(ctx)
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return func() { cancel(); <-done }
+}
+
 // chainNews is the upstream chain's side of breaker news: what this
 // replica's breakers do is published, what the others' do is held.
 func (s *Server) chainNews(opts *upstream.Options) {

@@ -489,6 +489,8 @@ func (s *Server) Serve(ctx context.Context, ln, adminLn net.Listener) error {
 	}
 	if f := s.cfg.Fleet.Fleet; f != nil {
 		defer f.Subscribe(s.heed)()
+		stop := s.watchRedis(f)
+		defer stop()
 	}
 	// Ready before the first request is served: one that has been
 	// answered implies readiness.

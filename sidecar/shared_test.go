@@ -3,6 +3,7 @@ package sidecar_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -11,8 +12,11 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/modgate/modgate/sidecar"
+	"github.com/modgate/modgate/sidecar/fleet"
+	"github.com/modgate/modgate/sidecar/fleettest"
 	"github.com/modgate/modgate/sidecar/modtest"
 	"github.com/modgate/modgate/sidecar/store"
 	"github.com/modgate/modgate/sidecar/upstream"
@@ -252,4 +256,47 @@ func TestSharedPrivate(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestIdleReplicaSeesRedis: a replica with no traffic still tells whether
+// Redis answers, on /debug/upstreams (and so in its metrics).
+func TestIdleReplicaSeesRedis(t *testing.T) {
+	redis := fleettest.Redis(t)
+	f, err := fleet.Open(fleet.Config{URL: redis.URL()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	_, srv := startGateServer(t, sidecar.Config{Fleet: sidecar.FleetConfig{Fleet: f},
+		Upstreams: []upstream.Config{{Name: "dead", URL: modtest.DeadURL(t)}}})
+	up := func() bool {
+		rec := httptest.NewRecorder()
+		srv.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "http://127.0.0.1/debug/upstreams", nil))
+		var page struct {
+			Fleet struct {
+				Redis struct {
+					Up bool `json:"up"`
+				} `json:"redis"`
+			} `json:"fleet"`
+		}
+		if err := json.Unmarshal(rec.Body.Bytes(), &page); err != nil {
+			t.Fatalf("/debug/upstreams: %v\n%s", err, rec.Body)
+		}
+		return page.Fleet.Redis.Up
+	}
+	waitFor := func(want bool) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for up() != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("Redis up = %v for 10 s, want %v", !want, want)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	waitFor(true)
+	redis.Kill()
+	waitFor(false)
+	redis.Restart(t)
+	waitFor(true)
 }
