@@ -357,13 +357,14 @@ func (s *Server) fly(ctx context.Context, f *flight, t tiers, key string, fetch 
 		f.mu.Unlock()
 	}
 	stored := s.fromStore(ctx, t, key)
-	release := func() {}
+	release := func(bool) {}
 	if !stored {
 		release, stored = s.claim(ctx, t, key)
 	}
 	// Given up once the artifact is in the store (or its fetch failed):
 	// the replicas waiting for it look there then.
-	defer release()
+	var inStore bool
+	defer func() { release(inStore) }()
 	if stored {
 		f.mu.Lock()
 		f.stored = true
@@ -446,7 +447,7 @@ func (s *Server) fly(ctx context.Context, f *flight, t tiers, key string, fetch 
 			s.log.Warn("not cached", "key", key, "err", err)
 			return
 		}
-		s.toStore(ctx, t, key)
+		inStore = s.toStore(ctx, t, key)
 		return
 	}
 	// A zip is checked as a module zip once every waiter has it: that read
@@ -460,7 +461,7 @@ func (s *Server) fly(ctx context.Context, f *flight, t tiers, key string, fetch 
 		s.log.Warn("not cached", "key", key, "err", err)
 		return
 	}
-	s.toStore(ctx, t, key)
+	inStore = s.toStore(ctx, t, key)
 }
 
 // fromStore copies the artifact from the shared store into the local
@@ -489,18 +490,19 @@ func (s *Server) fromStore(ctx context.Context, t tiers, key string) bool {
 }
 
 // toStore offers the local cache's entry for key to the shared store,
-// which keeps it unless it has it already.
-func (s *Server) toStore(ctx context.Context, t tiers, key string) {
+// which keeps it unless it has it already, and reports whether the store
+// holds it now.
+func (s *Server) toStore(ctx context.Context, t tiers, key string) bool {
 	if t.shared == nil {
-		return
+		return false
 	}
 	e, err := t.local.Get(key)
 	if err != nil {
-		return
+		return false
 	}
 	defer e.Close()
 	// The store logs and counts its failures; the artifact is served either way.
-	t.shared.Put(ctx, key, e.Body, store.Object{Size: e.Size, SHA256: e.SHA256, ContentType: e.ContentType})
+	return t.shared.Put(ctx, key, e.Body, store.Object{Size: e.Size, SHA256: e.SHA256, ContentType: e.ContentType}) == nil
 }
 
 func (s *Server) now() time.Time { return s.clock().Now() }

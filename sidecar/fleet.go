@@ -54,31 +54,40 @@ type leaseCounts struct {
 // claim sees to it that one replica of the fleet fetches the artifact: it
 // takes the fleet's lease on key, or waits for the replica that holds it
 // and copies what that one stored. It returns the func that gives the
-// lease up (after the artifact is in the store) and whether the artifact
-// is in the local cache now. Redis being down, the wait running out, or
-// the holder giving up leaves the fetch to this replica.
-func (s *Server) claim(ctx context.Context, t tiers, key string) (release func(), stored bool) {
+// lease up, told whether the artifact is in the store by then, and
+// whether the artifact is in the local cache now. Redis being down, the
+// wait running out, or the holder giving up leaves the fetch to this
+// replica.
+func (s *Server) claim(ctx context.Context, t tiers, key string) (release func(stored bool), stored bool) {
+	noLease := func(bool) {}
 	f := s.cfg.Fleet.Fleet
 	if f == nil || t.shared == nil {
-		return func() {}, false
+		return noLease, false
 	}
 	wait := s.cfg.Fleet.wait()
 	lease, err := f.Lease(ctx, key, min(wait, leaseTTL))
 	switch {
+	case errors.Is(err, fleet.ErrStored):
+		// Its last holder stored it after this replica looked.
+		if s.fromStore(ctx, t, key) {
+			s.leases.waited.Add(1)
+			return noLease, true
+		}
+		s.leases.waitEmpty.Add(1)
+		return noLease, false
 	case err != nil:
 		s.leases.unavailable.Add(1)
-		return func() {}, false
+		return noLease, false
 	case lease != nil:
-		// The lease may be free because its last holder just stored the
-		// artifact and let go, after this replica looked in the store.
-		if s.fromStore(ctx, t, key) {
-			lease.Release()
-			s.leases.waited.Add(1)
-			return func() {}, true
-		}
 		s.leases.taken.Add(1)
 		lease.KeepAlive()
-		return lease.Release, false
+		return func(stored bool) {
+			if stored {
+				lease.Stored()
+			} else {
+				lease.Release()
+			}
+		}, false
 	}
 	wctx, cancel := context.WithTimeout(ctx, wait)
 	err = f.Wait(wctx, key)
@@ -86,7 +95,7 @@ func (s *Server) claim(ctx context.Context, t tiers, key string) (release func()
 	switch {
 	case err == nil && s.fromStore(ctx, t, key):
 		s.leases.waited.Add(1)
-		return func() {}, true
+		return noLease, true
 	case err == nil:
 		s.leases.waitEmpty.Add(1) // the holder failed, or the store did
 	case errors.Is(err, context.DeadlineExceeded):
@@ -94,7 +103,7 @@ func (s *Server) claim(ctx context.Context, t tiers, key string) (release func()
 	default:
 		s.leases.unavailable.Add(1)
 	}
-	return func() {}, false
+	return noLease, false
 }
 
 // redisCheckEvery is how often an idle replica checks that Redis answers,

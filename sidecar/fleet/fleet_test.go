@@ -164,6 +164,31 @@ func TestLeaseKeepAlive(t *testing.T) {
 	}
 }
 
+// A holder that stored the artifact says so as it lets go: a replica that
+// missed the artifact in the store just before is told to look again,
+// not handed the lease to fetch it a second time. Release alone says
+// nothing of the kind.
+func TestLeaseStored(t *testing.T) {
+	srv := startRedis(t)
+	a := openFleet(t, Config{URL: srv.URL(""), Replica: "a"})
+	b := openFleet(t, Config{URL: srv.URL(""), Replica: "b"})
+	ctx := context.Background()
+	la, err := a.Lease(ctx, artifact, 10*time.Second)
+	if la == nil || err != nil {
+		t.Fatalf("A: Lease = %v, %v", la, err)
+	}
+	la.Stored()
+	if lb, err := b.Lease(ctx, artifact, 10*time.Second); !errors.Is(err, ErrStored) || lb != nil {
+		t.Fatalf("B after A stored it: Lease = %v, %v; want ErrStored", lb, err)
+	}
+	other := "example.test/other/@v/v1.0.0.zip"
+	la, _ = a.Lease(ctx, other, 10*time.Second)
+	la.Release()
+	if lb, err := b.Lease(ctx, other, 10*time.Second); lb == nil || err != nil {
+		t.Fatalf("B after A let go without storing: Lease = %v, %v; want the lease", lb, err)
+	}
+}
+
 func TestWaitTimesOut(t *testing.T) {
 	srv := startRedis(t)
 	a := openFleet(t, Config{URL: srv.URL(""), Replica: "a"})

@@ -25,11 +25,34 @@ type Lease struct {
 	keepStart sync.Once
 }
 
+// ErrStored is Lease's answer when the last holder of the lease stored
+// the artifact moments ago (Lease.Stored): the caller takes it from the
+// shared store instead of fetching it.
+var ErrStored = errors.New("fleet: another replica stored it just now")
+
+// storedFor is how long Lease answers ErrStored after Lease.Stored: long
+// enough for a replica that missed the artifact in the store just before
+// it was written, and asks for the lease just after.
+const storedFor = time.Minute
+
+// leaseScript answers 2 when the artifact was stored just now, else takes
+// the lease (1) unless another replica holds it (0).
+var leaseScript = redis.NewScript(`
+if redis.call("EXISTS", KEYS[2]) == 1 then
+	return 2
+end
+if redis.call("SET", KEYS[1], ARGV[1], "NX", "PX", ARGV[2]) then
+	return 1
+end
+return 0
+`)
+
 // Lease tries to take the lease on key (an artifact key such as
 // "example.test/m/@v/v1.0.0.zip") for ttl. It returns the lease if this
-// replica got it, (nil, nil) if another replica holds it, and an error
-// if Redis could not be asked (the caller then fetches by itself). The
-// key is stored hashed: module paths may be private.
+// replica got it, (nil, nil) if another replica holds it, ErrStored if
+// the last holder stored the artifact just now, and another error if
+// Redis could not be asked (the caller then fetches by itself). The key
+// is stored hashed: module paths may be private.
 func (f *Fleet) Lease(ctx context.Context, key string, ttl time.Duration) (*Lease, error) {
 	if ttl <= 0 {
 		return nil, fmt.Errorf("fleet: lease ttl %v: must be positive", ttl)
@@ -37,24 +60,32 @@ func (f *Fleet) Lease(ctx context.Context, key string, ttl time.Duration) (*Leas
 	h := hashKey(key)
 	l := &Lease{f: f, rkey: f.key("lease", h), hash: h, token: f.replica + ":" + randomHex(8), ttl: ttl,
 		stopKeep: make(chan struct{}), keepDone: make(chan struct{})}
+	var got int64
 	err := f.do(ctx, func(ctx context.Context) error {
-		return f.rdb.SetArgs(ctx, l.rkey, l.token, redis.SetArgs{Mode: "NX", TTL: ttl}).Err()
+		var err error
+		got, err = leaseScript.Run(ctx, f.rdb, []string{l.rkey, f.key("stored", h)}, l.token, ttl.Milliseconds()).Int64()
+		return err
 	})
 	switch {
-	case errors.Is(err, redis.Nil):
-		return nil, nil
 	case err != nil:
 		return nil, err
+	case got == 2:
+		return nil, ErrStored
+	case got == 0:
+		return nil, nil
 	}
 	f.leases.Add(1)
 	return l, nil
 }
 
 // releaseScript deletes the lease only if it is still the caller's (it
-// may have expired and been taken by another replica), and then tells
-// the waiters.
+// may have expired and been taken by another replica), marks the artifact
+// stored when ARGV[4] (milliseconds) is not 0, and then tells the waiters.
 var releaseScript = redis.NewScript(`
 if redis.call("GET", KEYS[1]) == ARGV[1] then
+	if tonumber(ARGV[4]) > 0 then
+		redis.call("SET", KEYS[2], "1", "PX", ARGV[4])
+	end
 	redis.call("DEL", KEYS[1])
 	redis.call("PUBLISH", ARGV[2], ARGV[3])
 	return 1
@@ -62,18 +93,24 @@ end
 return 0
 `)
 
+// Stored is Release for a holder that put the artifact in the shared
+// store: for a while, Lease answers ErrStored for it.
+func (l *Lease) Stored() { l.release(storedFor) }
+
 // Release gives the lease up, if it is still this replica's, and wakes
 // the replicas waiting for it. It is best effort and bounded in time (a
 // lease not released expires with its ttl); calls after the first do
 // nothing.
-func (l *Lease) Release() {
+func (l *Lease) Release() { l.release(0) }
+
+func (l *Lease) release(stored time.Duration) {
 	l.once.Do(func() {
 		close(l.stopKeep)
 		l.keepStart.Do(func() { close(l.keepDone) }) // KeepAlive never started
 		<-l.keepDone                                 // no renewal after the delete
 		f := l.f
 		err := f.do(context.Background(), func(ctx context.Context) error {
-			return releaseScript.Run(ctx, f.rdb, []string{l.rkey}, l.token, f.key("release", "leases"), l.hash).Err()
+			return releaseScript.Run(ctx, f.rdb, []string{l.rkey, f.key("stored", l.hash)}, l.token, f.key("release", "leases"), l.hash, stored.Milliseconds()).Err()
 		})
 		if err != nil {
 			f.log.Debug("fleet: lease not released; it expires with its ttl", "error", err)
