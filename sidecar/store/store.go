@@ -33,6 +33,8 @@ import (
 	_ "gocloud.dev/blob/gcsblob"   // gs://
 	_ "gocloud.dev/blob/s3blob"    // s3://
 	"gocloud.dev/gcerrors"
+
+	"github.com/modgate/modgate/sidecar/upstream"
 )
 
 // Errors of Get. Only ErrUnavailable and other errors say anything about
@@ -430,15 +432,14 @@ func (s *Store) Status() Status {
 	return st
 }
 
-// Redact hides the values of URL query parameters that look like
-// credentials (SAS tokens, keys, signatures) and any user information,
-// in a bucket URL or an error that quotes one.
+// Redact hides what upstream.RedactText hides (passwords in URLs,
+// authorization headers) and the values of URL query parameters that
+// look like credentials (SAS tokens, keys, signatures), in a bucket URL
+// or an error that quotes one.
 func Redact(s string) string {
-	s = userinfoRE.ReplaceAllString(s, "${1}xxxxx@")
-	return secretParamRE.ReplaceAllString(s, "${1}=xxxxx")
+	return secretParamRE.ReplaceAllString(upstream.RedactText(s), "${1}=xxxxx")
 }
 
 var (
-	userinfoRE    = regexp.MustCompile(`([a-zA-Z][a-zA-Z0-9+.\-]*://)[^\s/?#@]*@`)
 	secretParamRE = regexp.MustCompile(`(?i)\b([a-z_]*(?:key|secret|token|sig|signature|password|sas|credential)[a-z_]*)=[^&\s"']*`)
 )

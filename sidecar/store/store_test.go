@@ -216,7 +216,7 @@ func TestStalledStoreTimesOut(t *testing.T) {
 func TestRedact(t *testing.T) {
 	for in, want := range map[string]string{
 		"azblob://c?sas_token=abc&domain=x":           "azblob://c?sas_token=xxxxx&domain=x",
-		"s3://b?endpoint=http://u:pw@h:9000&region=r": "s3://b?endpoint=http://xxxxx@h:9000&region=r",
+		"s3://b?endpoint=http://u:pw@h:9000&region=r": "s3://b?endpoint=http://u:xxxxx@h:9000&region=r",
 		"s3://b?region=us-east-1&use_path_style=true": "s3://b?region=us-east-1&use_path_style=true",
 		"gs://b?access_id=me&private_key_path=/k.pem": "gs://b?access_id=me&private_key_path=xxxxx",
 		"GET s3://b?X-Amz-Signature=deadbeef failed":  "GET s3://b?X-Amz-Signature=xxxxx failed",
