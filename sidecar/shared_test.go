@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -159,19 +158,9 @@ func TestSharedTier(t *testing.T) {
 // request anything but time: every artifact comes from the upstream, and
 // the status says why.
 func TestSharedStoreDown(t *testing.T) {
-	t.Setenv("AWS_ACCESS_KEY_ID", "test")
-	t.Setenv("AWS_SECRET_ACCESS_KEY", "test")
-	t.Setenv("AWS_REGION", "us-east-1")
-	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
-	t.Setenv("AWS_CONFIG_FILE", filepath.Join(t.TempDir(), "none"))
-	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", filepath.Join(t.TempDir(), "none"))
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := l.Addr().String()
-	l.Close()
-	shared, err := store.Open(context.Background(), "s3://modules?endpoint=http://"+dead+"&region=us-east-1&use_path_style=true", store.Options{})
+	down := fleettest.S3Down(t)
+	down.SetEnv(t)
+	shared, err := store.Open(context.Background(), down.URL("modules"), store.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -104,6 +104,24 @@ func (s *S3Server) Bucket(t testing.TB, name string) string {
 	return s.URL(name)
 }
 
+// S3At is an S3 endpoint that fleettest did not start: a stand-in the
+// test serves itself. Its URL, Env and SetEnv work as S3's do; it has no
+// process to Kill or Restart, and no Root.
+func S3At(endpoint string) *S3Server {
+	return &S3Server{Endpoint: endpoint, AccessKey: "fleettest", SecretKey: "fleettest"}
+}
+
+// S3Down is an S3 endpoint on a loopback address where nothing listens:
+// a shared store that is down.
+func S3Down(t testing.TB) *S3Server {
+	t.Helper()
+	addr, err := freeAddr()
+	if err != nil {
+		t.Fatalf("fleettest: %v", err)
+	}
+	return S3At("http://" + addr)
+}
+
 // URL is the gocloud.dev/blob URL of bucket, whether it exists or not.
 func (s *S3Server) URL(bucket string) string {
 	q := url.Values{}

@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -17,6 +16,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/modgate/modgate/sidecar/fleettest"
 	"github.com/modgate/modgate/sidecar/store"
 )
 
@@ -131,32 +131,12 @@ func TestDamagedObjectIsDeleted(t *testing.T) {
 	}
 }
 
-// s3Env keeps the AWS SDK on loopback: static credentials, no metadata
-// service.
-func s3Env(t *testing.T) {
-	t.Setenv("AWS_ACCESS_KEY_ID", "test")
-	t.Setenv("AWS_SECRET_ACCESS_KEY", "test")
-	t.Setenv("AWS_REGION", "us-east-1")
-	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
-	t.Setenv("AWS_CONFIG_FILE", filepath.Join(t.TempDir(), "none"))
-	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", filepath.Join(t.TempDir(), "none"))
-}
-
-func s3URL(endpoint string) string {
-	return "s3://modules?endpoint=" + endpoint + "&region=us-east-1&use_path_style=true"
-}
-
 // A store that is down costs a few failures, then is skipped at once
 // until it has had time to come back.
 func TestDownStoreIsSkipped(t *testing.T) {
-	s3Env(t)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close() // nothing listens there now
-	s, err := store.Open(context.Background(), s3URL("http://"+addr), store.Options{Timeout: time.Second, OpenFor: time.Hour})
+	down := fleettest.S3Down(t)
+	down.SetEnv(t)
+	s, err := store.Open(context.Background(), down.URL("modules"), store.Options{Timeout: time.Second, OpenFor: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,7 +163,6 @@ func TestDownStoreIsSkipped(t *testing.T) {
 // A store that accepts the connection and then says nothing is given up
 // on after the timeout.
 func TestStalledStoreTimesOut(t *testing.T) {
-	s3Env(t)
 	release := make(chan struct{})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		select {
@@ -193,7 +172,9 @@ func TestStalledStoreTimesOut(t *testing.T) {
 	}))
 	defer srv.Close()
 	defer close(release)
-	s, err := store.Open(context.Background(), s3URL(srv.URL), store.Options{Timeout: 300 * time.Millisecond})
+	silent := fleettest.S3At(srv.URL)
+	silent.SetEnv(t)
+	s, err := store.Open(context.Background(), silent.URL("modules"), store.Options{Timeout: 300 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
