@@ -108,22 +108,28 @@ fuzz:
 clean:
 	rm -rf $(BIN)
 
+# build-go-module builds the target, a program the tests run, once from its
+# Go module: $(1) the module, $(2) its version, $(3) the package. Targets
+# are cached outside the repository so that a fresh clone or `make clean`
+# does not pay the minutes again. The module cache is read-only, hence the
+# temporary output name and a rename at the end.
+define build-go-module
+@mkdir -p $(dir $@)
+@set -e; \
+dir=$$(cd / && GOFLAGS= GOWORK=off $(GO) mod download -json $(1)@$(2) | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$$/\1/p'); \
+if [ -z "$$dir" ]; then echo "$(notdir $@): go mod download found no module directory"; exit 1; fi; \
+echo "building $(notdir $@) $(2) from $$dir (minutes, once)"; \
+cd "$$dir" && GOFLAGS=-buildvcs=false GOWORK=off CGO_ENABLED=0 $(GO) build -trimpath -o $@.tmp $(3); \
+mv $@.tmp $@
+endef
+
 # Jaeger for the telemetry end-to-end test (telemetry/jaegertest reads
-# JAEGER_BIN; without it that test is skipped). It is built once from its Go
-# module, which takes minutes, and cached outside the repository so that a
-# fresh clone or `make clean` does not pay for it again. The module cache is
-# read-only, hence the temporary output name and a rename at the end.
+# JAEGER_BIN; without it that test is skipped), a few minutes to build.
 jaeger: $(JAEGER_BIN)
 	@echo $(JAEGER_BIN)
 
 $(JAEGER_BIN):
-	@mkdir -p $(JAEGER_DIR)
-	@set -e; \
-	dir=$$(cd / && GOFLAGS= GOWORK=off $(GO) mod download -json github.com/jaegertracing/jaeger@$(JAEGER_VERSION) | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$$/\1/p'); \
-	if [ -z "$$dir" ]; then echo "jaeger: go mod download found no module directory"; exit 1; fi; \
-	echo "building jaeger $(JAEGER_VERSION) from $$dir (a few minutes, once)"; \
-	cd "$$dir" && GOFLAGS=-buildvcs=false GOWORK=off CGO_ENABLED=0 $(GO) build -trimpath -o $@.tmp ./cmd/jaeger; \
-	mv $@.tmp $@
+	$(call build-go-module,github.com/jaegertracing/jaeger,$(JAEGER_VERSION),./cmd/jaeger)
 
 # The S3 server the shared-cache tests run against (sidecar/fleettest reads
 # VERSITYGW_BIN; without it those tests are skipped): versitygw, a real
@@ -137,13 +143,7 @@ versitygw: $(VERSITYGW_BIN)
 	@echo $(VERSITYGW_BIN)
 
 $(VERSITYGW_BIN):
-	@mkdir -p $(VERSITYGW_DIR)
-	@set -e; \
-	dir=$$(cd / && GOFLAGS= GOWORK=off $(GO) mod download -json github.com/versity/versitygw@$(VERSITYGW_VERSION) | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$$/\1/p'); \
-	if [ -z "$$dir" ]; then echo "versitygw: go mod download found no module directory"; exit 1; fi; \
-	echo "building versitygw $(VERSITYGW_VERSION) from $$dir (a minute or two, once)"; \
-	cd "$$dir" && GOFLAGS=-buildvcs=false GOWORK=off CGO_ENABLED=0 $(GO) build -trimpath -o $@.tmp ./cmd/versitygw; \
-	mv $@.tmp $@
+	$(call build-go-module,github.com/versity/versitygw,$(VERSITYGW_VERSION),./cmd/versitygw)
 
 # Redis for the fleet's tests (sidecar/fleettest reads REDIS_SERVER, else
 # redis-server on PATH): Debian's package. Its service is not started: each
