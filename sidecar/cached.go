@@ -1,7 +1,6 @@
 package sidecar
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -11,8 +10,6 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/mod/module"
-	modzip "golang.org/x/mod/zip"
 
 	"github.com/modgate/modgate/sidecar/cache"
 	"github.com/modgate/modgate/sidecar/store"
@@ -59,6 +56,10 @@ type CacheConfig struct {
 // resolves to moves. "supported" and the tree head are kept for the TTL
 // so that, stale, they still answer when every upstream is down and the
 // cache holds the lookups and tiles a build needs.
+//
+// Only what modgate may trust goes under a key that every mode reads
+// (trusted): a forward-mode client chooses its origin, so what it fetches
+// is kept per origin unless it is verified against the checksum database.
 func (x *exchange) cacheKey() (key string, immutable, ok bool) {
 	req := x.req
 	switch req.Kind {
@@ -67,17 +68,26 @@ func (x *exchange) cacheKey() (key string, immutable, ok bool) {
 		if req.Query {
 			return x.perOrigin(key), false, true
 		}
-		return key, true, true
+		return x.canonical(key), true, true
 	case KindList, KindLatest:
 		return x.perOrigin(strings.TrimPrefix(req.Path, "/")), false, true
 	case KindSumDBTile:
 		// A partial tile's path names its width (.p/W): it never changes
 		// either; a wider one has another path.
-		return "sumdb/" + req.SumDB + req.Path, true, true
+		return x.canonical("sumdb/" + req.SumDB + req.Path), true, true
 	case KindSumDBLookup, KindSumDBSupported, KindSumDBLatest:
-		return "sumdb/" + req.SumDB + req.Path, false, true
+		return x.canonical("sumdb/" + req.SumDB + req.Path), false, true
 	}
 	return "", false, false
+}
+
+// canonical keeps key as it is when the exchange's answer may be trusted
+// by every mode, and per origin otherwise.
+func (x *exchange) canonical(key string) string {
+	if x.trusted() {
+		return key
+	}
+	return x.perOrigin(key)
 }
 
 // perOrigin keys what may differ between proxies by the origin in forward
@@ -101,12 +111,27 @@ func (s *Server) cacheFor(x *exchange) *cache.Cache {
 	return s.cache
 }
 
-// storeFor returns the shared tier this exchange may use, or nil.
+// storeFor returns the shared tier this exchange may use, or nil: what a
+// forward-mode client fetched from an origin of its choosing stays local
+// unless it is verified.
 func (s *Server) storeFor(x *exchange) *store.Store {
-	if x.private != "" {
+	switch {
+	case !x.trusted():
+		return nil
+	case x.private != "":
 		return s.cacheCfg.SharedPrivate
 	}
 	return s.cacheCfg.Shared
+}
+
+// tiersFor returns the tiers an immutable artifact of the exchange is kept
+// in, with the check of what is copied from the shared store.
+func (s *Server) tiersFor(x *exchange, c *cache.Cache) tiers {
+	t := tiers{local: c, shared: s.storeFor(x)}
+	if t.shared != nil {
+		t.req, t.verified = x.req, x.verifies()
+	}
+	return t
 }
 
 // serveCached answers from the cache when it can, and fetches from src
@@ -143,9 +168,6 @@ func (s *Server) serveCached(x *exchange, c *cache.Cache, key string, immutable 
 	defer res.Response.Body.Close()
 	body, err := s.readBody(x, res.Response, listLimit)
 	if err != nil {
-		return err
-	}
-	if err := x.accept(body); err != nil {
 		return err
 	}
 	if w, err := c.Create(key, res.Response.Header.Get("Content-Type")); err == nil {
@@ -213,6 +235,10 @@ type flight struct {
 	written int64
 	done    bool
 	err     error // why the body broke off
+
+	// joined counts the requests being served by this flight: a spool
+	// that is not kept is dropped only once they are all done with it.
+	joined int
 }
 
 // shared serves the exchange from the flight for key, starting one if none
@@ -229,17 +255,26 @@ func (s *Server) shared(x *exchange, c *cache.Cache, key string, src source, fr 
 		// Shutdown waits for it (its entry is being written) for the
 		// grace period, then cancels it.
 		fetch := func(ctx context.Context) upstream.Result { return src.fetch(ctx, x, fr) }
-		st := s.storeFor(x)
+		t := s.tiersFor(x, c)
 		s.flying.Add(1)
 		go func() {
 			defer s.flying.Done()
 			ctx, cancel := context.WithCancel(context.WithoutCancel(x.ctx()))
 			defer cancel()
 			defer context.AfterFunc(s.flightsCtx, cancel)()
-			s.fly(ctx, f, tiers{c, st}, key, fetch, x.req)
+			s.fly(ctx, f, t, key, fetch, fr.check, x.req)
 		}()
 	}
+	f.mu.Lock()
+	f.joined++
+	f.mu.Unlock()
 	s.flightMu.Unlock()
+	defer func() {
+		f.mu.Lock()
+		f.joined--
+		f.cond.Broadcast()
+		f.mu.Unlock()
+	}()
 
 	ctx := x.r.Context()
 	stop := context.AfterFunc(ctx, func() { f.mu.Lock(); f.cond.Broadcast(); f.mu.Unlock() })
@@ -333,23 +368,30 @@ func (s *Server) shared(x *exchange, c *cache.Cache, key string, src source, fr 
 }
 
 // tiers are the caches an immutable artifact is kept in: the local one,
-// and the shared store (nil when there is none).
+// and the shared store (nil when there is none). What is copied from the
+// shared store is checked as req's answer (checkStored) before it is kept.
 type tiers struct {
-	local  *cache.Cache
-	shared *store.Store
+	local    *cache.Cache
+	shared   *store.Store
+	req      Request
+	verified bool // against the checksum database
 }
 
 // fly fetches the artifact into the caches, telling waiters as it goes:
-// from the shared store when it has a good copy, else from upstreams.
-func (s *Server) fly(ctx context.Context, f *flight, t tiers, key string, fetch func(context.Context) upstream.Result, req Request) {
+// from the shared store when it has a good copy, else from upstreams,
+// whose answers ac checked (a zip it spooled whole). An answer the
+// checksum database could not vouch for is served to the flight's
+// waiters and not kept.
+func (s *Server) fly(ctx context.Context, f *flight, t tiers, key string, fetch func(context.Context) upstream.Result, ac *answerCheck, req Request) {
 	c := t.local
-	defer func() {
+	leave := func() {
 		s.flightMu.Lock()
 		if s.flights[key] == f {
 			delete(s.flights, key)
 		}
 		s.flightMu.Unlock()
-	}()
+	}
+	defer leave()
 	finish := func(err error) {
 		f.mu.Lock()
 		f.ready, f.done, f.err = true, true, err
@@ -382,66 +424,71 @@ func (s *Server) fly(ctx context.Context, f *flight, t tiers, key string, fetch 
 	}
 	resp := res.Response
 	defer resp.Body.Close()
-	if checked(req.Kind) {
-		// Read whole and checked before anyone is served a byte of it.
-		body, held, err := readWhole(resp.Body, maxBody(req.Kind), &s.buffers)
-		defer s.buffers.give(held)
-		if err == nil && resp.ContentLength >= 0 && int64(len(body)) != resp.ContentLength {
-			err = fmt.Errorf("body cut after %d of %d bytes: %w", len(body), resp.ContentLength, io.ErrUnexpectedEOF)
-		}
-		if err == nil {
-			err = checkAnswer(req, body)
-		}
-		if err != nil {
+	found := ac.take(resp)
+	keep := found == nil || found.unverified == nil
+	w := (*cache.Writer)(nil)
+	if found != nil && found.spool != nil {
+		w = found.spool // the whole zip, checked
+	} else {
+		var err error
+		if w, err = c.Create(key, resp.Header.Get("Content-Type")); err != nil {
 			f.mu.Lock()
-			f.res = upstream.Result{Attempts: []upstream.Attempt{{Upstream: res.Upstream, Err: err}}}
+			f.res = upstream.Result{Attempts: []upstream.Attempt{{Upstream: res.Upstream, Err: fmt.Errorf("cache: %w", err)}}}
 			f.mu.Unlock()
 			finish(nil)
 			return
 		}
-		resp.Body = io.NopCloser(bytes.NewReader(body))
-		resp.ContentLength = int64(len(body))
 	}
-	w, err := c.Create(key, resp.Header.Get("Content-Type"))
-	if err != nil {
-		f.mu.Lock()
-		f.res = upstream.Result{Attempts: []upstream.Attempt{{Upstream: res.Upstream, Err: fmt.Errorf("cache: %w", err)}}}
-		f.mu.Unlock()
-		finish(nil)
-		return
-	}
+	w.SetContentType(resp.Header.Get("Content-Type"))
 	f.mu.Lock()
 	f.header, f.served, f.w, f.ready = resp.Header.Clone(), res.Upstream, w, true
+	f.written = w.Len()
 	f.cond.Broadcast()
 	f.mu.Unlock()
 
-	body := &capReader{r: resp.Body, n: maxBody(req.Kind)}
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
-	for {
-		n, rerr := body.Read(*bp)
-		if n > 0 {
-			if _, werr := w.Write((*bp)[:n]); werr != nil {
-				rerr = werr
+	if found == nil || found.spool == nil {
+		body := &capReader{r: resp.Body, n: maxBody(req.Kind)}
+		bp := bufPool.Get().(*[]byte)
+		defer bufPool.Put(bp)
+		for {
+			n, rerr := body.Read(*bp)
+			if n > 0 {
+				if _, werr := w.Write((*bp)[:n]); werr != nil {
+					rerr = werr
+				}
+				f.mu.Lock()
+				f.written += int64(n)
+				f.cond.Broadcast()
+				f.mu.Unlock()
 			}
-			f.mu.Lock()
-			f.written += int64(n)
-			f.cond.Broadcast()
-			f.mu.Unlock()
-		}
-		if rerr == io.EOF {
-			break
-		}
-		if rerr != nil {
-			finish(rerr)
-			w.Abort()
-			return
+			if rerr == io.EOF {
+				break
+			}
+			if rerr != nil {
+				finish(rerr)
+				w.Abort()
+				return
+			}
 		}
 	}
-	if req.Kind != KindZip {
-		// A small entry is kept before its waiters are told the answer is
-		// complete: a request that follows one that succeeded is a hit.
-		err := w.Commit(resp.ContentLength, nil)
+	if !keep {
+		// Served to whoever waits for it now, and dropped once they have
+		// it: a request that comes later fetches it again.
+		finish(nil)
+		leave()
+		f.mu.Lock()
+		for f.joined > 0 {
+			f.cond.Wait()
+		}
+		f.mu.Unlock()
+		w.Abort()
+		return
+	}
+	if req.Kind != KindZip || found != nil {
+		// A small entry, or a zip checked whole, is kept before its
+		// waiters are told the answer is complete: a request that follows
+		// one that succeeded is a hit.
+		err := w.Commit(w.Len(), nil)
 		finish(nil)
 		if err != nil {
 			s.log.Warn("not cached", "key", key, "err", err)
@@ -450,14 +497,10 @@ func (s *Server) fly(ctx context.Context, f *flight, t tiers, key string, fetch 
 		inStore = s.toStore(ctx, t, key)
 		return
 	}
-	// A zip is checked as a module zip once every waiter has it: that read
-	// of the whole file is not theirs to wait for.
+	// A zip that streamed as it came is checked as a module zip once every
+	// waiter has it: that read of the whole file is not theirs to wait for.
 	finish(nil)
-	verify := func(path string) error {
-		_, err := modzip.CheckZip(module.Version{Path: req.Module, Version: req.Version}, path)
-		return err
-	}
-	if err := w.Commit(resp.ContentLength, verify); err != nil {
+	if err := w.Commit(resp.ContentLength, func(path string) error { return checkZipFile(req, path) }); err != nil {
 		s.log.Warn("not cached", "key", key, "err", err)
 		return
 	}
@@ -467,7 +510,9 @@ func (s *Server) fly(ctx context.Context, f *flight, t tiers, key string, fetch 
 // fromStore copies the artifact from the shared store into the local
 // cache, and reports whether it did. A store that lacks it, holds a
 // damaged copy (the store deletes it) or fails leaves the fetch to
-// upstreams: the store only ever saves work.
+// upstreams: the store only ever saves work. A copy that fails
+// checkStored is not kept, and the store drops it unless it only could
+// not be verified just now.
 func (s *Server) fromStore(ctx context.Context, t tiers, key string) bool {
 	if t.shared == nil {
 		return false
@@ -482,13 +527,22 @@ func (s *Server) fromStore(ctx context.Context, t tiers, key string) bool {
 		return false
 	}
 	w.SetContentType(obj.ContentType)
-	if err := w.Commit(obj.Size, nil); err != nil {
-		s.log.Warn("not cached", "key", key, "err", err)
+	var bad error
+	check := func(path string) error {
+		bad = s.checkStored(ctx, t.req, t.verified)(path)
+		return bad
+	}
+	if err := w.Commit(obj.Size, check); err != nil {
+		if bad != nil {
+			s.log.Warn("shared store object refused", "key", key, "err", bad)
+			rejectStored(t.shared, key, bad)
+		} else {
+			s.log.Warn("not cached", "key", key, "err", err)
+		}
 		return false
 	}
 	return true
 }
-
 // toStore offers the local cache's entry for key to the shared store,
 // which keeps it unless it has it already, and reports whether the store
 // holds it now.

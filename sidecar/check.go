@@ -9,10 +9,9 @@ import (
 	"golang.org/x/mod/modfile"
 	"golang.org/x/mod/module"
 	"golang.org/x/mod/semver"
+	modzip "golang.org/x/mod/zip"
 
 	"github.com/modgate/modgate/policy"
-	"github.com/modgate/modgate/sidecar/upstream"
-	"github.com/modgate/modgate/sidecar/wire"
 )
 
 // Answers are checked before they are relayed or kept: what the go command
@@ -50,6 +49,14 @@ func checkAnswer(req Request, body []byte) error {
 	return nil
 }
 
+// checkZipFile checks a zip in the file at path as a module zip.
+func checkZipFile(req Request, path string) error {
+	if _, err := modzip.CheckZip(module.Version{Path: req.Module, Version: req.Version}, path); err != nil {
+		return &badAnswer{"the zip is not a module zip of " + req.Module + "@" + req.Version + ": " + err.Error()}
+	}
+	return nil
+}
+
 // checked reports whether answers of kind are read whole and checked.
 func checked(k Kind) bool { return k == KindInfo || k == KindMod || k == KindLatest }
 
@@ -69,17 +76,6 @@ func (x *exchange) resolved(body []byte) error {
 	}
 	x.reason = fmt.Sprintf("query %s resolved to %s", x.req.Version, info.Version)
 	return nil
-}
-
-// badUpstream is the 502 of an answer that failed checkAnswer.
-func (x *exchange) badUpstream(u *upstream.Upstream, err error) *problem {
-	name := "upstream"
-	if u != nil {
-		name = u.Name
-	}
-	return &problem{status: http.StatusBadGateway, code: wire.BadUpstream,
-		lines: []string{describeRequest(x.req) + ": the upstream's answer is not what the module proxy protocol allows; not relayed, not kept",
-			name + ": " + err.Error()}}
 }
 
 // privatePathIn returns the private pattern that a module path anywhere in

@@ -49,15 +49,13 @@ func (b *hedgeBudget) spend() bool {
 }
 
 // walk asks the chain for an artifact, hedging immutable ones.
-func (s *Server) walk(ctx context.Context, x *exchange, path string, hdr http.Header) upstream.Result {
-	h := s.hedgers[x.req.Kind]
-	if h == nil {
-		// Not an immutable artifact, or no telemetry: no baselines to
-		// hedge on.
-		return s.chain.Walk(ctx, http.MethodGet, path, hdr, x.eligible)
+func (s *Server) walk(ctx context.Context, x *exchange, path string, hdr http.Header, check upstream.Check) upstream.Result {
+	opts := upstream.WalkOptions{Skip: x.eligible, Check: check}
+	// Not an immutable artifact, or no telemetry: no baselines to hedge on.
+	if opts.Hedge = s.hedgers[x.req.Kind]; opts.Hedge != nil {
+		s.hedges.earn()
 	}
-	s.hedges.earn()
-	return s.chain.WalkHedged(ctx, http.MethodGet, path, hdr, x.eligible, h)
+	return s.chain.WalkWith(ctx, http.MethodGet, path, hdr, opts)
 }
 
 // newHedgers returns the hedging of each immutable kind, made once: the

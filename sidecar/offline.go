@@ -31,7 +31,7 @@ func (s *Server) serveOffline(x *exchange) error {
 	}
 	x.cacheResult = telemetry.CacheHit
 	e, err := c.Get(key)
-	if err != nil && immutable && s.fromStore(x.ctx(), tiers{c, s.storeFor(x)}, key) {
+	if err != nil && immutable && s.fromStore(x.ctx(), s.tiersFor(x, c), key) {
 		x.cacheResult = telemetry.CacheShared
 		e, err = c.Get(key)
 	}

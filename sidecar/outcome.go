@@ -119,9 +119,17 @@ func (x *exchange) chainProblem(res upstream.Result) *problem {
 			// The guard refused a destination: not the upstream's doing.
 			return refused(fmt.Sprintf("%s %s refused: %s", x.r.Method, x.host, ref.reason))
 		}
+		if errors.Is(a.Err, errOverBudget) {
+			return x.overBudget()
+		}
 		var bad *badAnswer
-		if errors.As(a.Err, &bad) && code == wire.UpstreamFailed {
+		var unproven *verifyError
+		switch {
+		case code != wire.UpstreamFailed:
+		case errors.As(a.Err, &bad):
 			code = wire.BadUpstream
+		case isMismatch(a.Err), errors.As(a.Err, &unproven):
+			code = wire.ChecksumMismatch
 		}
 	}
 	subject := describeRequest(x.req)
@@ -145,6 +153,10 @@ func (x *exchange) chainProblem(res upstream.Result) *problem {
 		lines = append(lines, subject+": not found upstream; the chain ends in direct: fetch it from its origin (GOPROXY=<modgate>,direct)")
 	case code == wire.NotFound:
 		lines = append(lines, subject+": not found in any upstream")
+	case code == wire.BadUpstream:
+		lines = append(lines, subject+": the upstream's answer is not what the module proxy protocol allows; not relayed, not kept")
+	case code == wire.ChecksumMismatch:
+		lines = append(lines, subject+": the upstream's answer is not what the checksum database vouches for; not relayed, not kept")
 	default:
 		lines = append(lines, subject+": no upstream could serve it")
 	}

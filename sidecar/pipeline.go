@@ -33,6 +33,9 @@ type fetchRequest struct {
 	header http.Header
 	body   io.Reader // forward mode passes request bodies on (git)
 	length int64
+	// check judges each upstream's 200 before it counts as an answer;
+	// nil: answers pass as they come.
+	check *answerCheck
 }
 
 // source is where a request's answer comes from.
@@ -54,15 +57,26 @@ func (s *Server) pipeline(x *exchange, src source) error {
 	if err := src.admit(x); err != nil {
 		return err
 	}
+	if x.req.Kind == KindSumDBLookup && s.verifier != nil {
+		// Answered with what the verifier proved, online or offline.
+		return s.serveLookup(x)
+	}
 	if s.cfg.Offline {
 		return s.serveOffline(x)
 	}
 	fr := x.fetchRequest()
 	if c := s.cacheFor(x); c != nil {
 		if key, immutable, ok := x.cacheKey(); ok {
+			if immutable {
+				// A zip is spooled where it is kept.
+				fr.check = s.checkFor(x, c, key)
+			} else {
+				fr.check = s.checkFor(x, nil, "")
+			}
 			return s.serveCached(x, c, key, immutable, src, fr)
 		}
 	}
+	fr.check = s.checkFor(x, nil, "")
 	res := src.fetch(x.ctx(), x, fr)
 	if res.Response == nil {
 		return x.chainProblem(res)
@@ -128,19 +142,7 @@ func (s *Server) deliver(x *exchange, src source, res upstream.Result) error {
 	if err != nil {
 		return err
 	}
-	if err := x.accept(body); err != nil {
-		return err
-	}
 	return s.writeBody(x, src, resp.Header, body)
-}
-
-// accept checks a whole answer (checkAnswer) before it is relayed or kept.
-func (x *exchange) accept(body []byte) error {
-	if err := checkAnswer(x.req, body); err != nil {
-		x.s.log.Warn("upstream answer refused", "upstream", x.servedName(), "kind", x.req.Kind, "module", x.req.Module, "version", x.req.Version, "err", err)
-		return x.badUpstream(x.served, err)
-	}
-	return nil
 }
 
 // bufferLimit is the largest body that is read whole before the answer
@@ -337,7 +339,7 @@ func (chainSource) admit(*exchange) error { return nil }
 
 func (c chainSource) fetch(ctx context.Context, x *exchange, fr fetchRequest) upstream.Result {
 	if fr.method == http.MethodGet {
-		return c.s.walk(ctx, x, fr.path, fr.header)
+		return c.s.walk(ctx, x, fr.path, fr.header, fr.check.upstream())
 	}
 	return c.s.chain.Walk(ctx, fr.method, fr.path, fr.header, x.eligible)
 }
@@ -383,7 +385,7 @@ func (o originSource) fetch(ctx context.Context, x *exchange, fr fetchRequest) u
 		ctx = upstream.FollowRedirects(ctx)
 	}
 	start := o.f.s.now()
-	resp, err := o.u.Do(ctx, upstream.Request{Method: fr.method, Path: fr.path, Query: fr.query, Header: fr.header, Body: fr.body, ContentLength: fr.length})
+	resp, err := o.u.Do(ctx, upstream.Request{Method: fr.method, Path: fr.path, Query: fr.query, Header: fr.header, Body: fr.body, ContentLength: fr.length, Check: fr.check.upstream()})
 	if err == nil && !protocol {
 		return upstream.Result{Response: resp, Upstream: o.u}
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/modgate/modgate/policy"
 	"github.com/modgate/modgate/sidecar/cache"
 	"github.com/modgate/modgate/sidecar/upstream"
+	"github.com/modgate/modgate/sidecar/verify"
 	"github.com/modgate/modgate/sidecar/wire"
 	"github.com/modgate/modgate/telemetry"
 )
@@ -51,6 +52,11 @@ type Config struct {
 	// SumDBURL is where the database answers when no upstream serves it
 	// (GOSUMDB's "name+key URL" form). If empty, https://<SumDB>.
 	SumDBURL string
+	// SumDBKey is the database's verifier key (GOSUMDB's "name+key"
+	// form): public modules' go.mod files and zips, and the database's
+	// own tiles and lookups, are verified against it before they are kept
+	// (README, "Trust"). If empty, nothing is verified.
+	SumDBKey string
 	// RootCAs verifies upstream certificates. If nil, the system pool is used.
 	RootCAs *x509.CertPool
 	// Resolve maps "host:port" to the address to dial instead.
@@ -107,6 +113,12 @@ type Server struct {
 	log   *slog.Logger
 	chain *upstream.Chain
 	sumdb *sumDB
+	// verifier checks artifacts against the checksum database; nil when
+	// its key is not known.
+	verifier *verify.Verifier
+	// unverified counts artifacts relayed but not kept because the
+	// checksum database could not vouch for them.
+	unverified atomic.Int64
 	// sumdbAddr is the database's direct address, which forward mode
 	// recognises.
 	sumdbAddr sumDBAddress
@@ -217,6 +229,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.fwd = newForward(s, cfg.Forward, opts)
 	if err := s.openCaches(cfg.Cache); err != nil {
+		return nil, err
+	}
+	if s.verifier, err = s.newVerifier(cfg); err != nil {
 		return nil, err
 	}
 	return s, nil

@@ -137,22 +137,22 @@ func (src sumDBSource) fetch(ctx context.Context, x *exchange, fr fetchRequest) 
 			Header: http.Header{"Content-Type": {"text/plain; charset=utf-8"}},
 		}}
 	}
-	return db.get(ctx, route, fr.path)
+	return db.get(ctx, route, fr.path, fr.check.upstream())
 }
 
 // get fetches path from the database's route. When the route is an
 // upstream followed by "|" and it fails, the rest of the chain is asked as
 // a module request would be; a route that fails is forgotten, so that the
 // next request searches again.
-func (db *sumDB) get(ctx context.Context, route *sumDBRoute, path string) upstream.Result {
-	res := db.getFrom(ctx, route.via, route.prefix+path)
+func (db *sumDB) get(ctx context.Context, route *sumDBRoute, path string, check upstream.Check) upstream.Result {
+	res := db.getFrom(ctx, route.via, route.prefix+path, check)
 	if res.Response != nil {
 		return res
 	}
 	if a := res.Attempts[0]; !a.NotFound() {
 		db.forget(route)
 		if route.prefix != "" && route.via.Fallthrough == upstream.OnError {
-			res.Attempts = append(res.Attempts, db.rest(ctx, route.via, route.prefix+path, &res)...)
+			res.Attempts = append(res.Attempts, db.rest(ctx, route.via, route.prefix+path, check, &res)...)
 		}
 	}
 	return res
@@ -160,7 +160,7 @@ func (db *sumDB) get(ctx context.Context, route *sumDBRoute, path string) upstre
 
 // rest asks the upstreams after u in the chain, with its semantics; a 200
 // is put in res.
-func (db *sumDB) rest(ctx context.Context, u *upstream.Upstream, path string, res *upstream.Result) []upstream.Attempt {
+func (db *sumDB) rest(ctx context.Context, u *upstream.Upstream, path string, check upstream.Check, res *upstream.Result) []upstream.Attempt {
 	var attempts []upstream.Attempt
 	list := db.chain.Upstreams()
 	i := slices.Index(list, u)
@@ -168,7 +168,7 @@ func (db *sumDB) rest(ctx context.Context, u *upstream.Upstream, path string, re
 		if next.Kind != upstream.Proxy {
 			break
 		}
-		r := db.getFrom(ctx, next, path)
+		r := db.getFrom(ctx, next, path, check)
 		if r.Response != nil {
 			res.Response, res.Upstream = r.Response, r.Upstream
 			return attempts
@@ -182,10 +182,10 @@ func (db *sumDB) rest(ctx context.Context, u *upstream.Upstream, path string, re
 	return attempts
 }
 
-// getFrom asks one upstream.
-func (db *sumDB) getFrom(ctx context.Context, u *upstream.Upstream, path string) upstream.Result {
+// getFrom asks one upstream; check, if not nil, judges its 200.
+func (db *sumDB) getFrom(ctx context.Context, u *upstream.Upstream, path string, check upstream.Check) upstream.Result {
 	start := db.clock.Now()
-	resp, err := u.Get(ctx, http.MethodGet, path, nil)
+	resp, err := u.Do(ctx, upstream.Request{Method: http.MethodGet, Path: path, Check: check})
 	if err == nil && resp.StatusCode == http.StatusOK {
 		return upstream.Result{Response: resp, Upstream: u}
 	}

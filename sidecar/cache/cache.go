@@ -347,6 +347,10 @@ func (w *Writer) ReadAt(p []byte, off int64) (int, error) { return w.body.ReadAt
 // that lags behind the writer never loses its place.
 func (w *Writer) Reader() (*os.File, error) { return os.Open(w.tmp.Name()) }
 
+// Path is the file the body is being written to, for a check that reads
+// it before Commit.
+func (w *Writer) Path() string { return w.tmp.Name() }
+
 // SetContentType sets the content type the entry is committed with, when
 // it was not known at Create.
 func (w *Writer) SetContentType(ct string) { w.contentType = ct }

@@ -338,6 +338,9 @@ func (s *faultServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		case <-s.done:
 		}
 
+	case fault == "tamper" || fault == "notzip":
+		tamper(w, inner, s.inner, fault, rest)
+
 	case fault == "loop":
 		w.Header().Set("Location", r.URL.RequestURI())
 		writeText(w, http.StatusFound, "found: injected by modtest /f/loop/\n")

@@ -105,6 +105,10 @@ func WithSumDB(db *SumDB) ProxyOption {
 //	slowclose<MS>
 //	            send the whole answer, then wait MS milliseconds before
 //	            finishing the response
+//	tamper      a well-formed answer that the checksum database does not
+//	            vouch for: a .mod with a line added, a .zip with a file
+//	            added, a lookup's hash, a tile's byte or a tree head changed
+//	notzip      for a .zip: 200 with a body that is not a zip
 //
 // An unknown fault answers 400. A test typically hands p.URL+"/f/503" to the
 // code under test as an upstream URL.

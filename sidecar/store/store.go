@@ -198,6 +198,16 @@ func (s *Store) damaged(key, why string) error {
 	return fmt.Errorf("%w: %s: %s", ErrDamaged, key, why)
 }
 
+// Reject deletes an object that passed the store's own check but not the
+// reader's (its content is not what its key says: another module's zip,
+// a go.mod the checksum database does not vouch for), and counts the
+// read as damaged rather than a hit.
+func (s *Store) Reject(key, why string) {
+	s.counts[opGet][resultHit].Add(-1)
+	s.counts[opGet][resultDamaged].Add(1)
+	s.damaged(key, why)
+}
+
 // Put stores body (obj.Size bytes with obj.SHA256) under key, unless the
 // store has it already: every replica that fetched it offers it.
 func (s *Store) Put(ctx context.Context, key string, body io.Reader, obj Object) error {

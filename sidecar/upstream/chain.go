@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode"
 
@@ -243,7 +244,20 @@ func (c *Chain) Upstreams() []*Upstream { return c.list }
 // any failure. skip, if not nil, returns a reason to pass an upstream by
 // without asking it (a skipped upstream counts as not found).
 func (c *Chain) Walk(ctx context.Context, method, path string, hdr http.Header, skip func(*Upstream) error) Result {
-	return c.WalkHedged(ctx, method, path, hdr, skip, nil)
+	return c.WalkWith(ctx, method, path, hdr, WalkOptions{Skip: skip})
+}
+
+// WalkOptions shape a walk.
+type WalkOptions struct {
+	// Skip, if not nil, returns a reason to pass an upstream by without
+	// asking it (a skipped upstream counts as not found).
+	Skip func(*Upstream) error
+	// Hedge, if not nil, races the next eligible upstream against one
+	// that is slow to answer.
+	Hedge *Hedge
+	// Check, if not nil, judges each 200 answer (see Check): one it
+	// refuses is that upstream's failure.
+	Check Check
 }
 
 // Hedge says when a walk also asks the next upstream before the current
@@ -262,11 +276,14 @@ type Hedge struct {
 	Mark func(ctx context.Context) context.Context
 }
 
-// WalkHedged is Walk that, with h, races the next eligible upstream against
-// one that is slow to answer: the first 200 wins and the other is
-// cancelled. Skip applies to the hedge too, so a private module is never
-// hedged to an upstream that may not see it.
-func (c *Chain) WalkHedged(ctx context.Context, method, path string, hdr http.Header, skip func(*Upstream) error, h *Hedge) Result {
+// WalkWith is Walk with options. With a Hedge it races the next eligible
+// upstream against one that is slow to answer: the first 200 that passes
+// the Check wins and the other is cancelled. Skip applies to the hedge
+// too, so a private module is never hedged to an upstream that may not
+// see it.
+func (c *Chain) WalkWith(ctx context.Context, method, path string, hdr http.Header, opts WalkOptions) Result {
+	skip, h := opts.Skip, opts.Hedge
+	req := Request{Method: method, Path: path, Header: hdr, Check: opts.Check}
 	var r Result
 	for i := 0; i < len(c.list); i++ {
 		u := c.list[i]
@@ -282,12 +299,12 @@ func (c *Chain) WalkHedged(ctx context.Context, method, path string, hdr http.He
 		}
 		var tries []try
 		if next := c.nextEligible(i, skip); h != nil && next > i {
-			tries = c.race(ctx, method, path, hdr, u, c.list[next], h)
+			tries = c.race(ctx, req, u, c.list[next], h)
 			if len(tries) == 2 {
 				i = next // the hedge was asked: the walk goes on after it
 			}
 		} else {
-			tries = []try{ask(ctx, u, method, path, hdr)}
+			tries = []try{ask(ctx, u, req)}
 		}
 		for _, t := range tries {
 			if t.resp != nil {
@@ -318,11 +335,11 @@ type try struct {
 	attempt Attempt
 }
 
-func ask(ctx context.Context, u *Upstream, method, path string, hdr http.Header) try {
+func ask(ctx context.Context, u *Upstream, req Request) try {
 	start := time.Now()
-	resp, err := u.Get(ctx, method, path, hdr)
+	resp, err := u.Do(ctx, req)
 	a := Attempt{Upstream: u, Err: err}
-	if err == nil && resp.StatusCode == http.StatusOK && method != http.MethodHead {
+	if err == nil && resp.StatusCode == http.StatusOK && req.Method != http.MethodHead {
 		err = Prefetch(resp)
 		a.Err = err
 	}
@@ -399,10 +416,10 @@ func (c *Chain) nextEligible(i int, skip func(*Upstream) error) int {
 // race asks u, and next as well if u has not answered within its hedge
 // delay and the budget allows. It returns one try, or two (u's, next's)
 // when both were asked; a losing request is cancelled.
-func (c *Chain) race(ctx context.Context, method, path string, hdr http.Header, u, next *Upstream, h *Hedge) []try {
+func (c *Chain) race(ctx context.Context, req Request, u, next *Upstream, h *Hedge) []try {
 	delay := h.Delay(u)
 	if delay <= 0 {
-		return []try{ask(ctx, u, method, path, hdr)}
+		return []try{ask(ctx, u, req)}
 	}
 	type result struct {
 		first bool
@@ -410,12 +427,18 @@ func (c *Chain) race(ctx context.Context, method, path string, hdr http.Header, 
 	}
 	results := make(chan result, 2)
 	ctxU, cancelU := context.WithCancel(ctx)
-	go func() { results <- result{true, ask(ctxU, u, method, path, hdr)} }()
+	answered := make(chan struct{})
+	reqU := req
+	reqU.answered = sync.OnceFunc(func() { close(answered) })
+	go func() { results <- result{true, ask(ctxU, u, reqU)} }()
 	fired, stop := c.clock.After(delay)
 	defer stop()
 	select {
 	case res := <-results:
 		return []try{keep(res.t, cancelU)}
+	case <-answered:
+		// In time: what its Check makes of the body is u's alone.
+		return []try{keep((<-results).t, cancelU)}
 	case <-fired:
 	}
 	if !h.Allow() {
@@ -423,7 +446,7 @@ func (c *Chain) race(ctx context.Context, method, path string, hdr http.Header, 
 	}
 	h.Sent(ctx, next)
 	ctxN, cancelN := context.WithCancel(h.Mark(ctx))
-	go func() { results <- result{false, ask(ctxN, next, method, path, hdr)} }()
+	go func() { results <- result{false, ask(ctxN, next, req)} }()
 	a := <-results
 	if a.t.resp != nil {
 		// The first good answer wins; the other request is cancelled and

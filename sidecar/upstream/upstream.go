@@ -489,7 +489,32 @@ type Request struct {
 	// a body is never retried.
 	Body          io.Reader
 	ContentLength int64
+	// Check, if not nil, judges a 200 answer before it counts as one.
+	Check Check
+	// answered, if not nil, is called when a 200's headers arrive, before
+	// Check reads its body: a hedge waits for headers, not for checks.
+	answered func()
 }
+
+// Check inspects a 200 answer before the upstream is credited with it. It
+// reads what it needs of resp's body (Do closes that body afterwards) and
+// returns the response to use instead, whose body is its own; or it
+// refuses the answer with an error. A refusal is the upstream's failure:
+// its breaker counts it, a walk moves past it after "|" as after any
+// failure, and it is not retried, since the upstream would answer the
+// same again.
+type Check func(ctx context.Context, resp *http.Response) (*http.Response, error)
+
+// ErrLocal marks a Check's error that is the caller's own doing (no room
+// to hold the answer): it fails the attempt without a word about the
+// upstream, to its breaker or its metrics.
+var ErrLocal = errors.New("refused by modgate itself")
+
+// CheckError is an answer that a Check refused.
+type CheckError struct{ Err error }
+
+func (e *CheckError) Error() string { return e.Err.Error() }
+func (e *CheckError) Unwrap() error { return e.Err }
 
 // Do is Get for any request: forward mode passes methods, queries, headers
 // and bodies through (git's smart HTTP POSTs).
@@ -508,15 +533,30 @@ func (u *Upstream) Do(ctx context.Context, req Request) (*http.Response, error) 
 		tctx := telemetry.WithAttempt(ctx, u.metric, kind, u.breaker.state().String(), try)
 		start := u.clock.Now()
 		resp, err := u.try(tctx, req)
-		if err == nil || ctx.Err() == nil {
+		elapsed := u.clock.Now().Sub(start)
+		if err == nil && resp.StatusCode == http.StatusOK && req.answered != nil {
+			req.answered()
+		}
+		checked := err == nil && resp.StatusCode == http.StatusOK && req.Check != nil
+		if checked {
+			resp, err = check(tctx, req.Check, resp)
+		}
+		if err == nil || (ctx.Err() == nil && !errors.Is(err, ErrLocal)) {
 			// An attempt its caller abandoned (a client gone, a hedge lost)
 			// says nothing of the upstream: it would skew the baseline.
-			u.tel.RecordUpstream(ctx, u.metric, kind, outcome(resp, err), u.clock.Now().Sub(start))
+			u.tel.RecordUpstream(ctx, u.metric, kind, outcome(resp, err), elapsed)
 		}
+		var refused *CheckError
 		switch {
-		case err != nil && ctx.Err() != nil:
+		case err != nil && (ctx.Err() != nil || errors.Is(err, ErrLocal)):
 			u.breaker.report(done, errClientCanceled)
 			return nil, err
+		case errors.As(err, &refused):
+			u.breaker.report(done, err)
+			return nil, err
+		case checked && err == nil:
+			u.breaker.report(done, nil)
+			return resp, nil
 		case err != nil:
 			u.breaker.report(done, err)
 		case isFailureStatus(resp.StatusCode):
@@ -547,6 +587,39 @@ func (u *Upstream) Do(ctx context.Context, req Request) (*http.Response, error) 
 			return nil, err
 		}
 	}
+}
+
+// check runs c on a 200 answer and closes the answer's body. A body that
+// breaks off while c reads it is a failure like any other (a stall, a
+// reset); an answer c refuses is a *CheckError.
+func check(ctx context.Context, c Check, resp *http.Response) (*http.Response, error) {
+	body := &readErrBody{ReadCloser: resp.Body}
+	resp.Body = body
+	out, err := c(ctx, resp)
+	body.Close()
+	switch {
+	case err == nil:
+		return out, nil
+	case body.err != nil:
+		return nil, body.err
+	case errors.Is(err, ErrLocal):
+		return nil, err
+	}
+	return nil, &CheckError{err}
+}
+
+// readErrBody remembers the first read error of a body.
+type readErrBody struct {
+	io.ReadCloser
+	err error
+}
+
+func (b *readErrBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && err != io.EOF && b.err == nil {
+		b.err = err
+	}
+	return n, err
 }
 
 // outcome classifies one try for the attempt metric.

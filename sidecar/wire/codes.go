@@ -37,6 +37,8 @@ const (
 	UpstreamFailed Code = "upstream-failed"  // 502: an upstream answered an error or could not be reached
 	UpstreamCut    Code = "upstream-cut"     // 502: an upstream broke off a small answer
 	BadUpstream    Code = "bad-upstream"     // 502: an upstream's answer is not what the protocol allows
+	// 502: an upstream's answer is not what the checksum database vouches for
+	ChecksumMismatch Code = "checksum-mismatch"
 	UnknownSumDB   Code = "unknown-sumdb"    // 404: a checksum database modgate does not serve
 	Offline        Code = "offline"          // 404: modgate serves only from its cache, which lacks it
 	Busy           Code = "busy"             // 503: modgate has no room for the request now
@@ -47,7 +49,7 @@ const (
 var Codes = []Code{
 	BadRequest, NotModuleRequest, MethodNotAllowed, AuthRequired, TooManyLogins, Misdirected,
 	Denied, PrivateLookup, PrivateHost, Refused, Loop,
-	NotFound, Direct, Off, CircuitOpen, Timeout, UpstreamFailed, UpstreamCut, BadUpstream, UnknownSumDB, Offline, Busy, Internal,
+	NotFound, Direct, Off, CircuitOpen, Timeout, UpstreamFailed, UpstreamCut, BadUpstream, ChecksumMismatch, UnknownSumDB, Offline, Busy, Internal,
 }
 
 // Prefix starts every line modgate writes for the go command to print.
