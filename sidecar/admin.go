@@ -41,7 +41,9 @@ func (s *Server) AdminHandler() http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
-		enc.Encode(map[string]any{"upstreams": list, "fleet": s.fleetStatus()})
+		on, why := s.Verification()
+		enc.Encode(map[string]any{"upstreams": list, "fleet": s.fleetStatus(),
+			"verification": map[string]any{"on": on, "detail": why, "checks": s.checks.snapshot()}})
 	})
 	mux.Handle("GET /{$}", s.statusHandler()) // only "/": other unknown paths stay 404
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {

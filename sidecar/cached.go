@@ -10,7 +10,6 @@ import (
 	"sync"
 	"time"
 
-
 	"github.com/modgate/modgate/sidecar/cache"
 	"github.com/modgate/modgate/sidecar/store"
 	"github.com/modgate/modgate/sidecar/upstream"
@@ -543,6 +542,7 @@ func (s *Server) fromStore(ctx context.Context, t tiers, key string) bool {
 	}
 	return true
 }
+
 // toStore offers the local cache's entry for key to the shared store,
 // which keeps it unless it has it already, and reports whether the store
 // holds it now.

@@ -116,9 +116,8 @@ type Server struct {
 	// verifier checks artifacts against the checksum database; nil when
 	// its key is not known.
 	verifier *verify.Verifier
-	// unverified counts artifacts relayed but not kept because the
-	// checksum database could not vouch for them.
-	unverified atomic.Int64
+	// checks counts the verifier's verdicts on artifacts.
+	checks checkCounts
 	// sumdbAddr is the database's direct address, which forward mode
 	// recognises.
 	sumdbAddr sumDBAddress
@@ -495,6 +494,11 @@ func (s *Server) Serve(ctx context.Context, ln, adminLn net.Listener) error {
 		}
 		defer unobserveCache()
 	}
+	unobserveChecks, err := s.tel.ObserveVerification(s.verificationReading)
+	if err != nil {
+		return err
+	}
+	defer unobserveChecks()
 	if len(s.sharedStores()) > 0 || s.cfg.Fleet.Fleet != nil {
 		unobserveFleet, err := s.tel.ObserveFleet(s.fleetReading)
 		if err != nil {

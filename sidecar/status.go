@@ -136,6 +136,8 @@ func (s *Server) statusHandler() http.Handler {
 // statusPage is what the template shows.
 type statusPage struct {
 	Version, Listen, Admin, Chain, SumDB string
+	Verified                             bool
+	Verification                         string // against what, or why not
 	Ready                                string // "ready", or why not
 	ReadyOK                              bool
 	Policy                               string
@@ -192,6 +194,13 @@ func (s *Server) statusPage(now time.Time) statusPage {
 	}
 	if p.SumDB == "" {
 		p.SumDB = "off"
+	}
+	p.Verified, p.Verification = s.Verification()
+	if p.Verified {
+		c := s.checks.snapshot()
+		p.Verification = fmt.Sprintf("on, %s: %d verified, %d mismatched, %d unverified", p.Verification, c["verified"], c["mismatch"], c["unverified"]+c["misbehaving"])
+	} else {
+		p.Verification = "off: " + p.Verification
 	}
 	if err := s.Ready(); err != nil {
 		p.Ready = err.Error()

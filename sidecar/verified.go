@@ -11,12 +11,14 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/modgate/modgate/sidecar/cache"
 	"github.com/modgate/modgate/sidecar/store"
 	"github.com/modgate/modgate/sidecar/upstream"
 	"github.com/modgate/modgate/sidecar/verify"
 	"github.com/modgate/modgate/sidecar/wire"
+	"github.com/modgate/modgate/telemetry"
 )
 
 // Trust (README, "Trust"): the checksum database is the authority, as it
@@ -347,19 +349,41 @@ func (ac *answerCheck) check(ctx context.Context, resp *http.Response) (*http.Re
 // could not be verified. A database caught misbehaving is logged: it
 // cannot vouch for anything, and the go command's own lookup fails too.
 func (ac *answerCheck) judge(err error) error {
+	n := &ac.s.checks
 	switch {
 	case err == nil:
+		n.verified.Add(1)
 		return nil
 	case isMismatch(err):
+		n.mismatch.Add(1)
 		ac.s.log.Warn("upstream answer does not match the checksum database", "module", ac.req.Module, "version", ac.req.Version, "err", err)
 		return err
 	case errors.Is(err, verify.ErrMisbehaving):
+		n.misbehaving.Add(1)
 		ac.s.log.Error("checksum database misbehaving: artifact relayed unverified, not kept", "module", ac.req.Module, "version", ac.req.Version, "err", err)
 	default:
+		n.unverified.Add(1)
 		ac.s.log.Warn("artifact could not be verified: relayed, not kept", "module", ac.req.Module, "version", ac.req.Version, "err", err)
 	}
-	ac.s.unverified.Add(1)
 	return err
+}
+
+// checkCounts are the verifier's verdicts, for the
+// modgate.checksum.checks metric and the status page.
+type checkCounts struct {
+	verified, mismatch, unverified, misbehaving atomic.Int64
+}
+
+func (c *checkCounts) snapshot() map[string]int64 {
+	return map[string]int64{
+		"verified": c.verified.Load(), "mismatch": c.mismatch.Load(),
+		"unverified": c.unverified.Load(), "misbehaving": c.misbehaving.Load(),
+	}
+}
+
+func (s *Server) verificationReading() telemetry.VerificationReading {
+	on, _ := s.Verification()
+	return telemetry.VerificationReading{On: on, Results: s.checks.snapshot()}
 }
 
 func isMismatch(err error) bool {

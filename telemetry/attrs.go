@@ -18,6 +18,7 @@ const (
 	AttrPolicyDecision = attribute.Key("modgate.policy.decision")
 	AttrPolicyRule     = attribute.Key("modgate.policy.rule")
 	AttrCacheResult    = attribute.Key("modgate.cache.result")
+	AttrChecksumResult = attribute.Key("modgate.checksum.result")
 	AttrUpstreamName   = attribute.Key("modgate.upstream.name")
 	AttrBreakerState   = attribute.Key("modgate.breaker.state")
 	AttrOutcome        = attribute.Key("modgate.outcome")

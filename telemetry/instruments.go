@@ -27,6 +27,8 @@ const (
 	MetricCacheSize            = "modgate.cache.size"
 	MetricHedges               = "modgate.upstream.hedges"
 	MetricCacheEvictions       = "modgate.cache.evictions"
+	MetricChecksumVerification = "modgate.checksum.verification"
+	MetricChecksumChecks       = "modgate.checksum.checks"
 	MetricServerDuration       = "http.server.request.duration"
 	MetricServerActive         = "http.server.active_requests"
 	MetricClientDuration       = "http.client.request.duration"
@@ -294,6 +296,51 @@ func (t *Telemetry) ObserveCache(read func() CacheReading) (unregister func() er
 	}, size, evictions)
 	if err != nil {
 		return nil, fmt.Errorf("telemetry: observe cache: %w", err)
+	}
+	return reg.Unregister, nil
+}
+
+// VerificationReading is what ObserveVerification reads: whether
+// artifacts are verified against the checksum database, and how the
+// checks have gone, by result (verified, mismatch, unverified,
+// misbehaving).
+type VerificationReading struct {
+	On      bool
+	Results map[string]int64
+}
+
+// ObserveVerification makes read the source of the
+// modgate.checksum.verification gauge (1 when artifacts are verified
+// against the checksum database, 0 when they cannot be) and the
+// modgate.checksum.checks counter. Call the returned function to stop.
+func (t *Telemetry) ObserveVerification(read func() VerificationReading) (unregister func() error, err error) {
+	if t == nil {
+		return func() error { return nil }, nil
+	}
+	on, err := t.meter.Int64ObservableGauge(MetricChecksumVerification, metric.WithUnit("1"),
+		metric.WithDescription("1 when artifacts are verified against the checksum database before they are kept; 0 when they cannot be (no database, or no key for it)."))
+	if err != nil {
+		return nil, err
+	}
+	checks, err := t.meter.Int64ObservableCounter(MetricChecksumChecks, metric.WithUnit("{check}"),
+		metric.WithDescription("Artifacts checked against the checksum database, by result."))
+	if err != nil {
+		return nil, err
+	}
+	reg, err := t.meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		r := read()
+		v := int64(0)
+		if r.On {
+			v = 1
+		}
+		o.ObserveInt64(on, v)
+		for result, n := range r.Results {
+			o.ObserveInt64(checks, n, metric.WithAttributes(AttrChecksumResult.String(result)))
+		}
+		return nil
+	}, on, checks)
+	if err != nil {
+		return nil, fmt.Errorf("telemetry: observe verification: %w", err)
 	}
 	return reg.Unregister, nil
 }

@@ -39,10 +39,10 @@ const (
 	BadUpstream    Code = "bad-upstream"     // 502: an upstream's answer is not what the protocol allows
 	// 502: an upstream's answer is not what the checksum database vouches for
 	ChecksumMismatch Code = "checksum-mismatch"
-	UnknownSumDB   Code = "unknown-sumdb"    // 404: a checksum database modgate does not serve
-	Offline        Code = "offline"          // 404: modgate serves only from its cache, which lacks it
-	Busy           Code = "busy"             // 503: modgate has no room for the request now
-	Internal       Code = "internal"         // 500: modgate's own fault (a cache read)
+	UnknownSumDB     Code = "unknown-sumdb" // 404: a checksum database modgate does not serve
+	Offline          Code = "offline"       // 404: modgate serves only from its cache, which lacks it
+	Busy             Code = "busy"          // 503: modgate has no room for the request now
+	Internal         Code = "internal"      // 500: modgate's own fault (a cache read)
 )
 
 // Codes lists every code, for tools that check they know them all.

@@ -78,6 +78,7 @@ var answerRules = map[wire.Code]func(*block, answer) *Explanation{
 	wire.UpstreamFailed:   explainChain,
 	wire.UpstreamCut:      explainUpstreamCut,
 	wire.BadUpstream:      explainBadUpstream,
+	wire.ChecksumMismatch: explainUpstreamMismatch,
 	wire.UnknownSumDB:     explainUnknownSumDB,
 	wire.Busy:             explainBusy,
 	wire.TooManyLogins:    explainTooManyLogins,
@@ -377,6 +378,19 @@ func explainBadUpstream(b *block, a answer) *Explanation {
 			"did not pass it on: " + a.msg + ".",
 		Fix: "The upstream is misconfigured or is not a module proxy: check its URL in modgate's chain (a missing path prefix " +
 			"is common) and what it answers to the URL the lines above name.",
+	}
+}
+
+func explainUpstreamMismatch(b *block, a answer) *Explanation {
+	return &Explanation{
+		Title: "an upstream's answer is not what the checksum database vouches for" + fromModgate(b),
+		Saw:   a.details,
+		Cause: "modgate checked " + b.subject() + " against the checksum database before passing it on, as the go command " +
+			"does, and the hashes differ (the lines above name both): the upstream serves a changed module, or a tampered " +
+			"copy of the database. modgate neither relayed nor kept it, and counted it against that upstream.",
+		Fix: "Tell whoever runs the upstream named above: it serves content the checksum database does not vouch for. " +
+			"With a fallback after \"|\" in modgate's chain (fallthrough: error) builds get the right content meanwhile. " +
+			"Never work around it with GONOSUMDB or GOFLAGS=-insecure.",
 	}
 }
 

@@ -300,6 +300,18 @@ contact: "ask #platform-builds"
 		},
 	},
 	{
+		name: "an upstream serves a go.mod the checksum database does not vouch for",
+		code: wire.ChecksumMismatch,
+		want: []string{"checksum database", "tampered:", "fallthrough: error"},
+		run: func(t *testing.T, w *world) string {
+			tampered := modtest.NewProxy(t, w.fx) // serves no database: the chain's next one does
+			w.stable(tampered.URL)
+			w.gateConfig(sidecar.Config{SumDBKey: w.db.VerifierKey, Upstreams: []upstream.Config{
+				{Name: "tampered", URL: tampered.URL + "/f/tamper"}, {Name: "public", URL: w.proxy().URL}}})
+			return w.run(false, "mod", "download", "fixture.test/dep01@v1.0.0")
+		},
+	},
+	{
 		name: "offline, and the cache lacks the module",
 		code: wire.Offline,
 		want: []string{"offline: true", "cache.dir"},
