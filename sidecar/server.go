@@ -518,7 +518,7 @@ func (s *Server) Serve(ctx context.Context, ln, adminLn net.Listener) error {
 	for i, srv := range servers {
 		go func() { errc <- srv.Serve(listeners[i]) }()
 	}
-	attrs := []any{"listen", ln.Addr().String(), "upstreams", upstream.FormatChain(s.chain.Upstreams(), func(u *upstream.Upstream) string { return u.Source }), "sumdb", s.cfg.SumDB}
+	attrs := []any{"listen", ln.Addr().String(), "upstreams", upstream.FormatChain(s.chain.Upstreams(), func(u *upstream.Upstream) string { return u.Source }), "sumdb", s.cfg.SumDB, "verified", s.verifier != nil}
 	if adminLn != nil {
 		attrs = append(attrs, "admin", adminLn.Addr().String())
 	}
@@ -529,6 +529,9 @@ func (s *Server) Serve(ctx context.Context, ln, adminLn net.Listener) error {
 		attrs = append(attrs, "clients", s.clients.describe())
 	}
 	s.log.Info("modgate serving", attrs...)
+	if on, why := s.Verification(); !on {
+		s.log.Warn("artifacts are not verified against a checksum database: "+why, "sumdb", s.cfg.SumDB)
+	}
 
 	select {
 	case <-ctx.Done():

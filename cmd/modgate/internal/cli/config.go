@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+	"golang.org/x/mod/sumdb/note"
 
 	"github.com/modgate/modgate/sidecar"
 	"github.com/modgate/modgate/sidecar/fleet"
@@ -219,24 +220,32 @@ type TimeoutsConfig struct {
 	Idle   time.Duration `yaml:"idle"`
 }
 
-// SumDBConfig names the checksum database served under /sumdb/.
+// SumDBConfig names the checksum database served under /sumdb/, and the
+// key that artifacts are verified with.
 type SumDBConfig struct {
 	Name string `yaml:"name"` // "off" serves none; may have a path: sum.example.test/sumdb
 	URL  string `yaml:"url"`  // where it answers directly; default https://<name>
+	// Key is the database's verifier key, GOSUMDB's "name+hash+key";
+	// default: GOSUMDB's, or the go command's own for the database it
+	// knows. Without one nothing is verified.
+	Key string `yaml:"key"`
 }
 
 // parseGOSUMDB splits GOSUMDB's "name", "name+key" or "name+key url" into
-// the database's name and URL; the key is the go command's business.
-func parseGOSUMDB(v string) (name, url string) {
+// the database's name, verifier key ("name+key", or "") and URL.
+func parseGOSUMDB(v string) (name, key, url string) {
 	fields := strings.Fields(v)
 	if len(fields) == 0 {
-		return "", ""
+		return "", "", ""
 	}
-	name, _, _ = strings.Cut(fields[0], "+")
+	name, _, hasKey := strings.Cut(fields[0], "+")
+	if hasKey {
+		key = fields[0]
+	}
 	if len(fields) > 1 {
 		url = fields[1]
 	}
-	return name, url
+	return name, key, url
 }
 
 // LogConfig sets up logging.
@@ -392,6 +401,7 @@ var envKeys = []struct{ env, key string }{
 	{"MODGATE_OFFLINE", "offline"},
 	{"MODGATE_UPSTREAM", "upstreams"},
 	{"MODGATE_SUMDB", "sumdb.name"},
+	{"MODGATE_SUMDB_KEY", "sumdb.key"},
 	{"MODGATE_RESOLVE", "resolve"},
 	{"MODGATE_TLS_CA_FILE", "tls_ca_file"},
 	{"MODGATE_LOG_LEVEL", "log.level"},
@@ -444,10 +454,17 @@ func (c *Config) set(key, value, at string, o origins) error {
 		}
 	case "sumdb.name":
 		// A name, or a whole GOSUMDB value (name+key [url]).
-		c.SumDB.Name, c.SumDB.URL = parseGOSUMDB(value)
+		var key string
+		c.SumDB.Name, key, c.SumDB.URL = parseGOSUMDB(value)
 		if c.SumDB.URL != "" {
 			o["sumdb.url"] = at
 		}
+		if key != "" {
+			c.SumDB.Key = key
+			o["sumdb.key"] = at
+		}
+	case "sumdb.key":
+		c.SumDB.Key = value
 	case "resolve":
 		c.Resolve = map[string]string{}
 		for _, r := range strings.FieldsFunc(value, func(r rune) bool { return r == ',' || r == ' ' }) {
@@ -617,6 +634,14 @@ func (c *Config) validate(o origins) (sidecar.Config, error) {
 			bad("sumdb.name", "%q: want the database's name: a host name, optionally with a path (sum.example.test, sum.example.test/sumdb)", name)
 		}
 		out.SumDB = name
+		if k := c.SumDB.Key; k != "" {
+			if v, err := note.NewVerifier(k); err != nil {
+				bad("sumdb.key", "%q: want the database's verifier key, name+hash+key as GOSUMDB gives it: %v", k, err)
+			} else if v.Name() != name {
+				bad("sumdb.key", "the key is for %s, not for %s", v.Name(), name)
+			}
+			out.SumDBKey = k
+		}
 		if u := c.SumDB.URL; u != "" {
 			if pu, err := url.Parse(u); err != nil || (pu.Scheme != "https" && pu.Scheme != "http") || pu.Host == "" || pu.RawQuery != "" {
 				bad("sumdb.url", "%q: want https://host[/path], where the database answers", u)

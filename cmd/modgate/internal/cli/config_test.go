@@ -48,7 +48,14 @@ func loadSidecar(t *testing.T, file string, env map[string]string, args ...strin
 			if env["GOENV_FAILS"] != "" {
 				return nil, errors.New("go: not found")
 			}
-			return []string{"https://proxy.example.test,direct", "sum.example.test+key"}, nil
+			if len(names) == 1 && names[0] == "GOROOT" {
+				return []string{env["GOROOT"]}, nil
+			}
+			gosumdb := "sum.example.test+c2fb575e+Afe723Se3XAmzMwlQQdca+228IRzAnWgglDVJp1SWDKQ"
+			if v, ok := env["GOENV_GOSUMDB"]; ok {
+				gosumdb = v
+			}
+			return []string{"https://proxy.example.test,direct", gosumdb}, nil
 		},
 	}
 	return l.load(fs, &f)
@@ -81,8 +88,8 @@ func TestSumDBNamesAsTheGoCommandDoes(t *testing.T) {
 		wantName, wURL string
 	}{
 		{args: []string{"--sumdb", "localhost.localdev/sumdb"}, wantName: "localhost.localdev/sumdb"},
-		{args: []string{"--sumdb", "sum.example.test/sumdb+key https://mirror.example.test/sumdb"}, wantName: "sum.example.test/sumdb", wURL: "https://mirror.example.test/sumdb"},
-		{env: map[string]string{"GOENV_FAILS": "1", "GOPROXY": "off", "GOSUMDB": "sum.example.test+key https://mirror.example.test/db"}, wantName: "sum.example.test", wURL: "https://mirror.example.test/db"},
+		{args: []string{"--sumdb", "sum.example.test/sumdb+e7a029e3+Aan6B3sFSc/owHsZ0PqrlF6lkWulBDQTSw3GK6o4bOyM https://mirror.example.test/sumdb"}, wantName: "sum.example.test/sumdb", wURL: "https://mirror.example.test/sumdb"},
+		{env: map[string]string{"GOENV_FAILS": "1", "GOPROXY": "off", "GOSUMDB": exampleKey + " https://mirror.example.test/db"}, wantName: "sum.example.test", wURL: "https://mirror.example.test/db"},
 		{file: "sumdb: {name: sum.example.test/db, url: \"https://mirror.example.test/db\"}\n", wantName: "sum.example.test/db", wURL: "https://mirror.example.test/db"},
 	} {
 		_, sc, err := loadSidecar(t, tt.file, tt.env, tt.args...)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strings"
 	"time"
@@ -122,6 +123,7 @@ func (l loader) load(fs *flag.FlagSet, f *runFlags) (Config, sidecar.Config, err
 	if err := l.fillFromGoEnv(&cfg, o); err != nil {
 		return cfg, sidecar.Config{}, err
 	}
+	l.fillSumDBKey(&cfg, o)
 	cfg.netrc = netrcPath(l.getenv, runtime.GOOS)
 	sc, err := cfg.validate(o)
 	return cfg, sc, err
@@ -163,17 +165,64 @@ func (l loader) fillFromGoEnv(cfg *Config, o origins) error {
 		}
 	}
 	if needSumDB {
-		name, url := parseGOSUMDB(vals[1])
+		name, key, url := parseGOSUMDB(vals[1])
 		o["sumdb.name"] = sourceName(source, "GOSUMDB")
 		cfg.SumDB.Name, cfg.SumDB.URL = name, url
 		if url != "" {
 			o["sumdb.url"] = sourceName(source, "GOSUMDB")
+		}
+		if key != "" && cfg.SumDB.Key == "" {
+			cfg.SumDB.Key = key
+			o["sumdb.key"] = sourceName(source, "GOSUMDB")
 		}
 		if name == "" {
 			cfg.SumDB.Name = "off"
 		}
 	}
 	return nil
+}
+
+// fillSumDBKey takes the checksum database's key, when no source gave one,
+// from the go command itself: it builds in the key of the database it
+// knows by name (cmd/go/internal/modfetch's knownGOSUMDB), and that key is
+// in the Go installation's source, in GOROOT. For any other database a key
+// must be given; without one nothing is verified, and modgate says so.
+func (l loader) fillSumDBKey(cfg *Config, o origins) {
+	name := cfg.SumDB.Name
+	if cfg.SumDB.Key != "" || name == "" || name == "off" || l.goenv == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	vals, err := l.goenv(ctx, "GOROOT")
+	if err != nil || len(vals) != 1 {
+		return
+	}
+	if key := knownSumDBKey(vals[0], name); key != "" {
+		cfg.SumDB.Key = key
+		o["sumdb.key"] = "the go command's own key for " + name
+	}
+}
+
+// knownSumDBKey returns the key the go command in goroot builds in for the
+// database called name (a "name": "name+hash+key" entry of
+// cmd/go/internal/modfetch's knownGOSUMDB map), or "".
+func knownSumDBKey(goroot, name string) string {
+	files, _ := filepath.Glob(filepath.Join(goroot, "src", "cmd", "go", "internal", "modfetch", "*.go"))
+	re := regexp.MustCompile(`"` + regexp.QuoteMeta(name) + `":\s*"(` + regexp.QuoteMeta(name) + `\+[0-9a-f]{8}\+[A-Za-z0-9+/=]+)"`)
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		src, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		if m := re.FindSubmatch(src); m != nil {
+			return string(m[1])
+		}
+	}
+	return ""
 }
 
 func sourceName(source, name string) string {
