@@ -395,6 +395,9 @@ func (o originSource) fetch(ctx context.Context, x *exchange, fr fetchRequest) u
 		if fr.method == http.MethodHead {
 			return upstream.Result{Response: resp, Upstream: o.u}
 		}
+		if fr.check != nil {
+			return upstream.Result{Response: resp, Upstream: o.u} // read whole by the check
+		}
 		if err = upstream.Prefetch(resp); err == nil {
 			return upstream.Result{Response: resp, Upstream: o.u}
 		}

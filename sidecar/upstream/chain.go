@@ -339,7 +339,8 @@ func ask(ctx context.Context, u *Upstream, req Request) try {
 	start := time.Now()
 	resp, err := u.Do(ctx, req)
 	a := Attempt{Upstream: u, Err: err}
-	if err == nil && resp.StatusCode == http.StatusOK && req.Method != http.MethodHead {
+	if err == nil && resp.StatusCode == http.StatusOK && req.Method != http.MethodHead && req.Check == nil {
+		// (A checked answer was read whole already.)
 		err = Prefetch(resp)
 		a.Err = err
 	}

@@ -1,0 +1,286 @@
+package sidecar_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"testing"
+
+	"github.com/modgate/modgate/sidecar"
+	"github.com/modgate/modgate/sidecar/cache"
+	"github.com/modgate/modgate/sidecar/modtest"
+	"github.com/modgate/modgate/sidecar/store"
+	"github.com/modgate/modgate/sidecar/upstream"
+)
+
+// The trust model (README, "Trust"): what modgate keeps and serves is what
+// the checksum database vouches for, whoever could write to its inputs.
+
+// cached returns the local cache's entry for key, or nil.
+func cached(t *testing.T, dir, key string) []byte {
+	t.Helper()
+	c, err := cache.Open(dir, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := c.Get(key)
+	if err != nil {
+		return nil
+	}
+	defer e.Close()
+	b, err := io.ReadAll(e.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func fixture(t *testing.T, fx *modtest.Fixtures, path string) modtest.Module {
+	t.Helper()
+	m, ok := fx.Lookup(path, "v1.0.0")
+	if !ok {
+		t.Fatalf("no fixture %s@v1.0.0", path)
+	}
+	return m
+}
+
+// verification returns what /debug/upstreams says of verification.
+func verification(t *testing.T, s *sidecar.Server) (on bool, checks map[string]float64) {
+	t.Helper()
+	rr := httptest.NewRecorder()
+	s.AdminHandler().ServeHTTP(rr, httptest.NewRequest(http.MethodGet, "http://127.0.0.1/debug/upstreams", nil))
+	var doc struct {
+		Verification struct {
+			On     bool
+			Checks map[string]float64
+		}
+	}
+	if err := json.Unmarshal(rr.Body.Bytes(), &doc); err != nil {
+		t.Fatalf("/debug/upstreams: %v\n%s", err, rr.Body)
+	}
+	return doc.Verification.On, doc.Verification.Checks
+}
+
+// TestTamperedUpstreamFallsThrough: an upstream whose .mod and .zip differ
+// from the checksum database fails, after "|" the next one serves, and
+// the cache holds the good bytes. After "," the build fails with the code
+// that names both hashes, and nothing is kept.
+func TestTamperedUpstreamFallsThrough(t *testing.T) {
+	e := newEnv(t)
+	good := e.proxy(t, true)
+	tampered := modtest.NewProxy(t, e.fx) // no database of its own: good serves it
+	m := fixture(t, e.fx, "fixture.test/dep01")
+	for _, fallthrough_ := range []upstream.Fallthrough{upstream.OnError, upstream.OnNotFound} {
+		t.Run(fallthrough_.String(), func(t *testing.T) {
+			dir := t.TempDir()
+			url, srv := startGateServer(t, sidecar.Config{SumDBKey: e.db.VerifierKey, Cache: sidecar.CacheConfig{Dir: dir},
+				Upstreams: []upstream.Config{
+					{Name: "tampered", URL: tampered.URL + "/f/tamper", Fallthrough: fallthrough_},
+					{Name: "good", URL: good.URL},
+				}})
+			g := modtest.NewGo(t)
+			g.UseProxy(url, e.db)
+			tampered.Reset()
+			_, stderr, err := g.Run("mod", "download", "fixture.test/dep01@v1.0.0")
+			if tampered.CountMatching("/fixture.test/dep01/@v/v1.0.0.mod") == 0 {
+				t.Fatalf("the tampered upstream was not asked: %v", tampered.Requests())
+			}
+			if on, _ := verification(t, srv); !on {
+				t.Fatal("verification is off")
+			}
+			if fallthrough_ == upstream.OnNotFound {
+				if err == nil {
+					t.Fatal("the build succeeded with a tampered first upstream and no fall-through on errors")
+				}
+				if !strings.Contains(stderr, "modgate: checksum-mismatch:") || !strings.Contains(stderr, "h1:") {
+					t.Errorf("the go command printed no checksum-mismatch naming the hashes:\n%s", stderr)
+				}
+				if b := cached(t, dir, "fixture.test/dep01/@v/v1.0.0.mod"); b != nil {
+					t.Errorf("a refused go.mod was kept: %q", b)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("go mod download through tampered|good: %v\n%s", err, stderr)
+			}
+			if b := cached(t, dir, "fixture.test/dep01/@v/v1.0.0.mod"); !bytes.Equal(b, m.Mod) {
+				t.Errorf("cached go.mod %q; want the good one %q", b, m.Mod)
+			}
+			if b := cached(t, dir, "fixture.test/dep01/@v/v1.0.0.zip"); !bytes.Equal(b, m.Zip) {
+				t.Errorf("cached zip is %d bytes; want the good %d", len(b), len(m.Zip))
+			}
+			if _, checks := verification(t, srv); checks["mismatch"] < 2 || checks["verified"] < 2 {
+				t.Errorf("checks %v: want the tampered .mod and .zip mismatched, the good ones verified", checks)
+			}
+		})
+	}
+}
+
+// TestForwardModeCannotPlant: a forward-mode client fetches a module's
+// files from an origin of its choosing; reverse mode still serves the
+// real ones, with verification on (the planted files are refused) and
+// off (they are kept for that origin only).
+func TestForwardModeCannotPlant(t *testing.T) {
+	e := newEnv(t)
+	good := e.proxy(t, true)
+	evil := modtest.NewProxy(t, e.fx)
+	const evilHost = "evil.example.test"
+	m := fixture(t, e.fx, "fixture.test/dep02")
+	for _, verified := range []bool{true, false} {
+		name := map[bool]string{true: "verified", false: "unverified"}[verified]
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			cfg := sidecar.Config{Cache: sidecar.CacheConfig{Dir: dir},
+				Upstreams: []upstream.Config{{Name: "good", URL: good.URL}},
+				Resolve:   map[string]string{evilHost + ":80": strings.TrimPrefix(evil.URL, "http://")},
+				Forward:   sidecar.ForwardConfig{AllowHosts: []string{evilHost}},
+			}
+			if verified {
+				cfg.SumDBKey = e.db.VerifierKey
+			}
+			gate := startGate(t, cfg)
+			proxyURL, _ := url.Parse(gate)
+			client := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(proxyURL)}}
+			for _, ext := range []string{".info", ".mod", ".zip"} {
+				resp, err := client.Get("http://" + evilHost + "/f/tamper/fixture.test/dep02/@v/v1.0.0" + ext)
+				if err != nil {
+					t.Fatal(err)
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				refused := resp.StatusCode == http.StatusBadGateway && strings.Contains(string(body), "checksum-mismatch")
+				if verified && ext != ".info" && !refused {
+					t.Errorf("planted %s: %d %q; want 502 checksum-mismatch", ext, resp.StatusCode, body)
+				}
+				if !verified && resp.StatusCode != http.StatusOK {
+					t.Errorf("planted %s without verification: %d %q; want it relayed", ext, resp.StatusCode, body)
+				}
+			}
+			if b := cached(t, dir, "fixture.test/dep02/@v/v1.0.0.mod"); b != nil {
+				t.Fatalf("the forward-mode answer is kept under the canonical key: %q", b)
+			}
+			g := modtest.NewGo(t)
+			g.UseProxy(gate, e.db)
+			if _, stderr, err := g.Run("mod", "download", "fixture.test/dep02@v1.0.0"); err != nil {
+				t.Fatalf("reverse mode after the plant: %v\n%s", err, stderr)
+			}
+			if b := cached(t, dir, "fixture.test/dep02/@v/v1.0.0.mod"); !bytes.Equal(b, m.Mod) {
+				t.Errorf("cached go.mod %q; want the real one", b)
+			}
+		})
+	}
+}
+
+// TestSharedStoreObjectsAreVerified: objects written straight into the
+// shared store, with metadata that matches them (another module's go.mod,
+// something that is not a zip, another module's zip), are never served
+// and are replaced by what upstreams answer.
+func TestSharedStoreObjectsAreVerified(t *testing.T) {
+	e := newEnv(t)
+	good := e.proxy(t, true)
+	ctx := context.Background()
+	st, err := store.Open(ctx, "file://"+t.TempDir(), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	dep03, dep04, dep05, dep06 := fixture(t, e.fx, "fixture.test/dep03"), fixture(t, e.fx, "fixture.test/dep04"), fixture(t, e.fx, "fixture.test/dep05"), fixture(t, e.fx, "fixture.test/dep06")
+	plant := map[string][]byte{
+		"fixture.test/dep03/@v/v1.0.0.mod": dep04.Mod,
+		"fixture.test/dep03/@v/v1.0.0.zip": []byte("this is not a zip\n"),
+		"fixture.test/dep05/@v/v1.0.0.zip": dep06.Zip,
+	}
+	for key, body := range plant {
+		sum := sha256.Sum256(body)
+		if err := st.Put(ctx, key, bytes.NewReader(body), store.Object{Size: int64(len(body)), SHA256: hex.EncodeToString(sum[:])}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	url := startGate(t, sidecar.Config{SumDBKey: e.db.VerifierKey, Cache: sidecar.CacheConfig{Dir: t.TempDir(), Shared: st},
+		Upstreams: []upstream.Config{{Name: "good", URL: good.URL}}})
+	e.go_.UseProxy(url, e.db)
+	if out, err := e.download("fixture.test/dep03@v1.0.0", "fixture.test/dep05@v1.0.0"); err != nil {
+		t.Fatalf("go mod download with planted objects in the shared store: %v\n%s", err, out)
+	}
+	want := map[string][]byte{
+		"fixture.test/dep03/@v/v1.0.0.mod": dep03.Mod,
+		"fixture.test/dep03/@v/v1.0.0.zip": dep03.Zip,
+		"fixture.test/dep05/@v/v1.0.0.zip": dep05.Zip,
+	}
+	for key, body := range want {
+		var got bytes.Buffer
+		if _, err := st.Get(ctx, key, &got); err != nil || !bytes.Equal(got.Bytes(), body) {
+			t.Errorf("store's %s after the build: %d bytes, %v; want the real %d bytes", key, got.Len(), err, len(body))
+		}
+	}
+	if s := st.Status(); s.Damaged < 3 {
+		t.Errorf("store status %+v: want the 3 planted objects counted as damaged", s)
+	}
+}
+
+// TestOfflineReplicaVerifiesFromTheSharedStore: a replica with an empty
+// disk, offline, with verification on, serves a fresh module cache from
+// a shared store that another replica warmed: lookups and tiles are in
+// the store too.
+func TestOfflineReplicaVerifiesFromTheSharedStore(t *testing.T) {
+	e := newEnv(t)
+	e.db.Preload(t)
+	good := e.proxy(t, true)
+	ctx := context.Background()
+	st, err := store.Open(ctx, "file://"+t.TempDir(), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	mods := []string{"fixture.test/dep07@v1.0.0", "fixture.test/dep08@v1.0.0", "fixture.test/dep10@v1.0.0"}
+	online := startGate(t, sidecar.Config{SumDBKey: e.db.VerifierKey, Cache: sidecar.CacheConfig{Dir: t.TempDir(), Shared: st},
+		Upstreams: []upstream.Config{{Name: "good", URL: good.URL}}})
+	e.go_.UseProxy(online, e.db)
+	if out, err := e.download(mods...); err != nil {
+		t.Fatalf("online replica: %v\n%s", err, out)
+	}
+	offline, srv := startGateServer(t, sidecar.Config{SumDBKey: e.db.VerifierKey, Offline: true,
+		Cache:     sidecar.CacheConfig{Dir: t.TempDir(), Shared: st},
+		Upstreams: []upstream.Config{{URL: "off"}}})
+	g := modtest.NewGo(t)
+	g.UseProxy(offline, e.db)
+	if _, stderr, err := g.Run(append([]string{"mod", "download"}, mods...)...); err != nil {
+		t.Fatalf("offline replica with an empty disk: %v\n%s", err, stderr)
+	}
+	if _, checks := verification(t, srv); checks["mismatch"] != 0 {
+		t.Errorf("checks %v", checks)
+	}
+}
+
+// TestTamperedChecksumDatabase: a checksum database (or a mirror of it)
+// whose lookups its own signed log does not prove is caught: the lookup
+// is refused with checksum-mismatch, and the build fails as it would
+// without modgate, with nothing kept.
+func TestTamperedChecksumDatabase(t *testing.T) {
+	e := newEnv(t)
+	modules := modtest.NewProxy(t, e.fx) // no database: modgate goes to its URL
+	dbURL := e.db.Serve(t)
+	dir := t.TempDir()
+	url := startGate(t, sidecar.Config{SumDBKey: e.db.VerifierKey, SumDBURL: dbURL + "/f/tamper", Cache: sidecar.CacheConfig{Dir: dir},
+		Upstreams: []upstream.Config{{Name: "modules", URL: modules.URL}}})
+	e.go_.UseProxy(url, e.db)
+	out, err := e.download("fixture.test/dep11@v1.0.0")
+	if err == nil {
+		t.Fatalf("the build succeeded against a tampered checksum database:\n%s", out)
+	}
+	if !strings.Contains(out, "modgate: checksum-mismatch:") {
+		t.Errorf("the go command printed no checksum-mismatch:\n%s", out)
+	}
+	for _, key := range []string{"fixture.test/dep11/@v/v1.0.0.mod", "fixture.test/dep11/@v/v1.0.0.zip", "sumdb/" + sumdbName + "/lookup/fixture.test/dep11@v1.0.0"} {
+		if b := cached(t, dir, key); b != nil {
+			t.Errorf("%s was kept", key)
+		}
+	}
+}
