@@ -11,9 +11,6 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/mod/module"
-	modzip "golang.org/x/mod/zip"
-
 	"github.com/modgate/modgate/sidecar/cache"
 	"github.com/modgate/modgate/sidecar/store"
 	"github.com/modgate/modgate/sidecar/upstream"
@@ -453,10 +450,7 @@ func (s *Server) fly(ctx context.Context, f *flight, t tiers, key string, fetch 
 	// A zip is checked as a module zip once every waiter has it: that read
 	// of the whole file is not theirs to wait for.
 	finish(nil)
-	verify := func(path string) error {
-		_, err := modzip.CheckZip(module.Version{Path: req.Module, Version: req.Version}, path)
-		return err
-	}
+	verify := func(path string) error { return checkZipFile(req, path) }
 	if err := w.Commit(resp.ContentLength, verify); err != nil {
 		s.log.Warn("not cached", "key", key, "err", err)
 		return
