@@ -348,6 +348,8 @@ func TestFidelityWarmCache(t *testing.T) {
 				"go list -m all",
 				"go mod download -json fixture.test/UpperCase@v1.0.0 fixture.test/major/v2@v2.0.0",
 				"go list -m fixture.test/branch@main fixture.test/retract@latest",
+				"go list -m fixture.test/incompat@v2.0.0 fixture.test/tagged@v2.0.0",
+				"go mod download -json fixture.test/renamed@v1.0.0 fixture.test/tagged@v2.0.0",
 				"go list -m -versions fixture.test/dep05",
 				"go mod verify",
 				"cat go.mod",
