@@ -99,7 +99,8 @@ func exactVersion(path, version string) bool {
 //
 // No more: the go command keeps a zip that is otherwise odd (file names
 // modzip.CheckZip refuses, a case-insensitive collision) and refuses it
-// only when it extracts it for a build.
+// only when it extracts it (go mod download, a build). The hash is the one
+// a checksum database records: verifying against it needs no second read.
 func zipSum(req Request, path string) (string, error) {
 	fi, err := os.Stat(path)
 	if err != nil {
