@@ -72,8 +72,9 @@ type Request struct {
 	// serves its proxy under a path ("/artifactory/api/go/go-remote").
 	Prefix string
 	// Query is set for an .info request whose Version is not a canonical
-	// version but a query the proxy resolves (a branch, a tag, a commit
-	// hash or its prefix): the answer names the version.
+	// version of the module but a query the proxy resolves (a branch, a
+	// tag, a commit hash or its prefix, v2.0.0 of a path without /v2):
+	// the answer names the version (exactVersion).
 	Query bool
 }
 
@@ -172,6 +173,11 @@ func classifyProxy(p string) (Request, error) {
 		return r, err
 	}
 	r.Module = mod
+	if r.Kind == KindInfo && !exactVersion(mod, r.Version) {
+		// A canonical version that is not one of this path's (v2.0.0 of
+		// a path without /v2) is resolved by the proxy, as a query.
+		r.Query = true
+	}
 	return r, nil
 }
 

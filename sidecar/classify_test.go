@@ -29,6 +29,13 @@ func TestClassifyReverse(t *testing.T) {
 		{path: "/fixture.test/a/@v/master.info", want: Request{Kind: KindInfo, Module: "fixture.test/a", Version: "master", Query: true}},
 		{path: "/fixture.test/a/@v/23179ee.info", want: Request{Kind: KindInfo, Module: "fixture.test/a", Version: "23179ee", Query: true}},
 		{path: "/fixture.test/a/@v/v1.0.info", want: Request{Kind: KindInfo, Module: "fixture.test/a", Version: "v1.0", Query: true}},
+		// So may a canonical version that is not one of the path's
+		// (cmd/go/internal/modfetch/proxy.go, (*proxyRepo).Stat): the
+		// proxy answers v2.0.0+incompatible or a pseudo-version.
+		{path: "/fixture.test/a/@v/v2.0.0.info", want: Request{Kind: KindInfo, Module: "fixture.test/a", Version: "v2.0.0", Query: true}},
+		{path: "/fixture.test/a/v2/@v/v1.0.0.info", want: Request{Kind: KindInfo, Module: "fixture.test/a/v2", Version: "v1.0.0", Query: true}},
+		{path: "/fixture.test/a/@v/v2.0.0+incompatible.info", want: Request{Kind: KindInfo, Module: "fixture.test/a", Version: "v2.0.0+incompatible"}},
+		{path: "/fixture.test/a/@v/v2.0.0.mod", want: Request{Kind: KindMod, Module: "fixture.test/a", Version: "v2.0.0"}},
 		// A checksum database's name may have a path.
 		{path: "/sumdb/sum.fixture.test/sumdb/lookup/fixture.test/a@v1.0.0", want: Request{Kind: KindSumDBLookup, SumDB: "sum.fixture.test/sumdb", Module: "fixture.test/a", Version: "v1.0.0", Path: "/lookup/fixture.test/a@v1.0.0"}},
 		{path: "/sumdb/sum.fixture.test/sumdb/supported", want: Request{Kind: KindSumDBSupported, SumDB: "sum.fixture.test/sumdb", Path: "/supported"}},

@@ -66,6 +66,9 @@ type rigOptions struct {
 	prefix string
 	// policy is modgate's policy file; empty means none.
 	policy string
+	// fixtures are the modules served; nil means testdata/mod and the
+	// fake toolchain.
+	fixtures *modtest.Fixtures
 }
 
 // fidelityRig is the fixture proxy and checksum database, and modgate in
@@ -93,7 +96,10 @@ func newFidelityRig(t *testing.T, mode string, opts rigOptions) *fidelityRig {
 	if opts.sumdbName == "" {
 		opts.sumdbName = sumdbName
 	}
-	fx := loadFidelityFixtures(t)
+	fx := opts.fixtures
+	if fx == nil {
+		fx = loadFidelityFixtures(t)
+	}
 	r := &fidelityRig{mode: mode, opts: opts, fx: fx, db: modtest.NewSumDB(t, opts.sumdbName, fx)}
 	// A tree that grows while the go command reads it makes the tiles it
 	// reads depend on the order of its lookups; then a warm cache would

@@ -21,6 +21,10 @@ type fidelityCase struct {
 	env   map[string]string // for both sides
 	files map[string]string // besides go.mod
 	steps []string          // see runScript
+	// stderr maps a step to text that both sides' standard error must
+	// hold: where the go command's own explanation matters (a failure
+	// that is the module's, not the proxy's).
+	stderr map[string]string
 	// after, if set, checks that the traffic went where the case says
 	// (both sides have run).
 	after func(t *testing.T, r *fidelityRig)
@@ -77,6 +81,60 @@ var fidelityCases = []fidelityCase{
 			"go get fixture.test/incompat@v2.0.0+incompatible",
 			"go get fixture.test/incompat@latest",
 			"go list -m all",
+			"cat go.mod",
+			"cat go.sum",
+		},
+	},
+	// Odd but valid modules: the go command accepts these proxy answers,
+	// so modgate must relay and keep them (the go command's own
+	// download-time rules, sidecar/check.go).
+	{
+		name:  "a go.mod naming another path",
+		modes: []string{"reverse", "forward", "mitm"},
+		steps: []string{
+			"go list -m -json fixture.test/renamed@v1.0.0",
+			"go mod download fixture.test/renamed@v1.0.0",
+			"go mod download -json fixture.test/renamed@v1.0.0",
+			"! go get fixture.test/renamed@v1.0.0",
+			"cat go.mod",
+		},
+		stderr: map[string]string{"! go get fixture.test/renamed@v1.0.0": "module declares its path as: fixture.test/newname"},
+	},
+	{
+		name:  "v2.0.0 of a path without /v2 resolved to +incompatible",
+		modes: []string{"reverse", "forward", "mitm"},
+		steps: []string{
+			"go list -m fixture.test/incompat@v2.0.0",
+			"go mod download -json fixture.test/incompat@v2.0.0",
+			"go get fixture.test/incompat@v2.0.0",
+			"go list -m all",
+			"go list -m -json fixture.test/incompat@v2.0.0+incompatible",
+			"cat go.mod",
+			"cat go.sum",
+		},
+	},
+	{
+		name:  "a tag resolved to a pseudo-version",
+		modes: []string{"reverse", "forward", "mitm"},
+		steps: []string{
+			"go list -m fixture.test/tagged@v2.0.0",
+			"go mod download -json fixture.test/tagged@v2.0.0",
+			"go get fixture.test/tagged@v2.0.0",
+			"go list -m all",
+			"go list -m -versions fixture.test/tagged",
+			"cat go.mod",
+			"cat go.sum",
+		},
+	},
+	{
+		name:  "retracted and deprecated, downloaded",
+		modes: []string{"reverse", "forward", "mitm"},
+		steps: []string{
+			"go mod download -json fixture.test/retract@v1.1.0",
+			"go list -m -json -retracted fixture.test/retract@v1.1.0",
+			"go get fixture.test/retract@v1.1.0",
+			"go list -m -u -json fixture.test/retract",
+			"go get fixture.test/retract@latest",
 			"cat go.mod",
 			"cat go.sum",
 		},
@@ -207,6 +265,15 @@ func compareSides(t *testing.T, r *fidelityRig, tc fidelityCase) {
 		results[i] = runScript(t, g, files, tc.steps)
 	}
 	checkExpectations(t, tc.steps, results[0])
+	for i, step := range tc.steps {
+		if want, ok := tc.stderr[step]; ok {
+			for j, side := range []string{"direct", "modgate"} {
+				if !strings.Contains(results[j][i].stderr, want) {
+					t.Errorf("%s: %s: standard error lacks %q:\n%s", side, step, want, results[j][i].stderr)
+				}
+			}
+		}
+	}
 	for _, d := range diffSides("direct", "modgate", results[0], results[1]) {
 		t.Errorf("the go command disagrees through modgate (%s mode): %s", r.mode, d)
 	}
@@ -281,6 +348,8 @@ func TestFidelityWarmCache(t *testing.T) {
 				"go list -m all",
 				"go mod download -json fixture.test/UpperCase@v1.0.0 fixture.test/major/v2@v2.0.0",
 				"go list -m fixture.test/branch@main fixture.test/retract@latest",
+				"go list -m fixture.test/incompat@v2.0.0 fixture.test/tagged@v2.0.0",
+				"go mod download -json fixture.test/renamed@v1.0.0 fixture.test/tagged@v2.0.0",
 				"go list -m -versions fixture.test/dep05",
 				"go mod verify",
 				"cat go.mod",

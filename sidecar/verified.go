@@ -421,8 +421,13 @@ func (ac *answerCheck) checkZip(ctx context.Context, resp *http.Response) (*http
 		sp.abort()
 		return nil, fmt.Errorf("%w: spool: %w", upstream.ErrLocal, err)
 	}
+	h1, err := zipSum(ac.req, sp.path())
+	if err != nil {
+		sp.abort()
+		return nil, &badAnswer{"not a module zip the go command would take: " + err.Error()}
+	}
 	found := &checkedAnswer{spool: sp.w}
-	found.unverified = ac.judge(ac.s.verifier.CheckZip(ctx, ac.req.Module, ac.req.Version, sp.path()))
+	found.unverified = ac.judge(ac.s.verifier.CheckHash(ctx, ac.req.Module, ac.req.Version, h1))
 	if isMismatch(found.unverified) {
 		sp.abort()
 		return nil, found.unverified
@@ -567,13 +572,11 @@ func (b *spoolBody) Close() error {
 func (s *Server) checkStored(ctx context.Context, req Request, verified bool) func(path string) error {
 	return func(path string) error {
 		if req.Kind == KindZip {
-			if err := checkZipFile(req, path); err != nil {
+			h1, err := zipSum(req, path)
+			if err != nil || !verified {
 				return err
 			}
-			if verified {
-				return s.verifier.CheckZip(ctx, req.Module, req.Version, path)
-			}
-			return nil
+			return s.verifier.CheckHash(ctx, req.Module, req.Version, h1)
 		}
 		body, err := os.ReadFile(path)
 		if err != nil {

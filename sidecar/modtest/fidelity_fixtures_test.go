@@ -64,6 +64,10 @@ func TestFixtureQueryErrors(t *testing.T) {
 	if err != nil || strings.Join(m.Queries, " ") != "main abc def" {
 		t.Fatalf("ParseFixture: %v, queries %q", err, m.Queries)
 	}
+	// v2.0.0 is no version of a path without /v2: the proxy resolves it.
+	if m, err := ParseFixture("fixture.test_q_v1.0.0.txtar", []byte("module fixture.test/q@v1.0.0\nquery: v2.0.0\n"+body)); err != nil || m.Queries[0] != "v2.0.0" {
+		t.Errorf("query v2.0.0 of a path without /v2: %v", err)
+	}
 	var fx Fixtures
 	if err := fx.Add(m); err != nil {
 		t.Fatal(err)

@@ -75,8 +75,9 @@ type Fixtures struct {
 // A comment line "query: q1 q2 ..." lists queries that resolve to this
 // version ([Module.Queries]): the proxy answers /@v/<q>.info with this
 // version's info, as a real proxy answers a branch name, a commit hash or a
-// hash prefix. A query may not be a canonical version, and two versions of
-// one module may not share a query.
+// hash prefix, or as it resolves v2.0.0 of a path without /v2. A query may
+// not be a version of the module (v2.0.0 of a path without /v2 is none),
+// and two versions of one module may not share a query.
 //
 // The .mod section is required and is served for /@v/<version>.mod. The .info
 // section is optional; without it the info is {"Version":..., "Time":...} with
@@ -235,11 +236,15 @@ func parseQueries(comment []byte) []string {
 }
 
 // checkQueries checks that m's queries are names a version query can be:
-// never a canonical version (that would shadow a real version), and safe
-// to put in a proxy path.
+// never a version of m's path (that would shadow a real version), and safe
+// to put in a proxy path. A canonical version that module.Check refuses
+// for the path (v2.0.0 of a path without /v2) is a query: a proxy resolves
+// it, as the go command's direct mode does, to v2.0.0+incompatible or to
+// a pseudo-version, and the go command lets it (its proxy.go, Stat).
 func checkQueries(m Module) error {
 	for _, q := range m.Queries {
-		if q == "latest" || q == "upgrade" || q == "patch" || semver.IsValid(q) {
+		foreign := q == module.CanonicalVersion(q) && module.Check(m.Path, q) != nil
+		if q == "latest" || q == "upgrade" || q == "patch" || semver.IsValid(q) && !foreign {
 			return fmt.Errorf("query %q is a version or a version query, not a revision", q)
 		}
 		if _, err := module.EscapeVersion(q); err != nil {
