@@ -78,7 +78,14 @@ func tamperZip(data []byte) []byte {
 	if err != nil || len(zr.File) == 0 {
 		return append(bytes.Clone(data), 0)
 	}
-	prefix, _, _ := strings.Cut(zr.File[0].Name, "/")
+	// Names start with "<module>@<version>/".
+	name := zr.File[0].Name
+	at := strings.Index(name, "@")
+	slash := strings.Index(name[at+1:], "/")
+	if at < 0 || slash < 0 {
+		return append(bytes.Clone(data), 0)
+	}
+	prefix := name[:at+1+slash]
 	var out bytes.Buffer
 	zw := zip.NewWriter(&out)
 	for _, f := range zr.File {
