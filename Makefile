@@ -30,8 +30,14 @@ TESTFLAGS ?= -race -count=1 -timeout=30m
 
 all: build
 
+# The checksum database keys the go command builds in, from this
+# toolchain's source, built into modgate for machines without Go of their
+# own (modgate verifies modules against that database by default).
+SUMDB_KEYS := $(shell grep -hoE '"[a-z0-9.-]+(/[a-z0-9./-]+)?\+[0-9a-f]{8}\+[A-Za-z0-9+/=]+"' $$($(GO) env GOROOT)/src/cmd/go/internal/modfetch/*.go 2>/dev/null | tr -d '"' | sort -u | tr '\n' ' ')
+LDFLAGS := -X 'github.com/modgate/modgate/cmd/modgate/internal/cli.builtinSumDBKeys=$(strip $(SUMDB_KEYS))'
+
 build:
-	$(GO) build -o $(BIN)/modgate ./cmd/modgate
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/modgate ./cmd/modgate
 
 run: build
 	$(BIN)/modgate run $(RUN_FLAGS)
@@ -193,7 +199,7 @@ cross:
 	@set -e; for p in $(CROSS_PLATFORMS); do \
 	  os=$${p%/*}; arch=$${p#*/}; ext=; if [ "$$os" = windows ]; then ext=.exe; fi; \
 	  echo "cross: $$os/$$arch"; \
-	  CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -o $(CROSS_OUT)/modgate-$$os-$$arch$$ext ./cmd/modgate; \
+	  CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(CROSS_OUT)/modgate-$$os-$$arch$$ext ./cmd/modgate; \
 	done
 
 # deploy/ is its own module (its Kubernetes dependencies stay out of the

@@ -109,7 +109,8 @@ func TestDockerfile(t *testing.T) {
 			buildCmd = in.args
 		}
 	}
-	for _, want := range []string{"CGO_ENABLED=0", "-trimpath", `-ldflags "-s -w -X github.com/modgate/modgate/cmd/modgate/internal/cli.version=${VERSION}"`, "./cmd/modgate"} {
+	for _, want := range []string{"CGO_ENABLED=0", "-trimpath", `-ldflags "-s -w -X github.com/modgate/modgate/cmd/modgate/internal/cli.version=${VERSION}`,
+		`-X 'github.com/modgate/modgate/cmd/modgate/internal/cli.builtinSumDBKeys=${keys}'"`, "./cmd/modgate"} {
 		if !strings.Contains(buildCmd, want) {
 			t.Errorf("go build lacks %s: %s", want, buildCmd)
 		}
@@ -121,6 +122,13 @@ func TestDockerfile(t *testing.T) {
 	}
 	if !regexp.MustCompile(`(?m)^var version = ""`).Match(cli) {
 		t.Error(`cli.go has no "var version = """: the -X flag stamps nothing`)
+	}
+	load, err := os.ReadFile("../cmd/modgate/internal/cli/load.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !regexp.MustCompile(`(?m)^var builtinSumDBKeys string`).Match(load) {
+		t.Error(`load.go has no "var builtinSumDBKeys string": the -X flag stamps nothing`)
 	}
 
 	if !strings.HasPrefix(final[0].args, "gcr.io/distroless/static") || !strings.HasSuffix(final[0].args, ":nonroot") {

@@ -84,7 +84,7 @@ func (a *App) doctor(ctx context.Context, args []string) error {
 			cfg, sc, err := loader{getenv: a.Getenv, goenv: goenv}.load(fs, &rf)
 			m := doctor.Modgate{
 				Listen: cfg.Listen, Admin: cfg.Admin,
-				Resolve: cfg.Resolve, PolicyFile: cfg.PolicyFile, SumDB: sc.SumDB, SumDBURL: sc.SumDBURL, RootCAs: sc.RootCAs,
+				Resolve: cfg.Resolve, PolicyFile: cfg.PolicyFile, SumDB: sc.SumDB, SumDBURL: sc.SumDBURL, Verified: sc.SumDBKey != "", RootCAs: sc.RootCAs,
 			}
 			if cfg.Listen != "" {
 				m.URL = "http://" + clientAddr(cfg.Listen)

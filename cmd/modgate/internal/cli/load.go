@@ -194,20 +194,39 @@ func (l loader) fillSumDBKey(cfg *Config, o origins) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	vals, err := l.goenv(ctx, "GOROOT")
-	if err != nil || len(vals) != 1 {
-		return
+	goroot := ""
+	if vals, err := l.goenv(ctx, "GOROOT"); err == nil && len(vals) == 1 {
+		goroot = vals[0]
 	}
-	if key := knownSumDBKey(vals[0], name); key != "" {
+	if key := knownSumDBKey(goroot, name); key != "" {
 		cfg.SumDB.Key = key
 		o["sumdb.key"] = "the go command's own key for " + name
 	}
 }
 
-// knownSumDBKey returns the key the go command in goroot builds in for the
-// database called name (a "name": "name+hash+key" entry of
-// cmd/go/internal/modfetch's knownGOSUMDB map), or "".
+// builtinSumDBKeys are the keys the go command that built modgate builds
+// in ("name+hash+key", space separated), set at build time by the
+// Makefile and the Dockerfile from their toolchain's GOROOT, for machines
+// (a container image) without a Go installation of their own.
+var builtinSumDBKeys string
+
+// knownSumDBKey returns the key the go command builds in for the database
+// called name: the one in goroot (a "name": "name+hash+key" entry of
+// cmd/go/internal/modfetch's knownGOSUMDB map), else the one modgate was
+// built with, or "".
 func knownSumDBKey(goroot, name string) string {
+	if key := goSourceKey(goroot, name); key != "" {
+		return key
+	}
+	for _, key := range strings.Fields(builtinSumDBKeys) {
+		if strings.HasPrefix(key, name+"+") {
+			return key
+		}
+	}
+	return ""
+}
+
+func goSourceKey(goroot, name string) string {
 	files, _ := filepath.Glob(filepath.Join(goroot, "src", "cmd", "go", "internal", "modfetch", "*.go"))
 	re := regexp.MustCompile(`"` + regexp.QuoteMeta(name) + `":\s*"(` + regexp.QuoteMeta(name) + `\+[0-9a-f]{8}\+[A-Za-z0-9+/=]+)"`)
 	for _, f := range files {

@@ -28,6 +28,8 @@ func fakeGOROOT(t *testing.T, name, key string) string {
 // config's, or the go command's own for the database it knows; a key for
 // another database is refused; a database without a key runs unverified.
 func TestSumDBKey(t *testing.T) {
+	defer func(old string) { builtinSumDBKeys = old }(builtinSumDBKeys)
+	builtinSumDBKeys = "sum.built.example.test+c0ffee00+AAAA sum.other.example.test/x+12345678+BBBB"
 	for _, tt := range []struct {
 		name    string
 		args    []string
@@ -42,6 +44,7 @@ func TestSumDBKey(t *testing.T) {
 		{name: "config sumdb.key", env: map[string]string{"GOENV_GOSUMDB": "off"}, file: "sumdb: {name: sum.example.test, key: " + exampleKey + "}\n", want: exampleKey},
 		{name: "the go command's own key", env: map[string]string{"GOENV_GOSUMDB": "sum.example.test", "GOROOT": "fake"}, want: exampleKey},
 		{name: "no key known", env: map[string]string{"GOENV_GOSUMDB": "sum.other.example.test", "GOROOT": "fake"}, want: ""},
+		{name: "the key modgate was built with", env: map[string]string{"GOENV_GOSUMDB": "sum.built.example.test", "GOROOT": "/nonexistent"}, wantErr: "sum.built.example.test+c0ffee00+AAAA"},
 		{name: "a key for another database", args: []string{"--sumdb", "sum.other.example.test"}, env: map[string]string{"MODGATE_SUMDB_KEY": exampleKey}, wantErr: "sumdb.key"},
 		{name: "not a key", env: map[string]string{"GOENV_GOSUMDB": "sum.example.test+nokey"}, wantErr: "sumdb.key"},
 	} {

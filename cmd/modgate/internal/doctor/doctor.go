@@ -123,6 +123,9 @@ type Modgate struct {
 	// SumDBURL is where modgate reaches the database directly; if empty,
 	// https://<SumDB>.
 	SumDBURL string
+	// Verified is set when modgate has the database's key, and so
+	// verifies what it keeps and serves against it.
+	Verified bool
 	// RootCAs verifies upstream certificates; nil means the system pool.
 	RootCAs *x509.CertPool
 	// ListenerCert is the module listener's certificate when it is HTTPS
@@ -221,6 +224,7 @@ func Run(ctx context.Context, opts Options) Report {
 	}
 	d.loadPolicy(policyFile)
 	d.checkGoEnv()
+	d.checkVerification()
 	d.checkPrivate(policyFile)
 	d.checkGoproxy()
 	d.checkProxyVars()
@@ -339,6 +343,22 @@ func (d *run) loadPolicy(file string) {
 		return
 	}
 	d.private = p.PrivatePatterns()
+}
+
+// checkVerification says whether modgate verifies what it keeps and
+// serves against a checksum database (README, "Trust").
+func (d *run) checkVerification() {
+	switch {
+	case !d.cfgOK:
+	case d.m.Verified:
+		d.add(Finding{Severity: Info, Check: "modgate-verified", What: "modgate verifies public modules' go.mod files and zips against " + d.m.SumDB + " before it keeps or serves them"})
+	case d.m.SumDB == "":
+		d.add(Finding{Severity: Warn, Check: "modgate-unverified", What: "modgate serves no checksum database (sumdb off): it keeps and serves modules checked only by the protocol's rules",
+			Fix: "Give modgate the database your builds use: --sumdb name+key (GOSUMDB's form), or sumdb.name and sumdb.key in its config."})
+	default:
+		d.add(Finding{Severity: Warn, Check: "modgate-unverified", What: "modgate has no key for the checksum database " + d.m.SumDB + ": it keeps and serves modules checked only by the protocol's rules",
+			Fix: "Give the key: --sumdb " + d.m.SumDB + "+<key> (GOSUMDB's name+key form), MODGATE_SUMDB_KEY, or sumdb.key in the config."})
+	}
 }
 
 // checkGoEnv looks at the settings that turn verification off.
