@@ -132,6 +132,10 @@ type Verifier struct {
 
 	// securityErrors counts what the Client reported as misbehaviour.
 	securityErrors atomic.Int64
+	// remoteErrs holds the failure of each lookup's remote read until the
+	// lookup takes it: the Client reports it with %v, which loses what it
+	// wraps (ErrNotFound, the route's attempts).
+	remoteErrs sync.Map
 }
 
 // generation is one sumdb.Client and its ops.
@@ -215,6 +219,11 @@ func (v *Verifier) lookup(ctx context.Context, path, vers string) ([]string, err
 		}
 	}
 	if res.err != nil {
+		if name, err := v.lookupName(path, strings.TrimSuffix(vers, "/go.mod")); err == nil {
+			if rerr, ok := v.remoteErrs.LoadAndDelete(strings.TrimPrefix(name, v.name)); ok {
+				return nil, fmt.Errorf("%w: %w", ErrUnverifiable, rerr.(error))
+			}
+		}
 		return nil, v.classify(res.err)
 	}
 	return res.lines, nil
@@ -512,7 +521,11 @@ type ops struct{ v *Verifier }
 func (o *ops) ReadRemote(path string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), o.v.timeout)
 	defer cancel()
-	return o.v.remote(ctx, path)
+	data, err := o.v.remote(ctx, path)
+	if err != nil && strings.HasPrefix(path, "/lookup/") {
+		o.v.remoteErrs.Store(path, err) // taken by the lookup that fails with it
+	}
+	return data, err
 }
 
 func (o *ops) ReadConfig(file string) ([]byte, error) {

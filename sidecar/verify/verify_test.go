@@ -319,3 +319,15 @@ func (s *mapStore) keys() []string {
 	}
 	return ks
 }
+
+// TestNotFoundIsKept: a database that has no record says so, and the
+// caller can tell (a lookup answered 404, not a failure).
+func TestNotFoundIsKept(t *testing.T) {
+	r := newRig(t)
+	v := r.verifier(t, nil)
+	m := r.module(t, "fixture.test/dep01")
+	err := v.CheckMod(context.Background(), "fixture.test/nosuch", "v1.0.0", m.Mod)
+	if !errors.Is(err, verify.ErrUnverifiable) || !errors.Is(err, verify.ErrNotFound) {
+		t.Fatalf("unknown module: %v, want ErrUnverifiable wrapping ErrNotFound", err)
+	}
+}
