@@ -284,3 +284,78 @@ func TestTamperedChecksumDatabase(t *testing.T) {
 		}
 	}
 }
+
+// TestVerifyCache: `modgate cache verify` finds a local entry and a shared
+// store object that are not what the checksum database holds (written
+// behind modgate's back), removes them, and leaves the good ones.
+func TestVerifyCache(t *testing.T) {
+	e := newEnv(t)
+	good := e.proxy(t, true)
+	ctx := context.Background()
+	st, err := store.Open(ctx, "file://"+t.TempDir(), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	dir := t.TempDir()
+	cfg := sidecar.Config{SumDB: sumdbName, SumDBKey: e.db.VerifierKey, Cache: sidecar.CacheConfig{Dir: dir, Shared: st},
+		Upstreams: []upstream.Config{{Name: "good", URL: good.URL}}}
+	url := startGate(t, cfg)
+	e.go_.UseProxy(url, e.db)
+	if out, err := e.download("fixture.test/dep12@v1.0.0"); err != nil {
+		t.Fatalf("warming the cache: %v\n%s", err, out)
+	}
+	const modKey, zipKey, infoKey = "fixture.test/dep12/@v/v1.0.0.mod", "fixture.test/dep12/@v/v1.0.0.zip", "fixture.test/dep12/@v/v1.0.0.info"
+	c, err := cache.Open(dir, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := c.Create(modKey, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := fixture(t, e.fx, "fixture.test/dep13")
+	w.Write(other.Mod)
+	if err := w.Commit(int64(len(other.Mod)), nil); err != nil {
+		t.Fatal(err)
+	}
+	st.Reject(zipKey, "replaced by the test")
+	sum := sha256.Sum256(other.Zip)
+	if err := st.Put(ctx, zipKey, bytes.NewReader(other.Zip), store.Object{Size: int64(len(other.Zip)), SHA256: hex.EncodeToString(sum[:])}); err != nil {
+		t.Fatal(err)
+	}
+	keys := func(yield func(string) bool) {
+		for _, k := range []string{modKey, zipKey, infoKey, "sumdb/" + sumdbName + "/lookup/fixture.test/dep12@v1.0.0"} {
+			if !yield(k) {
+				return
+			}
+		}
+	}
+	// As `modgate cache verify` does: a modgate of the same config that
+	// does not serve.
+	srv, err := sidecar.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	verdicts := map[string]string{}
+	r, err := srv.VerifyCache(ctx, keys, true, func(tier, key, verdict, detail string) { verdicts[tier+" "+key] = verdict })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if verdicts["local "+modKey] != sidecar.VerdictRemoved || verdicts["shared "+zipKey] != sidecar.VerdictRemoved {
+		t.Errorf("verdicts %v: want the local go.mod and the shared zip removed", verdicts)
+	}
+	if verdicts["local "+zipKey] != sidecar.VerdictVerified || verdicts["local sumdb/"+sumdbName+"/lookup/fixture.test/dep12@v1.0.0"] != sidecar.VerdictVerified {
+		t.Errorf("verdicts %v: want the local zip and lookup verified", verdicts)
+	}
+	if r.Skipped == 0 {
+		t.Errorf("report %+v: the .info is not the checksum database's to judge", r)
+	}
+	if b := cached(t, dir, modKey); b != nil {
+		t.Errorf("the bad go.mod is still cached")
+	}
+	var buf bytes.Buffer
+	if _, err := st.Get(ctx, zipKey, &buf); err == nil {
+		t.Errorf("the bad zip is still in the shared store")
+	}
+}

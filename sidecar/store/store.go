@@ -252,6 +252,29 @@ func (s *Store) put(ctx context.Context, key string, body io.Reader, obj Object)
 	return nil
 }
 
+// Keys calls fn with the key of every object in the store, in the order
+// the store lists them, until fn returns an error. It is for maintenance
+// (modgate cache verify), not for the request path: it goes around the
+// store's breaker and timeout.
+func (s *Store) Keys(ctx context.Context, fn func(key string) error) error {
+	it := s.bucket.List(nil)
+	for {
+		obj, err := it.Next(ctx)
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return errors.New(Redact(err.Error()))
+		}
+		if obj.IsDir {
+			continue
+		}
+		if err := fn(obj.Key); err != nil {
+			return err
+		}
+	}
+}
+
 // Exists reports whether the store holds an object under key.
 func (s *Store) Exists(ctx context.Context, key string) (bool, error) {
 	var ok bool
