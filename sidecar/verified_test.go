@@ -51,20 +51,32 @@ func fixture(t *testing.T, fx *modtest.Fixtures, path string) modtest.Module {
 	return m
 }
 
-// verification returns what /debug/upstreams says of verification.
-func verification(t *testing.T, s *sidecar.Server) (on bool, checks map[string]float64) {
+// upstreamsPage is what /debug/upstreams says.
+type upstreamsPage struct {
+	Upstreams []struct {
+		Name    string
+		Breaker struct{ Failures int }
+	}
+	Verification struct {
+		On     bool
+		Checks map[string]float64
+	}
+}
+
+func debugUpstreams(t *testing.T, s *sidecar.Server) upstreamsPage {
 	t.Helper()
 	rr := httptest.NewRecorder()
 	s.AdminHandler().ServeHTTP(rr, httptest.NewRequest(http.MethodGet, "http://127.0.0.1/debug/upstreams", nil))
-	var doc struct {
-		Verification struct {
-			On     bool
-			Checks map[string]float64
-		}
-	}
+	var doc upstreamsPage
 	if err := json.Unmarshal(rr.Body.Bytes(), &doc); err != nil {
 		t.Fatalf("/debug/upstreams: %v\n%s", err, rr.Body)
 	}
+	return doc
+}
+
+// verification returns what /debug/upstreams says of verification.
+func verification(t *testing.T, s *sidecar.Server) (on bool, checks map[string]float64) {
+	doc := debugUpstreams(t, s)
 	return doc.Verification.On, doc.Verification.Checks
 }
 
@@ -118,6 +130,11 @@ func TestTamperedUpstreamFallsThrough(t *testing.T) {
 			}
 			if _, checks := verification(t, srv); checks["mismatch"] < 2 || checks["verified"] < 2 {
 				t.Errorf("checks %v: want the tampered .mod and .zip mismatched, the good ones verified", checks)
+			}
+			for _, u := range debugUpstreams(t, srv).Upstreams {
+				if u.Name == "tampered" && u.Breaker.Failures < 2 {
+					t.Errorf("the tampered upstream's breaker counted %d failures; want its .mod and .zip", u.Breaker.Failures)
+				}
 			}
 		})
 	}
