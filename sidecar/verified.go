@@ -304,7 +304,9 @@ func (ac *answerCheck) check(ctx context.Context, resp *http.Response) (*http.Re
 		return nil, &badAnswer{fmt.Sprintf("%d bytes, too large for its kind: the limit is %d", resp.ContentLength, limit)}
 	}
 	body, held, err := readWhole(resp.Body, limit, &s.buffers)
-	s.buffers.give(held) // held briefly: the answer is small, and is served now
+	if err != nil {
+		s.buffers.give(held)
+	}
 	switch {
 	case errors.Is(err, errOverBudget):
 		return nil, fmt.Errorf("%w: %w", upstream.ErrLocal, err)
@@ -313,10 +315,12 @@ func (ac *answerCheck) check(ctx context.Context, resp *http.Response) (*http.Re
 	case err != nil:
 		return nil, err
 	case resp.ContentLength >= 0 && int64(len(body)) != resp.ContentLength:
+		s.buffers.give(held)
 		return nil, fmt.Errorf("body cut after %d of %d bytes: %w", len(body), resp.ContentLength, io.ErrUnexpectedEOF)
 	}
 	found := &checkedAnswer{body: body}
 	if err := checkAnswer(req, body); err != nil {
+		s.buffers.give(held)
 		return nil, err
 	}
 	v := s.verifier
@@ -325,6 +329,7 @@ func (ac *answerCheck) check(ctx context.Context, resp *http.Response) (*http.Re
 		found.unverified = ac.judge(v.CheckMod(ctx, req.Module, req.Version, body))
 	case req.Kind == KindSumDBTile && ac.verify:
 		if err := v.CheckTile(ctx, req.Path, body); errors.Is(err, verify.ErrMisbehaving) {
+			s.buffers.give(held)
 			return nil, &verifyError{err}
 		} else if err != nil {
 			found.unverified = err
@@ -333,15 +338,31 @@ func (ac *answerCheck) check(ctx context.Context, resp *http.Response) (*http.Re
 		// Without a verifier a tile is kept as the chain answered it.
 	case req.Kind == KindSumDBLatest && v != nil:
 		if err := v.CheckLatest(body); err != nil {
+			s.buffers.give(held)
 			return nil, &verifyError{err}
 		}
 	}
 	if isMismatch(found.unverified) {
+		s.buffers.give(held)
 		return nil, found.unverified
 	}
-	out := answerWith(resp, io.NopCloser(bytes.NewReader(body)), int64(len(body)))
+	// The bytes stay in the buffer budget until the answer is closed.
+	out := answerWith(resp, &heldBody{Reader: bytes.NewReader(body), release: func() { s.buffers.give(held) }}, int64(len(body)))
 	ac.record(out, found)
 	return out, nil
+}
+
+// heldBody is an answer read whole, whose bytes go back to the buffer
+// budget when it is closed.
+type heldBody struct {
+	*bytes.Reader
+	release func()
+	once    sync.Once
+}
+
+func (b *heldBody) Close() error {
+	b.once.Do(b.release)
+	return nil
 }
 
 // judge sorts what the verifier said of an artifact: nil (verified), a
