@@ -120,8 +120,9 @@ func newFidelityRig(t *testing.T, mode string, opts rigOptions) *fidelityRig {
 		r.up = modtest.NewProxy(t, fx, popts...)
 	}
 	cfg := sidecar.Config{
-		SumDB:   opts.sumdbName,
-		RootCAs: roots,
+		SumDB:    opts.sumdbName,
+		SumDBKey: r.db.VerifierKey,
+		RootCAs:  roots,
 		Resolve: map[string]string{},
 		Cache:   sidecar.CacheConfig{Dir: t.TempDir()},
 	}
@@ -143,7 +144,9 @@ func newFidelityRig(t *testing.T, mode string, opts rigOptions) *fidelityRig {
 	case "reverse":
 		cfg.Upstreams = []upstream.Config{{Name: "fixtures", URL: r.up.URL}}
 	case "forward", "mitm":
-		cfg.Upstreams = []upstream.Config{{URL: "off"}}
+		// The chain is a laptop's go env GOPROXY, the same proxy: only
+		// modgate's own lookups (verification) take it.
+		cfg.Upstreams = []upstream.Config{{Name: "fixtures", URL: r.up.URL}}
 		upURL, err := url.Parse(r.up.URL)
 		if err != nil {
 			t.Fatal(err)

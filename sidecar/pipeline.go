@@ -59,7 +59,9 @@ func (s *Server) pipeline(x *exchange, src source) error {
 	}
 	if x.req.Kind == KindSumDBLookup && s.verifier != nil {
 		// Answered with what the verifier proved, online or offline.
-		return s.serveLookup(x)
+		if err := s.serveLookup(x); !errors.Is(err, errLookupElsewhere) {
+			return err
+		}
 	}
 	if s.cfg.Offline {
 		return s.serveOffline(x)

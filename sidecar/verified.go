@@ -206,12 +206,23 @@ func (s *Server) serveLookup(x *exchange) error {
 		}
 	}
 	data, err := s.verifier.Lookup(x.ctx(), x.req.Module, x.req.Version)
+	if err != nil && x.mode != modeReverse && !s.cfg.Offline &&
+		errors.Is(err, verify.ErrUnverifiable) && !errors.Is(err, verify.ErrMisbehaving) {
+		// modgate's own route to the database failed; the origin the
+		// client named may still answer (it is not kept: see cacheKey).
+		s.log.Warn("checksum database lookup not verified: asking the origin", "module", x.req.Module, "version", x.req.Version, "err", err)
+		return errLookupElsewhere
+	}
 	if err != nil {
 		return x.lookupProblem(err)
 	}
 	x.served = nil
 	return writeWhole(x.w, http.StatusOK, http.Header{"Content-Type": {"text/plain; charset=utf-8"}}, data)
 }
+
+// errLookupElsewhere sends a forward-mode lookup that modgate could not
+// verify to the origin the client named.
+var errLookupElsewhere = errors.New("lookup not verified: ask the origin")
 
 // lookupProblem explains a lookup the verifier could not make.
 func (x *exchange) lookupProblem(err error) *problem {

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -374,5 +375,36 @@ func TestVerifyCache(t *testing.T) {
 	var buf bytes.Buffer
 	if _, err := st.Get(ctx, zipKey, &buf); err == nil {
 		t.Errorf("the bad zip is still in the shared store")
+	}
+}
+
+// TestForwardLookupWithoutARoute: in forward mode, when modgate's own
+// route to the checksum database is down, the go command's lookups go to
+// the origin it named (the go command verifies them itself), and the
+// build works as it would without modgate; nothing unverified is kept.
+func TestForwardLookupWithoutARoute(t *testing.T) {
+	e := newEnv(t)
+	p := e.proxy(t, true)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := ln.Addr().String()
+	ln.Close()
+	dir := t.TempDir()
+	const host = "proxy.fixture.test"
+	gate := startGate(t, sidecar.Config{SumDBKey: e.db.VerifierKey, Cache: sidecar.CacheConfig{Dir: dir},
+		Upstreams: []upstream.Config{{URL: "off"}},
+		Resolve:   map[string]string{host + ":80": strings.TrimPrefix(p.URL, "http://"), sumdbName + ":443": dead},
+		Forward:   sidecar.ForwardConfig{AllowHosts: []string{host}}})
+	g := modtest.NewGo(t)
+	g.UseProxy("http://"+host, e.db)
+	g.Setenv("HTTP_PROXY", gate)
+	g.Setenv("http_proxy", gate)
+	if _, stderr, err := g.Run("mod", "download", "fixture.test/dep14@v1.0.0"); err != nil {
+		t.Fatalf("forward mode with no route to the database: %v\n%s", err, stderr)
+	}
+	if b := cached(t, dir, "fixture.test/dep14/@v/v1.0.0.zip"); b != nil {
+		t.Errorf("an unverified zip was kept under the canonical key")
 	}
 }
