@@ -123,8 +123,8 @@ func newFidelityRig(t *testing.T, mode string, opts rigOptions) *fidelityRig {
 		SumDB:    opts.sumdbName,
 		SumDBKey: r.db.VerifierKey,
 		RootCAs:  roots,
-		Resolve: map[string]string{},
-		Cache:   sidecar.CacheConfig{Dir: t.TempDir()},
+		Resolve:  map[string]string{},
+		Cache:    sidecar.CacheConfig{Dir: t.TempDir()},
 	}
 	if opts.sumdbAtURL {
 		r.named = r.db.ServeNamed(t)
