@@ -43,6 +43,10 @@ func (s *Server) AdminHandler() http.Handler {
 		enc.SetIndent("", "  ")
 		enc.Encode(map[string]any{"upstreams": list, "fleet": s.fleetStatus()})
 	})
+	mux.HandleFunc("GET /debug/builds", s.handleBuilds)
+	mux.HandleFunc("GET /debug/builds/{trace_id}", s.handleBuild)
+	mux.HandleFunc("POST /debug/builds/{trace_id}", s.handleRegisterBuild)
+	mux.HandleFunc("GET /builds/{trace_id}", s.handleBuildPage)
 	mux.Handle("GET /{$}", s.statusHandler()) // only "/": other unknown paths stay 404
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "ok\n")
