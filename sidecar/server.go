@@ -139,7 +139,7 @@ type Server struct {
 	buffers budget // whole-read answers, against Config.BufferBudget
 	leases  leaseCounts
 
-	recentLog recentLog // the status page's recent requests and denials
+	recentLog recentLog    // the status page's recent requests and denials
 	builds    buildTracker // per-build summaries, for modgate exec and the status page
 	hedges    hedgeBudget
 	hedgers   map[Kind]*upstream.Hedge // by immutable kind; nil without telemetry

@@ -272,9 +272,10 @@ type RatioRow struct {
 // errNoBaseline is returned for a baseline that has no module traffic.
 var errNoBaseline = errors.New("the baseline build made no request to modgate")
 
-// minCompareMS keeps noise out: times below it are not compared (a
-// 0.3 ms request that takes 0.9 ms is not a slow build).
-const minCompareMS = 20
+// minGrowthMS keeps noise out: a time past the ratio counts only when it
+// grew by this much too (a 3 ms request that takes 9 ms on a busy CI
+// machine is not a slow build).
+const minGrowthMS = 100
 
 // CompareBuilds compares now with base. A ratio past maxRatio of the
 // build's waiting time, or of a kind's mean latency, is listed in
@@ -291,8 +292,8 @@ func CompareBuilds(base, now BuildSummary, maxRatio float64) (BuildComparison, e
 		return n / b
 	}
 	c.Ratio = ratio(base.WaitMS, now.WaitMS)
-	if c.Ratio > maxRatio && now.WaitMS >= minCompareMS {
-		c.Exceeded = append(c.Exceeded, fmt.Sprintf("module time %.0f ms, %.1f× the baseline's %.0f ms", now.WaitMS, c.Ratio, base.WaitMS))
+	if c.Ratio > maxRatio && now.WaitMS-base.WaitMS >= minGrowthMS {
+		c.Exceeded = append(c.Exceeded, fmt.Sprintf("module time %s, %.1f× the baseline's %s", msText(now.WaitMS), c.Ratio, msText(base.WaitMS)))
 	}
 	for _, k := range sortedKeys(base.ByKind, now.ByKind) {
 		b, n := base.ByKind[k], now.ByKind[k]
@@ -301,15 +302,15 @@ func CompareBuilds(base, now BuildSummary, maxRatio float64) (BuildComparison, e
 		}
 		row := RatioRow{Name: k, BaselineMS: b.MeanMS, NowMS: n.MeanMS, Ratio: ratio(b.MeanMS, n.MeanMS)}
 		c.Kinds = append(c.Kinds, row)
-		if row.Ratio > maxRatio && n.MeanMS >= minCompareMS {
-			c.Exceeded = append(c.Exceeded, fmt.Sprintf("%s requests %.0f ms on average, %.1f× the baseline's %.0f ms", k, n.MeanMS, row.Ratio, b.MeanMS))
+		if row.Ratio > maxRatio && n.MeanMS-b.MeanMS >= minGrowthMS {
+			c.Exceeded = append(c.Exceeded, fmt.Sprintf("%s requests %s on average, %.1f× the baseline's %s", k, msText(n.MeanMS), row.Ratio, msText(b.MeanMS)))
 		}
 	}
 	var worst float64
 	for _, u := range sortedKeys(base.Upstreams, now.Upstreams) {
 		b, n := base.Upstreams[u], now.Upstreams[u]
 		c.Upstreams = append(c.Upstreams, RatioRow{Name: u, BaselineMS: b.SumMS, NowMS: n.SumMS, Ratio: ratio(b.SumMS, n.SumMS)})
-		if grew := n.SumMS - b.SumMS; grew > worst && grew >= minCompareMS {
+		if grew := n.SumMS - b.SumMS; grew > worst && grew >= minGrowthMS {
 			worst, c.Worst = grew, u
 		}
 	}
@@ -329,4 +330,14 @@ func sortedKeys[V any](ms ...map[string]V) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+func msText(ms float64) string {
+	switch {
+	case ms < 10:
+		return fmt.Sprintf("%.1f ms", ms)
+	case ms < 1000:
+		return fmt.Sprintf("%.0f ms", ms)
+	}
+	return fmt.Sprintf("%.1f s", ms/1000)
 }

@@ -294,12 +294,16 @@ func buildEnv(environ []string, proxy *url.URL, ctx context.Context) ([]string, 
 		vars[k] = v
 	}
 	set("GOPROXY", traceGOPROXY(vars["GOPROXY"], proxy, sc))
+	forward := false
 	for _, k := range []string{"HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"} {
 		if v, ok := vars[k]; ok && v != "" {
 			if nv, ok := traceProxyURL(v, proxy, sc); ok {
-				vars[k] = nv
+				vars[k], forward = nv, true
 			}
 		}
+	}
+	if _, given := vars[gitProxyAuth]; forward && !given {
+		set(gitProxyAuth, "basic")
 	}
 	c := propagation.MapCarrier{}
 	propagation.TraceContext{}.Inject(ctx, c)
@@ -317,6 +321,11 @@ func buildEnv(environ []string, proxy *url.URL, ctx context.Context) ([]string, 
 	}
 	return out, nil
 }
+
+// gitProxyAuth makes git send the proxy URL's user information with its
+// first CONNECT: by default curl first asks without it, to learn which
+// schemes the proxy takes, and a request without it carries no trace.
+const gitProxyAuth = "GIT_HTTP_PROXY_AUTHMETHOD"
 
 // traceGOPROXY puts sc into the entries of a GOPROXY list that point at
 // modgate (replacing a context an outer build put there). A list without
@@ -489,9 +498,12 @@ func writeBuildSummary(w io.Writer, r BuildReport, maxRatio float64) {
 		exit = *r.ExitCode
 	}
 	fmt.Fprintf(&b, "modgate exec: %s: exit status %d after %s\n", r.Name, exit, msText(r.WallMS))
-	if r.Incomplete != "" {
+	switch {
+	case r.Incomplete != "":
 		fmt.Fprintf(&b, "  no summary from modgate: %s\n", r.Incomplete)
-	} else {
+	case r.Requests == 0:
+		b.WriteString("  no request reached modgate (the command fetched no module, or its GOPROXY was set again inside it)\n")
+	default:
 		var kinds []string
 		for _, k := range sortedKeys(r.ByKind) {
 			kinds = append(kinds, fmt.Sprintf("%s %d", k, r.ByKind[k].Requests))
@@ -633,6 +645,10 @@ func traceEnv(lines []envLine, traceparent string) ([]envLine, error) {
 			l.value, _ = traceProxyURL(l.value, self, sc)
 		}
 		out = append(out, l)
+		if l.name == "https_proxy" {
+			out = append(out, comment("%s: git sends the proxy URL's user name (and with it the trace) from its first request", gitProxyAuth),
+				envLine{name: gitProxyAuth, value: "basic"})
+		}
 	}
 	return out, nil
 }
