@@ -221,8 +221,16 @@ func TestExecExitStatus(t *testing.T) {
 	if !strings.Contains(stderr, "failed: ") {
 		t.Errorf("stderr names no failure")
 	}
-	if code, _ := runExec(t, g, nil, nil, "--proxy", w.gate.URL, "--admin", "http://"+w.gate.AdminAddr, "--", "sh", "-c", "exit 7"); code != 7 {
-		t.Errorf("exit %d; want the command's 7", code)
+	// Under the CI's trace, the command's own TRACEPARENT is the build
+	// span's, a child of the CI's span.
+	const ciTrace = "5b8efff798038103d269b633813fc60c"
+	ci := map[string]string{"TRACEPARENT": "00-" + ciTrace + "-eee19b7ec3c1b174-01"}
+	if code, _ := runExec(t, g, ci, nil, "--proxy", w.gate.URL, "--admin", "http://"+w.gate.AdminAddr, "--report", report,
+		"--", "sh", "-c", `case "$TRACEPARENT" in 00-`+ciTrace+`-eee19b7ec3c1b174-*) exit 9;; *) exit 7;; esac`); code != 7 {
+		t.Errorf("exit %d; want the command's 7 (9: its TRACEPARENT is the CI's own span, not the build span)", code)
+	}
+	if r := readReport(t, report); r.TraceID != ciTrace || r.ExitCode == nil || *r.ExitCode != 7 {
+		t.Errorf("report: trace %s, exit %v; want the CI's trace %s and 7", r.TraceID, r.ExitCode, ciTrace)
 	}
 }
 
