@@ -425,3 +425,28 @@ func TestExecBaselineNamesSlowUpstream(t *testing.T) {
 		t.Errorf("report's baseline comparison: %+v", r.Baseline)
 	}
 }
+
+// TestEnvTrace: env --trace carries the CI's TRACEPARENT in GOPROXY and in
+// the proxy URLs, as exec does, and refuses to go without one.
+func TestEnvTrace(t *testing.T) {
+	const tp = "00-5b8efff798038103d269b633813fc60c-eee19b7ec3c1b174-01"
+	env := map[string]string{"GOPROXY": "https://proxy.example.test", "GOSUMDB": "off", "TRACEPARENT": tp}
+	code, stdout, stderr := runEnv(t, t.TempDir(), env, "--trace")
+	if code != 0 {
+		t.Fatalf("env --trace: exit %d\n%s", code, stderr)
+	}
+	for _, want := range []string{
+		"export GOPROXY='http://127.0.0.1:7070/.trace/" + tp + ",direct'",
+		"export HTTPS_PROXY='http://trace-" + tp + ":@127.0.0.1:7070'",
+		"export https_proxy='http://trace-" + tp + ":@127.0.0.1:7070'",
+		"export GIT_HTTP_PROXY_AUTHMETHOD='basic'",
+	} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("env --trace lacks %s:\n%s", want, stdout)
+		}
+	}
+	delete(env, "TRACEPARENT")
+	if code, _, stderr := runEnv(t, t.TempDir(), env, "--trace"); code != 1 || !strings.Contains(stderr, "TRACEPARENT is not set") {
+		t.Errorf("env --trace without TRACEPARENT: exit %d, %q", code, stderr)
+	}
+}
