@@ -54,7 +54,10 @@ type waterfallRow struct {
 	Title                             string
 }
 
-type waterfallTick struct{ Left, Label string }
+type waterfallTick struct {
+	Left, Label string
+	End         bool // the last tick, its label left of the line
+}
 
 // handleBuildPage serves /builds/{trace_id}: a self-contained page with
 // one build's summary and the waterfall of its requests, for a laptop
@@ -140,7 +143,7 @@ func newBuildPage(sum telemetry.BuildSummary, traceURL string) buildPage {
 	}
 	pct := func(d time.Duration) float64 { return 100 * float64(d) / float64(span) }
 	for i := 0; i <= 4; i++ {
-		p.Ticks = append(p.Ticks, waterfallTick{Left: fmt.Sprintf("%.2f", float64(i)*25), Label: msText(float64(span.Microseconds()) / 1000 * float64(i) / 4)})
+		p.Ticks = append(p.Ticks, waterfallTick{Left: fmt.Sprintf("%.2f", float64(i)*25), Label: msText(float64(span.Microseconds()) / 1000 * float64(i) / 4), End: i == 4})
 	}
 	for _, q := range sum.Waterfall {
 		what := q.Module

@@ -230,7 +230,7 @@ func TestExecExitStatus(t *testing.T) {
 		t.Errorf("exit %d; want the command's 7 (9: its TRACEPARENT is the CI's own span, not the build span)", code)
 	}
 	if r := readReport(t, report); r.TraceID != ciTrace || r.ExitCode == nil || *r.ExitCode != 7 {
-		t.Errorf("report: trace %s, exit %v; want the CI's trace %s and 7", r.TraceID, r.ExitCode, ciTrace)
+		t.Errorf("report: trace %s, exit %d; want the CI's trace %s and 7", r.TraceID, exitOf(r), ciTrace)
 	}
 }
 
@@ -449,4 +449,11 @@ func TestEnvTrace(t *testing.T) {
 	if code, _, stderr := runEnv(t, t.TempDir(), env, "--trace"); code != 1 || !strings.Contains(stderr, "TRACEPARENT is not set") {
 		t.Errorf("env --trace without TRACEPARENT: exit %d, %q", code, stderr)
 	}
+}
+
+func exitOf(r BuildReport) int {
+	if r.ExitCode == nil {
+		return -1
+	}
+	return *r.ExitCode
 }
