@@ -27,10 +27,10 @@ import (
 
 // How much of the recent builds modgate keeps for their summaries.
 const (
-	buildsKept          = 32     // builds, the least recently active forgotten first
-	buildWaterfallKept  = 5000   // requests shown one by one per build
-	buildIntervalsKept  = 100000 // request intervals per build, for the waiting time
-	buildModulesKept    = 10000  // module@versions per build, for the slowest
+	buildsKept          = 16    // builds, the least recently active forgotten first
+	buildWaterfallKept  = 5000  // requests shown one by one per build
+	buildIntervalsKept  = 20000 // request intervals per build, for the waiting time
+	buildModulesKept    = 5000  // module@versions per build, for the slowest
 	buildFailuresKept   = 50
 	buildSlowestShown   = 10
 	buildBreakersKept   = 50

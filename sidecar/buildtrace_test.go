@@ -164,3 +164,45 @@ func TestBuildContextAlwaysSampled(t *testing.T) {
 		t.Errorf("%d of %d server spans of modgate's own traces recorded; want the rate limit to hold", own, n)
 	}
 }
+
+// TestBuildSummaryBreakersAndFallthroughs: a build's summary counts the
+// requests the chain moved past its first upstream for, and the breaker
+// that opened while the build ran, with the upstream's time.
+func TestBuildSummaryBreakersAndFallthroughs(t *testing.T) {
+	fx := loadFixtures(t)
+	p := modtest.NewProxy(t, fx)
+	g := sidecartest.Start(t, nil, sidecar.Config{Admin: "127.0.0.1:0", Upstreams: []upstream.Config{
+		{Name: "flaky", URL: p.URL + "/f/500", Fallthrough: upstream.OnError,
+			Breaker: upstream.BreakerSettings{ConsecutiveFailures: 2}, Retry: upstream.RetrySettings{Attempts: 1}},
+		{Name: "public", URL: p.URL},
+	}})
+	base := g.URL + "/" + telemetry.TracePathElem + "/" + buildTP
+	for _, m := range []string{"dep01", "dep02", "dep03", "dep04"} {
+		if code, body := get(t, base+"/fixture.test/"+m+"/@v/v1.0.0.info"); code != http.StatusOK {
+			t.Fatalf("%s: %d %s", m, code, body)
+		}
+	}
+	var sum telemetry.BuildSummary
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		// The breaker's news is delivered from a goroutine of its own.
+		resp, err := http.Get("http://" + g.AdminAddr + "/debug/builds/" + buildTraceID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum = telemetry.BuildSummary{}
+		json.NewDecoder(resp.Body).Decode(&sum)
+		resp.Body.Close()
+		if len(sum.Breakers) > 0 || time.Now().After(deadline) {
+			break
+		}
+	}
+	if sum.Requests != 4 || sum.Fallthroughs != 4 {
+		t.Errorf("summary: %d requests, %d fall-throughs; want 4 and 4", sum.Requests, sum.Fallthroughs)
+	}
+	if len(sum.Breakers) != 1 || sum.Breakers[0].Upstream != "flaky" {
+		t.Errorf("summary's breaker openings: %+v; want flaky's", sum.Breakers)
+	}
+	if sum.Upstreams["public"].Requests != 4 || len(sum.Slowest) != 4 || sum.Slowest[0].Upstream != "public" {
+		t.Errorf("summary: upstreams %v, slowest %+v", sum.Upstreams, sum.Slowest)
+	}
+}

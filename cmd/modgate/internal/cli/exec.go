@@ -182,6 +182,9 @@ func (a *App) exec(ctx context.Context, args []string) error {
 	}
 	cancel()
 
+	// An interrupted build (Ctrl-C reaches CMD and this process alike)
+	// still gets its summary.
+	ctx = context.WithoutCancel(ctx)
 	reg.End, reg.ExitCode = end, &code
 	rep := BuildReport{WallMS: float64(end.Sub(start).Microseconds()) / 1000, TraceURL: sidecar.TraceLink(a.Getenv("MODGATE_TRACE_URL"), traceID)}
 	if regErr == nil {
