@@ -17,8 +17,10 @@ import (
 )
 
 // AdminHandler serves the admin listener: /healthz, /readyz, /metrics,
-// /debug/upstreams, /debug/baseline, /debug/tracez, /debug/pprof/ (with
-// Config.PProf) and the status page at /.
+// /debug/upstreams, /debug/baseline, /debug/tracez, /debug/builds (the
+// summaries of builds that carried their trace context, which modgate exec
+// reads and registers), /debug/pprof/ (with Config.PProf), the status
+// page at / and a page per build at /builds/{trace_id}.
 //
 // It answers only requests whose Host is an IP literal, localhost or one
 // of Config.AdminHosts: a web page a developer visits could otherwise
