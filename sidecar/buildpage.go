@@ -119,7 +119,7 @@ func newBuildPage(sum telemetry.BuildSummary, traceURL string) buildPage {
 	for _, k := range sortedKinds(sum.ByKind) {
 		ks := sum.ByKind[k]
 		var outs []string
-		for _, o := range []string{"ok", "notfound", "denied", "error"} {
+		for _, o := range []string{"ok", "notfound", "denied", "error", "gone"} {
 			if n := ks.Outcomes[o]; n > 0 {
 				outs = append(outs, fmt.Sprintf("%s %d", o, n))
 			}

@@ -213,7 +213,9 @@ func (t *buildTracker) done(b *build) {
 	}
 }
 
-// outcome sorts an answer for the summary: ok, notfound, denied or error.
+// outcome sorts an answer for the summary: ok, notfound, denied, error,
+// or gone (the client went away first: the go command cancels what it no
+// longer needs, which is no failure of the build's).
 func outcome(decision string, status int) string {
 	switch {
 	case decision == decisionDeny:
@@ -222,6 +224,8 @@ func outcome(decision string, status int) string {
 		return "ok"
 	case status == http.StatusNotFound || status == http.StatusGone:
 		return "notfound"
+	case status == statusClientGone:
+		return "gone"
 	}
 	return "error"
 }

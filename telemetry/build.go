@@ -159,12 +159,14 @@ type BuildSummary struct {
 	Last  time.Time `json:"last_request,omitzero"`
 	// Requests is the number of requests served for the build: its audit
 	// lines.
-	Requests  int                    `json:"requests"`
-	InFlight  int                    `json:"in_flight,omitempty"`
-	ByKind    map[string]KindSummary `json:"by_kind"`
-	ByOutcome map[string]int         `json:"by_outcome"`
-	Bytes     int64                  `json:"bytes"`
-	CacheHits int                    `json:"cache_hits"`
+	Requests int                    `json:"requests"`
+	InFlight int                    `json:"in_flight,omitempty"`
+	ByKind   map[string]KindSummary `json:"by_kind"`
+	// ByOutcome counts ok, notfound, denied, error and gone (the client
+	// went away before the answer).
+	ByOutcome map[string]int `json:"by_outcome"`
+	Bytes     int64          `json:"bytes"`
+	CacheHits int            `json:"cache_hits"`
 	// WaitMS is the time at least one of the build's requests was in
 	// modgate: how long the build waited on its module traffic at most.
 	// SumMS adds up every request's time.

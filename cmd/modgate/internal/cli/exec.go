@@ -512,7 +512,7 @@ func writeBuildSummary(w io.Writer, r BuildReport, maxRatio float64) {
 			kinds = append(kinds, fmt.Sprintf("%s %d", k, r.ByKind[k].Requests))
 		}
 		var outs []string
-		for _, o := range []string{"ok", "notfound", "denied", "error"} {
+		for _, o := range []string{"ok", "notfound", "denied", "error", "gone"} {
 			if n := r.ByOutcome[o]; n > 0 {
 				outs = append(outs, fmt.Sprintf("%d %s", n, o))
 			}
