@@ -173,7 +173,10 @@ $(REDIS_SERVER):
 # Headless Chromium renders the admin status page in its test
 # (TestStatusPageInChromium, skipped when /usr/bin/chromium is missing):
 # Debian's package, installed once (about 30 s). Where there is no apt-get
-# the test is skipped. `make screenshots` redraws the README's picture.
+# the test is skipped. `make screenshots` redraws the README's pictures:
+# the status page, and one build's waterfall page (TestBuildPageInChromium;
+# Jaeger's own UI is not part of its Go module, so the build's picture is
+# modgate's page).
 .PHONY: chromium screenshots
 CHROMIUM := /usr/bin/chromium
 
@@ -185,7 +188,7 @@ $(CHROMIUM):
 	else echo "chromium: no apt-get here; the status page's browser test will be skipped"; fi
 
 screenshots: chromium
-	MODGATE_SCREENSHOTS=1 $(GO) test -count=1 -run '^TestStatusPageInChromium$$' -v ./sidecar/
+	MODGATE_SCREENSHOTS=1 $(GO) test -count=1 -run '^(TestStatusPageInChromium|TestBuildPageInChromium)$$' -v ./sidecar/
 
 # Cross-compile modgate for every platform it supports, with cgo off as in
 # the container image. Binaries land in $(CROSS_OUT) (bin/cross), named

@@ -17,8 +17,10 @@ import (
 )
 
 // AdminHandler serves the admin listener: /healthz, /readyz, /metrics,
-// /debug/upstreams, /debug/baseline, /debug/tracez, /debug/pprof/ (with
-// Config.PProf) and the status page at /.
+// /debug/upstreams, /debug/baseline, /debug/tracez, /debug/builds (the
+// summaries of builds that carried their trace context, which modgate exec
+// reads and registers), /debug/pprof/ (with Config.PProf), the status
+// page at / and a page per build at /builds/{trace_id}.
 //
 // It answers only requests whose Host is an IP literal, localhost or one
 // of Config.AdminHosts: a web page a developer visits could otherwise
@@ -45,6 +47,10 @@ func (s *Server) AdminHandler() http.Handler {
 		enc.Encode(map[string]any{"upstreams": list, "fleet": s.fleetStatus(),
 			"verification": map[string]any{"on": on, "detail": why, "checks": s.checks.snapshot()}})
 	})
+	mux.HandleFunc("GET /debug/builds", s.handleBuilds)
+	mux.HandleFunc("GET /debug/builds/{trace_id}", s.handleBuild)
+	mux.HandleFunc("POST /debug/builds/{trace_id}", s.handleRegisterBuild)
+	mux.HandleFunc("GET /builds/{trace_id}", s.handleBuildPage)
 	mux.Handle("GET /{$}", s.statusHandler()) // only "/": other unknown paths stay 404
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "ok\n")

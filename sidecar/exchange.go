@@ -56,6 +56,8 @@ type exchange struct {
 
 	cacheResult string // hit, miss or stale; empty when the cache was not asked
 	buffered    int64  // bytes of the server's buffer budget this exchange holds
+
+	answer *problem // the problem end answered, for a build's summary; nil when served
 }
 
 // attrEndUser is OpenTelemetry's semantic convention for who made the
@@ -84,6 +86,7 @@ func (x *exchange) end(err error) {
 		return
 	}
 	p := asProblem(err)
+	x.answer = p
 	if p.decision != "" {
 		x.decision = p.decision
 	}
@@ -238,6 +241,11 @@ func (x *exchange) finish() {
 		}
 	}
 	x.s.recent().record(x) // the status page's recent requests and denials
+	status := x.w.status
+	if status == 0 {
+		status = http.StatusOK // the handler wrote nothing: net/http answers 200
+	}
+	x.s.builds.record(x, span.SpanContext(), status)
 	if !x.s.audit.Enabled() {
 		return
 	}

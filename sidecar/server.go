@@ -101,6 +101,10 @@ type Config struct {
 	// forward mode besides Forward.Users). The zero value lets everyone in
 	// as nobody in particular.
 	Clients ClientsConfig
+	// TraceURL links a trace ID to a trace viewer: "{trace_id}" is
+	// replaced, e.g. "http://jaeger.example.test:16686/trace/{trace_id}".
+	// If empty, the status page links builds to its own pages only.
+	TraceURL string
 	// BufferBudget bounds the bytes of small answers held whole (to be
 	// checked, filtered or explained) across all requests; a request past
 	// it gets 503. If zero, DefaultBufferBudget.
@@ -146,7 +150,8 @@ type Server struct {
 	buffers budget // whole-read answers, against Config.BufferBudget
 	leases  leaseCounts
 
-	recentLog recentLog // the status page's recent requests and denials
+	recentLog recentLog    // the status page's recent requests and denials
+	builds    buildTracker // per-build summaries, for modgate exec and the status page
 	hedges    hedgeBudget
 	hedgers   map[Kind]*upstream.Hedge // by immutable kind; nil without telemetry
 }
@@ -191,6 +196,7 @@ func New(cfg Config) (*Server, error) {
 	opts := upstream.Options{RootCAs: cfg.RootCAs, Resolve: cfg.Resolve, Via: s.via, UserAgent: ua, Clock: cfg.Clock, Logger: s.log, Telemetry: cfg.Telemetry}
 	chainOpts := opts // only the chain's breakers make news, not forward mode's origins
 	s.chainNews(&chainOpts)
+	s.noteBreakers(&chainOpts)
 	chain, err := upstream.NewChain(cfg.Upstreams, chainOpts)
 	if err != nil {
 		return nil, err
@@ -329,15 +335,16 @@ func pointsAt(u *url.URL, listen string, resolve map[string]string) bool {
 	return false
 }
 
-// Handler returns the module listener's handler: telemetry, loop
-// protection, then the pipeline. A CONNECT gets a span of its own that
+// Handler returns the module listener's handler: a build's trace context
+// taken from the URL (carryBuild), telemetry, loop protection, then the
+// pipeline. A CONNECT gets a span of its own that
 // covers the whole tunnel.
 func (s *Server) Handler() http.Handler {
 	if s.tel == nil {
-		return http.HandlerFunc(s.serveHTTP)
+		return s.carryBuild(http.HandlerFunc(s.serveHTTP))
 	}
 	traced := s.tel.ServerMiddleware(http.HandlerFunc(s.serveHTTP), s.kindOf)
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return s.carryBuild(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodConnect {
 			s.serveHTTP(w, r)
 			return
@@ -345,7 +352,7 @@ func (s *Server) Handler() http.Handler {
 		// The span's name needs the request's kind before the pipeline
 		// runs: kindOf classifies once, into this slot, for both.
 		traced.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), classifiedKey{}, new(classified))))
-	})
+	}))
 }
 
 // classified is a request's classification, made once for the span (by

@@ -149,6 +149,7 @@ type statusPage struct {
 	Fleet                                fleetStatus
 	Others                               []statusUpstream // baselines of forward mode's origins and the like
 	Requests, Denials                    []statusRow
+	Builds                               []statusBuild
 	Total                                int
 	KeptRequests, KeptDenials            int
 }
@@ -254,6 +255,7 @@ func (s *Server) statusPage(now time.Time) statusPage {
 		}
 	}
 
+	p.Builds = s.statusBuilds(now)
 	requests, denials, total := s.recent().snapshot()
 	p.Total = int(total)
 	for _, e := range requests {

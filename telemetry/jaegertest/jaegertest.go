@@ -282,7 +282,40 @@ func (tr Trace) Span(op string) *Span {
 // GET /api/traces?service=....
 func (j *Jaeger) Traces(service string) ([]Trace, error) {
 	q := url.Values{"service": {service}, "limit": {"1000"}, "lookback": {"1h"}}
-	resp, err := j.client.Get(j.QueryURL + "/api/traces?" + q.Encode())
+	return j.getTraces("/api/traces?" + q.Encode())
+}
+
+// Trace returns the trace with the given ID (32 hex digits), through GET
+// /api/traces/{id}; an empty trace when Jaeger has none of its spans.
+func (j *Jaeger) Trace(id string) (Trace, error) {
+	trs, err := j.getTraces("/api/traces/" + url.PathEscape(id))
+	if err != nil || len(trs) == 0 {
+		return Trace{TraceID: id}, err
+	}
+	return trs[0], nil
+}
+
+// WaitForTrace polls Trace until the trace holds at least n spans, or
+// timeout passes.
+func (j *Jaeger) WaitForTrace(id string, n int, timeout time.Duration) (Trace, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		tr, err := j.Trace(id)
+		if err != nil {
+			return tr, err
+		}
+		if len(tr.Spans) >= n {
+			return tr, nil
+		}
+		if time.Now().After(deadline) {
+			return tr, fmt.Errorf("jaegertest: %d spans of trace %s after %s, want %d", len(tr.Spans), id, timeout, n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (j *Jaeger) getTraces(path string) ([]Trace, error) {
+	resp, err := j.client.Get(j.QueryURL + path)
 	if err != nil {
 		return nil, err
 	}

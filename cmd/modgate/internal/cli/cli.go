@@ -40,6 +40,9 @@ type App struct {
 	Getenv         func(string) string
 	// GoEnv runs `go env NAME...`.
 	GoEnv func(ctx context.Context, names ...string) ([]string, error)
+	// Environ is the environment that `modgate exec` passes on to its
+	// command. If nil, os.Environ.
+	Environ func() []string
 }
 
 // Main runs modgate with the process's arguments and environment and
@@ -61,6 +64,7 @@ Usage:
   modgate explain [FILE]  explain go command errors (stdin or FILE), with the fix
   modgate doctor [flags]  check go env, modgate, upstreams, certificates and a repository's settings
   modgate baseline record|compare   save upstream latency baselines, or compare two
+  modgate exec [flags] -- CMD   run a build (go build ./..., make) as one trace, with a build report
   modgate ca init|path    make the CA for intercepted hosts, or print its certificate's path
   modgate version         print the version
 
@@ -88,6 +92,8 @@ func (a *App) Run(ctx context.Context, args []string) int {
 		err = a.doctor(ctx, rest)
 	case "baseline":
 		err = a.baseline(ctx, rest)
+	case "exec":
+		err = a.exec(ctx, rest)
 	case "ca":
 		err = a.ca(ctx, rest)
 	case "version":
@@ -98,9 +104,12 @@ func (a *App) Run(ctx context.Context, args []string) int {
 		fmt.Fprintf(a.Stderr, "modgate: unknown command %q\n\n%s", cmd, usage)
 		return 2
 	}
+	var status exitStatus
 	switch {
 	case err == nil:
 		return 0
+	case errors.As(err, &status):
+		return int(status) // the command's own, or a build past its baseline: both said why
 	case errors.Is(err, flag.ErrHelp):
 		return 0
 	case errors.Is(err, errUsage):

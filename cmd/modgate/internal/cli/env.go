@@ -16,7 +16,7 @@ import (
 	"github.com/modgate/modgate/sidecar/upstream"
 )
 
-const envUsage = `usage: modgate env [--shell sh|fish|powershell|cmd] [--no-direct] [run's config flags]
+const envUsage = `usage: modgate env [--shell sh|fish|powershell|cmd] [--no-direct] [--trace] [run's config flags]
 
 Prints the go command's and git's settings for the modgate that ` + "`modgate run`" + ` would
 start with the same config file, MODGATE_* variables and flags:
@@ -40,6 +40,7 @@ func (a *App) env(_ context.Context, args []string) error {
 	f.register(fs)
 	shell := fs.String("shell", "sh", "sh (bash, zsh), fish, powershell or cmd")
 	noDirect := fs.Bool("no-direct", false, `leave ",direct" out of GOPROXY (refused when the upstream chain has direct)`)
+	withTrace := fs.Bool("trace", false, "carry TRACEPARENT (the CI job's trace) in GOPROXY and the proxy URLs: the build's requests join that trace")
 	if err := fs.Parse(args); err != nil {
 		return usageOrHelp(err)
 	}
@@ -66,6 +67,11 @@ func (a *App) env(_ context.Context, args []string) error {
 	lines, err := clientEnv(cfg, sc, pol, *noDirect)
 	if err != nil {
 		return err
+	}
+	if *withTrace {
+		if lines, err = traceEnv(lines, a.Getenv("TRACEPARENT")); err != nil {
+			return err
+		}
 	}
 	out, err := syn.render(lines)
 	if err != nil {

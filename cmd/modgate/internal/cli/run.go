@@ -66,6 +66,7 @@ func (a *App) run(ctx context.Context, args []string) error {
 	otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) { log.Warn("telemetry", "err", err) }))
 	log.Info("telemetry", "export", tel.Exporting())
 	sc.Telemetry = tel
+	sc.TraceURL = a.Getenv("MODGATE_TRACE_URL") // the status page's links to a trace viewer, as modgate exec's
 	if cfg.PolicyFile != "" {
 		if sc.Policy, err = policy.NewStore(cfg.PolicyFile); err != nil {
 			return fmt.Errorf("policy:\n%w", err)
