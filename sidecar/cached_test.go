@@ -15,6 +15,7 @@ import (
 
 	"github.com/modgate/modgate/sidecar"
 	"github.com/modgate/modgate/sidecar/modtest"
+	"github.com/modgate/modgate/sidecar/sidecartest"
 	"github.com/modgate/modgate/sidecar/upstream"
 )
 
@@ -298,11 +299,12 @@ func TestOffline(t *testing.T) {
 	e := newEnv(t)
 	p := e.proxy(t, true)
 	dir := t.TempDir()
-	warm := startGate(t, sidecar.Config{Cache: sidecar.CacheConfig{Dir: dir}, Upstreams: []upstream.Config{{Name: "fixtures", URL: p.URL}}})
-	e.go_.UseProxy(warm, e.db)
+	warm := sidecartest.Start(t, nil, sidecar.Config{SumDB: sumdbName, Cache: sidecar.CacheConfig{Dir: dir}, Upstreams: []upstream.Config{{Name: "fixtures", URL: p.URL}}})
+	e.go_.UseProxy(warm.URL, e.db)
 	if out, err := e.download("fixture.test/app@v1.0.0", "fixture.test/dep05@v1.1.0"); err != nil {
 		t.Fatalf("warming the cache: %v\n%s", err, out)
 	}
+	warm.Stop() // a zip is kept after it is served
 	asked := len(p.Requests())
 	offline := startGate(t, sidecar.Config{Offline: true, Cache: sidecar.CacheConfig{Dir: dir},
 		Upstreams: []upstream.Config{{Name: "dead", URL: modtest.DeadURL(t)}}})

@@ -17,6 +17,7 @@ import (
 	"github.com/modgate/modgate/sidecar"
 	"github.com/modgate/modgate/sidecar/cache"
 	"github.com/modgate/modgate/sidecar/modtest"
+	"github.com/modgate/modgate/sidecar/sidecartest"
 	"github.com/modgate/modgate/sidecar/store"
 	"github.com/modgate/modgate/sidecar/upstream"
 )
@@ -258,12 +259,13 @@ func TestOfflineReplicaVerifiesFromTheSharedStore(t *testing.T) {
 	}
 	t.Cleanup(func() { st.Close() })
 	mods := []string{"fixture.test/dep07@v1.0.0", "fixture.test/dep08@v1.0.0", "fixture.test/dep10@v1.0.0"}
-	online := startGate(t, sidecar.Config{SumDBKey: e.db.VerifierKey, Cache: sidecar.CacheConfig{Dir: t.TempDir(), Shared: st},
+	online := sidecartest.Start(t, nil, sidecar.Config{SumDB: sumdbName, SumDBKey: e.db.VerifierKey, Cache: sidecar.CacheConfig{Dir: t.TempDir(), Shared: st},
 		Upstreams: []upstream.Config{{Name: "good", URL: good.URL}}})
-	e.go_.UseProxy(online, e.db)
+	e.go_.UseProxy(online.URL, e.db)
 	if out, err := e.download(mods...); err != nil {
 		t.Fatalf("online replica: %v\n%s", err, out)
 	}
+	online.Stop() // what it fetched is in the store once its fetches are done
 	offline, srv := startGateServer(t, sidecar.Config{SumDBKey: e.db.VerifierKey, Offline: true,
 		Cache:     sidecar.CacheConfig{Dir: t.TempDir(), Shared: st},
 		Upstreams: []upstream.Config{{URL: "off"}}})

@@ -7,6 +7,7 @@ import (
 	"context"
 	"net"
 	"net/http"
+	"sync"
 	"testing"
 	"time"
 
@@ -23,7 +24,14 @@ type Gate struct {
 	AdminAddr string
 	// Server is the modgate.
 	Server *sidecar.Server
+
+	stop func()
 }
+
+// Stop shuts the modgate down as a signal does and waits for it: requests
+// and the fetches they started (entries being written to the caches)
+// finish first. A test that reads what one modgate kept stops it first.
+func (g *Gate) Stop() { g.stop() }
 
 // Start serves a modgate with cfg until the test ends. Its module
 // listener is ln, or a fresh one on 127.0.0.1 when ln is nil; cfg.Listen
@@ -52,13 +60,14 @@ func Start(t testing.TB, ln net.Listener, cfg sidecar.Config) *Gate {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Serve(ctx, ln, adminLn) }()
-	t.Cleanup(func() {
+	stop := sync.OnceFunc(func() {
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("modgate Serve: %v", err)
 		}
 	})
-	g := &Gate{URL: "http://" + cfg.Listen, Addr: cfg.Listen, AdminAddr: cfg.Admin, Server: s}
+	t.Cleanup(stop)
+	g := &Gate{URL: "http://" + cfg.Listen, Addr: cfg.Listen, AdminAddr: cfg.Admin, Server: s, stop: stop}
 	if adminLn != nil {
 		g.waitReady(t)
 	}
