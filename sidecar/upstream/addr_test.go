@@ -25,7 +25,7 @@ func TestRedirectAddrCheck(t *testing.T) {
 		{"192.0.0.192", true, "an IETF protocol assignment address (cloud metadata lives there)"},
 		{"192.0.0.8", false, "an IETF protocol assignment address (cloud metadata lives there)"},
 		{"64:ff9b::a9fe:a9fe", true, "an IPv6 address of 169.254.169.254, a link-local address"},
-		{"fd00:ec2::253", true, ""}, // a private address, named explicitly
+		{"fd00:ec2::253", true, ""},               // a private address, named explicitly
 		{"127.0.0.1", true, "a loopback address"}, // never: modgate's own ports are there
 		{"::1", true, "a loopback address"},
 		{"::ffff:127.0.0.1", true, "a loopback address"},
