@@ -95,6 +95,14 @@ type Config struct {
 	// forward mode besides Forward.Users). The zero value lets everyone in
 	// as nobody in particular.
 	Clients ClientsConfig
+	// MaxConnections bounds the module listener's open connections,
+	// tunnels and intercepted CONNECTs included; past it, new connections
+	// wait to be accepted. If zero, DefaultMaxConnections.
+	MaxConnections int
+	// MaxConnectionsPerClient bounds the open connections of one client
+	// address; past it, new ones are closed at once. If zero,
+	// DefaultMaxConnectionsPerClient.
+	MaxConnectionsPerClient int
 	// BufferBudget bounds the bytes of small answers held whole (to be
 	// checked, filtered or explained) across all requests; a request past
 	// it gets 503. If zero, DefaultBufferBudget.
@@ -391,13 +399,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if len(r.TransferEncoding) > 0 {
-		// A chunked request may be an attempt at smuggling (it may also
-		// have carried a Content-Length that net/http dropped): answer it,
-		// then close the connection, so that whatever follows its body on
-		// this connection is never read as a request (RFC 9112 6.3).
-		w.Header().Set("Connection", "close")
-	}
+	closeAfterChunked(w, r)
 	switch {
 	case r.Method == http.MethodConnect:
 		s.fwd.goprox.ServeHTTP(w, r)
@@ -452,6 +454,8 @@ func (s *Server) Run(ctx context.Context) error {
 // Serve is Run on listeners the caller made. adminLn may be nil. With
 // Config.TLS, ln is served HTTPS.
 func (s *Server) Serve(ctx context.Context, ln, adminLn net.Listener) error {
+	// Counted below TLS: a handshake that never ends holds a slot too.
+	ln = newConnLimiter(ln, s.cfg.MaxConnections, s.cfg.MaxConnectionsPerClient)
 	if s.tlsCfg != nil {
 		ln = tls.NewListener(ln, s.tlsCfg)
 	}
@@ -460,7 +464,7 @@ func (s *Server) Serve(ctx context.Context, ln, adminLn net.Listener) error {
 		Handler:           s.Handler(),
 		ReadHeaderTimeout: s.cfg.ClientHeader,
 		IdleTimeout:       120 * time.Second,
-		MaxHeaderBytes:    64 << 10,
+		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          errLog,
 	}}
 	listeners := []net.Listener{ln}

@@ -50,6 +50,11 @@ type Config struct {
 	Cache CacheConfig `yaml:"cache"`
 	// ClientTimeouts bound what a client may take of modgate's listener.
 	ClientTimeouts ClientTimeoutsConfig `yaml:"client_timeouts"`
+	// MaxConnections bounds the listener's open connections (tunnels and
+	// intercepted ones included); 0: the default (1024).
+	MaxConnections int `yaml:"max_connections"`
+	// MaxConnectionsPerClient bounds one client address's; 0: 256.
+	MaxConnectionsPerClient int `yaml:"max_connections_per_client"`
 	// AdminHosts are the Host names (patterns like *.svc.example.test)
 	// the admin listener answers besides IP addresses and localhost.
 	AdminHosts []string `yaml:"admin_hosts"`
@@ -646,6 +651,13 @@ func (c *Config) validate(o origins) (sidecar.Config, error) {
 	out.Forward = c.Forward.validate(bad)
 	c.ListenerSecurity.validate(bad, &out)
 	out.ClientHeader, out.ClientIdle = c.ClientTimeouts.Header, c.ClientTimeouts.Idle
+	out.MaxConnections, out.MaxConnectionsPerClient = c.MaxConnections, c.MaxConnectionsPerClient
+	if c.MaxConnections < 0 {
+		bad("max_connections", "must not be negative (0: the default, %d)", sidecar.DefaultMaxConnections)
+	}
+	if c.MaxConnectionsPerClient < 0 {
+		bad("max_connections_per_client", "must not be negative (0: the default, %d)", sidecar.DefaultMaxConnectionsPerClient)
+	}
 	if c.ClientTimeouts.Header < 0 {
 		bad("client_timeouts.header", "must not be negative")
 	}
