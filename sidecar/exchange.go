@@ -37,6 +37,7 @@ type exchange struct {
 	mode  string // modeReverse, modeForward or modeMITM
 
 	identity string // who is asking (Config.Clients, Forward.Users); "" when nobody has to say
+	claimed  string // the name a refused login gave: audited as claimed_identity, never as identity
 	host     string // the destination host:port (normalised), in forward mode
 
 	// connect answers a CONNECT that is refused; nil for other requests.
@@ -242,20 +243,21 @@ func (x *exchange) finish() {
 		return
 	}
 	e := policy.AuditEntry{
-		Time:       x.start,
-		Client:     clientIP(x.r.RemoteAddr),
-		Identity:   x.identity,
-		Host:       x.host,
-		Mode:       x.mode,
-		Kind:       string(x.req.Kind),
-		Module:     x.req.Module,
-		Version:    x.req.Version,
-		Decision:   x.decision,
-		Rule:       x.rule,
-		Reason:     x.reason,
-		Status:     x.w.status,
-		Bytes:      x.w.bytes,
-		DurationMS: float64(time.Since(x.start).Microseconds()) / 1000,
+		Time:            x.start,
+		Client:          clientIP(x.r.RemoteAddr),
+		Identity:        x.identity,
+		ClaimedIdentity: x.claimed,
+		Host:            x.host,
+		Mode:            x.mode,
+		Kind:            string(x.req.Kind),
+		Module:          x.req.Module,
+		Version:         x.req.Version,
+		Decision:        x.decision,
+		Rule:            x.rule,
+		Reason:          x.reason,
+		Status:          x.w.status,
+		Bytes:           x.w.bytes,
+		DurationMS:      float64(time.Since(x.start).Microseconds()) / 1000,
 	}
 	if x.served != nil {
 		e.Upstream = x.served.Name

@@ -264,7 +264,7 @@ func (f *forward) serveAbsolute(w http.ResponseWriter, r *http.Request) {
 func (f *forward) absolute(x *exchange) error {
 	r := x.r
 	identity, err := f.authenticate(r)
-	x.identity = identity
+	x.setIdentity(identity, err)
 	if err != nil {
 		return err
 	}
@@ -306,7 +306,7 @@ func (f *forward) handleConnect(target string, ctx *goproxy.ProxyCtx) (*goproxy.
 	x := f.s.newExchange(nil, r, modeForward)
 	x.host, x.req.Kind = target, KindTunnel
 	identity, err := f.authenticate(r)
-	x.identity = identity
+	x.setIdentity(identity, err)
 	if err != nil {
 		return f.reject(ctx, x, asProblem(err)), target
 	}
