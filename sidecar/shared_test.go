@@ -257,7 +257,7 @@ func TestSharedPrivate(t *testing.T) {
 // Redis answers, on /debug/upstreams (and so in its metrics).
 func TestIdleReplicaSeesRedis(t *testing.T) {
 	redis := fleettest.Redis(t)
-	f, err := fleet.Open(fleet.Config{URL: redis.URL()})
+	f, err := fleet.Open(fleet.Config{URL: redis.URL(), Secret: []byte("test-fleet-secret-0123456789abcdef")})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math"
 	"net"
 	"net/url"
@@ -69,6 +70,12 @@ type Config struct {
 	// Telemetry is what modgate adds to the standard OTEL_* variables.
 	Telemetry TelemetryConfig `yaml:"telemetry"`
 
+	// fleetSecret and fleetPassword are what fleet.secret_file and
+	// fleet.password_file hold, read by validate.
+	fleetSecret   []byte
+	fleetPassword string
+	rootCAs       *x509.CertPool // tls_ca_file's, for rediss://
+
 	// netrc is the netrc file that upstreams[].auth.netrc reads, as the
 	// go command finds it ($NETRC, else ~/.netrc, or ~/_netrc on
 	// Windows); the loader sets it from the environment.
@@ -80,6 +87,13 @@ type FleetConfig struct {
 	// Redis is the replicas' Redis (redis:// or rediss://); empty: each
 	// replica on its own.
 	Redis string `yaml:"redis"`
+	// SecretFile holds the fleet's shared secret (the same file on every
+	// replica, at least 16 bytes): breaker news and leases are signed
+	// with it and artifact keys hashed with it. Required with Redis.
+	SecretFile string `yaml:"secret_file"`
+	// PasswordFile holds Redis's password (of the URL's ACL user, if it
+	// names one), so that it is not in the URL.
+	PasswordFile string `yaml:"password_file"`
 	// Wait is how long a replica waits for another's fetch of an
 	// artifact before fetching it itself.
 	Wait time.Duration `yaml:"wait"`
@@ -410,6 +424,8 @@ var envKeys = []struct{ env, key string }{
 	{"MODGATE_CACHE_SHARED", "cache.shared"},
 	{"MODGATE_CACHE_SHARED_PRIVATE", "cache.shared_private"},
 	{"MODGATE_FLEET_REDIS", "fleet.redis"},
+	{"MODGATE_FLEET_SECRET_FILE", "fleet.secret_file"},
+	{"MODGATE_FLEET_PASSWORD_FILE", "fleet.password_file"},
 	{"MODGATE_MAX_TRACES_PER_SECOND", "telemetry.max_traces_per_second"},
 }
 
@@ -484,6 +500,10 @@ func (c *Config) set(key, value, at string, o origins) error {
 		c.Cache.SharedPrivate = value
 	case "fleet.redis":
 		c.Fleet.Redis = value
+	case "fleet.secret_file":
+		c.Fleet.SecretFile = value
+	case "fleet.password_file":
+		c.Fleet.PasswordFile = value
 	case "telemetry.max_traces_per_second":
 		n, err := strconv.ParseFloat(value, 64)
 		if err != nil {
@@ -647,6 +667,7 @@ func (c *Config) validate(o origins) (sidecar.Config, error) {
 			bad("tls_ca_file", "%v", err)
 		}
 		out.RootCAs = pool
+		c.rootCAs = pool
 	}
 	out.Forward = c.Forward.validate(bad)
 	c.ListenerSecurity.validate(bad, &out)
@@ -682,14 +703,7 @@ func (c *Config) validate(o origins) (sidecar.Config, error) {
 	if c.Cache.SharedTimeout < 0 {
 		bad("cache.shared_timeout", "must not be negative")
 	}
-	if c.Fleet.Redis != "" {
-		// Checked here, opened by run (with its logger).
-		if f, err := fleet.Open(fleet.Config{URL: c.Fleet.Redis}); err != nil {
-			bad("fleet.redis", "%v", strings.TrimPrefix(err.Error(), "fleet: "))
-		} else {
-			f.Close()
-		}
-	}
+	c.validateFleet(bad)
 	if c.Fleet.Wait < 0 {
 		bad("fleet.wait", "must not be negative")
 	}
@@ -927,4 +941,43 @@ func readUsers(file string) (map[string]string, error) {
 		return nil, fmt.Errorf("%s names no user", file)
 	}
 	return users, nil
+}
+
+// validateFleet reads the fleet's secret and Redis password files and
+// checks the Redis URL; the fleet itself is opened by run (with its
+// logger).
+func (c *Config) validateFleet(bad func(key, format string, args ...any)) {
+	if c.Fleet.PasswordFile != "" {
+		pw, err := os.ReadFile(c.Fleet.PasswordFile)
+		switch {
+		case err != nil:
+			bad("fleet.password_file", "%v", err)
+		case len(bytes.TrimSpace(pw)) == 0:
+			bad("fleet.password_file", "%s is empty", c.Fleet.PasswordFile)
+		}
+		c.fleetPassword = string(bytes.TrimSpace(pw))
+	}
+	if c.Fleet.Redis == "" {
+		return
+	}
+	if c.Fleet.SecretFile == "" {
+		bad("fleet.secret_file", "missing: fleet.redis needs the fleet's shared secret, the same file on every replica (e.g. openssl rand -hex 32 > fleet.secret), so that breaker news and leases in Redis are signed")
+	} else if secret, err := os.ReadFile(c.Fleet.SecretFile); err != nil {
+		bad("fleet.secret_file", "%v", err)
+	} else if c.fleetSecret = bytes.TrimSpace(secret); len(c.fleetSecret) < fleet.MinSecret {
+		bad("fleet.secret_file", "%s holds %d bytes; want at least %d (e.g. openssl rand -hex 32)", c.Fleet.SecretFile, len(c.fleetSecret), fleet.MinSecret)
+	}
+	// The URL is checked whatever the secret's problems (with a stand-in).
+	check := *c
+	check.fleetSecret = bytes.Repeat([]byte{'x'}, fleet.MinSecret)
+	if f, err := check.openFleet(nil); err != nil {
+		bad("fleet.redis", "%v", strings.TrimPrefix(err.Error(), "fleet: "))
+	} else {
+		f.Close()
+	}
+}
+
+// openFleet opens the fleet that the validated config describes.
+func (c *Config) openFleet(log *slog.Logger) (*fleet.Fleet, error) {
+	return fleet.Open(fleet.Config{URL: c.Fleet.Redis, Password: c.fleetPassword, Secret: c.fleetSecret, RootCAs: c.rootCAs, Logger: log})
 }

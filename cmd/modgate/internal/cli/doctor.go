@@ -14,7 +14,6 @@ import (
 
 	"github.com/modgate/modgate/cmd/modgate/internal/doctor"
 	"github.com/modgate/modgate/sidecar"
-	"github.com/modgate/modgate/sidecar/fleet"
 	"github.com/modgate/modgate/sidecar/store"
 	"github.com/modgate/modgate/sidecar/upstream"
 )
@@ -150,7 +149,7 @@ func fleetParts(cfg Config, sc sidecar.Config) []doctor.FleetPart {
 	}
 	if raw := cfg.Fleet.Redis; raw != "" {
 		parts = append(parts, doctor.FleetPart{Name: "Redis", Where: upstream.RedactURL(raw), Probe: func(ctx context.Context) error {
-			f, err := fleet.Open(fleet.Config{URL: raw})
+			f, err := cfg.openFleet(nil)
 			if err != nil {
 				return err
 			}

@@ -78,7 +78,7 @@ func (a *App) run(ctx context.Context, args []string) error {
 	sc.Audit = audit
 	if cfg.Fleet.Redis != "" {
 		fleet.LogTo(log)
-		f, err := fleet.Open(fleet.Config{URL: cfg.Fleet.Redis, Logger: log})
+		f, err := cfg.openFleet(log)
 		if err != nil {
 			return fmt.Errorf("config:\nfleet.redis: %w", err)
 		}
