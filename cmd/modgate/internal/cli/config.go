@@ -730,7 +730,7 @@ func (c *Config) openStore(key, rawURL, localKey, local string, bad func(key, fo
 		bad(key, "needs %s: artifacts from the shared store are copied through the local cache", localKey)
 		return nil
 	}
-	s, err := store.Open(context.Background(), rawURL, store.Options{Timeout: c.Cache.SharedTimeout})
+	s, err := store.Open(context.Background(), rawURL, store.Options{Timeout: c.Cache.SharedTimeout, Private: key == "cache.shared_private"})
 	if err != nil {
 		bad(key, "%v", err)
 		return nil
