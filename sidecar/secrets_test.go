@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/modgate/modgate/sidecar"
+	"github.com/modgate/modgate/sidecar/sidecartest"
 	"github.com/modgate/modgate/sidecar/upstream"
 )
 
@@ -65,5 +66,30 @@ func TestUpstreamEchoedCredentialsStaySecret(t *testing.T) {
 			}
 			r.noSecrets(t, outputs, token, password, stranger, base64.StdEncoding.EncodeToString([]byte("svc:"+password)))
 		})
+	}
+}
+
+// TestPprofCmdlineHidesSecrets: with pprof on, /debug/pprof/cmdline shows
+// the command line with an --upstream password, a --fleet-redis password
+// and a shared store's key hidden.
+func TestPprofCmdlineHidesSecrets(t *testing.T) {
+	secrets := []string{"pw-up-S3CRET", "redis-S3CRET", "s3key-S3CRET"}
+	g := sidecartest.Start(t, nil, sidecar.Config{Admin: "127.0.0.1:0", PProf: true, Upstreams: []upstream.Config{{URL: "off"}},
+		CommandLine: []string{"modgate", "run", "--upstream", "https://ci:" + secrets[0] + "@mods.example.test",
+			"--fleet-redis=redis://:" + secrets[1] + "@redis.example.test:6379/0",
+			"--cache-shared", "s3://b?endpoint=http%3A%2F%2Fk%3A" + secrets[2] + "%40s3.example.test&region=r"}})
+	resp, err := http.Get("http://" + g.AdminAddr + "/debug/pprof/cmdline")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || !strings.Contains(string(body), "--upstream\x00https://ci:xxxxx@mods.example.test") {
+		t.Errorf("cmdline: %d %q", resp.StatusCode, body)
+	}
+	for _, s := range secrets {
+		if strings.Contains(string(body), s) {
+			t.Errorf("/debug/pprof/cmdline shows a secret: %q", body)
+		}
 	}
 }

@@ -42,6 +42,9 @@ type Config struct {
 	// PProf serves /debug/pprof/ on the admin listener. If false, there
 	// is none.
 	PProf bool
+	// CommandLine is what /debug/pprof/cmdline shows, its secrets hidden
+	// (the process's own arguments, which the CLI sets). If nil, nothing.
+	CommandLine []string
 	// Upstreams is the chain, in order.
 	Upstreams []upstream.Config
 	// SumDB is the name of the checksum database served under /sumdb/

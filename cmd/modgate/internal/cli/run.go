@@ -44,6 +44,8 @@ func (a *App) run(ctx context.Context, args []string) error {
 	}
 	log := newLogger(a.Stderr, cfg.Log)
 	sc.Logger = log
+	sc.CommandLine = append([]string{"modgate", "run"}, args...)
+	warnSecretArgs(log, args)
 	sc.Version = Version()
 	// A rate of 0 in the config means "no new traces"; telemetry.Config
 	// spells that with a negative rate (its zero is the default).
