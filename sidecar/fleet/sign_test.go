@@ -119,3 +119,36 @@ func TestArtifactKeysNeedTheSecret(t *testing.T) {
 		t.Errorf("artifact key %s can be computed without the fleet's secret", k)
 	}
 }
+
+// TestRedisACLUser: a Redis ACL user (redis://USER@host) with its
+// password given apart from the URL (fleet.password_file) takes leases
+// and hears news; the password is in no status or error.
+func TestRedisACLUser(t *testing.T) {
+	srv := startRedis(t)
+	raw := srv.client("")
+	ctx := context.Background()
+	const password = "acl-Pa55word-S3CRET"
+	if err := raw.Do(ctx, "ACL", "SETUSER", "modgate", "on", ">"+password, "~modgate:*", "&modgate:*", "+@all").Err(); err != nil {
+		t.Fatal(err)
+	}
+	// The default user can no longer get in: only the ACL user works.
+	if err := raw.Do(ctx, "ACL", "SETUSER", "default", "off").Err(); err != nil {
+		t.Fatal(err)
+	}
+	url := "redis://modgate@" + srv.Addr + "/0"
+	f := openFleet(t, Config{URL: url, Password: password, Replica: "a"})
+	l, err := f.Lease(ctx, artifact, 10*time.Second)
+	if err != nil || l == nil {
+		t.Fatalf("Lease as an ACL user: %v, %v", l, err)
+	}
+	l.Release()
+	bad := openFleet(t, Config{URL: url, Password: "wrong", Replica: "b"})
+	if _, err := bad.Lease(ctx, artifact, 10*time.Second); err == nil {
+		t.Error("Lease with a wrong password: no error")
+	}
+	for _, s := range []string{f.Status().URL, bad.Status().LastError} {
+		if strings.Contains(s, password) {
+			t.Errorf("shows the password: %s", s)
+		}
+	}
+}
