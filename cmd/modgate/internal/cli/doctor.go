@@ -100,6 +100,9 @@ func (a *App) doctor(ctx context.Context, args []string) error {
 				m.AdminURL = "http://" + clientAddr(cfg.Admin)
 			}
 			m.Fleet = fleetParts(cfg, sc)
+			if cfg.Fleet.Redis != "" {
+				m.FleetSecretFile = cfg.Fleet.SecretFile
+			}
 			for i, u := range cfg.Upstreams {
 				du := doctor.Upstream{Name: u.Name, URL: u.URL}
 				if i < len(sc.Upstreams) {

@@ -1,10 +1,13 @@
 package cli
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/modgate/modgate/cmd/modgate/internal/doctor"
 )
 
 // TestFleetSecretFile: fleet.redis needs fleet.secret_file, a file of at
@@ -38,5 +41,36 @@ func TestFleetSecretFile(t *testing.T) {
 	cfg, err = load(t, "", map[string]string{"MODGATE_FLEET_REDIS": "redis://redis.example.test:6379/0", "MODGATE_FLEET_SECRET_FILE": secret})
 	if err != nil || len(cfg.fleetSecret) == 0 {
 		t.Errorf("secret from MODGATE_FLEET_SECRET_FILE: %v", err)
+	}
+}
+
+// TestDoctorFleetSecret: doctor refuses a fleet without its secret (a
+// config error naming fleet.secret_file) and warns when the secret is
+// readable by other users.
+func TestDoctorFleetSecret(t *testing.T) {
+	goenv := fakeGoEnv(t, "testdata/doctor/goenv-good.json", nil)
+	secret := fleetSecretFile(t)
+	open := filepath.Join(t.TempDir(), "open.secret")
+	os.WriteFile(open, []byte("0123456789abcdef0123456789abcdef\n"), 0o644)
+	os.Chmod(open, 0o644)
+	base := map[string]string{"MODGATE_UPSTREAM": "off", "MODGATE_SUMDB": "off", "MODGATE_FLEET_REDIS": "redis://127.0.0.1:1/0"}
+	with := func(k, v string) map[string]string {
+		env := map[string]string{k: v}
+		for k, v := range base {
+			env[k] = v
+		}
+		return env
+	}
+	r := runDoctor(t, goenv, base, "--no-probe")
+	if !strings.Contains(fmt.Sprint(r.report), "fleet.secret_file: missing") {
+		t.Errorf("no secret: want a config error naming fleet.secret_file:\n%s", r)
+	}
+	r = runDoctor(t, goenv, with("MODGATE_FLEET_SECRET_FILE", open), "--no-probe")
+	if !r.has(doctor.Warn, "fleet-secret", open) {
+		t.Errorf("a secret readable by others: want a warning:\n%s", r)
+	}
+	r = runDoctor(t, goenv, with("MODGATE_FLEET_SECRET_FILE", secret), "--no-probe")
+	if !r.has(doctor.Info, "fleet-secret", secret) {
+		t.Errorf("a private secret: want info:\n%s", r)
 	}
 }
