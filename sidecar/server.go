@@ -472,7 +472,7 @@ func (s *Server) Serve(ctx context.Context, ln, adminLn net.Listener) error {
 	}}
 	listeners := []net.Listener{ln}
 	if adminLn != nil {
-		servers = append(servers, &http.Server{Handler: s.AdminHandler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: errLog})
+		servers = append(servers, &http.Server{Handler: s.AdminHandler(), ReadHeaderTimeout: 10 * time.Second, MaxHeaderBytes: maxHeaderBytes, ErrorLog: errLog})
 		listeners = append(listeners, adminLn)
 	}
 	unobserve, err := s.tel.ObserveBreakers(s.breakerReadings)
