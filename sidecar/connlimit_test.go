@@ -174,8 +174,10 @@ func TestMITMHeaderLimit(t *testing.T) {
 		c.Close()
 	}
 	t.Logf("RSS grew %d MB with %d intercepted connections holding %d KB of header each; answers %v", grown>>20, conns, lines*lineLen>>10, statuses)
-	if grown > 40<<20 {
-		t.Errorf("RSS grew %d MB with %d unfinished headers inside MITM; want under 40 MB (the listener's 64 KiB header limit)", grown>>20, conns)
+	// Measured: 9-14 MB (30-40 MB under -race); 90 MB (300 MB under -race)
+	// with net/http's 1 MiB limit.
+	if bound := rssBound(45, 150); grown > bound<<20 {
+		t.Errorf("RSS grew %d MB with %d unfinished headers inside MITM; want under %d MB (the listener's 64 KiB header limit)", grown>>20, conns, bound)
 	}
 	if statuses["HTTP/1.1 431 Request Header Fields Too Large"] != conns {
 		t.Errorf("answers to %d oversized headers inside MITM: %v; want 431 for each", conns, statuses)
@@ -219,8 +221,10 @@ func TestMaxConnections(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	grown := rssBytes(t) - before
 	t.Logf("RSS grew %d MB with %d connections holding 60 KB unfinished headers (max_connections %d)", grown>>20, conns, max)
-	if grown > 40<<20 {
-		t.Errorf("RSS grew %d MB with %d held connections; want under 40 MB with max_connections %d", grown>>20, conns, max)
+	// Measured: 15 MB (26-29 MB under -race); 88 MB (146 MB under -race)
+	// without the cap.
+	if bound := rssBound(45, 80); grown > bound<<20 {
+		t.Errorf("RSS grew %d MB with %d held connections; want under %d MB with max_connections %d", grown>>20, conns, bound, max)
 	}
 	// Once they go, a new client is served.
 	for _, c := range held {
@@ -280,6 +284,14 @@ func TestMaxConnectionsPerClient(t *testing.T) {
 	if !strings.HasPrefix(line, "HTTP/1.1 ") {
 		t.Errorf("after one of its connections closed, the client is still refused")
 	}
+}
+
+// rssBound is a bound on RSS growth in MB: plain, or under -race.
+func rssBound(plain, race int64) int64 {
+	if raceEnabled {
+		return race
+	}
+	return plain
 }
 
 func isTimeout(err error) bool {
