@@ -4,7 +4,6 @@ import (
 	"net"
 	"net/http"
 	"sync"
-	"sync/atomic"
 )
 
 // maxHeaderBytes bounds a request's header block on the listener and
@@ -40,7 +39,7 @@ func closeAfterChunked(w http.ResponseWriter, r *http.Request) {
 // listener's connections and the intercepted ones share the bound.
 type connLimiter struct {
 	net.Listener
-	max, perClient int
+	perClient int
 
 	slots     chan struct{}
 	done      chan struct{} // closed by Close: a waiting Accept gives up
@@ -48,10 +47,6 @@ type connLimiter struct {
 
 	mu      sync.Mutex
 	clients map[string]int
-
-	open      atomic.Int64 // for tests and the status page
-	refused   atomic.Int64 // closed for their client's limit
-	onRefused func(client string)
 }
 
 func newConnLimiter(ln net.Listener, max, perClient int) *connLimiter {
@@ -61,7 +56,7 @@ func newConnLimiter(ln net.Listener, max, perClient int) *connLimiter {
 	if perClient <= 0 {
 		perClient = DefaultMaxConnectionsPerClient
 	}
-	return &connLimiter{Listener: ln, max: max, perClient: perClient, slots: make(chan struct{}, max), done: make(chan struct{}), clients: map[string]int{}}
+	return &connLimiter{Listener: ln, perClient: perClient, slots: make(chan struct{}, max), done: make(chan struct{}), clients: map[string]int{}}
 }
 
 // Close closes the listener and wakes an Accept that waits for a slot.
@@ -90,15 +85,10 @@ func (l *connLimiter) Accept() (net.Conn, error) {
 			l.mu.Unlock()
 			<-l.slots
 			c.Close()
-			l.refused.Add(1)
-			if l.onRefused != nil {
-				l.onRefused(client)
-			}
 			continue
 		}
 		l.clients[client]++
 		l.mu.Unlock()
-		l.open.Add(1)
 		return &limitedConn{Conn: c, l: l, client: client}, nil
 	}
 }
@@ -109,7 +99,6 @@ func (l *connLimiter) release(client string) {
 		delete(l.clients, client)
 	}
 	l.mu.Unlock()
-	l.open.Add(-1)
 	<-l.slots
 }
 
