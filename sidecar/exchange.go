@@ -243,22 +243,22 @@ func (x *exchange) finish() {
 		return
 	}
 	e := policy.AuditEntry{
-		Time:            x.start,
-		Client:          clientIP(x.r.RemoteAddr),
-		Identity:        x.identity,
-		ClaimedIdentity: x.claimed,
-		Host:            x.host,
-		Mode:            x.mode,
-		Kind:            string(x.req.Kind),
-		Module:          x.req.Module,
-		Version:         x.req.Version,
-		Decision:        x.decision,
-		Rule:            x.rule,
-		Reason:          x.reason,
-		Status:          x.w.status,
-		Bytes:           x.w.bytes,
-		DurationMS:      float64(time.Since(x.start).Microseconds()) / 1000,
+		Time:       x.start,
+		Client:     clientIP(x.r.RemoteAddr),
+		Identity:   x.identity,
+		Host:       x.host,
+		Mode:       x.mode,
+		Kind:       string(x.req.Kind),
+		Module:     x.req.Module,
+		Version:    x.req.Version,
+		Decision:   x.decision,
+		Rule:       x.rule,
+		Reason:     x.reason,
+		Status:     x.w.status,
+		Bytes:      x.w.bytes,
+		DurationMS: float64(time.Since(x.start).Microseconds()) / 1000,
 	}
+	e.ClaimedIdentity = x.claimed
 	if x.served != nil {
 		e.Upstream = x.served.Name
 		if x.served.URL != nil && e.Host == "" {
