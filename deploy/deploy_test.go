@@ -12,6 +12,7 @@ import (
 	"errors"
 	"io"
 	"io/fs"
+	"maps"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -624,7 +625,8 @@ type fleetConfig struct {
 		SharedPrivate string `yaml:"shared_private"`
 	} `yaml:"cache"`
 	Fleet struct {
-		Redis string `yaml:"redis"`
+		Redis      string `yaml:"redis"`
+		SecretFile string `yaml:"secret_file"`
 	} `yaml:"fleet"`
 }
 
@@ -703,11 +705,32 @@ func TestKustomizeFleetOverlay(t *testing.T) {
 			t.Errorf("secret.example.yaml has no %s, which the Job requires", name)
 		}
 	}
+	// Keys of the Secret mounted as files in the modgate container, by the
+	// file's path.
+	secretFiles := map[string]string{}
+	for _, v := range spec.Volumes {
+		if v.Secret == nil || v.Secret.SecretName != secret.Name {
+			continue
+		}
+		for _, m := range mg.VolumeMounts {
+			if m.Name != v.Name {
+				continue
+			}
+			if !m.ReadOnly {
+				t.Errorf("the Secret's volume %s is mounted writable", v.Name)
+			}
+			for _, it := range v.Secret.Items {
+				secretFiles[m.MountPath+"/"+it.Path] = it.Key
+			}
+		}
+	}
 	for k, v := range secret.StringData {
-		if strings.HasPrefix(k, "AWS_") && !strings.HasPrefix(v, "PLACEHOLDER") {
+		if (strings.HasPrefix(k, "AWS_") || k == "fleet.secret") && !strings.HasPrefix(v, "PLACEHOLDER") {
 			t.Errorf("secret.example.yaml: %s=%q is not marked as a placeholder", k, v)
 		}
-		if _, ok := env[k]; !ok {
+		_, inEnv := env[k]
+		inFile := slices.Contains(slices.Collect(maps.Values(secretFiles)), k)
+		if !inEnv && !inFile {
 			t.Errorf("secret.example.yaml has %s, which the modgate container does not read", k)
 		}
 	}
@@ -733,6 +756,10 @@ func TestKustomizeFleetOverlay(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkSharedURL(t, "modgate.yaml", cfg.Cache.Shared)
+	// fleet.redis needs fleet.secret_file: a key of the Secret, mounted.
+	if key := secretFiles[cfg.Fleet.SecretFile]; key == "" || secret.StringData[key] == "" {
+		t.Errorf("fleet.secret_file %q is not a key of Secret %s mounted in the modgate container (%v)", cfg.Fleet.SecretFile, secret.Name, secretFiles)
+	}
 	var overlayAll, baseAll map[string]any
 	if err := yaml.Unmarshal([]byte(cm.Data["modgate.yaml"]), &overlayAll); err != nil {
 		t.Fatal(err)
@@ -1009,6 +1036,22 @@ func TestComposeFleet(t *testing.T) {
 		}
 		if env["AWS_ACCESS_KEY_ID"] != s3.Environment["ROOT_ACCESS_KEY_ID"] || env["AWS_SECRET_ACCESS_KEY"] != s3.Environment["ROOT_SECRET_ACCESS_KEY"] || env["AWS_ACCESS_KEY_ID"] == "" {
 			t.Errorf("%s: AWS credentials are not the store's", name)
+		}
+		// fleet.redis needs fleet.secret_file: one file on a volume the
+		// one-shot fills, the same for every modgate, mounted read-only.
+		sf, secretVol := env["MODGATE_FLEET_SECRET_FILE"], ""
+		for _, v := range mg.Volumes {
+			if vol, dir, ok := strings.Cut(strings.TrimSuffix(v, ":ro"), ":"); ok && sf != "" && strings.HasPrefix(sf, dir+"/") {
+				secretVol = vol
+				if !strings.HasSuffix(v, ":ro") {
+					t.Errorf("%s: the fleet secret's volume %s is not mounted read-only", name, v)
+				}
+			}
+		}
+		if secretVol == "" {
+			t.Errorf("%s: MODGATE_FLEET_SECRET_FILE=%q is not on a volume", name, sf)
+		} else if !slices.ContainsFunc(init.Volumes, func(v string) bool { return strings.HasPrefix(v, secretVol+":") }) || !strings.Contains(strings.Join(init.Command, " "), "/fleet/secret") {
+			t.Errorf("%s: init does not make the fleet secret on volume %s", name, secretVol)
 		}
 		if env["AWS_EC2_METADATA_DISABLED"] != "true" {
 			t.Errorf("%s: AWS_EC2_METADATA_DISABLED=%q, want true", name, env["AWS_EC2_METADATA_DISABLED"])

@@ -77,6 +77,7 @@ func scrapeModgate(t *testing.T) exposition {
 	_, port, _ := net.SplitHostPort(origin.Listener.Addr().String())
 	policy := filepath.Join(dir, "policy.yaml")
 	config := filepath.Join(dir, "modgate.yaml")
+	secret := filepath.Join(dir, "fleet.secret")
 	shared := filepath.Join(dir, "shared")
 	if err := os.Mkdir(shared, 0o755); err != nil {
 		t.Fatal(err)
@@ -85,8 +86,9 @@ func scrapeModgate(t *testing.T) exposition {
 		policy: "rules:\n  - deny: \"fixture.test/evil\"\n    reason: \"test\"\n  - allow: \"*\"\n",
 		// A shared store in a folder, and a Redis that is not there: the
 		// fleet's metrics exist either way.
-		config: fmt.Sprintf("upstreams:\n  - name: origin\n    url: %s\n    retry: {base: 1ms, cap: 10ms}\nsumdb: {name: \"off\"}\npolicy_file: %s\ncache: {dir: %s, shared: \"file://%s\"}\nfleet: {redis: \"redis://%s/0\"}\nforward:\n  allow_hosts: [\"127.0.0.1\"]\n  connect_ports: [%s]\n",
-			origin.URL, policy, filepath.Join(dir, "cache"), shared, freeAddr(t), port),
+		config: fmt.Sprintf("upstreams:\n  - name: origin\n    url: %s\n    retry: {base: 1ms, cap: 10ms}\nsumdb: {name: \"off\"}\npolicy_file: %s\ncache: {dir: %s, shared: \"file://%s\"}\nfleet: {redis: \"redis://%s/0\", secret_file: %s}\nforward:\n  allow_hosts: [\"127.0.0.1\"]\n  connect_ports: [%s]\n",
+			origin.URL, policy, filepath.Join(dir, "cache"), shared, freeAddr(t), secret, port),
+		secret: "0123456789abcdef0123456789abcdef\n",
 	} {
 		if err := os.WriteFile(name, []byte(body), 0o644); err != nil {
 			t.Fatal(err)

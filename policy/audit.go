@@ -33,6 +33,10 @@ type AuditEntry struct {
 	Status     int       `json:"status"`
 	Bytes      int64     `json:"bytes"`
 	DurationMS float64   `json:"duration_ms"`
+
+	// ClaimedIdentity is the name a refused login gave (a user name that
+	// did not log in), in place of identity: never an identity.
+	ClaimedIdentity string `json:"claimed_identity,omitempty"`
 }
 
 // AuditOptions configures NewAuditLog. The zero value is usable.

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"path"
+	"slices"
 	"strconv"
 	"strings"
 	"unicode"
@@ -91,14 +92,24 @@ func (ru *rule) applies(r *Request, st *reqState) bool {
 	return matchIdentity(ru.identities, r.Identity)
 }
 
+// AnonymousIdentity is the identity of a request let in without
+// credentials (clients.anonymous). It is no identity for a glob: only a
+// pattern that names it exactly matches it, so that identities: ["*"]
+// still never applies to a request that said nobody's name.
+const AnonymousIdentity = "anonymous"
+
 // matchIdentity reports whether identity matches one of patterns; nil
-// patterns match any identity, others never the empty one.
+// patterns match any identity, others never the empty one, and the
+// anonymous one only by name.
 func matchIdentity(patterns []string, identity string) bool {
 	if patterns == nil {
 		return true
 	}
 	if identity == "" {
 		return false
+	}
+	if identity == AnonymousIdentity {
+		return slices.Contains(patterns, AnonymousIdentity)
 	}
 	for _, pat := range patterns {
 		if m, _ := matchHostLike(pat, identity); m {

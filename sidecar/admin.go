@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"strings"
 
+	"github.com/modgate/modgate/sidecar/store"
 	"github.com/modgate/modgate/sidecar/upstream"
 )
 
@@ -66,7 +67,7 @@ func (s *Server) AdminHandler() http.Handler {
 		// Registered here rather than through the package's init, which
 		// fills http.DefaultServeMux: modgate serves no default mux.
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/cmdline", s.cmdline)
 		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
@@ -171,4 +172,17 @@ func (b *bufferedResponse) WriteHeader(status int) {
 func (b *bufferedResponse) Write(p []byte) (int, error) {
 	b.wroteHeader = true
 	return b.body.Write(p)
+}
+
+// cmdline is pprof.Cmdline over Config.CommandLine with its secrets
+// hidden: an --upstream URL's password, a --fleet-redis password, a
+// shared store's keys (the same redaction as the store's name).
+func (s *Server) cmdline(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	args := make([]string, len(s.cfg.CommandLine))
+	for i, a := range s.cfg.CommandLine {
+		args[i] = store.Redact(a)
+	}
+	io.WriteString(w, strings.Join(args, "\x00"))
 }

@@ -3,10 +3,13 @@ package sidecar
 import (
 	"bufio"
 	"bytes"
+	"context"
+	"crypto/hmac"
 	"crypto/sha256"
 	"crypto/subtle"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/asn1"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -20,6 +23,7 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/modgate/modgate/policy"
 	"github.com/modgate/modgate/sidecar/wire"
 )
 
@@ -62,8 +66,9 @@ func (c ClientsConfig) Enabled() bool {
 }
 
 // AnonymousIdentity is the identity of a request without credentials when
-// ClientsConfig.Anonymous is set.
-const AnonymousIdentity = "anonymous"
+// ClientsConfig.Anonymous is set. Policy matches it only by name: a rule
+// for identities: ["*"] never applies to it.
+const AnonymousIdentity = policy.AnonymousIdentity
 
 // clients checks who is asking, for every way in: a verified client
 // certificate, Basic credentials (htpasswd, or forward mode's older
@@ -72,31 +77,31 @@ type clients struct {
 	cfg    ClientsConfig
 	users  map[string][32]byte // forward.auth_file: user → sha256(password)
 	logins *loginLimiter
+	pw     *passwords
+	now    func() time.Time
 
-	htpasswd *watchedFile[map[string][]byte]   // user → bcrypt hash
+	htpasswd *watchedFile[*htpasswd]
 	tokens   *watchedFile[map[[32]byte]string] // sha256(token) → name
 	cas      *watchedFile[*x509.CertPool]
-
-	// good remembers, per user, the hash a password last matched and the
-	// password's sha256, so that only the first request of a user pays
-	// for bcrypt (the go command makes hundreds).
-	good sync.Map // user → goodLogin
 }
 
-type goodLogin struct {
-	hash []byte
-	sum  [32]byte
+// htpasswd is an htpasswd file: user → bcrypt hash, and the hash unknown
+// users are checked against, at the cost of the file's own.
+type htpasswd struct {
+	users map[string][]byte
+	dummy []byte
 }
 
-// dummyHash is compared against for unknown users, so that timing does not
-// tell which user names exist.
-var dummyHash = sync.OnceValue(func() []byte {
-	h, _ := bcrypt.GenerateFromPassword([]byte("modgate: no such user"), bcrypt.DefaultCost)
-	return h
-})
+func parseHtpasswdFile(data []byte) (*htpasswd, error) {
+	users, err := parseHtpasswd(data)
+	if err != nil {
+		return nil, err
+	}
+	return &htpasswd{users: users, dummy: dummyHash(commonCost(users))}, nil
+}
 
 func newClients(cfg ClientsConfig, users map[string]string, now func() time.Time, log *slog.Logger) (*clients, error) {
-	c := &clients{cfg: cfg, logins: newLoginLimiter(now)}
+	c := &clients{cfg: cfg, logins: newLoginLimiter(now), pw: newPasswords(), now: now}
 	if len(users) > 0 {
 		c.users = map[string][32]byte{}
 		for u, p := range users {
@@ -105,7 +110,7 @@ func newClients(cfg ClientsConfig, users map[string]string, now func() time.Time
 	}
 	var err error
 	if cfg.HtpasswdFile != "" {
-		if c.htpasswd, err = newWatchedFile(cfg.HtpasswdFile, "", parseHtpasswd, log); err != nil {
+		if c.htpasswd, err = newWatchedFile(cfg.HtpasswdFile, "", parseHtpasswdFile, log); err != nil {
 			return nil, fmt.Errorf("clients.htpasswd_file: %w", err)
 		}
 	}
@@ -146,15 +151,30 @@ func (c *clients) required(forward bool) bool {
 	return c.cfg.Enabled() || (forward && c.users != nil)
 }
 
-// authenticate returns who r is, or the problem that refuses it: 401 with
-// WWW-Authenticate in reverse mode, 407 with Proxy-Authenticate in forward
-// mode, 429 after too many failures from the client's address. With
-// nothing configured everyone is "" (nobody in particular).
+// setIdentity records authenticate's answer on x: the identity of a
+// request let in, or the name a refused one claimed, which is audited as
+// claimed_identity and never taken for its identity.
+func (x *exchange) setIdentity(identity string, err error) {
+	if err != nil {
+		x.identity, x.claimed = "", identity
+		return
+	}
+	x.identity = identity
+}
+
+// authenticate returns who r is, or the problem that refuses it (and the
+// name it claimed, if any): 401 with WWW-Authenticate in reverse mode,
+// 407 with Proxy-Authenticate in forward mode, 429 after too many
+// failures from the client's address, 503 when too many passwords are
+// being checked at once. With nothing configured everyone is "" (nobody
+// in particular).
 func (c *clients) authenticate(r *http.Request, forward bool) (identity string, err error) {
 	if !c.required(forward) {
 		return "", nil
 	}
-	if cn, ok := c.certIdentity(r); ok {
+	if cn, why := c.certIdentity(r); why != "" {
+		return cn, c.refusal(r, forward, why)
+	} else if cn != "" {
 		return cn, nil
 	}
 	client := clientIP(r.RemoteAddr)
@@ -171,69 +191,123 @@ func (c *clients) authenticate(r *http.Request, forward bool) (identity string, 
 	if forward {
 		reason = "no Proxy-Authorization"
 	}
-	tried := true
 	switch {
 	case !found && scheme == "":
+		// A request without credentials costs nothing: the go command's
+		// first has none.
 		if c.cfg.Anonymous {
 			return AnonymousIdentity, nil
 		}
-		tried = false
+		return "", c.refusal(r, forward, reason)
 	case strings.EqualFold(scheme, "Basic"):
 		user, pass, ok := parseBasic("Basic " + cred)
-		if ok && c.checkPassword(user, pass) {
+		if !ok {
+			user, reason = "", "unreadable Basic credentials"
+			break
+		}
+		good, p := c.checkLogin(r.Context(), client, user, pass)
+		if p != nil {
+			return user, p
+		}
+		if good {
 			return user, nil
 		}
-		identity, reason = user, "wrong user name or password"
+		return user, c.refusal(r, forward, "wrong user name or password")
 	case strings.EqualFold(scheme, "Bearer"):
+		// A token is looked up in a map of digests, cheaply; it still
+		// takes a token of the bucket first, so that concurrent guesses
+		// get no more tries than sequential ones.
+		if p := c.logins.take(client); p != nil {
+			return "", p
+		}
 		if name, ok := c.checkToken(cred); ok {
+			c.logins.refund(client)
 			return name, nil
 		}
-		reason = "unknown token"
+		return "", c.refusal(r, forward, "unknown token")
 	default:
 		reason = "unsupported " + header + " scheme"
 	}
-	if tried {
-		c.logins.failed(client) // a request without credentials costs nothing: the go command's first has none
+	if p := c.logins.take(client); p != nil {
+		return "", p
 	}
-	return identity, c.refusal(r, forward, reason)
+	return "", c.refusal(r, forward, reason)
 }
 
 // certIdentity is the subject common name of r's verified client
-// certificate.
-func (c *clients) certIdentity(r *http.Request) (string, bool) {
+// certificate ("" without one), or why the certificate is refused: a
+// subject with more than one common name (/CN=bob/CN=alice), which
+// x509 reads as its last and other tools as their first.
+func (c *clients) certIdentity(r *http.Request) (cn, refused string) {
 	if c.cas == nil || r.TLS == nil || len(r.TLS.VerifiedChains) == 0 || len(r.TLS.VerifiedChains[0]) == 0 {
-		return "", false
+		return "", ""
 	}
-	cn := r.TLS.VerifiedChains[0][0].Subject.CommonName
-	return cn, cn != ""
+	leaf := r.TLS.VerifiedChains[0][0]
+	n := 0
+	for _, a := range leaf.Subject.Names {
+		if a.Type.Equal(oidCommonName) {
+			n++
+		}
+	}
+	if n > 1 {
+		return "", fmt.Sprintf("client certificate has %d common names; modgate takes one", n)
+	}
+	return leaf.Subject.CommonName, ""
 }
 
-// checkPassword checks user and pass against the forward users and the
-// htpasswd file, in constant time for a given user.
-func (c *clients) checkPassword(user, pass string) bool {
-	sum := sha256.Sum256([]byte(pass))
+var oidCommonName = asn1.ObjectIdentifier{2, 5, 4, 3}
+
+// checkLogin checks user and pass for client: at once against a login
+// remembered or forward mode's users, else with bcrypt, once for any
+// number of concurrent requests with the same credentials from client,
+// after taking one of client's failed-login tokens (given back when the
+// password is right). The problem is a 429 (no tokens left) or a 503
+// (too many checks at once).
+func (c *clients) checkLogin(ctx context.Context, client, user, pass string) (bool, *problem) {
 	if want, ok := c.users[user]; ok {
-		return subtle.ConstantTimeCompare(sum[:], want[:]) == 1
+		if p := c.logins.take(client); p != nil {
+			return false, p
+		}
+		sum := sha256.Sum256([]byte(pass))
+		if subtle.ConstantTimeCompare(sum[:], want[:]) == 1 {
+			c.logins.refund(client)
+			return true, nil
+		}
+		return false, nil
 	}
 	if c.htpasswd == nil {
-		return false
+		return false, c.logins.take(client)
 	}
-	hash, known := c.htpasswd.get()[user]
-	if known {
-		if g, ok := c.good.Load(user); ok {
-			g := g.(goodLogin)
-			if bytes.Equal(g.hash, hash) && subtle.ConstantTimeCompare(g.sum[:], sum[:]) == 1 {
-				return true
-			}
+	key := c.pw.credKey(user, pass)
+	var callKey [32]byte
+	m := hmac.New(sha256.New, key[:])
+	m.Write([]byte(client))
+	m.Sum(callKey[:0])
+	return c.pw.once(callKey, func() (bool, *problem) {
+		if p := c.logins.take(client); p != nil {
+			return false, p
 		}
-	} else {
-		hash = dummyHash()
-	}
-	if bcrypt.CompareHashAndPassword(hash, []byte(pass)) != nil || !known {
-		return false
-	}
-	c.good.Store(user, goodLogin{hash: hash, sum: sum})
-	return true
+		f := c.htpasswd.get()
+		hash, known := f.users[user]
+		if known && c.pw.remembered(key, hash, c.now()) {
+			c.logins.refund(client)
+			return true, nil
+		}
+		if !known {
+			hash = f.dummy
+		}
+		good, p := c.pw.bcrypt(ctx, hash, pass)
+		if p != nil {
+			c.logins.refund(client) // not checked: not a failure
+			return false, p
+		}
+		if !good || !known {
+			return false, nil
+		}
+		c.logins.refund(client)
+		c.pw.remember(key, hash, c.now())
+		return true, nil
+	})
 }
 
 // checkToken returns the name of token.

@@ -176,7 +176,14 @@ func (r *tenantRig) get(t *testing.T, c *http.Client, path, header string) (int,
 func (r *tenantRig) identities(t *testing.T) []string {
 	var out []string
 	for _, e := range readAudit(t, r.audit) {
-		out = append(out, fmt.Sprintf("%v %v %v", e["identity"], e["status"], e["module"]))
+		id := e["identity"]
+		if c, ok := e["claimed_identity"]; ok {
+			if id != nil {
+				t.Errorf("audit line with both identity and claimed_identity: %v", e)
+			}
+			id = "claimed:" + c.(string)
+		}
+		out = append(out, fmt.Sprintf("%v %v %v", id, e["status"], e["module"]))
 	}
 	return out
 }
@@ -282,7 +289,7 @@ func TestTenantsOverHTTPS(t *testing.T) {
 	}
 
 	lines := strings.Join(r.identities(t), "\n")
-	for _, want := range []string{"alice 200 fixture.test/dep08", "bob 403 fixture.test/dep08", "bob 200 fixture.test/dep03", "alice 401 <nil>", "<nil> 401 <nil>"} {
+	for _, want := range []string{"alice 200 fixture.test/dep08", "bob 403 fixture.test/dep08", "bob 200 fixture.test/dep03", "claimed:alice 401 <nil>", "<nil> 401 <nil>"} {
 		if !strings.Contains(lines, want) {
 			t.Errorf("no audit line %q in:\n%s", want, lines)
 		}
@@ -441,7 +448,9 @@ func TestForwardOverTLSListener(t *testing.T) {
 // "anonymous" (and policy can tell it apart); wrong credentials are still
 // refused.
 func TestAnonymousClients(t *testing.T) {
-	r := newTenantRig(t, "rules:\n  - deny: \"fixture.test/dep08\"\n    identities: [anonymous]\n    reason: log in for this one\n", func(r *tenantRig, cfg *sidecar.Config) {
+	pol := "rules:\n  - deny: \"fixture.test/dep08\"\n    identities: [anonymous]\n    reason: log in for this one\n" +
+		"  - allow: \"fixture.test/dep05\"\n    identities: [\"*\"]\n  - deny: \"fixture.test/dep05\"\n    reason: for those who said who they are\n"
+	r := newTenantRig(t, pol, func(r *tenantRig, cfg *sidecar.Config) {
 		f := filepath.Join(r.dir, "htpasswd")
 		writeFile(t, f, htpasswdLine(t, "alice", alicePassword))
 		cfg.Clients = sidecar.ClientsConfig{HtpasswdFile: f, Anonymous: true}
@@ -457,12 +466,20 @@ func TestAnonymousClients(t *testing.T) {
 	if status, _, body := r.get(t, c, "/fixture.test/dep08/@v/v1.0.0.info", basic); status != 200 {
 		t.Errorf("alice: %d %q", status, body)
 	}
+	// identities: ["*"] never applies without an identity, and anonymous
+	// is none (README, Tenants): only alice gets dep05.
+	if status, _, body := r.get(t, c, "/fixture.test/dep05/@v/v1.0.0.info", ""); status != 403 || !strings.Contains(body, "for those who said who they are") {
+		t.Errorf("anonymous, a module for identities [\"*\"]: %d %q", status, body)
+	}
+	if status, _, body := r.get(t, c, "/fixture.test/dep05/@v/v1.0.0.info", basic); status != 200 {
+		t.Errorf("alice, a module for identities [\"*\"]: %d %q", status, body)
+	}
 	wrong := "Authorization: Basic " + base64.StdEncoding.EncodeToString([]byte("alice:wrong"))
 	if status, h, _ := r.get(t, c, "/fixture.test/dep01/@v/v1.0.0.info", wrong); status != 401 || h.Get("Www-Authenticate") != `Basic realm="modgate"` {
 		t.Errorf("wrong password with anonymous on: %d %v", status, h)
 	}
 	lines := strings.Join(r.identities(t), "\n")
-	for _, want := range []string{"anonymous 200 fixture.test/dep01", "anonymous 403 fixture.test/dep08", "alice 200 fixture.test/dep08", "alice 401 <nil>"} {
+	for _, want := range []string{"anonymous 200 fixture.test/dep01", "anonymous 403 fixture.test/dep08", "alice 200 fixture.test/dep08", "anonymous 403 fixture.test/dep05", "alice 200 fixture.test/dep05", "claimed:alice 401 <nil>"} {
 		if !strings.Contains(lines, want) {
 			t.Errorf("no audit line %q in:\n%s", want, lines)
 		}

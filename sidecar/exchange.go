@@ -37,6 +37,7 @@ type exchange struct {
 	mode  string // modeReverse, modeForward or modeMITM
 
 	identity string // who is asking (Config.Clients, Forward.Users); "" when nobody has to say
+	claimed  string // the name a refused login gave: audited as claimed_identity, never as identity
 	host     string // the destination host:port (normalised), in forward mode
 
 	// connect answers a CONNECT that is refused; nil for other requests.
@@ -265,6 +266,7 @@ func (x *exchange) finish() {
 		Bytes:      x.w.bytes,
 		DurationMS: float64(time.Since(x.start).Microseconds()) / 1000,
 	}
+	e.ClaimedIdentity = x.claimed
 	if x.served != nil {
 		e.Upstream = x.served.Name
 		if x.served.URL != nil && e.Host == "" {

@@ -194,7 +194,7 @@ func (s *Server) fleetReading() telemetry.FleetReading {
 			"taken": s.leases.taken.Load(), "waited": s.leases.waited.Load(), "wait_timeout": s.leases.waitTimeout.Load(),
 			"wait_empty": s.leases.waitEmpty.Load(), "unavailable": s.leases.unavailable.Load(),
 		}
-		r.News = map[string]int64{"sent": fs.NewsSent, "received": fs.NewsReceived}
+		r.News = map[string]int64{"sent": fs.NewsSent, "received": fs.NewsReceived, "rejected": fs.Rejected}
 	}
 	return r
 }

@@ -264,7 +264,7 @@ func (f *forward) serveAbsolute(w http.ResponseWriter, r *http.Request) {
 func (f *forward) absolute(x *exchange) error {
 	r := x.r
 	identity, err := f.authenticate(r)
-	x.identity = identity
+	x.setIdentity(identity, err)
 	if err != nil {
 		return err
 	}
@@ -306,7 +306,7 @@ func (f *forward) handleConnect(target string, ctx *goproxy.ProxyCtx) (*goproxy.
 	x := f.s.newExchange(nil, r, modeForward)
 	x.host, x.req.Kind = target, KindTunnel
 	identity, err := f.authenticate(r)
-	x.identity = identity
+	x.setIdentity(identity, err)
 	if err != nil {
 		return f.reject(ctx, x, asProblem(err)), target
 	}
@@ -543,6 +543,7 @@ func (f *forward) intercept(r *http.Request, client net.Conn, host, port, identi
 	io.WriteString(client, "HTTP/1.1 200 Connection established\r\n\r\n")
 	tconn := tls.Server(client, f.cfg.CA.ServerConfig(host))
 	handler := http.HandlerFunc(func(w http.ResponseWriter, in *http.Request) {
+		closeAfterChunked(w, in)
 		x := f.s.newExchange(w, in, modeMITM)
 		x.identity, x.host = identity, hostport
 		if h, _, err := wire.NormalizeHostPort(in.Host, port); err != nil || h != host {
@@ -561,6 +562,7 @@ func (f *forward) intercept(r *http.Request, client net.Conn, host, port, identi
 		BaseContext:       func(net.Listener) context.Context { return r.Context() },
 		ReadHeaderTimeout: f.s.cfg.ClientHeader,
 		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    maxHeaderBytes, // the listener's, not net/http's 1 MiB
 		ErrorLog:          slog.NewLogLogger(f.s.log.Handler(), slog.LevelDebug),
 	}
 	f.inner.Store(srv, true)

@@ -123,7 +123,13 @@ func (g *guard) resolveTarget(ctx context.Context, addr string) (string, error) 
 		if g.isOwn(target) {
 			return "", refuse("%s is modgate itself", addr)
 		}
-		if g.explicit[lhost] || isPinned {
+		if isPinned {
+			continue
+		}
+		if g.explicit[lhost] {
+			if why := upstream.MetadataAddr(a); why != "" {
+				return "", refuse("%s resolves to %s, %s", host, a, why)
+			}
 			continue
 		}
 		if why := special(a); why != "" {

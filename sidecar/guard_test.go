@@ -3,12 +3,15 @@ package sidecar
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"net/netip"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/net/dns/dnsmessage"
 
 	"github.com/modgate/modgate/sidecar/upstream"
 )
@@ -265,4 +268,99 @@ func refForbidden(a netip.Addr) string {
 		return v4(netip.AddrFrom4([4]byte{^b[12], ^b[13], ^b[14], ^b[15]}))
 	}
 	return ""
+}
+
+// TestGuardRefusesCloudMetadata: cloud metadata addresses are refused for
+// a wildcard-allowed host, and also for a host that allow_hosts names
+// explicitly (which may otherwise resolve to private addresses): a
+// name's DNS answer must not lead modgate to the machine's credentials.
+func TestGuardRefusesCloudMetadata(t *testing.T) {
+	for _, explicit := range []bool{false, true} {
+		for _, c := range []struct{ addr, want string }{
+			{"169.254.169.254", "a link-local address"},
+			{"168.63.129.16", "Azure WireServer"},
+			{"100.100.100.200", "Alibaba Cloud"},
+			{"fd00:ec2::254", "AWS IPv6"},
+			{"192.0.0.192", "IETF protocol assignment"},
+		} {
+			g := testGuard()
+			// The host resolves to the address: a --resolve pin would be
+			// the operator's own choice, so the test resolves through a
+			// hosts-file-free resolver stub instead.
+			g.resolver = stubResolver(t, "meta.example.test", c.addr)
+			if explicit {
+				g.allow = []string{"meta.example.test"}
+				g.explicit = map[string]bool{"meta.example.test": true}
+			}
+			_, err := g.resolveTarget(context.Background(), "meta.example.test:443")
+			if _, ok := isRefusal(err); !ok || !strings.Contains(err.Error(), c.want) {
+				t.Errorf("explicit=%v %s: %v; want a refusal with %q", explicit, c.addr, err, c.want)
+			}
+		}
+	}
+	// An explicit host may still resolve to a private address.
+	g := testGuard()
+	g.resolver = stubResolver(t, "internal.example.test", "10.1.2.3")
+	g.explicit = map[string]bool{"internal.example.test": true}
+	if _, err := g.resolveTarget(context.Background(), "internal.example.test:443"); err != nil {
+		t.Errorf("explicit private host: %v", err)
+	}
+}
+
+// stubResolver is a resolver whose DNS server (an in-process stub) answers
+// host with addr and nothing else.
+func stubResolver(t *testing.T, host, addr string) *net.Resolver {
+	t.Helper()
+	ip := netip.MustParseAddr(addr)
+	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		c1, c2 := net.Pipe() // not a PacketConn: the resolver frames as over TCP
+		go serveStubDNS(c2, host, ip)
+		return c1, nil
+	}}
+}
+
+// serveStubDNS answers DNS queries framed as over TCP on c: host's A or
+// AAAA record (whichever ip is), an empty answer for anything else.
+func serveStubDNS(c net.Conn, host string, ip netip.Addr) {
+	defer c.Close()
+	for {
+		var n [2]byte
+		if _, err := io.ReadFull(c, n[:]); err != nil {
+			return
+		}
+		msg := make([]byte, int(n[0])<<8|int(n[1]))
+		if _, err := io.ReadFull(c, msg); err != nil {
+			return
+		}
+		var p dnsmessage.Parser
+		h, err := p.Start(msg)
+		if err != nil {
+			return
+		}
+		q, err := p.Question()
+		if err != nil {
+			return
+		}
+		b := dnsmessage.NewBuilder(nil, dnsmessage.Header{ID: h.ID, Response: true, Authoritative: true, RecursionAvailable: true})
+		b.EnableCompression()
+		b.StartQuestions()
+		b.Question(q)
+		b.StartAnswers()
+		rh := dnsmessage.ResourceHeader{Name: q.Name, Class: dnsmessage.ClassINET, TTL: 60}
+		if strings.EqualFold(strings.TrimSuffix(q.Name.String(), "."), host) {
+			switch {
+			case q.Type == dnsmessage.TypeA && ip.Is4():
+				b.AResource(rh, dnsmessage.AResource{A: ip.As4()})
+			case q.Type == dnsmessage.TypeAAAA && ip.Is6():
+				b.AAAAResource(rh, dnsmessage.AAAAResource{AAAA: ip.As16()})
+			}
+		}
+		out, err := b.Finish()
+		if err != nil {
+			return
+		}
+		if _, err := c.Write(append([]byte{byte(len(out) >> 8), byte(len(out))}, out...)); err != nil {
+			return
+		}
+	}
 }

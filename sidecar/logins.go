@@ -55,7 +55,10 @@ func (l *loginLimiter) refill(client string) *loginBucket {
 func (l *loginLimiter) blocked(client string) *problem {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	b := l.refill(client)
+	return tooMany(client, l.refill(client))
+}
+
+func tooMany(client string, b *loginBucket) *problem {
 	if b.tokens >= 1 {
 		return nil
 	}
@@ -69,17 +72,34 @@ func (l *loginLimiter) blocked(client string) *problem {
 		header: http.Header{"Retry-After": {fmt.Sprint(int(wait.Seconds()))}}}
 }
 
-// failed takes one token from client's bucket.
-func (l *loginLimiter) failed(client string) {
+// take takes one token from client's bucket before its credentials are
+// checked, or returns the 429 when none is left: a check counts as failed
+// until refund says otherwise, so that concurrent guesses from one
+// address get no more checks than the bucket holds.
+func (l *loginLimiter) take(client string) *problem {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	b := l.refill(client)
+	if p := tooMany(client, b); p != nil {
+		return p
+	}
 	b.tokens--
 	if _, ok := l.buckets[client]; !ok {
 		if len(l.buckets) >= loginClients {
 			l.forgetStalest()
 		}
 		l.buckets[client] = b
+	}
+	return nil
+}
+
+// refund gives back the token of a check that succeeded (or was never
+// made).
+func (l *loginLimiter) refund(client string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if b, ok := l.buckets[client]; ok {
+		b.tokens = min(loginBurst, b.tokens+1)
 	}
 }
 

@@ -44,7 +44,7 @@ func TestEveryRefusalIsAudited(t *testing.T) {
 			"407", "deny", "no Proxy-Authorization", "", "forward", "other"},
 		{"407 wrong password", "GET http://mods.example.test/x.example.test/m/@v/list HTTP/1.1\r\nHost: mods.example.test\r\nProxy-Authorization: Basic " +
 			base64.StdEncoding.EncodeToString([]byte("alice:nope")) + "\r\n\r\n",
-			"407", "deny", "wrong user name or password", "alice", "forward", "other"},
+			"407", "deny", "wrong user name or password", "claimed:alice", "forward", "other"},
 		{"407 CONNECT", "CONNECT mods.example.test:443 HTTP/1.1\r\nHost: mods.example.test:443\r\n\r\n",
 			"407", "deny", "no Proxy-Authorization", "", "forward", "tunnel"},
 		{"400 forward invalid path", "GET http://mods.example.test/x.example.test/M/@v/list HTTP/1.1\r\nHost: mods.example.test\r\n" + alice + "\r\n",
@@ -88,6 +88,13 @@ func TestEveryRefusalIsAudited(t *testing.T) {
 		}
 		l := lines[i]
 		reason, _ := l["reason"].(string)
+		if c, ok := l["claimed_identity"]; ok {
+			// A refused login names who it claimed to be, never as its identity.
+			if _, both := l["identity"]; both {
+				t.Errorf("%s: audit line with both identity and claimed_identity: %v", tt.name, l)
+			}
+			l["identity"] = "claimed:" + fmt.Sprint(c)
+		}
 		if fmt.Sprint(l["status"]) != tt.status || l["decision"] != tt.decision || !strings.Contains(reason, tt.inReason) ||
 			fmt.Sprint(l["mode"]) != tt.mode || fmt.Sprint(l["kind"]) != tt.kind || (tt.identity != "" && l["identity"] != tt.identity) {
 			t.Errorf("%s: audit line %v; want status %s, decision %s, reason with %q, mode %s, kind %s, identity %q",

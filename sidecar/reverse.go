@@ -24,7 +24,7 @@ func (s *Server) serveReverse(w http.ResponseWriter, r *http.Request) {
 func (s *Server) reverse(x *exchange) error {
 	r := x.r
 	identity, err := s.clients.authenticate(r, false)
-	x.identity = identity
+	x.setIdentity(identity, err)
 	if err != nil {
 		return err
 	}

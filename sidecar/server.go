@@ -43,6 +43,9 @@ type Config struct {
 	// PProf serves /debug/pprof/ on the admin listener. If false, there
 	// is none.
 	PProf bool
+	// CommandLine is what /debug/pprof/cmdline shows, its secrets hidden
+	// (the process's own arguments, which the CLI sets). If nil, nothing.
+	CommandLine []string
 	// Upstreams is the chain, in order.
 	Upstreams []upstream.Config
 	// SumDB is the name of the checksum database served under /sumdb/
@@ -105,6 +108,14 @@ type Config struct {
 	// replaced, e.g. "http://jaeger.example.test:16686/trace/{trace_id}".
 	// If empty, the status page links builds to its own pages only.
 	TraceURL string
+	// MaxConnections bounds the module listener's open connections,
+	// tunnels and intercepted CONNECTs included; past it, new connections
+	// wait to be accepted. If zero, DefaultMaxConnections.
+	MaxConnections int
+	// MaxConnectionsPerClient bounds the open connections of one client
+	// address; past it, new ones are closed at once. If zero,
+	// DefaultMaxConnectionsPerClient.
+	MaxConnectionsPerClient int
 	// BufferBudget bounds the bytes of small answers held whole (to be
 	// checked, filtered or explained) across all requests; a request past
 	// it gets 503. If zero, DefaultBufferBudget.
@@ -412,13 +423,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if len(r.TransferEncoding) > 0 {
-		// A chunked request may be an attempt at smuggling (it may also
-		// have carried a Content-Length that net/http dropped): answer it,
-		// then close the connection, so that whatever follows its body on
-		// this connection is never read as a request (RFC 9112 6.3).
-		w.Header().Set("Connection", "close")
-	}
+	closeAfterChunked(w, r)
 	switch {
 	case r.Method == http.MethodConnect:
 		s.fwd.goprox.ServeHTTP(w, r)
@@ -473,6 +478,8 @@ func (s *Server) Run(ctx context.Context) error {
 // Serve is Run on listeners the caller made. adminLn may be nil. With
 // Config.TLS, ln is served HTTPS.
 func (s *Server) Serve(ctx context.Context, ln, adminLn net.Listener) error {
+	// Counted below TLS: a handshake that never ends holds a slot too.
+	ln = newConnLimiter(ln, s.cfg.MaxConnections, s.cfg.MaxConnectionsPerClient)
 	if s.tlsCfg != nil {
 		ln = tls.NewListener(ln, s.tlsCfg)
 	}
@@ -481,12 +488,12 @@ func (s *Server) Serve(ctx context.Context, ln, adminLn net.Listener) error {
 		Handler:           s.Handler(),
 		ReadHeaderTimeout: s.cfg.ClientHeader,
 		IdleTimeout:       120 * time.Second,
-		MaxHeaderBytes:    64 << 10,
+		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          errLog,
 	}}
 	listeners := []net.Listener{ln}
 	if adminLn != nil {
-		servers = append(servers, &http.Server{Handler: s.AdminHandler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: errLog})
+		servers = append(servers, &http.Server{Handler: s.AdminHandler(), ReadHeaderTimeout: 10 * time.Second, MaxHeaderBytes: maxHeaderBytes, ErrorLog: errLog})
 		listeners = append(listeners, adminLn)
 	}
 	unobserve, err := s.tel.ObserveBreakers(s.breakerReadings)

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	goredis "github.com/redis/go-redis/v9"
+
 	"github.com/modgate/modgate/sidecar"
 	"github.com/modgate/modgate/sidecar/fleet"
 	"github.com/modgate/modgate/sidecar/fleettest"
@@ -257,7 +259,7 @@ func TestSharedPrivate(t *testing.T) {
 // Redis answers, on /debug/upstreams (and so in its metrics).
 func TestIdleReplicaSeesRedis(t *testing.T) {
 	redis := fleettest.Redis(t)
-	f, err := fleet.Open(fleet.Config{URL: redis.URL()})
+	f, err := fleet.Open(fleet.Config{URL: redis.URL(), Secret: []byte("test-fleet-secret-0123456789abcdef")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -294,4 +296,72 @@ func TestIdleReplicaSeesRedis(t *testing.T) {
 	waitFor(false)
 	redis.Restart(t)
 	waitFor(true)
+}
+
+// TestForgedNewsOpensNoBreaker: whoever can PUBLISH or SET on the fleet's
+// Redis cannot open a replica's breaker: unsigned news, news signed with
+// another secret, and an unsigned open breaker stored for replicas that
+// start later change nothing; genuine news from a replica of the fleet
+// still holds the upstream open.
+func TestForgedNewsOpensNoBreaker(t *testing.T) {
+	redis := fleettest.Redis(t)
+	secret := []byte("test-fleet-secret-0123456789abcdef")
+	open := func(secret []byte, replica string) *fleet.Fleet {
+		f, err := fleet.Open(fleet.Config{URL: redis.URL(), Secret: secret, Replica: replica})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		return f
+	}
+	p := modtest.NewProxy(t, loadFixtures(t))
+	ups := []upstream.Config{{Name: "fixtures", URL: p.URL}}
+	// An unsigned open breaker, stored before the replica starts.
+	probe := open(secret, "probe")
+	_, srv0 := startGateServer(t, sidecar.Config{Upstreams: ups})
+	id := srv0.Upstreams()[0].NewsID()
+	forged, _ := json.Marshal(fleet.News{Upstream: id, Open: true, Until: time.Now().Add(time.Hour), Reason: "forged", Replica: "mallory"})
+	raw := goredis.NewClient(&goredis.Options{Addr: redis.Addr})
+	t.Cleanup(func() { raw.Close() })
+	ctx := context.Background()
+	if err := raw.Set(ctx, "modgate:breaker:"+id, forged, time.Hour).Err(); err != nil {
+		t.Fatal(err)
+	}
+	b := open(secret, "b")
+	_, srv := startGateServer(t, sidecar.Config{Upstreams: ups, Fleet: sidecar.FleetConfig{Fleet: b}})
+	u := srv.Upstreams()[0]
+	// Wait until B listens, then forge: unsigned, and signed with another
+	// secret.
+	deadline := time.Now().Add(5 * time.Second)
+	for n, _ := raw.PubSubNumSub(ctx, "modgate:news:breakers").Result(); n["modgate:news:breakers"] < 1; n, _ = raw.PubSubNumSub(ctx, "modgate:news:breakers").Result() {
+		if time.Now().After(deadline) {
+			t.Fatal("B does not subscribe")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	raw.Publish(ctx, "modgate:news:breakers", forged)
+	open([]byte("another-fleet-secret-0123456789"), "mallory").Publish(ctx, fleet.News{Upstream: id, Open: true, Until: time.Now().Add(time.Hour), Reason: "forged"})
+	// Genuine news of another upstream, after them: once B has it, the
+	// forged ones were read before it.
+	probe.Publish(ctx, fleet.News{Upstream: "other@x", Open: true, Until: time.Now().Add(time.Hour)})
+	for b.Status().NewsReceived == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("B hears no genuine news")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if u.Breaker() != upstream.Closed {
+		t.Errorf("forged news changed B's breaker: %v", u.Breaker())
+	}
+	if got := b.Status().Rejected; got < 3 {
+		t.Errorf("%d forged messages counted; want 3", got)
+	}
+	// Genuine news of this upstream holds it open.
+	probe.Publish(ctx, fleet.News{Upstream: id, Open: true, Until: time.Now().Add(time.Hour), Reason: "genuine"})
+	for u.Breaker() != upstream.Open {
+		if time.Now().After(deadline.Add(5 * time.Second)) {
+			t.Fatal("genuine news did not hold the upstream open")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

@@ -66,7 +66,7 @@ func (t *Telemetry) ObserveFleet(read func() FleetReading) (unregister func() er
 	leases, err3 := m.Int64ObservableCounter(MetricFleetLeases, metric.WithUnit("{lease}"),
 		metric.WithDescription("Artifacts missing from every cache: taken (this replica fetched it for the fleet), waited (another replica did), wait_timeout, unavailable (Redis down: fetched without a lease)."))
 	news, err4 := m.Int64ObservableCounter(MetricFleetNews, metric.WithUnit("{message}"),
-		metric.WithDescription("Breaker news: an upstream's breaker opened or closed in this replica (sent) or another (received)."))
+		metric.WithDescription("Breaker news: an upstream's breaker opened or closed in this replica (sent) or another (received); rejected: news, lease values and release notes in Redis that were not signed with fleet.secret_file, or stale, and were dropped."))
 	redisUp, err5 := m.Int64ObservableGauge(MetricFleetRedisUp,
 		metric.WithDescription("1 while Redis answers, 0 while the fleet falls back to each replica on its own."))
 	for _, err := range []error{err1, err2, err3, err4, err5} {

@@ -13,7 +13,7 @@ package fleet
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -34,6 +34,17 @@ type Config struct {
 	// URL is redis://[user:pass@]host:port/db or rediss://... (TLS), as
 	// redis.ParseURL reads it.
 	URL string
+	// Password, if set, is Redis's password (or the ACL user's, whose
+	// name is the URL's user), read from fleet.password_file so that it
+	// need not be in the URL: it replaces the URL's.
+	Password string
+	// Secret is the fleet's shared secret (fleet.secret_file), at least
+	// MinSecret bytes: news, leases and artifact keys are signed or
+	// hashed with it (see sign.go). Required.
+	Secret []byte
+	// RootCAs verifies a rediss:// server's certificate (tls_ca_file, for
+	// an internal CA). If nil, the system pool.
+	RootCAs *x509.CertPool
 	// Replica identifies this replica in leases and news. If empty, a
 	// random id is used.
 	Replica string
@@ -71,6 +82,7 @@ type Fleet struct {
 	log      *slog.Logger
 	url      string // redacted
 	password string // to scrub from error texts
+	secret   []byte
 	cb       *gobreaker.CircuitBreaker[struct{}]
 
 	watchOnce sync.Once
@@ -89,6 +101,7 @@ type Fleet struct {
 	waitTimeout atomic.Int64
 	newsSent    atomic.Int64
 	newsRecv    atomic.Int64
+	rejected    atomic.Int64 // news, lease values and release notes that did not verify
 }
 
 // Open returns the fleet that cfg describes. It does not talk to Redis:
@@ -106,6 +119,15 @@ func Open(cfg Config) (*Fleet, error) {
 		}
 		return nil, fmt.Errorf("fleet: redis URL %q: %v", shown, scrub(err.Error(), passwordOf(cfg.URL)))
 	}
+	if len(cfg.Secret) < MinSecret {
+		return nil, fmt.Errorf("fleet: the fleet's secret (fleet.secret_file) has %d bytes; want at least %d, the same on every replica (e.g. openssl rand -hex 32)", len(cfg.Secret), MinSecret)
+	}
+	if cfg.Password != "" {
+		opt.Password = cfg.Password
+	}
+	if opt.TLSConfig != nil && cfg.RootCAs != nil {
+		opt.TLSConfig.RootCAs = cfg.RootCAs
+	}
 	opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout = ioTimeout, ioTimeout, ioTimeout
 	opt.ContextTimeoutEnabled = true
 	opt.DialerRetries = 1
@@ -119,6 +141,7 @@ func Open(cfg Config) (*Fleet, error) {
 		log:      cfg.Logger,
 		url:      shown,
 		password: opt.Password,
+		secret:   append([]byte(nil), cfg.Secret...),
 		subs:     map[*subscription]struct{}{},
 	}
 	if f.replica == "" {
@@ -222,13 +245,6 @@ func (f *Fleet) scrub(s string) string { return scrub(s, f.password) }
 // key is the Redis key of a name in a namespace.
 func (f *Fleet) key(kind, name string) string { return f.prefix + kind + ":" + name }
 
-// hashKey hides an artifact key (which may name a private module) from
-// Redis and whoever reads it.
-func hashKey(key string) string {
-	sum := sha256.Sum256([]byte(key))
-	return hex.EncodeToString(sum[:])
-}
-
 func randomHex(n int) string {
 	b := make([]byte, n)
 	rand.Read(b)
@@ -243,8 +259,10 @@ type Status struct {
 	LastError   string    `json:"last_error,omitempty"`
 	LastErrorAt time.Time `json:"last_error_at,omitzero"`
 	// Counters since Open: leases taken, Wait calls, Waits that ran out
-	// of time, news published and news received from other replicas.
-	Leases, Waits, WaitTimeouts, NewsSent, NewsReceived int64
+	// of time, news published and news received from other replicas, and
+	// messages dropped because they did not verify (unsigned, badly
+	// signed or stale news; forged lease values and release notes).
+	Leases, Waits, WaitTimeouts, NewsSent, NewsReceived, Rejected int64
 }
 
 // Status returns a snapshot of the fleet.
@@ -257,7 +275,7 @@ func (f *Fleet) Status() Status {
 		Up:        f.up.Load() && f.cb.State() == gobreaker.StateClosed,
 		LastError: last, LastErrorAt: at,
 		Leases: f.leases.Load(), Waits: f.waits.Load(), WaitTimeouts: f.waitTimeout.Load(),
-		NewsSent: f.newsSent.Load(), NewsReceived: f.newsRecv.Load(),
+		NewsSent: f.newsSent.Load(), NewsReceived: f.newsRecv.Load(), Rejected: f.rejected.Load(),
 	}
 }
 

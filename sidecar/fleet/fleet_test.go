@@ -20,8 +20,14 @@ func TestMain(m *testing.M) {
 
 const artifact = "corp.example.test/secret/m/@v/v1.0.0.zip"
 
+// testSecret is the fleet secret of the tests' replicas.
+var testSecret = []byte("test-fleet-secret-0123456789abcdef")
+
 func openFleet(t *testing.T, cfg Config) *Fleet {
 	t.Helper()
+	if cfg.Secret == nil {
+		cfg.Secret = testSecret
+	}
 	f, err := Open(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -52,7 +58,7 @@ func waiting(f *Fleet, key string) bool {
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return len(w.waiters[hashKey(key)]) > 0
+	return len(w.waiters[f.hashKey(key)]) > 0
 }
 
 func TestLeaseOneHolderAndWaitWakesAtRelease(t *testing.T) {
@@ -254,11 +260,11 @@ func TestLeaseKeyIsHashed(t *testing.T) {
 			t.Errorf("key %q holds %q in clear", keys[0], part)
 		}
 	}
-	if want := "modgate:lease:" + hashKey(artifact); keys[0] != want {
+	if want := "modgate:lease:" + a.hashKey(artifact); keys[0] != want {
 		t.Errorf("key %q; want %q", keys[0], want)
 	}
-	if len(hashKey(artifact)) != 64 {
-		t.Errorf("hash %q is not sha256 hex", hashKey(artifact))
+	if len(a.hashKey(artifact)) != 64 {
+		t.Errorf("hash %q is not sha256 hex", a.hashKey(artifact))
 	}
 }
 
@@ -456,7 +462,7 @@ func TestOpenErrors(t *testing.T) {
 		{"redis://:" + password + "@127.0.0.1:1/0/1", "path"},
 		{"redis://:" + password + "@127.0.0.1:port/0", "port"},
 	} {
-		f, err := Open(Config{URL: tc.url})
+		f, err := Open(Config{URL: tc.url, Secret: testSecret})
 		if err == nil {
 			f.Close()
 			t.Errorf("Open(%q): no error", tc.url)
@@ -466,8 +472,17 @@ func TestOpenErrors(t *testing.T) {
 			t.Errorf("Open(%q) = %v; want an error about %s that hides the password", tc.url, err, tc.want)
 		}
 	}
+	// A fleet needs its secret, of some length.
+	for _, secret := range [][]byte{nil, []byte("short")} {
+		if f, err := Open(Config{URL: "redis://127.0.0.1:1/0", Secret: secret}); err == nil || !strings.Contains(err.Error(), "fleet.secret_file") {
+			if f != nil {
+				f.Close()
+			}
+			t.Errorf("Open with a secret of %d bytes: %v; want an error naming fleet.secret_file", len(secret), err)
+		}
+	}
 	// Redis need not be up to open a fleet.
-	f, err := Open(Config{URL: "redis://127.0.0.1:1/0"})
+	f, err := Open(Config{URL: "redis://127.0.0.1:1/0", Secret: testSecret})
 	if err != nil {
 		t.Fatal(err)
 	}

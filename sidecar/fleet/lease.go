@@ -38,7 +38,7 @@ const storedFor = time.Minute
 // leaseScript answers 2 when the artifact was stored just now, else takes
 // the lease (1) unless another replica holds it (0).
 var leaseScript = redis.NewScript(`
-if redis.call("EXISTS", KEYS[2]) == 1 then
+if redis.call("GET", KEYS[2]) == ARGV[3] then
 	return 2
 end
 if redis.call("SET", KEYS[1], ARGV[1], "NX", "PX", ARGV[2]) then
@@ -57,13 +57,13 @@ func (f *Fleet) Lease(ctx context.Context, key string, ttl time.Duration) (*Leas
 	if ttl <= 0 {
 		return nil, fmt.Errorf("fleet: lease ttl %v: must be positive", ttl)
 	}
-	h := hashKey(key)
-	l := &Lease{f: f, rkey: f.key("lease", h), hash: h, token: f.replica + ":" + randomHex(8), ttl: ttl,
+	h := f.hashKey(key)
+	l := &Lease{f: f, rkey: f.key("lease", h), hash: h, token: f.leaseToken(h), ttl: ttl,
 		stopKeep: make(chan struct{}), keepDone: make(chan struct{})}
 	var got int64
 	err := f.do(ctx, func(ctx context.Context) error {
 		var err error
-		got, err = leaseScript.Run(ctx, f.rdb, []string{l.rkey, f.key("stored", h)}, l.token, ttl.Milliseconds()).Int64()
+		got, err = leaseScript.Run(ctx, f.rdb, []string{l.rkey, f.key("stored", h)}, l.token, ttl.Milliseconds(), f.storedMark(h)).Int64()
 		return err
 	})
 	switch {
@@ -80,11 +80,12 @@ func (f *Fleet) Lease(ctx context.Context, key string, ttl time.Duration) (*Leas
 
 // releaseScript deletes the lease only if it is still the caller's (it
 // may have expired and been taken by another replica), marks the artifact
-// stored when ARGV[4] (milliseconds) is not 0, and then tells the waiters.
+// stored (with the signed mark ARGV[5]) when ARGV[4] (milliseconds) is
+// not 0, and then tells the waiters (with the signed note ARGV[3]).
 var releaseScript = redis.NewScript(`
 if redis.call("GET", KEYS[1]) == ARGV[1] then
 	if tonumber(ARGV[4]) > 0 then
-		redis.call("SET", KEYS[2], "1", "PX", ARGV[4])
+		redis.call("SET", KEYS[2], ARGV[5], "PX", ARGV[4])
 	end
 	redis.call("DEL", KEYS[1])
 	redis.call("PUBLISH", ARGV[2], ARGV[3])
@@ -110,7 +111,7 @@ func (l *Lease) release(stored time.Duration) {
 		<-l.keepDone                                 // no renewal after the delete
 		f := l.f
 		err := f.do(context.Background(), func(ctx context.Context) error {
-			return releaseScript.Run(ctx, f.rdb, []string{l.rkey, f.key("stored", l.hash)}, l.token, f.key("release", "leases"), l.hash, stored.Milliseconds()).Err()
+			return releaseScript.Run(ctx, f.rdb, []string{l.rkey, f.key("stored", l.hash)}, l.token, f.key("release", "leases"), f.releaseNote(l.hash), stored.Milliseconds(), f.storedMark(l.hash)).Err()
 		})
 		if err != nil {
 			f.log.Debug("fleet: lease not released; it expires with its ttl", "error", err)
@@ -170,7 +171,7 @@ func (f *Fleet) Wait(ctx context.Context, key string) error {
 	if w == nil {
 		return errors.New("fleet: closed")
 	}
-	h := hashKey(key)
+	h := f.hashKey(key)
 	wake := w.add(h)
 	defer w.remove(h, wake)
 	rkey := f.key("lease", h)
@@ -179,10 +180,19 @@ func (f *Fleet) Wait(ctx context.Context, key string) error {
 	<-timer.C
 	for {
 		var left time.Duration
+		var holder string
 		err := f.do(ctx, func(ctx context.Context) error {
-			var err error
-			left, err = f.rdb.PTTL(ctx, rkey).Result()
-			return err
+			var get *redis.StringCmd
+			var pttl *redis.DurationCmd
+			_, err := f.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+				get, pttl = p.Get(ctx, rkey), p.PTTL(ctx, rkey)
+				return nil
+			})
+			if err != nil && !errors.Is(err, redis.Nil) {
+				return err
+			}
+			holder, left = get.Val(), pttl.Val()
+			return nil
 		})
 		if err != nil {
 			if ctx.Err() != nil {
@@ -192,6 +202,11 @@ func (f *Fleet) Wait(ctx context.Context, key string) error {
 		}
 		if left == -2 || left == 0 {
 			return nil // no such key (PTTL's -2), or expiring now
+		}
+		if !f.validLease(h, holder) {
+			// Not a lease a replica took: nothing to wait for.
+			f.reject("lease", fmt.Errorf("fleet: lease value not signed with the fleet's secret"))
+			return nil
 		}
 		next := pollEvery
 		if left > 0 && left < next {
@@ -229,6 +244,7 @@ func (f *Fleet) watcher() *watcher {
 // the released key, and every waiter when it (re)subscribes: a release
 // made while it was not subscribed is then seen by the waiter's check.
 type watcher struct {
+	f    *Fleet
 	ps   *redis.PubSub
 	done chan struct{}
 
@@ -238,6 +254,7 @@ type watcher struct {
 
 func startWatcher(f *Fleet) *watcher {
 	w := &watcher{
+		f:       f,
 		ps:      f.rdb.Subscribe(context.Background(), f.key("release", "leases")),
 		done:    make(chan struct{}),
 		waiters: map[string]map[chan struct{}]struct{}{},
@@ -250,7 +267,11 @@ func startWatcher(f *Fleet) *watcher {
 			case *redis.Subscription:
 				w.wakeAll()
 			case *redis.Message:
-				w.wakeKey(m.Payload)
+				if h, ok := f.releasedHash(m.Payload); ok {
+					w.wakeKey(h)
+				} else {
+					f.reject("lease release note", errBadSignature)
+				}
 			}
 		}
 	}()

@@ -3,6 +3,7 @@ package fleet
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"sync"
 	"time"
 
@@ -43,10 +44,11 @@ func (f *Fleet) Publish(ctx context.Context, n News) {
 	} else {
 		n.Until = time.Time{}
 	}
-	payload, err := json.Marshal(n)
+	body, err := json.Marshal(n)
 	if err != nil {
 		return
 	}
+	payload := f.seal("news", time.Now(), string(body))
 	ctx, cancel := context.WithTimeout(ctx, newsTimeout)
 	defer cancel()
 	err = f.do(ctx, func(ctx context.Context) error {
@@ -112,9 +114,9 @@ func (f *Fleet) Subscribe(handle func(News)) (stop func()) {
 					f.openNow(handle)
 				}
 			case *redis.Message:
-				var n News
-				if err := json.Unmarshal([]byte(m.Payload), &n); err != nil {
-					f.log.Debug("fleet: unreadable breaker news", "error", err)
+				n, err := f.readNews(m.Payload, true)
+				if err != nil {
+					f.reject("breaker news", err)
 					continue
 				}
 				f.deliver(n, handle)
@@ -169,10 +171,42 @@ func (f *Fleet) openNow(handle func(News)) {
 		if !ok {
 			continue // expired since the scan
 		}
-		var n News
-		if json.Unmarshal([]byte(s), &n) != nil || !n.Open || !n.Until.After(time.Now()) {
+		n, err := f.readNews(s, false)
+		if err != nil {
+			f.reject("stored breaker news", err)
+			continue
+		}
+		if !n.Open || !n.Until.After(time.Now()) {
 			continue
 		}
 		f.deliver(n, handle)
 	}
+}
+
+// readNews verifies and reads a news message: signed with the fleet's
+// secret, not from the future, and, when published (not read back from
+// its key, where it lives until its breaker closes), not stale.
+func (f *Fleet) readNews(msg string, published bool) (News, error) {
+	var n News
+	body, at, err := f.unseal("news", msg)
+	if err != nil {
+		return n, err
+	}
+	now := time.Now()
+	if at.After(now.Add(clockSkew)) {
+		return n, fmt.Errorf("fleet: news from the future (%s)", at.UTC().Format(time.RFC3339))
+	}
+	if published && at.Before(now.Add(-newsMaxAge)) {
+		return n, fmt.Errorf("fleet: stale news from %s (a replay?)", at.UTC().Format(time.RFC3339))
+	}
+	if err := json.Unmarshal([]byte(body), &n); err != nil {
+		return n, err
+	}
+	return n, nil
+}
+
+// reject counts and logs a message that did not verify.
+func (f *Fleet) reject(what string, err error) {
+	f.rejected.Add(1)
+	f.log.Warn("fleet: "+what+" dropped", "error", err)
 }

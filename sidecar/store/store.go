@@ -20,8 +20,10 @@ import (
 	"io"
 	"log/slog"
 	"net/url"
+	"os"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -71,6 +73,10 @@ type Options struct {
 	OpenFor time.Duration
 	// Logger receives the store's failures. If nil, they are discarded.
 	Logger *slog.Logger
+	// Private marks the store of private modules: a file:// store then
+	// creates its folders 0700 and its files 0600, since their names are
+	// private module paths. If false, the umask decides.
+	Private bool
 }
 
 // Object is what the store keeps beside an object's body.
@@ -83,6 +89,7 @@ type Object struct {
 // Store is one bucket. Its methods are safe for concurrent use.
 type Store struct {
 	bucket  *blob.Bucket
+	private bool   // a private file:// store: files are made 0600
 	name    string // the URL with anything secret-looking hidden
 	timeout time.Duration
 	log     *slog.Logger
@@ -103,11 +110,27 @@ func Open(ctx context.Context, rawURL string, opts Options) (*Store, error) {
 	if err != nil || u.Scheme == "" {
 		return nil, fmt.Errorf("not a bucket URL (s3://, gs://, azblob:// or file://): %q", Redact(rawURL))
 	}
-	b, err := blob.OpenBucket(ctx, rawURL)
+	openURL := rawURL
+	private := opts.Private && u.Scheme == "file"
+	if private {
+		// Folders 0700 (module paths are their names), and temporary
+		// files beside the object rather than in the shared /tmp.
+		q := u.Query()
+		if q.Get("dir_file_mode") == "" {
+			q.Set("dir_file_mode", "0700")
+		}
+		if q.Get("no_tmp_dir") == "" {
+			q.Set("no_tmp_dir", "true")
+		}
+		v := *u
+		v.RawQuery = q.Encode()
+		openURL = v.String()
+	}
+	b, err := blob.OpenBucket(ctx, openURL)
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", Redact(rawURL), errors.New(Redact(err.Error())))
 	}
-	s := &Store{bucket: b, name: Redact(rawURL), timeout: opts.Timeout, log: opts.Logger}
+	s := &Store{bucket: b, private: private, name: Redact(rawURL), timeout: opts.Timeout, log: opts.Logger}
 	if s.timeout <= 0 {
 		s.timeout = DefaultTimeout
 	}
@@ -232,6 +255,7 @@ func (s *Store) put(ctx context.Context, key string, body io.Reader, obj Object)
 		ContentType:                 obj.ContentType,
 		DisableContentTypeDetection: true,
 		Metadata:                    map[string]string{metaSHA256: obj.SHA256, metaSize: strconv.FormatInt(obj.Size, 10)},
+		BeforeWrite:                 s.beforeWrite,
 	})
 	if err != nil {
 		return s.failed("put", key, err, watch)
@@ -470,9 +494,48 @@ func (s *Store) Status() Status {
 // look like credentials (SAS tokens, keys, signatures), in a bucket URL
 // or an error that quotes one.
 func Redact(s string) string {
+	return redactPlain(redactEncoded(s))
+}
+
+func redactPlain(s string) string {
 	return secretParamRE.ReplaceAllString(upstream.RedactText(s), "${1}=xxxxx")
+}
+
+// redactEncoded hides the secrets of percent-encoded query values (an S3
+// endpoint=http%3A%2F%2Fuser%3Apass%40host, whose credentials no pattern
+// sees encoded): each such value is decoded, redacted, and encoded again
+// when anything in it was hidden.
+func redactEncoded(s string) string {
+	if !strings.Contains(s, "%") {
+		return s
+	}
+	return queryValueRE.ReplaceAllStringFunc(s, func(m string) string {
+		sub := queryValueRE.FindStringSubmatch(m)
+		dec, err := url.QueryUnescape(sub[3])
+		if err != nil || dec == sub[3] {
+			return m
+		}
+		if red := redactPlain(redactEncoded(dec)); red != dec {
+			return sub[1] + sub[2] + "=" + url.QueryEscape(red)
+		}
+		return m
+	})
 }
 
 var (
 	secretParamRE = regexp.MustCompile(`(?i)\b([a-z_]*(?:key|secret|token|sig|signature|password|sas|credential)[a-z_]*)=[^&\s"']*`)
+	queryValueRE  = regexp.MustCompile(`([?&])([^=&\s#"']+)=([^&\s#"']*%[^&\s#"']*)`)
 )
+
+// beforeWrite makes a private file:// store's new file 0600 before a byte
+// of it is written.
+func (s *Store) beforeWrite(as func(any) bool) error {
+	if !s.private {
+		return nil
+	}
+	var f *os.File
+	if as(&f) && f != nil {
+		return f.Chmod(0o600)
+	}
+	return nil
+}

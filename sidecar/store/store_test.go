@@ -201,6 +201,11 @@ func TestRedact(t *testing.T) {
 		"s3://b?region=us-east-1&use_path_style=true": "s3://b?region=us-east-1&use_path_style=true",
 		"gs://b?access_id=me&private_key_path=/k.pem": "gs://b?access_id=me&private_key_path=xxxxx",
 		"GET s3://b?X-Amz-Signature=deadbeef failed":  "GET s3://b?X-Amz-Signature=xxxxx failed",
+		// Credentials inside a percent-encoded endpoint value.
+		"s3://b?endpoint=http%3A%2F%2Fu%3Apw-s3cr3t%40h%3A9000&region=r":            "s3://b?endpoint=http%3A%2F%2Fu%3Axxxxx%40h%3A9000&region=r",
+		"s3://b?endpoint=https%3A%2F%2Fh%2F%3Faccess_key%3Dpw-s3cr3t&region=r":      "s3://b?endpoint=https%3A%2F%2Fh%2F%3Faccess_key%3Dxxxxx&region=r",
+		"s3://b?endpoint=https%3A%2F%2Fh%2F%3FX-Amz-Signature%3Dpw-s3cr3t&region=r": "s3://b?endpoint=https%3A%2F%2Fh%2F%3FX-Amz-Signature%3Dxxxxx&region=r",
+		"s3://b?endpoint=http%3A%2F%2Fh%3A9000&region=r":                            "s3://b?endpoint=http%3A%2F%2Fh%3A9000&region=r",
 	} {
 		if got := store.Redact(in); got != want {
 			t.Errorf("Redact(%q) = %q, want %q", in, got, want)

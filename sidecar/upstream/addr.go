@@ -28,6 +28,55 @@ func prefixes(list ...string) []prefixWhy {
 	return out
 }
 
+// metadata are the addresses of cloud metadata services (and the blocks
+// they live in), which hand out the machine's cloud credentials: refused
+// even for a host that allow_hosts or redirect_hosts names without a
+// wildcard, since a name's DNS answer is not the operator's to vouch for.
+// Only a --resolve pin, which is the operator's own, may lead there.
+var metadata = prefixes(
+	"169.254.0.0/16", "a link-local address",
+	"168.63.129.16/32", "a cloud metadata address (Azure WireServer)",
+	"100.100.100.200/32", "a cloud metadata address (Alibaba Cloud)",
+	"192.0.0.0/24", "an IETF protocol assignment address (cloud metadata lives there)",
+	"fd00:ec2::254/128", "a cloud metadata address (AWS IPv6)",
+)
+
+// MetadataAddr says why a is a cloud metadata address, or "": the
+// address itself, its IPv4-mapped form, or the IPv4 address a NAT64,
+// 6to4 or Teredo address carries.
+func MetadataAddr(a netip.Addr) string {
+	a = a.WithZone("").Unmap()
+	for _, m := range metadata {
+		if m.p.Contains(a) {
+			return m.why
+		}
+	}
+	if a.Is6() {
+		b := a.As16()
+		var cands [][4]byte
+		switch {
+		case nat64.Contains(a):
+			cands = [][4]byte{v4(b[12:16])}
+		case nat64Local.Contains(a):
+			cands = [][4]byte{{b[6], b[7], b[9], b[10]}, {b[7], b[9], b[10], b[11]}, v4(b[9:13]), v4(b[12:16])}
+		case sixToFour.Contains(a):
+			cands = [][4]byte{v4(b[2:6])}
+		case teredo.Contains(a):
+			client := v4(b[12:16])
+			for i := range client {
+				client[i] ^= 0xff
+			}
+			cands = [][4]byte{v4(b[4:8]), client}
+		}
+		for _, c := range cands {
+			if why := MetadataAddr(netip.AddrFrom4(c)); why != "" {
+				return "an IPv6 address of " + netip.AddrFrom4(c).String() + ", " + why
+			}
+		}
+	}
+	return ""
+}
+
 // special4 are the IPv4 blocks that are not public unicast, first match.
 var special4 = prefixes(
 	"0.0.0.0/32", "an unspecified address",
@@ -76,12 +125,22 @@ func SpecialAddr(a netip.Addr) string {
 	case a.Is4In6():
 		return "an IPv4-mapped IPv6 address"
 	case a.Is4():
+		for _, s := range metadata {
+			if s.p.Contains(a) {
+				return s.why
+			}
+		}
 		for _, s := range special4 {
 			if s.p.Contains(a) {
 				return s.why
 			}
 		}
 		return ""
+	}
+	for _, s := range metadata {
+		if s.p.Contains(a) {
+			return s.why
+		}
 	}
 	for _, s := range special6 {
 		if s.p.Contains(a) {

@@ -14,7 +14,18 @@ func TestRedirectAddrCheck(t *testing.T) {
 		{"203.0.113.8", false, ""},
 		{"10.0.0.1", false, "a private address"},
 		{"10.0.0.1", true, ""}, // named in redirect_hosts: may be internal
-		{"169.254.169.254", true, ""},
+		// Cloud metadata services: never, even for a host named in
+		// redirect_hosts (its DNS answer is not the operator's to vouch for).
+		{"169.254.169.254", true, "a link-local address"},
+		{"168.63.129.16", true, "a cloud metadata address (Azure WireServer)"},
+		{"168.63.129.16", false, "a cloud metadata address (Azure WireServer)"},
+		{"100.100.100.200", true, "a cloud metadata address (Alibaba Cloud)"},
+		{"fd00:ec2::254", true, "a cloud metadata address (AWS IPv6)"},
+		{"fd00:ec2::254", false, "a cloud metadata address (AWS IPv6)"},
+		{"192.0.0.192", true, "an IETF protocol assignment address (cloud metadata lives there)"},
+		{"192.0.0.8", false, "an IETF protocol assignment address (cloud metadata lives there)"},
+		{"64:ff9b::a9fe:a9fe", true, "an IPv6 address of 169.254.169.254, a link-local address"},
+		{"fd00:ec2::253", true, ""},               // a private address, named explicitly
 		{"127.0.0.1", true, "a loopback address"}, // never: modgate's own ports are there
 		{"::1", true, "a loopback address"},
 		{"::ffff:127.0.0.1", true, "a loopback address"},

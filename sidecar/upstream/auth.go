@@ -602,10 +602,12 @@ func (t *authTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	resp, err := t.next.RoundTrip(withHeader(req, h))
 	if err != nil || (resp.StatusCode != http.StatusUnauthorized && resp.StatusCode != http.StatusForbidden) {
+		redactErrorBody(resp, h)
 		return resp, err
 	}
 	replay := req.Body == nil || req.Body == http.NoBody || req.GetBody != nil
 	if !replay || !t.creds.refused(req.Context(), gen, req.URL, resp) {
+		redactErrorBody(resp, h)
 		return resp, nil
 	}
 	t.log.Info("upstream refused the credentials; trying renewed ones", "status", resp.StatusCode)
@@ -622,7 +624,71 @@ func (t *authTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			return nil, err
 		}
 	}
-	return t.next.RoundTrip(retry)
+	resp, err = t.next.RoundTrip(retry)
+	redactErrorBody(resp, h)
+	return resp, err
+}
+
+// redactBodyLimit is how much of an error answer is searched for the
+// credentials sent: error bodies are short, and only their first line is
+// ever shown.
+const redactBodyLimit = 64 << 10
+
+// redactErrorBody hides, in the start of an error answer's body, the
+// credentials the request carried: an upstream that echoes them
+// ("denied: Bearer TOKEN") must not have them shown to every client, on
+// the status page and in the audit log. The Bearer and Basic values of
+// other credentials are hidden too (RedactText).
+func redactErrorBody(resp *http.Response, h http.Header) {
+	if resp == nil || resp.StatusCode < 400 || resp.Body == nil {
+		return
+	}
+	head, _ := io.ReadAll(io.LimitReader(resp.Body, redactBodyLimit))
+	text := string(head)
+	for _, secret := range secretsOf(h) {
+		text = strings.ReplaceAll(text, secret, redactedSecret)
+	}
+	text = RedactText(text)
+	resp.Body = readCloser{io.MultiReader(strings.NewReader(text), resp.Body), resp.Body}
+	resp.ContentLength = -1
+	resp.Header.Del("Content-Length")
+}
+
+type readCloser struct {
+	io.Reader
+	io.Closer
+}
+
+// secretsOf returns the secrets the header values h carry, longest first:
+// each value, the credential after its scheme word, and for Basic the
+// decoded user:password and password.
+func secretsOf(h http.Header) []string {
+	var out []string
+	add := func(s string) {
+		if len(s) >= 4 {
+			out = append(out, s)
+		}
+	}
+	for _, vs := range h {
+		for _, v := range vs {
+			add(v)
+			scheme, cred, ok := strings.Cut(v, " ")
+			if !ok {
+				continue
+			}
+			add(cred)
+			if strings.EqualFold(scheme, "Basic") {
+				if dec, err := base64.StdEncoding.DecodeString(strings.TrimSpace(cred)); err == nil {
+					add(string(dec))
+					if _, pass, ok := strings.Cut(string(dec), ":"); ok {
+						add(pass)
+					}
+				}
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b string) int { return len(b) - len(a) })
+	return out
 }
 
 // CredentialsError is a request that was not sent because the upstream's

@@ -507,6 +507,8 @@ func errorDetail(resp *http.Response) string {
 		return ""
 	}
 	line, _ := bufio.NewReader(io.LimitReader(resp.Body, 512)).ReadString('\n')
+	// Before it is cut short: a credential cut in two would show its half.
+	line = RedactText(line)
 	line = strings.Map(func(r rune) rune {
 		if r == unicode.ReplacementChar || !unicode.IsGraphic(r) {
 			return -1

@@ -175,6 +175,8 @@ func RedirectAddrCheck(host string, a netip.Addr, explicit bool) string {
 		return SpecialAddr(u)
 	case ThisMachine.Has(u):
 		return "an address of this machine"
+	case explicit && MetadataAddr(a) != "":
+		return MetadataAddr(a)
 	case explicit && !a.Is4In6():
 		return ""
 	}

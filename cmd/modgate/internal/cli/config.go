@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math"
 	"net"
 	"net/url"
@@ -51,6 +52,11 @@ type Config struct {
 	Cache CacheConfig `yaml:"cache"`
 	// ClientTimeouts bound what a client may take of modgate's listener.
 	ClientTimeouts ClientTimeoutsConfig `yaml:"client_timeouts"`
+	// MaxConnections bounds the listener's open connections (tunnels and
+	// intercepted ones included); 0: the default (1024).
+	MaxConnections int `yaml:"max_connections"`
+	// MaxConnectionsPerClient bounds one client address's; 0: 256.
+	MaxConnectionsPerClient int `yaml:"max_connections_per_client"`
 	// AdminHosts are the Host names (patterns like *.svc.example.test)
 	// the admin listener answers besides IP addresses and localhost.
 	AdminHosts []string `yaml:"admin_hosts"`
@@ -65,6 +71,12 @@ type Config struct {
 	// Telemetry is what modgate adds to the standard OTEL_* variables.
 	Telemetry TelemetryConfig `yaml:"telemetry"`
 
+	// fleetSecret and fleetPassword are what fleet.secret_file and
+	// fleet.password_file hold, read by validate.
+	fleetSecret   []byte
+	fleetPassword string
+	rootCAs       *x509.CertPool // tls_ca_file's, for rediss://
+
 	// netrc is the netrc file that upstreams[].auth.netrc reads, as the
 	// go command finds it ($NETRC, else ~/.netrc, or ~/_netrc on
 	// Windows); the loader sets it from the environment.
@@ -76,6 +88,13 @@ type FleetConfig struct {
 	// Redis is the replicas' Redis (redis:// or rediss://); empty: each
 	// replica on its own.
 	Redis string `yaml:"redis"`
+	// SecretFile holds the fleet's shared secret (the same file on every
+	// replica, at least 16 bytes): breaker news and leases are signed
+	// with it and artifact keys hashed with it. Required with Redis.
+	SecretFile string `yaml:"secret_file"`
+	// PasswordFile holds Redis's password (of the URL's ACL user, if it
+	// names one), so that it is not in the URL.
+	PasswordFile string `yaml:"password_file"`
 	// Wait is how long a replica waits for another's fetch of an
 	// artifact before fetching it itself.
 	Wait time.Duration `yaml:"wait"`
@@ -415,6 +434,8 @@ var envKeys = []struct{ env, key string }{
 	{"MODGATE_CACHE_SHARED", "cache.shared"},
 	{"MODGATE_CACHE_SHARED_PRIVATE", "cache.shared_private"},
 	{"MODGATE_FLEET_REDIS", "fleet.redis"},
+	{"MODGATE_FLEET_SECRET_FILE", "fleet.secret_file"},
+	{"MODGATE_FLEET_PASSWORD_FILE", "fleet.password_file"},
 	{"MODGATE_MAX_TRACES_PER_SECOND", "telemetry.max_traces_per_second"},
 }
 
@@ -496,6 +517,10 @@ func (c *Config) set(key, value, at string, o origins) error {
 		c.Cache.SharedPrivate = value
 	case "fleet.redis":
 		c.Fleet.Redis = value
+	case "fleet.secret_file":
+		c.Fleet.SecretFile = value
+	case "fleet.password_file":
+		c.Fleet.PasswordFile = value
 	case "telemetry.max_traces_per_second":
 		n, err := strconv.ParseFloat(value, 64)
 		if err != nil {
@@ -667,10 +692,18 @@ func (c *Config) validate(o origins) (sidecar.Config, error) {
 			bad("tls_ca_file", "%v", err)
 		}
 		out.RootCAs = pool
+		c.rootCAs = pool
 	}
 	out.Forward = c.Forward.validate(bad)
 	c.ListenerSecurity.validate(bad, &out)
 	out.ClientHeader, out.ClientIdle = c.ClientTimeouts.Header, c.ClientTimeouts.Idle
+	out.MaxConnections, out.MaxConnectionsPerClient = c.MaxConnections, c.MaxConnectionsPerClient
+	if c.MaxConnections < 0 {
+		bad("max_connections", "must not be negative (0: the default, %d)", sidecar.DefaultMaxConnections)
+	}
+	if c.MaxConnectionsPerClient < 0 {
+		bad("max_connections_per_client", "must not be negative (0: the default, %d)", sidecar.DefaultMaxConnectionsPerClient)
+	}
 	if c.ClientTimeouts.Header < 0 {
 		bad("client_timeouts.header", "must not be negative")
 	}
@@ -695,14 +728,7 @@ func (c *Config) validate(o origins) (sidecar.Config, error) {
 	if c.Cache.SharedTimeout < 0 {
 		bad("cache.shared_timeout", "must not be negative")
 	}
-	if c.Fleet.Redis != "" {
-		// Checked here, opened by run (with its logger).
-		if f, err := fleet.Open(fleet.Config{URL: c.Fleet.Redis}); err != nil {
-			bad("fleet.redis", "%v", strings.TrimPrefix(err.Error(), "fleet: "))
-		} else {
-			f.Close()
-		}
-	}
+	c.validateFleet(bad)
 	if c.Fleet.Wait < 0 {
 		bad("fleet.wait", "must not be negative")
 	}
@@ -729,7 +755,7 @@ func (c *Config) openStore(key, rawURL, localKey, local string, bad func(key, fo
 		bad(key, "needs %s: artifacts from the shared store are copied through the local cache", localKey)
 		return nil
 	}
-	s, err := store.Open(context.Background(), rawURL, store.Options{Timeout: c.Cache.SharedTimeout})
+	s, err := store.Open(context.Background(), rawURL, store.Options{Timeout: c.Cache.SharedTimeout, Private: key == "cache.shared_private"})
 	if err != nil {
 		bad(key, "%v", err)
 		return nil
@@ -940,4 +966,43 @@ func readUsers(file string) (map[string]string, error) {
 		return nil, fmt.Errorf("%s names no user", file)
 	}
 	return users, nil
+}
+
+// validateFleet reads the fleet's secret and Redis password files and
+// checks the Redis URL; the fleet itself is opened by run (with its
+// logger).
+func (c *Config) validateFleet(bad func(key, format string, args ...any)) {
+	if c.Fleet.PasswordFile != "" {
+		pw, err := os.ReadFile(c.Fleet.PasswordFile)
+		switch {
+		case err != nil:
+			bad("fleet.password_file", "%v", err)
+		case len(bytes.TrimSpace(pw)) == 0:
+			bad("fleet.password_file", "%s is empty", c.Fleet.PasswordFile)
+		}
+		c.fleetPassword = string(bytes.TrimSpace(pw))
+	}
+	if c.Fleet.Redis == "" {
+		return
+	}
+	if c.Fleet.SecretFile == "" {
+		bad("fleet.secret_file", "missing: fleet.redis needs the fleet's shared secret, the same file on every replica (e.g. openssl rand -hex 32 > fleet.secret), so that breaker news and leases in Redis are signed")
+	} else if secret, err := os.ReadFile(c.Fleet.SecretFile); err != nil {
+		bad("fleet.secret_file", "%v", err)
+	} else if c.fleetSecret = bytes.TrimSpace(secret); len(c.fleetSecret) < fleet.MinSecret {
+		bad("fleet.secret_file", "%s holds %d bytes; want at least %d (e.g. openssl rand -hex 32)", c.Fleet.SecretFile, len(c.fleetSecret), fleet.MinSecret)
+	}
+	// The URL is checked whatever the secret's problems (with a stand-in).
+	check := *c
+	check.fleetSecret = bytes.Repeat([]byte{'x'}, fleet.MinSecret)
+	if f, err := check.openFleet(nil); err != nil {
+		bad("fleet.redis", "%v", strings.TrimPrefix(err.Error(), "fleet: "))
+	} else {
+		f.Close()
+	}
+}
+
+// openFleet opens the fleet that the validated config describes.
+func (c *Config) openFleet(log *slog.Logger) (*fleet.Fleet, error) {
+	return fleet.Open(fleet.Config{URL: c.Fleet.Redis, Password: c.fleetPassword, Secret: c.fleetSecret, RootCAs: c.rootCAs, Logger: log})
 }

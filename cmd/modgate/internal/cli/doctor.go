@@ -14,7 +14,6 @@ import (
 
 	"github.com/modgate/modgate/cmd/modgate/internal/doctor"
 	"github.com/modgate/modgate/sidecar"
-	"github.com/modgate/modgate/sidecar/fleet"
 	"github.com/modgate/modgate/sidecar/store"
 	"github.com/modgate/modgate/sidecar/upstream"
 )
@@ -101,6 +100,9 @@ func (a *App) doctor(ctx context.Context, args []string) error {
 				m.AdminURL = "http://" + clientAddr(cfg.Admin)
 			}
 			m.Fleet = fleetParts(cfg, sc)
+			if cfg.Fleet.Redis != "" {
+				m.FleetSecretFile = cfg.Fleet.SecretFile
+			}
 			for i, u := range cfg.Upstreams {
 				du := doctor.Upstream{Name: u.Name, URL: u.URL}
 				if i < len(sc.Upstreams) {
@@ -150,7 +152,7 @@ func fleetParts(cfg Config, sc sidecar.Config) []doctor.FleetPart {
 	}
 	if raw := cfg.Fleet.Redis; raw != "" {
 		parts = append(parts, doctor.FleetPart{Name: "Redis", Where: upstream.RedactURL(raw), Probe: func(ctx context.Context) error {
-			f, err := fleet.Open(fleet.Config{URL: raw})
+			f, err := cfg.openFleet(nil)
 			if err != nil {
 				return err
 			}

@@ -442,6 +442,7 @@ func TestDoctorFleet(t *testing.T) {
 	listen, admin := startDoctorGate(t, upstream.Config{Name: "fixtures", URL: p.URL})
 	goenv := fakeGoEnv(t, "testdata/doctor/goenv-good.json", map[string]string{"GOPROXY": "http://" + listen})
 	bucket := t.TempDir()
+	secret := fleetSecretFile(t)
 	for _, c := range []struct {
 		redis string
 		sev   doctor.Severity
@@ -451,7 +452,8 @@ func TestDoctorFleet(t *testing.T) {
 		{"redis://:s3cr3t@" + freeAddr(t) + "/0", doctor.Warn, "fleet-unreachable"},
 	} {
 		env := map[string]string{"MODGATE_UPSTREAM": p.URL, "MODGATE_SUMDB": "sum.fixture.test",
-			"MODGATE_CACHE_DIR": t.TempDir(), "MODGATE_CACHE_SHARED": "file://" + bucket, "MODGATE_FLEET_REDIS": c.redis}
+			"MODGATE_CACHE_DIR": t.TempDir(), "MODGATE_CACHE_SHARED": "file://" + bucket, "MODGATE_FLEET_REDIS": c.redis,
+			"MODGATE_FLEET_SECRET_FILE": secret}
 		r := runDoctor(t, goenv, env, "--listen", listen, "--admin", admin, "--policy", "testdata/doctor/policy.yaml", "--module", "fixture.test/dep01")
 		if !r.has(doctor.Info, "fleet", "file://"+bucket) {
 			t.Errorf("no info on the shared store:\n%s", r)

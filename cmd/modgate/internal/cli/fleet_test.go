@@ -67,6 +67,7 @@ type fleetRig struct {
 	frontURL string
 	redis    *fleettest.RedisServer
 	s3       *fleettest.S3Server
+	secret   string // fleet.secret_file, shared by the replicas
 }
 
 func newFleetRig(t *testing.T) *fleetRig {
@@ -79,7 +80,8 @@ func newFleetRig(t *testing.T) *fleetRig {
 	fr := &front{proxy: httputil.NewSingleHostReverseProxy(target)}
 	srv := httptest.NewServer(fr) // on loopback
 	t.Cleanup(srv.Close)
-	return &fleetRig{t: t, fx: fx, db: db, p: p, front: fr, frontURL: srv.URL, redis: redis, s3: s3}
+	secret := fleetSecretFile(t)
+	return &fleetRig{t: t, fx: fx, db: db, p: p, front: fr, frontURL: srv.URL, redis: redis, s3: s3, secret: secret}
 }
 
 // start runs one modgate of the fleet on bucket, with extra config lines.
@@ -98,8 +100,8 @@ sumdb: {name: sum.fixture.test}
 cache:
   dir: %s
   shared: %q
-fleet: {redis: %q}
-%s`, listen, admin, r.frontURL, t.TempDir(), bucketURL, r.redis.URL(), extra)
+fleet: {redis: %q, secret_file: %q}
+%s`, listen, admin, r.frontURL, t.TempDir(), bucketURL, r.redis.URL(), r.secret, extra)
 	file := filepath.Join(t.TempDir(), "modgate.yaml")
 	if err := os.WriteFile(file, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -342,4 +344,14 @@ func TestFleetSurvivesRedisAndStore(t *testing.T) {
 	if b, _ := json.Marshal(fleet); !strings.Contains(string(b), `"errors"`) {
 		t.Errorf("replica 0's fleet status says nothing of the store's errors: %s", b)
 	}
+}
+
+// fleetSecretFile writes a fleet secret and returns its file.
+func fleetSecretFile(t *testing.T) string {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), "fleet.secret")
+	if err := os.WriteFile(file, []byte("0123456789abcdef0123456789abcdef\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return file
 }

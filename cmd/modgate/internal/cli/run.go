@@ -44,6 +44,8 @@ func (a *App) run(ctx context.Context, args []string) error {
 	}
 	log := newLogger(a.Stderr, cfg.Log)
 	sc.Logger = log
+	sc.CommandLine = append([]string{"modgate", "run"}, args...)
+	warnSecretArgs(log, args)
 	sc.Version = Version()
 	// A rate of 0 in the config means "no new traces"; telemetry.Config
 	// spells that with a negative rate (its zero is the default).
@@ -79,7 +81,7 @@ func (a *App) run(ctx context.Context, args []string) error {
 	sc.Audit = audit
 	if cfg.Fleet.Redis != "" {
 		fleet.LogTo(log)
-		f, err := fleet.Open(fleet.Config{URL: cfg.Fleet.Redis, Logger: log})
+		f, err := cfg.openFleet(log)
 		if err != nil {
 			return fmt.Errorf("config:\nfleet.redis: %w", err)
 		}

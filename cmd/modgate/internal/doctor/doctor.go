@@ -136,6 +136,8 @@ type Modgate struct {
 	// Fleet are the parts a fleet of modgates shares (shared stores,
 	// Redis), to be probed.
 	Fleet []FleetPart
+	// FleetSecretFile is fleet.secret_file, checked for who may read it.
+	FleetSecretFile string
 }
 
 // FleetPart is one thing a fleet of modgates shares.
@@ -230,6 +232,7 @@ func Run(ctx context.Context, opts Options) Report {
 	d.checkProxyVars()
 	d.checkEnvFile()
 	d.checkClients()
+	d.checkFleetSecret()
 	if opts.Probe && d.cfgOK {
 		d.probe(ctx, opts.Timeout, opts.Module)
 		d.probeFleet(ctx, opts.Timeout)

@@ -3,6 +3,7 @@ package doctor
 import (
 	"context"
 	"fmt"
+	"os"
 	"time"
 )
 
@@ -24,4 +25,25 @@ func (d *run) probeFleet(ctx context.Context, timeout time.Duration) {
 		d.add(Finding{Severity: Info, Check: "fleet", Where: p.Where,
 			What: fmt.Sprintf("%s answers (%d ms)", p.Name, time.Since(start).Milliseconds())})
 	}
+}
+
+// checkFleetSecret warns when the fleet's secret (which signs what the
+// replicas tell each other through Redis) is readable by other users of
+// the machine. Its absence or shortness is a config error already.
+func (d *run) checkFleetSecret() {
+	f := d.m.FleetSecretFile
+	if f == "" {
+		return
+	}
+	st, err := os.Stat(f)
+	if err != nil {
+		return // the config's own error says so
+	}
+	if st.Mode().Perm()&0o077 != 0 {
+		d.add(Finding{Severity: Warn, Check: "fleet-secret", Where: f,
+			What: fmt.Sprintf("the fleet's secret is readable by other users (mode %v): whoever reads it can forge breaker news and leases", st.Mode().Perm()),
+			Fix:  "chmod 600 " + f + " (or 0440 with a group only modgate is in)"})
+		return
+	}
+	d.add(Finding{Severity: Info, Check: "fleet-secret", Where: f, What: "the fleet's secret is readable by its owner only"})
 }
