@@ -109,7 +109,7 @@ func TestDockerfile(t *testing.T) {
 			buildCmd = in.args
 		}
 	}
-	for _, want := range []string{"CGO_ENABLED=0", "-trimpath", `-ldflags "-s -w -X github.com/modgate/modgate/cmd/modgate/internal/cli.version=${VERSION}"`, "./cmd/modgate"} {
+	for _, want := range []string{"CGO_ENABLED=0", "-trimpath", `-tags "${TAGS}"`, `-ldflags "-s -w -X github.com/modgate/modgate/cmd/modgate/internal/cli.version=${VERSION}"`, "./cmd/modgate"} {
 		if !strings.Contains(buildCmd, want) {
 			t.Errorf("go build lacks %s: %s", want, buildCmd)
 		}

@@ -66,6 +66,9 @@ type Config struct {
 	ClientIdle time.Duration
 	// Logger receives the server's logs. If nil, logs are discarded.
 	Logger *slog.Logger
+	// LogRequests writes one access log line per request to Logger, at
+	// info level. If false, only the audit log records requests.
+	LogRequests bool
 	// Version is reported in the User-Agent of upstream requests.
 	Version string
 	// Clock tells time to breakers and retries. If nil, the system clock.
@@ -136,6 +139,7 @@ type Server struct {
 	leases  leaseCounts
 
 	recentLog recentLog // the status page's recent requests and denials
+	adminAddr atomic.Value // string: the admin listener's address, for the module listener's / page
 	hedges    hedgeBudget
 	hedgers   map[Kind]*upstream.Hedge // by immutable kind; nil without telemetry
 }
@@ -465,6 +469,7 @@ func (s *Server) Serve(ctx context.Context, ln, adminLn net.Listener) error {
 	}}
 	listeners := []net.Listener{ln}
 	if adminLn != nil {
+		s.adminAddr.Store(adminLn.Addr().String())
 		servers = append(servers, &http.Server{Handler: s.AdminHandler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: errLog})
 		listeners = append(listeners, adminLn)
 	}
@@ -516,7 +521,7 @@ func (s *Server) Serve(ctx context.Context, ln, adminLn net.Listener) error {
 	case err = <-errc:
 	}
 	s.ready.Store(false)
-	s.log.Info("shutting down", "grace", s.cfg.ShutdownGrace)
+	s.log.Info("shutting down", "grace", s.cfg.ShutdownGrace.String())
 	sctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownGrace)
 	defer cancel()
 	for _, srv := range servers {

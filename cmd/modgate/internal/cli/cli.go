@@ -40,6 +40,13 @@ type App struct {
 	Getenv         func(string) string
 	// GoEnv runs `go env NAME...`.
 	GoEnv func(ctx context.Context, names ...string) ([]string, error)
+	// GoDefaultProxy returns the go command's built-in GOPROXY, for a
+	// chain from the go env that named only modgate. If nil, there is
+	// no such fallback.
+	GoDefaultProxy func(ctx context.Context) (string, error)
+	// LookupHost resolves upstream host names for run's start-up check.
+	// If nil, net.DefaultResolver.LookupHost.
+	LookupHost func(ctx context.Context, host string) ([]string, error)
 }
 
 // Main runs modgate with the process's arguments and environment and
@@ -47,7 +54,7 @@ type App struct {
 func Main() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	app := &App{Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv, GoEnv: goEnv}
+	app := &App{Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv, GoEnv: goEnv, GoDefaultProxy: goDefaultProxy}
 	return app.Run(ctx, os.Args[1:])
 }
 

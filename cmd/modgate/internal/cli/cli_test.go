@@ -106,7 +106,7 @@ func TestRunRejectsBadConfig(t *testing.T) {
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
 		t.Fatalf("exit: %v; want 1\n%s", err, out)
 	}
-	if want := "modgate.yaml:4: upstreams[0].retries: unknown key \"retries\""; !strings.Contains(out.String(), want) {
+	if want := "modgate.yaml:4: upstreams[1].retries: unknown key \"retries\""; !strings.Contains(out.String(), want) {
 		t.Errorf("output lacks %q:\n%s", want, out)
 	}
 }

@@ -81,7 +81,7 @@ func (a *App) doctor(ctx context.Context, args []string) error {
 		Getenv: a.Getenv,
 		GoEnv:  goenv,
 		Load: func(goenv doctor.GoEnvFunc) (doctor.Modgate, error) {
-			cfg, sc, err := loader{getenv: a.Getenv, goenv: goenv}.load(fs, &rf)
+			cfg, sc, err := loader{getenv: a.Getenv, goenv: goenv, goDefault: a.GoDefaultProxy}.load(fs, &rf)
 			m := doctor.Modgate{
 				Listen: cfg.Listen, Admin: cfg.Admin,
 				Resolve: cfg.Resolve, PolicyFile: cfg.PolicyFile, SumDB: sc.SumDB, SumDBURL: sc.SumDBURL, RootCAs: sc.RootCAs,

@@ -52,7 +52,7 @@ func (a *App) env(_ context.Context, args []string) error {
 		fmt.Fprintf(a.Stderr, "modgate env: unknown shell %q: want sh, fish, powershell or cmd\n", *shell)
 		return errUsage
 	}
-	l := loader{getenv: a.Getenv, goenv: a.GoEnv}
+	l := loader{getenv: a.Getenv, goenv: a.GoEnv, goDefault: a.GoDefaultProxy}
 	cfg, sc, err := l.load(fs, &f)
 	if err != nil {
 		return fmt.Errorf("config:\n%w", err)

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +15,7 @@ import (
 	"time"
 
 	"github.com/modgate/modgate/sidecar"
+	"github.com/modgate/modgate/sidecar/wire"
 )
 
 // runFlags are the flags of `modgate run`. Each sets the config key named
@@ -67,6 +70,10 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 type loader struct {
 	getenv func(string) string
 	goenv  func(ctx context.Context, names ...string) ([]string, error)
+	// goDefault returns the go command's built-in GOPROXY (what it uses
+	// with no go env file and no variable). If nil, there is none to fall
+	// back to.
+	goDefault func(ctx context.Context) (string, error)
 }
 
 // load builds the config: defaults, file, MODGATE_* variables, flags, then
@@ -122,6 +129,15 @@ func (l loader) load(fs *flag.FlagSet, f *runFlags) (Config, sidecar.Config, err
 	if err := l.fillFromGoEnv(&cfg, o); err != nil {
 		return cfg, sidecar.Config{}, err
 	}
+	if _, set := o["cache.dir"]; !set {
+		// Never configured (a flag, variable or key set to "" turns the
+		// cache off): a per-user folder, so that a laptop's second build
+		// is served from disk.
+		if dir := userCacheDir(l.getenv, runtime.GOOS); dir != "" {
+			cfg.Cache.Dir = filepath.Join(dir, "modgate")
+			cfg.defaultCacheDir = true
+		}
+	}
 	cfg.netrc = netrcPath(l.getenv, runtime.GOOS)
 	sc, err := cfg.validate(o)
 	return cfg, sc, err
@@ -161,6 +177,9 @@ func (l loader) fillFromGoEnv(cfg *Config, o origins) error {
 		if err := cfg.set("upstreams", vals[0], sourceName(source, "GOPROXY"), o); err != nil {
 			return err
 		}
+		if err := l.dropSelf(cfg, o, source); err != nil {
+			return err
+		}
 	}
 	if needSumDB {
 		name, url := parseGOSUMDB(vals[1])
@@ -174,6 +193,109 @@ func (l loader) fillFromGoEnv(cfg *Config, o origins) error {
 		}
 	}
 	return nil
+}
+
+// dropSelf leaves modgate's own listener out of a chain taken from the go
+// env: once the go command is set up to use modgate (GOPROXY=modgate,direct
+// as README: Quick start says), its GOPROXY names modgate, and modgate
+// must not ask itself. When nothing is left, the go command's built-in
+// default stands in. A chain the user configured keeps its refusal (in
+// sidecar.New).
+func (l loader) dropSelf(cfg *Config, o origins, source string) error {
+	var kept []UpstreamConfig
+	var self []string
+	for _, u := range cfg.Upstreams {
+		if pointsAtListener(u.URL, cfg.Listen) {
+			self = append(self, u.URL)
+			continue
+		}
+		kept = append(kept, u)
+	}
+	if len(self) == 0 {
+		return nil
+	}
+	from := sourceName(source, "GOPROXY")
+	note := fmt.Sprintf("%s names modgate's own listener (%s): left out of the upstream chain", from, strings.Join(self, ", "))
+	if len(kept) == 0 {
+		def := ""
+		if l.goDefault != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			var err error
+			if def, err = l.goDefault(ctx); err != nil {
+				def = ""
+			}
+		}
+		if def == "" {
+			return fmt.Errorf("no upstream: %s names only modgate itself (%s) and the go command's default GOPROXY is unknown; give --upstream, MODGATE_UPSTREAM or upstreams in the config", from, strings.Join(self, ", "))
+		}
+		if err := cfg.set("upstreams", def, "the go command's default GOPROXY", o); err != nil {
+			return err
+		}
+		cfg.notes = append(cfg.notes, loadNote{msg: note + "; nothing else was left, so the go command's default GOPROXY is used: " + def})
+		return nil
+	}
+	cfg.Upstreams = kept
+	cfg.notes = append(cfg.notes, loadNote{msg: note})
+	return nil
+}
+
+// pointsAtListener reports whether an upstream URL reaches listen on
+// this machine: the same port on a loopback address (or localhost) when
+// modgate listens on loopback or everywhere, or on listen's own address.
+func pointsAtListener(rawURL, listen string) bool {
+	u, err := url.Parse(rawURL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") {
+		return false
+	}
+	port := u.Port()
+	if port == "" {
+		port = map[string]string{"http": "80", "https": "443"}[u.Scheme]
+	}
+	host := u.Hostname()
+	if strings.EqualFold(strings.TrimSuffix(host, "."), "localhost") {
+		host = "127.0.0.1"
+	}
+	return wire.SameListener(net.JoinHostPort(host, port), listen)
+}
+
+// goDefaultProxy runs `go env GOPROXY` without the user's go env file and
+// GOPROXY variable: the go command's built-in default.
+func goDefaultProxy(ctx context.Context) (string, error) {
+	cmd := exec.CommandContext(ctx, "go", "env", "GOPROXY")
+	for _, kv := range os.Environ() {
+		if k, _, _ := strings.Cut(kv, "="); k != "GOPROXY" && k != "GOENV" && k != "GOFLAGS" {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	cmd.Env = append(cmd.Env, "GOENV=off")
+	out, err := cmd.Output()
+	return strings.TrimSpace(string(out)), err
+}
+
+// userCacheDir is os.UserCacheDir with the loader's environment: the
+// folder for per-user caches, or "" when there is none.
+func userCacheDir(getenv func(string) string, goos string) string {
+	switch goos {
+	case "windows":
+		return getenv("LocalAppData")
+	case "darwin", "ios":
+		if home := getenv("HOME"); home != "" {
+			return filepath.Join(home, "Library", "Caches")
+		}
+	case "plan9":
+		if home := getenv("home"); home != "" {
+			return filepath.Join(home, "lib", "cache")
+		}
+	default:
+		if dir := getenv("XDG_CACHE_HOME"); filepath.IsAbs(dir) {
+			return dir
+		}
+		if home := getenv("HOME"); home != "" {
+			return filepath.Join(home, ".cache")
+		}
+	}
+	return ""
 }
 
 func sourceName(source, name string) string {
