@@ -138,7 +138,7 @@ type Server struct {
 	buffers budget // whole-read answers, against Config.BufferBudget
 	leases  leaseCounts
 
-	recentLog recentLog // the status page's recent requests and denials
+	recentLog recentLog    // the status page's recent requests and denials
 	adminAddr atomic.Value // string: the admin listener's address, for the module listener's / page
 	hedges    hedgeBudget
 	hedgers   map[Kind]*upstream.Hedge // by immutable kind; nil without telemetry

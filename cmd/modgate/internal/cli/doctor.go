@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"time"
@@ -19,15 +18,13 @@ import (
 	"github.com/modgate/modgate/sidecar/upstream"
 )
 
-const doctorUsage = `usage: modgate doctor [--json] [--scan DIR] [--policy F] [--no-probe] [modgate run flags]
+const doctorUsage = `usage: modgate doctor [--json] [--scan DIR] [--policy F] [--no-probe] [run's config flags]
 
 Checks the go env, the environment, modgate's config and policy, probes
 modgate and its upstreams (with timings) and each https upstream's
 certificate, and with --scan finds the same risks in a repository's go.mod
 files and CI files. Each finding has a severity (error, warn, info), what
 was found and the fix. Exit status 1 when any finding is an error.
-
-Flags:
 `
 
 // errDoctorFailed makes `modgate doctor` exit 1 after printing its report.
@@ -36,12 +33,12 @@ var errDoctorFailed = errors.New("doctor found problems")
 // doctor wires `modgate doctor`'s flags and run's config loader to
 // doctor.Run, and prints its report.
 func (a *App) doctor(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("modgate doctor", flag.ContinueOnError)
-	fs.SetOutput(a.Stderr)
+	fs := a.newFlags("modgate doctor", doctorUsage)
 	var rf runFlags
-	rf.register(fs)
+	// The settings doctor checks or probes.
+	rf.register(fs, "listen", "admin", "upstream", "sumdb", "policy", "tls-ca-file", "resolve", "ca-dir", "mitm-host", "cache-dir", "cache-shared", "fleet-redis")
 	jsonOut := fs.Bool("json", false, "print a JSON document instead of the list")
-	scanDir := fs.String("scan", "", "also scan the repository in `DIR`: go.mod replace directives and CI files")
+	scanDir := fs.String("scan", "", "also scan the repository in `folder`: go.mod replace directives and CI files")
 	// `modgate run` has a --policy flag (registered above with the others);
 	// this one only stands in if run ever loses it.
 	if fs.Lookup("policy") == nil {
@@ -50,15 +47,8 @@ func (a *App) doctor(ctx context.Context, args []string) error {
 	noProbe := fs.Bool("no-probe", false, "make no requests: check settings only")
 	timeout := fs.Duration("timeout", 3*time.Second, "bound on each probe")
 	probeModule := fs.String("module", "golang.org/x/mod", "module whose version list and @latest the probes ask for")
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), doctorUsage)
-		fs.PrintDefaults()
-	}
-	if err := fs.Parse(args); err != nil {
-		if err == flag.ErrHelp {
-			return err
-		}
-		return errUsage
+	if err := a.parseFlags(fs, args); err != nil {
+		return err
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(a.Stderr, "modgate doctor: unexpected argument %q\n", fs.Arg(0))

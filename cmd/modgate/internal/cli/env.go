@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"net"
 	"path/filepath"
@@ -30,18 +29,14 @@ start with the same config file, MODGATE_* variables and flags:
 
 // env prints the client settings that match the config `run` would load.
 func (a *App) env(_ context.Context, args []string) error {
-	fs := flag.NewFlagSet("modgate env", flag.ContinueOnError)
-	fs.SetOutput(a.Stderr)
-	fs.Usage = func() {
-		fmt.Fprint(a.Stderr, envUsage)
-		fs.PrintDefaults()
-	}
+	fs := a.newFlags("modgate env", envUsage)
 	var f runFlags
-	f.register(fs)
+	// Only the settings that change what clients are told.
+	f.register(fs, "listen", "upstream", "sumdb", "policy", "ca-dir", "mitm-host", "cache-dir")
 	shell := fs.String("shell", "sh", "sh (bash, zsh), fish, powershell or cmd")
 	noDirect := fs.Bool("no-direct", false, `leave ",direct" out of GOPROXY (refused when the upstream chain has direct)`)
-	if err := fs.Parse(args); err != nil {
-		return usageOrHelp(err)
+	if err := a.parseFlags(fs, args); err != nil {
+		return err
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(a.Stderr, "modgate env: unexpected argument %q\n", fs.Arg(0))

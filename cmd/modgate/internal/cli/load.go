@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
@@ -30,39 +31,52 @@ type runFlags struct {
 }
 
 var flagKeys = []struct{ flag, key, usage string }{
-	{"listen", "listen", "module listener address"},
-	{"admin", "admin", "admin listener address (empty: none)"},
+	{"listen", "listen", "module listener address, the GOPROXY and HTTPS_PROXY (default 127.0.0.1:7070)"},
+	{"admin", "admin", `admin listener address: status page, /metrics, /healthz (default 127.0.0.1:7071; "" for none)`},
 	{"admin-hosts", "admin_hosts", "Host names the admin listener answers besides IP addresses and localhost (comma separated patterns)"},
 	{"upstream", "upstreams", `upstream chain in GOPROXY syntax, e.g. "https://a.example.test,https://b.example.test|direct" (default: go env GOPROXY)`},
 	{"sumdb", "sumdb.name", "checksum database name, a GOSUMDB value (name+key [url]), or off (default: go env GOSUMDB)"},
 	{"tls-ca-file", "tls_ca_file", "extra root CAs (PEM) for upstreams"},
-	{"log-level", "log.level", "debug, info, warn or error"},
-	{"log-format", "log.format", "auto, text or json"},
+	{"log-level", "log.level", "debug, info, warn or error (default info)"},
+	{"log-format", "log.format", "auto (text on a terminal, JSON otherwise), text or json (default auto)"},
 	{"policy", "policy_file", "policy file (reloaded when it changes and on SIGHUP)"},
 	{"audit-log", "audit_log", "audit log: a file (rotated by size), - for standard output, empty for none"},
-	{"cache-dir", "cache.dir", "artifact cache folder (empty: no cache)"},
+	{"cache-dir", "cache.dir", `artifact cache folder (default: modgate in the user's cache folder; "" for no cache)`},
 	{"fleet-redis", "fleet.redis", "the fleet's Redis (redis://host:6379/0): one upstream fetch per artifact across replicas, and breaker news"},
 	{"cache-shared", "cache.shared", "shared store of a fleet's artifacts, a gocloud.dev/blob URL (s3://bucket?endpoint=...&region=..., gs://, azblob://, file://)"},
-	{"ca-dir", "forward.ca_dir", "folder of the CA that `modgate ca init` made (default: the user's config folder)"},
+	{"ca-dir", "forward.ca_dir", "folder of the CA that modgate ca init made (default: modgate/ca in the user's config folder)"},
 	{"max-traces-per-second", "telemetry.max_traces_per_second", "new traces the default sampler records a second, when OTEL_TRACES_SAMPLER is unset (default 100)"},
 }
 
-func (f *runFlags) register(fs *flag.FlagSet) {
+// register adds run's flags to fs: all of them, or only the ones named
+// (besides --config), for a command that reads just those settings.
+func (f *runFlags) register(fs *flag.FlagSet, only ...string) {
+	want := func(name string) bool { return len(only) == 0 || slices.Contains(only, name) }
 	fs.StringVar(&f.config, "config", "", "YAML config file (env MODGATE_CONFIG)")
 	f.values = map[string]*string{}
 	for _, k := range flagKeys {
-		f.values[k.key] = fs.String(k.flag, "", k.usage)
+		if want(k.flag) {
+			f.values[k.key] = fs.String(k.flag, "", k.usage)
+		}
 	}
-	fs.BoolVar(&f.pprof, "pprof", false, "serve /debug/pprof/ on the admin listener")
-	fs.BoolVar(&f.offline, "offline", false, "serve only from the cache; everything else is 404 (air-gapped builds)")
-	fs.Func("resolve", "host:port=addr:port: dial addr instead of host (repeatable)", func(s string) error {
-		f.resolve = append(f.resolve, s)
-		return nil
-	})
-	fs.Func("mitm-host", "intercept CONNECTs to this host with modgate's CA (repeatable)", func(s string) error {
-		f.mitm = append(f.mitm, s)
-		return nil
-	})
+	if want("pprof") {
+		fs.BoolVar(&f.pprof, "pprof", false, "serve /debug/pprof/ on the admin listener")
+	}
+	if want("offline") {
+		fs.BoolVar(&f.offline, "offline", false, "serve only from the cache; everything else is 404 (air-gapped builds)")
+	}
+	if want("resolve") {
+		fs.Func("resolve", "host:port=addr:port: dial addr:port instead of host:port (repeatable)", func(s string) error {
+			f.resolve = append(f.resolve, s)
+			return nil
+		})
+	}
+	if want("mitm-host") {
+		fs.Func("mitm-host", "intercept CONNECTs to this host with modgate's CA (repeatable)", func(s string) error {
+			f.mitm = append(f.mitm, s)
+			return nil
+		})
+	}
 }
 
 // loader gathers what loading the config reads from outside, so that tests

@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -26,16 +25,21 @@ import (
 	"github.com/modgate/modgate/telemetry"
 )
 
+const runUsage = `usage: modgate run [flags]
+
+Serves the module listener (the go command's GOPROXY, and HTTPS_PROXY for
+direct fetches) and the admin listener (status page, /metrics, /healthz).
+Settings come from defaults, then the config file (--config or
+MODGATE_CONFIG), then MODGATE_* variables, then flags. The upstream chain
+and checksum database default to the user's go env GOPROXY and GOSUMDB.
+`
+
 func (a *App) run(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("modgate run", flag.ContinueOnError)
-	fs.SetOutput(a.Stderr)
+	fs := a.newFlags("modgate run", runUsage)
 	var f runFlags
 	f.register(fs)
-	if err := fs.Parse(args); err != nil {
-		if err == flag.ErrHelp {
-			return err
-		}
-		return errUsage
+	if err := a.parseFlags(fs, args); err != nil {
+		return err
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(a.Stderr, "modgate run: unexpected argument %q\n", fs.Arg(0))
