@@ -34,7 +34,8 @@ func TestMain(m *testing.M) {
 func modgate(t *testing.T, args ...string) (*exec.Cmd, *bytes.Buffer) {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], args...)
-	cmd.Env = append(os.Environ(), "MODGATE_TEST_MAIN=1")
+	// The default cache is a per-user folder: each test gets its own.
+	cmd.Env = append(os.Environ(), "MODGATE_TEST_MAIN=1", "XDG_CACHE_HOME="+t.TempDir())
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	return cmd, &out
@@ -91,7 +92,14 @@ func TestRunServesAndShutsDownGracefully(t *testing.T) {
 		if err := json.Unmarshal([]byte(line), &rec); err != nil {
 			t.Errorf("log line is not JSON: %q", line)
 		}
-		sawShutdown = sawShutdown || rec["msg"] == "shutting down"
+		if rec["msg"] == "shutting down" {
+			sawShutdown = true
+			// A duration, as people write it (slog's JSON would give
+			// nanoseconds).
+			if rec["grace"] != "10s" {
+				t.Errorf("shutdown log: grace %v, want \"10s\"", rec["grace"])
+			}
+		}
 	}
 	if !sawShutdown {
 		t.Errorf("no shutdown log:\n%s", out)
@@ -383,3 +391,7 @@ func TestRunPprof(t *testing.T) {
 		}
 	}
 }
+
+func dialTCP(addr string) (net.Conn, error) { return net.DialTimeout("tcp", addr, time.Second) }
+
+func sleepBriefly() { time.Sleep(20 * time.Millisecond) }

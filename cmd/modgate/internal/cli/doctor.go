@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"time"
 
 	"golang.org/x/mod/module"
@@ -45,6 +46,7 @@ func (a *App) doctor(ctx context.Context, args []string) error {
 		fs.String("policy", "", "policy `file` whose private patterns GONOSUMDB must cover (env MODGATE_POLICY)")
 	}
 	noProbe := fs.Bool("no-probe", false, "make no requests: check settings only")
+	goos := fs.String("goos", runtime.GOOS, "the system the go command runs on, for how it trusts modgate's CA (linux, darwin, windows)")
 	timeout := fs.Duration("timeout", 3*time.Second, "bound on each probe")
 	probeModule := fs.String("module", "golang.org/x/mod", "module whose version list and @latest the probes ask for")
 	if err := a.parseFlags(fs, args); err != nil {
@@ -91,6 +93,7 @@ func (a *App) doctor(ctx context.Context, args []string) error {
 				m.AdminURL = "http://" + clientAddr(cfg.Admin)
 			}
 			m.Fleet = fleetParts(cfg, sc)
+			m.MITM = len(cfg.Forward.MITMHosts) > 0
 			for i, u := range cfg.Upstreams {
 				du := doctor.Upstream{Name: u.Name, URL: u.URL}
 				if i < len(sc.Upstreams) {
@@ -106,6 +109,7 @@ func (a *App) doctor(ctx context.Context, args []string) error {
 		Module:     *probeModule,
 		ScanDir:    *scanDir,
 		Version:    Version(),
+		GOOS:       *goos,
 	}
 	if f, ok := a.Stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 		opts.Progress = a.Stderr

@@ -133,6 +133,9 @@ type Modgate struct {
 	// Fleet are the parts a fleet of modgates shares (shared stores,
 	// Redis), to be probed.
 	Fleet []FleetPart
+	// MITM says that modgate intercepts some hosts (forward.mitm_hosts):
+	// clients must trust its CA.
+	MITM bool
 }
 
 // FleetPart is one thing a fleet of modgates shares.
@@ -193,6 +196,9 @@ type Options struct {
 	// Progress, if not nil, receives a line that says what is being
 	// probed (a terminal).
 	Progress io.Writer
+	// GOOS is the system the go command runs on, for what trusts a CA
+	// there. If empty, runtime.GOOS.
+	GOOS string
 }
 
 // run is one `modgate doctor`: what it read, and what it found.
@@ -226,6 +232,7 @@ func Run(ctx context.Context, opts Options) Report {
 	d.checkProxyVars()
 	d.checkEnvFile()
 	d.checkClients()
+	d.checkCertFile()
 	if opts.Probe && d.cfgOK {
 		d.probe(ctx, opts.Timeout, opts.Module)
 		d.probeFleet(ctx, opts.Timeout)
