@@ -33,7 +33,7 @@ func (a *App) env(_ context.Context, args []string) error {
 	fs := a.newFlags("modgate env", envUsage)
 	var f runFlags
 	// Only the settings that change what clients are told.
-	f.register(fs, "listen", "upstream", "sumdb", "policy", "ca-dir", "mitm-host", "cache-dir")
+	f.register(fs, "listen", "upstream", "sumdb", "policy", "ca-dir", "mitm-host")
 	shell := fs.String("shell", "sh", "sh (bash, zsh), fish, powershell or cmd")
 	noDirect := fs.Bool("no-direct", false, `leave ",direct" out of GOPROXY (refused when the upstream chain has direct)`)
 	if err := a.parseFlags(fs, args); err != nil {
