@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/modgate/modgate/cmd/modgate/internal/doctor"
 	"github.com/modgate/modgate/sidecar/mitm"
 	"github.com/modgate/modgate/sidecar/modtest"
 )
@@ -138,5 +139,29 @@ func TestEnvWindowsTrust(t *testing.T) {
 		if strings.Contains(out, "SSL_CERT_FILE =") || strings.Contains(out, "set SSL_CERT_FILE") || !strings.Contains(out, "modgate ca trust") {
 			t.Errorf("--shell %s:\n%s", shell, out)
 		}
+	}
+}
+
+// doctor warns of an SSL_CERT_FILE that holds modgate's CA alone (it
+// replaces the system's roots) and, on Windows and macOS, of one that is
+// set at all (the go command ignores it there).
+func TestDoctorCertFile(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "ca")
+	if err := mitm.Init(dir); err != nil {
+		t.Fatal(err)
+	}
+	goenv := fakeGoEnv(t, "testdata/doctor/goenv-good.json", nil)
+	env := map[string]string{"SSL_CERT_FILE": mitm.CertPath(dir)}
+	r := runDoctor(t, goenv, env, "--no-probe", "--upstream", "https://mods.corp.example.test", "--goos", "linux")
+	if !r.has(doctor.Warn, "ssl-cert-file-alone", "environment") {
+		t.Errorf("linux, SSL_CERT_FILE with one CA: no ssl-cert-file-alone warning:\n%s", r)
+	}
+	r = runDoctor(t, goenv, env, "--no-probe", "--upstream", "https://mods.corp.example.test", "--goos", "windows")
+	if !r.has(doctor.Warn, "ssl-cert-file-ignored", "environment") || r.has(doctor.Warn, "ssl-cert-file-alone", "") {
+		t.Errorf("windows: want ssl-cert-file-ignored only:\n%s", r)
+	}
+	r = runDoctor(t, goenv, nil, "--no-probe", "--upstream", "https://mods.corp.example.test", "--goos", "windows", "--mitm-host", "proxy.example.test", "--ca-dir", dir)
+	if !r.has(doctor.Info, "ca-trust", "system store") {
+		t.Errorf("windows with mitm hosts: no ca-trust note:\n%s", r)
 	}
 }
