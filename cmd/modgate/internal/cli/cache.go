@@ -190,12 +190,38 @@ func matcher(pattern string) (func(module.Version) bool, error) {
 	}, nil
 }
 
+// progress returns a func that counts entries read and, on a terminal,
+// shows the count now and then (a large cache takes a while to walk), and
+// a func that ends the line.
+func (c *cacheRun) progress(what string) (step func(), end func()) {
+	f, ok := c.a.Stderr.(*os.File)
+	if !ok || !term.IsTerminal(int(f.Fd())) {
+		return func() {}, func() {}
+	}
+	n := 0
+	last := time.Now()
+	return func() {
+			n++
+			if time.Since(last) > 200*time.Millisecond {
+				last = time.Now()
+				fmt.Fprintf(f, "\r%s: %d files read ", what, n)
+			}
+		}, func() {
+			if n > 0 {
+				fmt.Fprint(f, "\r\033[K")
+			}
+		}
+}
+
 // versions walks the tiers and returns the module versions that match.
 func (c *cacheRun) versions(match func(module.Version) bool) ([]*modVersion, error) {
 	var out []*modVersion
+	step, end := c.progress(c.fs.Name())
+	defer end()
 	for _, t := range c.tiers() {
 		byMod := map[module.Version]*modVersion{}
 		err := cache.Walk(t[1], func(e cache.Stored) error {
+			step()
 			m, ok := versionOf(e.Key)
 			if !ok || !match(m) {
 				return nil
@@ -311,6 +337,7 @@ func cacheDu(_ context.Context, c *cacheRun) error {
 	if err := c.needCache(); err != nil {
 		return err
 	}
+	step, end := c.progress("modgate cache du")
 	w := tabwriter.NewWriter(c.a.Stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(w, "TIER\tKIND\tFILES\tSIZE\t")
 	for _, t := range c.tiers() {
@@ -318,6 +345,7 @@ func cacheDu(_ context.Context, c *cacheRun) error {
 		files, sizes := map[string]int{}, map[string]int64{}
 		var total int64
 		err := cache.Walk(t[1], func(e cache.Stored) error {
+			step()
 			k := "other"
 			switch {
 			case strings.HasPrefix(e.Key, "sumdb/"):
@@ -337,6 +365,7 @@ func cacheDu(_ context.Context, c *cacheRun) error {
 			return nil
 		})
 		if err != nil {
+			end()
 			return fmt.Errorf("cache %s: %w", t[1], err)
 		}
 		for _, k := range kinds {
@@ -350,6 +379,7 @@ func cacheDu(_ context.Context, c *cacheRun) error {
 		}
 		fmt.Fprintf(w, "%s\ttotal (%s, %s)\t\t%s\t\n", t[0], t[1], limit, byteSize(total))
 	}
+	end()
 	return w.Flush()
 }
 

@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"strings"
 
@@ -111,12 +110,4 @@ Checks a policy file and prints what it says.
 		fmt.Fprintln(a.Stdout, "  "+line)
 	}
 	return nil
-}
-
-// usageOrHelp maps a flag parsing error to Run's exit codes.
-func usageOrHelp(err error) error {
-	if errors.Is(err, flag.ErrHelp) {
-		return err
-	}
-	return errUsage
 }
