@@ -27,6 +27,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv("MODGATE_TEST_MAIN") == "1" {
 		os.Exit(Main())
 	}
+	// modgate env's output (goldens, SSL_CERT_FILE) is the one for Linux
+	// on every system the tests run on.
+	hostGOOS = "linux"
 	os.Exit(m.Run())
 }
 

@@ -61,7 +61,7 @@ func (a *App) env(_ context.Context, args []string) error {
 	}
 	// The go command of a PowerShell or cmd user runs on Windows, where
 	// it ignores SSL_CERT_FILE.
-	goos := runtime.GOOS
+	goos := hostGOOS
 	if *shell == "powershell" || *shell == "cmd" {
 		goos = "windows"
 	}
@@ -93,6 +93,9 @@ func comment(format string, args ...any) envLine {
 
 // clientEnv works out the client settings for a loaded config and policy
 // (pol may be nil: no policy file).
+// hostGOOS is the system modgate env writes settings for (tests pin it).
+var hostGOOS = runtime.GOOS
+
 // caTrust is how clients come to trust modgate's CA: on goos, through
 // bundle (which writes the system's roots and the CA of a CA folder to a
 // file and returns its path) where the go command reads SSL_CERT_FILE.
