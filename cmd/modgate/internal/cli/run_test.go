@@ -12,6 +12,7 @@ import (
 	"reflect"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -48,6 +49,9 @@ func TestRunLeavesItselfOutOfGoEnvChain(t *testing.T) {
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
+	// The log is read once the process is gone: it writes to out.
+	cmd.Process.Signal(syscall.SIGTERM)
+	cmd.Wait()
 	if resp.StatusCode != 200 || string(body) != "v1.0.0\n" {
 		t.Errorf("list: %s %q\n%s", resp.Status, body, out)
 	}
