@@ -18,8 +18,13 @@ VERSITYGW_DIR ?= $(HOME)/.cache/modgate/versitygw-$(VERSITYGW_VERSION)
 VERSITYGW_BIN := $(VERSITYGW_DIR)/versitygw
 REDIS_SERVER := /usr/bin/redis-server
 
-# Flags for `make run`, e.g. make run RUN_FLAGS='--upstream https://proxy.example.test'
+# Flags for `make run`, e.g. make run RUN_FLAGS='--upstream https://proxy.example.test'.
+# Without them `make run` is `modgate run` with its own defaults (upstreams
+# from go env, the per-user cache folder), as the README's quick start.
 RUN_FLAGS ?=
+# Build tags of optional shared-store drivers: TAGS=gcs,azure adds gs:// and
+# azblob:// (README: Binary size and build tags).
+TAGS ?=
 # How long each fuzz target runs under `make fuzz`.
 FUZZTIME ?= 30s
 # Test packages and flags; CI runs them all with the race detector.
@@ -37,7 +42,7 @@ SUMDB_KEYS := $(shell grep -hoE '"[a-z0-9.-]+(/[a-z0-9./-]+)?\+[0-9a-f]{8}\+[A-Z
 LDFLAGS := -X 'github.com/modgate/modgate/cmd/modgate/internal/cli.builtinSumDBKeys=$(strip $(SUMDB_KEYS))'
 
 build:
-	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/modgate ./cmd/modgate
+	$(GO) build -tags '$(TAGS)' -ldflags "$(LDFLAGS)" -o $(BIN)/modgate ./cmd/modgate
 
 run: build
 	$(BIN)/modgate run $(RUN_FLAGS)
@@ -202,7 +207,7 @@ cross:
 	@set -e; for p in $(CROSS_PLATFORMS); do \
 	  os=$${p%/*}; arch=$${p#*/}; ext=; if [ "$$os" = windows ]; then ext=.exe; fi; \
 	  echo "cross: $$os/$$arch"; \
-	  CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(CROSS_OUT)/modgate-$$os-$$arch$$ext ./cmd/modgate; \
+	  CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -tags '$(TAGS)' -ldflags "$(LDFLAGS)" -o $(CROSS_OUT)/modgate-$$os-$$arch$$ext ./cmd/modgate; \
 	done
 
 # deploy/ is its own module (its Kubernetes dependencies stay out of the

@@ -110,7 +110,7 @@ func TestDockerfile(t *testing.T) {
 			buildCmd = in.args
 		}
 	}
-	for _, want := range []string{"CGO_ENABLED=0", "-trimpath", `-ldflags "-s -w -X github.com/modgate/modgate/cmd/modgate/internal/cli.version=${VERSION}`,
+	for _, want := range []string{"CGO_ENABLED=0", "-trimpath", `-tags "${TAGS}"`, `-ldflags "-s -w -X github.com/modgate/modgate/cmd/modgate/internal/cli.version=${VERSION}`,
 		`-X 'github.com/modgate/modgate/cmd/modgate/internal/cli.builtinSumDBKeys=${keys}'"`, "./cmd/modgate"} {
 		if !strings.Contains(buildCmd, want) {
 			t.Errorf("go build lacks %s: %s", want, buildCmd)

@@ -247,6 +247,9 @@ func (x *exchange) finish() {
 		status = http.StatusOK // the handler wrote nothing: net/http answers 200
 	}
 	x.s.builds.record(x, span.SpanContext(), status)
+	if x.s.cfg.LogRequests {
+		x.logRequest()
+	}
 	if !x.s.audit.Enabled() {
 		return
 	}
@@ -282,6 +285,30 @@ func (x *exchange) finish() {
 	if err := x.s.audit.Log(e); err != nil {
 		x.s.log.Error("audit log", "err", err)
 	}
+}
+
+// logRequest writes the exchange's access log line: what a user of any
+// proxy expects to see scroll by. The audit log is the record; this is
+// for eyes.
+func (x *exchange) logRequest() {
+	status := x.w.status
+	if status == 0 {
+		status = http.StatusOK
+	}
+	target := x.r.URL.Path
+	if x.r.Method == http.MethodConnect {
+		target = x.r.Host
+	}
+	attrs := make([]any, 0, 16)
+	attrs = append(attrs, "method", x.r.Method, "path", target, "status", status, "bytes", x.w.bytes,
+		"duration", time.Since(x.start).Round(time.Microsecond).String(), "mode", x.mode, "kind", string(x.req.Kind), "client", clientIP(x.r.RemoteAddr))
+	if x.served != nil {
+		attrs = append(attrs, "upstream", x.served.Name)
+	}
+	if x.cacheResult != "" {
+		attrs = append(attrs, "cache", x.cacheResult)
+	}
+	x.s.log.Info("request", attrs...)
 }
 
 // splitMessage turns a preformatted "modgate: ..." body into writeError's

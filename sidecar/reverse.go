@@ -3,7 +3,9 @@ package sidecar
 import (
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"strings"
 
@@ -27,6 +29,10 @@ func (s *Server) reverse(x *exchange) error {
 	x.setIdentity(identity, err)
 	if err != nil {
 		return err
+	}
+	if r.URL.Path == "/" && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
+		s.serveHome(x.w, r)
+		return nil
 	}
 	req, err := s.classify(r, "")
 	if errors.Is(err, ErrNotModuleRequest) {
@@ -52,6 +58,47 @@ func (s *Server) reverse(x *exchange) error {
 		return s.pipeline(x, sumDBSource{s})
 	}
 	return s.pipeline(x, chainSource{s})
+}
+
+// serveHome answers the module listener's / (someone opened the GOPROXY
+// URL in a browser): what this is, how to use it, where to look.
+func (s *Server) serveHome(w http.ResponseWriter, r *http.Request) {
+	var b strings.Builder
+	version := s.cfg.Version
+	if version == "" {
+		version = "(devel)"
+	}
+	fmt.Fprintf(&b, "modgate %s: a Go module proxy (GOPROXY) and HTTPS proxy for the go command.\n\n", version)
+	scheme := "http"
+	if s.tlsCfg != nil {
+		scheme = "https"
+	}
+	fmt.Fprintf(&b, "Use it:  eval \"$(modgate env)\"   (or GOPROXY=%s://%s,direct)\n", scheme, r.Host)
+	if admin, _ := s.adminAddr.Load().(string); admin != "" {
+		fmt.Fprintf(&b, "Status:  http://%s/   (upstreams, breakers, recent requests; /metrics)\n", hostForClient(admin))
+	} else {
+		b.WriteString("Status:  no admin listener (--admin)\n")
+	}
+	b.WriteString("Help:    modgate help; README.md in the modgate repository\n")
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Content-Length", fmt.Sprint(b.Len()))
+	w.WriteHeader(http.StatusOK)
+	if r.Method != http.MethodHead {
+		io.WriteString(w, b.String())
+	}
+}
+
+// hostForClient is the address to dial for a listener's: one listening
+// on every address is reached on loopback.
+func hostForClient(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, port)
 }
 
 func describeRequest(req Request) string {

@@ -75,6 +75,9 @@ type Config struct {
 	ClientIdle time.Duration
 	// Logger receives the server's logs. If nil, logs are discarded.
 	Logger *slog.Logger
+	// LogRequests writes one access log line per request to Logger, at
+	// info level. If false, only the audit log records requests.
+	LogRequests bool
 	// Version is reported in the User-Agent of upstream requests.
 	Version string
 	// Clock tells time to breakers and retries. If nil, the system clock.
@@ -163,6 +166,7 @@ type Server struct {
 
 	recentLog recentLog    // the status page's recent requests and denials
 	builds    buildTracker // per-build summaries, for modgate exec and the status page
+	adminAddr atomic.Value // string: the admin listener's address, for the module listener's / page
 	hedges    hedgeBudget
 	hedgers   map[Kind]*upstream.Hedge // by immutable kind; nil without telemetry
 }
@@ -493,6 +497,7 @@ func (s *Server) Serve(ctx context.Context, ln, adminLn net.Listener) error {
 	}}
 	listeners := []net.Listener{ln}
 	if adminLn != nil {
+		s.adminAddr.Store(adminLn.Addr().String())
 		servers = append(servers, &http.Server{Handler: s.AdminHandler(), ReadHeaderTimeout: 10 * time.Second, MaxHeaderBytes: maxHeaderBytes, ErrorLog: errLog})
 		listeners = append(listeners, adminLn)
 	}
@@ -552,7 +557,7 @@ func (s *Server) Serve(ctx context.Context, ln, adminLn net.Listener) error {
 	case err = <-errc:
 	}
 	s.ready.Store(false)
-	s.log.Info("shutting down", "grace", s.cfg.ShutdownGrace)
+	s.log.Info("shutting down", "grace", s.cfg.ShutdownGrace.String())
 	sctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownGrace)
 	defer cancel()
 	for _, srv := range servers {

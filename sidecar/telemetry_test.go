@@ -219,3 +219,36 @@ func serverSpan(tr jaegertest.Trace, op string) *jaegertest.Span {
 	}
 	return nil
 }
+
+// An upstream's 403 fails the request (only 404 and 410 let the chain move
+// on), so its attempt is an error in the metric and in the baseline the
+// status page shows, never "ok".
+func TestUpstreamForbiddenCountsAsError(t *testing.T) {
+	fx := loadFixtures(t)
+	p := modtest.NewProxy(t, fx)
+	tel := newTelemetry(t, nil)
+	url, srv := startGateServer(t, sidecar.Config{
+		Telemetry: tel,
+		Upstreams: []upstream.Config{{Name: "walled", URL: p.URL + "/f/403"}},
+	})
+	if code, body := get(t, url+"/fixture.test/dep01/@v/v1.0.0.info"); code != http.StatusBadGateway {
+		t.Fatalf("status %d, want 502 from a chain whose only upstream answers 403:\n%s", code, body)
+	}
+	rec := httptest.NewRecorder()
+	srv.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "http://127.0.0.1/metrics", nil))
+	want := `modgate_upstream_request_duration_seconds_count{modgate_outcome="error",modgate_request_kind="info",modgate_upstream_name="walled"`
+	if !strings.Contains(rec.Body.String(), want) {
+		t.Errorf("/metrics lacks %s", want)
+	}
+	rec = httptest.NewRecorder()
+	srv.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "http://127.0.0.1/debug/baseline", nil))
+	var report telemetry.BaselineReport
+	if err := json.Unmarshal(rec.Body.Bytes(), &report); err != nil {
+		t.Fatal(err)
+	}
+	for _, row := range report.Rows {
+		if row.Upstream == "walled" && row.ErrorRate != 1 {
+			t.Errorf("baseline of walled: error rate %v, want 1 (every attempt was a 403)", row.ErrorRate)
+		}
+	}
+}

@@ -92,7 +92,9 @@ func startModgate(bin, dir, configFile, receiver string, c modgateColumn) (*chil
 	if err != nil {
 		return nil, err
 	}
-	args := []string{"run", "--config", configFile, "--listen", listen, "--admin", admin, "--pprof"}
+	// No cache unless the column asks for one (modgate run's default is
+	// a per-user cache folder, which would serve every column's hits).
+	args := []string{"run", "--config", configFile, "--listen", listen, "--admin", admin, "--pprof", "--cache-dir", ""}
 	for _, f := range c.flags {
 		args = append(args, strings.ReplaceAll(f, "{dir}", dir))
 	}

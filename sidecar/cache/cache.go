@@ -518,3 +518,41 @@ func (c *Cache) evict() {
 	}
 	c.size.Store(total)
 }
+
+// Stored is one entry of a cache directory, as Walk finds it.
+type Stored struct {
+	Meta
+	FileSize int64 // the entry's file: metadata line and body
+}
+
+// Walk calls fn for every entry in the cache directory dir, reading only
+// each entry's metadata line (bodies are not checked; Get does that). It
+// opens nothing for writing, so it may run beside a modgate that uses dir.
+// Files that are not entries are skipped.
+func Walk(dir string, fn func(Stored) error) error {
+	root := filepath.Join(dir, "data")
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if p == root && errors.Is(err, fs.ErrNotExist) {
+				return nil // an empty cache
+			}
+			return err
+		}
+		if d.IsDir() {
+			return nil
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			return nil // removed meanwhile
+		}
+		st, serr := f.Stat()
+		line, rerr := bufio.NewReaderSize(io.LimitReader(f, maxMetaLine), maxMetaLine).ReadSlice('\n')
+		f.Close()
+		var m Meta
+		if serr != nil || rerr != nil || json.Unmarshal(line, &m) != nil || m.Key == "" {
+			return nil
+		}
+		return fn(Stored{Meta: m, FileSize: st.Size()})
+	})
+	return err
+}

@@ -267,7 +267,7 @@ func (s *faultServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case fault == "ok":
 		s.inner.ServeHTTP(w, inner)
 
-	case fault == "404" || fault == "410" || fault == "500" || fault == "503" || fault == "429":
+	case fault == "403" || fault == "404" || fault == "410" || fault == "500" || fault == "503" || fault == "429":
 		code, _ := strconv.Atoi(fault)
 		injected(code)
 

@@ -84,7 +84,7 @@ func WithSumDB(db *SumDB) ProxyOption {
 // /f/<fault>/; the faults are:
 //
 //	ok          no fault (the request is still counted under "ok")
-//	404 410 500 503
+//	403 404 410 500 503
 //	            that status, with a short text/plain body
 //	429         429 Too Many Requests without Retry-After
 //	429ra<N>    429 with "Retry-After: <N>"

@@ -22,6 +22,7 @@ import (
 	"net/url"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -30,10 +31,8 @@ import (
 
 	"github.com/sony/gobreaker/v2"
 	"gocloud.dev/blob"
-	_ "gocloud.dev/blob/azureblob" // azblob://
-	_ "gocloud.dev/blob/fileblob"  // file://
-	_ "gocloud.dev/blob/gcsblob"   // gs://
-	_ "gocloud.dev/blob/s3blob"    // s3://
+	_ "gocloud.dev/blob/fileblob" // file://
+	_ "gocloud.dev/blob/s3blob"   // s3://
 	"gocloud.dev/gcerrors"
 
 	"github.com/modgate/modgate/sidecar/upstream"
@@ -102,6 +101,11 @@ type Store struct {
 	lastErrAt time.Time
 }
 
+// optionalDrivers are the bucket schemes whose drivers are built in only
+// with a build tag (drivers_gcs.go, drivers_azure.go): their SDKs more than
+// double the binary's size. S3 and file:// are always in.
+var optionalDrivers = map[string]string{"gs": "gcs", "azblob": "azure"}
+
 // Open opens the bucket that rawURL names. It does not reach the store:
 // a store that is down at start-up is skipped like one that goes down
 // later.
@@ -109,6 +113,9 @@ func Open(ctx context.Context, rawURL string, opts Options) (*Store, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil || u.Scheme == "" {
 		return nil, fmt.Errorf("not a bucket URL (s3://, gs://, azblob:// or file://): %q", Redact(rawURL))
+	}
+	if tag, ok := optionalDrivers[u.Scheme]; ok && !slices.Contains(blob.DefaultURLMux().BucketSchemes(), u.Scheme) {
+		return nil, fmt.Errorf("%s:// is not in this build of modgate: build it with -tags %s (go install -tags %s ...), or use the image that has every driver (see README: Running many modgates)", u.Scheme, tag, tag)
 	}
 	openURL := rawURL
 	private := opts.Private && u.Scheme == "file"

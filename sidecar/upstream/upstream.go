@@ -635,7 +635,10 @@ func outcome(resp *http.Response, err error) string {
 		return telemetry.OutcomeError
 	case resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusGone:
 		return telemetry.OutcomeNotFound
-	case isFailureStatus(resp.StatusCode):
+	case resp.StatusCode >= 400:
+		// Only 404 and 410 let the chain move on after ","; any other
+		// refusal (401, 403, 5xx, 429) fails the request, so it is an
+		// error here even where the breaker does not count it.
 		return telemetry.OutcomeError
 	}
 	return telemetry.OutcomeOK

@@ -41,15 +41,15 @@ func TestLoadUpstreamAuth(t *testing.T) {
 	}
 
 	for _, c := range []struct{ name, auth, want string }{
-		{"none", "    auth: {}\n", "modgate.yaml:5: upstreams[0].auth: give one of basic, bearer_file, netrc or command"},
-		{"two", "    auth:\n      bearer_file: " + token + "\n      netrc: true\n", "modgate.yaml:5: upstreams[0].auth: bearer_file and netrc: give only one"},
-		{"inline password", "    auth:\n      basic: {username: builder, password: hunter2-abcdef}\n", "modgate.yaml:6: upstreams[0].auth.basic.password: unknown key \"password\""},
-		{"no username", "    auth:\n      basic:\n        password_file: " + pass + "\n", "modgate.yaml:6: upstreams[0].auth.basic.username: missing"},
-		{"missing password file", "    auth:\n      basic:\n        username: builder\n        password_file: " + pass + ".gone\n", "modgate.yaml:8: upstreams[0].auth.basic.password_file: stat " + pass + ".gone: no such file"},
-		{"missing token file", "    auth:\n      bearer_file: /no/such/token\n", "modgate.yaml:6: upstreams[0].auth.bearer_file: stat /no/such/token"},
-		{"netrc without the host", "    auth:\n      netrc: true\n", "modgate.yaml:6: upstreams[0].auth.netrc: netrc file " + filepath.Join(dir, "other") + " has no machine mods.corp.example.test"},
-		{"command not found", "    auth:\n      command: corp-go-auth-missing --x\n", "modgate.yaml:6: upstreams[0].auth.command: auth command: exec: \"corp-go-auth-missing\": executable file not found"},
-		{"negative timeout", "    auth: {command: \"sh -c true\", command_timeout: -1s}\n", "modgate.yaml:5: upstreams[0].auth.command_timeout: must not be negative"},
+		{"none", "    auth: {}\n", "modgate.yaml:5: upstreams[1].auth: give one of basic, bearer_file, netrc or command"},
+		{"two", "    auth:\n      bearer_file: " + token + "\n      netrc: true\n", "modgate.yaml:5: upstreams[1].auth: bearer_file and netrc: give only one"},
+		{"inline password", "    auth:\n      basic: {username: builder, password: hunter2-abcdef}\n", "modgate.yaml:6: upstreams[1].auth.basic.password: unknown key \"password\""},
+		{"no username", "    auth:\n      basic:\n        password_file: " + pass + "\n", "modgate.yaml:6: upstreams[1].auth.basic.username: missing"},
+		{"missing password file", "    auth:\n      basic:\n        username: builder\n        password_file: " + pass + ".gone\n", "modgate.yaml:8: upstreams[1].auth.basic.password_file: stat " + pass + ".gone: no such file"},
+		{"missing token file", "    auth:\n      bearer_file: /no/such/token\n", "modgate.yaml:6: upstreams[1].auth.bearer_file: stat /no/such/token"},
+		{"netrc without the host", "    auth:\n      netrc: true\n", "modgate.yaml:6: upstreams[1].auth.netrc: netrc file " + filepath.Join(dir, "other") + " has no machine mods.corp.example.test"},
+		{"command not found", "    auth:\n      command: corp-go-auth-missing --x\n", "modgate.yaml:6: upstreams[1].auth.command: auth command: exec: \"corp-go-auth-missing\": executable file not found"},
+		{"negative timeout", "    auth: {command: \"sh -c true\", command_timeout: -1s}\n", "modgate.yaml:5: upstreams[1].auth.command_timeout: must not be negative"},
 		{"url password too", "    auth: {bearer_file: " + token + "}\n", "the URL carries credentials too"},
 	} {
 		t.Run(c.name, func(t *testing.T) {

@@ -43,36 +43,19 @@ Exit status 1 when any row regressed.
 var errRegressed = errors.New("baseline: latency or errors regressed")
 
 func (a *App) baseline(ctx context.Context, args []string) error {
-	if len(args) == 0 {
-		fmt.Fprint(a.Stderr, baselineUsage)
-		return errUsage
-	}
-	switch cmd, rest := args[0], args[1:]; cmd {
-	case "record":
-		return a.baselineRecord(ctx, rest)
-	case "compare":
-		return a.baselineCompare(ctx, rest)
-	case "help", "-h", "-help", "--help":
-		fmt.Fprint(a.Stdout, baselineUsage)
-		return nil
-	default:
-		fmt.Fprintf(a.Stderr, "modgate baseline: unknown subcommand %q\n\n%s", cmd, baselineUsage)
-		return errUsage
-	}
+	return a.group("modgate baseline", baselineUsage, args, map[string]func([]string) error{
+		"record":  func(rest []string) error { return a.baselineRecord(ctx, rest) },
+		"compare": func(rest []string) error { return a.baselineCompare(ctx, rest) },
+	})
 }
 
 // baselineFlags parses args for one subcommand; it prints the usage and
 // returns errUsage (or flag.ErrHelp for -h) on a bad command line.
 func (a *App) baselineFlags(name string, args []string, register func(*flag.FlagSet)) (*flag.FlagSet, error) {
-	fs := flag.NewFlagSet("modgate baseline "+name, flag.ContinueOnError)
-	fs.SetOutput(a.Stderr)
-	fs.Usage = func() { fmt.Fprint(a.Stderr, baselineUsage) }
+	fs := a.newFlags("modgate baseline "+name, baselineUsage)
 	register(fs)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil, err
-		}
-		return nil, errUsage
+	if err := a.parseFlags(fs, args); err != nil {
+		return nil, err
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(a.Stderr, "modgate baseline %s: unexpected argument %q\n\n%s", name, fs.Arg(0), baselineUsage)
@@ -122,7 +105,7 @@ func (a *App) baselineCompare(ctx context.Context, args []string) error {
 	var admin, then, current string
 	var maxRatio float64
 	fs, err := a.baselineFlags("compare", args, func(fs *flag.FlagSet) {
-		fs.StringVar(&then, "baseline", "", "baseline saved by `modgate baseline record`")
+		fs.StringVar(&then, "baseline", "", "baseline file saved by modgate baseline record")
 		fs.StringVar(&admin, "admin", a.defaultAdmin(), "admin listener of the running modgate to compare with (URL or host:port)")
 		fs.StringVar(&current, "current", "", "a second saved baseline to compare with, instead of a running modgate")
 		fs.Float64Var(&maxRatio, "max-ratio", telemetry.DefaultMaxRatio, "how many times a percentile may grow before the row regresses")

@@ -27,6 +27,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv("MODGATE_TEST_MAIN") == "1" {
 		os.Exit(Main())
 	}
+	// modgate env's output (goldens, SSL_CERT_FILE) is the one for Linux
+	// on every system the tests run on.
+	hostGOOS = "linux"
 	os.Exit(m.Run())
 }
 
@@ -34,7 +37,8 @@ func TestMain(m *testing.M) {
 func modgate(t *testing.T, args ...string) (*exec.Cmd, *bytes.Buffer) {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], args...)
-	cmd.Env = append(os.Environ(), "MODGATE_TEST_MAIN=1")
+	// The default cache is a per-user folder: each test gets its own.
+	cmd.Env = append(os.Environ(), "MODGATE_TEST_MAIN=1", "XDG_CACHE_HOME="+t.TempDir())
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	return cmd, &out
@@ -91,7 +95,14 @@ func TestRunServesAndShutsDownGracefully(t *testing.T) {
 		if err := json.Unmarshal([]byte(line), &rec); err != nil {
 			t.Errorf("log line is not JSON: %q", line)
 		}
-		sawShutdown = sawShutdown || rec["msg"] == "shutting down"
+		if rec["msg"] == "shutting down" {
+			sawShutdown = true
+			// A duration, as people write it (slog's JSON would give
+			// nanoseconds).
+			if rec["grace"] != "10s" {
+				t.Errorf("shutdown log: grace %v, want \"10s\"", rec["grace"])
+			}
+		}
 	}
 	if !sawShutdown {
 		t.Errorf("no shutdown log:\n%s", out)
@@ -106,7 +117,7 @@ func TestRunRejectsBadConfig(t *testing.T) {
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
 		t.Fatalf("exit: %v; want 1\n%s", err, out)
 	}
-	if want := "modgate.yaml:4: upstreams[0].retries: unknown key \"retries\""; !strings.Contains(out.String(), want) {
+	if want := "modgate.yaml:4: upstreams[1].retries: unknown key \"retries\""; !strings.Contains(out.String(), want) {
 		t.Errorf("output lacks %q:\n%s", want, out)
 	}
 }
@@ -383,3 +394,7 @@ func TestRunPprof(t *testing.T) {
 		}
 	}
 }
+
+func dialTCP(addr string) (net.Conn, error) { return net.DialTimeout("tcp", addr, time.Second) }
+
+func sleepBriefly() { time.Sleep(20 * time.Millisecond) }

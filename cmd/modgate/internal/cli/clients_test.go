@@ -147,8 +147,8 @@ func TestEnvForClients(t *testing.T) {
 		"#   machine 127.0.0.1:7443 login <name> password <password>",
 		"export HTTPS_PROXY='https://127.0.0.1:7443'",
 		"put <name>:<password>@ after https://",
-		"export SSL_CERT_FILE='" + filepath.Join(dir, "ca", mitm.CertFile) + "'",
-		"# SSL_CERT_FILE, GIT_SSL_CAINFO: modgate's CA, which signed modgate's certificate for 127.0.0.1:7443",
+		"export SSL_CERT_FILE='" + filepath.Join(dir, "ca", BundleFile) + "'",
+		"# SSL_CERT_FILE, GIT_SSL_CAINFO: this system's roots and modgate's CA, which signed modgate's certificate for 127.0.0.1:7443",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("modgate env lacks %q:\n%s", want, out)

@@ -81,6 +81,13 @@ type Config struct {
 	// go command finds it ($NETRC, else ~/.netrc, or ~/_netrc on
 	// Windows); the loader sets it from the environment.
 	netrc string
+	// notes are what loading decided on the user's behalf (an upstream
+	// left out), for run to log once it has a logger.
+	notes []loadNote
+	// defaultCacheDir says that Cache.Dir is the per-user default, not
+	// configured: a folder that cannot be made then means no cache, not
+	// a refusal to start.
+	defaultCacheDir bool
 }
 
 // FleetConfig is the fleet section.
@@ -130,6 +137,12 @@ type CacheConfig struct {
 	Shared        string        `yaml:"shared"`
 	SharedPrivate string        `yaml:"shared_private"`
 	SharedTimeout time.Duration `yaml:"shared_timeout"`
+}
+
+// loadNote is something loading decided on the user's behalf.
+type loadNote struct {
+	warn bool
+	msg  string
 }
 
 // ByteSize is a size written 10GiB, 500MB, 1024 or the like.
@@ -271,13 +284,15 @@ func parseGOSUMDB(v string) (name, key, url string) {
 type LogConfig struct {
 	Level  string `yaml:"level"`  // debug, info, warn, error
 	Format string `yaml:"format"` // auto (text on a terminal, JSON otherwise), text, json
+	// Requests writes one access log line per request at info level.
+	Requests bool `yaml:"requests"`
 }
 
 func defaultConfig() Config {
 	return Config{
 		Listen: "127.0.0.1:7070",
 		Admin:  "127.0.0.1:7071",
-		Log:    LogConfig{Level: "info", Format: "auto"},
+		Log:    LogConfig{Level: "info", Format: "auto", Requests: true},
 		Telemetry: TelemetryConfig{
 			MaxTracesPerSecond: telemetry.DefaultMaxTracesPerSecond,
 		},
@@ -320,7 +335,7 @@ func (e *configError) Error() string {
 func parseFile(name string, data []byte, cfg *Config, o origins) error {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
-		return fmt.Errorf("%s: %s", name, strings.TrimPrefix(err.Error(), "yaml: "))
+		return syntaxError(name, data, err)
 	}
 	lines := map[int]string{}
 	indexKeys(&doc, "", lines, name, o)
@@ -337,14 +352,63 @@ func parseFile(name string, data []byte, cfg *Config, o origins) error {
 	}
 	var errs []error
 	for _, msg := range te.Errors {
+		if m := typeErrorRE.FindStringSubmatch(msg); m != nil && m[3] == "[]cli.UpstreamConfig" {
+			// upstreams: "https://a.example.test,direct": GOPROXY syntax,
+			// as --upstream and MODGATE_UPSTREAM take it.
+			if v := topScalar(&doc, "upstreams"); v != nil {
+				if err := cfg.set("upstreams", v.Value, fmt.Sprintf("%s:%d", name, v.Line), o); err != nil {
+					errs = append(errs, err)
+				}
+				continue
+			}
+		}
 		errs = append(errs, yamlError(name, msg, lines))
 	}
 	return errors.Join(errs...)
 }
 
+// topScalar returns the value of a top-level key when it is a scalar.
+func topScalar(doc *yaml.Node, key string) *yaml.Node {
+	if doc.Kind != yaml.DocumentNode || len(doc.Content) == 0 || doc.Content[0].Kind != yaml.MappingNode {
+		return nil
+	}
+	m := doc.Content[0]
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		if m.Content[i].Value == key && m.Content[i+1].Kind == yaml.ScalarNode {
+			return m.Content[i+1]
+		}
+	}
+	return nil
+}
+
+// syntaxError names the line where a document stops being YAML. yaml's
+// own line is where the enclosing block or flow started (its "context"),
+// often lines above the mistake; the first prefix of the document that
+// fails the same way ends at the mistake.
+func syntaxError(file string, data []byte, err error) error {
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	m := lineRE.FindStringSubmatch(msg)
+	if m == nil {
+		return fmt.Errorf("%s: %s", file, msg)
+	}
+	what := m[2]
+	lines := strings.SplitAfter(string(data), "\n")
+	for n := 1; n <= len(lines); n++ {
+		var node yaml.Node
+		perr := yaml.Unmarshal([]byte(strings.Join(lines[:n], "")), &node)
+		if perr == nil {
+			continue
+		}
+		if pm := lineRE.FindStringSubmatch(strings.TrimPrefix(perr.Error(), "yaml: ")); pm != nil && pm[2] == what {
+			return fmt.Errorf("%s:%d: %s: %q", file, n, what, strings.TrimRight(lines[n-1], "\r\n"))
+		}
+	}
+	return fmt.Errorf("%s:%s: %s", file, m[1], what)
+}
+
 var (
 	unknownFieldRE = regexp.MustCompile(`^line (\d+): field (\S+) not found in type`)
-	typeErrorRE    = regexp.MustCompile("^line (\\d+): cannot unmarshal !!\\w+ `(.*)` into (.*)$")
+	typeErrorRE    = regexp.MustCompile("^line (\\d+): cannot unmarshal !!\\w+(?: `(.*)`)? into (.*)$")
 	lineRE         = regexp.MustCompile(`^line (\d+): (.*)$`)
 )
 
@@ -364,9 +428,19 @@ func yamlError(file, msg string, lines map[int]string) error {
 			"uint32":        "a whole number",
 			"float64":       "a number",
 		}[m[3]]
-		if want == "" {
-			want = strings.TrimPrefix(strings.TrimPrefix(m[3], "[]"), "map[string]")
-			want = "a " + strings.TrimPrefix(want, "cli.")
+		switch {
+		case want != "":
+		case m[3] == "[]cli.UpstreamConfig":
+			want = `a list of upstreams ("- url: https://..." lines) or a GOPROXY-style string`
+		case strings.HasPrefix(m[3], "[]"):
+			want = "a list ([a, b] or \"- \" lines)"
+		case strings.HasPrefix(m[3], "map["), strings.HasPrefix(m[3], "cli."), strings.HasPrefix(m[3], "*cli."):
+			want = "a section of key: value lines"
+		default:
+			want = "a " + m[3]
+		}
+		if m[2] == "" {
+			return &configError{at: fmt.Sprintf("%s:%d", file, n), key: lines[n], msg: "want " + want}
 		}
 		return &configError{at: fmt.Sprintf("%s:%d", file, n), key: lines[n], msg: fmt.Sprintf("invalid value %q, want %s", m[2], want)}
 	}
@@ -401,7 +475,7 @@ func indexKeys(n *yaml.Node, prefix string, lines map[int]string, file string, o
 		}
 	case yaml.SequenceNode:
 		for i, c := range n.Content {
-			key := fmt.Sprintf("%s[%d]", prefix, i)
+			key := fmt.Sprintf("%s[%d]", prefix, i+1) // 1-based, as policy errors and line numbers are
 			if _, seen := lines[c.Line]; !seen {
 				lines[c.Line] = key
 			}
@@ -425,6 +499,7 @@ var envKeys = []struct{ env, key string }{
 	{"MODGATE_TLS_CA_FILE", "tls_ca_file"},
 	{"MODGATE_LOG_LEVEL", "log.level"},
 	{"MODGATE_LOG_FORMAT", "log.format"},
+	{"MODGATE_LOG_REQUESTS", "log.requests"},
 	{"MODGATE_POLICY", "policy_file"},
 	{"MODGATE_AUDIT_LOG", "audit_log"},
 	{"MODGATE_CA_DIR", "forward.ca_dir"},
@@ -499,6 +574,12 @@ func (c *Config) set(key, value, at string, o origins) error {
 		c.Log.Level = value
 	case "log.format":
 		c.Log.Format = value
+	case "log.requests":
+		on, err := strconv.ParseBool(value)
+		if err != nil {
+			return &configError{at: at, key: key, msg: fmt.Sprintf("%q: want true or false", value)}
+		}
+		c.Log.Requests = on
 	case "policy_file":
 		c.PolicyFile = value
 	case "audit_log":
@@ -579,19 +660,16 @@ func (c *Config) validate(o origins) (sidecar.Config, error) {
 	}
 	for i, h := range c.AdminHosts {
 		if _, err := path.Match(h, ""); err != nil || h == "" || strings.ContainsAny(h, "/: ") {
-			bad(fmt.Sprintf("admin_hosts[%d]", i), "%q is not a host pattern (a name like modgate.corp.example.test or *.svc.example.test)", h)
+			bad(fmt.Sprintf("admin_hosts[%d]", i+1), "%q is not a host pattern (a name like modgate.corp.example.test or *.svc.example.test)", h)
 		}
 	}
-	out := sidecar.Config{Listen: c.Listen, Admin: c.Admin, AdminHosts: c.AdminHosts, PProf: c.PProf, Offline: c.Offline, Resolve: c.Resolve}
-	if c.Offline && c.Cache.Dir == "" {
-		bad("offline", "offline serves only from the cache: set cache.dir (--cache-dir) too")
-	}
+	out := sidecar.Config{Listen: c.Listen, Admin: c.Admin, AdminHosts: c.AdminHosts, PProf: c.PProf, Offline: c.Offline, Resolve: c.Resolve, LogRequests: c.Log.Requests}
 	if len(c.Upstreams) == 0 {
 		bad("upstreams", "no upstream: give --upstream, MODGATE_UPSTREAM or upstreams in the config")
 	}
 	names := map[string]bool{}
 	for i, u := range c.Upstreams {
-		key := fmt.Sprintf("upstreams[%d]", i)
+		key := fmt.Sprintf("upstreams[%d]", i+1)
 		b, r := u.Breaker, u.Retry
 		uc := upstream.Config{
 			Name: u.Name, URL: u.URL, Private: u.Private, RedirectHosts: u.RedirectHosts,
@@ -616,7 +694,7 @@ func (c *Config) validate(o origins) (sidecar.Config, error) {
 		}
 		for j, h := range u.RedirectHosts {
 			if _, err := path.Match(h, ""); err != nil || h == "" {
-				bad(fmt.Sprintf("%s.redirect_hosts[%d]", key, j), "%q is not a host pattern", h)
+				bad(fmt.Sprintf("%s.redirect_hosts[%d]", key, j+1), "%q is not a host pattern", h)
 			}
 		}
 		if u.Auth != nil {
@@ -710,6 +788,24 @@ func (c *Config) validate(o origins) (sidecar.Config, error) {
 	if c.ClientTimeouts.Idle < 0 {
 		bad("client_timeouts.idle", "must not be negative")
 	}
+	if c.Cache.Dir != "" {
+		if err := checkWritableDir(c.Cache.Dir); err != nil {
+			if c.defaultCacheDir {
+				c.notes = append(c.notes, loadNote{warn: true, msg: fmt.Sprintf("no cache: the per-user cache folder %s cannot be used (%v); set cache.dir (--cache-dir) to a writable folder, or to \"\" for none", c.Cache.Dir, err)})
+				c.Cache.Dir = ""
+			} else {
+				bad("cache.dir", "%v: want a folder modgate can write (or \"\" for no cache)", err)
+			}
+		}
+	}
+	if c.Cache.PrivateDir != "" {
+		if err := checkWritableDir(c.Cache.PrivateDir); err != nil {
+			bad("cache.private_dir", "%v: want a folder modgate can write", err)
+		}
+	}
+	if c.Offline && c.Cache.Dir == "" {
+		bad("offline", "offline serves only from the cache: set cache.dir (--cache-dir) too")
+	}
 	out.Cache = sidecar.CacheConfig{
 		Dir: c.Cache.Dir, MaxBytes: int64(c.Cache.MaxBytes), ListTTL: c.Cache.ListTTL,
 		StaleIfError: c.Cache.StaleIfError, PrivateDir: c.Cache.PrivateDir,
@@ -743,6 +839,36 @@ func (c *Config) validate(o origins) (sidecar.Config, error) {
 		bad("log.format", "%q: want auto, text or json", c.Log.Format)
 	}
 	return out, errors.Join(errs...)
+}
+
+// checkWritableDir says why dir cannot hold a cache: not a folder, or
+// neither it nor the nearest folder above it that exists takes a new file.
+// It creates nothing that stays.
+func checkWritableDir(dir string) error {
+	d := dir
+	for {
+		st, err := os.Stat(d)
+		if err == nil {
+			if !st.IsDir() {
+				return fmt.Errorf("%s is not a folder", d)
+			}
+			break
+		}
+		parent := filepath.Dir(d)
+		if parent == d {
+			return err
+		}
+		d = parent
+	}
+	f, err := os.CreateTemp(d, ".modgate-write-check-*")
+	if err != nil {
+		if d != dir {
+			return fmt.Errorf("cannot create %s: %w", dir, err)
+		}
+		return err
+	}
+	f.Close()
+	return os.Remove(f.Name())
 }
 
 // openStore opens the shared store that key names, if any. It does not
@@ -894,13 +1020,13 @@ func (f ForwardConfig) validate(bad func(key, format string, args ...any)) sidec
 	}
 	for i, p := range f.ConnectPorts {
 		if p < 1 || p > 65535 {
-			bad(fmt.Sprintf("forward.connect_ports[%d]", i), "%d is not a port", p)
+			bad(fmt.Sprintf("forward.connect_ports[%d]", i+1), "%d is not a port", p)
 		}
 	}
 	for key, list := range map[string][]string{"forward.allow_hosts": f.AllowHosts, "forward.mitm_hosts": f.MITMHosts, "forward.private_hosts": f.PrivateHosts} {
 		for i, h := range list {
 			if _, err := path.Match(h, ""); err != nil || h == "" || strings.ContainsAny(h, "/: ") {
-				bad(fmt.Sprintf("%s[%d]", key, i), "%q is not a host pattern (a name like proxy.example.test or *.example.test)", h)
+				bad(fmt.Sprintf("%s[%d]", key, i+1), "%q is not a host pattern (a name like proxy.example.test or *.example.test)", h)
 			}
 		}
 	}

@@ -179,18 +179,18 @@ func TestLoadErrorsNameKeyAndLine(t *testing.T) {
 		want       string
 	}{
 		{name: "unknown top-level key", file: "listen: 127.0.0.1:1\nlisen: x\n", want: "modgate.yaml:2: lisen: unknown key \"lisen\""},
-		{name: "unknown nested key", file: "upstreams:\n  - url: https://a.example.test\n    brekr: 1\n", want: "modgate.yaml:3: upstreams[0].brekr: unknown key \"brekr\""},
-		{name: "bad duration", file: "upstreams:\n  - url: https://a.example.test\n    timeouts:\n      dial: soon\n", want: "modgate.yaml:4: upstreams[0].timeouts.dial: invalid value \"soon\", want a duration like 10s"},
-		{name: "bad bool", file: "upstreams:\n  - url: https://a.example.test\n    private: maybe\n", want: "modgate.yaml:3: upstreams[0].private: invalid value \"maybe\", want true or false"},
-		{name: "bad fallthrough", file: "upstreams:\n  - url: https://a.example.test\n    fallthrough: sometimes\n", want: "modgate.yaml:3: upstreams[0].fallthrough: \"sometimes\": want notfound"},
-		{name: "bad url", file: "upstreams:\n  - url: https://a.example.test\n  - url: ftp://b.example.test\n", want: "modgate.yaml:3: upstreams[1].url: \"ftp://b.example.test\": want an http, https or file URL"},
-		{name: "missing url", file: "upstreams:\n  - name: a\n", want: "modgate.yaml:2: upstreams[0].url: missing"},
+		{name: "unknown nested key", file: "upstreams:\n  - url: https://a.example.test\n    brekr: 1\n", want: "modgate.yaml:3: upstreams[1].brekr: unknown key \"brekr\""},
+		{name: "bad duration", file: "upstreams:\n  - url: https://a.example.test\n    timeouts:\n      dial: soon\n", want: "modgate.yaml:4: upstreams[1].timeouts.dial: invalid value \"soon\", want a duration like 10s"},
+		{name: "bad bool", file: "upstreams:\n  - url: https://a.example.test\n    private: maybe\n", want: "modgate.yaml:3: upstreams[1].private: invalid value \"maybe\", want true or false"},
+		{name: "bad fallthrough", file: "upstreams:\n  - url: https://a.example.test\n    fallthrough: sometimes\n", want: "modgate.yaml:3: upstreams[1].fallthrough: \"sometimes\": want notfound"},
+		{name: "bad url", file: "upstreams:\n  - url: https://a.example.test\n  - url: ftp://b.example.test\n", want: "modgate.yaml:3: upstreams[2].url: \"ftp://b.example.test\": want an http, https or file URL"},
+		{name: "missing url", file: "upstreams:\n  - name: a\n", want: "modgate.yaml:2: upstreams[1].url: missing"},
 		{name: "bad listen from env", env: map[string]string{"MODGATE_LISTEN": "7070"}, want: "MODGATE_LISTEN: listen: \"7070\" is not host:port"},
 		{name: "bad listen from flag", args: []string{"--listen", "nowhere"}, want: "--listen: listen: \"nowhere\" is not host:port"},
 		{name: "bad upstream flag", args: []string{"--upstream", "bogus"}, want: "--upstream: upstreams: upstream list: unknown keyword \"bogus\""},
-		{name: "bad ratio", file: "upstreams:\n  - url: https://a.example.test\n    breaker:\n      failure_ratio: 2\n", want: "modgate.yaml:4: upstreams[0].breaker.failure_ratio: 2: want a share between 0 and 1"},
-		{name: "bad attempts", file: "upstreams:\n  - url: https://a.example.test\n    retry: {attempts: many}\n", want: "modgate.yaml:3: upstreams[0].retry.attempts: invalid value \"many\", want a number"},
-		{name: "negative window", file: "upstreams:\n  - url: https://a.example.test\n    breaker: {window: -1s}\n", want: "modgate.yaml:3: upstreams[0].breaker.window: must not be negative"},
+		{name: "bad ratio", file: "upstreams:\n  - url: https://a.example.test\n    breaker:\n      failure_ratio: 2\n", want: "modgate.yaml:4: upstreams[1].breaker.failure_ratio: 2: want a share between 0 and 1"},
+		{name: "bad attempts", file: "upstreams:\n  - url: https://a.example.test\n    retry: {attempts: many}\n", want: "modgate.yaml:3: upstreams[1].retry.attempts: invalid value \"many\", want a number"},
+		{name: "negative window", file: "upstreams:\n  - url: https://a.example.test\n    breaker: {window: -1s}\n", want: "modgate.yaml:3: upstreams[1].breaker.window: must not be negative"},
 		{name: "bad log level", file: "log:\n  level: loud\n", want: "modgate.yaml:2: log.level: \"loud\": want debug"},
 		{name: "bad sumdb", file: "sumdb: {name: \"https://sum.example.test\"}\n", want: "modgate.yaml:1: sumdb.name:"},
 		{name: "offline without a cache", file: "offline: true\n", want: "modgate.yaml:1: offline: offline serves only from the cache: set cache.dir"},
@@ -198,7 +198,15 @@ func TestLoadErrorsNameKeyAndLine(t *testing.T) {
 		{name: "bad sumdb path", file: "sumdb:\n  name: sum.example.test/../x\n", want: "modgate.yaml:2: sumdb.name:"},
 		{name: "bad sumdb url", file: "sumdb:\n  name: sum.example.test\n  url: ftp://sum.example.test\n", want: "modgate.yaml:3: sumdb.url: \"ftp://sum.example.test\": want https://host[/path]"},
 		{name: "missing CA file", file: "tls_ca_file: /does/not/exist.pem\n", want: "modgate.yaml:1: tls_ca_file: open /does/not/exist.pem"},
-		{name: "not yaml", file: "listen: [\n", want: "modgate.yaml: "},
+		{name: "not yaml", file: "listen: [\n", want: "modgate.yaml:1: did not find expected node content"},
+		// yaml itself names the line where the enclosing block starts.
+		{name: "misindented list item", file: "listen: 127.0.0.1:1\nupstreams:\n  - url: https://a.example.test\n   name: a\n", want: "modgate.yaml:4: did not find expected '-' indicator: \"   name: a\""},
+		{name: "misindented key", file: "listen: 127.0.0.1:1\nlog:\n  level: info\n format: text\n", want: "modgate.yaml:4: did not find expected key"},
+		{name: "tab", file: "listen: 127.0.0.1:1\n\tadmin: 127.0.0.1:2\n", want: "modgate.yaml:2: found a tab character"},
+		{name: "upstreams as a map", file: "upstreams: {url: https://a.example.test}\n", want: "want a list of upstreams (\"- url: https://...\" lines) or a GOPROXY-style string"},
+		{name: "bad upstreams string", file: "listen: 127.0.0.1:1\nupstreams: \"https://a.example.test,bogus\"\n", want: "modgate.yaml:2: upstreams: upstream list: unknown keyword \"bogus\""},
+		{name: "list item counted from 1", file: "upstreams:\n  - url: https://a.example.test\n  - url: https://b.example.test\n    retry: {attempts: 11}\n", want: "modgate.yaml:4: upstreams[2].retry.attempts: 11: want 1 to 10"},
+		{name: "cache dir not a folder", file: "cache:\n  dir: /etc/hostname/cache\n", want: "modgate.yaml:2: cache.dir: /etc/hostname is not a folder"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -307,8 +315,8 @@ forward:
 	}
 
 	for _, c := range []struct{ file, want string }{
-		{"forward:\n  connect_ports: [0]\n", "modgate.yaml:2: forward.connect_ports[0]: 0 is not a port"},
-		{"forward:\n  allow_hosts: [\"https://x.example.test\"]\n", "forward.allow_hosts[0]: \"https://x.example.test\" is not a host pattern"},
+		{"forward:\n  connect_ports: [0]\n", "modgate.yaml:2: forward.connect_ports[1]: 0 is not a port"},
+		{"forward:\n  allow_hosts: [\"https://x.example.test\"]\n", "forward.allow_hosts[1]: \"https://x.example.test\" is not a host pattern"},
 		{"forward:\n  mitm_hosts: [x.example.test]\n  ca_dir: /nonexistent\n", "modgate.yaml:3: forward.ca_dir: no CA in /nonexistent: run `modgate ca init"},
 		{"forward:\n  auth_file: " + path + "\n", "forward.auth_file: " + path + ":2: want user:password"},
 	} {
@@ -408,5 +416,18 @@ func TestLoadMaxTracesPerSecond(t *testing.T) {
 		if _, err := load(t, c.file, c.env); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%q %v: %v; want %q", c.file, c.env, err, c.want)
 		}
+	}
+}
+
+// upstreams may be written in GOPROXY syntax, as --upstream and
+// MODGATE_UPSTREAM take it.
+func TestLoadUpstreamsString(t *testing.T) {
+	cfg, err := load(t, "upstreams: \"https://a.example.test,direct\"\n", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []UpstreamConfig{{URL: "https://a.example.test", Fallthrough: "notfound"}, {URL: "direct", Fallthrough: "notfound"}}
+	if !reflect.DeepEqual(cfg.Upstreams, want) {
+		t.Errorf("upstreams %+v; want %+v", cfg.Upstreams, want)
 	}
 }

@@ -4,9 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"os"
+	"runtime"
 	"time"
 
 	"golang.org/x/mod/module"
@@ -18,15 +18,13 @@ import (
 	"github.com/modgate/modgate/sidecar/upstream"
 )
 
-const doctorUsage = `usage: modgate doctor [--json] [--scan DIR] [--policy F] [--no-probe] [modgate run flags]
+const doctorUsage = `usage: modgate doctor [--json] [--scan DIR] [--policy F] [--no-probe] [run's config flags]
 
 Checks the go env, the environment, modgate's config and policy, probes
 modgate and its upstreams (with timings) and each https upstream's
 certificate, and with --scan finds the same risks in a repository's go.mod
 files and CI files. Each finding has a severity (error, warn, info), what
 was found and the fix. Exit status 1 when any finding is an error.
-
-Flags:
 `
 
 // errDoctorFailed makes `modgate doctor` exit 1 after printing its report.
@@ -35,29 +33,23 @@ var errDoctorFailed = errors.New("doctor found problems")
 // doctor wires `modgate doctor`'s flags and run's config loader to
 // doctor.Run, and prints its report.
 func (a *App) doctor(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("modgate doctor", flag.ContinueOnError)
-	fs.SetOutput(a.Stderr)
+	fs := a.newFlags("modgate doctor", doctorUsage)
 	var rf runFlags
-	rf.register(fs)
+	// The settings doctor checks or probes.
+	rf.register(fs, "listen", "admin", "upstream", "sumdb", "policy", "tls-ca-file", "resolve", "ca-dir", "mitm-host", "cache-dir", "cache-shared", "fleet-redis")
 	jsonOut := fs.Bool("json", false, "print a JSON document instead of the list")
-	scanDir := fs.String("scan", "", "also scan the repository in `DIR`: go.mod replace directives and CI files")
+	scanDir := fs.String("scan", "", "also scan the repository in `folder`: go.mod replace directives and CI files")
 	// `modgate run` has a --policy flag (registered above with the others);
 	// this one only stands in if run ever loses it.
 	if fs.Lookup("policy") == nil {
 		fs.String("policy", "", "policy `file` whose private patterns GONOSUMDB must cover (env MODGATE_POLICY)")
 	}
 	noProbe := fs.Bool("no-probe", false, "make no requests: check settings only")
+	goos := fs.String("goos", runtime.GOOS, "the system the go command runs on, for how it trusts modgate's CA (linux, darwin, windows)")
 	timeout := fs.Duration("timeout", 3*time.Second, "bound on each probe")
 	probeModule := fs.String("module", "golang.org/x/mod", "module whose version list and @latest the probes ask for")
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), doctorUsage)
-		fs.PrintDefaults()
-	}
-	if err := fs.Parse(args); err != nil {
-		if err == flag.ErrHelp {
-			return err
-		}
-		return errUsage
+	if err := a.parseFlags(fs, args); err != nil {
+		return err
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(a.Stderr, "modgate doctor: unexpected argument %q\n", fs.Arg(0))
@@ -80,7 +72,7 @@ func (a *App) doctor(ctx context.Context, args []string) error {
 		Getenv: a.Getenv,
 		GoEnv:  goenv,
 		Load: func(goenv doctor.GoEnvFunc) (doctor.Modgate, error) {
-			cfg, sc, err := loader{getenv: a.Getenv, goenv: goenv}.load(fs, &rf)
+			cfg, sc, err := loader{getenv: a.Getenv, goenv: goenv, goDefault: a.GoDefaultProxy}.load(fs, &rf)
 			m := doctor.Modgate{
 				Listen: cfg.Listen, Admin: cfg.Admin,
 				Resolve: cfg.Resolve, PolicyFile: cfg.PolicyFile, SumDB: sc.SumDB, SumDBURL: sc.SumDBURL, Verified: sc.SumDBKey != "", RootCAs: sc.RootCAs,
@@ -103,6 +95,7 @@ func (a *App) doctor(ctx context.Context, args []string) error {
 			if cfg.Fleet.Redis != "" {
 				m.FleetSecretFile = cfg.Fleet.SecretFile
 			}
+			m.MITM = len(cfg.Forward.MITMHosts) > 0
 			for i, u := range cfg.Upstreams {
 				du := doctor.Upstream{Name: u.Name, URL: u.URL}
 				if i < len(sc.Upstreams) {
@@ -118,6 +111,7 @@ func (a *App) doctor(ctx context.Context, args []string) error {
 		Module:     *probeModule,
 		ScanDir:    *scanDir,
 		Version:    Version(),
+		GOOS:       *goos,
 	}
 	if f, ok := a.Stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 		opts.Progress = a.Stderr

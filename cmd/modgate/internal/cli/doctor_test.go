@@ -163,12 +163,26 @@ func TestDoctorGoEnvFails(t *testing.T) {
 }
 
 func TestDoctorUpstreamLoop(t *testing.T) {
-	// No upstream given: modgate would take go env GOPROXY, which is
-	// modgate itself.
+	// An upstream the user configured that is modgate itself.
 	goenv := fakeGoEnv(t, "testdata/doctor/goenv-good.json", nil)
-	r := runDoctor(t, goenv, map[string]string{}, "--no-probe")
+	r := runDoctor(t, goenv, map[string]string{}, "--no-probe", "--upstream", "http://127.0.0.1:7070")
 	if !r.has(doctor.Error, "upstream-loop", "") || r.code != 1 {
 		t.Errorf("want an upstream-loop error:\n%s", r)
+	}
+}
+
+// After go env -w GOPROXY=<modgate>,direct (README: Quick start), the
+// chain modgate takes from the go env leaves modgate out: a running,
+// healthy modgate is no error.
+func TestDoctorGoEnvNamesRunningModgate(t *testing.T) {
+	fx := modtest.MustLoadFixtures(t, modtest.FixtureDir(t))
+	db := modtest.NewSumDB(t, "sum.fixture.test", fx)
+	p := modtest.NewProxy(t, fx, modtest.WithSumDB(db))
+	listen, admin := startDoctorGate(t, upstream.Config{Name: "fixtures", URL: p.URL})
+	goenv := fakeGoEnv(t, "testdata/doctor/goenv-good.json", map[string]string{"GOPROXY": "http://" + listen + "," + p.URL + ",direct"})
+	r := runDoctor(t, goenv, map[string]string{"MODGATE_SUMDB": "sum.fixture.test"}, "--listen", listen, "--admin", admin, "--module", "fixture.test/dep01")
+	if r.code != 0 || !r.report.OK || r.has(doctor.Error, "upstream-loop", "") {
+		t.Errorf("want exit 0 and no upstream-loop:\n%s", r)
 	}
 }
 

@@ -3,10 +3,10 @@ package cli
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"net"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 
@@ -30,19 +30,15 @@ start with the same config file, MODGATE_* variables and flags:
 
 // env prints the client settings that match the config `run` would load.
 func (a *App) env(_ context.Context, args []string) error {
-	fs := flag.NewFlagSet("modgate env", flag.ContinueOnError)
-	fs.SetOutput(a.Stderr)
-	fs.Usage = func() {
-		fmt.Fprint(a.Stderr, envUsage)
-		fs.PrintDefaults()
-	}
+	fs := a.newFlags("modgate env", envUsage)
 	var f runFlags
-	f.register(fs)
+	// Only the settings that change what clients are told.
+	f.register(fs, "listen", "upstream", "sumdb", "policy", "ca-dir", "mitm-host")
 	shell := fs.String("shell", "sh", "sh (bash, zsh), fish, powershell or cmd")
 	noDirect := fs.Bool("no-direct", false, `leave ",direct" out of GOPROXY (refused when the upstream chain has direct)`)
 	withTrace := fs.Bool("trace", false, "carry TRACEPARENT (the CI job's trace) in GOPROXY and the proxy URLs: the build's requests join that trace")
-	if err := fs.Parse(args); err != nil {
-		return usageOrHelp(err)
+	if err := a.parseFlags(fs, args); err != nil {
+		return err
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(a.Stderr, "modgate env: unexpected argument %q\n", fs.Arg(0))
@@ -53,7 +49,7 @@ func (a *App) env(_ context.Context, args []string) error {
 		fmt.Fprintf(a.Stderr, "modgate env: unknown shell %q: want sh, fish, powershell or cmd\n", *shell)
 		return errUsage
 	}
-	l := loader{getenv: a.Getenv, goenv: a.GoEnv}
+	l := loader{getenv: a.Getenv, goenv: a.GoEnv, goDefault: a.GoDefaultProxy}
 	cfg, sc, err := l.load(fs, &f)
 	if err != nil {
 		return fmt.Errorf("config:\n%w", err)
@@ -64,7 +60,17 @@ func (a *App) env(_ context.Context, args []string) error {
 			return fmt.Errorf("policy:\n%w", err)
 		}
 	}
-	lines, err := clientEnv(cfg, sc, pol, *noDirect)
+	// The go command of a PowerShell or cmd user runs on Windows, where
+	// it ignores SSL_CERT_FILE.
+	goos := hostGOOS
+	if *shell == "powershell" || *shell == "cmd" {
+		goos = "windows"
+	}
+	trust := caTrust{goos: goos, bundle: func(dir string) (string, error) {
+		file, _, err := writeBundle(a.Getenv, dir, "")
+		return file, err
+	}}
+	lines, err := clientEnv(cfg, sc, pol, *noDirect, trust)
 	if err != nil {
 		return err
 	}
@@ -93,7 +99,18 @@ func comment(format string, args ...any) envLine {
 
 // clientEnv works out the client settings for a loaded config and policy
 // (pol may be nil: no policy file).
-func clientEnv(cfg Config, sc sidecar.Config, pol *policy.Policy, noDirect bool) ([]envLine, error) {
+// hostGOOS is the system modgate env writes settings for (tests pin it).
+var hostGOOS = runtime.GOOS
+
+// caTrust is how clients come to trust modgate's CA: on goos, through
+// bundle (which writes the system's roots and the CA of a CA folder to a
+// file and returns its path) where the go command reads SSL_CERT_FILE.
+type caTrust struct {
+	goos   string
+	bundle func(caDir string) (string, error)
+}
+
+func clientEnv(cfg Config, sc sidecar.Config, pol *policy.Policy, noDirect bool, ct caTrust) ([]envLine, error) {
 	// The same naming and validation as `run`, so that the names policy
 	// routes use resolve to the same upstreams. Building a chain opens no
 	// connection.
@@ -181,17 +198,45 @@ func clientEnv(cfg Config, sc sidecar.Config, pol *policy.Policy, noDirect bool)
 		}
 	}
 	if len(caWhy) > 0 {
-		// Absolute: the settings are used from other folders.
-		ca, err := filepath.Abs(mitm.CertPath(caDir(cfg.Forward.CADir)))
+		why := strings.Join(caWhy, " and ")
+		if ignoresSSLCertFile(ct.goos) {
+			// Absolute: the settings are used from other folders.
+			ca, err := filepath.Abs(mitm.CertPath(caDir(cfg.Forward.CADir)))
+			if err != nil {
+				return nil, err
+			}
+			lines = append(lines,
+				comment("modgate's CA (%s) %s. On %s the go command verifies through the system and ignores SSL_CERT_FILE:", ca, why, osName(ct.goos)),
+				comment("trust the CA once with the commands that modgate ca trust prints (%s)", trustHint(ct.goos)))
+			return lines, nil
+		}
+		// SSL_CERT_FILE replaces the go command's system roots: a file
+		// with modgate's CA alone would break every host reached through
+		// a plain tunnel. The bundle holds both.
+		bundle, err := ct.bundle(caDir(cfg.Forward.CADir))
 		if err != nil {
 			return nil, err
 		}
 		lines = append(lines,
-			comment("SSL_CERT_FILE, GIT_SSL_CAINFO: modgate's CA, which %s", strings.Join(caWhy, " and ")),
-			envLine{name: "SSL_CERT_FILE", value: ca},
-			envLine{name: "GIT_SSL_CAINFO", value: ca})
+			comment("SSL_CERT_FILE, GIT_SSL_CAINFO: this system's roots and modgate's CA, which %s (modgate ca bundle; modgate env rewrites it)", why),
+			envLine{name: "SSL_CERT_FILE", value: bundle},
+			envLine{name: "GIT_SSL_CAINFO", value: bundle})
 	}
 	return lines, nil
+}
+
+func osName(goos string) string {
+	if goos == "windows" {
+		return "Windows"
+	}
+	return "macOS"
+}
+
+func trustHint(goos string) string {
+	if goos == "windows" {
+		return "certutil -user -addstore Root on the CA"
+	}
+	return "security add-trusted-cert into the login keychain"
 }
 
 // privateEnv returns GOPRIVATE, GONOSUMDB and GONOPROXY for the policy's

@@ -271,7 +271,7 @@ func TestEnvEvaluatesInBash(t *testing.T) {
 		t.Fatalf("exit %d\n%s", code, errs)
 	}
 	vars := shVars(t, "bash", out)
-	ca := filepath.Join(dir, "ca", mitm.CertFile)
+	ca := filepath.Join(dir, "ca", BundleFile)
 	for k, want := range map[string]string{
 		"GOPROXY":        "http://127.0.0.1:7070,direct",
 		"GOPRIVATE":      "*.corp.example.test,github.com/acme/*",

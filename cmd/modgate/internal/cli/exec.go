@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -82,20 +81,15 @@ func (a *App) environ() []string {
 }
 
 func (a *App) exec(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("modgate exec", flag.ContinueOnError)
-	fs.SetOutput(a.Stderr)
-	fs.Usage = func() {
-		fmt.Fprint(a.Stderr, execUsage)
-		fs.PrintDefaults()
-	}
+	fs := a.newFlags("modgate exec", execUsage)
 	proxyFlag := fs.String("proxy", "", "modgate's URL (env MODGATE_PROXY; default from MODGATE_LISTEN, else http://127.0.0.1:7070)")
 	adminFlag := fs.String("admin", "", "modgate's admin URL, for the build's summary (env MODGATE_ADMIN; default http://127.0.0.1:7071)")
 	report := fs.String("report", "", "write the build report to this file, as JSON")
 	name := fs.String("name", "", "the build span's name (default: the command, e.g. \"go build\")")
 	baseline := fs.String("baseline", "", "compare the build's module time with this report (from --report on a good day)")
 	maxRatio := fs.Float64("max-ratio", 1.5, "with --baseline: the ratio of module time, or of a kind's mean latency, past which the build fails")
-	if err := fs.Parse(args); err != nil {
-		return usageOrHelp(err)
+	if err := a.parseFlags(fs, args); err != nil {
+		return err
 	}
 	argv := fs.Args()
 	if len(argv) == 0 {

@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -28,14 +27,9 @@ Exit status: 0 when it explained something, 1 when it recognised nothing.
 var errNothingExplained = errors.New("explain: found nothing to explain")
 
 func (a *App) explain(_ context.Context, args []string) error {
-	fs := flag.NewFlagSet("modgate explain", flag.ContinueOnError)
-	fs.SetOutput(a.Stderr)
-	fs.Usage = func() { fmt.Fprint(fs.Output(), explainUsage) }
-	if err := fs.Parse(args); err != nil {
-		if err == flag.ErrHelp {
-			return err
-		}
-		return errUsage
+	fs := a.newFlags("modgate explain", explainUsage)
+	if err := a.parseFlags(fs, args); err != nil {
+		return err
 	}
 	var in io.Reader = os.Stdin
 	switch fs.NArg() {

@@ -5,15 +5,19 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/modgate/modgate/sidecar"
+	"github.com/modgate/modgate/sidecar/wire"
 )
 
 // runFlags are the flags of `modgate run`. Each sets the config key named
@@ -28,39 +32,52 @@ type runFlags struct {
 }
 
 var flagKeys = []struct{ flag, key, usage string }{
-	{"listen", "listen", "module listener address"},
-	{"admin", "admin", "admin listener address (empty: none)"},
+	{"listen", "listen", "module listener address, the GOPROXY and HTTPS_PROXY (default 127.0.0.1:7070)"},
+	{"admin", "admin", `admin listener address: status page, /metrics, /healthz (default 127.0.0.1:7071; "" for none)`},
 	{"admin-hosts", "admin_hosts", "Host names the admin listener answers besides IP addresses and localhost (comma separated patterns)"},
 	{"upstream", "upstreams", `upstream chain in GOPROXY syntax, e.g. "https://a.example.test,https://b.example.test|direct" (default: go env GOPROXY)`},
 	{"sumdb", "sumdb.name", "checksum database name, a GOSUMDB value (name+key [url]), or off (default: go env GOSUMDB)"},
 	{"tls-ca-file", "tls_ca_file", "extra root CAs (PEM) for upstreams"},
-	{"log-level", "log.level", "debug, info, warn or error"},
-	{"log-format", "log.format", "auto, text or json"},
+	{"log-level", "log.level", "debug, info, warn or error (default info)"},
+	{"log-format", "log.format", "auto (text on a terminal, JSON otherwise), text or json (default auto)"},
 	{"policy", "policy_file", "policy file (reloaded when it changes and on SIGHUP)"},
 	{"audit-log", "audit_log", "audit log: a file (rotated by size), - for standard output, empty for none"},
-	{"cache-dir", "cache.dir", "artifact cache folder (empty: no cache)"},
+	{"cache-dir", "cache.dir", `artifact cache folder (default: modgate in the user's cache folder; "" for no cache)`},
 	{"fleet-redis", "fleet.redis", "the fleet's Redis (redis://host:6379/0): one upstream fetch per artifact across replicas, and breaker news"},
 	{"cache-shared", "cache.shared", "shared store of a fleet's artifacts, a gocloud.dev/blob URL (s3://bucket?endpoint=...&region=..., gs://, azblob://, file://)"},
-	{"ca-dir", "forward.ca_dir", "folder of the CA that `modgate ca init` made (default: the user's config folder)"},
+	{"ca-dir", "forward.ca_dir", "folder of the CA that modgate ca init made (default: modgate/ca in the user's config folder)"},
 	{"max-traces-per-second", "telemetry.max_traces_per_second", "new traces the default sampler records a second, when OTEL_TRACES_SAMPLER is unset (default 100)"},
 }
 
-func (f *runFlags) register(fs *flag.FlagSet) {
+// register adds run's flags to fs: all of them, or only the ones named
+// (besides --config), for a command that reads just those settings.
+func (f *runFlags) register(fs *flag.FlagSet, only ...string) {
+	want := func(name string) bool { return len(only) == 0 || slices.Contains(only, name) }
 	fs.StringVar(&f.config, "config", "", "YAML config file (env MODGATE_CONFIG)")
 	f.values = map[string]*string{}
 	for _, k := range flagKeys {
-		f.values[k.key] = fs.String(k.flag, "", k.usage)
+		if want(k.flag) {
+			f.values[k.key] = fs.String(k.flag, "", k.usage)
+		}
 	}
-	fs.BoolVar(&f.pprof, "pprof", false, "serve /debug/pprof/ on the admin listener")
-	fs.BoolVar(&f.offline, "offline", false, "serve only from the cache; everything else is 404 (air-gapped builds)")
-	fs.Func("resolve", "host:port=addr:port: dial addr instead of host (repeatable)", func(s string) error {
-		f.resolve = append(f.resolve, s)
-		return nil
-	})
-	fs.Func("mitm-host", "intercept CONNECTs to this host with modgate's CA (repeatable)", func(s string) error {
-		f.mitm = append(f.mitm, s)
-		return nil
-	})
+	if want("pprof") {
+		fs.BoolVar(&f.pprof, "pprof", false, "serve /debug/pprof/ on the admin listener")
+	}
+	if want("offline") {
+		fs.BoolVar(&f.offline, "offline", false, "serve only from the cache; everything else is 404 (air-gapped builds)")
+	}
+	if want("resolve") {
+		fs.Func("resolve", "host:port=addr:port: dial addr:port instead of host:port (repeatable)", func(s string) error {
+			f.resolve = append(f.resolve, s)
+			return nil
+		})
+	}
+	if want("mitm-host") {
+		fs.Func("mitm-host", "intercept CONNECTs to this host with modgate's CA (repeatable)", func(s string) error {
+			f.mitm = append(f.mitm, s)
+			return nil
+		})
+	}
 }
 
 // loader gathers what loading the config reads from outside, so that tests
@@ -68,6 +85,10 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 type loader struct {
 	getenv func(string) string
 	goenv  func(ctx context.Context, names ...string) ([]string, error)
+	// goDefault returns the go command's built-in GOPROXY (what it uses
+	// with no go env file and no variable). If nil, there is none to fall
+	// back to.
+	goDefault func(ctx context.Context) (string, error)
 }
 
 // load builds the config: defaults, file, MODGATE_* variables, flags, then
@@ -124,6 +145,15 @@ func (l loader) load(fs *flag.FlagSet, f *runFlags) (Config, sidecar.Config, err
 		return cfg, sidecar.Config{}, err
 	}
 	l.fillSumDBKey(&cfg, o)
+	if _, set := o["cache.dir"]; !set {
+		// Never configured (a flag, variable or key set to "" turns the
+		// cache off): a per-user folder, so that a laptop's second build
+		// is served from disk.
+		if dir := userCacheDir(l.getenv, runtime.GOOS); dir != "" {
+			cfg.Cache.Dir = filepath.Join(dir, "modgate")
+			cfg.defaultCacheDir = true
+		}
+	}
 	cfg.netrc = netrcPath(l.getenv, runtime.GOOS)
 	sc, err := cfg.validate(o)
 	return cfg, sc, err
@@ -161,6 +191,9 @@ func (l loader) fillFromGoEnv(cfg *Config, o origins) error {
 			return fmt.Errorf("no upstream: %s and $GOPROXY is empty; give --upstream, MODGATE_UPSTREAM or upstreams in the config", why)
 		}
 		if err := cfg.set("upstreams", vals[0], sourceName(source, "GOPROXY"), o); err != nil {
+			return err
+		}
+		if err := l.dropSelf(cfg, o, source); err != nil {
 			return err
 		}
 	}
@@ -239,6 +272,109 @@ func goSourceKey(goroot, name string) string {
 		}
 		if m := re.FindSubmatch(src); m != nil {
 			return string(m[1])
+		}
+	}
+	return ""
+}
+
+// dropSelf leaves modgate's own listener out of a chain taken from the go
+// env: once the go command is set up to use modgate (GOPROXY=modgate,direct
+// as README: Quick start says), its GOPROXY names modgate, and modgate
+// must not ask itself. When nothing is left, the go command's built-in
+// default stands in. A chain the user configured keeps its refusal (in
+// sidecar.New).
+func (l loader) dropSelf(cfg *Config, o origins, source string) error {
+	var kept []UpstreamConfig
+	var self []string
+	for _, u := range cfg.Upstreams {
+		if pointsAtListener(u.URL, cfg.Listen) {
+			self = append(self, u.URL)
+			continue
+		}
+		kept = append(kept, u)
+	}
+	if len(self) == 0 {
+		return nil
+	}
+	from := sourceName(source, "GOPROXY")
+	note := fmt.Sprintf("%s names modgate's own listener (%s): left out of the upstream chain", from, strings.Join(self, ", "))
+	if len(kept) == 0 {
+		def := ""
+		if l.goDefault != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			var err error
+			if def, err = l.goDefault(ctx); err != nil {
+				def = ""
+			}
+		}
+		if def == "" {
+			return fmt.Errorf("no upstream: %s names only modgate itself (%s) and the go command's default GOPROXY is unknown; give --upstream, MODGATE_UPSTREAM or upstreams in the config", from, strings.Join(self, ", "))
+		}
+		if err := cfg.set("upstreams", def, "the go command's default GOPROXY", o); err != nil {
+			return err
+		}
+		cfg.notes = append(cfg.notes, loadNote{msg: note + "; nothing else was left, so the go command's default GOPROXY is used: " + def})
+		return nil
+	}
+	cfg.Upstreams = kept
+	cfg.notes = append(cfg.notes, loadNote{msg: note})
+	return nil
+}
+
+// pointsAtListener reports whether an upstream URL reaches listen on
+// this machine: the same port on a loopback address (or localhost) when
+// modgate listens on loopback or everywhere, or on listen's own address.
+func pointsAtListener(rawURL, listen string) bool {
+	u, err := url.Parse(rawURL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") {
+		return false
+	}
+	port := u.Port()
+	if port == "" {
+		port = map[string]string{"http": "80", "https": "443"}[u.Scheme]
+	}
+	host := u.Hostname()
+	if strings.EqualFold(strings.TrimSuffix(host, "."), "localhost") {
+		host = "127.0.0.1"
+	}
+	return wire.SameListener(net.JoinHostPort(host, port), listen)
+}
+
+// goDefaultProxy runs `go env GOPROXY` without the user's go env file and
+// GOPROXY variable: the go command's built-in default.
+func goDefaultProxy(ctx context.Context) (string, error) {
+	cmd := exec.CommandContext(ctx, "go", "env", "GOPROXY")
+	for _, kv := range os.Environ() {
+		if k, _, _ := strings.Cut(kv, "="); k != "GOPROXY" && k != "GOENV" && k != "GOFLAGS" {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	cmd.Env = append(cmd.Env, "GOENV=off")
+	out, err := cmd.Output()
+	return strings.TrimSpace(string(out)), err
+}
+
+// userCacheDir is os.UserCacheDir with the loader's environment: the
+// folder for per-user caches, or "" when there is none.
+func userCacheDir(getenv func(string) string, goos string) string {
+	switch goos {
+	case "windows":
+		return getenv("LocalAppData")
+	case "darwin", "ios":
+		if home := getenv("HOME"); home != "" {
+			return filepath.Join(home, "Library", "Caches")
+		}
+	case "plan9":
+		if home := getenv("home"); home != "" {
+			return filepath.Join(home, "lib", "cache")
+		}
+	default:
+		if dir := getenv("XDG_CACHE_HOME"); filepath.IsAbs(dir) {
+			return dir
+		}
+		if home := getenv("HOME"); home != "" {
+			return filepath.Join(home, ".cache")
 		}
 	}
 	return ""

@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"strings"
 
@@ -24,32 +23,27 @@ const policyUsage = `usage:
 var errDenied = errors.New("denied")
 
 func (a *App) policy(ctx context.Context, args []string) error {
-	if len(args) == 0 {
-		fmt.Fprint(a.Stderr, policyUsage)
-		return errUsage
-	}
-	switch args[0] {
-	case "check":
-		return a.policyCheck(args[1:])
-	case "lint":
-		return a.policyLint(args[1:])
-	}
-	fmt.Fprintf(a.Stderr, "modgate policy: unknown command %q\n%s", args[0], policyUsage)
-	return errUsage
+	return a.group("modgate policy", policyUsage, args, map[string]func([]string) error{
+		"check": a.policyCheck,
+		"lint":  a.policyLint,
+	})
 }
 
 func (a *App) policyCheck(args []string) error {
-	fs := flag.NewFlagSet("modgate policy check", flag.ContinueOnError)
-	fs.SetOutput(a.Stderr)
+	fs := a.newFlags("modgate policy check", `usage: modgate policy check [flags] MODULE[@VERSION]
+
+Prints the policy's decision for the module, the rule and the reason;
+exit status 0 for allow, 1 for deny.
+`)
 	file := fs.String("policy", "", "policy file (default $MODGATE_POLICY)")
 	kind := fs.String("kind", "zip", "request kind: list info mod zip latest sumdb-lookup ...")
 	host := fs.String("host", "", "destination host, for rules with hosts")
 	identity := fs.String("identity", "", "who asks (a clients name, a certificate CN, anonymous), for rules and routes with identities")
-	if err := fs.Parse(args); err != nil {
-		return usageOrHelp(err)
+	if err := a.parseFlags(fs, args); err != nil {
+		return err
 	}
 	if fs.NArg() != 1 {
-		fmt.Fprint(a.Stderr, policyUsage)
+		fs.Usage()
 		return errUsage
 	}
 	if *file == "" {
@@ -95,25 +89,25 @@ func (a *App) policyCheck(args []string) error {
 }
 
 func (a *App) policyLint(args []string) error {
-	if len(args) != 1 {
-		fmt.Fprint(a.Stderr, policyUsage)
+	fs := a.newFlags("modgate policy lint", `usage: modgate policy lint FILE
+
+Checks a policy file and prints what it says.
+`)
+	if err := a.parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		fs.Usage()
 		return errUsage
 	}
-	p, err := policy.Load(args[0])
+	file := fs.Arg(0)
+	p, err := policy.Load(file)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(a.Stdout, "%s: ok\n", args[0])
+	fmt.Fprintf(a.Stdout, "%s: ok\n", file)
 	for _, line := range p.Describe() {
 		fmt.Fprintln(a.Stdout, "  "+line)
 	}
 	return nil
-}
-
-// usageOrHelp maps a flag parsing error to Run's exit codes.
-func usageOrHelp(err error) error {
-	if errors.Is(err, flag.ErrHelp) {
-		return err
-	}
-	return errUsage
 }

@@ -259,7 +259,7 @@ upstreams:
 	writeFile(t, bad, fmt.Sprintf("sumdb: {name: \"off\"}\nupstreams:\n  - url: %s\n    auth: {bearer_file: %s, netrc: true}\n", bearerUp.URL, tokenFile))
 	var stderr bytes.Buffer
 	app = &App{Stdout: &stderr, Stderr: &stderr, Getenv: func(string) string { return "" }}
-	if code := app.Run(context.Background(), []string{"run", "--config", bad}); code == 0 || !strings.Contains(stderr.String(), "upstreams[0].auth") {
+	if code := app.Run(context.Background(), []string{"run", "--config", bad}); code == 0 || !strings.Contains(stderr.String(), "upstreams[1].auth") {
 		t.Errorf("two kinds of credentials: exit %d:\n%s", code, &stderr)
 	}
 	shown = append(shown, "config error:\n"+stderr.String())

@@ -2,10 +2,12 @@ package cli
 
 import (
 	"context"
-	"flag"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/url"
 	"os"
 	"os/signal"
 	"sync"
@@ -19,30 +21,46 @@ import (
 	"github.com/modgate/modgate/policy"
 	"github.com/modgate/modgate/sidecar"
 	"github.com/modgate/modgate/sidecar/fleet"
+	"github.com/modgate/modgate/sidecar/upstream"
 	"github.com/modgate/modgate/telemetry"
 )
 
+const runUsage = `usage: modgate run [flags]
+
+Serves the module listener (the go command's GOPROXY, and HTTPS_PROXY for
+direct fetches) and the admin listener (status page, /metrics, /healthz).
+Settings come from defaults, then the config file (--config or
+MODGATE_CONFIG), then MODGATE_* variables, then flags. The upstream chain
+and checksum database default to the user's go env GOPROXY and GOSUMDB.
+`
+
 func (a *App) run(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("modgate run", flag.ContinueOnError)
-	fs.SetOutput(a.Stderr)
+	fs := a.newFlags("modgate run", runUsage)
 	var f runFlags
 	f.register(fs)
-	if err := fs.Parse(args); err != nil {
-		if err == flag.ErrHelp {
-			return err
-		}
-		return errUsage
+	if err := a.parseFlags(fs, args); err != nil {
+		return err
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(a.Stderr, "modgate run: unexpected argument %q\n", fs.Arg(0))
 		return errUsage
 	}
-	l := loader{getenv: a.Getenv, goenv: a.GoEnv}
+	l := loader{getenv: a.Getenv, goenv: a.GoEnv, goDefault: a.GoDefaultProxy}
 	cfg, sc, err := l.load(fs, &f)
 	if err != nil {
 		return fmt.Errorf("config:\n%w", err)
 	}
 	log := newLogger(a.Stderr, cfg.Log)
+	for _, n := range cfg.notes {
+		if n.warn {
+			log.Warn(n.msg)
+		} else {
+			log.Info(n.msg)
+		}
+	}
+	if cfg.Cache.Dir != "" {
+		log.Info("cache", "dir", cfg.Cache.Dir)
+	}
 	sc.Logger = log
 	sc.CommandLine = append([]string{"modgate", "run"}, args...)
 	warnSecretArgs(log, args)
@@ -98,12 +116,86 @@ func (a *App) run(ctx context.Context, args []string) error {
 		stop := watchPolicy(ctx, sc.Policy, log, tel)
 		defer stop()
 	}
-	err = srv.Run(ctx)
+	ln, adminLn, err := listen(cfg)
+	if err != nil {
+		audit.Close()
+		return err
+	}
+	go a.probeUpstreams(ctx, log, sc.Upstreams, sc.Resolve)
+	err = srv.Serve(ctx, ln, adminLn)
 	// Every request has finished: the last audit lines are flushed now.
 	if cerr := audit.Close(); cerr != nil && err == nil {
 		err = fmt.Errorf("audit log: %w", cerr)
 	}
 	return err
+}
+
+// listen opens the module and admin listeners, with errors that say which
+// one and how to move it: "address already in use" alone does not say
+// that the admin port is the one taken.
+func listen(cfg Config) (ln, adminLn net.Listener, err error) {
+	ln, err = net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return nil, nil, fmt.Errorf("module listener (listen, --listen, MODGATE_LISTEN) on %s: %w%s", cfg.Listen, err, inUseHint(err, "--listen"))
+	}
+	if cfg.Admin == "" {
+		return ln, nil, nil
+	}
+	adminLn, err = net.Listen("tcp", cfg.Admin)
+	if err != nil {
+		ln.Close()
+		return nil, nil, fmt.Errorf("admin listener (admin, --admin, MODGATE_ADMIN) on %s: %w%s", cfg.Admin, err, inUseHint(err, "--admin"))
+	}
+	return ln, adminLn, nil
+}
+
+func inUseHint(err error, flag string) string {
+	if !errors.Is(err, syscall.EADDRINUSE) {
+		return ""
+	}
+	hint := fmt.Sprintf("\nanother program (another modgate?) holds that port: stop it, or give another address with %s HOST:PORT", flag)
+	if flag == "--admin" {
+		hint += ` (--admin "" for no admin listener)`
+	}
+	return hint
+}
+
+// probeUpstreams resolves each upstream's host name once at start-up and
+// warns about one that does not resolve: a misspelled host would
+// otherwise fail only on the first request. Never fatal: DNS may come
+// later (a laptop joining a VPN).
+func (a *App) probeUpstreams(ctx context.Context, log *slog.Logger, ups []upstream.Config, resolve map[string]string) {
+	lookup := a.LookupHost
+	if lookup == nil {
+		lookup = net.DefaultResolver.LookupHost
+	}
+	for i, u := range ups {
+		pu, err := url.Parse(u.URL)
+		if err != nil || (pu.Scheme != "http" && pu.Scheme != "https") {
+			continue
+		}
+		host := pu.Hostname()
+		port := pu.Port()
+		if port == "" {
+			port = map[string]string{"http": "80", "https": "443"}[pu.Scheme]
+		}
+		if _, ok := resolve[net.JoinHostPort(host, port)]; ok || net.ParseIP(host) != nil {
+			continue
+		}
+		lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		_, err = lookup(lctx, host)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			name := u.Name
+			if name == "" {
+				name = host
+			}
+			log.Warn(fmt.Sprintf("upstream %s: host %s does not resolve; check its URL (upstreams item %d)", name, host, i+1), "err", err)
+		}
+	}
 }
 
 // watchPolicy reloads the policy when its file changes and on SIGHUP. A

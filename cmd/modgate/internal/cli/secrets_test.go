@@ -211,7 +211,7 @@ upstreams:
 		if code := app.Run(context.Background(), []string{"run", "--config", file}); code == 0 {
 			t.Errorf("%s: accepted", bad)
 		}
-		if !strings.Contains(stderr.String(), "upstreams[0].url") {
+		if !strings.Contains(stderr.String(), "upstreams[1].url") {
 			t.Errorf("%s: the error does not name the key:\n%s", bad, &stderr)
 		}
 		leaks("config error", stderr.String())

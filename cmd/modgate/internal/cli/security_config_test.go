@@ -33,8 +33,8 @@ func TestAdminHostsAndPProfKeys(t *testing.T) {
 		env  map[string]string
 		want string
 	}{
-		{"admin_hosts: [\"evil.example.test:80\"]\n", nil, "modgate.yaml:1: admin_hosts[0]: \"evil.example.test:80\" is not a host pattern"},
-		{"admin_hosts:\n  - ok.example.test\n  - \"[\"\n", nil, "modgate.yaml:3: admin_hosts[1]"},
+		{"admin_hosts: [\"evil.example.test:80\"]\n", nil, "modgate.yaml:1: admin_hosts[1]: \"evil.example.test:80\" is not a host pattern"},
+		{"admin_hosts:\n  - ok.example.test\n  - \"[\"\n", nil, "modgate.yaml:3: admin_hosts[2]"},
 		{"pprof: maybe\n", nil, "modgate.yaml:1: pprof: invalid value \"maybe\", want true or false"},
 		{"", map[string]string{"MODGATE_PPROF": "yes please"}, "MODGATE_PPROF: pprof: \"yes please\": want true or false"},
 	} {
@@ -53,11 +53,11 @@ func TestPortsOutOfRange(t *testing.T) {
 		{"listen: 127.0.0.1:0\n", "modgate.yaml:1: listen: \"127.0.0.1:0\": port \"0\""},
 		{"admin: \"[::1]:65536\"\n", "modgate.yaml:1: admin: \"[::1]:65536\": port \"65536\""},
 		{"listen: 127.0.0.1:-1\n", "modgate.yaml:1: listen:"},
-		{"upstreams:\n  - url: https://mods.example.test:99999\n", "modgate.yaml:2: upstreams[0].url: \"https://mods.example.test:99999\": port \"99999\""},
-		{"upstreams:\n  - url: http://mods.example.test:0/base\n", "modgate.yaml:2: upstreams[0].url:"},
+		{"upstreams:\n  - url: https://mods.example.test:99999\n", "modgate.yaml:2: upstreams[1].url: \"https://mods.example.test:99999\": port \"99999\""},
+		{"upstreams:\n  - url: http://mods.example.test:0/base\n", "modgate.yaml:2: upstreams[1].url:"},
 		{"resolve: {\"mods.example.test:443\": \"127.0.0.1:100000\"}\n", "modgate.yaml:1: resolve: \"127.0.0.1:100000\" (for mods.example.test:443): port \"100000\""},
 		{"resolve: {\"mods.example.test:0\": \"127.0.0.1:8443\"}\n", "modgate.yaml:1: resolve: \"mods.example.test:0\": port \"0\""},
-		{"forward:\n  connect_ports: [443, 65536]\n", "modgate.yaml:2: forward.connect_ports[1]: 65536 is not a port"},
+		{"forward:\n  connect_ports: [443, 65536]\n", "modgate.yaml:2: forward.connect_ports[2]: 65536 is not a port"},
 	} {
 		_, err := load(t, c.file, nil)
 		if err == nil || !strings.Contains(err.Error(), c.want) {

@@ -138,6 +138,9 @@ type Modgate struct {
 	Fleet []FleetPart
 	// FleetSecretFile is fleet.secret_file, checked for who may read it.
 	FleetSecretFile string
+	// MITM says that modgate intercepts some hosts (forward.mitm_hosts):
+	// clients must trust its CA.
+	MITM bool
 }
 
 // FleetPart is one thing a fleet of modgates shares.
@@ -198,6 +201,9 @@ type Options struct {
 	// Progress, if not nil, receives a line that says what is being
 	// probed (a terminal).
 	Progress io.Writer
+	// GOOS is the system the go command runs on, for what trusts a CA
+	// there. If empty, runtime.GOOS.
+	GOOS string
 }
 
 // run is one `modgate doctor`: what it read, and what it found.
@@ -233,6 +239,7 @@ func Run(ctx context.Context, opts Options) Report {
 	d.checkEnvFile()
 	d.checkClients()
 	d.checkFleetSecret()
+	d.checkCertFile()
 	if opts.Probe && d.cfgOK {
 		d.probe(ctx, opts.Timeout, opts.Module)
 		d.probeFleet(ctx, opts.Timeout)

@@ -269,9 +269,11 @@ func explainUnknownAuthority(b *block) *Explanation {
 		Cause: "The go command does not trust the certificate " + b.origin() + " presented. When modgate intercepts HTTPS (its MITM " +
 			"mode), it signs certificates with its own CA, which the go command and git must be told to trust; otherwise a " +
 			"corporate proxy or an internal server uses a CA this machine does not have.",
-		Fix: "Trust the CA: for modgate, `export SSL_CERT_FILE=$(modgate ca path)` for the go command and " +
-			"`export GIT_SSL_CAINFO=$(modgate ca path)` for git (for an internal CA, point both at its PEM file, or add it to the " +
-			"system store). Do not use GOINSECURE or GOFLAGS=-insecure instead: they turn off the check for everyone.",
+		Fix: "Trust the CA without dropping the system's: for modgate, `eval \"$(modgate env)\"` points SSL_CERT_FILE and " +
+			"GIT_SSL_CAINFO at a bundle of this system's roots and modgate's CA (`modgate ca bundle`). A file with one CA alone " +
+			"replaces the system's roots, and then every other host fails this way. On macOS and Windows the go command ignores " +
+			"SSL_CERT_FILE: `modgate ca trust` prints the commands that add the CA to the system's store. For an internal CA, " +
+			"add it to the system's store. Do not use GOINSECURE or GOFLAGS=-insecure instead: they turn off the check for everyone.",
 	}
 }
 
