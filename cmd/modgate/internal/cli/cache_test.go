@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/modgate/modgate/sidecar"
+	"github.com/modgate/modgate/sidecar/cache"
 	"github.com/modgate/modgate/sidecar/modtest"
 	"github.com/modgate/modgate/sidecar/sidecartest"
 	"github.com/modgate/modgate/sidecar/upstream"
@@ -99,5 +100,49 @@ func TestCacheWarmThroughRunningModgate(t *testing.T) {
 	code, out, _ = runApp(t, "cache", "ls", "--cache-dir", dir)
 	if code != 0 || !strings.Contains(out, "fixture.test/dep01@v1.0.0") || !strings.Contains(out, "fixture.test/dep02@v1.0.0") {
 		t.Errorf("cache ls: exit %d\n%s", code, out)
+	}
+}
+
+// TestCacheVerify: modgate cache verify finds an entry that is not what
+// the checksum database holds, removes it, exits 1, and says so; a
+// second run finds the cache clean.
+func TestCacheVerify(t *testing.T) {
+	fx := modtest.MustLoadFixtures(t, modtest.FixtureDir(t))
+	db := modtest.NewSumDB(t, "sum.fixture.test", fx)
+	p := modtest.NewProxy(t, fx, modtest.WithSumDB(db))
+	dir := filepath.Join(t.TempDir(), "cache")
+	gate := sidecartest.Start(t, nil, sidecar.Config{SumDB: db.Name, SumDBKey: db.VerifierKey, Cache: sidecar.CacheConfig{Dir: dir},
+		Upstreams: []upstream.Config{{URL: p.URL}}})
+	g := modtest.NewGo(t)
+	g.UseProxy(gate.URL, db)
+	g.MustRun("mod", "download", "fixture.test/dep01@v1.0.0", "fixture.test/dep02@v1.0.0")
+	gate.Stop()
+
+	// Written behind modgate's back: dep02's go.mod under dep01's key.
+	c, err := cache.Open(dir, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dep02, _ := fx.Lookup("fixture.test/dep02", "v1.0.0")
+	w, err := c.Create("fixture.test/dep01/@v/v1.0.0.mod", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write(dep02.Mod)
+	if err := w.Commit(int64(len(dep02.Mod)), nil); err != nil {
+		t.Fatal(err)
+	}
+
+	args := []string{"cache", "verify", "--cache-dir", dir, "--upstream", p.URL, "--sumdb", db.VerifierKey}
+	code, out, errs := runApp(t, args...)
+	if code != 1 || !strings.Contains(out, "removed  local fixture.test/dep01/@v/v1.0.0.mod: checksum mismatch") || !strings.Contains(out, "1 removed") {
+		t.Fatalf("cache verify: exit %d\n%s%s", code, out, errs)
+	}
+	if code, out, errs = runApp(t, args...); code != 0 || !strings.Contains(out, "0 removed") {
+		t.Fatalf("cache verify after the repair: exit %d\n%s%s", code, out, errs)
+	}
+	code, _, errs = runApp(t, "cache", "verify", "--cache-dir", dir, "--upstream", p.URL, "--sumdb", "off")
+	if code != 1 || !strings.Contains(errs, "cannot verify") {
+		t.Errorf("cache verify without a database: exit %d, %s", code, errs)
 	}
 }
