@@ -55,7 +55,7 @@ func BenchmarkHotPath(b *testing.B) {
 // request and, sampling every request, a server and a client span each.
 func TestInProcessGate(t *testing.T) {
 	dir := t.TempDir()
-	o, paths, err := newOrigin(modtest.FixtureDir(t), 3<<20)
+	o, paths, err := newOrigin(modtest.FixtureDir(t), testZip(t, 3<<20))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +126,7 @@ func roundTrips(t *testing.T, o *origin, tg *target, paths []string) {
 	t.Helper()
 	want := func(p string) int64 {
 		if p == zipPath {
-			return o.zipSize
+			return o.zip.size
 		}
 		return int64(len(o.files[p].body))
 	}
@@ -165,7 +165,7 @@ func TestShippedColumns(t *testing.T) {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
-	o, paths, err := newOrigin(modtest.FixtureDir(t), 1<<20)
+	o, paths, err := newOrigin(modtest.FixtureDir(t), testZip(t, 1<<20))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,7 +187,7 @@ func TestShippedColumns(t *testing.T) {
 		recv := &receiver{}
 		rs := httptest.NewServer(recv)
 		defer rs.Close()
-		c, err := startModgate(bin, dir, configFile, rs.URL, mc)
+		c, err := startModgate(bin, dir, configFile, rs.URL, o.key, mc)
 		if err != nil {
 			t.Fatal(err)
 		}

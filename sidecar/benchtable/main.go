@@ -201,8 +201,12 @@ func bench(o options) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	zipSize := int64(o.zipMiB) << 20
-	org, paths, err := newOrigin(o.fixtures, zipSize)
+	fmt.Fprintf(os.Stderr, "bench: writing a %d MiB module zip\n", o.zipMiB)
+	big, err := writeBigZip(filepath.Join(dir, "big.zip"), int64(o.zipMiB)<<20)
+	if err != nil {
+		return err
+	}
+	org, paths, err := newOrigin(o.fixtures, big)
 	if err != nil {
 		return err
 	}
@@ -274,7 +278,7 @@ func bench(o options) error {
 		}
 		children = append(children, floor)
 		for _, mc := range modgateColumns {
-			c, err := startModgate(o.modgate, dir, configFile, "http://"+recvAddr, mc)
+			c, err := startModgate(o.modgate, dir, configFile, "http://"+recvAddr, org.key, mc)
 			if err != nil {
 				return err
 			}
@@ -345,7 +349,11 @@ func bench(o options) error {
 	}
 	if o.only[sectionZip] {
 		zip := func(host string) [][]byte { return requests([]string{zipPath}, host, false) }
-		ts := []*target{direct(zip(originAddr)), at("floor", floor, zip(floor.addrs.HTTP)), at("nginx", nginx, zip(originAddr)), at("modgate", gates["modgate"], zip(gates["modgate"].addrs.HTTP))}
+		ts := []*target{direct(zip(originAddr)), at("floor", floor, zip(floor.addrs.HTTP)), at("nginx", nginx, zip(originAddr))}
+		for _, name := range []string{"modgate", "unverified"} {
+			ts = append(ts, at(name, gates[name], zip(gates[name].addrs.HTTP)))
+		}
+		out.bigZip = big
 		out.stream(sectionZip, "Zip/mode=reverse", measure(zo, fmt.Sprintf("%d MiB zip, reverse", o.zipMiB), compact(ts), 1, 1, true))
 	}
 	if o.only[sectionForward] {
