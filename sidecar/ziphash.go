@@ -2,6 +2,8 @@ package sidecar
 
 import (
 	"archive/zip"
+	"bufio"
+	"compress/flate"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
@@ -28,6 +30,7 @@ import (
 // are assembled in Hash1's order. A zip either fails here or hashes as
 // HashZip does (ziphash_test.go compares them).
 func hashZipFiles(z *zip.Reader) (string, error) {
+	z.RegisterDecompressor(zip.Deflate, newInflater)
 	names := make([]string, 0, len(z.File))
 	byName := make(map[string]*zip.File, len(z.File))
 	for _, f := range z.File {
@@ -104,4 +107,55 @@ func hashZipFile(f *zip.File, h hash.Hash, buf []byte) error {
 		return fmt.Errorf("%s: %w", f.Name, err)
 	}
 	return nil
+}
+
+// inflater is compress/flate's reader, as archive/zip's own Deflate
+// decompressor uses it, over a pooled 32 KiB buffer: flate wraps a reader
+// that is not an io.ByteReader in a new 4 KiB bufio.Reader, per file,
+// and a large module has tens of thousands of them.
+type inflater struct {
+	br *bufio.Reader
+	fr io.ReadCloser
+}
+
+var inflaters sync.Pool
+
+func newInflater(r io.Reader) io.ReadCloser {
+	in, ok := inflaters.Get().(*inflater)
+	if ok {
+		in.br.Reset(r)
+		in.fr.(flate.Resetter).Reset(in.br, nil)
+	} else {
+		in = &inflater{br: bufio.NewReaderSize(r, 32<<10)}
+		in.fr = flate.NewReader(in.br)
+	}
+	return &pooledInflater{in: in}
+}
+
+// pooledInflater gives its inflater back to the pool once, when closed.
+type pooledInflater struct {
+	mu sync.Mutex
+	in *inflater
+}
+
+func (p *pooledInflater) Read(b []byte) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.in == nil {
+		return 0, errors.New("read after close")
+	}
+	return p.in.fr.Read(b)
+}
+
+func (p *pooledInflater) Close() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var err error
+	if p.in != nil {
+		err = p.in.fr.Close()
+		p.in.br.Reset(nil)
+		inflaters.Put(p.in)
+		p.in = nil
+	}
+	return err
 }

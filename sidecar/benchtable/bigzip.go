@@ -39,11 +39,11 @@ const (
 // bigZip is the streamed zip: where it is, its size, and the go.sum hashes
 // of the module.
 type bigZip struct {
-	path        string
-	size        int64
-	zipHash     string // h1: of the zip's files
-	modHash     string // h1: of its go.mod
-	files       int
+	path         string
+	size         int64
+	zipHash      string // h1: of the zip's files
+	modHash      string // h1: of its go.mod
+	files        int
 	uncompressed int64
 }
 

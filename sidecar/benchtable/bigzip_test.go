@@ -4,9 +4,9 @@ import (
 	"path/filepath"
 	"testing"
 
+	"golang.org/x/mod/module"
 	"golang.org/x/mod/sumdb/dirhash"
 	modzip "golang.org/x/mod/zip"
-	"golang.org/x/mod/module"
 )
 
 // The streamed zip is a module zip the go command takes, and its h1:
