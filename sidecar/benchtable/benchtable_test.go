@@ -11,6 +11,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -227,6 +229,14 @@ func TestShippedColumns(t *testing.T) {
 			if !bytes.Contains(body, []byte(`modgate_cache_requests_total{modgate_cache_result="hit"`)) {
 				t.Errorf("cached: no cache hit on /metrics")
 			}
+		}
+		// The columns that are given the origin's checksum database verify
+		// the zip and the .mod answers against it; the unverified one
+		// verifies nothing.
+		verifies := slices.Contains(mc.flags, "{sumdb}")
+		verified, mismatched := checksumChecks(t, c.admin)
+		if verifies && (verified < 2 || mismatched != 0) || !verifies && verified != 0 {
+			t.Errorf("%s: %v verified, %v mismatched on /metrics; verifying: %v", mc.name, verified, mismatched, verifies)
 		}
 		if err := c.memStart(); err != nil {
 			t.Errorf("%s: %v", mc.name, err)
@@ -603,4 +613,30 @@ modgate_cache_shared_requests_total{modgate_cache_shared_op="get",modgate_cache_
 	if got, want := countsText(map[string]float64{"z": 1, "a": 2, "hit": 0}, "hit"), "a 2, z 1"; got != want {
 		t.Errorf("others %q, want %q", got, want)
 	}
+}
+
+// checksumChecks reads modgate's verdicts against the checksum database
+// from its /metrics (modgate.checksum.checks).
+func checksumChecks(t *testing.T, admin string) (verified, mismatched float64) {
+	t.Helper()
+	resp, err := http.Get("http://" + admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(body), "\n") {
+		if !strings.HasPrefix(line, "modgate_checksum_checks_total{") {
+			continue
+		}
+		f := strings.Fields(line)
+		v, _ := strconv.ParseFloat(f[len(f)-1], 64)
+		switch {
+		case strings.Contains(line, `modgate_checksum_result="verified"`):
+			verified += v
+		case strings.Contains(line, `modgate_checksum_result="mismatch"`):
+			mismatched += v
+		}
+	}
+	return verified, mismatched
 }

@@ -57,8 +57,8 @@ var modgateColumns = []modgateColumn{
 	{name: "sdk-off", about: "the same with OTEL_SDK_DISABLED=true", env: []string{"OTEL_SDK_DISABLED=true"}, flags: []string{"--sumdb", "{sumdb}"}},
 	{name: "otlp", about: "OTLP/HTTP export to a local receiver (OTEL_EXPORTER_OTLP_ENDPOINT), default sampler", otlp: true, flags: []string{"--sumdb", "{sumdb}"}},
 	{name: "always-on", about: "OTLP export with OTEL_TRACES_SAMPLER=always_on: every request is a trace", otlp: true, env: []string{"OTEL_TRACES_SAMPLER=always_on"}, flags: []string{"--sumdb", "{sumdb}"}},
-	{name: "cached", about: "modgate run --cache-dir (default telemetry); the rows it serves are cache hits after the warm-up", flags: []string{"--sumdb", "{sumdb}", "--cache-dir", "{dir}/cache"}},
-	{name: "unverified", about: "modgate as shipped with sumdb off: nothing verified, a zip streams as it arrives (zip row only)"},
+	{name: "cached", about: "modgate run --cache-dir (default telemetry); the rows it serves are cache hits after the warm-up (the zip: verified once)", flags: []string{"--sumdb", "{sumdb}", "--cache-dir", "{dir}/cache"}},
+	{name: "unverified", about: "modgate as shipped with sumdb off: nothing verified (.mod relayed unchecked, a zip streams as it arrives)"},
 }
 
 // freePort reserves a loopback port for a child to listen on.

@@ -334,8 +334,8 @@ func bench(o options) error {
 	if o.only[sectionSmall] {
 		for _, n := range o.clients {
 			ts := []*target{direct(small(originAddr)), at("floor", floor, small(floor.addrs.HTTP)), at("nginx", nginx, small(originAddr))}
-			for _, mc := range modgateColumns[:4] {
-				ts = append(ts, at(mc.name, gates[mc.name], small(gates[mc.name].addrs.HTTP)))
+			for _, name := range []string{"modgate", "sdk-off", "otlp", "always-on", "unverified"} {
+				ts = append(ts, at(name, gates[name], small(gates[name].addrs.HTTP)))
 			}
 			out.load(sectionSmall, fmt.Sprintf("Small/mode=reverse/clients=%d", n), n, measure(o.plan, "small requests, reverse, "+clientsText(n), compact(ts), n, 0, false))
 		}
@@ -350,7 +350,9 @@ func bench(o options) error {
 	if o.only[sectionZip] {
 		zip := func(host string) [][]byte { return requests([]string{zipPath}, host, false) }
 		ts := []*target{direct(zip(originAddr)), at("floor", floor, zip(floor.addrs.HTTP)), at("nginx", nginx, zip(originAddr))}
-		for _, name := range []string{"modgate", "unverified"} {
+		// cached: the zip is verified once, in the warm-up, and kept;
+		// unverified: sumdb off, the zip streams as it arrives.
+		for _, name := range []string{"modgate", "cached", "unverified"} {
 			ts = append(ts, at(name, gates[name], zip(gates[name].addrs.HTTP)))
 		}
 		out.bigZip = big
