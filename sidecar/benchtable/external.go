@@ -31,7 +31,7 @@ const modgateConfig = `# modgate bench: the config every modgate column shares.
 upstreams:
   - name: origin
     url: %s
-sumdb: {name: "off"}
+sumdb: {name: "off"}            # the verifying columns give --sumdb name+key
 policy_file: %s
 log: {level: info, format: json}
 forward:

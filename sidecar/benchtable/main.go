@@ -18,7 +18,13 @@
 //     OTEL_SDK_DISABLED=true, OTLP export to a receiver in this process
 //     with the default sampler, the same with OTEL_TRACES_SAMPLER=always_on,
 //     and with --cache-dir. Every one has the bench policy (six rules,
-//     watched) and an audit log to a file.
+//     watched) and an audit log to a file, and verifies .mod and .zip
+//     answers against the origin's checksum database (--sumdb name+key);
+//   - unverified: modgate as shipped with sumdb off, for comparison.
+//
+// The origin (origin.go) serves the module fixtures, a real signed
+// checksum database of them, and for the zip rows a real module zip of
+// -zip-mib MiB made at the start of the run (bigzip.go).
 //
 // The columns take turns: each row warms every column up, then gives each
 // a slice of time (-d) per round, for -rounds rounds, in an order that
@@ -108,7 +114,7 @@ func run(args []string) error {
 	fs.DurationVar(&o.warm, "warmup", 300*time.Millisecond, "warm-up per column before a row is measured")
 	fs.StringVar(&clients, "clients", "1,16,64", "concurrent clients of the small-request rows")
 	only := fs.String("only", "small,cached,zip,forward,tunnel,setup,tunnelzip,tunnelzip-tls,fleet,hotpath", "the rows to run")
-	fs.IntVar(&o.zipMiB, "zip-mib", 256, "size of the streamed zip, MiB")
+	fs.IntVar(&o.zipMiB, "zip-mib", 256, "size of the streamed module zip, MiB")
 	fs.IntVar(&o.zipRound, "zip-rounds", 4, "transfers of the zip per column")
 	fs.IntVar(&o.hotN, "hotpath-n", 3000, "iterations of each hot-path benchmark")
 	fs.StringVar(&o.modgate, "modgate", "bin/modgate", "the modgate binary to measure (make bench builds it)")
