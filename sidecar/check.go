@@ -11,7 +11,6 @@ import (
 
 	"golang.org/x/mod/module"
 	"golang.org/x/mod/semver"
-	"golang.org/x/mod/sumdb/dirhash"
 	modzip "golang.org/x/mod/zip"
 
 	"github.com/modgate/modgate/policy"
@@ -111,15 +110,14 @@ func zipSum(req Request, path string) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	defer z.Close()
 	prefix := req.Module + "@" + req.Version + "/"
 	for _, zf := range z.File {
 		if !strings.HasPrefix(zf.Name, prefix) {
-			z.Close()
 			return "", fmt.Errorf("zip for %s has unexpected file %s", prefix[:len(prefix)-1], zf.Name)
 		}
 	}
-	z.Close()
-	return dirhash.HashZip(path, dirhash.DefaultHash)
+	return hashZipFiles(&z.Reader) // dirhash.HashZip(path, dirhash.Hash1), on every core
 }
 
 // checkZipFile checks a module zip at path as the go command checks one

@@ -449,10 +449,10 @@ func (ac *answerCheck) checkZip(ctx context.Context, resp *http.Response) (*http
 		sp.abort()
 		return nil, fmt.Errorf("body cut after %d of %d bytes: %w", n, resp.ContentLength, io.ErrUnexpectedEOF)
 	}
-	if err := sp.sync(); err != nil {
-		sp.abort()
-		return nil, fmt.Errorf("%w: spool: %w", upstream.ErrLocal, err)
-	}
+	// Not synced: a cache entry is synced by Commit when it is kept, and a
+	// temporary file is read back (hashed, relayed) from the page cache
+	// and removed once relayed. A sync would wait for a disk write of the
+	// whole zip before the first byte is relayed, and protect nothing.
 	h1, err := zipSum(ac.req, sp.path())
 	if err != nil {
 		sp.abort()
@@ -518,13 +518,6 @@ func (sp *zipSpool) Write(p []byte) (int, error) {
 		return sp.w.Write(p)
 	}
 	return sp.tmp.Write(p)
-}
-
-func (sp *zipSpool) sync() error {
-	if sp.w != nil {
-		return nil // Commit syncs
-	}
-	return sp.tmp.Sync()
 }
 
 func (sp *zipSpool) path() string {

@@ -11,6 +11,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -55,7 +57,7 @@ func BenchmarkHotPath(b *testing.B) {
 // request and, sampling every request, a server and a client span each.
 func TestInProcessGate(t *testing.T) {
 	dir := t.TempDir()
-	o, paths, err := newOrigin(modtest.FixtureDir(t), 3<<20)
+	o, paths, err := newOrigin(modtest.FixtureDir(t), testZip(t, 3<<20))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +128,7 @@ func roundTrips(t *testing.T, o *origin, tg *target, paths []string) {
 	t.Helper()
 	want := func(p string) int64 {
 		if p == zipPath {
-			return o.zipSize
+			return o.zip.size
 		}
 		return int64(len(o.files[p].body))
 	}
@@ -165,7 +167,7 @@ func TestShippedColumns(t *testing.T) {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
-	o, paths, err := newOrigin(modtest.FixtureDir(t), 1<<20)
+	o, paths, err := newOrigin(modtest.FixtureDir(t), testZip(t, 1<<20))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,7 +189,7 @@ func TestShippedColumns(t *testing.T) {
 		recv := &receiver{}
 		rs := httptest.NewServer(recv)
 		defer rs.Close()
-		c, err := startModgate(bin, dir, configFile, rs.URL, mc)
+		c, err := startModgate(bin, dir, configFile, rs.URL, o.key, mc)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -227,6 +229,14 @@ func TestShippedColumns(t *testing.T) {
 			if !bytes.Contains(body, []byte(`modgate_cache_requests_total{modgate_cache_result="hit"`)) {
 				t.Errorf("cached: no cache hit on /metrics")
 			}
+		}
+		// The columns that are given the origin's checksum database verify
+		// the zip and the .mod answers against it; the unverified one
+		// verifies nothing.
+		verifies := slices.Contains(mc.flags, "{sumdb}")
+		verified, mismatched := checksumChecks(t, c.admin)
+		if verifies && (verified < 2 || mismatched != 0) || !verifies && verified != 0 {
+			t.Errorf("%s: %v verified, %v mismatched on /metrics; verifying: %v", mc.name, verified, mismatched, verifies)
 		}
 		if err := c.memStart(); err != nil {
 			t.Errorf("%s: %v", mc.name, err)
@@ -603,4 +613,30 @@ modgate_cache_shared_requests_total{modgate_cache_shared_op="get",modgate_cache_
 	if got, want := countsText(map[string]float64{"z": 1, "a": 2, "hit": 0}, "hit"), "a 2, z 1"; got != want {
 		t.Errorf("others %q, want %q", got, want)
 	}
+}
+
+// checksumChecks reads modgate's verdicts against the checksum database
+// from its /metrics (modgate.checksum.checks).
+func checksumChecks(t *testing.T, admin string) (verified, mismatched float64) {
+	t.Helper()
+	resp, err := http.Get("http://" + admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(body), "\n") {
+		if !strings.HasPrefix(line, "modgate_checksum_checks_total{") {
+			continue
+		}
+		f := strings.Fields(line)
+		v, _ := strconv.ParseFloat(f[len(f)-1], 64)
+		switch {
+		case strings.Contains(line, `modgate_checksum_result="verified"`):
+			verified += v
+		case strings.Contains(line, `modgate_checksum_result="mismatch"`):
+			mismatched += v
+		}
+	}
+	return verified, mismatched
 }

@@ -31,7 +31,7 @@ const modgateConfig = `# modgate bench: the config every modgate column shares.
 upstreams:
   - name: origin
     url: %s
-sumdb: {name: "off"}
+sumdb: {name: "off"}            # the verifying columns give --sumdb name+key
 policy_file: %s
 log: {level: info, format: json}
 forward:
@@ -49,12 +49,16 @@ type modgateColumn struct {
 	otlp bool
 }
 
+// Every column but "unverified" verifies .mod and .zip answers against the
+// origin's checksum database ({sumdb}: --sumdb name+key, as GOSUMDB gives
+// it), as modgate does wherever the go command's database is known.
 var modgateColumns = []modgateColumn{
-	{name: "modgate", about: "modgate run as shipped: no OTLP endpoint, default sampler (parent-based, 100 new traces/s to /debug/tracez)"},
-	{name: "sdk-off", about: "the same with OTEL_SDK_DISABLED=true", env: []string{"OTEL_SDK_DISABLED=true"}},
-	{name: "otlp", about: "OTLP/HTTP export to a local receiver (OTEL_EXPORTER_OTLP_ENDPOINT), default sampler", otlp: true},
-	{name: "always-on", about: "OTLP export with OTEL_TRACES_SAMPLER=always_on: every request is a trace", otlp: true, env: []string{"OTEL_TRACES_SAMPLER=always_on"}},
-	{name: "cached", about: "modgate run --cache-dir (default telemetry); the rows it serves are cache hits after the warm-up", flags: []string{"--cache-dir", "{dir}/cache"}},
+	{name: "modgate", about: "modgate run as shipped: --sumdb name+key (verified), no OTLP endpoint, default sampler (parent-based, 100 new traces/s)", flags: []string{"--sumdb", "{sumdb}"}},
+	{name: "sdk-off", about: "the same with OTEL_SDK_DISABLED=true", env: []string{"OTEL_SDK_DISABLED=true"}, flags: []string{"--sumdb", "{sumdb}"}},
+	{name: "otlp", about: "OTLP/HTTP export to a local receiver (OTEL_EXPORTER_OTLP_ENDPOINT), default sampler", otlp: true, flags: []string{"--sumdb", "{sumdb}"}},
+	{name: "always-on", about: "OTLP export with OTEL_TRACES_SAMPLER=always_on: every request is a trace", otlp: true, env: []string{"OTEL_TRACES_SAMPLER=always_on"}, flags: []string{"--sumdb", "{sumdb}"}},
+	{name: "cached", about: "modgate run --cache-dir (default telemetry); the rows it serves are cache hits after the warm-up (the zip: verified once)", flags: []string{"--sumdb", "{sumdb}", "--cache-dir", "{dir}/cache"}},
+	{name: "unverified", about: "modgate as shipped with sumdb off: nothing verified (.mod relayed unchecked, a zip streams as it arrives)"},
 }
 
 // freePort reserves a loopback port for a child to listen on.
@@ -81,9 +85,9 @@ func cleanEnv() []string {
 	return env
 }
 
-// startModgate starts `modgate run` as column c, in dir, with configFile,
-// and waits until its admin listener says it is ready.
-func startModgate(bin, dir, configFile, receiver string, c modgateColumn) (*child, error) {
+// startModgate starts `modgate run` as column c, in dir, with configFile
+// and the checksum database's key, and waits until its admin listener says it is ready.
+func startModgate(bin, dir, configFile, receiver, sumdbKey string, c modgateColumn) (*child, error) {
 	listen, err := freePort()
 	if err != nil {
 		return nil, err
@@ -96,7 +100,7 @@ func startModgate(bin, dir, configFile, receiver string, c modgateColumn) (*chil
 	// a per-user cache folder, which would serve every column's hits).
 	args := []string{"run", "--config", configFile, "--listen", listen, "--admin", admin, "--pprof", "--cache-dir", ""}
 	for _, f := range c.flags {
-		args = append(args, strings.ReplaceAll(f, "{dir}", dir))
+		args = append(args, strings.NewReplacer("{dir}", dir, "{sumdb}", sumdbKey).Replace(f))
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Env = append(cleanEnv(), "MODGATE_AUDIT_LOG="+filepath.Join(dir, c.name+".audit.jsonl"))

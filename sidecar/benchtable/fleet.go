@@ -488,7 +488,7 @@ func (fb *fleetBench) run(setup fleetSetup, n int) (*fleetResult, error) {
 	for i := range n {
 		wg.Go(func() {
 			name := fmt.Sprintf("replica%d", i+1)
-			replicas[i], errs[i] = startModgate(fb.o.modgate, dir, configFile, "", modgateColumn{
+			replicas[i], errs[i] = startModgate(fb.o.modgate, dir, configFile, "", "", modgateColumn{
 				name: name, env: env, flags: []string{"--cache-dir", filepath.Join(dir, name+".cache")},
 			})
 		})

@@ -43,7 +43,7 @@ func newInproc(dir, fixtures string) (_ *inproc, err error) {
 			e.Close()
 		}
 	}()
-	o, paths, err := newOrigin(fixtures, 1<<20)
+	o, paths, err := newOrigin(fixtures, nil) // the hot path fetches no zip
 	if err != nil {
 		return nil, err
 	}

@@ -18,7 +18,13 @@
 //     OTEL_SDK_DISABLED=true, OTLP export to a receiver in this process
 //     with the default sampler, the same with OTEL_TRACES_SAMPLER=always_on,
 //     and with --cache-dir. Every one has the bench policy (six rules,
-//     watched) and an audit log to a file.
+//     watched) and an audit log to a file, and verifies .mod and .zip
+//     answers against the origin's checksum database (--sumdb name+key);
+//   - unverified: modgate as shipped with sumdb off, for comparison.
+//
+// The origin (origin.go) serves the module fixtures, a real signed
+// checksum database of them, and for the zip rows a real module zip of
+// -zip-mib MiB made at the start of the run (bigzip.go).
 //
 // The columns take turns: each row warms every column up, then gives each
 // a slice of time (-d) per round, for -rounds rounds, in an order that
@@ -108,7 +114,7 @@ func run(args []string) error {
 	fs.DurationVar(&o.warm, "warmup", 300*time.Millisecond, "warm-up per column before a row is measured")
 	fs.StringVar(&clients, "clients", "1,16,64", "concurrent clients of the small-request rows")
 	only := fs.String("only", "small,cached,zip,forward,tunnel,setup,tunnelzip,tunnelzip-tls,fleet,hotpath", "the rows to run")
-	fs.IntVar(&o.zipMiB, "zip-mib", 256, "size of the streamed zip, MiB")
+	fs.IntVar(&o.zipMiB, "zip-mib", 256, "size of the streamed module zip, MiB")
 	fs.IntVar(&o.zipRound, "zip-rounds", 4, "transfers of the zip per column")
 	fs.IntVar(&o.hotN, "hotpath-n", 3000, "iterations of each hot-path benchmark")
 	fs.StringVar(&o.modgate, "modgate", "bin/modgate", "the modgate binary to measure (make bench builds it)")
@@ -201,8 +207,12 @@ func bench(o options) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	zipSize := int64(o.zipMiB) << 20
-	org, paths, err := newOrigin(o.fixtures, zipSize)
+	fmt.Fprintf(os.Stderr, "bench: writing a %d MiB module zip\n", o.zipMiB)
+	big, err := writeBigZip(filepath.Join(dir, "big.zip"), int64(o.zipMiB)<<20)
+	if err != nil {
+		return err
+	}
+	org, paths, err := newOrigin(o.fixtures, big)
 	if err != nil {
 		return err
 	}
@@ -274,7 +284,7 @@ func bench(o options) error {
 		}
 		children = append(children, floor)
 		for _, mc := range modgateColumns {
-			c, err := startModgate(o.modgate, dir, configFile, "http://"+recvAddr, mc)
+			c, err := startModgate(o.modgate, dir, configFile, "http://"+recvAddr, org.key, mc)
 			if err != nil {
 				return err
 			}
@@ -330,8 +340,8 @@ func bench(o options) error {
 	if o.only[sectionSmall] {
 		for _, n := range o.clients {
 			ts := []*target{direct(small(originAddr)), at("floor", floor, small(floor.addrs.HTTP)), at("nginx", nginx, small(originAddr))}
-			for _, mc := range modgateColumns[:4] {
-				ts = append(ts, at(mc.name, gates[mc.name], small(gates[mc.name].addrs.HTTP)))
+			for _, name := range []string{"modgate", "sdk-off", "otlp", "always-on", "unverified"} {
+				ts = append(ts, at(name, gates[name], small(gates[name].addrs.HTTP)))
 			}
 			out.load(sectionSmall, fmt.Sprintf("Small/mode=reverse/clients=%d", n), n, measure(o.plan, "small requests, reverse, "+clientsText(n), compact(ts), n, 0, false))
 		}
@@ -345,7 +355,13 @@ func bench(o options) error {
 	}
 	if o.only[sectionZip] {
 		zip := func(host string) [][]byte { return requests([]string{zipPath}, host, false) }
-		ts := []*target{direct(zip(originAddr)), at("floor", floor, zip(floor.addrs.HTTP)), at("nginx", nginx, zip(originAddr)), at("modgate", gates["modgate"], zip(gates["modgate"].addrs.HTTP))}
+		ts := []*target{direct(zip(originAddr)), at("floor", floor, zip(floor.addrs.HTTP)), at("nginx", nginx, zip(originAddr))}
+		// cached: the zip is verified once, in the warm-up, and kept;
+		// unverified: sumdb off, the zip streams as it arrives.
+		for _, name := range []string{"modgate", "cached", "unverified"} {
+			ts = append(ts, at(name, gates[name], zip(gates[name].addrs.HTTP)))
+		}
+		out.bigZip = big
 		out.stream(sectionZip, "Zip/mode=reverse", measure(zo, fmt.Sprintf("%d MiB zip, reverse", o.zipMiB), compact(ts), 1, 1, true))
 	}
 	if o.only[sectionForward] {

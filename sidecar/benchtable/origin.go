@@ -1,7 +1,7 @@
 package main
 
 import (
-	"bytes"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
@@ -14,25 +14,34 @@ import (
 	"sync/atomic"
 
 	"golang.org/x/mod/module"
+	"golang.org/x/mod/sumdb"
+	"golang.org/x/mod/sumdb/note"
 
 	"github.com/modgate/modgate/sidecar/mitm"
 	"github.com/modgate/modgate/sidecar/modtest"
 )
 
-// zipPath is the artifact the streaming rows fetch; the origin makes its
-// bytes up as it sends them.
-const zipPath = "/fixture.test/big/@v/v1.0.0.zip"
+// zipPath is the artifact the streaming rows fetch: a real module zip
+// (bigzip.go), read from a file.
+const zipPath = "/" + bigModule + "/@v/" + bigVersion + ".zip"
+
+// sumDBName is the checksum database the origin serves at
+// /sumdb/<name>/, as a module proxy does: modgate finds it through its
+// upstream chain.
+const sumDBName = "sum.fixture.test"
 
 // origin is the fake module proxy every row ends at: the .info, .mod and
-// list answers of the module fixtures, prepared once, and a zip of any size
-// that is never held in memory. It is cheaper than modtest.Proxy, which
-// records every request: the origin's cost is the same in every column, so
-// the cheaper it is, the more of the machine the proxies get.
+// list answers of the module fixtures, prepared once, the big module's
+// zip from a file, and a real signed checksum database of all of them. It
+// is cheaper than modtest.Proxy, which records every request: the
+// origin's cost is the same in every column, so the cheaper it is, the
+// more of the machine the proxies get.
 type origin struct {
-	files   map[string]originFile
-	zipSize int64
-	chunk   []byte
-	served  atomic.Int64
+	files  map[string]originFile
+	zip    *bigZip
+	sumdb  http.Handler
+	key    string // the database's verifier key, GOSUMDB's name+key
+	served atomic.Int64
 }
 
 type originFile struct {
@@ -41,15 +50,16 @@ type originFile struct {
 	length      string
 }
 
-// newOrigin serves the fixtures in dir. smallPaths lists their escaped
+// newOrigin serves the fixtures in dir, the big module with zip, and a
+// checksum database of both. smallPaths lists the fixtures' escaped
 // paths, kinds taking turns (.info, .mod, list of one module, then the
 // next).
-func newOrigin(dir string, zipSize int64) (o *origin, smallPaths []string, err error) {
+func newOrigin(dir string, zip *bigZip) (o *origin, smallPaths []string, err error) {
 	fx, err := modtest.LoadFixtures(dir)
 	if err != nil {
 		return nil, nil, err
 	}
-	o = &origin{files: map[string]originFile{}, zipSize: zipSize, chunk: bytes.Repeat([]byte("modgate!"), 4<<10)}
+	o = &origin{files: map[string]originFile{}, zip: zip}
 	add := func(p string, body []byte, ct string) {
 		o.files[p] = originFile{body: body, contentType: ct, length: strconv.Itoa(len(body))}
 	}
@@ -74,19 +84,52 @@ func newOrigin(dir string, zipSize int64) (o *origin, smallPaths []string, err e
 	if len(smallPaths) == 0 {
 		return nil, nil, fmt.Errorf("no module fixtures in %s", dir)
 	}
-	return o, smallPaths, nil
+	if zip != nil {
+		big := "/" + bigModule + "/@v/"
+		add(big+bigVersion+".info", []byte(`{"Version":"`+bigVersion+`","Time":"2026-01-02T03:04:05Z"}`), "application/json")
+		add(big+bigVersion+".mod", []byte(bigGoMod), "text/plain; charset=utf-8")
+		add(big+"list", []byte(bigVersion+"\n"), "text/plain; charset=utf-8")
+	}
+	return o, smallPaths, o.serveSumDB(fx, zip)
+}
+
+// serveSumDB makes the origin's checksum database: a signed log of the
+// fixtures' go.sum lines and the big module's, records added on first
+// lookup.
+func (o *origin) serveSumDB(fx *modtest.Fixtures, zip *bigZip) error {
+	skey, vkey, err := note.GenerateKey(rand.Reader, sumDBName)
+	if err != nil {
+		return err
+	}
+	gosum := func(path, version string) ([]byte, error) {
+		if zip != nil && path == bigModule && version == bigVersion {
+			return fmt.Appendf(nil, "%s %s %s\n%s %s/go.mod %s\n", path, version, zip.zipHash, path, version, zip.modHash), nil
+		}
+		return fx.GoSumLines(path, version)
+	}
+	o.key = vkey
+	o.sumdb = http.StripPrefix("/sumdb/"+sumDBName, sumdb.NewServer(sumdb.NewTestServer(skey, gosum)))
+	return nil
 }
 
 func (o *origin) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	o.served.Add(1)
-	if r.URL.Path == zipPath {
-		w.Header().Set("Content-Type", "application/zip")
-		w.Header().Set("Content-Length", strconv.FormatInt(o.zipSize, 10))
-		for left := o.zipSize; left > 0; left -= int64(len(o.chunk)) {
-			if _, err := w.Write(o.chunk[:min(left, int64(len(o.chunk)))]); err != nil {
-				return
-			}
+	switch p := r.URL.Path; {
+	case p == zipPath && o.zip != nil:
+		f, err := os.Open(o.zip.path)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
 		}
+		defer f.Close()
+		w.Header().Set("Content-Type", "application/zip")
+		w.Header().Set("Content-Length", strconv.FormatInt(o.zip.size, 10))
+		io.Copy(w, f) // sendfile: the origin costs every column little
+		return
+	case p == "/sumdb/"+sumDBName+"/supported":
+		return
+	case strings.HasPrefix(p, "/sumdb/"+sumDBName+"/"):
+		o.sumdb.ServeHTTP(w, r)
 		return
 	}
 	f, ok := o.files[r.URL.Path]
