@@ -483,7 +483,7 @@ func (s *Server) fly(ctx context.Context, f *flight, t tiers, key string, fetch 
 		w.Abort()
 		return
 	}
-	if req.Kind != KindZip || found != nil {
+	if req.Kind != KindZip || (found != nil && found.spool != nil) {
 		// A small entry, or a zip checked whole, is kept before its
 		// waiters are told the answer is complete: a request that follows
 		// one that succeeded is a hit.
@@ -499,7 +499,11 @@ func (s *Server) fly(ctx context.Context, f *flight, t tiers, key string, fetch 
 	// A zip that streamed as it came is checked as a module zip once every
 	// waiter has it: that read of the whole file is not theirs to wait for.
 	finish(nil)
-	if err := w.Commit(resp.ContentLength, func(path string) error { return checkZipFile(req, path) }); err != nil {
+	verify := func(path string) error { return checkZipFile(req, path) }
+	if found != nil && found.later {
+		verify = func(path string) error { return ac.verifyKept(ctx, res.Upstream, path) }
+	}
+	if err := w.Commit(resp.ContentLength, verify); err != nil {
 		s.log.Warn("not cached", "key", key, "err", err)
 		return
 	}

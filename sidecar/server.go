@@ -60,6 +60,11 @@ type Config struct {
 	// own tiles and lookups, are verified against it before they are kept
 	// (README, "Trust"). If empty, nothing is verified.
 	SumDBKey string
+	// VerifyFirstMax is the largest zip that is received whole and
+	// verified before its first byte is relayed (so that a mismatch can
+	// fall through); a larger one streams and is verified as it is kept.
+	// If zero, 16 MiB.
+	VerifyFirstMax int64
 	// RootCAs verifies upstream certificates. If nil, the system pool is used.
 	RootCAs *x509.CertPool
 	// Resolve maps "host:port" to the address to dial instead.

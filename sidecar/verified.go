@@ -257,8 +257,22 @@ type answerCheck struct {
 	results map[*http.Response]*checkedAnswer
 }
 
+// defaultVerifyFirstMax is the largest zip that is received whole and verified
+// before its first byte is relayed, so that a mismatch can still fall
+// through to the next upstream. Verifying means inflating and hashing
+// every file (the go command does the same when it downloads): for a zip
+// of a few MiB that is milliseconds, for hundreds of MiB seconds of CPU
+// that would hold the build back. A larger zip (or one of unknown length)
+// streams as it arrives and is verified as it is kept: it is kept only if
+// it matches, a mismatch counts against the upstream that sent it, and the
+// go command, which checks every zip it downloads, refuses it.
+const defaultVerifyFirstMax = 16 << 20
+
 // checkedAnswer is what a check found in one upstream's answer.
 type checkedAnswer struct {
+	// later: a zip too large to hold back, passed on unread, verified as
+	// it is kept.
+	later bool
 	body  []byte        // a small answer, whole
 	spool *cache.Writer // a zip, whole, when spooled into the cache
 	// unverified says why the answer may be relayed but not kept: the
@@ -423,6 +437,23 @@ func isMismatch(err error) bool {
 	return errors.As(err, &mm)
 }
 
+// verifyKept checks a zip that streamed as it came (later), as it is
+// kept: the go command's download checks and, when the exchange verifies,
+// the checksum database's hash. A zip that fails is not kept and counts
+// against the upstream u that sent it.
+func (ac *answerCheck) verifyKept(ctx context.Context, u *upstream.Upstream, path string) error {
+	h1, err := zipSum(ac.req, path)
+	if err != nil {
+		err = &badAnswer{"not a module zip the go command would take: " + err.Error()}
+	} else if ac.verify {
+		err = ac.judge(ac.s.verifier.CheckHash(ctx, ac.req.Module, ac.req.Version, h1))
+	}
+	if (isMismatch(err) || errors.As(err, new(*badAnswer))) && u != nil {
+		u.Reject(err)
+	}
+	return err
+}
+
 // verifyError is an answer from the checksum database's route that its
 // own signed log contradicts (a tile, a tree head).
 type verifyError struct{ err error }
@@ -433,6 +464,14 @@ func (e *verifyError) Unwrap() error { return e.err }
 // checkZip spools a zip whole and checks it: a module zip as the go
 // command would accept it, with the hash the checksum database holds.
 func (ac *answerCheck) checkZip(ctx context.Context, resp *http.Response) (*http.Response, error) {
+	max := ac.s.cfg.VerifyFirstMax
+	if max == 0 {
+		max = defaultVerifyFirstMax
+	}
+	if resp.ContentLength < 0 || resp.ContentLength > max {
+		ac.record(resp, &checkedAnswer{later: true})
+		return resp, nil
+	}
 	sp, err := ac.newSpool()
 	if err != nil {
 		return nil, fmt.Errorf("%w: spool: %w", upstream.ErrLocal, err)

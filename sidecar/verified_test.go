@@ -410,3 +410,56 @@ func TestForwardLookupWithoutARoute(t *testing.T) {
 		t.Errorf("an unverified zip was kept under the canonical key")
 	}
 }
+
+// TestLargeZipVerifiedAsKept: a zip larger than VerifyFirstMax streams as
+// it arrives; it is kept only when it matches the checksum database, and
+// one that does not counts against its upstream (the go command refuses
+// it itself).
+func TestLargeZipVerifiedAsKept(t *testing.T) {
+	e := newEnv(t)
+	good := e.proxy(t, true)
+	tampered := modtest.NewProxy(t, e.fx)
+	m := fixture(t, e.fx, "fixture.test/dep15")
+	for _, bad := range []bool{false, true} {
+		t.Run(map[bool]string{false: "good", true: "tampered"}[bad], func(t *testing.T) {
+			ups := []upstream.Config{{Name: "good", URL: good.URL}}
+			if bad {
+				ups = append([]upstream.Config{{Name: "tampered", URL: tampered.URL + "/f/tamper", Fallthrough: upstream.OnError}}, ups...)
+			}
+			dir := t.TempDir()
+			gate := sidecartest.Start(t, nil, sidecar.Config{SumDB: sumdbName, SumDBKey: e.db.VerifierKey, VerifyFirstMax: 1,
+				Cache: sidecar.CacheConfig{Dir: dir}, Upstreams: ups})
+			g := modtest.NewGo(t)
+			g.UseProxy(gate.URL, e.db)
+			_, stderr, err := g.Run("mod", "download", "fixture.test/dep15@v1.0.0")
+			gate.Stop() // the zip is judged as it is kept, after it is served
+			page := debugUpstreams(t, gate.Server)
+			if !bad {
+				if err != nil {
+					t.Fatalf("go mod download: %v\n%s", err, stderr)
+				}
+				if b := cached(t, dir, "fixture.test/dep15/@v/v1.0.0.zip"); !bytes.Equal(b, m.Zip) {
+					t.Errorf("the verified zip was not kept (%d bytes)", len(b))
+				}
+				if page.Verification.Checks["verified"] < 2 {
+					t.Errorf("checks %v: want the go.mod and the zip verified", page.Verification.Checks)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(stderr, "checksum mismatch") {
+				t.Errorf("the go command took a tampered zip: %v\n%s", err, stderr)
+			}
+			if b := cached(t, dir, "fixture.test/dep15/@v/v1.0.0.zip"); b != nil {
+				t.Errorf("the tampered zip was kept")
+			}
+			if page.Verification.Checks["mismatch"] < 2 {
+				t.Errorf("checks %v: want the go.mod and the zip mismatched", page.Verification.Checks)
+			}
+			for _, u := range page.Upstreams {
+				if u.Name == "tampered" && u.Breaker.Failures < 2 {
+					t.Errorf("the tampered upstream's breaker counted %d failures", u.Breaker.Failures)
+				}
+			}
+		})
+	}
+}

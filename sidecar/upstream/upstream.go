@@ -491,7 +491,8 @@ type Request struct {
 	// a body is never retried.
 	Body          io.Reader
 	ContentLength int64
-	// Check, if not nil, judges a 200 answer before it counts as one.
+	// Check, if not nil, judges a 200 answer before it counts as one (or
+	// passes it on unread, to be judged later).
 	Check Check
 	// answered, if not nil, is called when a 200's headers arrive, before
 	// Check reads its body: a hedge waits for headers, not for checks.
@@ -506,6 +507,15 @@ type Request struct {
 // failure, and it is not retried, since the upstream would answer the
 // same again.
 type Check func(ctx context.Context, resp *http.Response) (*http.Response, error)
+
+// Reject tells the upstream's breaker that an answer it counted as a
+// success turned out wrong when it was judged later (a large zip that did
+// not match the checksum database once it was kept): one failure more.
+func (u *Upstream) Reject(err error) {
+	if done, aerr := u.breaker.allow(); aerr == nil {
+		u.breaker.report(done, err)
+	}
+}
 
 // ErrLocal marks a Check's error that is the caller's own doing (no room
 // to hold the answer): it fails the attempt without a word about the
@@ -541,7 +551,10 @@ func (u *Upstream) Do(ctx context.Context, req Request) (*http.Response, error) 
 		}
 		checked := err == nil && resp.StatusCode == http.StatusOK && req.Check != nil
 		if checked {
-			resp, err = check(tctx, req.Check, resp)
+			var passed bool
+			resp, passed, err = check(tctx, req.Check, resp)
+			// Passed on unread: it is judged as it is read, like any 200.
+			checked = !passed
 		}
 		if err == nil || (ctx.Err() == nil && !errors.Is(err, ErrLocal)) {
 			// An attempt its caller abandoned (a client gone, a hedge lost)
@@ -594,30 +607,42 @@ func (u *Upstream) Do(ctx context.Context, req Request) (*http.Response, error) 
 // check runs c on a 200 answer and closes the answer's body. A body that
 // breaks off while c reads it is a failure like any other (a stall, a
 // reset); an answer c refuses is a *CheckError.
-func check(ctx context.Context, c Check, resp *http.Response) (*http.Response, error) {
-	body := &readErrBody{ReadCloser: resp.Body}
+//
+// A Check may also return resp itself, unread: its judgement comes later
+// (a body too large to hold back until it is judged). Then passed is set,
+// the body is left open, and the caller reads it as any 200's.
+func check(ctx context.Context, c Check, resp *http.Response) (out *http.Response, passed bool, err error) {
+	inner := resp.Body
+	body := &readErrBody{ReadCloser: inner}
 	resp.Body = body
-	out, err := c(ctx, resp)
+	out, err = c(ctx, resp)
+	if err == nil && out == resp && body.read == 0 {
+		resp.Body = inner
+		return resp, true, nil
+	}
 	body.Close()
 	switch {
 	case err == nil:
-		return out, nil
+		return out, false, nil
 	case body.err != nil:
-		return nil, body.err
+		return nil, false, body.err
 	case errors.Is(err, ErrLocal):
-		return nil, err
+		return nil, false, err
 	}
-	return nil, &CheckError{err}
+	return nil, false, &CheckError{err}
 }
 
-// readErrBody remembers the first read error of a body.
+// readErrBody remembers the first read error of a body, and how much was
+// read.
 type readErrBody struct {
 	io.ReadCloser
-	err error
+	err  error
+	read int64
 }
 
 func (b *readErrBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
+	b.read += int64(n)
 	if err != nil && err != io.EOF && b.err == nil {
 		b.err = err
 	}
