@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"runtime/metrics"
 	"runtime/pprof"
+	"strings"
 	"sync"
 	"time"
 )
@@ -213,6 +214,31 @@ type child struct {
 
 	profileDone chan struct{} // a profile being fetched from /debug/pprof
 	rssBefore   int64         // external children: VmRSS when a memory watch began
+}
+
+// keepZip fetches the zip through the modgate c until c's cache serves it
+// (modgate_cache_requests{result="hit"} counts one), at most a minute.
+func keepZip(c *child) error {
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		resp, err := c.ctl.Get("http://" + c.addrs.HTTP + zipPath)
+		if err != nil {
+			return fmt.Errorf("%s: warming the zip: %w", c.name, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		m, err := c.ctl.Get("http://" + c.admin + "/metrics")
+		if err != nil {
+			return fmt.Errorf("%s: /metrics: %w", c.name, err)
+		}
+		b, _ := io.ReadAll(m.Body)
+		m.Body.Close()
+		if strings.Contains(string(b), `modgate_cache_requests_total{modgate_cache_result="hit"`) {
+			return nil
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	return fmt.Errorf("%s: the zip was not kept within a minute", c.name)
 }
 
 // startChild starts this program again as role with args and waits for
