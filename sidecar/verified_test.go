@@ -205,11 +205,7 @@ func TestSharedStoreObjectsAreVerified(t *testing.T) {
 	e := newEnv(t)
 	good := e.proxy(t, true)
 	ctx := context.Background()
-	st, err := store.Open(ctx, "file://"+t.TempDir(), store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st, _ := fileStore(t)
 	dep03, dep04, dep05, dep06 := fixture(t, e.fx, "fixture.test/dep03"), fixture(t, e.fx, "fixture.test/dep04"), fixture(t, e.fx, "fixture.test/dep05"), fixture(t, e.fx, "fixture.test/dep06")
 	plant := map[string][]byte{
 		"fixture.test/dep03/@v/v1.0.0.mod": dep04.Mod,
@@ -252,12 +248,7 @@ func TestOfflineReplicaVerifiesFromTheSharedStore(t *testing.T) {
 	e := newEnv(t)
 	e.db.Preload(t)
 	good := e.proxy(t, true)
-	ctx := context.Background()
-	st, err := store.Open(ctx, "file://"+t.TempDir(), store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st, _ := fileStore(t)
 	mods := []string{"fixture.test/dep07@v1.0.0", "fixture.test/dep08@v1.0.0", "fixture.test/dep10@v1.0.0"}
 	online := sidecartest.Start(t, nil, sidecar.Config{SumDB: sumdbName, SumDBKey: e.db.VerifierKey, Cache: sidecar.CacheConfig{Dir: t.TempDir(), Shared: st},
 		Upstreams: []upstream.Config{{Name: "good", URL: good.URL}}})
@@ -312,11 +303,7 @@ func TestVerifyCache(t *testing.T) {
 	e := newEnv(t)
 	good := e.proxy(t, true)
 	ctx := context.Background()
-	st, err := store.Open(ctx, "file://"+t.TempDir(), store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st, _ := fileStore(t)
 	dir := t.TempDir()
 	cfg := sidecar.Config{SumDB: sumdbName, SumDBKey: e.db.VerifierKey, Cache: sidecar.CacheConfig{Dir: dir, Shared: st},
 		Upstreams: []upstream.Config{{Name: "good", URL: good.URL}}}

@@ -98,11 +98,7 @@ type BuildTracing struct {
 // from cfg.Getenv (service name, sampler, exporter). The sampler defaults
 // to parentbased_always_on: a build is one span, nothing to limit.
 func SetupBuildTracing(ctx context.Context, cfg Config) (*BuildTracing, error) {
-	env := cfg.Getenv
-	if env == nil {
-		env = func(string) string { return "" }
-	}
-	getenv := func(k string) string { return strings.TrimSpace(env(k)) }
+	getenv := cfg.getenv()
 	res, err := newResource(ctx, cfg, getenv)
 	if err != nil {
 		return nil, err

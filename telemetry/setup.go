@@ -97,16 +97,22 @@ type Telemetry struct {
 	shutdownErr  error
 }
 
+// getenv returns cfg.Getenv with values trimmed, reading nothing when
+// Getenv is nil.
+func (cfg Config) getenv() func(string) string {
+	env := cfg.Getenv
+	if env == nil {
+		return func(string) string { return "" }
+	}
+	return func(k string) string { return strings.TrimSpace(env(k)) }
+}
+
 // Setup builds the providers: traces go to the in-process trace view and,
 // when an exporter is configured, to it; metrics go to the Prometheus
 // handler and, when an exporter is configured, to it. Go runtime metrics are
 // started. The caller must call Shutdown, which flushes what is buffered.
 func Setup(ctx context.Context, cfg Config) (*Telemetry, error) {
-	env := cfg.Getenv
-	if env == nil {
-		env = func(string) string { return "" }
-	}
-	getenv := func(k string) string { return strings.TrimSpace(env(k)) }
+	getenv := cfg.getenv()
 
 	res, err := newResource(ctx, cfg, getenv)
 	if err != nil {
