@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"bytes"
 	"context"
 	"os"
 	"path/filepath"
@@ -17,7 +16,9 @@ import (
 
 func runApp(t *testing.T, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
-	var out, errb bytes.Buffer
+	// The commands that serve in-process (warm, verify) log from other
+	// goroutines, as a process's stderr takes.
+	var out, errb syncBuffer
 	app := &App{Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" }, GoEnv: goEnv}
 	code = app.Run(context.Background(), args)
 	return code, out.String(), errb.String()
