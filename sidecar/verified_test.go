@@ -218,12 +218,13 @@ func TestSharedStoreObjectsAreVerified(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	url := startGate(t, sidecar.Config{SumDBKey: e.db.VerifierKey, Cache: sidecar.CacheConfig{Dir: t.TempDir(), Shared: st},
+	gate := sidecartest.Start(t, nil, sidecar.Config{SumDB: sumdbName, SumDBKey: e.db.VerifierKey, Cache: sidecar.CacheConfig{Dir: t.TempDir(), Shared: st},
 		Upstreams: []upstream.Config{{Name: "good", URL: good.URL}}})
-	e.go_.UseProxy(url, e.db)
+	e.go_.UseProxy(gate.URL, e.db)
 	if out, err := e.download("fixture.test/dep03@v1.0.0", "fixture.test/dep05@v1.0.0"); err != nil {
 		t.Fatalf("go mod download with planted objects in the shared store: %v\n%s", err, out)
 	}
+	gate.Stop() // what it fetched goes to the store once it is served
 	want := map[string][]byte{
 		"fixture.test/dep03/@v/v1.0.0.mod": dep03.Mod,
 		"fixture.test/dep03/@v/v1.0.0.zip": dep03.Zip,
@@ -307,11 +308,12 @@ func TestVerifyCache(t *testing.T) {
 	dir := t.TempDir()
 	cfg := sidecar.Config{SumDB: sumdbName, SumDBKey: e.db.VerifierKey, Cache: sidecar.CacheConfig{Dir: dir, Shared: st},
 		Upstreams: []upstream.Config{{Name: "good", URL: good.URL}}}
-	url := startGate(t, cfg)
-	e.go_.UseProxy(url, e.db)
+	gate := sidecartest.Start(t, nil, cfg)
+	e.go_.UseProxy(gate.URL, e.db)
 	if out, err := e.download("fixture.test/dep12@v1.0.0"); err != nil {
 		t.Fatalf("warming the cache: %v\n%s", err, out)
 	}
+	gate.Stop()
 	const modKey, zipKey, infoKey = "fixture.test/dep12/@v/v1.0.0.mod", "fixture.test/dep12/@v/v1.0.0.zip", "fixture.test/dep12/@v/v1.0.0.info"
 	c, err := cache.Open(dir, 0, nil)
 	if err != nil {
