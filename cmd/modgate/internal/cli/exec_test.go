@@ -9,10 +9,8 @@ import (
 	"encoding/pem"
 	"fmt"
 	"net/http"
-	"net/http/cgi"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -317,41 +315,11 @@ func TestExecTraceInJaeger(t *testing.T) {
 // TestExecForwardModeJoinsTrace: git through a tunnel, with a forward-mode
 // user, lands in the build's trace.
 func TestExecForwardModeJoinsTrace(t *testing.T) {
-	gitBin, err := exec.LookPath("git")
-	if err != nil {
-		t.Skip("no git")
-	}
 	const host = "git.fixture.test"
 	const mod = host + "/lib"
-	root := t.TempDir()
-	work := filepath.Join(root, "work")
-	os.MkdirAll(work, 0o755)
-	os.WriteFile(filepath.Join(work, "go.mod"), []byte("module "+mod+"\n\ngo 1.21\n"), 0o644)
-	os.WriteFile(filepath.Join(work, "lib.go"), []byte("package lib\n"), 0o644)
-	gitEnv := []string{"HOME=" + root, "GIT_CONFIG_NOSYSTEM=1", "GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@example.test", "GIT_COMMITTER_NAME=t", "GIT_COMMITTER_EMAIL=t@example.test", "PATH=" + os.Getenv("PATH")}
-	for _, args := range [][]string{
-		{"init", "-q", "-b", "main", work},
-		{"-C", work, "add", "."},
-		{"-C", work, "commit", "-q", "-m", "v1"},
-		{"-C", work, "tag", "v1.0.0"},
-		{"clone", "-q", "--bare", work, filepath.Join(root, "repos", "lib.git")},
-	} {
-		cmd := exec.Command(gitBin, args...)
-		cmd.Env = gitEnv
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("git %v: %v\n%s", args, err, out)
-		}
-	}
-	backend := &cgi.Handler{Path: gitBin, Args: []string{"http-backend"}, Dir: root,
-		Env: []string{"GIT_PROJECT_ROOT=" + filepath.Join(root, "repos"), "GIT_HTTP_EXPORT_ALL=1"}}
+	git := modtest.NewGitOrigin(t, mod, map[string]string{"go.mod": "module " + mod + "\n\ngo 1.21\n", "lib.go": "package lib\n"})
 	cert := modtest.SelfSigned(t, host)
-	origin := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Query().Get("go-get") == "1" {
-			fmt.Fprintf(w, `<html><head><meta name="go-import" content="%s git https://%s/lib.git"></head></html>`, mod, host)
-			return
-		}
-		backend.ServeHTTP(w, r)
-	}))
+	origin := httptest.NewUnstartedServer(git)
 	origin.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
 	origin.StartTLS()
 	t.Cleanup(origin.Close)
