@@ -80,7 +80,7 @@ func readWhole(r io.Reader, limit int64, b *budget) (body []byte, held int64, er
 
 // overBudget is the 503 of a request that found the budget spent.
 func (x *exchange) overBudget() *problem {
-	return &problem{status: http.StatusServiceUnavailable, code: wire.Busy,
+	return &problem{code: wire.Busy,
 		lines:  []string{fmt.Sprintf("%s: modgate holds %d MiB of other answers, its limit; try again", describeRequest(x.req), x.s.buffers.max>>20)},
 		header: http.Header{"Retry-After": {"1"}}}
 }

@@ -205,7 +205,7 @@ func (s *Server) serveEntry(x *exchange, src source, e *cache.Entry, now time.Ti
 	if x.req.Kind == KindList || x.req.Kind == KindLatest || x.req.Query {
 		body, err := io.ReadAll(e.Body)
 		if err != nil {
-			return &problem{status: http.StatusInternalServerError, code: wire.Internal, lines: []string{"cache read: " + err.Error()}}
+			return fail(wire.Internal, "cache read: "+err.Error())
 		}
 		return s.writeBody(x, src, nil, body)
 	}
@@ -292,8 +292,8 @@ func (s *Server) shared(x *exchange, c *cache.Cache, key string, src source, fr 
 		x.cacheResult = telemetry.CacheShared
 		e, err := c.Get(key)
 		if err != nil {
-			return &problem{status: http.StatusServiceUnavailable, code: wire.Busy,
-				lines: []string{describeRequest(x.req) + ": copied from the shared store but gone from the local cache at once; try again"}}
+			return fail(wire.Busy,
+				describeRequest(x.req)+": copied from the shared store but gone from the local cache at once; try again")
 		}
 		defer e.Close()
 		return s.serveEntry(x, src, e, s.now())
@@ -318,11 +318,11 @@ func (s *Server) shared(x *exchange, c *cache.Cache, key string, src source, fr 
 		ferr := f.err
 		f.mu.Unlock()
 		if ferr != nil {
-			return &problem{status: http.StatusBadGateway, code: wire.UpstreamCut,
-				lines: []string{describeRequest(x.req) + ": the upstream broke off the answer", fmt.Sprintf("%s: %v", f.served.Name, ferr)}}
+			return fail(wire.UpstreamCut,
+				describeRequest(x.req)+": the upstream broke off the answer", fmt.Sprintf("%s: %v", f.served.Name, ferr))
 		}
-		return &problem{status: http.StatusServiceUnavailable, code: wire.Busy,
-			lines: []string{describeRequest(x.req) + ": fetched by another request that failed; try again"}}
+		return fail(wire.Busy,
+			describeRequest(x.req)+": fetched by another request that failed; try again")
 	}
 	defer r.Close()
 	copyHeader(x.w.Header(), header)

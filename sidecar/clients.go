@@ -328,7 +328,7 @@ func (c *clients) refusal(r *http.Request, forward bool, reason string) *problem
 		if r.TLS != nil {
 			scheme = "https"
 		}
-		return &problem{status: http.StatusProxyAuthRequired, code: wire.AuthRequired, decision: decisionDeny, reason: reason,
+		return &problem{code: wire.AuthRequired, proxyAuth: true, decision: decisionDeny, reason: reason,
 			lines:  []string{"proxy authentication required: " + reason, "set the user and password in HTTPS_PROXY/HTTP_PROXY (" + scheme + "://user:password@host:port)"},
 			header: http.Header{"Proxy-Authenticate": c.challenges()}}
 	}
@@ -349,7 +349,7 @@ func (c *clients) refusal(r *http.Request, forward bool, reason string) *problem
 		lines = append(lines, "modgate takes a client certificate signed by its clients.client_ca_file")
 	}
 	lines = append(lines, "the go command sends credentials only over https: GOPROXY=https://"+cleanLine(r.Host)+" (see modgate env)")
-	return &problem{status: http.StatusUnauthorized, code: wire.AuthRequired, decision: decisionDeny, reason: reason,
+	return &problem{code: wire.AuthRequired, decision: decisionDeny, reason: reason,
 		lines: lines, header: http.Header{"Www-Authenticate": c.challenges()}}
 }
 

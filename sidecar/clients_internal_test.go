@@ -125,9 +125,9 @@ func TestConcurrentBadLogins(t *testing.T) {
 			switch p, _ := err.(*problem); {
 			case p == nil:
 				t.Errorf("a wrong password was let in")
-			case p.status == 401:
+			case p.status() == 401:
 				refused.Add(1)
-			case p.status == 429:
+			case p.status() == 429:
 				tooMany.Add(1)
 			}
 		}()
@@ -211,7 +211,7 @@ func TestPasswordChecksBounded(t *testing.T) {
 	}
 	err := login(total)
 	p, _ := err.(*problem)
-	if p == nil || p.status != 503 || p.header.Get("Retry-After") == "" {
+	if p == nil || p.status() != 503 || p.header.Get("Retry-After") == "" {
 		t.Errorf("a password check past the bound: %v; want 503 with Retry-After", err)
 	}
 	close(release)
@@ -351,7 +351,7 @@ func TestRefusalFitsTheGoCommand(t *testing.T) {
 	r := httptest.NewRequest("GET", "https://modgate.corp.example.test:7443/x/@v/list", nil)
 	p := c.refusal(r, false, "wrong user name or password")
 	rec := httptest.NewRecorder()
-	writeError(rec, p.status, p.code, p.lines...)
+	writeError(rec, p.status(), p.code, p.lines...)
 	body := rec.Body.String()
 	if n := strings.Count(body, "\n"); n > 8 || len(body)+n > 648 || strings.Contains(body, "\n\n") {
 		t.Errorf("401 body of %d lines, %d bytes:\n%s", n, len(body), body)

@@ -100,13 +100,13 @@ func (x *exchange) end(err error) {
 		// Nobody is listening; an answer that started is cut, so that a
 		// client that comes back to it never takes it for a whole one.
 		p.abort = x.w.status != 0 && x.connect == nil
-		x.w.status = p.status
+		x.w.status = p.status()
 	case p.abort && !p.gone:
 		x.s.log.Warn("upstream body failed; aborting the response", "kind", x.req.Kind, "path", x.r.URL.Path, "bytes", x.w.bytes, "reason", p.reason)
 	case x.connect != nil:
 		// Answered once the audit line is written: a refusal a client
 		// has seen is always on record.
-		x.w.status = p.status
+		x.w.status = p.status()
 		defer x.connect(p)
 	case x.w.status != 0:
 		// The answer has started: all that is left is to cut it.
@@ -115,7 +115,7 @@ func (x *exchange) end(err error) {
 		for k, vs := range p.header {
 			x.w.Header()[k] = vs
 		}
-		writeError(x.w, p.status, p.code, p.lines...)
+		writeError(x.w, p.status(), p.code, p.lines...)
 	}
 	x.finish()
 	if p.abort {
@@ -148,7 +148,7 @@ func (x *exchange) decide() error {
 		return x.denial(d, req.Version)
 	}
 	if req.Kind == KindSumDBLookup && x.private != "" {
-		return &problem{status: http.StatusForbidden, code: wire.PrivateLookup, decision: decisionDeny, ruleText: "private " + x.private,
+		return &problem{code: wire.PrivateLookup, decision: decisionDeny, ruleText: "private " + x.private,
 			reason: "private modules are never looked up in a checksum database",
 			lines: []string{
 				fmt.Sprintf("checksum database lookup of %s@%s refused: %s is private (pattern %s) and is never sent to a checksum database", req.Module, req.Version, req.Module, x.private),
@@ -164,7 +164,7 @@ const toolchainModule = "golang.org/toolchain"
 
 // denial is the 403 of a policy decision d against version.
 func (x *exchange) denial(d policy.Decision, version string) *problem {
-	return &problem{status: http.StatusForbidden, code: wire.Denied, decision: decisionDeny, rule: d.Rule, ruleText: d.RuleText, reason: d.Reason,
+	return &problem{code: wire.Denied, decision: decisionDeny, rule: d.Rule, ruleText: d.RuleText, reason: d.Reason,
 		lines: splitMessage(x.pol.DenyMessage(d, x.req.Module, version))}
 }
 

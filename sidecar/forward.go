@@ -294,7 +294,7 @@ func (f *forward) serve(x *exchange, scheme, host, port string) error {
 	x.req = req
 	u, err := f.origin(scheme, x.host)
 	if err != nil {
-		return &problem{status: http.StatusBadGateway, code: wire.UpstreamFailed, lines: []string{fmt.Sprintf("%s %s: %v", r.Method, x.host, err)}}
+		return fail(wire.UpstreamFailed, fmt.Sprintf("%s %s: %v", r.Method, x.host, err))
 	}
 	return f.s.pipeline(x, originSource{f: f, u: u, host: host})
 }
@@ -339,7 +339,7 @@ func (f *forward) handleConnect(target string, ctx *goproxy.ProxyCtx) (*goproxy.
 	if f.s.cfg.Offline && mode != modeMITM {
 		// A tunnel's bytes cannot come from the cache.
 		defer span.End()
-		return f.reject(ctx, x, &problem{status: http.StatusNotFound, code: wire.Offline,
+		return f.reject(ctx, x, &problem{code: wire.Offline,
 			lines: []string{"CONNECT " + hostport + ": modgate is offline and only intercepted hosts are served, from its cache"}}), target
 	}
 	return &goproxy.ConnectAction{Action: goproxy.ConnectHijack, Hijack: func(_ *http.Request, c net.Conn, _ *goproxy.ProxyCtx) {
@@ -352,7 +352,7 @@ func (f *forward) handleConnect(target string, ctx *goproxy.ProxyCtx) (*goproxy.
 			x := f.s.newExchange(nil, r, mode)
 			x.identity, x.host, x.req.Kind = identity, hostport, KindTunnel
 			x.connect = func(p *problem) { writeConnectStatus(c, p) }
-			x.end(&problem{status: http.StatusServiceUnavailable, code: wire.Busy,
+			x.end(&problem{code: wire.Busy,
 				lines:  []string{fmt.Sprintf("CONNECT %s: modgate has %d tunnels open, its forward.max_tunnels; try again", hostport, f.cfg.MaxTunnels)},
 				header: http.Header{"Retry-After": {"1"}}})
 			return
@@ -371,7 +371,7 @@ func (f *forward) reject(ctx *goproxy.ProxyCtx, x *exchange, p *problem) *goprox
 			header[k] = vs
 		}
 		ctx.Resp = &http.Response{
-			StatusCode: p.status, Status: fmt.Sprintf("%d %s", p.status, line),
+			StatusCode: p.status(), Status: fmt.Sprintf("%d %s", p.status(), line),
 			ProtoMajor: 1, ProtoMinor: 1, Request: x.r,
 			Header:        header,
 			Body:          io.NopCloser(strings.NewReader(line + "\n")),
@@ -396,7 +396,7 @@ func connectLine(p *problem) string {
 func writeConnectStatus(c net.Conn, p *problem) {
 	line := connectLine(p)
 	fmt.Fprintf(c, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s\n",
-		p.status, line, len(line)+1, line)
+		p.status(), line, len(line)+1, line)
 }
 
 // tunnel connects the client to host:port and copies bytes both ways
@@ -420,12 +420,12 @@ func (f *forward) tunnel(r *http.Request, client net.Conn, host, port, identity 
 func (f *forward) relayTunnel(x *exchange, client net.Conn, hostport string) error {
 	u, err := f.origin("https", hostport)
 	if err != nil {
-		return &problem{status: http.StatusBadGateway, code: wire.UpstreamFailed, lines: []string{"CONNECT " + hostport + ": " + err.Error()}}
+		return fail(wire.UpstreamFailed, "CONNECT "+hostport+": "+err.Error())
 	}
 	x.served = u
 	report, err := u.Guard()
 	if err != nil {
-		return &problem{status: http.StatusServiceUnavailable, code: wire.CircuitOpen, lines: []string{"CONNECT " + hostport + ": " + err.Error()}}
+		return fail(wire.CircuitOpen, "CONNECT "+hostport+": "+err.Error())
 	}
 	dctx, cancel := context.WithTimeout(x.r.Context(), u.Timeouts.Dial)
 	server, err := f.guard.Dial(dctx, "tcp", hostport)
@@ -436,7 +436,7 @@ func (f *forward) relayTunnel(x *exchange, client net.Conn, hostport string) err
 	}
 	report(err)
 	if err != nil {
-		return &problem{status: http.StatusBadGateway, code: wire.UpstreamFailed, lines: []string{"CONNECT " + hostport + ": " + err.Error()}}
+		return fail(wire.UpstreamFailed, "CONNECT "+hostport+": "+err.Error())
 	}
 	defer server.Close()
 	x.w.status = http.StatusOK
@@ -547,7 +547,7 @@ func (f *forward) intercept(r *http.Request, client net.Conn, host, port, identi
 		x := f.s.newExchange(w, in, modeMITM)
 		x.identity, x.host = identity, hostport
 		if h, _, err := wire.NormalizeHostPort(in.Host, port); err != nil || h != host {
-			x.end(&problem{status: http.StatusMisdirectedRequest, code: wire.Misdirected, decision: decisionInvalid,
+			x.end(&problem{code: wire.Misdirected, decision: decisionInvalid,
 				lines: []string{fmt.Sprintf("request for %s inside a CONNECT to %s", in.Host, hostport)}})
 			return
 		}

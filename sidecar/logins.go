@@ -63,7 +63,7 @@ func tooMany(client string, b *loginBucket) *problem {
 		return nil
 	}
 	wait := time.Duration((1-b.tokens)*float64(loginRefill)).Round(time.Second) + time.Second
-	return &problem{status: http.StatusTooManyRequests, code: wire.TooManyLogins, decision: decisionDeny,
+	return &problem{code: wire.TooManyLogins, decision: decisionDeny,
 		reason: "too many failed logins from " + client,
 		lines: []string{
 			fmt.Sprintf("too many failed logins from %s; credentials are not checked for %s", client, wait),

@@ -48,7 +48,7 @@ func (s *Server) serveOffline(x *exchange) error {
 
 // notOffline is the 404 of a request offline mode cannot serve.
 func (x *exchange) notOffline(why string) *problem {
-	return &problem{status: http.StatusNotFound, code: wire.Offline,
+	return &problem{code: wire.Offline,
 		lines: []string{fmt.Sprintf("%s: modgate is offline: %s", describeRequest(x.req), why),
 			"offline: true serves only from the cache; fetch it once with modgate online, or turn offline off"}}
 }

@@ -31,9 +31,10 @@ const statusClientGone = 499
 // serve). Every step of the pipeline returns one as its error, and
 // exchange.end turns it into the status, the body the go command prints,
 // the audit line, the span's attributes and the metrics, in one place.
+//
+// Its status is its code's (wire.Code.Status): no step chooses one.
 type problem struct {
-	status int
-	code   wire.Code
+	code wire.Code
 	// lines are the body: the message, then details. For a CONNECT only
 	// the message is sent, in the status line.
 	lines []string
@@ -52,6 +53,20 @@ type problem struct {
 	abort bool
 	// gone: the client went away; nothing is written.
 	gone bool
+	// proxyAuth: forward mode's own login challenge, 407 instead of
+	// AuthRequired's 401.
+	proxyAuth bool
+}
+
+// status is the answer's HTTP status.
+func (p *problem) status() int {
+	switch {
+	case p.gone:
+		return statusClientGone
+	case p.proxyAuth:
+		return http.StatusProxyAuthRequired
+	}
+	return p.code.Status()
 }
 
 func (p *problem) Error() string {
@@ -84,27 +99,38 @@ func asProblem(err error) *problem {
 	if ref, ok := isRefusal(err); ok {
 		return refused(ref.reason)
 	}
-	return &problem{status: http.StatusInternalServerError, code: wire.Internal, lines: []string{err.Error()}}
+	return fail(wire.Internal, err.Error())
+}
+
+// fail is an answer with code: its message, then details.
+func fail(code wire.Code, lines ...string) *problem {
+	return &problem{code: code, lines: lines}
+}
+
+// retryAfter tells the client when to try again.
+func (p *problem) retryAfter(seconds int) *problem {
+	p.header = http.Header{"Retry-After": {strconv.Itoa(seconds)}}
+	return p
 }
 
 // invalid is a request modgate will not pass on: 400 with the reason.
 func invalid(lines ...string) *problem {
-	return &problem{status: http.StatusBadRequest, code: wire.BadRequest, lines: lines, decision: decisionInvalid}
+	return &problem{code: wire.BadRequest, lines: lines, decision: decisionInvalid}
 }
 
 // refused is a destination forward mode will not reach.
 func refused(reason string, details ...string) *problem {
-	return &problem{status: http.StatusForbidden, code: wire.Refused, lines: append([]string{reason}, details...), decision: decisionDeny, reason: reason}
+	return &problem{code: wire.Refused, lines: append([]string{reason}, details...), decision: decisionDeny, reason: reason}
 }
 
 // clientGone is a request whose client went away; nothing is answered.
 func clientGone(reason string) *problem {
-	return &problem{status: statusClientGone, gone: true, reason: reason}
+	return &problem{gone: true, reason: reason}
 }
 
 // aborted is an answer cut off mid-way because its upstream broke off.
 func aborted(reason string) *problem {
-	return &problem{status: http.StatusBadGateway, code: wire.UpstreamCut, abort: true, reason: reason}
+	return &problem{code: wire.UpstreamCut, abort: true, reason: reason}
 }
 
 // chainProblem explains why no upstream answered 200: which upstreams were
@@ -113,7 +139,7 @@ func (x *exchange) chainProblem(res upstream.Result) *problem {
 	if x.r.Context().Err() != nil {
 		return clientGone("client went away while upstreams were asked")
 	}
-	status, code := res.Status(), chainCode(res)
+	code := chainCode(res)
 	for _, a := range res.Attempts {
 		if ref, ok := isRefusal(a.Err); ok {
 			// The guard refused a destination: not the upstream's doing.
@@ -136,12 +162,12 @@ func (x *exchange) chainProblem(res upstream.Result) *problem {
 	lines := make([]string, 0, len(res.Attempts)+3)
 	switch {
 	case x.req.Kind.IsSumDB():
-		if status == http.StatusForbidden {
+		if code == wire.Off {
 			// off ends a module chain, not the search for a database.
-			status, code = http.StatusBadGateway, wire.UpstreamFailed
+			code = wire.UpstreamFailed
 		}
-		text := http.StatusText(status)
-		if status == http.StatusNotFound {
+		text := http.StatusText(code.Status())
+		if code.Status() == http.StatusNotFound {
 			text = "not found"
 		}
 		lines = append(lines, subject+": "+text)
@@ -166,7 +192,8 @@ func (x *exchange) chainProblem(res upstream.Result) *problem {
 	if res.Stopped {
 		lines = append(lines, `the chain stops there: after "," only 404 and 410 move on ("|" moves on after any error)`)
 	}
-	p := &problem{status: status, code: code, lines: lines}
+	p := fail(code, lines...)
+	status := p.status()
 	if ra := res.RetryAfter(); ra > 0 && status == http.StatusServiceUnavailable {
 		p.header = http.Header{"Retry-After": {strconv.Itoa(ra)}}
 	}

@@ -158,7 +158,7 @@ func (p *passwords) bcrypt(ctx context.Context, hash []byte, pass string) (bool,
 }
 
 func busyLogins() *problem {
-	return &problem{status: http.StatusServiceUnavailable, code: wire.Busy, decision: decisionDeny,
+	return &problem{code: wire.Busy, decision: decisionDeny,
 		reason: "too many password checks at once",
 		lines:  []string{"modgate is checking too many passwords at once; retry in a second"},
 		header: http.Header{"Retry-After": {"1"}}}

@@ -244,7 +244,7 @@ func (s *Server) readBody(x *exchange, resp *http.Response, limit int64) ([]byte
 
 // tooLarge is the 502 of an answer larger than any of its kind may be.
 func (x *exchange) tooLarge(n, limit int64) *problem {
-	return &problem{status: http.StatusBadGateway, code: wire.BadUpstream,
+	return &problem{code: wire.BadUpstream,
 		lines: []string{describeRequest(x.req) + ": the upstream's answer is too large for its kind; not relayed, not kept",
 			fmt.Sprintf("%s: %d bytes or more, the limit is %d", x.servedName(), n, limit)}}
 }
@@ -368,7 +368,7 @@ func (o originSource) admit(x *exchange) error {
 	if x.req.Module == "" {
 		subject = x.r.Method + " " + x.r.URL.Path
 	}
-	return &problem{status: http.StatusForbidden, code: wire.PrivateHost, decision: decisionDeny, ruleText: "private " + pattern,
+	return &problem{code: wire.PrivateHost, decision: decisionDeny, ruleText: "private " + pattern,
 		reason: "private module path to a host that is not private",
 		lines: []string{
 			fmt.Sprintf("%s refused: %s (pattern %s) and %s is not a private host", subject, what, pattern, o.host),

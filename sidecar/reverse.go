@@ -36,7 +36,7 @@ func (s *Server) reverse(x *exchange) error {
 	}
 	req, err := s.classify(r, "")
 	if errors.Is(err, ErrNotModuleRequest) {
-		return &problem{status: http.StatusNotFound, code: wire.NotModuleRequest, decision: decisionInvalid,
+		return &problem{code: wire.NotModuleRequest, decision: decisionInvalid,
 			lines: []string{fmt.Sprintf("%q is not a module proxy path (want /<module>/@v/list, /@v/<version>.info|.mod|.zip, /@latest or /sumdb/...)", r.URL.Path)}}
 	}
 	if err != nil {
@@ -44,7 +44,7 @@ func (s *Server) reverse(x *exchange) error {
 	}
 	x.req = req
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		p := &problem{status: http.StatusMethodNotAllowed, code: wire.MethodNotAllowed, decision: decisionInvalid,
+		p := &problem{code: wire.MethodNotAllowed, decision: decisionInvalid,
 			lines: []string{fmt.Sprintf("method %s not allowed: a module proxy answers GET and HEAD", r.Method)}}
 		p.header = http.Header{"Allow": {"GET, HEAD"}}
 		return p

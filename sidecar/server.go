@@ -426,7 +426,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			if r.URL.IsAbs() || r.Method == http.MethodConnect {
 				mode = modeForward
 			}
-			s.newExchange(w, r, mode).end(&problem{status: http.StatusLoopDetected, code: wire.Loop, decision: decisionLoop, reason: "Via: " + v,
+			s.newExchange(w, r, mode).end(&problem{code: wire.Loop, decision: decisionLoop, reason: "Via: " + v,
 				lines: []string{"request loop: this request has already passed through this modgate (Via: " + v + ")",
 					"an upstream of modgate leads back to modgate; check the upstream chain"}})
 			return

@@ -117,8 +117,8 @@ func (src sumDBSource) admit(x *exchange) error {
 	if db != nil {
 		served = "it serves " + db.name
 	}
-	return &problem{status: http.StatusNotFound, code: wire.UnknownSumDB,
-		lines: []string{fmt.Sprintf("checksum database %s is not served here (%s)", x.req.SumDB, served)}}
+	return fail(wire.UnknownSumDB,
+		fmt.Sprintf("checksum database %s is not served here (%s)", x.req.SumDB, served))
 }
 
 // fetch finds the database and asks it; "supported" is answered once the

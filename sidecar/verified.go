@@ -233,14 +233,14 @@ func (x *exchange) lookupProblem(err error) *problem {
 	var re *remoteError
 	switch {
 	case errors.Is(err, verify.ErrMisbehaving):
-		return &problem{status: http.StatusBadGateway, code: wire.ChecksumMismatch,
-			lines: []string{subject + ": the checksum database's answer is not proven by its signed log; not relayed, not kept", err.Error()}}
+		return fail(wire.ChecksumMismatch,
+			subject+": the checksum database's answer is not proven by its signed log; not relayed, not kept", err.Error())
 	case errors.As(err, &re) && !errors.Is(err, verify.ErrNotFound):
 		return x.chainProblem(re.res)
 	case errors.Is(err, verify.ErrNotFound):
-		return &problem{status: http.StatusNotFound, code: wire.NotFound, lines: []string{subject + ": not found", err.Error()}}
+		return fail(wire.NotFound, subject+": not found", err.Error())
 	}
-	return &problem{status: http.StatusBadGateway, code: wire.UpstreamFailed, lines: []string{subject + ": " + err.Error()}}
+	return fail(wire.UpstreamFailed, subject+": "+err.Error())
 }
 
 // answerCheck is the upstream.Check of one fetch: it reads an answer

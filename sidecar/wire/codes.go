@@ -1,6 +1,9 @@
 package wire
 
-import "strings"
+import (
+	"net/http"
+	"strings"
+)
 
 // Code names why modgate refused or failed a request. It is the first word
 // after "modgate: " on the first line of every error body, so that the go
@@ -45,11 +48,58 @@ const (
 	Internal         Code = "internal"      // 500: modgate's own fault (a cache read)
 )
 
-// Codes lists every code, for tools that check they know them all.
-var Codes = []Code{
-	BadRequest, NotModuleRequest, MethodNotAllowed, AuthRequired, TooManyLogins, Misdirected,
-	Denied, PrivateLookup, PrivateHost, Refused, Loop,
-	NotFound, Direct, Off, CircuitOpen, Timeout, UpstreamFailed, UpstreamCut, BadUpstream, ChecksumMismatch, UnknownSumDB, Offline, Busy, Internal,
+// codes is every code with the HTTP status of its answer: the one place a
+// status is chosen. Forward mode's own login challenge is the one
+// exception, which the protocol makes: 407 Proxy Authentication Required
+// instead of AuthRequired's 401.
+var codes = []struct {
+	code   Code
+	status int
+}{
+	{BadRequest, http.StatusBadRequest},
+	{NotModuleRequest, http.StatusNotFound},
+	{MethodNotAllowed, http.StatusMethodNotAllowed},
+	{AuthRequired, http.StatusUnauthorized},
+	{TooManyLogins, http.StatusTooManyRequests},
+	{Misdirected, http.StatusMisdirectedRequest},
+	{Denied, http.StatusForbidden},
+	{PrivateLookup, http.StatusForbidden},
+	{PrivateHost, http.StatusForbidden},
+	{Refused, http.StatusForbidden},
+	{Loop, http.StatusLoopDetected},
+	{NotFound, http.StatusNotFound},
+	{Direct, http.StatusNotFound},
+	{Off, http.StatusForbidden},
+	{CircuitOpen, http.StatusServiceUnavailable},
+	{Timeout, http.StatusGatewayTimeout},
+	{UpstreamFailed, http.StatusBadGateway},
+	{UpstreamCut, http.StatusBadGateway},
+	{BadUpstream, http.StatusBadGateway},
+	{ChecksumMismatch, http.StatusBadGateway},
+	{UnknownSumDB, http.StatusNotFound},
+	{Offline, http.StatusNotFound},
+	{Busy, http.StatusServiceUnavailable},
+	{Internal, http.StatusInternalServerError},
+}
+
+// Codes returns every code, for tools that check they know them all.
+func Codes() []Code {
+	all := make([]Code, len(codes))
+	for i, c := range codes {
+		all[i] = c.code
+	}
+	return all
+}
+
+// Status is the HTTP status of an answer with code c; 500 for a code that
+// is not one of the codes.
+func (c Code) Status() int {
+	for _, e := range codes {
+		if e.code == c {
+			return e.status
+		}
+	}
+	return http.StatusInternalServerError
 }
 
 // Prefix starts every line modgate writes for the go command to print.
@@ -73,9 +123,9 @@ func ParseLine(line string) (Code, string, bool) {
 	if !ok {
 		return "", "", false
 	}
-	for _, c := range Codes {
-		if string(c) == word {
-			return c, msg, true
+	for _, c := range codes {
+		if string(c.code) == word {
+			return c.code, msg, true
 		}
 	}
 	return "", "", false

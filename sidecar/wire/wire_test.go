@@ -20,7 +20,7 @@ func TestParseLine(t *testing.T) {
 			t.Errorf("ParseLine(%q) = %q, %q, %v; want %q, %q, %v", tc.line, code, msg, ok, tc.code, tc.msg, tc.ok)
 		}
 	}
-	for _, c := range Codes {
+	for _, c := range Codes() {
 		if got, _, ok := ParseLine(FirstLine(c, "m")); !ok || got != c {
 			t.Errorf("FirstLine(%s) does not parse back: %q", c, got)
 		}
@@ -80,5 +80,21 @@ func TestIsLoopbackHost(t *testing.T) {
 		if got := IsLoopbackHost(host); got != want {
 			t.Errorf("IsLoopbackHost(%q) = %v, want %v", host, got, want)
 		}
+	}
+}
+
+func TestEveryCodeHasAnErrorStatus(t *testing.T) {
+	seen := map[Code]bool{}
+	for _, c := range Codes() {
+		if s := c.Status(); s < 400 || s > 599 {
+			t.Errorf("%s.Status() = %d, want an error status", c, s)
+		}
+		if seen[c] {
+			t.Errorf("%s listed twice", c)
+		}
+		seen[c] = true
+	}
+	if s := Code("no-such-code").Status(); s != 500 {
+		t.Errorf("unknown code's status = %d, want 500", s)
 	}
 }

@@ -137,7 +137,7 @@ func TestFixturesNameNoPublicHost(t *testing.T) {
 // TestEveryCodeExplained: each code modgate can write has an explanation
 // of its own, chosen by the code alone, whatever the prose after it says.
 func TestEveryCodeExplained(t *testing.T) {
-	for _, code := range wire.Codes {
+	for _, code := range wire.Codes() {
 		if answerRules[code] == nil {
 			t.Errorf("code %s has no explanation in answerRules", code)
 		}

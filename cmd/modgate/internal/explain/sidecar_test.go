@@ -373,7 +373,7 @@ func TestSidecarAnswers(t *testing.T) {
 			}
 		})
 	}
-	for _, code := range wire.Codes {
+	for _, code := range wire.Codes() {
 		why, skipped := notProvoked[code]
 		switch {
 		case provoked[code] && skipped:
