@@ -382,30 +382,15 @@ func (o originSource) admit(x *exchange) error {
 // attempt, as in reverse mode. Other requests (git, go-get, the rest)
 // pass through with any status.
 func (o originSource) fetch(ctx context.Context, x *exchange, fr fetchRequest) upstream.Result {
-	protocol := fetchKind(ctx, x.req.Kind).IsModuleProtocol()
-	if protocol {
-		ctx = upstream.FollowRedirects(ctx)
-	}
-	start := o.f.s.now()
-	resp, err := o.u.Do(ctx, upstream.Request{Method: fr.method, Path: fr.path, Query: fr.query, Header: fr.header, Body: fr.body, ContentLength: fr.length, Check: fr.check.upstream()})
-	if err == nil && !protocol {
+	req := upstream.Request{Method: fr.method, Path: fr.path, Query: fr.query, Header: fr.header, Body: fr.body, ContentLength: fr.length, Check: fr.check.upstream()}
+	if !fetchKind(ctx, x.req.Kind).IsModuleProtocol() {
+		resp, err := o.u.Do(ctx, req)
+		if err != nil {
+			return upstream.Result{Attempts: []upstream.Attempt{upstream.AttemptOf(o.u, nil, err, 0)}}
+		}
 		return upstream.Result{Response: resp, Upstream: o.u}
 	}
-	if err == nil && resp.StatusCode == http.StatusOK {
-		// As the chain does: a small answer that breaks off is a failed
-		// attempt, explained, rather than a cut response.
-		if fr.method == http.MethodHead {
-			return upstream.Result{Response: resp, Upstream: o.u}
-		}
-		if fr.check != nil {
-			return upstream.Result{Response: resp, Upstream: o.u} // read whole by the check
-		}
-		if err = upstream.Prefetch(resp); err == nil {
-			return upstream.Result{Response: resp, Upstream: o.u}
-		}
-		resp = nil
-	}
-	return upstream.Result{Attempts: []upstream.Attempt{upstream.AttemptOf(o.u, resp, err, o.f.s.now().Sub(start))}}
+	return o.u.Ask(upstream.FollowRedirects(ctx), req)
 }
 
 // fetchKind is the kind the context's upstream request carries (a

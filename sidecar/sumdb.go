@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"slices"
 	"sync"
 
 	"github.com/modgate/modgate/sidecar/upstream"
@@ -20,7 +19,6 @@ type sumDB struct {
 	name   string
 	chain  *upstream.Chain
 	direct *upstream.Upstream // https://<name>
-	clock  upstream.Clock     // times attempts
 
 	mu    sync.Mutex // serialises the search; the go command asks once per run
 	route *sumDBRoute
@@ -47,11 +45,7 @@ func newSumDB(name, rawURL string, chain *upstream.Chain, opts upstream.Options,
 	if err != nil {
 		return nil, err
 	}
-	clock := opts.Clock
-	if clock == nil {
-		clock = upstream.SystemClock{}
-	}
-	return &sumDB{name: name, chain: chain, direct: direct, clock: clock}, nil
+	return &sumDB{name: name, chain: chain, direct: direct}, nil
 }
 
 // find returns the cached route or searches for one. On failure the
@@ -74,14 +68,13 @@ func (db *sumDB) find(ctx context.Context) (*sumDBRoute, upstream.Result) {
 		// command gives up here too rather than going around the proxy.
 		return nil, res
 	}
-	start := db.clock.Now()
-	resp, err := db.direct.Get(ctx, http.MethodGet, "/latest", nil)
-	if err == nil && resp.StatusCode == http.StatusOK {
-		drain(resp)
+	direct := db.direct.Ask(ctx, upstream.Request{Method: http.MethodGet, Path: "/latest"})
+	if direct.Response != nil {
+		drain(direct.Response)
 		db.route = &sumDBRoute{via: db.direct}
 		return db.route, res
 	}
-	res.Attempts = append(res.Attempts, upstream.AttemptOf(db.direct, resp, err, db.clock.Now().Sub(start)))
+	res.Attempts = append(res.Attempts, direct.Attempts...)
 	res.End = upstream.Proxy
 	return nil, res
 }
@@ -141,53 +134,20 @@ func (src sumDBSource) fetch(ctx context.Context, x *exchange, fr fetchRequest) 
 }
 
 // get fetches path from the database's route. When the route is an
-// upstream followed by "|" and it fails, the rest of the chain is asked as
-// a module request would be; a route that fails is forgotten, so that the
-// next request searches again.
+// upstream followed by "|" and it fails, the rest of the chain is walked
+// as a module request's would be; a route that fails is forgotten, so
+// that the next request searches again.
 func (db *sumDB) get(ctx context.Context, route *sumDBRoute, path string, check upstream.Check) upstream.Result {
-	res := db.getFrom(ctx, route.via, route.prefix+path, check)
-	if res.Response != nil {
+	req := upstream.Request{Method: http.MethodGet, Path: route.prefix + path, Check: check}
+	res := route.via.Ask(ctx, req)
+	if res.Response != nil || res.Attempts[0].NotFound() {
 		return res
 	}
-	if a := res.Attempts[0]; !a.NotFound() {
-		db.forget(route)
-		if route.prefix != "" && route.via.Fallthrough == upstream.OnError {
-			res.Attempts = append(res.Attempts, db.rest(ctx, route.via, route.prefix+path, check, &res)...)
-		}
+	db.forget(route)
+	if route.prefix == "" || route.via.Fallthrough != upstream.OnError {
+		return res
 	}
-	return res
-}
-
-// rest asks the upstreams after u in the chain, with its semantics; a 200
-// is put in res.
-func (db *sumDB) rest(ctx context.Context, u *upstream.Upstream, path string, check upstream.Check, res *upstream.Result) []upstream.Attempt {
-	var attempts []upstream.Attempt
-	list := db.chain.Upstreams()
-	i := slices.Index(list, u)
-	for _, next := range list[i+1:] {
-		if next.Kind != upstream.Proxy {
-			break
-		}
-		r := db.getFrom(ctx, next, path, check)
-		if r.Response != nil {
-			res.Response, res.Upstream = r.Response, r.Upstream
-			return attempts
-		}
-		a := r.Attempts[0]
-		attempts = append(attempts, a)
-		if !a.NotFound() && next.Fallthrough != upstream.OnError {
-			break
-		}
-	}
-	return attempts
-}
-
-// getFrom asks one upstream; check, if not nil, judges its 200.
-func (db *sumDB) getFrom(ctx context.Context, u *upstream.Upstream, path string, check upstream.Check) upstream.Result {
-	start := db.clock.Now()
-	resp, err := u.Do(ctx, upstream.Request{Method: http.MethodGet, Path: path, Check: check})
-	if err == nil && resp.StatusCode == http.StatusOK {
-		return upstream.Result{Response: resp, Upstream: u}
-	}
-	return upstream.Result{Attempts: []upstream.Attempt{upstream.AttemptOf(u, resp, err, db.clock.Now().Sub(start))}}
+	rest := db.chain.WalkWith(ctx, req.Method, req.Path, nil, upstream.WalkOptions{Check: check, After: route.via})
+	rest.Attempts = append(res.Attempts, rest.Attempts...)
+	return rest
 }

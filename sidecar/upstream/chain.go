@@ -258,6 +258,9 @@ type WalkOptions struct {
 	// Check, if not nil, judges each 200 answer (see Check): one it
 	// refuses is that upstream's failure.
 	Check Check
+	// After, if not nil, starts the walk at the upstream after it: the
+	// rest of the chain, for a request that After failed.
+	After *Upstream
 }
 
 // Hedge says when a walk also asks the next upstream before the current
@@ -285,7 +288,7 @@ func (c *Chain) WalkWith(ctx context.Context, method, path string, hdr http.Head
 	skip, h := opts.Skip, opts.Hedge
 	req := Request{Method: method, Path: path, Header: hdr, Check: opts.Check}
 	var r Result
-	for i := 0; i < len(c.list); i++ {
+	for i := c.start(opts.After); i < len(c.list); i++ {
 		u := c.list[i]
 		if u.Kind != Proxy {
 			r.End = u.Kind
@@ -328,6 +331,30 @@ func (c *Chain) WalkWith(ctx context.Context, method, path string, hdr http.Head
 	return r
 }
 
+// Ask asks u alone and records the attempt: a Result with the Response
+// when u answered 200, or with the one Attempt that says what u did
+// instead. A 200 counts only once it holds up: with req.Check, when the
+// check passed it (the check read it); without one, when its first
+// PrefetchLimit bytes arrived whole, so that a small answer that breaks
+// off is a failed attempt the walk can move past, not a cut response.
+//
+// Every source of answers asks through Ask: the chain's walk, the route
+// to the checksum database, and forward mode's origin.
+func (u *Upstream) Ask(ctx context.Context, req Request) Result {
+	start := u.clock.Now()
+	resp, err := u.Do(ctx, req)
+	if err == nil && resp.StatusCode == http.StatusOK && req.Method != http.MethodHead && req.Check == nil {
+		err = Prefetch(resp)
+	}
+	if err == nil && resp.StatusCode == http.StatusOK {
+		return Result{Response: resp, Upstream: u}
+	}
+	if err != nil {
+		resp = nil
+	}
+	return Result{Attempts: []Attempt{AttemptOf(u, resp, err, u.clock.Now().Sub(start))}}
+}
+
 // try is one upstream's answer: a 200 response, or an attempt that says
 // what went wrong.
 type try struct {
@@ -336,23 +363,11 @@ type try struct {
 }
 
 func ask(ctx context.Context, u *Upstream, req Request) try {
-	start := time.Now()
-	resp, err := u.Do(ctx, req)
-	a := Attempt{Upstream: u, Err: err}
-	if err == nil && resp.StatusCode == http.StatusOK && req.Method != http.MethodHead && req.Check == nil {
-		// (A checked answer was read whole already.)
-		err = Prefetch(resp)
-		a.Err = err
+	res := u.Ask(ctx, req)
+	if res.Response != nil {
+		return try{resp: res.Response, attempt: Attempt{Upstream: u}}
 	}
-	if err == nil {
-		if resp.StatusCode == http.StatusOK {
-			return try{resp: resp, attempt: a}
-		}
-		a.Status = resp.StatusCode
-		a.Detail = errorDetail(resp)
-	}
-	a.Duration = time.Since(start)
-	return try{attempt: a}
+	return try{attempt: res.Attempts[0]}
 }
 
 // PrefetchLimit is how much of a 200 answer the walk reads before it
@@ -398,6 +413,20 @@ type prefetched struct {
 }
 
 func (p *prefetched) Close() error { return p.closer.Close() }
+
+// start is the index a walk begins at: the first upstream, or the one
+// after after.
+func (c *Chain) start(after *Upstream) int {
+	if after == nil {
+		return 0
+	}
+	for i, u := range c.list {
+		if u == after {
+			return i + 1
+		}
+	}
+	return len(c.list) // not in this chain: nobody is left to ask
+}
 
 // nextEligible returns the index of the next upstream after i that may be
 // asked, or -1.
