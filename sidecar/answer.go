@@ -1,17 +1,20 @@
 package sidecar
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/modgate/modgate/sidecar/cache"
 	"github.com/modgate/modgate/sidecar/wire"
 )
 
@@ -117,6 +120,63 @@ func copyHeader(dst, src http.Header) {
 }
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// send writes an answer: status, header and body, size bytes long (-1:
+// unknown, the body streams). It is the one writer of the pipeline's
+// answers; problems are written by exchange.end. A body that breaks off
+// mid-way aborts the connection, so that the client never takes a short
+// body for a whole one; a client that goes away is recorded as gone.
+func (x *exchange) send(status int, header http.Header, body io.Reader, size int64) error {
+	copyHeader(x.w.Header(), header)
+	if size >= 0 {
+		x.w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
+	}
+	x.w.WriteHeader(status)
+	if x.r.Method == http.MethodHead {
+		return nil
+	}
+	out := &clientWriter{w: newDeadlineWriter(x.w, x.s.cfg.ClientIdle)}
+	var n int64
+	var err error
+	if wt, ok := body.(io.WriterTo); ok {
+		n, err = wt.WriteTo(out)
+	} else {
+		n, err = stream(out, body)
+	}
+	switch {
+	case err == nil:
+		return nil
+	case out.err != nil || x.r.Context().Err() != nil:
+		return clientGone(fmt.Sprintf("client went away after %d bytes", n))
+	}
+	return aborted(fmt.Sprintf("upstream body broke off after %d bytes; connection aborted: %v", n, err))
+}
+
+// sendBytes answers with a body read whole.
+func (x *exchange) sendBytes(status int, header http.Header, body []byte) error {
+	return x.send(status, header, bytes.NewReader(body), int64(len(body)))
+}
+
+// clientWriter notes the error of a write to the client, so that send can
+// tell a client that went away from a body that broke off.
+type clientWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (c *clientWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	if err != nil && c.err == nil {
+		c.err = err
+	}
+	return n, err
+}
+
+// entryBody is a cache entry as send's body: written in large chunks.
+type entryBody struct{ e *cache.Entry }
+
+func (b entryBody) Read(p []byte) (int, error)         { return b.e.Body.Read(p) }
+func (b entryBody) WriteTo(w io.Writer) (int64, error) { return b.e.WriteTo(w) }
 
 // errClientGone marks a copy that stopped because the client went away.
 var errClientGone = errors.New("client went away")

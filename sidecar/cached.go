@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"strconv"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -14,7 +14,6 @@ import (
 	"github.com/modgate/modgate/sidecar/store"
 	"github.com/modgate/modgate/sidecar/upstream"
 	"github.com/modgate/modgate/sidecar/wire"
-	"github.com/modgate/modgate/telemetry"
 )
 
 // CacheConfig is the artifact cache. The zero value caches nothing.
@@ -133,90 +132,6 @@ func (s *Server) tiersFor(x *exchange, c *cache.Cache) tiers {
 	return t
 }
 
-// serveCached answers from the cache when it can, and fetches from src
-// otherwise: immutable artifacts through a single flight that every
-// concurrent request for them shares, the rest directly with
-// stale-if-error.
-func (s *Server) serveCached(x *exchange, c *cache.Cache, key string, immutable bool, src source, fr fetchRequest) error {
-	now := s.now()
-	var stale *cache.Entry
-	if e, err := c.Get(key); err == nil {
-		defer e.Close()
-		if immutable || e.Age(now) < s.cacheCfg.ListTTL {
-			x.cacheResult = telemetry.CacheHit
-			return s.serveEntry(x, src, e, now)
-		}
-		stale = e
-	}
-	x.cacheResult = telemetry.CacheMiss
-	if immutable {
-		return s.shared(x, c, key, src, fr)
-	}
-	res := src.fetch(x.ctx(), x, fr)
-	if res.Response == nil {
-		if stale != nil && stale.Age(now) < s.cacheCfg.StaleIfError {
-			x.cacheResult = telemetry.CacheStale
-			x.w.Header().Set("Warning", `110 modgate "Response is Stale"`)
-			err := s.serveEntry(x, src, stale, now)
-			x.reason = "stale answer served: every upstream failed"
-			return err
-		}
-		return x.chainProblem(res)
-	}
-	x.served = res.Upstream
-	defer res.Response.Body.Close()
-	body, err := s.readBody(x, res.Response, listLimit)
-	if err != nil {
-		return err
-	}
-	if w, err := c.Create(key, res.Response.Header.Get("Content-Type")); err == nil {
-		w.Write(body)
-		if err := w.Commit(int64(len(body)), nil); err != nil {
-			s.log.Warn("cache write", "key", key, "err", err)
-		}
-	}
-	return s.writeBody(x, src, res.Response.Header, body)
-}
-
-// writeBody answers with a small body of the exchange's kind: lists and
-// @latest through policy's filter, the rest as they are.
-func (s *Server) writeBody(x *exchange, src source, header http.Header, body []byte) error {
-	switch x.req.Kind {
-	case KindList:
-		return s.writeList(x, header, body)
-	case KindLatest:
-		return s.writeLatest(x, src, header, body)
-	}
-	if err := x.resolved(body); err != nil {
-		return err
-	}
-	return writeWhole(x.w, http.StatusOK, header, body)
-}
-
-// serveEntry answers from a cache entry.
-func (s *Server) serveEntry(x *exchange, src source, e *cache.Entry, now time.Time) error {
-	h := x.w.Header()
-	if e.ContentType != "" {
-		h.Set("Content-Type", e.ContentType)
-	}
-	if _, immutable, _ := x.cacheKey(); !immutable {
-		h.Set("Age", strconv.Itoa(int(e.Age(now).Seconds())))
-	}
-	if x.req.Kind == KindList || x.req.Kind == KindLatest || x.req.Query {
-		body, err := io.ReadAll(e.Body)
-		if err != nil {
-			return fail(wire.Internal, "cache read: "+err.Error())
-		}
-		return s.writeBody(x, src, nil, body)
-	}
-	h.Set("Content-Length", strconv.FormatInt(e.Size, 10))
-	x.w.WriteHeader(http.StatusOK)
-	if n, err := e.WriteTo(newDeadlineWriter(x.w, s.cfg.ClientIdle)); err != nil {
-		return clientGone(fmt.Sprintf("cache hit not delivered after %d bytes: %v", n, err))
-	}
-	return nil
-}
-
 // flight is one upstream fetch of an immutable artifact, spooled into the
 // cache as it arrives and streamed from there to every request that waits
 // for it.
@@ -240,9 +155,10 @@ type flight struct {
 	joined int
 }
 
-// shared serves the exchange from the flight for key, starting one if none
-// is under way.
-func (s *Server) shared(x *exchange, c *cache.Cache, key string, src source, fr fetchRequest) error {
+// join returns the flight for key once it is ready (its answer's header
+// is known, its fetch failed, or the shared store had the artifact),
+// starting one if none is under way. The caller must leave it.
+func (s *Server) join(x *exchange, c *cache.Cache, key string, src source, fr fetchRequest) (*flight, error) {
 	s.flightMu.Lock()
 	f := s.flights[key]
 	if f == nil {
@@ -268,102 +184,107 @@ func (s *Server) shared(x *exchange, c *cache.Cache, key string, src source, fr 
 	f.joined++
 	f.mu.Unlock()
 	s.flightMu.Unlock()
-	defer func() {
-		f.mu.Lock()
-		f.joined--
-		f.cond.Broadcast()
-		f.mu.Unlock()
-	}()
 
 	ctx := x.r.Context()
-	stop := context.AfterFunc(ctx, func() { f.mu.Lock(); f.cond.Broadcast(); f.mu.Unlock() })
+	stop := context.AfterFunc(ctx, f.wake)
 	defer stop()
-
 	f.mu.Lock()
 	for !f.ready && ctx.Err() == nil {
 		f.cond.Wait()
 	}
-	if ctx.Err() != nil {
-		f.mu.Unlock()
-		return clientGone("client went away while the artifact was fetched")
-	}
-	if f.stored {
-		f.mu.Unlock()
-		x.cacheResult = telemetry.CacheShared
-		e, err := c.Get(key)
-		if err != nil {
-			return fail(wire.Busy,
-				describeRequest(x.req)+": copied from the shared store but gone from the local cache at once; try again")
-		}
-		defer e.Close()
-		return s.serveEntry(x, src, e, s.now())
-	}
-	if f.w == nil {
-		res := f.res
-		f.mu.Unlock()
-		return x.chainProblem(res)
-	}
-	header, w := f.header, f.w
-	x.served = f.served
 	f.mu.Unlock()
-	r, err := w.Reader()
-	if err != nil {
-		// The flight finished and its spool is gone: the entry is in the
-		// cache by now, unless the fetch failed.
-		if e, err := c.Get(key); err == nil {
-			defer e.Close()
-			return s.serveEntry(x, src, e, s.now())
-		}
-		f.mu.Lock()
-		ferr := f.err
-		f.mu.Unlock()
-		if ferr != nil {
-			return fail(wire.UpstreamCut,
-				describeRequest(x.req)+": the upstream broke off the answer", fmt.Sprintf("%s: %v", f.served.Name, ferr))
-		}
-		return fail(wire.Busy,
-			describeRequest(x.req)+": fetched by another request that failed; try again")
+	if ctx.Err() != nil {
+		f.leave()
+		return nil, clientGone("client went away while the artifact was fetched")
 	}
-	defer r.Close()
-	copyHeader(x.w.Header(), header)
-	x.w.WriteHeader(http.StatusOK)
-	out := newDeadlineWriter(x.w, s.cfg.ClientIdle)
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
-	buf := *bp
-	var off int64
+	return f, nil
+}
+
+// leave ends a request's interest in the flight: a spool that is not
+// kept is dropped once every request has left.
+func (f *flight) leave() {
+	f.mu.Lock()
+	f.joined--
+	f.cond.Broadcast()
+	f.mu.Unlock()
+}
+
+func (f *flight) wake() {
+	f.mu.Lock()
+	f.cond.Broadcast()
+	f.mu.Unlock()
+}
+
+// reader streams the flight's answer from its spool as it arrives, until
+// ctx is done; an error when the spool is gone (the flight finished).
+func (f *flight) reader(ctx context.Context) (io.ReadCloser, error) {
+	r, err := f.w.Reader()
+	if err != nil {
+		return nil, err
+	}
+	return &flightReader{f: f, r: r, ctx: ctx, stop: context.AfterFunc(ctx, f.wake)}, nil
+}
+
+// lost explains a flight whose artifact is neither in its spool nor in the
+// cache: the fetch broke off, or the entry went at once.
+func (f *flight) lost(x *exchange) error {
+	f.mu.Lock()
+	ferr := f.err
+	f.mu.Unlock()
+	switch {
+	case f.stored:
+		return fail(wire.Busy, describeRequest(x.req)+": copied from the shared store but gone from the local cache at once; try again")
+	case ferr != nil:
+		return upstreamCut(describeRequest(x.req)+": the upstream broke off the answer", fmt.Sprintf("%s: %v", f.served.Name, ferr))
+	}
+	return fail(wire.Busy, describeRequest(x.req)+": fetched by another request that failed; try again")
+}
+
+// flightReader reads a flight's spool behind its writer: it waits for
+// bytes that are not written yet, and fails as the fetch failed.
+type flightReader struct {
+	f    *flight
+	r    *os.File
+	off  int64
+	ctx  context.Context
+	stop func() bool
+}
+
+func (fr *flightReader) Read(p []byte) (int, error) {
+	f := fr.f
 	for {
 		f.mu.Lock()
-		for off >= f.written && !f.done && ctx.Err() == nil {
+		for fr.off >= f.written && !f.done && fr.ctx.Err() == nil {
 			f.cond.Wait()
 		}
 		written, done, ferr := f.written, f.done, f.err
 		f.mu.Unlock()
-		if ctx.Err() != nil {
-			return clientGone(fmt.Sprintf("client went away after %d bytes", off))
+		if err := fr.ctx.Err(); err != nil {
+			return 0, err
 		}
-		if off < written {
-			n, err := r.ReadAt(buf[:min(int64(len(buf)), written-off)], off)
-			if n > 0 {
-				if _, werr := out.Write(buf[:n]); werr != nil {
-					return clientGone(fmt.Sprintf("client went away after %d bytes: %v", off, werr))
-				}
-				off += int64(n)
-			}
+		if fr.off < written {
+			n, err := fr.r.ReadAt(p[:min(int64(len(p)), written-fr.off)], fr.off)
+			fr.off += int64(n)
 			if err != nil && err != io.EOF {
-				ferr = err
-				done = true
-			} else {
-				continue
+				return n, err
 			}
+			if n > 0 {
+				return n, nil
+			}
+			continue
 		}
 		if done {
 			if ferr != nil {
-				return aborted("upstream body broke off; connection aborted: " + ferr.Error())
+				return 0, ferr
 			}
-			return nil
+			return 0, io.EOF
 		}
 	}
+}
+
+func (fr *flightReader) Close() error {
+	fr.stop()
+	return fr.r.Close()
 }
 
 // tiers are the caches an immutable artifact is kept in: the local one,
@@ -561,14 +482,4 @@ func (s *Server) toStore(ctx context.Context, t tiers, key string) bool {
 	defer e.Close()
 	// The store logs and counts its failures; the artifact is served either way.
 	return t.shared.Put(ctx, key, e.Body, store.Object{Size: e.Size, SHA256: e.SHA256, ContentType: e.ContentType}) == nil
-}
-
-func (s *Server) now() time.Time { return s.clock().Now() }
-
-// clock is the server's clock: Config.Clock, or the system's.
-func (s *Server) clock() upstream.Clock {
-	if s.cfg.Clock != nil {
-		return s.cfg.Clock
-	}
-	return upstream.SystemClock{}
 }

@@ -168,6 +168,12 @@ func (x *exchange) denial(d policy.Decision, version string) *problem {
 		lines: splitMessage(x.pol.DenyMessage(d, x.req.Module, version))}
 }
 
+// policyRequest is what policy is asked of the exchange's module at
+// version.
+func (x *exchange) policyRequest(version string) policy.Request {
+	return policy.Request{Module: x.req.Module, Version: version, Host: x.destination(), Identity: x.identity}
+}
+
 // servedName names the upstream that answered, for logs.
 func (x *exchange) servedName() string {
 	if x.served == nil {

@@ -133,6 +133,18 @@ func aborted(reason string) *problem {
 	return &problem{code: wire.UpstreamCut, abort: true, reason: reason}
 }
 
+// upstreamCut is the 502 of an answer its upstream broke off before
+// modgate relayed any of it: the client gets a status and the reason.
+func upstreamCut(lines ...string) *problem {
+	return fail(wire.UpstreamCut, lines...)
+}
+
+// tooLarge is the 502 of an answer larger than any of its kind may be.
+func (x *exchange) tooLarge(n, limit int64) *problem {
+	return fail(wire.BadUpstream, describeRequest(x.req)+": the upstream's answer is too large for its kind; not relayed, not kept",
+		fmt.Sprintf("%s: %d bytes or more, the limit is %d", x.servedName(), n, limit))
+}
+
 // chainProblem explains why no upstream answered 200: which upstreams were
 // asked, what each said, and what the client can do.
 func (x *exchange) chainProblem(res upstream.Result) *problem {
@@ -147,6 +159,10 @@ func (x *exchange) chainProblem(res upstream.Result) *problem {
 		}
 		if errors.Is(a.Err, errOverBudget) {
 			return x.overBudget()
+		}
+		var off *offlineError
+		if errors.As(a.Err, &off) {
+			return x.notOffline(off.why)
 		}
 		var bad *badAnswer
 		var unproven *verifyError

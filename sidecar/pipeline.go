@@ -1,53 +1,42 @@
 package sidecar
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
-	"strconv"
 	"strings"
 
 	"golang.org/x/mod/module"
 	"golang.org/x/mod/semver"
 
 	"github.com/modgate/modgate/policy"
+	"github.com/modgate/modgate/sidecar/cache"
 	"github.com/modgate/modgate/sidecar/upstream"
 	"github.com/modgate/modgate/sidecar/wire"
+	"github.com/modgate/modgate/telemetry"
 )
 
-// The pipeline is one piece of code for every way in (DESIGN.md, "One
-// port, three ways in"). Each way in authenticates, classifies the request
-// once and picks a source; pipeline then decides policy, serves from the
-// cache or fetches from the source, filters lists and @latest, and relays
-// the answer. Hedging, breakers, retries and telemetry live in the source
-// (sidecar/upstream wraps the transport), so none of that is here.
-
-// fetchRequest is what the pipeline asks of a source.
-type fetchRequest struct {
-	method string
-	path   string // escaped, beginning with "/"
-	query  string
-	header http.Header
-	body   io.Reader // forward mode passes request bodies on (git)
-	length int64
-	// check judges each upstream's 200 before it counts as an answer;
-	// nil: answers pass as they come.
-	check *answerCheck
-}
-
-// source is where a request's answer comes from.
-type source interface {
-	// admit refuses the exchange before anything is asked: a private
-	// module to a host that is not private.
-	admit(x *exchange) error
-	// fetch asks for the answer. A Response is a 200 (or an answer that
-	// passes through as it is, in forward mode); without one, Attempts say
-	// what each upstream did.
-	fetch(ctx context.Context, x *exchange, fr fetchRequest) upstream.Result
-}
+// The pipeline is one piece of code for every way in (README.md,
+// "Architecture"). Each way in authenticates, classifies the request once
+// and picks a source (sources.go); pipeline then runs these steps, in the
+// order of this file:
+//
+//	policy   exchange.decide: deny, and keep private paths from checksum databases
+//	admit    the source refuses what it must not see
+//	lookup   checksum database lookups: what the verifier proved (verified.go)
+//	cache    a fresh entry answers; an immutable artifact joins the one flight
+//	         for its key (shared store, fleet, then the source: cached.go)
+//	fetch    the source asks its upstreams; answerCheck judges each 200
+//	         before the upstream is credited with it (verified.go, check.go)
+//	filter   lists and @latest through policy; a query decided again on the
+//	         version it resolves to
+//	relay    exchange.send writes the answer (answer.go)
+//
+// Every step returns nil once the answer is written, or the problem that
+// exchange.end answers instead. Hedging, breakers, retries and upstream
+// telemetry live in the source (sidecar/upstream wraps the transport).
 
 // pipeline serves a classified exchange from src.
 func (s *Server) pipeline(x *exchange, src source) error {
@@ -57,83 +46,117 @@ func (s *Server) pipeline(x *exchange, src source) error {
 	if err := src.admit(x); err != nil {
 		return err
 	}
+	if s.cfg.Offline {
+		src = offlineSource{s}
+	}
 	if x.req.Kind == KindSumDBLookup && s.verifier != nil {
-		// Answered with what the verifier proved, online or offline.
 		if err := s.serveLookup(x); !errors.Is(err, errLookupElsewhere) {
 			return err
 		}
 	}
-	if s.cfg.Offline {
-		return s.serveOffline(x)
-	}
 	fr := x.fetchRequest()
-	if c := s.cacheFor(x); c != nil {
-		if key, immutable, ok := x.cacheKey(); ok {
-			if immutable {
-				// A zip is spooled where it is kept.
-				fr.check = s.checkFor(x, c, key)
-			} else {
-				fr.check = s.checkFor(x, nil, "")
+	c := s.cacheFor(x)
+	key, immutable, cacheable := x.cacheKey()
+	switch {
+	case c == nil || !cacheable:
+		fr.check = s.checkFor(x, nil, "")
+		return s.fetch(x, src, fr)
+	case immutable:
+		return s.serveImmutable(x, c, key, src, fr)
+	}
+	return s.serveFresh(x, c, key, src, fr)
+}
+
+// serveImmutable answers an artifact that never changes (a canonical
+// version's .info, .mod and .zip, a hash tile): from the cache, or from
+// the flight that fetches it into the cache for every request that wants
+// it at once.
+func (s *Server) serveImmutable(x *exchange, c *cache.Cache, key string, src source, fr fetchRequest) error {
+	if e, err := c.Get(key); err == nil {
+		defer e.Close()
+		x.cacheResult = telemetry.CacheHit
+		return s.sendEntry(x, src, e)
+	}
+	x.cacheResult = telemetry.CacheMiss
+	// A zip is spooled where it is kept.
+	fr.check = s.checkFor(x, c, key)
+	f, err := s.join(x, c, key, src, fr)
+	if err != nil {
+		return err
+	}
+	defer f.leave()
+	switch {
+	case f.stored:
+		x.cacheResult = telemetry.CacheShared
+		return s.sendCopy(x, src, c, key, f)
+	case f.w == nil:
+		return x.chainProblem(f.res)
+	}
+	x.served = f.served
+	body, err := f.reader(x.r.Context())
+	if err != nil {
+		// The flight finished and its spool is gone: the entry is in the
+		// cache by now, unless the fetch failed.
+		return s.sendCopy(x, src, c, key, f)
+	}
+	defer body.Close()
+	return x.send(http.StatusOK, f.header, body, -1)
+}
+
+// serveFresh answers what changes (lists, @latest, queries, lookups): from
+// the cache while the entry is younger than the TTL, else from the source
+// (and into the cache); an older entry still answers when the source
+// fails (stale-if-error), and offline whatever its age.
+func (s *Server) serveFresh(x *exchange, c *cache.Cache, key string, src source, fr fetchRequest) error {
+	now := s.now()
+	stale, err := c.Get(key)
+	if err == nil {
+		defer stale.Close()
+		if stale.Age(now) < s.cacheCfg.ListTTL {
+			x.cacheResult = telemetry.CacheHit
+			return s.sendEntry(x, src, stale)
+		}
+	} else {
+		stale = nil
+	}
+	x.cacheResult = telemetry.CacheMiss
+	fr.check = s.checkFor(x, nil, "")
+	res := src.fetch(x.ctx(), x, fr)
+	if res.Response == nil {
+		if stale != nil && (s.cfg.Offline || stale.Age(now) < s.cacheCfg.StaleIfError) {
+			x.cacheResult = telemetry.CacheStale
+			x.w.Header().Set("Warning", `110 modgate "Response is Stale"`)
+			err := s.sendEntry(x, src, stale)
+			x.reason = "stale answer served: every upstream failed"
+			if s.cfg.Offline {
+				x.reason = "stale answer served: modgate is offline"
 			}
-			return s.serveCached(x, c, key, immutable, src, fr)
+			return err
+		}
+		return x.chainProblem(res)
+	}
+	x.served = res.Upstream
+	defer res.Response.Body.Close()
+	body, err := s.readBody(x, res.Response, listLimit)
+	if err != nil {
+		return err
+	}
+	if w, err := c.Create(key, res.Response.Header.Get("Content-Type")); err == nil {
+		w.Write(body)
+		if err := w.Commit(int64(len(body)), nil); err != nil {
+			s.log.Warn("cache write", "key", key, "err", err)
 		}
 	}
-	fr.check = s.checkFor(x, nil, "")
+	return s.filter(x, src, res.Response.Header, body)
+}
+
+// fetch answers from the source, uncached: lists and @latest through the
+// filter, everything else relayed as it came.
+func (s *Server) fetch(x *exchange, src source, fr fetchRequest) error {
 	res := src.fetch(x.ctx(), x, fr)
 	if res.Response == nil {
 		return x.chainProblem(res)
 	}
-	return s.deliver(x, src, res)
-}
-
-// forwardedHeaders are the request headers passed to upstreams in reverse
-// mode. Conditional and range headers are not: only a 200 with the whole
-// artifact counts.
-var forwardedHeaders = []string{"Accept", "Accept-Encoding", "Via"}
-
-// partialHeaders ask for part of an answer, or none: a module artifact is
-// fetched whole in every mode, so that it can be checked and kept.
-var partialHeaders = []string{"Range", "If-Range", "If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since"}
-
-// fetchRequest is the request to send to the source.
-func (x *exchange) fetchRequest() fetchRequest {
-	r := x.r
-	fr := fetchRequest{method: r.Method, path: x.req.Path}
-	if x.mode == modeReverse {
-		fr.header = make(http.Header, len(forwardedHeaders))
-		for _, k := range forwardedHeaders {
-			if vs := r.Header.Values(k); len(vs) > 0 {
-				fr.header[k] = vs
-			}
-		}
-	} else {
-		// Forward mode passes the client's end-to-end headers on: git
-		// needs Authorization, Git-Protocol and Content-Type, a private
-		// proxy its credentials.
-		fr.header = http.Header{}
-		copyHeader(fr.header, r.Header)
-		fr.header.Del("Proxy-Authorization")
-		fr.path, fr.query = r.URL.Path, r.URL.RawQuery
-		if r.ContentLength != 0 && r.Body != nil && r.Body != http.NoBody {
-			fr.body, fr.length = r.Body, r.ContentLength
-		}
-		if x.req.Kind.IsModuleProtocol() {
-			for _, k := range partialHeaders {
-				fr.header.Del(k)
-			}
-		}
-	}
-	if _, _, cacheable := x.cacheKey(); cacheable || x.req.Kind == KindList || x.req.Kind == KindLatest {
-		// modgate reads these to filter or to check and keep them: they
-		// must come as they are, uncompressed.
-		fr.header.Del("Accept-Encoding")
-	}
-	return fr
-}
-
-// deliver answers with a source's response: lists and @latest through the
-// policy's filter, everything else as it came.
-func (s *Server) deliver(x *exchange, src source, res upstream.Result) error {
 	x.served = res.Upstream
 	resp := res.Response
 	if resp.StatusCode != http.StatusOK || x.r.Method != http.MethodGet || !(checked(x.req.Kind) || x.req.Kind == KindList) {
@@ -144,7 +167,74 @@ func (s *Server) deliver(x *exchange, src source, res upstream.Result) error {
 	if err != nil {
 		return err
 	}
-	return s.writeBody(x, src, resp.Header, body)
+	return s.filter(x, src, resp.Header, body)
+}
+
+// filter answers with a small body of the exchange's kind: a list less the
+// versions policy denies, @latest only for a version policy allows, a
+// query only when policy allows the version it resolves to, the rest as
+// they are.
+func (s *Server) filter(x *exchange, src source, header http.Header, body []byte) error {
+	switch x.req.Kind {
+	case KindList:
+		return s.filterList(x, header, body)
+	case KindLatest:
+		return s.filterLatest(x, src, header, body)
+	}
+	if err := x.resolved(body); err != nil {
+		return err
+	}
+	return x.sendBytes(http.StatusOK, header, body)
+}
+
+// sendEntry answers from a cache entry: whole, or through the filter when
+// its kind is filtered.
+func (s *Server) sendEntry(x *exchange, src source, e *cache.Entry) error {
+	h := http.Header{}
+	if e.ContentType != "" {
+		h.Set("Content-Type", e.ContentType)
+	}
+	if _, immutable, _ := x.cacheKey(); !immutable {
+		h.Set("Age", fmt.Sprint(int(e.Age(s.now()).Seconds())))
+	}
+	if x.req.Kind == KindList || x.req.Kind == KindLatest || x.req.Query {
+		body, err := io.ReadAll(e.Body)
+		if err != nil {
+			return fail(wire.Internal, "cache read: "+err.Error())
+		}
+		return s.filter(x, src, h, body)
+	}
+	return x.send(http.StatusOK, h, entryBody{e}, e.Size)
+}
+
+// sendCopy answers with the cache's copy of key, which the flight f put
+// there (from the shared store, or from upstream and finished).
+func (s *Server) sendCopy(x *exchange, src source, c *cache.Cache, key string, f *flight) error {
+	if e, err := c.Get(key); err == nil {
+		defer e.Close()
+		return s.sendEntry(x, src, e)
+	}
+	return f.lost(x)
+}
+
+// relay passes an answer on as it came. Small bodies of known length are
+// read first, so that a body the upstream breaks off is still a status
+// and an explanation; others stream.
+func (s *Server) relay(x *exchange, resp *http.Response) error {
+	defer resp.Body.Close()
+	limit := maxBody(x.req.Kind)
+	if x.r.Method != http.MethodHead && (resp.ContentLength >= 0 && resp.ContentLength <= bufferLimit ||
+		x.req.Kind != KindZip && limit > 0 && resp.ContentLength < 0) {
+		if resp.ContentLength >= 0 {
+			limit = bufferLimit
+		}
+		b, err := s.readBody(x, resp, limit)
+		if err != nil {
+			return err
+		}
+		return x.sendBytes(resp.StatusCode, resp.Header, b)
+	}
+	return x.send(resp.StatusCode, resp.Header, &capReader{r: resp.Body, n: limit}, -1)
 }
 
 // bufferLimit is the largest body that is read whole before the answer
@@ -152,52 +242,6 @@ func (s *Server) deliver(x *exchange, src source, res upstream.Result) error {
 // the client still gets a status and an explanation instead of a cut
 // connection.
 const bufferLimit = 64 << 10
-
-// relay passes an answer to the client. Small bodies of known length are
-// read first; others stream, and if the upstream's body breaks mid-way the
-// connection is aborted, so that the client sees a failed transfer and
-// never a short body that looks complete.
-func (s *Server) relay(x *exchange, resp *http.Response) error {
-	w, r, req := x.w, x.r, x.req
-	defer resp.Body.Close()
-	if limit := maxBody(req.Kind); req.Kind != KindZip && limit > 0 && resp.ContentLength < 0 && r.Method != http.MethodHead {
-		// A small kind of unknown length is read whole, within its limit.
-		b, err := s.readBody(x, resp, limit)
-		if err != nil {
-			return err
-		}
-		return writeWhole(w, resp.StatusCode, resp.Header, b)
-	}
-	if n := resp.ContentLength; n >= 0 && n <= bufferLimit && r.Method != http.MethodHead {
-		b, err := s.readBody(x, resp, bufferLimit)
-		if err != nil {
-			return err
-		}
-		return writeWhole(w, resp.StatusCode, resp.Header, b)
-	}
-	copyHeader(w.Header(), resp.Header)
-	w.WriteHeader(resp.StatusCode)
-	if r.Method == http.MethodHead {
-		return nil
-	}
-	n, err := stream(newDeadlineWriter(w, s.cfg.ClientIdle), &capReader{r: resp.Body, n: maxBody(req.Kind)})
-	switch {
-	case err == nil:
-		return nil
-	case errors.Is(err, errClientGone) || r.Context().Err() != nil:
-		return clientGone(fmt.Sprintf("client went away after %d bytes", n))
-	}
-	return aborted(fmt.Sprintf("upstream body broke off after %d bytes; connection aborted: %v", n, err))
-}
-
-// writeWhole answers with a body read whole.
-func writeWhole(w http.ResponseWriter, status int, header http.Header, body []byte) error {
-	copyHeader(w.Header(), header)
-	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
-	w.WriteHeader(status)
-	w.Write(body)
-	return nil
-}
 
 // readBody reads a whole upstream body of at most limit bytes; a body that
 // breaks off, or is longer, is a 502 that says so.
@@ -225,38 +269,26 @@ func (s *Server) readBody(x *exchange, resp *http.Response, limit int64) ([]byte
 	if x.r.Context().Err() != nil {
 		return nil, clientGone("client went away while the answer was read")
 	}
-	name := "upstream"
-	if x.served != nil {
-		name = x.served.Name
+	if errors.Is(err, errTooLarge) {
+		return nil, x.tooLarge(int64(len(body)), limit)
 	}
+	name := x.servedName()
 	s.log.Warn("upstream body failed", "upstream", name, "kind", x.req.Kind, "path", x.r.URL.Path, "bytes", len(body), "err", err)
 	cut := fmt.Sprintf("%s: body cut after %d bytes: %v", name, len(body), err)
 	if n >= 0 {
 		cut = fmt.Sprintf("%s: body cut after %d of %d bytes: %v", name, len(body), n, err)
 	}
-	if errors.Is(err, errTooLarge) {
-		return nil, x.tooLarge(int64(len(body)), limit)
-	}
-	p := aborted(cut)
-	p.abort, p.lines, p.reason = false, []string{describeRequest(x.req) + ": the upstream broke off the answer", cut}, ""
-	return nil, p
-}
-
-// tooLarge is the 502 of an answer larger than any of its kind may be.
-func (x *exchange) tooLarge(n, limit int64) *problem {
-	return &problem{code: wire.BadUpstream,
-		lines: []string{describeRequest(x.req) + ": the upstream's answer is too large for its kind; not relayed, not kept",
-			fmt.Sprintf("%s: %d bytes or more, the limit is %d", x.servedName(), n, limit)}}
+	return nil, upstreamCut(describeRequest(x.req)+": the upstream broke off the answer", cut)
 }
 
 // listLimit bounds a version list read for filtering.
 const listLimit = 4 << 20
 
-// writeList answers with the version list body, less the versions that
+// filterList answers with the version list body, less the versions that
 // policy denies.
-func (s *Server) writeList(x *exchange, header http.Header, body []byte) error {
+func (s *Server) filterList(x *exchange, header http.Header, body []byte) error {
 	versions := strings.Fields(string(body))
-	allowed := x.pol.FilterVersions(policy.Request{Module: x.req.Module, Host: x.destination(), Identity: x.identity}, versions)
+	allowed := x.pol.FilterVersions(x.policyRequest(""), versions)
 	if len(allowed) != len(versions) {
 		x.reason = fmt.Sprintf("%d of %d versions removed by policy", len(versions)-len(allowed), len(versions))
 		body = []byte(strings.Join(allowed, "\n"))
@@ -264,18 +296,18 @@ func (s *Server) writeList(x *exchange, header http.Header, body []byte) error {
 			body = append(body, '\n')
 		}
 	}
-	return writeWhole(x.w, http.StatusOK, header, body)
+	return x.sendBytes(http.StatusOK, header, body)
 }
 
-// writeLatest answers with the @latest body when policy allows its
+// filterLatest answers with the @latest body when policy allows its
 // version; otherwise with the .info of the highest allowed version in the
 // list, or 403 when there is none.
-func (s *Server) writeLatest(x *exchange, src source, header http.Header, body []byte) error {
+func (s *Server) filterLatest(x *exchange, src source, header http.Header, body []byte) error {
 	var info struct{ Version string }
 	json.Unmarshal(body, &info)
-	preq := policy.Request{Module: x.req.Module, Host: x.destination(), Identity: x.identity}
+	preq := x.policyRequest("")
 	if info.Version == "" || len(x.pol.FilterVersions(preq, []string{info.Version})) == 1 {
-		return writeWhole(x.w, http.StatusOK, header, body)
+		return x.sendBytes(http.StatusOK, header, body)
 	}
 	base := x.req.Prefix + strings.TrimSuffix(x.req.Path, "/@latest")
 	if v := s.latestAllowed(x, src, base, preq); v != "" {
@@ -292,8 +324,8 @@ func (s *Server) writeLatest(x *exchange, src source, header http.Header, body [
 			res.Response.Body.Close()
 		}
 	}
-	d := x.pol.Decide(policy.Request{Module: x.req.Module, Version: info.Version, Kind: string(KindInfo), Host: x.destination(), Identity: x.identity})
-	return x.denial(d, info.Version)
+	preq.Version, preq.Kind = info.Version, string(KindInfo)
+	return x.denial(x.pol.Decide(preq), info.Version)
 }
 
 // latestAllowed returns the version the go command would pick as latest
@@ -331,73 +363,4 @@ func newer(v, best string) bool {
 		return vRelease
 	}
 	return semver.Compare(v, best) > 0
-}
-
-// chainSource is reverse mode's source: the upstream chain, walked with
-// GOPROXY semantics, hedged for immutable artifacts.
-type chainSource struct{ s *Server }
-
-func (chainSource) admit(*exchange) error { return nil }
-
-func (c chainSource) fetch(ctx context.Context, x *exchange, fr fetchRequest) upstream.Result {
-	if fr.method == http.MethodGet {
-		return c.s.walk(ctx, x, fr.path, fr.header, fr.check.upstream())
-	}
-	return c.s.chain.Walk(ctx, fr.method, fr.path, fr.header, x.eligible)
-}
-
-// originSource is forward and MITM mode's source: the one host the client
-// named, with its own breaker, retries and timeouts.
-type originSource struct {
-	f    *forward
-	u    *upstream.Upstream
-	host string // normalised, without the port
-}
-
-// admit keeps private module paths away from hosts that are not private:
-// the module the request is for, or any private path in it.
-func (o originSource) admit(x *exchange) error {
-	pattern, what := x.private, x.req.Module+" is private"
-	if pattern == "" {
-		pattern, what = privatePathIn(x.pol, x.r), "its path names a private module"
-	}
-	if pattern == "" || o.f.isPrivateHost(x, o.host) {
-		return nil
-	}
-	subject := describeRequest(x.req)
-	if x.req.Module == "" {
-		subject = x.r.Method + " " + x.r.URL.Path
-	}
-	return &problem{code: wire.PrivateHost, decision: decisionDeny, ruleText: "private " + pattern,
-		reason: "private module path to a host that is not private",
-		lines: []string{
-			fmt.Sprintf("%s refused: %s (pattern %s) and %s is not a private host", subject, what, pattern, o.host),
-			"mark the host private (an upstream with private: true, or forward.private_hosts), or set GONOPROXY/GOPRIVATE so that the go command fetches it directly",
-		}}
-}
-
-// fetch asks the origin. An answer to a module protocol request is a
-// Response only when it is a 200 (redirects are followed, so that the
-// artifact can be checked, filtered and kept); anything else is an
-// attempt, as in reverse mode. Other requests (git, go-get, the rest)
-// pass through with any status.
-func (o originSource) fetch(ctx context.Context, x *exchange, fr fetchRequest) upstream.Result {
-	req := upstream.Request{Method: fr.method, Path: fr.path, Query: fr.query, Header: fr.header, Body: fr.body, ContentLength: fr.length, Check: fr.check.upstream()}
-	if !fetchKind(ctx, x.req.Kind).IsModuleProtocol() {
-		resp, err := o.u.Do(ctx, req)
-		if err != nil {
-			return upstream.Result{Attempts: []upstream.Attempt{upstream.AttemptOf(o.u, nil, err, 0)}}
-		}
-		return upstream.Result{Response: resp, Upstream: o.u}
-	}
-	return o.u.Ask(upstream.FollowRedirects(ctx), req)
-}
-
-// fetchKind is the kind the context's upstream request carries (a
-// latest's list or .info), else def.
-func fetchKind(ctx context.Context, def Kind) Kind {
-	if k := upstream.KindFrom(ctx); k != "" && k != "other" {
-		return Kind(k)
-	}
-	return def
 }

@@ -619,3 +619,13 @@ func (s *Server) breakerReadings() []telemetry.BreakerReading {
 	}
 	return rs
 }
+
+func (s *Server) now() time.Time { return s.clock().Now() }
+
+// clock is the server's clock: Config.Clock, or the system's.
+func (s *Server) clock() upstream.Clock {
+	if s.cfg.Clock != nil {
+		return s.cfg.Clock
+	}
+	return upstream.SystemClock{}
+}

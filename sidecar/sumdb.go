@@ -125,10 +125,7 @@ func (src sumDBSource) fetch(ctx context.Context, x *exchange, fr fetchRequest) 
 		return res
 	}
 	if x.req.Kind == KindSumDBSupported {
-		return upstream.Result{Upstream: route.via, Response: &http.Response{
-			StatusCode: http.StatusOK, ContentLength: 0, Body: http.NoBody,
-			Header: http.Header{"Content-Type": {"text/plain; charset=utf-8"}},
-		}}
+		return supported(route.via)
 	}
 	return db.get(ctx, route, fr.path, fr.check.upstream())
 }

@@ -217,7 +217,7 @@ func (s *Server) serveLookup(x *exchange) error {
 		return x.lookupProblem(err)
 	}
 	x.served = nil
-	return writeWhole(x.w, http.StatusOK, http.Header{"Content-Type": {"text/plain; charset=utf-8"}}, data)
+	return x.sendBytes(http.StatusOK, http.Header{"Content-Type": {"text/plain; charset=utf-8"}}, data)
 }
 
 // errLookupElsewhere sends a forward-mode lookup that modgate could not
