@@ -3,12 +3,13 @@ package policy
 import (
 	"path"
 	"slices"
-	"strconv"
 	"strings"
 	"unicode"
 	"unicode/utf8"
 
 	"golang.org/x/mod/semver"
+
+	"github.com/modgate/modgate/sidecar/wire"
 )
 
 // Decide returns the decision of the first rule that matches r, or the
@@ -233,17 +234,19 @@ const (
 	truncationMarker = "..."
 )
 
-// DenyMessage returns the body of a response refused by decision d:
+// DenyMessage returns the lines of an answer refused by decision d: the
+// message after modgate's code (wire.Denial's), then the policy's contact
+// if it has one:
 //
-//	modgate: github.com/evil/x@v1.0.0 denied by policy rule 2 (deny github.com/evil/*): malware, see SEC-123
+//	github.com/evil/x@v1.0.0 denied by policy rule 2 (deny github.com/evil/*): malware, see SEC-123
 //	ask #platform-builds
 //
-// The second line is the policy's contact, if it has one. The message has
-// no trailing newline, no blank line and no control characters; with one
-// newline appended it is at most 8 lines and 648 bytes, which is what the go
-// command prints, so long parts are cut and end in "...". version may be
-// empty; so may module, for requests that name none (a tunnel).
-func (p *Policy) DenyMessage(d Decision, module, version string) string {
+// No line is blank or has control characters; once the code is put before
+// the first and the lines are joined, they are at most 8 lines and 648
+// bytes, which is what the go command prints, so long parts are cut and
+// end in "...". version may be empty; so may module, for requests that
+// name none (a tunnel).
+func (p *Policy) DenyMessage(d Decision, module, version string) []string {
 	subject := "request"
 	if module != "" {
 		subject = module
@@ -251,46 +254,24 @@ func (p *Policy) DenyMessage(d Decision, module, version string) string {
 			subject += "@" + version
 		}
 	}
-	verb := " denied by policy "
-	if d.Allow {
-		verb = " allowed by policy "
-	}
-	var b strings.Builder
-	b.WriteString("modgate: ")
-	b.WriteString(subject)
-	b.WriteString(verb)
-	if d.Rule > 0 {
-		b.WriteString("rule ")
-		b.WriteString(strconv.Itoa(d.Rule))
-		b.WriteString(" (")
-		b.WriteString(d.RuleText)
-		b.WriteString(")")
-	} else {
-		b.WriteString("(no rule matched")
-		if d.RuleText != "" {
-			b.WriteString(", ")
-			b.WriteString(d.RuleText)
-		}
-		b.WriteString(")")
-	}
-	if d.Reason != "" {
-		b.WriteString(": ")
-		b.WriteString(d.Reason)
-	}
-	first := oneLine(b.String())
+	first := oneLine(wire.Denial{Subject: subject, Rule: d.Rule, RuleText: d.RuleText, Reason: d.Reason}.Message())
 	contact := truncate(oneLine(p.Contact()), maxContactBytes)
 
-	// Lines + separators + the trailing newline a caller may add.
-	budget := maxMessageBytes - 1
+	// The code before the first line, the separators, the trailing newline.
+	budget := maxMessageBytes - len(codePrefixRoom) - 1
 	if contact != "" {
 		budget -= len(contact) + 1
 	}
 	first = truncate(first, budget)
 	if contact == "" {
-		return first
+		return []string{first}
 	}
-	return first + "\n" + contact
+	return []string{first, contact}
 }
+
+// codePrefixRoom is the room the answer's code takes before the first
+// line.
+var codePrefixRoom = wire.FirstLine(wire.Denied, "")
 
 // oneLine makes s safe to show on one terminal line: valid UTF-8, control
 // characters and line breaks turned into spaces (the go command drops a body

@@ -252,24 +252,24 @@ rules:
 func TestDenyMessage(t *testing.T) {
 	p := loadFull(t)
 	d := p.Decide(Request{Module: "github.com/evil/x", Version: "v1.0.0", Kind: KindZip})
-	want := "modgate: github.com/evil/x@v1.0.0 denied by policy rule 1 (deny github.com/evil/*): malware, see SEC-123\nask #platform-builds"
-	if got := p.DenyMessage(d, "github.com/evil/x", "v1.0.0"); got != want {
+	want := "modgate: denied: github.com/evil/x@v1.0.0 denied by policy rule 1 (deny github.com/evil/*): malware, see SEC-123\nask #platform-builds"
+	if got := denyText(p, d, "github.com/evil/x", "v1.0.0"); got != want {
 		t.Errorf("DenyMessage =\n%s\nwant\n%s", got, want)
 	}
 
 	d = p.Decide(Request{Module: "example.test/lib", Version: "v1.4.1", Kind: KindZip})
-	want = "modgate: example.test/lib@v1.4.1 denied by policy rule 2 (deny example.test/lib versions <v1.4.2): CVE fixed in v1.4.2\nask #platform-builds"
-	if got := p.DenyMessage(d, "example.test/lib", "v1.4.1"); got != want {
+	want = "modgate: denied: example.test/lib@v1.4.1 denied by policy rule 2 (deny example.test/lib versions <v1.4.2): CVE fixed in v1.4.2\nask #platform-builds"
+	if got := denyText(p, d, "example.test/lib", "v1.4.1"); got != want {
 		t.Errorf("DenyMessage =\n%s\nwant\n%s", got, want)
 	}
 
 	noContact, _ := Parse("policy.yaml", []byte("default: deny"))
 	d = noContact.Decide(Request{Module: "example.test/x", Kind: KindList})
-	want = "modgate: example.test/x denied by policy (no rule matched, default deny)"
-	if got := noContact.DenyMessage(d, "example.test/x", ""); got != want {
+	want = "modgate: denied: example.test/x denied by policy (no rule matched, default deny)"
+	if got := denyText(noContact, d, "example.test/x", ""); got != want {
 		t.Errorf("DenyMessage =\n%s\nwant\n%s", got, want)
 	}
-	if got := Default().DenyMessage(Decision{}, "", ""); got != "modgate: request denied by policy (no rule matched)" {
+	if got := denyText(Default(), Decision{}, "", ""); got != "modgate: denied: request denied by policy (no rule matched)" {
 		t.Errorf("DenyMessage(zero) = %q", got)
 	}
 
@@ -281,7 +281,7 @@ func TestDenyMessage(t *testing.T) {
 		{Rule: 1, RuleText: "deny x", Reason: "\xff\xfe bad utf-8"},
 		{Rule: 1, RuleText: "deny x", Reason: "  \n  "},
 	} {
-		msg := huge.DenyMessage(d, "example.test/"+long, "v1.0.0")
+		msg := denyText(huge, d, "example.test/"+long, "v1.0.0")
 		if !validMessage(msg) {
 			t.Errorf("DenyMessage = %q (%d bytes): breaks the limits", msg, len(msg))
 		}
@@ -459,4 +459,10 @@ func BenchmarkParse(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// denyText is DenyMessage's lines as the answer's body has them: the code
+// before the first, one per line.
+func denyText(p *Policy, d Decision, module, version string) string {
+	return "modgate: denied: " + strings.Join(p.DenyMessage(d, module, version), "\n")
 }

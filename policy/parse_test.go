@@ -246,7 +246,7 @@ func FuzzParse(f *testing.F) {
 			if want := naiveDecide(p, r); d != want {
 				t.Fatalf("Decide(%+v) = %+v, linear evaluation says %+v", r, d, want)
 			}
-			if msg := p.DenyMessage(d, r.Module, r.Version); !validMessage(msg) {
+			if msg := denyText(p, d, r.Module, r.Version); !validMessage(msg) {
 				t.Fatalf("DenyMessage = %q", msg)
 			}
 		}

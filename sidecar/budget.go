@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"sync/atomic"
 
 	"github.com/modgate/modgate/sidecar/wire"
@@ -80,7 +79,5 @@ func readWhole(r io.Reader, limit int64, b *budget) (body []byte, held int64, er
 
 // overBudget is the 503 of a request that found the budget spent.
 func (x *exchange) overBudget() *problem {
-	return &problem{code: wire.Busy,
-		lines:  []string{fmt.Sprintf("%s: modgate holds %d MiB of other answers, its limit; try again", describeRequest(x.req), x.s.buffers.max>>20)},
-		header: http.Header{"Retry-After": {"1"}}}
+	return fail(wire.Busy, fmt.Sprintf("%s: modgate holds %d MiB of other answers, its limit; try again", describeRequest(x.req), x.s.buffers.max>>20)).retryAfter(1)
 }

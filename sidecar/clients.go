@@ -328,9 +328,9 @@ func (c *clients) refusal(r *http.Request, forward bool, reason string) *problem
 		if r.TLS != nil {
 			scheme = "https"
 		}
-		return &problem{code: wire.AuthRequired, proxyAuth: true, decision: decisionDeny, reason: reason,
-			lines:  []string{"proxy authentication required: " + reason, "set the user and password in HTTPS_PROXY/HTTP_PROXY (" + scheme + "://user:password@host:port)"},
-			header: http.Header{"Proxy-Authenticate": c.challenges()}}
+		p := deny(wire.AuthRequired, reason, "proxy authentication required: "+reason, "set the user and password in HTTPS_PROXY/HTTP_PROXY ("+scheme+"://user:password@host:port)")
+		p.proxyAuth, p.header = true, http.Header{"Proxy-Authenticate": c.challenges()}
+		return p
 	}
 	machine := r.Host
 	if h, port, err := net.SplitHostPort(r.Host); err == nil && port == "443" {
@@ -349,8 +349,9 @@ func (c *clients) refusal(r *http.Request, forward bool, reason string) *problem
 		lines = append(lines, "modgate takes a client certificate signed by its clients.client_ca_file")
 	}
 	lines = append(lines, "the go command sends credentials only over https: GOPROXY=https://"+cleanLine(r.Host)+" (see modgate env)")
-	return &problem{code: wire.AuthRequired, decision: decisionDeny, reason: reason,
-		lines: lines, header: http.Header{"Www-Authenticate": c.challenges()}}
+	p := deny(wire.AuthRequired, reason, lines...)
+	p.header = http.Header{"Www-Authenticate": c.challenges()}
+	return p
 }
 
 func (c *clients) challenges() []string {

@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/http"
 	"slices"
-	"strings"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -148,12 +147,11 @@ func (x *exchange) decide() error {
 		return x.denial(d, req.Version)
 	}
 	if req.Kind == KindSumDBLookup && x.private != "" {
-		return &problem{code: wire.PrivateLookup, decision: decisionDeny, ruleText: "private " + x.private,
-			reason: "private modules are never looked up in a checksum database",
-			lines: []string{
-				fmt.Sprintf("checksum database lookup of %s@%s refused: %s is private (pattern %s) and is never sent to a checksum database", req.Module, req.Version, req.Module, x.private),
-				fmt.Sprintf("add %s to GONOSUMDB (or GOPRIVATE) so that the go command does not ask", x.private),
-			}}
+		p := deny(wire.PrivateLookup, "private modules are never looked up in a checksum database",
+			fmt.Sprintf("checksum database lookup of %s@%s refused: %s is private %s and is never sent to a checksum database", req.Module, req.Version, req.Module, wire.PatternNote(x.private)),
+			wire.NoSumDBHint(x.private))
+		p.ruleText = "private " + x.private
+		return p
 	}
 	return nil
 }
@@ -164,8 +162,9 @@ const toolchainModule = "golang.org/toolchain"
 
 // denial is the 403 of a policy decision d against version.
 func (x *exchange) denial(d policy.Decision, version string) *problem {
-	return &problem{code: wire.Denied, decision: decisionDeny, rule: d.Rule, ruleText: d.RuleText, reason: d.Reason,
-		lines: splitMessage(x.pol.DenyMessage(d, x.req.Module, version))}
+	p := deny(wire.Denied, d.Reason, x.pol.DenyMessage(d, x.req.Module, version)...)
+	p.rule, p.ruleText = d.Rule, d.RuleText
+	return p
 }
 
 // policyRequest is what policy is asked of the exchange's module at
@@ -315,14 +314,6 @@ func (x *exchange) logRequest() {
 		attrs = append(attrs, "cache", x.cacheResult)
 	}
 	x.s.log.Info("request", attrs...)
-}
-
-// splitMessage turns a preformatted "modgate: ..." body into writeError's
-// lines.
-func splitMessage(body string) []string {
-	lines := strings.Split(strings.TrimSuffix(body, "\n"), "\n")
-	lines[0] = strings.TrimPrefix(lines[0], "modgate: ")
-	return lines
 }
 
 func clientIP(addr string) string {

@@ -339,9 +339,9 @@ func (f *forward) handleConnect(target string, ctx *goproxy.ProxyCtx) (*goproxy.
 	if f.s.cfg.Offline && mode != modeMITM {
 		// A tunnel's bytes cannot come from the cache.
 		defer span.End()
-		return f.reject(ctx, x, &problem{code: wire.Offline,
-			lines: []string{"CONNECT " + hostport + ": modgate is offline and only intercepted hosts are served, from its cache"}}), target
+		return f.reject(ctx, x, fail(wire.Offline, "CONNECT "+hostport+": modgate is offline and only intercepted hosts are served, from its cache")), target
 	}
+	x.mode = mode
 	return &goproxy.ConnectAction{Action: goproxy.ConnectHijack, Hijack: func(_ *http.Request, c net.Conn, _ *goproxy.ProxyCtx) {
 		f.hijacked.Add(1)
 		defer f.hijacked.Done()
@@ -349,70 +349,55 @@ func (f *forward) handleConnect(target string, ctx *goproxy.ProxyCtx) (*goproxy.
 		defer f.open.Add(-1)
 		if n := f.open.Add(1); n > int64(f.cfg.MaxTunnels) {
 			defer c.Close()
-			x := f.s.newExchange(nil, r, mode)
-			x.identity, x.host, x.req.Kind = identity, hostport, KindTunnel
-			x.connect = func(p *problem) { writeConnectStatus(c, p) }
-			x.end(&problem{code: wire.Busy,
-				lines:  []string{fmt.Sprintf("CONNECT %s: modgate has %d tunnels open, its forward.max_tunnels; try again", hostport, f.cfg.MaxTunnels)},
-				header: http.Header{"Retry-After": {"1"}}})
+			x.connect = func(p *problem) { connectRefusal(x.r, p).Write(c) }
+			x.end(fail(wire.Busy, fmt.Sprintf("CONNECT %s: modgate has %d tunnels open, its forward.max_tunnels; try again", hostport, f.cfg.MaxTunnels)).retryAfter(1))
 			return
 		}
-		action(r, c, host, port, identity)
+		action(x, c, host, port)
 	}}, target
 }
 
-// reject answers a refused CONNECT through goproxy, with the reason in the
-// status line: the go command and git print only that.
+// reject answers a refused CONNECT through goproxy.
 func (f *forward) reject(ctx *goproxy.ProxyCtx, x *exchange, p *problem) *goproxy.ConnectAction {
-	x.connect = func(p *problem) {
-		line := connectLine(p)
-		header := http.Header{"Content-Type": {"text/plain; charset=utf-8"}}
-		for k, vs := range p.header {
-			header[k] = vs
-		}
-		ctx.Resp = &http.Response{
-			StatusCode: p.status(), Status: fmt.Sprintf("%d %s", p.status(), line),
-			ProtoMajor: 1, ProtoMinor: 1, Request: x.r,
-			Header:        header,
-			Body:          io.NopCloser(strings.NewReader(line + "\n")),
-			ContentLength: int64(len(line) + 1),
-			Close:         true,
-		}
-	}
+	x.connect = func(p *problem) { ctx.Resp = connectRefusal(x.r, p) }
 	x.end(p)
 	return &goproxy.ConnectAction{Action: goproxy.ConnectReject}
 }
 
-// connectLine is the status line's text of a CONNECT refused with p.
-func connectLine(p *problem) string {
+// connectRefusal is the answer to a CONNECT refused with p, with the
+// reason in the status line: the go command and git print only that.
+func connectRefusal(r *http.Request, p *problem) *http.Response {
 	msg := string(p.code)
 	if len(p.lines) > 0 {
 		msg = p.lines[0]
 	}
-	return wire.FirstLine(p.code, cleanLine(msg))
-}
-
-// writeConnectStatus answers a hijacked CONNECT.
-func writeConnectStatus(c net.Conn, p *problem) {
-	line := connectLine(p)
-	fmt.Fprintf(c, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s\n",
-		p.status(), line, len(line)+1, line)
+	line := wire.FirstLine(p.code, cleanLine(msg))
+	header := http.Header{"Content-Type": {"text/plain; charset=utf-8"}}
+	for k, vs := range p.header {
+		header[k] = vs
+	}
+	return &http.Response{
+		StatusCode: p.status(), Status: fmt.Sprintf("%d %s", p.status(), line),
+		ProtoMajor: 1, ProtoMinor: 1, Request: r,
+		Header:        header,
+		Body:          io.NopCloser(strings.NewReader(line + "\n")),
+		ContentLength: int64(len(line) + 1),
+		Close:         true,
+	}
 }
 
 // tunnel connects the client to host:port and copies bytes both ways
-// until both sides are done or the tunnel is idle too long.
-func (f *forward) tunnel(r *http.Request, client net.Conn, host, port, identity string) {
+// until both sides are done or the tunnel is idle too long. The tunnel is
+// the CONNECT's exchange, which it ends.
+func (f *forward) tunnel(x *exchange, client net.Conn, host, port string) {
 	defer client.Close()
-	hostport := net.JoinHostPort(host, port)
-	x := f.s.newExchange(nil, r, modeForward)
-	x.identity, x.host, x.req.Kind = identity, hostport, KindTunnel
-	x.connect = func(p *problem) { writeConnectStatus(client, p) }
+	x.connect = func(p *problem) { connectRefusal(x.r, p).Write(client) }
 	defer func() {
-		if span := trace.SpanFromContext(r.Context()); span.IsRecording() {
+		if span := trace.SpanFromContext(x.r.Context()); span.IsRecording() {
 			span.SetAttributes(attribute.Int("http.response.status_code", x.w.status))
 		}
 	}()
-	x.end(f.relayTunnel(x, client, hostport))
+	x.end(f.relayTunnel(x, client, net.JoinHostPort(host, port)))
 }
 
 // relayTunnel dials the destination through the guard and the origin's
@@ -538,7 +523,11 @@ func splice(client, server net.Conn, idle time.Duration, clock upstream.Clock) (
 // intercept ends the client's TLS with a certificate for host minted by
 // modgate's CA and serves each request inside through the pipeline, with
 // the host as its origin.
-func (f *forward) intercept(r *http.Request, client net.Conn, host, port, identity string) {
+//
+// The CONNECT itself is not an exchange of its own: each request inside it
+// is, with its own audit line.
+func (f *forward) intercept(connect *exchange, client net.Conn, host, port string) {
+	r, identity := connect.r, connect.identity
 	hostport := net.JoinHostPort(host, port)
 	io.WriteString(client, "HTTP/1.1 200 Connection established\r\n\r\n")
 	tconn := tls.Server(client, f.cfg.CA.ServerConfig(host))
@@ -547,8 +536,7 @@ func (f *forward) intercept(r *http.Request, client net.Conn, host, port, identi
 		x := f.s.newExchange(w, in, modeMITM)
 		x.identity, x.host = identity, hostport
 		if h, _, err := wire.NormalizeHostPort(in.Host, port); err != nil || h != host {
-			x.end(&problem{code: wire.Misdirected, decision: decisionInvalid,
-				lines: []string{fmt.Sprintf("request for %s inside a CONNECT to %s", in.Host, hostport)}})
+			x.end(invalidAs(wire.Misdirected, fmt.Sprintf("request for %s inside a CONNECT to %s", in.Host, hostport)))
 			return
 		}
 		x.end(f.serve(x, "https", host, port))

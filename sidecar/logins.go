@@ -2,7 +2,6 @@ package sidecar
 
 import (
 	"fmt"
-	"net/http"
 	"sync"
 	"time"
 
@@ -63,13 +62,9 @@ func tooMany(client string, b *loginBucket) *problem {
 		return nil
 	}
 	wait := time.Duration((1-b.tokens)*float64(loginRefill)).Round(time.Second) + time.Second
-	return &problem{code: wire.TooManyLogins, decision: decisionDeny,
-		reason: "too many failed logins from " + client,
-		lines: []string{
-			fmt.Sprintf("too many failed logins from %s; credentials are not checked for %s", client, wait),
-			"fix the user and password, then retry",
-		},
-		header: http.Header{"Retry-After": {fmt.Sprint(int(wait.Seconds()))}}}
+	return deny(wire.TooManyLogins, "too many failed logins from "+client,
+		fmt.Sprintf("too many failed logins from %s; credentials are not checked for %s", client, wait),
+		"fix the user and password, then retry").retryAfter(int(wait.Seconds()))
 }
 
 // take takes one token from client's bucket before its credentials are

@@ -113,14 +113,30 @@ func (p *problem) retryAfter(seconds int) *problem {
 	return p
 }
 
+// deny is a refusal by policy or a guard: code, and the audit line's
+// reason.
+func deny(code wire.Code, reason string, lines ...string) *problem {
+	return &problem{code: code, lines: lines, decision: decisionDeny, reason: reason}
+}
+
 // invalid is a request modgate will not pass on: 400 with the reason.
 func invalid(lines ...string) *problem {
-	return &problem{code: wire.BadRequest, lines: lines, decision: decisionInvalid}
+	return invalidAs(wire.BadRequest, lines...)
+}
+
+// invalidAs is a request modgate will not pass on, with code.
+func invalidAs(code wire.Code, lines ...string) *problem {
+	return &problem{code: code, lines: lines, decision: decisionInvalid}
 }
 
 // refused is a destination forward mode will not reach.
 func refused(reason string, details ...string) *problem {
-	return &problem{code: wire.Refused, lines: append([]string{reason}, details...), decision: decisionDeny, reason: reason}
+	return deny(wire.Refused, reason, append([]string{reason}, details...)...)
+}
+
+// loop is a request that came back to this modgate, or to one it passed.
+func loop(reason string, lines ...string) *problem {
+	return &problem{code: wire.Loop, lines: lines, decision: decisionLoop, reason: reason}
 }
 
 // clientGone is a request whose client went away; nothing is answered.

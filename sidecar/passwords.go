@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"fmt"
-	"net/http"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -158,10 +157,8 @@ func (p *passwords) bcrypt(ctx context.Context, hash []byte, pass string) (bool,
 }
 
 func busyLogins() *problem {
-	return &problem{code: wire.Busy, decision: decisionDeny,
-		reason: "too many password checks at once",
-		lines:  []string{"modgate is checking too many passwords at once; retry in a second"},
-		header: http.Header{"Retry-After": {"1"}}}
+	return deny(wire.Busy, "too many password checks at once",
+		"modgate is checking too many passwords at once; retry in a second").retryAfter(1)
 }
 
 // dummyHash is compared against for unknown users at the cost of the

@@ -36,16 +36,14 @@ func (s *Server) reverse(x *exchange) error {
 	}
 	req, err := s.classify(r, "")
 	if errors.Is(err, ErrNotModuleRequest) {
-		return &problem{code: wire.NotModuleRequest, decision: decisionInvalid,
-			lines: []string{fmt.Sprintf("%q is not a module proxy path (want /<module>/@v/list, /@v/<version>.info|.mod|.zip, /@latest or /sumdb/...)", r.URL.Path)}}
+		return invalidAs(wire.NotModuleRequest, fmt.Sprintf("%q is not a module proxy path (want /<module>/@v/list, /@v/<version>.info|.mod|.zip, /@latest or /sumdb/...)", r.URL.Path))
 	}
 	if err != nil {
 		return invalid(err.Error())
 	}
 	x.req = req
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		p := &problem{code: wire.MethodNotAllowed, decision: decisionInvalid,
-			lines: []string{fmt.Sprintf("method %s not allowed: a module proxy answers GET and HEAD", r.Method)}}
+		p := invalidAs(wire.MethodNotAllowed, fmt.Sprintf("method %s not allowed: a module proxy answers GET and HEAD", r.Method))
 		p.header = http.Header{"Allow": {"GET, HEAD"}}
 		return p
 	}

@@ -26,7 +26,6 @@ import (
 	"github.com/modgate/modgate/sidecar/cache"
 	"github.com/modgate/modgate/sidecar/upstream"
 	"github.com/modgate/modgate/sidecar/verify"
-	"github.com/modgate/modgate/sidecar/wire"
 	"github.com/modgate/modgate/telemetry"
 )
 
@@ -426,9 +425,9 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			if r.URL.IsAbs() || r.Method == http.MethodConnect {
 				mode = modeForward
 			}
-			s.newExchange(w, r, mode).end(&problem{code: wire.Loop, decision: decisionLoop, reason: "Via: " + v,
-				lines: []string{"request loop: this request has already passed through this modgate (Via: " + v + ")",
-					"an upstream of modgate leads back to modgate; check the upstream chain"}})
+			s.newExchange(w, r, mode).end(loop("Via: "+v,
+				"request loop: this request has already passed through this modgate (Via: "+v+")",
+				"an upstream of modgate leads back to modgate; check the upstream chain"))
 			return
 		}
 	}

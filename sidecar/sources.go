@@ -119,12 +119,11 @@ func (o originSource) admit(x *exchange) error {
 	if x.req.Module == "" {
 		subject = x.r.Method + " " + x.r.URL.Path
 	}
-	return &problem{code: wire.PrivateHost, decision: decisionDeny, ruleText: "private " + pattern,
-		reason: "private module path to a host that is not private",
-		lines: []string{
-			fmt.Sprintf("%s refused: %s (pattern %s) and %s is not a private host", subject, what, pattern, o.host),
-			"mark the host private (an upstream with private: true, or forward.private_hosts), or set GONOPROXY/GOPRIVATE so that the go command fetches it directly",
-		}}
+	p := deny(wire.PrivateHost, "private module path to a host that is not private",
+		fmt.Sprintf("%s refused: %s %s and %s is not a private host", subject, what, wire.PatternNote(pattern), o.host),
+		"mark the host private (an upstream with private: true, or forward.private_hosts), or set GONOPROXY/GOPRIVATE so that the go command fetches it directly")
+	p.ruleText = "private " + pattern
+	return p
 }
 
 // fetch asks the origin. An answer to a module protocol request is a

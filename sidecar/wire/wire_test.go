@@ -98,3 +98,33 @@ func TestEveryCodeHasAnErrorStatus(t *testing.T) {
 		t.Errorf("unknown code's status = %d, want 500", s)
 	}
 }
+
+func TestDetails(t *testing.T) {
+	for _, d := range []Denial{
+		{Subject: "example.test/lib@v1.4.1", Rule: 2, RuleText: "deny example.test/lib versions <v1.4.2", Reason: "CVE fixed in v1.4.2"},
+		{Subject: "github.com/evil/x@v1.0.0", Rule: 1, RuleText: "deny github.com/evil/*", Reason: "malware: see SEC-123"},
+		{Subject: "example.test/x", RuleText: "default deny"},
+		{Subject: "request"},
+		{Subject: "example.test/x@v1.0.0", Rule: 12, RuleText: "deny example.test/*"},
+	} {
+		got, ok := ParseDenial(d.Message())
+		if !ok || got != d {
+			t.Errorf("ParseDenial(%q) = %+v, %v; want %+v", d.Message(), got, ok, d)
+		}
+	}
+	if _, ok := ParseDenial("example.test/x not found"); ok {
+		t.Error("ParseDenial read a message that is not a denial")
+	}
+	for _, lines := range [][]string{
+		{"lookup refused: x is private " + PatternNote("*.corp.example.test") + " and ...", NoSumDBHint("*.corp.example.test")},
+		{"x refused: x is private " + PatternNote("*.corp.example.test") + " and h is not a private host"},
+	} {
+		p, line, ok := ParsePattern(lines...)
+		if !ok || p != "*.corp.example.test" || line == "" {
+			t.Errorf("ParsePattern(%q) = %q, %q, %v", lines, p, line, ok)
+		}
+	}
+	if _, _, ok := ParsePattern("nothing here"); ok {
+		t.Error("ParsePattern found a pattern in a line without one")
+	}
+}

@@ -234,24 +234,23 @@ func explainLoop(b *block, a answer) *Explanation {
 	}
 }
 
-// denyRE picks the specifics out of a denial's message (policy.DenyMessage
-// after the code): "M@V denied by policy rule N (TEXT): REASON".
-var denyRE = regexp.MustCompile(`^(\S+) denied by policy (?:rule (\d+) \((.*?)\)|\((no rule matched[^)]*)\))(?:: (.*))?$`)
-
 func explainDenied(b *block, a answer) *Explanation {
 	subject := b.subject()
 	var cause strings.Builder
 	ruleText := ""
-	if m := denyRE.FindStringSubmatch(a.msg); m != nil {
-		var ruleNo, noRule, reason string
-		subject, ruleNo, ruleText, noRule, reason = m[1], m[2], m[3], m[4], m[5]
-		if ruleNo != "" {
-			fmt.Fprintf(&cause, "modgate's policy refused %s: rule %s (%s) matched it", subject, ruleNo, ruleText)
+	if d, ok := wire.ParseDenial(a.msg); ok {
+		subject, ruleText = d.Subject, d.RuleText
+		if d.Rule > 0 {
+			fmt.Fprintf(&cause, "modgate's policy refused %s: rule %d (%s) matched it", subject, d.Rule, d.RuleText)
 		} else {
+			noRule := "no rule matched"
+			if d.RuleText != "" {
+				noRule += ", " + d.RuleText
+			}
 			fmt.Fprintf(&cause, "modgate's policy refused %s: no rule matched and the policy's default is to deny (%s)", subject, noRule)
 		}
-		if reason != "" {
-			fmt.Fprintf(&cause, ", with the reason %q", reason)
+		if d.Reason != "" {
+			fmt.Fprintf(&cause, ", with the reason %q", d.Reason)
 		}
 	} else {
 		fmt.Fprintf(&cause, "modgate's policy refused %s: %s", subject, a.msg)
@@ -275,23 +274,14 @@ func explainDenied(b *block, a answer) *Explanation {
 	return &Explanation{Title: "denied by modgate's policy", Saw: nonEmpty(a.line, contact), Cause: cause.String(), Fix: fix}
 }
 
-var (
-	// addToGONOSUMDBRE finds the pattern modgate suggests in its details.
-	addToGONOSUMDBRE = regexp.MustCompile(`add (\S+) to GONOSUMDB`)
-	// patternRE finds the private pattern a message names.
-	patternRE = regexp.MustCompile(`\(pattern (\S+?)\)`)
-)
-
-// privatePattern returns the private pattern an answer names, or the
-// module path of subject.
+// privatePattern returns the private pattern an answer names, and the
+// line that names it, or the module path of subject.
 func privatePattern(a answer, subject string) (pattern, line string) {
-	for _, l := range a.details {
-		if m := addToGONOSUMDBRE.FindStringSubmatch(l); m != nil {
-			return m[1], l
+	if p, l, ok := wire.ParsePattern(append([]string{a.msg}, a.details...)...); ok {
+		if l == a.msg {
+			l = ""
 		}
-	}
-	if m := patternRE.FindStringSubmatch(a.msg); m != nil {
-		return m[1], ""
+		return p, l
 	}
 	return pathOf(subject), ""
 }
