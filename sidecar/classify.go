@@ -379,3 +379,21 @@ func splitProxyPrefix(p string) (prefix, rest string) {
 	}
 	return "", p
 }
+
+// describeRequest names what req asks for, as answers and logs say it:
+// "example.test/m@v1.0.0 (.zip)".
+func describeRequest(req Request) string {
+	switch req.Kind {
+	case KindList:
+		return req.Module + " (version list)"
+	case KindLatest:
+		return req.Module + "@latest"
+	case KindInfo, KindMod, KindZip:
+		return fmt.Sprintf("%s@%s (.%s)", req.Module, req.Version, req.Kind)
+	case KindSumDBLookup:
+		return fmt.Sprintf("checksum database %s lookup of %s@%s", req.SumDB, req.Module, req.Version)
+	case KindSumDBSupported, KindSumDBLatest, KindSumDBTile:
+		return fmt.Sprintf("checksum database %s %s", req.SumDB, strings.TrimPrefix(req.Path, "/"))
+	}
+	return string(req.Kind)
+}

@@ -10,6 +10,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/asn1"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -586,4 +587,16 @@ func (c ClientsConfig) Check() map[string]error {
 	check("tokens_file", c.TokensFile, func(b []byte) error { _, err := parseTokens(b); return err })
 	check("client_ca_file", c.ClientCAFile, func(b []byte) error { _, err := parseCAs(b); return err })
 	return errs
+}
+
+func parseBasic(h string) (user, pass string, ok bool) {
+	scheme, cred, found := strings.Cut(h, " ")
+	if !found || !strings.EqualFold(scheme, "Basic") {
+		return "", "", false
+	}
+	b, err := base64.StdEncoding.DecodeString(strings.TrimSpace(cred))
+	if err != nil {
+		return "", "", false
+	}
+	return strings.Cut(string(b), ":")
 }

@@ -3,7 +3,6 @@ package sidecar
 import (
 	"context"
 	"crypto/tls"
-	"encoding/base64"
 	"fmt"
 	"io"
 	"log/slog"
@@ -101,7 +100,7 @@ func newForward(s *Server, cfg ForwardConfig, opts upstream.Options) *forward {
 		explicit:     map[string]bool{},
 		resolve:      map[string]string{},
 		resolver:     net.DefaultResolver,
-		dialer:       &net.Dialer{Timeout: upstream.DefaultTimeouts.Dial, KeepAlive: 30 * time.Second},
+		dialer:       &net.Dialer{Timeout: upstream.DefaultTimeouts().Dial, KeepAlive: 30 * time.Second},
 	}
 	// Host patterns are spelled as hosts are (wire.NormalizeHost), so that
 	// each compares with the one normalised host of a request.
@@ -238,18 +237,6 @@ func normalized(host string) string {
 // everyone is nobody in particular ("").
 func (f *forward) authenticate(r *http.Request) (identity string, err error) {
 	return f.s.clients.authenticate(r, true)
-}
-
-func parseBasic(h string) (user, pass string, ok bool) {
-	scheme, cred, found := strings.Cut(h, " ")
-	if !found || !strings.EqualFold(scheme, "Basic") {
-		return "", "", false
-	}
-	b, err := base64.StdEncoding.DecodeString(strings.TrimSpace(cred))
-	if err != nil {
-		return "", "", false
-	}
-	return strings.Cut(string(b), ":")
 }
 
 // serveAbsolute answers an absolute-form request (GET http://host/path).

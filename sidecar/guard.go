@@ -47,13 +47,13 @@ type guard struct {
 	resolver *net.Resolver
 	dialer   *net.Dialer
 	// machine is this machine's addresses, refused like loopback. If nil,
-	// upstream.ThisMachine.
+	// upstream.ThisMachine().
 	machine *upstream.Machine
 }
 
 func (g *guard) thisMachine() *upstream.Machine {
 	if g.machine == nil {
-		return upstream.ThisMachine
+		return upstream.ThisMachine()
 	}
 	return g.machine
 }

@@ -3,6 +3,7 @@ package sidecar
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
@@ -259,4 +260,13 @@ func chainCode(res upstream.Result) wire.Code {
 		return wire.Timeout
 	}
 	return wire.UpstreamFailed
+}
+
+// attemptsAttr is what each upstream did, for a log line.
+func attemptsAttr(as []upstream.Attempt) slog.Value {
+	ss := make([]string, len(as))
+	for i, a := range as {
+		ss[i] = a.String()
+	}
+	return slog.StringValue(strings.Join(ss, "; "))
 }

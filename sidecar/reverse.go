@@ -4,12 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"strings"
 
-	"github.com/modgate/modgate/sidecar/upstream"
 	"github.com/modgate/modgate/sidecar/wire"
 )
 
@@ -97,28 +95,4 @@ func hostForClient(addr string) string {
 		host = "127.0.0.1"
 	}
 	return net.JoinHostPort(host, port)
-}
-
-func describeRequest(req Request) string {
-	switch req.Kind {
-	case KindList:
-		return req.Module + " (version list)"
-	case KindLatest:
-		return req.Module + "@latest"
-	case KindInfo, KindMod, KindZip:
-		return fmt.Sprintf("%s@%s (.%s)", req.Module, req.Version, req.Kind)
-	case KindSumDBLookup:
-		return fmt.Sprintf("checksum database %s lookup of %s@%s", req.SumDB, req.Module, req.Version)
-	case KindSumDBSupported, KindSumDBLatest, KindSumDBTile:
-		return fmt.Sprintf("checksum database %s %s", req.SumDB, strings.TrimPrefix(req.Path, "/"))
-	}
-	return string(req.Kind)
-}
-
-func attemptsAttr(as []upstream.Attempt) slog.Value {
-	ss := make([]string, len(as))
-	for i, a := range as {
-		ss[i] = a.String()
-	}
-	return slog.StringValue(strings.Join(ss, "; "))
 }

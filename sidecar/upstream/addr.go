@@ -272,8 +272,11 @@ type Machine struct {
 	set  map[netip.Addr]bool
 }
 
-// ThisMachine is the machine modgate runs on.
-var ThisMachine = &Machine{}
+// ThisMachine returns the machine modgate runs on: one Machine for the
+// process, so that its reading of the interfaces is shared.
+func ThisMachine() *Machine { return thisMachine }
+
+var thisMachine = &Machine{}
 
 // Has reports whether a is one of the machine's addresses.
 func (m *Machine) Has(a netip.Addr) bool {

@@ -15,7 +15,7 @@ import (
 )
 
 // BreakerSettings configure one upstream's circuit breaker. A zero field
-// takes its value from DefaultBreaker.
+// takes its value from DefaultBreaker().
 type BreakerSettings struct {
 	// ConsecutiveFailures trips the breaker after that many failures in a row.
 	ConsecutiveFailures uint32
@@ -32,34 +32,27 @@ type BreakerSettings struct {
 	Disabled bool
 }
 
-// DefaultBreaker are the breaker settings of DESIGN.md.
-var DefaultBreaker = BreakerSettings{
-	ConsecutiveFailures: 5, FailureRatio: 0.5, MinRequests: 10,
-	Window: 30 * time.Second, OpenFor: 30 * time.Second, HalfOpenProbes: 1,
+// DefaultBreaker returns the breaker settings of an upstream whose config
+// gives none: open after 5 failures in a row, or half the requests of 30 s
+// (10 at least), for 30 s.
+func DefaultBreaker() BreakerSettings {
+	return BreakerSettings{
+		ConsecutiveFailures: 5, FailureRatio: 0.5, MinRequests: 10,
+		Window: 30 * time.Second, OpenFor: 30 * time.Second, HalfOpenProbes: 1,
+	}
 }
 
 func (s BreakerSettings) withDefaults() BreakerSettings {
-	d := DefaultBreaker
-	d.Disabled = s.Disabled
-	if s.ConsecutiveFailures > 0 {
-		d.ConsecutiveFailures = s.ConsecutiveFailures
+	d := DefaultBreaker()
+	return BreakerSettings{
+		ConsecutiveFailures: positiveOr(s.ConsecutiveFailures, d.ConsecutiveFailures),
+		FailureRatio:        positiveOr(s.FailureRatio, d.FailureRatio),
+		MinRequests:         positiveOr(s.MinRequests, d.MinRequests),
+		Window:              positiveOr(s.Window, d.Window),
+		OpenFor:             positiveOr(s.OpenFor, d.OpenFor),
+		HalfOpenProbes:      positiveOr(s.HalfOpenProbes, d.HalfOpenProbes),
+		Disabled:            s.Disabled,
 	}
-	if s.FailureRatio > 0 {
-		d.FailureRatio = s.FailureRatio
-	}
-	if s.MinRequests > 0 {
-		d.MinRequests = s.MinRequests
-	}
-	if s.Window > 0 {
-		d.Window = s.Window
-	}
-	if s.OpenFor > 0 {
-		d.OpenFor = s.OpenFor
-	}
-	if s.HalfOpenProbes > 0 {
-		d.HalfOpenProbes = s.HalfOpenProbes
-	}
-	return d
 }
 
 // BreakerState is a breaker's state (wire.BreakerState), numbered as the

@@ -12,7 +12,7 @@ import (
 )
 
 // RetrySettings configure retries against one upstream. A zero field takes
-// its value from DefaultRetry.
+// its value from DefaultRetry().
 type RetrySettings struct {
 	// Attempts is the most tries of one request, the first included.
 	// 1 means no retry.
@@ -29,32 +29,33 @@ type RetrySettings struct {
 	Window time.Duration
 }
 
-// DefaultRetry are the retry settings of DESIGN.md.
-var DefaultRetry = RetrySettings{Attempts: 2, Base: 100 * time.Millisecond, Cap: 2 * time.Second, BudgetRatio: 0.2}
+// DefaultRetry returns the retry settings of an upstream whose config
+// gives none: one retry, soon, and retries at most a fifth of the traffic.
+func DefaultRetry() RetrySettings {
+	return RetrySettings{Attempts: 2, Base: 100 * time.Millisecond, Cap: 2 * time.Second, BudgetRatio: 0.2}
+}
 
 // minRetryBudget retries are allowed in any window, so that a lone failure
 // on a quiet upstream is still retried.
 const minRetryBudget = 3
 
 func (s RetrySettings) withDefaults(window time.Duration) RetrySettings {
-	d := DefaultRetry
-	if s.Attempts > 0 {
-		d.Attempts = s.Attempts
+	d := DefaultRetry()
+	return RetrySettings{
+		Attempts:    positiveOr(s.Attempts, d.Attempts),
+		Base:        positiveOr(s.Base, d.Base),
+		Cap:         positiveOr(s.Cap, d.Cap),
+		BudgetRatio: positiveOr(s.BudgetRatio, d.BudgetRatio),
+		Window:      positiveOr(s.Window, window),
 	}
-	if s.Base > 0 {
-		d.Base = s.Base
+}
+
+// positiveOr returns v when it is set (positive), else def.
+func positiveOr[T int | uint32 | float64 | time.Duration](v, def T) T {
+	if v > 0 {
+		return v
 	}
-	if s.Cap > 0 {
-		d.Cap = s.Cap
-	}
-	if s.BudgetRatio > 0 {
-		d.BudgetRatio = s.BudgetRatio
-	}
-	d.Window = s.Window
-	if d.Window <= 0 {
-		d.Window = window
-	}
-	return d
+	return def
 }
 
 // statusError is a try that got an answer the breaker counts as a failure.

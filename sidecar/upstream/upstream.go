@@ -4,6 +4,7 @@
 package upstream
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
@@ -60,7 +61,7 @@ const (
 
 // Timeouts bound each phase of an upstream request. The go command has no
 // timeout of its own, so these are what keeps a stalled upstream from
-// hanging a build. A zero field takes the default from DefaultTimeouts.
+// hanging a build. A zero field takes its default from DefaultTimeouts.
 type Timeouts struct {
 	Dial   time.Duration // TCP connect
 	TLS    time.Duration // TLS handshake
@@ -68,24 +69,21 @@ type Timeouts struct {
 	Idle   time.Duration // longest pause between two reads of the body
 }
 
-// DefaultTimeouts are the timeouts of DESIGN.md.
-var DefaultTimeouts = Timeouts{Dial: 10 * time.Second, TLS: 10 * time.Second, Header: 60 * time.Second, Idle: 60 * time.Second}
+// DefaultTimeouts returns the timeouts of an upstream whose config gives
+// none: long enough for a large module over a slow link, short enough
+// that a dead upstream does not hang a build.
+func DefaultTimeouts() Timeouts {
+	return Timeouts{Dial: 10 * time.Second, TLS: 10 * time.Second, Header: 60 * time.Second, Idle: 60 * time.Second}
+}
 
 func (t Timeouts) withDefaults() Timeouts {
-	d := DefaultTimeouts
-	if t.Dial > 0 {
-		d.Dial = t.Dial
+	d := DefaultTimeouts()
+	return Timeouts{
+		Dial:   positiveOr(t.Dial, d.Dial),
+		TLS:    positiveOr(t.TLS, d.TLS),
+		Header: positiveOr(t.Header, d.Header),
+		Idle:   positiveOr(t.Idle, d.Idle),
 	}
-	if t.TLS > 0 {
-		d.TLS = t.TLS
-	}
-	if t.Header > 0 {
-		d.Header = t.Header
-	}
-	if t.Idle > 0 {
-		d.Idle = t.Idle
-	}
-	return d
 }
 
 // Config describes one upstream. It is plain data, filled by the CLI.
@@ -173,7 +171,7 @@ func RedirectAddrCheck(host string, a netip.Addr, explicit bool) string {
 	switch {
 	case u.IsLoopback() || u.IsUnspecified() || thisNetwork.Contains(u):
 		return SpecialAddr(u)
-	case ThisMachine.Has(u):
+	case ThisMachine().Has(u):
 		return "an address of this machine"
 	case explicit && MetadataAddr(a) != "":
 		return MetadataAddr(a)
@@ -216,7 +214,7 @@ func New(cfg Config, opts Options) (*Upstream, error) {
 		Fallthrough: cfg.Fallthrough,
 		Timeouts:    cfg.Timeouts.withDefaults(),
 		via:         opts.Via,
-		userAgent:   opts.UserAgent,
+		userAgent:   cmp.Or(opts.UserAgent, "modgate"),
 		clock:       opts.Clock,
 		tel:         opts.Telemetry,
 		urlHash:     hashURL(cfg.URL),
@@ -228,9 +226,6 @@ func New(cfg Config, opts Options) (*Upstream, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	if u.userAgent == "" {
-		u.userAgent = "modgate"
-	}
 	switch cfg.URL {
 	case "direct":
 		u.Kind = Direct
@@ -238,58 +233,13 @@ func New(cfg Config, opts Options) (*Upstream, error) {
 		u.Kind = Off
 	}
 	if u.Kind != Proxy {
-		if u.Name == "" {
-			u.Name = cfg.URL
-		}
+		u.Name = cmp.Or(u.Name, cfg.URL)
 		return u, nil
 	}
-	base, err := url.Parse(cfg.URL)
+	rt, base, err := u.transport(cfg, opts, logger)
 	if err != nil {
-		// url.Parse's error repeats the URL, credentials and all.
-		if ue := (*url.Error)(nil); errors.As(err, &ue) {
-			err = ue.Err
-		}
-		return nil, fmt.Errorf("upstream %q: %v", u.Source, err)
+		return nil, err
 	}
-	var rt http.RoundTripper
-	switch base.Scheme {
-	case "http", "https":
-		if base.Host == "" {
-			return nil, fmt.Errorf("upstream %q: no host", u.Source)
-		}
-		if base.RawQuery != "" || base.Fragment != "" {
-			return nil, fmt.Errorf("upstream %q: a proxy URL has no query or fragment", u.Source)
-		}
-		// The credentials leave the URL, which is shown and traced
-		// (url.full), and the transport adds them to each request to the
-		// upstream's own origin, beneath the client span.
-		var next http.RoundTripper = newTransport(u.Timeouts, opts, redirectGuard(base, cfg.RedirectHosts, opts))
-		if base.User != nil && cfg.Auth.Kind() != "" {
-			return nil, fmt.Errorf("upstream %q: the URL carries credentials and auth is set too: give one or the other", u.Source)
-		}
-		logName := cfg.Name
-		if logName == "" {
-			logName = base.Host
-		}
-		next, u.auth, err = AuthTransport(base.String(), cfg.Auth, next, logger.With("upstream", logName))
-		if err != nil {
-			return nil, fmt.Errorf("upstream %q: %v", u.Source, err)
-		}
-		base.User = nil
-		rt = opts.Telemetry.ClientTransport(next)
-	case "file":
-		dir := base.Path
-		if st, err := os.Stat(dir); err != nil || !st.IsDir() {
-			return nil, fmt.Errorf("upstream %q: %s is not a directory", u.Source, dir)
-		}
-		rt = http.NewFileTransportFS(os.DirFS(dir))
-		// The file transport joins paths under "/"; keep only that part.
-		base = &url.URL{Scheme: "file", Path: "/"}
-	default:
-		return nil, fmt.Errorf("upstream %q: scheme must be http, https or file (or the words direct, off)", u.Source)
-	}
-	base.Path = strings.TrimSuffix(base.Path, "/")
-	base.RawPath = ""
 	u.URL = base
 	if u.Name == "" {
 		u.Name = base.Host
@@ -297,27 +247,9 @@ func New(cfg Config, opts Options) (*Upstream, error) {
 			u.Name = "file:" + u.Source[len("file://"):]
 		}
 	}
-	u.metric = opts.MetricName
-	if u.metric == "" {
-		u.metric = u.Name
-	}
-	for _, p := range cfg.RedirectHosts {
-		if _, err := path.Match(p, ""); err != nil {
-			return nil, fmt.Errorf("upstream %s: redirect host pattern %q: %v", u.Name, p, err)
-		}
-	}
-	u.client = &http.Client{Transport: rt, CheckRedirect: checkRedirect(base.Host, cfg.RedirectHosts)}
-	if cfg.PassRedirects {
-		// Forward mode's origins: the client follows redirects itself,
-		// except where modgate fetches an artifact whole to check and keep
-		// it. Every hop still goes through Options.Dial (the guard).
-		follow := checkRedirect(base.Host, []string{"*"})
-		u.client.CheckRedirect = func(req *http.Request, via []*http.Request) error {
-			if req.Context().Value(followKey{}) != nil {
-				return follow(req, via)
-			}
-			return http.ErrUseLastResponse
-		}
+	u.metric = cmp.Or(opts.MetricName, u.Name)
+	if u.client, err = u.httpClient(rt, cfg); err != nil {
+		return nil, err
 	}
 	bs := cfg.Breaker.withDefaults()
 	u.breaker = newBreaker(u.Name, bs, u.clock, logger, func(err error) string { return describe(err, u) })
@@ -327,6 +259,79 @@ func New(cfg Config, opts Options) (*Upstream, error) {
 	u.retry = cfg.Retry.withDefaults(bs.Window)
 	u.budget = &budget{ratio: u.retry.BudgetRatio, window: u.retry.Window, clock: u.clock}
 	return u, nil
+}
+
+// transport returns the round tripper that reaches the upstream of cfg,
+// and its base URL (without credentials, which the transport adds to each
+// request to the upstream's own origin).
+func (u *Upstream) transport(cfg Config, opts Options, logger *slog.Logger) (http.RoundTripper, *url.URL, error) {
+	base, err := url.Parse(cfg.URL)
+	if err != nil {
+		// url.Parse's error repeats the URL, credentials and all.
+		if ue := (*url.Error)(nil); errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return nil, nil, fmt.Errorf("upstream %q: %v", u.Source, err)
+	}
+	var rt http.RoundTripper
+	switch base.Scheme {
+	case "http", "https":
+		if base.Host == "" {
+			return nil, nil, fmt.Errorf("upstream %q: no host", u.Source)
+		}
+		if base.RawQuery != "" || base.Fragment != "" {
+			return nil, nil, fmt.Errorf("upstream %q: a proxy URL has no query or fragment", u.Source)
+		}
+		if base.User != nil && cfg.Auth.Kind() != "" {
+			return nil, nil, fmt.Errorf("upstream %q: the URL carries credentials and auth is set too: give one or the other", u.Source)
+		}
+		// The credentials leave the URL, which is shown and traced
+		// (url.full), and the transport adds them beneath the client span.
+		next := http.RoundTripper(newTransport(u.Timeouts, opts, redirectGuard(base, cfg.RedirectHosts, opts)))
+		next, u.auth, err = AuthTransport(base.String(), cfg.Auth, next, logger.With("upstream", cmp.Or(cfg.Name, base.Host)))
+		if err != nil {
+			return nil, nil, fmt.Errorf("upstream %q: %v", u.Source, err)
+		}
+		base.User = nil
+		rt = opts.Telemetry.ClientTransport(next)
+	case "file":
+		dir := base.Path
+		if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+			return nil, nil, fmt.Errorf("upstream %q: %s is not a directory", u.Source, dir)
+		}
+		rt = http.NewFileTransportFS(os.DirFS(dir))
+		// The file transport joins paths under "/"; keep only that part.
+		base = &url.URL{Scheme: "file", Path: "/"}
+	default:
+		return nil, nil, fmt.Errorf("upstream %q: scheme must be http, https or file (or the words direct, off)", u.Source)
+	}
+	base.Path = strings.TrimSuffix(base.Path, "/")
+	base.RawPath = ""
+	return rt, base, nil
+}
+
+// httpClient returns the client of the upstream, with its redirect policy:
+// redirects to its own host and cfg.RedirectHosts; in forward mode
+// (PassRedirects) they go back to the client, except where modgate
+// fetches an artifact whole to check and keep it.
+func (u *Upstream) httpClient(rt http.RoundTripper, cfg Config) (*http.Client, error) {
+	for _, p := range cfg.RedirectHosts {
+		if _, err := path.Match(p, ""); err != nil {
+			return nil, fmt.Errorf("upstream %s: redirect host pattern %q: %v", u.Name, p, err)
+		}
+	}
+	c := &http.Client{Transport: rt, CheckRedirect: checkRedirect(u.URL.Host, cfg.RedirectHosts)}
+	if cfg.PassRedirects {
+		// Every hop still goes through Options.Dial (the guard).
+		follow := checkRedirect(u.URL.Host, []string{"*"})
+		c.CheckRedirect = func(req *http.Request, via []*http.Request) error {
+			if req.Context().Value(followKey{}) != nil {
+				return follow(req, via)
+			}
+			return http.ErrUseLastResponse
+		}
+	}
+	return c, nil
 }
 
 const maxRedirects = 5
