@@ -303,21 +303,7 @@ type tiers struct {
 // checksum database could not vouch for is served to the flight's
 // waiters and not kept.
 func (s *Server) fly(ctx context.Context, f *flight, t tiers, key string, fetch func(context.Context) upstream.Result, ac *answerCheck, req Request) {
-	c := t.local
-	leave := func() {
-		s.flightMu.Lock()
-		if s.flights[key] == f {
-			delete(s.flights, key)
-		}
-		s.flightMu.Unlock()
-	}
-	defer leave()
-	finish := func(err error) {
-		f.mu.Lock()
-		f.ready, f.done, f.err = true, true, err
-		f.cond.Broadcast()
-		f.mu.Unlock()
-	}
+	defer s.land(f, key)
 	stored := s.fromStore(ctx, t, key)
 	release := func(bool) {}
 	if !stored {
@@ -328,36 +314,23 @@ func (s *Server) fly(ctx context.Context, f *flight, t tiers, key string, fetch 
 	var inStore bool
 	defer func() { release(inStore) }()
 	if stored {
-		f.mu.Lock()
-		f.stored = true
-		f.mu.Unlock()
-		finish(nil)
+		f.finish(func() { f.stored = true }, nil)
 		return
 	}
 	res := fetch(ctx)
 	if res.Response == nil {
-		f.mu.Lock()
-		f.res = res
-		f.mu.Unlock()
-		finish(nil)
+		f.finish(func() { f.res = res }, nil)
 		return
 	}
 	resp := res.Response
 	defer resp.Body.Close()
 	found := ac.take(resp)
-	keep := found == nil || found.unverified == nil
-	w := (*cache.Writer)(nil)
-	if found != nil && found.spool != nil {
-		w = found.spool // the whole zip, checked
-	} else {
-		var err error
-		if w, err = c.Create(key, resp.Header.Get("Content-Type")); err != nil {
-			f.mu.Lock()
+	w, err := s.spool(t.local, key, found)
+	if err != nil {
+		f.finish(func() {
 			f.res = upstream.Result{Attempts: []upstream.Attempt{{Upstream: res.Upstream, Err: fmt.Errorf("cache: %w", err)}}}
-			f.mu.Unlock()
-			finish(nil)
-			return
-		}
+		}, nil)
+		return
 	}
 	w.SetContentType(resp.Header.Get("Content-Type"))
 	f.mu.Lock()
@@ -366,69 +339,114 @@ func (s *Server) fly(ctx context.Context, f *flight, t tiers, key string, fetch 
 	f.cond.Broadcast()
 	f.mu.Unlock()
 
-	if found == nil || found.spool == nil {
-		body := &capReader{r: resp.Body, n: maxBody(req.Kind)}
-		bp := bufPool.Get().(*[]byte)
-		defer bufPool.Put(bp)
-		for {
-			n, rerr := body.Read(*bp)
-			if n > 0 {
-				if _, werr := w.Write((*bp)[:n]); werr != nil {
-					rerr = werr
-				}
-				f.mu.Lock()
-				f.written += int64(n)
-				f.cond.Broadcast()
-				f.mu.Unlock()
-			}
-			if rerr == io.EOF {
-				break
-			}
-			if rerr != nil {
-				finish(rerr)
-				w.Abort()
-				return
-			}
+	spooled := found != nil && found.spool != nil
+	if !spooled {
+		if err := f.fill(w, &capReader{r: resp.Body, n: maxBody(req.Kind)}); err != nil {
+			f.finish(nil, err)
+			w.Abort()
+			return
 		}
 	}
-	if !keep {
+	switch {
+	case found != nil && found.unverified != nil:
 		// Served to whoever waits for it now, and dropped once they have
 		// it: a request that comes later fetches it again.
-		finish(nil)
-		leave()
-		f.mu.Lock()
-		for f.joined > 0 {
-			f.cond.Wait()
-		}
-		f.mu.Unlock()
+		f.finish(nil, nil)
+		s.land(f, key)
+		f.drained()
 		w.Abort()
 		return
-	}
-	if req.Kind != KindZip || (found != nil && found.spool != nil) {
+	case req.Kind != KindZip || spooled:
 		// A small entry, or a zip checked whole, is kept before its
 		// waiters are told the answer is complete: a request that follows
 		// one that succeeded is a hit.
 		err := w.Commit(w.Len(), nil)
-		finish(nil)
+		f.finish(nil, nil)
 		if err != nil {
 			s.log.Warn("not cached", "key", key, "err", err)
 			return
 		}
-		inStore = s.toStore(ctx, t, key)
-		return
-	}
-	// A zip that streamed as it came is checked as a module zip once every
-	// waiter has it: that read of the whole file is not theirs to wait for.
-	finish(nil)
-	verify := func(path string) error { return checkZipFile(req, path) }
-	if found != nil && found.later {
-		verify = func(path string) error { return ac.verifyKept(ctx, res.Upstream, path) }
-	}
-	if err := w.Commit(resp.ContentLength, verify); err != nil {
-		s.log.Warn("not cached", "key", key, "err", err)
-		return
+	default:
+		// A zip that streamed as it came is checked as a module zip once
+		// every waiter has it: that read of the whole file is not theirs
+		// to wait for.
+		f.finish(nil, nil)
+		verify := func(path string) error { return checkZipFile(req, path) }
+		if found != nil && found.later {
+			verify = func(path string) error { return ac.verifyKept(ctx, res.Upstream, path) }
+		}
+		if err := w.Commit(resp.ContentLength, verify); err != nil {
+			s.log.Warn("not cached", "key", key, "err", err)
+			return
+		}
 	}
 	inStore = s.toStore(ctx, t, key)
+}
+
+// land takes the flight off the board: requests that come from now on
+// start their own.
+func (s *Server) land(f *flight, key string) {
+	s.flightMu.Lock()
+	if s.flights[key] == f {
+		delete(s.flights, key)
+	}
+	s.flightMu.Unlock()
+}
+
+// spool is where the flight's answer is written: the spool the check
+// filled with the whole zip, or a new cache entry.
+func (s *Server) spool(c *cache.Cache, key string, found *checkedAnswer) (*cache.Writer, error) {
+	if found != nil && found.spool != nil {
+		return found.spool, nil
+	}
+	return c.Create(key, "")
+}
+
+// finish marks the flight done (ready too, for a flight that failed before
+// it had an answer), with what set records and the error the body broke
+// off with, and wakes its waiters.
+func (f *flight) finish(set func(), err error) {
+	f.mu.Lock()
+	if set != nil {
+		set()
+	}
+	f.ready, f.done, f.err = true, true, err
+	f.cond.Broadcast()
+	f.mu.Unlock()
+}
+
+// fill copies body into the flight's spool w, telling waiters of each
+// piece.
+func (f *flight) fill(w *cache.Writer, body io.Reader) error {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	for {
+		n, rerr := body.Read(*bp)
+		if n > 0 {
+			if _, werr := w.Write((*bp)[:n]); werr != nil {
+				rerr = werr
+			}
+			f.mu.Lock()
+			f.written += int64(n)
+			f.cond.Broadcast()
+			f.mu.Unlock()
+		}
+		if rerr == io.EOF {
+			return nil
+		}
+		if rerr != nil {
+			return rerr
+		}
+	}
+}
+
+// drained waits until every request served by the flight has left it.
+func (f *flight) drained() {
+	f.mu.Lock()
+	for f.joined > 0 {
+		f.cond.Wait()
+	}
+	f.mu.Unlock()
 }
 
 // fromStore copies the artifact from the shared store into the local

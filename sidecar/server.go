@@ -505,35 +505,11 @@ func (s *Server) Serve(ctx context.Context, ln, adminLn net.Listener) error {
 		servers = append(servers, &http.Server{Handler: s.AdminHandler(), ReadHeaderTimeout: 10 * time.Second, MaxHeaderBytes: maxHeaderBytes, ErrorLog: errLog})
 		listeners = append(listeners, adminLn)
 	}
-	unobserve, err := s.tel.ObserveBreakers(s.breakerReadings)
+	stop, err := s.observe()
 	if err != nil {
 		return err
 	}
-	defer unobserve()
-	if s.cache != nil || s.privCache != nil {
-		unobserveCache, err := s.tel.ObserveCache(s.cacheReading)
-		if err != nil {
-			return err
-		}
-		defer unobserveCache()
-	}
-	unobserveChecks, err := s.tel.ObserveVerification(s.verificationReading)
-	if err != nil {
-		return err
-	}
-	defer unobserveChecks()
-	if len(s.sharedStores()) > 0 || s.cfg.Fleet.Fleet != nil {
-		unobserveFleet, err := s.tel.ObserveFleet(s.fleetReading)
-		if err != nil {
-			return err
-		}
-		defer unobserveFleet()
-	}
-	if f := s.cfg.Fleet.Fleet; f != nil {
-		defer f.Subscribe(s.heed)()
-		stop := s.watchRedis(f)
-		defer stop()
-	}
+	defer stop()
 	// Ready before the first request is served: one that has been
 	// answered implies readiness.
 	s.ready.Store(true)
@@ -541,6 +517,54 @@ func (s *Server) Serve(ctx context.Context, ln, adminLn net.Listener) error {
 	for i, srv := range servers {
 		go func() { errc <- srv.Serve(listeners[i]) }()
 	}
+	s.logServing(ln, adminLn)
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	s.shutdown(servers)
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}
+
+// observe registers the server's readings with telemetry and, in a fleet,
+// listens to the other replicas; stop undoes it all.
+func (s *Server) observe() (stop func(), err error) {
+	var stops []func()
+	stop = func() {
+		for i := len(stops) - 1; i >= 0; i-- {
+			stops[i]()
+		}
+	}
+	observers := []func() (func() error, error){
+		func() (func() error, error) { return s.tel.ObserveBreakers(s.breakerReadings) },
+		func() (func() error, error) { return s.tel.ObserveVerification(s.verificationReading) },
+	}
+	if s.cache != nil || s.privCache != nil {
+		observers = append(observers, func() (func() error, error) { return s.tel.ObserveCache(s.cacheReading) })
+	}
+	if len(s.sharedStores()) > 0 || s.cfg.Fleet.Fleet != nil {
+		observers = append(observers, func() (func() error, error) { return s.tel.ObserveFleet(s.fleetReading) })
+	}
+	for _, observe := range observers {
+		unobserve, err := observe()
+		if err != nil {
+			stop()
+			return nil, err
+		}
+		stops = append(stops, func() { unobserve() })
+	}
+	if f := s.cfg.Fleet.Fleet; f != nil {
+		stops = append(stops, f.Subscribe(s.heed), s.watchRedis(f))
+	}
+	return stop, nil
+}
+
+// logServing says what the server serves, and warns when artifacts are
+// not verified.
+func (s *Server) logServing(ln, adminLn net.Listener) {
 	attrs := []any{"listen", ln.Addr().String(), "upstreams", upstream.FormatChain(s.chain.Upstreams(), func(u *upstream.Upstream) string { return u.Source }), "sumdb", s.cfg.SumDB, "verified", s.verifier != nil}
 	if adminLn != nil {
 		attrs = append(attrs, "admin", adminLn.Addr().String())
@@ -555,11 +579,13 @@ func (s *Server) Serve(ctx context.Context, ln, adminLn net.Listener) error {
 	if on, why := s.Verification(); !on {
 		s.log.Warn("artifacts are not verified against a checksum database: "+why, "sumdb", s.cfg.SumDB)
 	}
+}
 
-	select {
-	case <-ctx.Done():
-	case err = <-errc:
-	}
+// shutdown stops the servers gracefully within Config.ShutdownGrace: the
+// requests in flight, then the tunnels, then the cache's fetches that
+// outlived their requests; then it lets the upstreams' idle connections
+// go.
+func (s *Server) shutdown(servers []*http.Server) {
 	s.ready.Store(false)
 	s.log.Info("shutting down", "grace", s.cfg.ShutdownGrace.String())
 	sctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownGrace)
@@ -590,10 +616,6 @@ func (s *Server) Serve(ctx context.Context, ln, adminLn net.Listener) error {
 		s.sumdb.direct.CloseIdle()
 	}
 	s.fwd.closeIdle()
-	if errors.Is(err, http.ErrServerClosed) {
-		err = nil
-	}
-	return err
 }
 
 // cacheReading sums the caches for the size and eviction metrics.
