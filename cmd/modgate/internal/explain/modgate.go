@@ -3,6 +3,7 @@ package explain
 import (
 	"fmt"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -499,106 +500,125 @@ func describeAttempt(a attempt) (what, kind string) {
 // upstream-failed. In forward mode the chain is the one origin, and a
 // CONNECT's answer names it in the message alone.
 func explainChain(b *block, a answer) *Explanation {
-	subject := b.subject()
 	if a.tunnel {
 		return explainTunnelFailed(b, a)
 	}
-	atts := a.attempts()
-	stopLine := ""
-	for _, l := range a.details {
-		if strings.HasPrefix(l, "the chain stops there") {
-			stopLine = l
-		}
-	}
-	e := &Explanation{}
-	var cause strings.Builder
-	kinds := map[string]bool{}
-	openFor := ""
-	for _, at := range atts {
-		what, kind := describeAttempt(at)
-		kinds[kind] = true
-		e.Saw = append(e.Saw, at.name+": "+at.what)
-		fmt.Fprintf(&cause, "\n- %s %s.", at.name, what)
-		if m := probedAgainRE.FindStringSubmatch(at.what); m != nil && kind == "open" {
-			openFor = m[1]
-		}
-	}
-	if stopLine != "" {
-		e.Saw = append(e.Saw, stopLine)
-		cause.WriteString("\nThe chain stopped there: after \",\" only 404 and 410 move on to the next upstream, so the ones after it were not asked.")
-	}
+	w := readWalk(a)
+	subject := b.subject()
+	e := &Explanation{Saw: w.saw}
 	switch a.code {
 	case wire.CircuitOpen:
 		e.Title = "upstream circuit open" + fromModgate(b)
-		e.Cause = "modgate stopped asking an upstream that kept failing, so " + subject + " failed at once:" + cause.String()
+		e.Cause = "modgate stopped asking an upstream that kept failing, so " + subject + " failed at once:" + w.cause
 		e.Fix = "Wait for the probe"
-		if openFor != "" {
-			e.Fix += " (in " + openFor + ")"
+		if w.openFor != "" {
+			e.Fix += " (in " + w.openFor + ")"
 		}
 		e.Fix += ": one request then decides whether the upstream is back. Meanwhile `curl -s 127.0.0.1:7071/debug/upstreams` " +
 			"shows why it opened and its recent failures; fix that upstream, or add a fallback after \"|\" in modgate's chain " +
 			"(fallthrough: error) so that requests move on while it is open."
 	case wire.NotFound, wire.Direct:
-		e.Title = "no upstream has " + subject + fromModgate(b)
-		e.Cause = "modgate asked every upstream in its chain and each said it does not have " + subject + ":" + cause.String()
-		switch {
-		case kinds["skip"] && !kinds["notfound"]:
-			e.Title = "no upstream may be asked for " + subject + fromModgate(b)
-			e.Cause = "modgate had no upstream it may ask for " + subject + ":" + cause.String()
-			e.Fix = "Mark the upstream that serves private modules with private: true in modgate's config (upstreams[].private), " +
-				"or add a route for the module to it in the policy (routes). `modgate policy check " + pathOf(subject) + "` shows " +
-				"which private pattern and route apply."
-		case a.code == wire.Direct:
-			e.Cause += "\nmodgate's chain ends in direct, which tells the go command to fetch from the module's origin itself; it did not, because its GOPROXY has no direct after modgate."
-			e.Fix = "If the module exists only at its origin (a private repository), let the go command fetch it: " +
-				"GOPROXY=http://127.0.0.1:7070,direct (`go env -w` or the environment), with GOPRIVATE set for private paths. " +
-				"Otherwise check the module path and version for typos."
-		default:
-			e.Fix = "Check the module path and version (a typo, a tag never pushed, a version retracted upstream). If the module " +
-				"is private or only at its origin, add an upstream that has it to modgate's chain, or let the go command " +
-				"fetch it itself: GOPROXY=http://127.0.0.1:7070,direct."
-		}
+		explainNotFoundChain(e, b, a, w, subject)
 	case wire.Timeout:
 		e.Title = "upstream timed out" + fromModgate(b)
-		e.Cause = "modgate gave up waiting for an upstream, so " + subject + " failed:" + cause.String()
+		e.Cause = "modgate gave up waiting for an upstream, so " + subject + " failed:" + w.cause
 		e.Fix = "The upstream is hung or overloaded: check it (its status page, `curl -s 127.0.0.1:7071/debug/upstreams`). " +
 			"To fail over sooner, lower timeouts.header for it and put a fallback after \"|\" (fallthrough: error) in modgate's chain."
 	default:
 		e.Title = "no upstream could serve " + subject + fromModgate(b)
-		e.Cause = "modgate reached the end of its chain without an answer for " + subject + ":" + cause.String()
-		if len(atts) == 0 {
+		e.Cause = "modgate reached the end of its chain without an answer for " + subject + ":" + w.cause
+		if w.attempts == 0 {
 			e.Cause = "modgate could not get " + subject + " from " + b.origin() + ": " + a.msg + "."
 		}
-		var fixes []string
-		if kinds["refused"] {
-			fixes = append(fixes, "give modgate what the refusing upstream wants (credentials, network access) or remove it from the chain")
-		}
-		if kinds["down"] || kinds["unreachable"] || kinds["dns"] {
-			fixes = append(fixes, "check the upstream's URL and port in modgate's config, and that it is up and reachable from where modgate runs")
-		}
-		if kinds["ratelimit"] {
-			fixes = append(fixes, "slow down (fewer parallel builds) or ask the upstream's operator for a higher limit; modgate already honours Retry-After within its retry cap")
-		}
-		if kinds["server"] {
-			fixes = append(fixes, "the upstream is failing: retry later, and look at `curl -s 127.0.0.1:7071/debug/upstreams` for how often")
-		}
-		if kinds["tls"] {
-			fixes = append(fixes, "fix the upstream's certificate or give modgate its CA with tls_ca_file")
-		}
-		if kinds["hang"] {
-			fixes = append(fixes, "lower timeouts.header for a hung upstream")
-		}
-		if stopLine != "" {
-			fixes = append(fixes, "if the next upstream should be tried when this one fails, join them with \"|\" instead of \",\" (fallthrough: error in the config)")
-		} else if len(atts) == 1 {
-			fixes = append(fixes, "add a second upstream after \"|\" so that one failing upstream does not fail the build")
-		}
-		if len(fixes) == 0 {
-			fixes = append(fixes, "look at what each upstream said above; `curl -s 127.0.0.1:7071/debug/upstreams` shows their recent failures")
-		}
-		e.Fix = capitalise(strings.Join(fixes, "; ")) + "."
+		e.Fix = w.fixes()
 	}
 	return e
+}
+
+// walk is what an answer says each upstream of the chain did.
+type walk struct {
+	saw      []string        // the attempt lines, and the line that says the chain stopped
+	cause    string          // one sentence per attempt, each on its own line
+	kinds    map[string]bool // the kinds of failure (describeAttempt)
+	attempts int
+	openFor  string // when an open circuit probes again
+	stopped  bool   // a "," entry stopped the walk at a failure
+}
+
+func readWalk(a answer) walk {
+	w := walk{kinds: map[string]bool{}}
+	var cause strings.Builder
+	for _, at := range a.attempts() {
+		what, kind := describeAttempt(at)
+		w.kinds[kind] = true
+		w.attempts++
+		w.saw = append(w.saw, at.name+": "+at.what)
+		fmt.Fprintf(&cause, "\n- %s %s.", at.name, what)
+		if m := probedAgainRE.FindStringSubmatch(at.what); m != nil && kind == "open" {
+			w.openFor = m[1]
+		}
+	}
+	for _, l := range a.details {
+		if strings.HasPrefix(l, "the chain stops there") {
+			w.stopped = true
+			w.saw = append(w.saw, l)
+			cause.WriteString("\nThe chain stopped there: after \",\" only 404 and 410 move on to the next upstream, so the ones after it were not asked.")
+			break
+		}
+	}
+	w.cause = cause.String()
+	return w
+}
+
+// explainNotFoundChain explains a walk where no upstream had the module,
+// or none could be asked for it.
+func explainNotFoundChain(e *Explanation, b *block, a answer, w walk, subject string) {
+	e.Title = "no upstream has " + subject + fromModgate(b)
+	e.Cause = "modgate asked every upstream in its chain and each said it does not have " + subject + ":" + w.cause
+	switch {
+	case w.kinds["skip"] && !w.kinds["notfound"]:
+		e.Title = "no upstream may be asked for " + subject + fromModgate(b)
+		e.Cause = "modgate had no upstream it may ask for " + subject + ":" + w.cause
+		e.Fix = "Mark the upstream that serves private modules with private: true in modgate's config (upstreams[].private), " +
+			"or add a route for the module to it in the policy (routes). `modgate policy check " + pathOf(subject) + "` shows " +
+			"which private pattern and route apply."
+	case a.code == wire.Direct:
+		e.Cause += "\nmodgate's chain ends in direct, which tells the go command to fetch from the module's origin itself; it did not, because its GOPROXY has no direct after modgate."
+		e.Fix = "If the module exists only at its origin (a private repository), let the go command fetch it: " +
+			"GOPROXY=http://127.0.0.1:7070,direct (`go env -w` or the environment), with GOPRIVATE set for private paths. " +
+			"Otherwise check the module path and version for typos."
+	default:
+		e.Fix = "Check the module path and version (a typo, a tag never pushed, a version retracted upstream). If the module " +
+			"is private or only at its origin, add an upstream that has it to modgate's chain, or let the go command " +
+			"fetch it itself: GOPROXY=http://127.0.0.1:7070,direct."
+	}
+}
+
+// fixes says what to do about the failures of the walk, one clause for
+// each kind of failure.
+func (w walk) fixes() string {
+	var fixes []string
+	for _, f := range []struct{ kinds, fix string }{
+		{"refused", "give modgate what the refusing upstream wants (credentials, network access) or remove it from the chain"},
+		{"down unreachable dns", "check the upstream's URL and port in modgate's config, and that it is up and reachable from where modgate runs"},
+		{"ratelimit", "slow down (fewer parallel builds) or ask the upstream's operator for a higher limit; modgate already honours Retry-After within its retry cap"},
+		{"server", "the upstream is failing: retry later, and look at `curl -s 127.0.0.1:7071/debug/upstreams` for how often"},
+		{"tls", "fix the upstream's certificate or give modgate its CA with tls_ca_file"},
+		{"hang", "lower timeouts.header for a hung upstream"},
+	} {
+		if slices.ContainsFunc(strings.Fields(f.kinds), func(k string) bool { return w.kinds[k] }) {
+			fixes = append(fixes, f.fix)
+		}
+	}
+	if w.stopped {
+		fixes = append(fixes, "if the next upstream should be tried when this one fails, join them with \"|\" instead of \",\" (fallthrough: error in the config)")
+	} else if w.attempts == 1 {
+		fixes = append(fixes, "add a second upstream after \"|\" so that one failing upstream does not fail the build")
+	}
+	if len(fixes) == 0 {
+		fixes = append(fixes, "look at what each upstream said above; `curl -s 127.0.0.1:7071/debug/upstreams` shows their recent failures")
+	}
+	return capitalise(strings.Join(fixes, "; ")) + "."
 }
 
 // explainTunnelFailed explains a CONNECT that modgate accepted but could
