@@ -437,20 +437,49 @@ func cacheWarm(ctx context.Context, c *cacheRun, via string, jobs int) error {
 		c.fs.Usage()
 		return errUsage
 	}
-	if jobs < 1 {
-		jobs = 1
+	want, err := warmFiles(c.args)
+	if err != nil {
+		return err
 	}
+	base, stop, err := c.warmProxy(ctx, via)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	list := warmList(want)
+	n, failed := c.fetchAll(ctx, base, list, max(jobs, 1))
+	for _, f := range failed {
+		fmt.Fprintln(c.a.Stderr, "  "+f)
+	}
+	fmt.Fprintf(c.a.Stdout, "warmed %d module versions: %d files, %s, %d failed\n", len(want), len(list)-len(failed), byteSize(n), len(failed))
+	if len(failed) > 0 {
+		return fmt.Errorf("cache warm: %d of %d files failed", len(failed), len(list))
+	}
+	return ctx.Err()
+}
+
+// warmFiles reads the module versions that the files names list, each
+// with whether its zip is wanted.
+func warmFiles(names []string) (map[module.Version]bool, error) {
 	want := map[module.Version]bool{}
-	for _, name := range c.args {
+	for _, name := range names {
 		vs, err := warmFile(name)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		for m, zip := range vs {
 			want[m] = want[m] || zip
 		}
 	}
-	base := via
+	return want, nil
+}
+
+// warmProxy is the modgate to warm through: via, else the one that
+// answers on the config's listener, else one started for this command on
+// a loopback port, with the config's cache, upstreams and policy (stop
+// stops it).
+func (c *cacheRun) warmProxy(ctx context.Context, via string) (base string, stop func(), err error) {
+	base = via
 	if base == "" && !c.sc.TLS.Enabled() {
 		addr := clientAddr(c.cfg.Listen)
 		if conn, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
@@ -458,34 +487,43 @@ func cacheWarm(ctx context.Context, c *cacheRun, via string, jobs int) error {
 			base = "http://" + addr
 		}
 	}
-	if base == "" {
-		// No modgate runs here: one for this command, on a loopback port,
-		// with the config's cache, upstreams and policy.
-		if err := c.needCache(); err != nil {
-			return err
-		}
-		url, stop, err := c.serveForWarm(ctx)
-		if err != nil {
-			return err
-		}
-		defer stop()
-		base = url
-		fmt.Fprintf(c.a.Stderr, "modgate cache warm: no modgate answers on %s; fetching straight into %s\n", clientAddr(c.cfg.Listen), c.cfg.Cache.Dir)
+	if base != "" {
+		return strings.TrimSuffix(base, "/"), func() {}, nil
 	}
-	base = strings.TrimSuffix(base, "/")
+	if err := c.needCache(); err != nil {
+		return "", nil, err
+	}
+	url, stop, err := c.serveForWarm(ctx)
+	if err != nil {
+		return "", nil, err
+	}
+	fmt.Fprintf(c.a.Stderr, "modgate cache warm: no modgate answers on %s; fetching straight into %s\n", clientAddr(c.cfg.Listen), c.cfg.Cache.Dir)
+	return strings.TrimSuffix(url, "/"), stop, nil
+}
 
-	type job struct {
-		m   module.Version
-		ext string
-	}
-	var list []job
+// warmJob is one file of a module version to fetch.
+type warmJob struct {
+	m   module.Version
+	ext string
+}
+
+// warmList is the files to fetch for want, in order.
+func warmList(want map[module.Version]bool) []warmJob {
+	var list []warmJob
 	for m, zip := range want {
-		list = append(list, job{m, ".info"}, job{m, ".mod"})
+		list = append(list, warmJob{m, ".info"}, warmJob{m, ".mod"})
 		if zip {
-			list = append(list, job{m, ".zip"})
+			list = append(list, warmJob{m, ".zip"})
 		}
 	}
-	slices.SortFunc(list, func(a, b job) int { return strings.Compare(a.m.String()+a.ext, b.m.String()+b.ext) })
+	slices.SortFunc(list, func(a, b warmJob) int { return strings.Compare(a.m.String()+a.ext, b.m.String()+b.ext) })
+	return list
+}
+
+// fetchAll fetches list from the proxy at base with jobs at a time, with
+// progress on a terminal, and returns the bytes read and the failures,
+// sorted.
+func (c *cacheRun) fetchAll(ctx context.Context, base string, list []warmJob, jobs int) (int64, []string) {
 	var progress io.Writer
 	if f, ok := c.a.Stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 		progress = c.a.Stderr
@@ -494,12 +532,10 @@ func cacheWarm(ctx context.Context, c *cacheRun, via string, jobs int) error {
 	var done, bytes atomic.Int64
 	var mu sync.Mutex
 	var failed []string
-	work := make(chan job)
+	work := make(chan warmJob)
 	var wg sync.WaitGroup
 	for range jobs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			for j := range work {
 				n, err := fetchTo(ctx, client, base, j.m, j.ext)
 				bytes.Add(n)
@@ -513,7 +549,7 @@ func cacheWarm(ctx context.Context, c *cacheRun, via string, jobs int) error {
 				}
 				mu.Unlock()
 			}
-		}()
+		})
 	}
 	for _, j := range list {
 		select {
@@ -527,14 +563,7 @@ func cacheWarm(ctx context.Context, c *cacheRun, via string, jobs int) error {
 		fmt.Fprintln(progress)
 	}
 	slices.Sort(failed)
-	for _, f := range failed {
-		fmt.Fprintln(c.a.Stderr, "  "+f)
-	}
-	fmt.Fprintf(c.a.Stdout, "warmed %d module versions: %d files, %s, %d failed\n", len(want), len(list)-len(failed), byteSize(bytes.Load()), len(failed))
-	if len(failed) > 0 {
-		return fmt.Errorf("cache warm: %d of %d files failed", len(failed), len(list))
-	}
-	return ctx.Err()
+	return bytes.Load(), failed
 }
 
 // fetchTo GETs one file of a module version from the proxy at base and
