@@ -50,7 +50,9 @@ type cacheCmd struct {
 	usage string
 	flags []string // run's flags it takes, besides --config
 	extra func(fs *flag.FlagSet)
-	do    func(ctx context.Context, c *cacheRun) error
+	// minArgs and maxArgs bound its arguments; a maxArgs below 0, none.
+	minArgs, maxArgs int
+	do               func(ctx context.Context, c *cacheRun) error
 }
 
 // cacheRun is one run of a cache subcommand.
@@ -68,19 +70,23 @@ func (a *App) cacheCmds() map[string]cacheCmd {
 	var shared bool
 	return map[string]cacheCmd{
 		"ls": {
-			usage: "usage: modgate cache ls [flags] [PATTERN]\n\nLists the module versions in the cache: module@version, size, age (since the\nnewest of its files was stored) and tier (public: cache.dir, private:\ncache.private_dir).\n",
-			flags: []string{"cache-dir"},
-			do:    cacheLs,
+			usage:   "usage: modgate cache ls [flags] [PATTERN]\n\nLists the module versions in the cache: module@version, size, age (since the\nnewest of its files was stored) and tier (public: cache.dir, private:\ncache.private_dir).\n",
+			flags:   []string{"cache-dir"},
+			maxArgs: 1,
+			do:      cacheLs,
 		},
 		"rm": {
-			usage: "usage: modgate cache rm [flags] PATTERN\n\nRemoves the matching module versions from the cache (every tier), and their\nversion lists. A running modgate may still answer a removed .info or .mod from\nmemory until it restarts.\n",
-			flags: []string{"cache-dir"},
-			do:    cacheRm,
+			usage:   "usage: modgate cache rm [flags] PATTERN\n\nRemoves the matching module versions from the cache (every tier), and their\nversion lists. A running modgate may still answer a removed .info or .mod from\nmemory until it restarts.\n",
+			flags:   []string{"cache-dir"},
+			minArgs: 1,
+			maxArgs: 1,
+			do:      cacheRm,
 		},
 		"du": {
-			usage: "usage: modgate cache du [flags]\n\nPrints the cache's size by tier and kind of file.\n",
-			flags: []string{"cache-dir"},
-			do:    cacheDu,
+			usage:   "usage: modgate cache du [flags]\n\nPrints the cache's size by tier and kind of file.\n",
+			flags:   []string{"cache-dir"},
+			maxArgs: 0,
+			do:      cacheDu,
 		},
 		"verify": {
 			usage: "usage: modgate cache verify [flags]\n\nRe-checks every entry of the cache (with --shared, every object of the shared\nstore too) against the checksum database, as modgate checks what it reads back\nfrom a shared store: public modules' go.mod files and zips, and the\ndatabase's lookups and tiles. Removes what fails, leaves what cannot be\nverified now (the database cannot be asked), and prints what it did. Exits 1\nwhen anything failed. Needs the database's key (see README: Trust).\n",
@@ -88,7 +94,8 @@ func (a *App) cacheCmds() map[string]cacheCmd {
 			extra: func(fs *flag.FlagSet) {
 				fs.BoolVar(&shared, "shared", false, "also check every object of the shared store (cache.shared)")
 			},
-			do: func(ctx context.Context, c *cacheRun) error { return cacheVerify(ctx, c, shared) },
+			maxArgs: -1,
+			do:      func(ctx context.Context, c *cacheRun) error { return cacheVerify(ctx, c, shared) },
 		},
 		"warm": {
 			usage: "usage: modgate cache warm [flags] FILE...\n\nFetches .info, .mod and .zip of every module@version in go.sum files (only\n.info and .mod for their /go.mod lines) and the requirements of go.mod files,\nthrough the running modgate (--via), or, when none answers, straight into the\ncache with the config's upstreams and policy. Warm a cache online, then serve\nit with offline: true (CI images, air-gapped sites).\n",
@@ -97,7 +104,9 @@ func (a *App) cacheCmds() map[string]cacheCmd {
 				fs.StringVar(&via, "via", "", "URL of the running modgate to fetch through (default: http://<listen> when it answers; else none)")
 				fs.IntVar(&jobs, "jobs", 4, "fetches at once")
 			},
-			do: func(ctx context.Context, c *cacheRun) error { return cacheWarm(ctx, c, via, jobs) },
+			minArgs: 1,
+			maxArgs: -1,
+			do:      func(ctx context.Context, c *cacheRun) error { return cacheWarm(ctx, c, via, jobs) },
 		},
 	}
 }
@@ -118,6 +127,10 @@ func (a *App) cache(ctx context.Context, args []string) error {
 			cfg, sc, err := loader{getenv: a.Getenv, goenv: a.GoEnv, goDefault: a.GoDefaultProxy}.load(fs, &rf)
 			if err != nil {
 				return fmt.Errorf("config:\n%w", err)
+			}
+			if n := fs.NArg(); n < cmd.minArgs || (cmd.maxArgs >= 0 && n > cmd.maxArgs) {
+				fs.Usage()
+				return errUsage
 			}
 			return cmd.do(ctx, &cacheRun{a: a, fs: fs, cfg: cfg, sc: sc, args: fs.Args()})
 		}
@@ -266,10 +279,6 @@ func (c *cacheRun) versions(match func(module.Version) bool) ([]*modVersion, err
 }
 
 func cacheLs(_ context.Context, c *cacheRun) error {
-	if len(c.args) > 1 {
-		c.fs.Usage()
-		return errUsage
-	}
 	if err := c.needCache(); err != nil {
 		return err
 	}
@@ -291,10 +300,6 @@ func cacheLs(_ context.Context, c *cacheRun) error {
 }
 
 func cacheRm(_ context.Context, c *cacheRun) error {
-	if len(c.args) != 1 {
-		c.fs.Usage()
-		return errUsage
-	}
 	if err := c.needCache(); err != nil {
 		return err
 	}
@@ -340,10 +345,6 @@ func cacheRm(_ context.Context, c *cacheRun) error {
 }
 
 func cacheDu(_ context.Context, c *cacheRun) error {
-	if len(c.args) > 0 {
-		c.fs.Usage()
-		return errUsage
-	}
 	if err := c.needCache(); err != nil {
 		return err
 	}
@@ -433,10 +434,6 @@ func warmFile(name string) (map[module.Version]bool, error) {
 }
 
 func cacheWarm(ctx context.Context, c *cacheRun, via string, jobs int) error {
-	if len(c.args) == 0 {
-		c.fs.Usage()
-		return errUsage
-	}
 	want, err := warmFiles(c.args)
 	if err != nil {
 		return err

@@ -569,7 +569,7 @@ func writeBuildSummary(w io.Writer, r BuildReport, maxRatio float64) {
 				outs = append(outs, fmt.Sprintf("%d %s", n, o))
 			}
 		}
-		fmt.Fprintf(&b, "  %d requests to modgate (%s): %s; %d cache hits; %s\n", r.Requests, strings.Join(kinds, ", "), strings.Join(outs, ", "), r.CacheHits, bytesText(r.Bytes))
+		fmt.Fprintf(&b, "  %d requests to modgate (%s): %s; %d cache hits; %s\n", r.Requests, strings.Join(kinds, ", "), strings.Join(outs, ", "), r.CacheHits, byteSize(r.Bytes))
 		fmt.Fprintf(&b, "  waiting on modgate: %s", msText(r.WaitMS))
 		if r.Fallthroughs > 0 {
 			fmt.Fprintf(&b, "; %d fall-throughs", r.Fallthroughs)
@@ -654,16 +654,6 @@ func msText(ms float64) string {
 		return fmt.Sprintf("%d ms", d.Milliseconds())
 	}
 	return fmt.Sprintf("%.1f s", d.Seconds())
-}
-
-func bytesText(n int64) string {
-	switch {
-	case n < 1<<10:
-		return fmt.Sprintf("%d B", n)
-	case n < 1<<20:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
 }
 
 // traceEnv is `modgate env --trace`: the GOPROXY and proxy lines carry

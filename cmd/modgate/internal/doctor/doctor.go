@@ -1296,15 +1296,13 @@ func (d *run) report() Report {
 func (r Report) redacted() Report {
 	findings := make([]Finding, len(r.Findings))
 	for i, f := range r.Findings {
-		f.What, f.Where, f.Fix = upstream.RedactText(f.What), upstream.RedactText(f.Where), upstream.RedactText(f.Fix)
-		findings[i] = f
+		findings[i] = f.redacted()
 	}
 	r.Findings = findings
 	if r.Probes != nil {
 		probes := make([]Probe, len(r.Probes))
 		for i, p := range r.Probes {
-			p.URL, p.Error, p.Detail = upstream.RedactText(p.URL), upstream.RedactText(p.Error), upstream.RedactText(p.Detail)
-			probes[i] = p
+			probes[i] = p.redacted()
 		}
 		r.Probes = probes
 	}
@@ -1316,6 +1314,16 @@ func (r Report) redacted() Report {
 		r.GoEnv = env
 	}
 	return r
+}
+
+func (f Finding) redacted() Finding {
+	f.What, f.Where, f.Fix = upstream.RedactText(f.What), upstream.RedactText(f.Where), upstream.RedactText(f.Fix)
+	return f
+}
+
+func (p Probe) redacted() Probe {
+	p.URL, p.Error, p.Detail = upstream.RedactText(p.URL), upstream.RedactText(p.Error), upstream.RedactText(p.Detail)
+	return p
 }
 
 // Counts says how many findings of each severity the report holds:
