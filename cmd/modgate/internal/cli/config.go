@@ -711,13 +711,13 @@ func (c *Config) upstreamConfigs(bad badValue) []upstream.Config {
 	names := map[string]bool{}
 	for i, u := range c.Upstreams {
 		key := fmt.Sprintf("upstreams[%d]", i+1)
+		out = append(out, c.upstreamConfig(key, u, bad))
 		if u.Name != "" {
 			if names[u.Name] {
 				bad(key+".name", "%q names two upstreams", u.Name)
 			}
 			names[u.Name] = true
 		}
-		out = append(out, c.upstreamConfig(key, u, bad))
 	}
 	return out
 }
