@@ -365,20 +365,19 @@ func (ps *parser) route(rn *yaml.Node, key string) (r route, ok bool) {
 	haveModules, haveUpstreams, ok := false, false, true
 	if !ps.fields(rn, key, []string{"modules", "upstreams", "identities"}, func(k string, kn, v *yaml.Node) {
 		sub := key + "." + k
-		var listed, okItems bool
+		var okItems bool
 		switch k {
 		case "identities":
-			r.identities, listed, okItems = ps.identities(v, sub)
+			r.identities, _, okItems = ps.identities(v, sub)
 		case "modules":
 			var modules []string
-			listed, okItems = ps.listItems(v, sub, "names no module pattern", func(n *yaml.Node, key, s string) bool {
+			haveModules, okItems = ps.listItems(v, sub, "names no module pattern", func(n *yaml.Node, key, s string) bool {
 				modules = append(modules, s)
 				return ps.patterns(n, key, s)
 			})
-			haveModules = listed
 			r.modules = strings.Join(modules, ",")
 		case "upstreams":
-			listed, okItems = ps.listItems(v, sub, "names no upstream", func(n *yaml.Node, key, s string) bool {
+			haveUpstreams, okItems = ps.listItems(v, sub, "names no upstream", func(n *yaml.Node, key, s string) bool {
 				r.upstreams = append(r.upstreams, s)
 				if s == "" || strings.ContainsFunc(s, unicode.IsSpace) || strings.ContainsAny(s, ",|") {
 					ps.errorf(n, key, "invalid upstream name %q", s)
@@ -386,7 +385,6 @@ func (ps *parser) route(rn *yaml.Node, key string) (r route, ok bool) {
 				}
 				return true
 			})
-			haveUpstreams = listed
 		}
 		ok = okItems && ok
 	}) {
