@@ -311,211 +311,211 @@ func (ps *parser) patterns(n *yaml.Node, key, s string) bool {
 	return true
 }
 
-func (ps *parser) routes(p *Policy, v *yaml.Node) {
+// entries calls f for each item of the list under name ("routes",
+// "rules"), with the item's key ("rules[2]"). Null is an empty list.
+func (ps *parser) entries(v *yaml.Node, name string, f func(n *yaml.Node, key string)) {
 	if isNull(v) {
 		return
 	}
 	if v.Kind != yaml.SequenceNode {
-		ps.errorf(v, "routes", "must be a list, not %s", describe(v))
+		ps.errorf(v, name, "must be a list, not %s", describe(v))
 		return
 	}
-	for i, rn := range v.Content {
-		rn = resolve(rn)
-		key := fmt.Sprintf("routes[%d]", i+1)
-		var r route
-		haveModules, haveUpstreams, ok := false, false, true
-		if !ps.fields(rn, key, []string{"modules", "upstreams", "identities"}, func(k string, kn, v *yaml.Node) {
-			sub := key + "." + k
-			items, nodes, okList := ps.list(v, sub)
-			if !okList {
-				ok = false
-				return
-			}
-			switch k {
-			case "identities":
-				ids, okIDs := ps.identities(v, sub, items, nodes)
-				ok = okIDs && ok
-				r.identities = ids
-			case "modules":
-				haveModules = true
-				if len(items) == 0 {
-					ps.errorf(v, sub, "names no module pattern")
-					ok = false
-				}
-				for j, s := range items {
-					ok = ps.patterns(nodes[j], fmt.Sprintf("%s[%d]", sub, j+1), s) && ok
-				}
-				r.modules = strings.Join(items, ",")
-			case "upstreams":
-				haveUpstreams = true
-				if len(items) == 0 {
-					ps.errorf(v, sub, "names no upstream")
-					ok = false
-				}
-				for j, s := range items {
-					if s == "" || strings.ContainsFunc(s, unicode.IsSpace) || strings.ContainsAny(s, ",|") {
-						ps.errorf(nodes[j], fmt.Sprintf("%s[%d]", sub, j+1), "invalid upstream name %q", s)
-						ok = false
-					}
-					r.upstreams = append(r.upstreams, s)
-				}
-			}
-		}) {
-			continue
-		}
-		if !haveModules {
-			ps.errorf(rn, key, "needs modules")
-			ok = false
-		}
-		if !haveUpstreams {
-			ps.errorf(rn, key, "names no upstream (needs upstreams)")
-			ok = false
-		}
-		if ok {
-			// Clipped, so that a caller appending to Route's answer
-			// cannot write into the next route's names.
-			r.upstreams = r.upstreams[:len(r.upstreams):len(r.upstreams)]
-			if r.identities != nil {
-				p.routeIdentities = true
-			}
-			p.routeIx.add(len(p.routes), r.modules)
-			p.routes = append(p.routes, r)
-		}
+	for i, n := range v.Content {
+		f(resolve(n), fmt.Sprintf("%s[%d]", name, i+1))
 	}
 }
 
-// identities checks the identity patterns (path.Match globs) of a rule or
-// a route.
-func (ps *parser) identities(v *yaml.Node, key string, items []string, nodes []*yaml.Node) ([]string, bool) {
-	if len(items) == 0 {
-		ps.errorf(v, key, "empty list (leave identities out to match any)")
-		return nil, false
+// listItems reads the list of strings under key and checks each item with
+// check, which reports its own error and says whether the item is good; an
+// empty list is the error empty. listed is false if the value is not a
+// list of strings at all; ok is false if anything was wrong.
+func (ps *parser) listItems(v *yaml.Node, key, empty string, check func(n *yaml.Node, key, s string) bool) (listed, ok bool) {
+	items, nodes, listed := ps.list(v, key)
+	if !listed {
+		return false, false
 	}
-	ok := true
-	var ids []string
+	ok = true
+	if len(items) == 0 {
+		ps.errorf(v, key, "%s", empty)
+		ok = false
+	}
 	for j, s := range items {
+		ok = check(nodes[j], fmt.Sprintf("%s[%d]", key, j+1), s) && ok
+	}
+	return true, ok
+}
+
+func (ps *parser) routes(p *Policy, v *yaml.Node) {
+	ps.entries(v, "routes", func(rn *yaml.Node, key string) {
+		r, ok := ps.route(rn, key)
+		if !ok {
+			return
+		}
+		if r.identities != nil {
+			p.routeIdentities = true
+		}
+		p.routeIx.add(len(p.routes), r.modules)
+		p.routes = append(p.routes, r)
+	})
+}
+
+// route reads one entry of routes; ok is false if it reported an error.
+func (ps *parser) route(rn *yaml.Node, key string) (r route, ok bool) {
+	haveModules, haveUpstreams, ok := false, false, true
+	if !ps.fields(rn, key, []string{"modules", "upstreams", "identities"}, func(k string, kn, v *yaml.Node) {
+		sub := key + "." + k
+		var okItems bool
+		switch k {
+		case "identities":
+			r.identities, _, okItems = ps.identities(v, sub)
+		case "modules":
+			var modules []string
+			haveModules, okItems = ps.listItems(v, sub, "names no module pattern", func(n *yaml.Node, key, s string) bool {
+				modules = append(modules, s)
+				return ps.patterns(n, key, s)
+			})
+			r.modules = strings.Join(modules, ",")
+		case "upstreams":
+			haveUpstreams, okItems = ps.listItems(v, sub, "names no upstream", func(n *yaml.Node, key, s string) bool {
+				r.upstreams = append(r.upstreams, s)
+				if s == "" || strings.ContainsFunc(s, unicode.IsSpace) || strings.ContainsAny(s, ",|") {
+					ps.errorf(n, key, "invalid upstream name %q", s)
+					return false
+				}
+				return true
+			})
+		}
+		ok = okItems && ok
+	}) {
+		return r, false
+	}
+	if !haveModules {
+		ps.errorf(rn, key, "needs modules")
+		ok = false
+	}
+	if !haveUpstreams {
+		ps.errorf(rn, key, "names no upstream (needs upstreams)")
+		ok = false
+	}
+	// Clipped, so that a caller appending to Route's answer cannot write
+	// into the next route's names.
+	r.upstreams = r.upstreams[:len(r.upstreams):len(r.upstreams)]
+	return r, ok
+}
+
+// identities reads the identity patterns (path.Match globs) of a rule or
+// a route.
+func (ps *parser) identities(v *yaml.Node, key string) (ids []string, listed, ok bool) {
+	listed, ok = ps.listItems(v, key, "empty list (leave identities out to match any)", func(n *yaml.Node, key, s string) bool {
 		if _, err := matchHostLike(s, ""); s == "" || err != nil {
-			ps.errorf(nodes[j], fmt.Sprintf("%s[%d]", key, j+1), "invalid pattern %q", s)
-			ok = false
-			continue
+			ps.errorf(n, key, "invalid pattern %q", s)
+			return false
 		}
 		ids = append(ids, s)
-	}
-	return ids, ok
+		return true
+	})
+	return ids, listed, ok
 }
 
 func (ps *parser) rules(p *Policy, v *yaml.Node) {
-	if isNull(v) {
-		return
-	}
-	if v.Kind != yaml.SequenceNode {
-		ps.errorf(v, "rules", "must be a list, not %s", describe(v))
-		return
-	}
-	for i, rn := range v.Content {
-		rn = resolve(rn)
-		key := fmt.Sprintf("rules[%d]", i+1)
-		var r rule
-		ok := true
-		var action string
-		known := []string{"allow", "deny", "versions", "kinds", "hosts", "identities", "reason"}
-		if !ps.fields(rn, key, known, func(k string, kn, v *yaml.Node) {
-			sub := key + "." + k
-			switch k {
-			case "allow", "deny":
-				if action != "" {
-					ps.errorf(kn, sub, "rule has %s already; a rule has allow or deny, not both", action)
-					ok = false
-					return
-				}
-				action = k
-				s, okStr := ps.str(v, sub)
-				r.allow = k == "allow"
-				r.pattern = s
-				if !okStr || !ps.patterns(v, sub, s) {
-					ok = false
-				}
-			case "versions":
-				s, okStr := ps.str(v, sub)
-				if !okStr {
-					ok = false
-					return
-				}
-				c, err := parseConstraint(s)
-				if err != nil {
-					ps.errorf(v, sub, "%v", err)
-					ok = false
-					return
-				}
-				r.versions = c
-			case "kinds":
-				items, nodes, okList := ps.list(v, sub)
-				if !okList {
-					ok = false
-					return
-				}
-				if len(items) == 0 {
-					ps.errorf(v, sub, "empty list (leave kinds out to match every kind)")
-					ok = false
-				}
-				for j, s := range items {
-					b := kindBit(s)
-					if b == 0 {
-						ps.errorf(nodes[j], fmt.Sprintf("%s[%d]", sub, j+1), "unknown kind %q (want one of %s)", s, strings.Join(kindNames[:], " "))
-						ok = false
-					}
-					r.kinds |= b
-				}
-				p.hasKinds = true
-			case "identities":
-				items, nodes, okList := ps.list(v, sub)
-				if !okList {
-					ok = false
-					return
-				}
-				ids, okIDs := ps.identities(v, sub, items, nodes)
-				ok = okIDs && ok
-				r.identities = ids
-			case "hosts":
-				items, nodes, okList := ps.list(v, sub)
-				if !okList {
-					ok = false
-					return
-				}
-				if len(items) == 0 {
-					ps.errorf(v, sub, "empty list (leave %s out to match any)", k)
-					ok = false
-				}
-				for j, s := range items {
-					jkey := fmt.Sprintf("%s[%d]", sub, j+1)
-					// Host names are case-insensitive; Decide lowers the request's.
-					s = strings.ToLower(s)
-					if _, err := matchHostLike(s, ""); s == "" || err != nil {
-						ps.errorf(nodes[j], jkey, "invalid pattern %q", s)
-						ok = false
-						continue
-					}
-					r.hosts = append(r.hosts, s)
-				}
-			case "reason":
-				s, _ := ps.str(v, sub)
-				r.reason = strings.TrimSpace(s)
-			}
-		}) {
-			continue
-		}
-		if action == "" {
-			ps.errorf(rn, key, "needs allow or deny")
-			continue
-		}
+	ps.entries(v, "rules", func(rn *yaml.Node, key string) {
+		r, ok := ps.rule(p, rn, key)
 		if !ok {
-			continue
-		}
-		r.text = action + " " + r.pattern
-		if r.versions != nil {
-			r.text += " versions " + r.versions.text
+			return
 		}
 		p.ruleIx.add(len(p.rules), r.pattern)
 		p.rules = append(p.rules, r)
+	})
+}
+
+// rule reads one entry of rules; ok is false if it reported an error.
+func (ps *parser) rule(p *Policy, rn *yaml.Node, key string) (r rule, ok bool) {
+	ok = true
+	var action string
+	known := []string{"allow", "deny", "versions", "kinds", "hosts", "identities", "reason"}
+	if !ps.fields(rn, key, known, func(k string, kn, v *yaml.Node) {
+		sub := key + "." + k
+		okField := true
+		switch k {
+		case "allow", "deny":
+			if action != "" {
+				ps.errorf(kn, sub, "rule has %s already; a rule has allow or deny, not both", action)
+				ok = false
+				return
+			}
+			action = k
+			s, okStr := ps.str(v, sub)
+			r.allow = k == "allow"
+			r.pattern = s
+			okField = okStr && ps.patterns(v, sub, s)
+		case "versions":
+			r.versions, okField = ps.versions(v, sub)
+		case "kinds":
+			r.kinds, okField = ps.kinds(v, sub)
+			p.hasKinds = true
+		case "identities":
+			r.identities, _, okField = ps.identities(v, sub)
+		case "hosts":
+			r.hosts, okField = ps.hosts(v, sub)
+		case "reason":
+			s, _ := ps.str(v, sub)
+			r.reason = strings.TrimSpace(s)
+		}
+		ok = okField && ok
+	}) {
+		return r, false
 	}
+	if action == "" {
+		ps.errorf(rn, key, "needs allow or deny")
+		return r, false
+	}
+	r.text = action + " " + r.pattern
+	if r.versions != nil {
+		r.text += " versions " + r.versions.text
+	}
+	return r, ok
+}
+
+// versions reads a rule's version constraint.
+func (ps *parser) versions(v *yaml.Node, key string) (*constraint, bool) {
+	s, ok := ps.str(v, key)
+	if !ok {
+		return nil, false
+	}
+	c, err := parseConstraint(s)
+	if err != nil {
+		ps.errorf(v, key, "%v", err)
+		return nil, false
+	}
+	return c, true
+}
+
+// kinds reads a rule's request kinds.
+func (ps *parser) kinds(v *yaml.Node, key string) (kinds kindSet, ok bool) {
+	_, ok = ps.listItems(v, key, "empty list (leave kinds out to match every kind)", func(n *yaml.Node, key, s string) bool {
+		b := kindBit(s)
+		if b == 0 {
+			ps.errorf(n, key, "unknown kind %q (want one of %s)", s, strings.Join(kindNames[:], " "))
+			return false
+		}
+		kinds |= b
+		return true
+	})
+	return kinds, ok
+}
+
+// hosts reads a rule's host patterns, in lower case: host names are
+// case-insensitive, and Decide lowers the request's.
+func (ps *parser) hosts(v *yaml.Node, key string) (hosts []string, ok bool) {
+	_, ok = ps.listItems(v, key, "empty list (leave hosts out to match any)", func(n *yaml.Node, key, s string) bool {
+		s = strings.ToLower(s)
+		if _, err := matchHostLike(s, ""); s == "" || err != nil {
+			ps.errorf(n, key, "invalid pattern %q", s)
+			return false
+		}
+		hosts = append(hosts, s)
+		return true
+	})
+	return hosts, ok
 }

@@ -75,6 +75,8 @@ func (s *Server) claim(ctx context.Context, t tiers, key string) (release func(s
 		}
 		s.leases.waitEmpty.Add(1)
 		return noLease, false
+	case errors.Is(err, fleet.ErrHeld):
+		// Another replica fetches it: wait for that one, below.
 	case err != nil:
 		s.leases.unavailable.Add(1)
 		return noLease, false

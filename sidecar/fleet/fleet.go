@@ -107,17 +107,9 @@ type Fleet struct {
 // Open returns the fleet that cfg describes. It does not talk to Redis:
 // a fleet opened while Redis is down works once Redis is up.
 func Open(cfg Config) (*Fleet, error) {
-	if cfg.URL == "" {
-		return nil, errors.New("fleet: no Redis URL")
-	}
-	shown := redactURL(cfg.URL)
-	opt, err := redis.ParseURL(cfg.URL)
+	opt, err := parseURL(cfg.URL)
 	if err != nil {
-		// url.Parse's error repeats the URL, password and all.
-		if ue := (*url.Error)(nil); errors.As(err, &ue) {
-			err = ue.Err
-		}
-		return nil, fmt.Errorf("fleet: redis URL %q: %v", shown, scrub(err.Error(), passwordOf(cfg.URL)))
+		return nil, err
 	}
 	if len(cfg.Secret) < MinSecret {
 		return nil, fmt.Errorf("fleet: the fleet's secret (fleet.secret_file) has %d bytes; want at least %d, the same on every replica (e.g. openssl rand -hex 32)", len(cfg.Secret), MinSecret)
@@ -139,7 +131,7 @@ func Open(cfg Config) (*Fleet, error) {
 		replica:  cfg.Replica,
 		prefix:   cfg.Prefix,
 		log:      cfg.Logger,
-		url:      shown,
+		url:      redactURL(cfg.URL),
 		password: opt.Password,
 		secret:   append([]byte(nil), cfg.Secret...),
 		subs:     map[*subscription]struct{}{},
@@ -172,6 +164,30 @@ func Open(cfg Config) (*Fleet, error) {
 	})
 	f.rdb = redis.NewClient(opt)
 	return f, nil
+}
+
+// CheckURL says what is wrong with a Redis URL, as Open would, without
+// opening anything.
+func CheckURL(rawURL string) error {
+	_, err := parseURL(rawURL)
+	return err
+}
+
+// parseURL reads a Redis URL as redis.ParseURL does, with errors that do
+// not show its password.
+func parseURL(rawURL string) (*redis.Options, error) {
+	if rawURL == "" {
+		return nil, errors.New("fleet: no Redis URL")
+	}
+	opt, err := redis.ParseURL(rawURL)
+	if err != nil {
+		// url.Parse's error repeats the URL, password and all.
+		if ue := (*url.Error)(nil); errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return nil, fmt.Errorf("fleet: redis URL %q: %v", redactURL(rawURL), scrub(err.Error(), passwordOf(rawURL)))
+	}
+	return opt, nil
 }
 
 // Close stops every subscription and Wait's watcher and closes the

@@ -71,11 +71,11 @@ func TestLeaseOneHolderAndWaitWakesAtRelease(t *testing.T) {
 	if err != nil || la == nil {
 		t.Fatalf("A: Lease = %v, %v; want a lease", la, err)
 	}
-	if lb, err := b.Lease(ctx, artifact, 10*time.Second); lb != nil || err != nil {
-		t.Fatalf("B: Lease = %v, %v; want nil, nil while A holds it", lb, err)
+	if lb, err := b.Lease(ctx, artifact, 10*time.Second); lb != nil || !errors.Is(err, ErrHeld) {
+		t.Fatalf("B: Lease = %v, %v; want ErrHeld while A holds it", lb, err)
 	}
-	if la2, err := a.Lease(ctx, artifact, 10*time.Second); la2 != nil || err != nil {
-		t.Fatalf("A again: Lease = %v, %v; want nil, nil (one lease per key)", la2, err)
+	if la2, err := a.Lease(ctx, artifact, 10*time.Second); la2 != nil || !errors.Is(err, ErrHeld) {
+		t.Fatalf("A again: Lease = %v, %v; want ErrHeld (one lease per key)", la2, err)
 	}
 
 	done := make(chan time.Time, 1)
@@ -156,7 +156,7 @@ func TestLeaseKeepAlive(t *testing.T) {
 	if err := b.Wait(wctx, artifact); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("B's Wait on a lease kept alive = %v; want its deadline", err)
 	}
-	if lb, err := b.Lease(ctx, artifact, time.Second); lb != nil || err != nil {
+	if lb, err := b.Lease(ctx, artifact, time.Second); lb != nil || !errors.Is(err, ErrHeld) {
 		t.Fatalf("B took a lease kept alive: %v, %v", lb, err)
 	}
 	la.Release()

@@ -30,6 +30,10 @@ type Lease struct {
 // shared store instead of fetching it.
 var ErrStored = errors.New("fleet: another replica stored it just now")
 
+// ErrHeld is Lease's answer when another replica holds the lease: the
+// caller waits for it (Wait) instead of fetching the artifact too.
+var ErrHeld = errors.New("fleet: another replica holds the lease")
+
 // storedFor is how long Lease answers ErrStored after Lease.Stored: long
 // enough for a replica that missed the artifact in the store just before
 // it was written, and asks for the lease just after.
@@ -49,7 +53,7 @@ return 0
 
 // Lease tries to take the lease on key (an artifact key such as
 // "example.test/m/@v/v1.0.0.zip") for ttl. It returns the lease if this
-// replica got it, (nil, nil) if another replica holds it, ErrStored if
+// replica got it, ErrHeld if another replica holds it, ErrStored if
 // the last holder stored the artifact just now, and another error if
 // Redis could not be asked (the caller then fetches by itself). The key
 // is stored hashed: module paths may be private.
@@ -72,7 +76,7 @@ func (f *Fleet) Lease(ctx context.Context, key string, ttl time.Duration) (*Leas
 	case got == 2:
 		return nil, ErrStored
 	case got == 0:
-		return nil, nil
+		return nil, ErrHeld
 	}
 	f.leases.Add(1)
 	return l, nil

@@ -20,6 +20,19 @@ type prefixWhy struct {
 	why string
 }
 
+// within says why a is special: the reason of the first prefix of lists
+// that holds it, or "" when none does.
+func within(a netip.Addr, lists ...[]prefixWhy) string {
+	for _, list := range lists {
+		for _, s := range list {
+			if s.p.Contains(a) {
+				return s.why
+			}
+		}
+	}
+	return ""
+}
+
 func prefixes(list ...string) []prefixWhy {
 	var out []prefixWhy
 	for i := 0; i < len(list); i += 2 {
@@ -125,27 +138,10 @@ func SpecialAddr(a netip.Addr) string {
 	case a.Is4In6():
 		return "an IPv4-mapped IPv6 address"
 	case a.Is4():
-		for _, s := range metadata {
-			if s.p.Contains(a) {
-				return s.why
-			}
-		}
-		for _, s := range special4 {
-			if s.p.Contains(a) {
-				return s.why
-			}
-		}
-		return ""
+		return within(a, metadata, special4)
 	}
-	for _, s := range metadata {
-		if s.p.Contains(a) {
-			return s.why
-		}
-	}
-	for _, s := range special6 {
-		if s.p.Contains(a) {
-			return s.why
-		}
+	if why := within(a, metadata, special6); why != "" {
+		return why
 	}
 	b := a.As16()
 	switch {

@@ -423,32 +423,23 @@ func hideSecrets(s string, prefixes []authPrefix) string {
 func parseAuthOutput(data string) ([]authPrefix, error) {
 	var out []authPrefix
 	for block := 1; data != ""; block++ {
-		var line string
-		var ok bool
+		var lines []string
+		var complete bool
 		var urls []*url.URL
-		for {
-			line, data, ok = strings.Cut(data, "\n")
-			if !ok {
-				return nil, fmt.Errorf("output block %d: no blank line after the URLs", block)
-			}
-			if line = strings.TrimSuffix(line, "\r"); line == "" {
-				break
-			}
+		lines, data, complete = cutLines(data)
+		for _, line := range lines {
 			u, err := url.ParseRequestURI(line)
 			if err != nil || u.Host == "" || u.User != nil {
 				return nil, fmt.Errorf("output block %d: a URL line is not an absolute URL without credentials", block)
 			}
 			urls = append(urls, u)
 		}
+		if !complete {
+			return nil, fmt.Errorf("output block %d: no blank line after the URLs", block)
+		}
 		h := http.Header{}
-		for {
-			line, data, ok = strings.Cut(data, "\n")
-			if !ok {
-				return nil, fmt.Errorf("output block %d: no blank line after the headers", block)
-			}
-			if line = strings.TrimSuffix(line, "\r"); line == "" {
-				break
-			}
+		lines, data, complete = cutLines(data)
+		for _, line := range lines {
 			name, value, ok := strings.Cut(line, ": ")
 			value = strings.TrimSpace(value)
 			if !ok || !validHeaderName(name) || !validHeaderValue(value) {
@@ -456,11 +447,31 @@ func parseAuthOutput(data string) ([]authPrefix, error) {
 			}
 			h.Add(name, value)
 		}
+		if !complete {
+			return nil, fmt.Errorf("output block %d: no blank line after the headers", block)
+		}
 		for _, u := range urls {
 			out = append(out, authPrefix{u: u, h: h})
 		}
 	}
 	return out, nil
+}
+
+// cutLines cuts the lines of data up to the next blank line (without
+// their line endings) and returns what follows it; complete is false when
+// data ends first, and lines then holds the lines that ended.
+func cutLines(data string) (lines []string, rest string, complete bool) {
+	for {
+		line, after, ok := strings.Cut(data, "\n")
+		if !ok {
+			return lines, data, false
+		}
+		data = after
+		if line = strings.TrimSuffix(line, "\r"); line == "" {
+			return lines, data, true
+		}
+		lines = append(lines, line)
+	}
 }
 
 func validHeaderName(s string) bool {

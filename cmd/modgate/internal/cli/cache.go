@@ -50,7 +50,9 @@ type cacheCmd struct {
 	usage string
 	flags []string // run's flags it takes, besides --config
 	extra func(fs *flag.FlagSet)
-	do    func(ctx context.Context, c *cacheRun) error
+	// minArgs and maxArgs bound its arguments; a maxArgs below 0, none.
+	minArgs, maxArgs int
+	do               func(ctx context.Context, c *cacheRun) error
 }
 
 // cacheRun is one run of a cache subcommand.
@@ -68,19 +70,23 @@ func (a *App) cacheCmds() map[string]cacheCmd {
 	var shared bool
 	return map[string]cacheCmd{
 		"ls": {
-			usage: "usage: modgate cache ls [flags] [PATTERN]\n\nLists the module versions in the cache: module@version, size, age (since the\nnewest of its files was stored) and tier (public: cache.dir, private:\ncache.private_dir).\n",
-			flags: []string{"cache-dir"},
-			do:    cacheLs,
+			usage:   "usage: modgate cache ls [flags] [PATTERN]\n\nLists the module versions in the cache: module@version, size, age (since the\nnewest of its files was stored) and tier (public: cache.dir, private:\ncache.private_dir).\n",
+			flags:   []string{"cache-dir"},
+			maxArgs: 1,
+			do:      cacheLs,
 		},
 		"rm": {
-			usage: "usage: modgate cache rm [flags] PATTERN\n\nRemoves the matching module versions from the cache (every tier), and their\nversion lists. A running modgate may still answer a removed .info or .mod from\nmemory until it restarts.\n",
-			flags: []string{"cache-dir"},
-			do:    cacheRm,
+			usage:   "usage: modgate cache rm [flags] PATTERN\n\nRemoves the matching module versions from the cache (every tier), and their\nversion lists. A running modgate may still answer a removed .info or .mod from\nmemory until it restarts.\n",
+			flags:   []string{"cache-dir"},
+			minArgs: 1,
+			maxArgs: 1,
+			do:      cacheRm,
 		},
 		"du": {
-			usage: "usage: modgate cache du [flags]\n\nPrints the cache's size by tier and kind of file.\n",
-			flags: []string{"cache-dir"},
-			do:    cacheDu,
+			usage:   "usage: modgate cache du [flags]\n\nPrints the cache's size by tier and kind of file.\n",
+			flags:   []string{"cache-dir"},
+			maxArgs: 0,
+			do:      cacheDu,
 		},
 		"verify": {
 			usage: "usage: modgate cache verify [flags]\n\nRe-checks every entry of the cache (with --shared, every object of the shared\nstore too) against the checksum database, as modgate checks what it reads back\nfrom a shared store: public modules' go.mod files and zips, and the\ndatabase's lookups and tiles. Removes what fails, leaves what cannot be\nverified now (the database cannot be asked), and prints what it did. Exits 1\nwhen anything failed. Needs the database's key (see README: Trust).\n",
@@ -88,7 +94,8 @@ func (a *App) cacheCmds() map[string]cacheCmd {
 			extra: func(fs *flag.FlagSet) {
 				fs.BoolVar(&shared, "shared", false, "also check every object of the shared store (cache.shared)")
 			},
-			do: func(ctx context.Context, c *cacheRun) error { return cacheVerify(ctx, c, shared) },
+			maxArgs: -1,
+			do:      func(ctx context.Context, c *cacheRun) error { return cacheVerify(ctx, c, shared) },
 		},
 		"warm": {
 			usage: "usage: modgate cache warm [flags] FILE...\n\nFetches .info, .mod and .zip of every module@version in go.sum files (only\n.info and .mod for their /go.mod lines) and the requirements of go.mod files,\nthrough the running modgate (--via), or, when none answers, straight into the\ncache with the config's upstreams and policy. Warm a cache online, then serve\nit with offline: true (CI images, air-gapped sites).\n",
@@ -97,7 +104,9 @@ func (a *App) cacheCmds() map[string]cacheCmd {
 				fs.StringVar(&via, "via", "", "URL of the running modgate to fetch through (default: http://<listen> when it answers; else none)")
 				fs.IntVar(&jobs, "jobs", 4, "fetches at once")
 			},
-			do: func(ctx context.Context, c *cacheRun) error { return cacheWarm(ctx, c, via, jobs) },
+			minArgs: 1,
+			maxArgs: -1,
+			do:      func(ctx context.Context, c *cacheRun) error { return cacheWarm(ctx, c, via, jobs) },
 		},
 	}
 }
@@ -118,6 +127,10 @@ func (a *App) cache(ctx context.Context, args []string) error {
 			cfg, sc, err := loader{getenv: a.Getenv, goenv: a.GoEnv, goDefault: a.GoDefaultProxy}.load(fs, &rf)
 			if err != nil {
 				return fmt.Errorf("config:\n%w", err)
+			}
+			if n := fs.NArg(); n < cmd.minArgs || (cmd.maxArgs >= 0 && n > cmd.maxArgs) {
+				fs.Usage()
+				return errUsage
 			}
 			return cmd.do(ctx, &cacheRun{a: a, fs: fs, cfg: cfg, sc: sc, args: fs.Args()})
 		}
@@ -266,10 +279,6 @@ func (c *cacheRun) versions(match func(module.Version) bool) ([]*modVersion, err
 }
 
 func cacheLs(_ context.Context, c *cacheRun) error {
-	if len(c.args) > 1 {
-		c.fs.Usage()
-		return errUsage
-	}
 	if err := c.needCache(); err != nil {
 		return err
 	}
@@ -291,10 +300,6 @@ func cacheLs(_ context.Context, c *cacheRun) error {
 }
 
 func cacheRm(_ context.Context, c *cacheRun) error {
-	if len(c.args) != 1 {
-		c.fs.Usage()
-		return errUsage
-	}
 	if err := c.needCache(); err != nil {
 		return err
 	}
@@ -340,10 +345,6 @@ func cacheRm(_ context.Context, c *cacheRun) error {
 }
 
 func cacheDu(_ context.Context, c *cacheRun) error {
-	if len(c.args) > 0 {
-		c.fs.Usage()
-		return errUsage
-	}
 	if err := c.needCache(); err != nil {
 		return err
 	}
@@ -433,24 +434,49 @@ func warmFile(name string) (map[module.Version]bool, error) {
 }
 
 func cacheWarm(ctx context.Context, c *cacheRun, via string, jobs int) error {
-	if len(c.args) == 0 {
-		c.fs.Usage()
-		return errUsage
+	want, err := warmFiles(c.args)
+	if err != nil {
+		return err
 	}
-	if jobs < 1 {
-		jobs = 1
+	base, stop, err := c.warmProxy(ctx, via)
+	if err != nil {
+		return err
 	}
+	defer stop()
+	list := warmList(want)
+	n, failed := c.fetchAll(ctx, base, list, max(jobs, 1))
+	for _, f := range failed {
+		fmt.Fprintln(c.a.Stderr, "  "+f)
+	}
+	fmt.Fprintf(c.a.Stdout, "warmed %d module versions: %d files, %s, %d failed\n", len(want), len(list)-len(failed), byteSize(n), len(failed))
+	if len(failed) > 0 {
+		return fmt.Errorf("cache warm: %d of %d files failed", len(failed), len(list))
+	}
+	return ctx.Err()
+}
+
+// warmFiles reads the module versions that the files names list, each
+// with whether its zip is wanted.
+func warmFiles(names []string) (map[module.Version]bool, error) {
 	want := map[module.Version]bool{}
-	for _, name := range c.args {
+	for _, name := range names {
 		vs, err := warmFile(name)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		for m, zip := range vs {
 			want[m] = want[m] || zip
 		}
 	}
-	base := via
+	return want, nil
+}
+
+// warmProxy is the modgate to warm through: via, else the one that
+// answers on the config's listener, else one started for this command on
+// a loopback port, with the config's cache, upstreams and policy (stop
+// stops it).
+func (c *cacheRun) warmProxy(ctx context.Context, via string) (base string, stop func(), err error) {
+	base = via
 	if base == "" && !c.sc.TLS.Enabled() {
 		addr := clientAddr(c.cfg.Listen)
 		if conn, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
@@ -458,34 +484,43 @@ func cacheWarm(ctx context.Context, c *cacheRun, via string, jobs int) error {
 			base = "http://" + addr
 		}
 	}
-	if base == "" {
-		// No modgate runs here: one for this command, on a loopback port,
-		// with the config's cache, upstreams and policy.
-		if err := c.needCache(); err != nil {
-			return err
-		}
-		url, stop, err := c.serveForWarm(ctx)
-		if err != nil {
-			return err
-		}
-		defer stop()
-		base = url
-		fmt.Fprintf(c.a.Stderr, "modgate cache warm: no modgate answers on %s; fetching straight into %s\n", clientAddr(c.cfg.Listen), c.cfg.Cache.Dir)
+	if base != "" {
+		return strings.TrimSuffix(base, "/"), func() {}, nil
 	}
-	base = strings.TrimSuffix(base, "/")
+	if err := c.needCache(); err != nil {
+		return "", nil, err
+	}
+	url, stop, err := c.serveForWarm(ctx)
+	if err != nil {
+		return "", nil, err
+	}
+	fmt.Fprintf(c.a.Stderr, "modgate cache warm: no modgate answers on %s; fetching straight into %s\n", clientAddr(c.cfg.Listen), c.cfg.Cache.Dir)
+	return strings.TrimSuffix(url, "/"), stop, nil
+}
 
-	type job struct {
-		m   module.Version
-		ext string
-	}
-	var list []job
+// warmJob is one file of a module version to fetch.
+type warmJob struct {
+	m   module.Version
+	ext string
+}
+
+// warmList is the files to fetch for want, in order.
+func warmList(want map[module.Version]bool) []warmJob {
+	var list []warmJob
 	for m, zip := range want {
-		list = append(list, job{m, ".info"}, job{m, ".mod"})
+		list = append(list, warmJob{m, ".info"}, warmJob{m, ".mod"})
 		if zip {
-			list = append(list, job{m, ".zip"})
+			list = append(list, warmJob{m, ".zip"})
 		}
 	}
-	slices.SortFunc(list, func(a, b job) int { return strings.Compare(a.m.String()+a.ext, b.m.String()+b.ext) })
+	slices.SortFunc(list, func(a, b warmJob) int { return strings.Compare(a.m.String()+a.ext, b.m.String()+b.ext) })
+	return list
+}
+
+// fetchAll fetches list from the proxy at base with jobs at a time, with
+// progress on a terminal, and returns the bytes read and the failures,
+// sorted.
+func (c *cacheRun) fetchAll(ctx context.Context, base string, list []warmJob, jobs int) (int64, []string) {
 	var progress io.Writer
 	if f, ok := c.a.Stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 		progress = c.a.Stderr
@@ -494,12 +529,10 @@ func cacheWarm(ctx context.Context, c *cacheRun, via string, jobs int) error {
 	var done, bytes atomic.Int64
 	var mu sync.Mutex
 	var failed []string
-	work := make(chan job)
+	work := make(chan warmJob)
 	var wg sync.WaitGroup
 	for range jobs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			for j := range work {
 				n, err := fetchTo(ctx, client, base, j.m, j.ext)
 				bytes.Add(n)
@@ -513,7 +546,7 @@ func cacheWarm(ctx context.Context, c *cacheRun, via string, jobs int) error {
 				}
 				mu.Unlock()
 			}
-		}()
+		})
 	}
 	for _, j := range list {
 		select {
@@ -527,14 +560,7 @@ func cacheWarm(ctx context.Context, c *cacheRun, via string, jobs int) error {
 		fmt.Fprintln(progress)
 	}
 	slices.Sort(failed)
-	for _, f := range failed {
-		fmt.Fprintln(c.a.Stderr, "  "+f)
-	}
-	fmt.Fprintf(c.a.Stdout, "warmed %d module versions: %d files, %s, %d failed\n", len(want), len(list)-len(failed), byteSize(bytes.Load()), len(failed))
-	if len(failed) > 0 {
-		return fmt.Errorf("cache warm: %d of %d files failed", len(failed), len(list))
-	}
-	return ctx.Err()
+	return bytes.Load(), failed
 }
 
 // fetchTo GETs one file of a module version from the proxy at base and

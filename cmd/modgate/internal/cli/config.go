@@ -640,12 +640,48 @@ func upstreamsFromList(list []upstream.Config) []UpstreamConfig {
 	return out
 }
 
-// validate checks every value and builds the data plane's config.
+// badValue records that key's value is wrong, with a message that says why.
+type badValue = func(key, format string, args ...any)
+
+// validate checks every value and builds the data plane's config. It opens
+// nothing: the shared stores are opened by openStores once the config is
+// valid.
 func (c *Config) validate(o origins) (sidecar.Config, error) {
 	var errs []error
 	bad := func(key, format string, args ...any) {
 		errs = append(errs, &configError{at: o.of(key), key: key, msg: fmt.Sprintf(format, args...)})
 	}
+	c.checkListeners(bad)
+	out := sidecar.Config{Listen: c.Listen, Admin: c.Admin, AdminHosts: c.AdminHosts, PProf: c.PProf, Offline: c.Offline, Resolve: c.Resolve, LogRequests: c.Log.Requests}
+	out.Upstreams = c.upstreamConfigs(bad)
+	out.SumDB, out.SumDBKey, out.SumDBURL = c.SumDB.check(bad)
+	c.checkResolve(bad)
+	if c.TLSCAFile != "" {
+		pool, err := loadCAs(c.TLSCAFile)
+		if err != nil {
+			bad("tls_ca_file", "%v", err)
+		}
+		out.RootCAs = pool
+		c.rootCAs = pool
+	}
+	out.Forward = c.Forward.validate(bad)
+	c.ListenerSecurity.validate(bad, &out)
+	c.checkClientLimits(bad)
+	out.ClientHeader, out.ClientIdle = c.ClientTimeouts.Header, c.ClientTimeouts.Idle
+	out.MaxConnections, out.MaxConnectionsPerClient = c.MaxConnections, c.MaxConnectionsPerClient
+	out.Cache = c.cacheConfig(bad)
+	c.validateFleet(bad)
+	if c.Fleet.Wait < 0 {
+		bad("fleet.wait", "must not be negative")
+	}
+	out.Fleet.Wait = c.Fleet.Wait
+	c.checkLogAndTelemetry(bad)
+	return out, errors.Join(errs...)
+}
+
+// checkListeners checks the module and admin listeners' addresses and the
+// admin port's host names.
+func (c *Config) checkListeners(bad badValue) {
 	if _, port, err := net.SplitHostPort(c.Listen); err != nil {
 		bad("listen", "%q is not host:port", c.Listen)
 	} else if err := checkPort(port); err != nil {
@@ -663,95 +699,114 @@ func (c *Config) validate(o origins) (sidecar.Config, error) {
 			bad(fmt.Sprintf("admin_hosts[%d]", i+1), "%q is not a host pattern (a name like modgate.corp.example.test or *.svc.example.test)", h)
 		}
 	}
-	out := sidecar.Config{Listen: c.Listen, Admin: c.Admin, AdminHosts: c.AdminHosts, PProf: c.PProf, Offline: c.Offline, Resolve: c.Resolve, LogRequests: c.Log.Requests}
+}
+
+// upstreamConfigs checks the upstreams section and builds the chain's
+// entries, in order.
+func (c *Config) upstreamConfigs(bad badValue) []upstream.Config {
 	if len(c.Upstreams) == 0 {
 		bad("upstreams", "no upstream: give --upstream, MODGATE_UPSTREAM or upstreams in the config")
 	}
+	var out []upstream.Config
 	names := map[string]bool{}
 	for i, u := range c.Upstreams {
 		key := fmt.Sprintf("upstreams[%d]", i+1)
-		b, r := u.Breaker, u.Retry
-		uc := upstream.Config{
-			Name: u.Name, URL: u.URL, Private: u.Private, RedirectHosts: u.RedirectHosts,
-			Timeouts: upstream.Timeouts{Dial: u.Timeouts.Dial, TLS: u.Timeouts.TLS, Header: u.Timeouts.Header, Idle: u.Timeouts.Idle},
-			Breaker: upstream.BreakerSettings{
-				ConsecutiveFailures: b.ConsecutiveFailures, FailureRatio: b.FailureRatio, MinRequests: b.MinRequests,
-				Window: b.Window, OpenFor: b.OpenFor, HalfOpenProbes: b.HalfOpenProbes, Disabled: b.Disabled,
-			},
-			Retry: upstream.RetrySettings{Attempts: r.Attempts, Base: r.Base, Cap: r.Cap, BudgetRatio: r.BudgetRatio},
-		}
-		if b.FailureRatio < 0 || b.FailureRatio > 1 {
-			bad(key+".breaker.failure_ratio", "%v: want a share between 0 and 1", b.FailureRatio)
-		}
-		if r.BudgetRatio < 0 || r.BudgetRatio > 1 {
-			bad(key+".retry.budget_ratio", "%v: want a share between 0 and 1", r.BudgetRatio)
-		}
-		if r.Attempts < 0 || r.Attempts > 10 {
-			bad(key+".retry.attempts", "%d: want 1 to 10 (1: no retry)", r.Attempts)
-		}
-		if r.Base > 0 && r.Cap > 0 && r.Base > r.Cap {
-			bad(key+".retry.base", "%s is more than the cap %s", r.Base, r.Cap)
-		}
-		for j, h := range u.RedirectHosts {
-			if _, err := path.Match(h, ""); err != nil || h == "" {
-				bad(fmt.Sprintf("%s.redirect_hosts[%d]", key, j+1), "%q is not a host pattern", h)
-			}
-		}
-		if u.Auth != nil {
-			uc.Auth = c.upstreamAuth(key+".auth", u.URL, *u.Auth, bad)
-		}
-		switch u.Fallthrough {
-		case "", "notfound":
-		case "error":
-			uc.Fallthrough = upstream.OnError
-		default:
-			bad(key+".fallthrough", "%q: want notfound (GOPROXY \",\") or error (GOPROXY \"|\")", u.Fallthrough)
-		}
-		if err := checkUpstreamURL(u.URL); err != nil {
-			bad(key+".url", "%v", err)
-		}
+		out = append(out, c.upstreamConfig(key, u, bad))
 		if u.Name != "" {
 			if names[u.Name] {
 				bad(key+".name", "%q names two upstreams", u.Name)
 			}
 			names[u.Name] = true
 		}
-		for _, t := range []struct {
-			name string
-			d    time.Duration
-		}{
-			{"timeouts.dial", u.Timeouts.Dial}, {"timeouts.tls", u.Timeouts.TLS}, {"timeouts.header", u.Timeouts.Header}, {"timeouts.idle", u.Timeouts.Idle},
-			{"breaker.window", b.Window}, {"breaker.open_for", b.OpenFor}, {"retry.base", r.Base}, {"retry.cap", r.Cap},
-		} {
-			if t.d < 0 {
-				bad(key+"."+t.name, "must not be negative")
-			}
-		}
-		out.Upstreams = append(out.Upstreams, uc)
 	}
-	switch name := c.SumDB.Name; name {
-	case "", "off":
+	return out
+}
+
+// upstreamConfig checks one entry of upstreams (key names it) and builds
+// its upstream.Config.
+func (c *Config) upstreamConfig(key string, u UpstreamConfig, bad badValue) upstream.Config {
+	b, r := u.Breaker, u.Retry
+	uc := upstream.Config{
+		Name: u.Name, URL: u.URL, Private: u.Private, RedirectHosts: u.RedirectHosts,
+		Timeouts: upstream.Timeouts{Dial: u.Timeouts.Dial, TLS: u.Timeouts.TLS, Header: u.Timeouts.Header, Idle: u.Timeouts.Idle},
+		Breaker: upstream.BreakerSettings{
+			ConsecutiveFailures: b.ConsecutiveFailures, FailureRatio: b.FailureRatio, MinRequests: b.MinRequests,
+			Window: b.Window, OpenFor: b.OpenFor, HalfOpenProbes: b.HalfOpenProbes, Disabled: b.Disabled,
+		},
+		Retry: upstream.RetrySettings{Attempts: r.Attempts, Base: r.Base, Cap: r.Cap, BudgetRatio: r.BudgetRatio},
+	}
+	if b.FailureRatio < 0 || b.FailureRatio > 1 {
+		bad(key+".breaker.failure_ratio", "%v: want a share between 0 and 1", b.FailureRatio)
+	}
+	if r.BudgetRatio < 0 || r.BudgetRatio > 1 {
+		bad(key+".retry.budget_ratio", "%v: want a share between 0 and 1", r.BudgetRatio)
+	}
+	if r.Attempts < 0 || r.Attempts > 10 {
+		bad(key+".retry.attempts", "%d: want 1 to 10 (1: no retry)", r.Attempts)
+	}
+	if r.Base > 0 && r.Cap > 0 && r.Base > r.Cap {
+		bad(key+".retry.base", "%s is more than the cap %s", r.Base, r.Cap)
+	}
+	for j, h := range u.RedirectHosts {
+		if _, err := path.Match(h, ""); err != nil || h == "" {
+			bad(fmt.Sprintf("%s.redirect_hosts[%d]", key, j+1), "%q is not a host pattern", h)
+		}
+	}
+	if u.Auth != nil {
+		uc.Auth = c.upstreamAuth(key+".auth", u.URL, *u.Auth, bad)
+	}
+	switch u.Fallthrough {
+	case "", "notfound":
+	case "error":
+		uc.Fallthrough = upstream.OnError
 	default:
-		host, path, _ := strings.Cut(name, "/")
-		if host == "" || strings.ContainsAny(name, ":+ ") || strings.ToLower(name) != name || strings.Contains("/"+path+"/", "/../") || strings.Contains(path, "//") {
-			bad("sumdb.name", "%q: want the database's name: a host name, optionally with a path (sum.example.test, sum.example.test/sumdb)", name)
-		}
-		out.SumDB = name
-		if k := c.SumDB.Key; k != "" {
-			if v, err := note.NewVerifier(k); err != nil {
-				bad("sumdb.key", "%q: want the database's verifier key, name+hash+key as GOSUMDB gives it: %v", k, err)
-			} else if v.Name() != name {
-				bad("sumdb.key", "the key is for %s, not for %s", v.Name(), name)
-			}
-			out.SumDBKey = k
-		}
-		if u := c.SumDB.URL; u != "" {
-			if pu, err := url.Parse(u); err != nil || (pu.Scheme != "https" && pu.Scheme != "http") || pu.Host == "" || pu.RawQuery != "" {
-				bad("sumdb.url", "%q: want https://host[/path], where the database answers", u)
-			}
-			out.SumDBURL = u
+		bad(key+".fallthrough", "%q: want notfound (GOPROXY \",\") or error (GOPROXY \"|\")", u.Fallthrough)
+	}
+	if err := checkUpstreamURL(u.URL); err != nil {
+		bad(key+".url", "%v", err)
+	}
+	for _, t := range []struct {
+		name string
+		d    time.Duration
+	}{
+		{"timeouts.dial", u.Timeouts.Dial}, {"timeouts.tls", u.Timeouts.TLS}, {"timeouts.header", u.Timeouts.Header}, {"timeouts.idle", u.Timeouts.Idle},
+		{"breaker.window", b.Window}, {"breaker.open_for", b.OpenFor}, {"retry.base", r.Base}, {"retry.cap", r.Cap},
+	} {
+		if t.d < 0 {
+			bad(key+"."+t.name, "must not be negative")
 		}
 	}
+	return uc
+}
+
+// check checks the sumdb section and returns the database's name, key and
+// URL for the data plane (all empty for none, or for off).
+func (s SumDBConfig) check(bad badValue) (name, key, rawURL string) {
+	if s.Name == "" || s.Name == "off" {
+		return "", "", ""
+	}
+	name = s.Name
+	host, path, _ := strings.Cut(name, "/")
+	if host == "" || strings.ContainsAny(name, ":+ ") || strings.ToLower(name) != name || strings.Contains("/"+path+"/", "/../") || strings.Contains(path, "//") {
+		bad("sumdb.name", "%q: want the database's name: a host name, optionally with a path (sum.example.test, sum.example.test/sumdb)", name)
+	}
+	if k := s.Key; k != "" {
+		if v, err := note.NewVerifier(k); err != nil {
+			bad("sumdb.key", "%q: want the database's verifier key, name+hash+key as GOSUMDB gives it: %v", k, err)
+		} else if v.Name() != name {
+			bad("sumdb.key", "the key is for %s, not for %s", v.Name(), name)
+		}
+	}
+	if u := s.URL; u != "" {
+		if pu, err := url.Parse(u); err != nil || (pu.Scheme != "https" && pu.Scheme != "http") || pu.Host == "" || pu.RawQuery != "" {
+			bad("sumdb.url", "%q: want https://host[/path], where the database answers", u)
+		}
+	}
+	return name, s.Key, s.URL
+}
+
+// checkResolve checks that resolve maps host:port to addr:port.
+func (c *Config) checkResolve(bad badValue) {
 	for from, to := range c.Resolve {
 		if _, port, err := net.SplitHostPort(from); err != nil {
 			bad("resolve", "%q: want host:port", from)
@@ -764,18 +819,10 @@ func (c *Config) validate(o origins) (sidecar.Config, error) {
 			bad("resolve", "%q (for %s): %v", to, from, err)
 		}
 	}
-	if c.TLSCAFile != "" {
-		pool, err := loadCAs(c.TLSCAFile)
-		if err != nil {
-			bad("tls_ca_file", "%v", err)
-		}
-		out.RootCAs = pool
-		c.rootCAs = pool
-	}
-	out.Forward = c.Forward.validate(bad)
-	c.ListenerSecurity.validate(bad, &out)
-	out.ClientHeader, out.ClientIdle = c.ClientTimeouts.Header, c.ClientTimeouts.Idle
-	out.MaxConnections, out.MaxConnectionsPerClient = c.MaxConnections, c.MaxConnectionsPerClient
+}
+
+// checkClientLimits checks the bounds on the module listener's clients.
+func (c *Config) checkClientLimits(bad badValue) {
 	if c.MaxConnections < 0 {
 		bad("max_connections", "must not be negative (0: the default, %d)", sidecar.DefaultMaxConnections)
 	}
@@ -788,6 +835,12 @@ func (c *Config) validate(o origins) (sidecar.Config, error) {
 	if c.ClientTimeouts.Idle < 0 {
 		bad("client_timeouts.idle", "must not be negative")
 	}
+}
+
+// cacheConfig checks the cache section and builds the data plane's cache
+// config, without its shared stores (openStores opens them). A per-user
+// default folder that cannot be written turns the cache off, with a note.
+func (c *Config) cacheConfig(bad badValue) sidecar.CacheConfig {
 	if c.Cache.Dir != "" {
 		if err := checkWritableDir(c.Cache.Dir); err != nil {
 			if c.defaultCacheDir {
@@ -806,29 +859,32 @@ func (c *Config) validate(o origins) (sidecar.Config, error) {
 	if c.Offline && c.Cache.Dir == "" {
 		bad("offline", "offline serves only from the cache: set cache.dir (--cache-dir) too")
 	}
-	out.Cache = sidecar.CacheConfig{
-		Dir: c.Cache.Dir, MaxBytes: int64(c.Cache.MaxBytes), ListTTL: c.Cache.ListTTL,
-		StaleIfError: c.Cache.StaleIfError, PrivateDir: c.Cache.PrivateDir,
-	}
 	if c.Cache.ListTTL < 0 || c.Cache.StaleIfError < 0 {
 		bad("cache", "list_ttl and stale_if_error must not be negative")
 	}
 	if c.Cache.PrivateDir != "" && c.Cache.PrivateDir == c.Cache.Dir {
 		bad("cache.private_dir", "must not be the shared cache directory: a shared cache would hold private modules")
 	}
-	out.Cache.Shared = c.openStore("cache.shared", c.Cache.Shared, "cache.dir", c.Cache.Dir, bad)
-	out.Cache.SharedPrivate = c.openStore("cache.shared_private", c.Cache.SharedPrivate, "cache.private_dir", c.Cache.PrivateDir, bad)
+	public, private := c.sharedStores()
+	for _, s := range []sharedStore{public, private} {
+		if s.url != "" && s.local == "" {
+			bad(s.key, "needs %s: artifacts from the shared store are copied through the local cache", s.localKey)
+		}
+	}
 	if c.Cache.Shared != "" && c.Cache.Shared == c.Cache.SharedPrivate {
 		bad("cache.shared_private", "must not be the store of public modules (cache.shared): private modules only go to a store of their own")
 	}
 	if c.Cache.SharedTimeout < 0 {
 		bad("cache.shared_timeout", "must not be negative")
 	}
-	c.validateFleet(bad)
-	if c.Fleet.Wait < 0 {
-		bad("fleet.wait", "must not be negative")
+	return sidecar.CacheConfig{
+		Dir: c.Cache.Dir, MaxBytes: int64(c.Cache.MaxBytes), ListTTL: c.Cache.ListTTL,
+		StaleIfError: c.Cache.StaleIfError, PrivateDir: c.Cache.PrivateDir,
 	}
-	out.Fleet.Wait = c.Fleet.Wait
+}
+
+// checkLogAndTelemetry checks the log and telemetry sections.
+func (c *Config) checkLogAndTelemetry(bad badValue) {
 	if r := c.Telemetry.MaxTracesPerSecond; r < 0 || math.IsNaN(r) || math.IsInf(r, 0) {
 		bad("telemetry.max_traces_per_second", "%v: want a number of traces a second, 0 or more", r)
 	}
@@ -838,7 +894,6 @@ func (c *Config) validate(o origins) (sidecar.Config, error) {
 	if !slices.Contains([]string{"auto", "text", "json"}, c.Log.Format) {
 		bad("log.format", "%q: want auto, text or json", c.Log.Format)
 	}
-	return out, errors.Join(errs...)
 }
 
 // checkWritableDir says why dir cannot hold a cache: not a folder, or
@@ -871,28 +926,45 @@ func checkWritableDir(dir string) error {
 	return os.Remove(f.Name())
 }
 
-// openStore opens the shared store that key names, if any. It does not
-// reach it: a store that is down is skipped at run time, never fatal.
-func (c *Config) openStore(key, rawURL, localKey, local string, bad func(key, format string, args ...any)) *store.Store {
-	if rawURL == "" {
-		return nil
+// sharedStore is one of the cache's shared stores: its key, its URL and
+// the local cache folder that artifacts from it are copied through.
+type sharedStore struct {
+	key, url        string
+	localKey, local string
+	private         bool
+}
+
+// sharedStores are the cache's two shared stores.
+func (c *Config) sharedStores() (public, private sharedStore) {
+	return sharedStore{key: "cache.shared", url: c.Cache.Shared, localKey: "cache.dir", local: c.Cache.Dir},
+		sharedStore{key: "cache.shared_private", url: c.Cache.SharedPrivate, localKey: "cache.private_dir", local: c.Cache.PrivateDir, private: true}
+}
+
+// openStores opens the shared stores that the validated config names into
+// sc. It does not reach them: a store that is down is skipped at run time,
+// never fatal.
+func (c *Config) openStores(o origins, sc *sidecar.Config) error {
+	var errs []error
+	open := func(s sharedStore) *store.Store {
+		if s.url == "" {
+			return nil
+		}
+		st, err := store.Open(context.Background(), s.url, store.Options{Timeout: c.Cache.SharedTimeout, Private: s.private})
+		if err != nil {
+			errs = append(errs, &configError{at: o.of(s.key), key: s.key, msg: err.Error()})
+			return nil
+		}
+		return st
 	}
-	if local == "" {
-		bad(key, "needs %s: artifacts from the shared store are copied through the local cache", localKey)
-		return nil
-	}
-	s, err := store.Open(context.Background(), rawURL, store.Options{Timeout: c.Cache.SharedTimeout, Private: key == "cache.shared_private"})
-	if err != nil {
-		bad(key, "%v", err)
-		return nil
-	}
-	return s
+	public, private := c.sharedStores()
+	sc.Cache.Shared, sc.Cache.SharedPrivate = open(public), open(private)
+	return errors.Join(errs...)
 }
 
 // upstreamAuth checks one upstream's auth section: exactly one way, its
 // files there (and the netrc file's entry for the upstream's host), its
 // command found.
-func (c *Config) upstreamAuth(key, rawURL string, a AuthConfig, bad func(key, format string, args ...any)) upstream.Auth {
+func (c *Config) upstreamAuth(key, rawURL string, a AuthConfig, bad badValue) upstream.Auth {
 	var set []string
 	var out upstream.Auth
 	if a.Basic != nil {
@@ -1013,7 +1085,7 @@ func loadCAs(file string) (*x509.CertPool, error) {
 
 // validate checks forward mode's section and loads what it names: the CA
 // (only when there are hosts to intercept) and the users file.
-func (f ForwardConfig) validate(bad func(key, format string, args ...any)) sidecar.ForwardConfig {
+func (f ForwardConfig) validate(bad badValue) sidecar.ForwardConfig {
 	out := sidecar.ForwardConfig{
 		ConnectPorts: f.ConnectPorts, AllowHosts: f.AllowHosts, MITMHosts: f.MITMHosts,
 		PrivateHosts: f.PrivateHosts, TunnelIdle: f.TunnelIdle, MaxTunnels: f.MaxTunnels,
@@ -1096,8 +1168,8 @@ func readUsers(file string) (map[string]string, error) {
 
 // validateFleet reads the fleet's secret and Redis password files and
 // checks the Redis URL; the fleet itself is opened by run (with its
-// logger).
-func (c *Config) validateFleet(bad func(key, format string, args ...any)) {
+// logger), and by doctor to probe it.
+func (c *Config) validateFleet(bad badValue) {
 	if c.Fleet.PasswordFile != "" {
 		pw, err := os.ReadFile(c.Fleet.PasswordFile)
 		switch {
@@ -1118,13 +1190,9 @@ func (c *Config) validateFleet(bad func(key, format string, args ...any)) {
 	} else if c.fleetSecret = bytes.TrimSpace(secret); len(c.fleetSecret) < fleet.MinSecret {
 		bad("fleet.secret_file", "%s holds %d bytes; want at least %d (e.g. openssl rand -hex 32)", c.Fleet.SecretFile, len(c.fleetSecret), fleet.MinSecret)
 	}
-	// The URL is checked whatever the secret's problems (with a stand-in).
-	check := *c
-	check.fleetSecret = bytes.Repeat([]byte{'x'}, fleet.MinSecret)
-	if f, err := check.openFleet(nil); err != nil {
+	// The URL is checked whatever the secret's problems.
+	if err := fleet.CheckURL(c.Fleet.Redis); err != nil {
 		bad("fleet.redis", "%v", strings.TrimPrefix(err.Error(), "fleet: "))
-	} else {
-		f.Close()
 	}
 }
 

@@ -73,37 +73,7 @@ func (a *App) doctor(ctx context.Context, args []string) error {
 		GoEnv:  goenv,
 		Load: func(goenv doctor.GoEnvFunc) (doctor.Modgate, error) {
 			cfg, sc, err := loader{getenv: a.Getenv, goenv: goenv, goDefault: a.GoDefaultProxy}.load(fs, &rf)
-			m := doctor.Modgate{
-				Listen: cfg.Listen, Admin: cfg.Admin,
-				Resolve: cfg.Resolve, PolicyFile: cfg.PolicyFile, SumDB: sc.SumDB, SumDBURL: sc.SumDBURL, Verified: sc.SumDBKey != "", RootCAs: sc.RootCAs,
-			}
-			if cfg.Listen != "" {
-				m.URL = "http://" + clientAddr(cfg.Listen)
-			}
-			m.Clients = doctor.Clients{Htpasswd: sc.Clients.HtpasswdFile != "", Tokens: sc.Clients.TokensFile != "",
-				ClientCerts: sc.Clients.ClientCAFile != "", Anonymous: sc.Clients.Anonymous}
-			if sc.TLS.Enabled() && cfg.Listen != "" {
-				if trust, terr := newListenerTrust(sc.TLS, clientAddr(cfg.Listen), caDir(cfg.Forward.CADir)); terr == nil {
-					m.URL = "https://" + trust.addr
-					m.ListenerCert, _ = sc.TLS.Certificate()
-				}
-			}
-			if cfg.Admin != "" {
-				m.AdminURL = "http://" + clientAddr(cfg.Admin)
-			}
-			m.Fleet = fleetParts(cfg, sc)
-			if cfg.Fleet.Redis != "" {
-				m.FleetSecretFile = cfg.Fleet.SecretFile
-			}
-			m.MITM = len(cfg.Forward.MITMHosts) > 0
-			for i, u := range cfg.Upstreams {
-				du := doctor.Upstream{Name: u.Name, URL: u.URL}
-				if i < len(sc.Upstreams) {
-					du.Auth = sc.Upstreams[i].Auth
-				}
-				m.Upstreams = append(m.Upstreams, du)
-			}
-			return m, err
+			return doctorModgate(cfg, sc), err
 		},
 		PolicyFile: policyFile,
 		Probe:      !*noProbe,
@@ -130,6 +100,43 @@ func (a *App) doctor(ctx context.Context, args []string) error {
 		return fmt.Errorf("%w: %s", errDoctorFailed, report.Counts())
 	}
 	return nil
+}
+
+// doctorModgate is what doctor checks of the loaded config: modgate's
+// listeners and how clients reach them, its upstreams, checksum database,
+// fleet and policy file.
+func doctorModgate(cfg Config, sc sidecar.Config) doctor.Modgate {
+	m := doctor.Modgate{
+		Listen: cfg.Listen, Admin: cfg.Admin,
+		Resolve: cfg.Resolve, PolicyFile: cfg.PolicyFile, SumDB: sc.SumDB, SumDBURL: sc.SumDBURL, Verified: sc.SumDBKey != "", RootCAs: sc.RootCAs,
+	}
+	if cfg.Listen != "" {
+		m.URL = "http://" + clientAddr(cfg.Listen)
+	}
+	m.Clients = doctor.Clients{Htpasswd: sc.Clients.HtpasswdFile != "", Tokens: sc.Clients.TokensFile != "",
+		ClientCerts: sc.Clients.ClientCAFile != "", Anonymous: sc.Clients.Anonymous}
+	if sc.TLS.Enabled() && cfg.Listen != "" {
+		if trust, terr := newListenerTrust(sc.TLS, clientAddr(cfg.Listen), caDir(cfg.Forward.CADir)); terr == nil {
+			m.URL = "https://" + trust.addr
+			m.ListenerCert, _ = sc.TLS.Certificate()
+		}
+	}
+	if cfg.Admin != "" {
+		m.AdminURL = "http://" + clientAddr(cfg.Admin)
+	}
+	m.Fleet = fleetParts(cfg, sc)
+	if cfg.Fleet.Redis != "" {
+		m.FleetSecretFile = cfg.Fleet.SecretFile
+	}
+	m.MITM = len(cfg.Forward.MITMHosts) > 0
+	for i, u := range cfg.Upstreams {
+		du := doctor.Upstream{Name: u.Name, URL: u.URL}
+		if i < len(sc.Upstreams) {
+			du.Auth = sc.Upstreams[i].Auth
+		}
+		m.Upstreams = append(m.Upstreams, du)
+	}
+	return m
 }
 
 // fleetParts are the shared stores and the Redis of the config, for

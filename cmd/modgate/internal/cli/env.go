@@ -136,36 +136,52 @@ func clientEnv(cfg Config, sc sidecar.Config, pol *policy.Policy, noDirect bool,
 		self = "https://" + addr
 	}
 	lines := []envLine{comment("modgate env: client settings for modgate on %s (%s)", addr, chainText(ups))}
+	goproxy, err := goproxyEnv(self, ups, noDirect)
+	if err != nil {
+		return nil, err
+	}
+	lines = append(lines, goproxy...)
+	lines = append(lines, privateEnv(pol, ups)...)
+	if sc.SumDB != "" {
+		lines = append(lines, comment("GOSUMDB: keep yours; it must name %s, the checksum database modgate serves at %s/sumdb/%s/", sc.SumDB, self, sc.SumDB))
+	}
+	lines = append(lines, clientsEnv(sc.Clients, trust, addr)...)
+	lines = append(lines, proxyEnv(cfg, self)...)
+	ca, err := caEnv(cfg, sc, trust, addr, ct)
+	if err != nil {
+		return nil, err
+	}
+	return append(lines, ca...), nil
+}
 
-	// GOPROXY. A direct entry in modgate's chain answers 404 and relies on
-	// the go command going direct itself, so ",direct" is then required.
-	// Without one, ",direct" still lets a module no upstream has come from
-	// its origin, through forward mode (which is always on), unless the
-	// user asks for a closed setup with --no-direct.
+// goproxyEnv is GOPROXY, modgate's URL self. A direct entry in modgate's
+// chain ups answers 404 and relies on the go command going direct itself,
+// so ",direct" is then required. Without one, ",direct" still lets a
+// module no upstream has come from its origin, through forward mode (which
+// is always on), unless the user asks for a closed setup with --no-direct.
+func goproxyEnv(self string, ups []*upstream.Upstream, noDirect bool) ([]envLine, error) {
 	chainHasDirect := slices.ContainsFunc(ups, func(u *upstream.Upstream) bool { return u.Kind == upstream.Direct })
 	goproxy := self
+	var why envLine
 	switch {
 	case chainHasDirect && noDirect:
 		return nil, errors.New(`--no-direct: the upstream chain has direct, which answers 404 so that the go command fetches from the origin itself; without ",direct" those modules would fail. Remove direct from the upstreams, or drop --no-direct`)
 	case chainHasDirect:
 		goproxy += ",direct"
-		lines = append(lines, comment(`GOPROXY: modgate, then direct: the chain has direct, so modgate answers 404 for what its upstreams lack and the go command fetches it from the origin, through modgate's forward mode`))
+		why = comment(`GOPROXY: modgate, then direct: the chain has direct, so modgate answers 404 for what its upstreams lack and the go command fetches it from the origin, through modgate's forward mode`)
 	case noDirect:
-		lines = append(lines, comment(`GOPROXY: modgate only (--no-direct): a module that no upstream has fails rather than come from its origin`))
+		why = comment(`GOPROXY: modgate only (--no-direct): a module that no upstream has fails rather than come from its origin`)
 	default:
 		goproxy += ",direct"
-		lines = append(lines, comment(`GOPROXY: modgate, then direct: a module that no upstream has comes from its origin, through modgate's forward mode (--no-direct leaves direct out)`))
+		why = comment(`GOPROXY: modgate, then direct: a module that no upstream has comes from its origin, through modgate's forward mode (--no-direct leaves direct out)`)
 	}
-	lines = append(lines, envLine{name: "GOPROXY", value: goproxy})
+	return []envLine{why, {name: "GOPROXY", value: goproxy}}, nil
+}
 
-	lines = append(lines, privateEnv(pol, ups)...)
-	if sc.SumDB != "" {
-		lines = append(lines, comment("GOSUMDB: keep yours; it must name %s, the checksum database modgate serves at %s/sumdb/%s/", sc.SumDB, self, sc.SumDB))
-	}
-
-	lines = append(lines, clientsEnv(sc.Clients, trust, addr)...)
-
-	lines = append(lines, comment("HTTP_PROXY, HTTPS_PROXY: direct fetches, ?go-get=1 discovery and git go through modgate's forward mode; curl and git read the lower-case names"))
+// proxyEnv is the proxy variables: modgate's URL self for forward mode,
+// and modgate's own address left out of it.
+func proxyEnv(cfg Config, self string) []envLine {
+	lines := []envLine{comment("HTTP_PROXY, HTTPS_PROXY: direct fetches, ?go-get=1 discovery and git go through modgate's forward mode; curl and git read the lower-case names")}
 	if proxyAuth(cfg) {
 		scheme, _, _ := strings.Cut(self, ":")
 		lines = append(lines, comment("forward mode asks who you are: put <name>:<password>@ after %s:// in these four (your own name and password; never commit them)", scheme))
@@ -183,7 +199,15 @@ func clientEnv(cfg Config, sc sidecar.Config, pol *policy.Policy, noDirect bool,
 	for _, name := range []string{"NO_PROXY", "no_proxy"} {
 		lines = append(lines, envLine{name: name, value: strings.Join(noProxy, ",")})
 	}
+	return lines
+}
 
+// caEnv is how clients come to trust modgate's CA, when it intercepts
+// hosts or signed the HTTPS listener's certificate (trust, at addr): a
+// bundle in SSL_CERT_FILE, or where the go command ignores that, the way
+// to trust the CA once.
+func caEnv(cfg Config, sc sidecar.Config, trust *listenerTrust, addr string, ct caTrust) ([]envLine, error) {
+	var lines []envLine
 	var caWhy []string
 	if hosts := cfg.Forward.MITMHosts; len(hosts) > 0 {
 		caWhy = append(caWhy, "intercepts "+strings.Join(hosts, ", "))
@@ -197,32 +221,31 @@ func clientEnv(cfg Config, sc sidecar.Config, pol *policy.Policy, noDirect bool,
 			lines = append(lines, comment("SSL_CERT_FILE: modgate's certificate (%s) is signed neither by a CA this system trusts nor by modgate's CA: add its CA to SSL_CERT_FILE", sc.TLS.CertFile))
 		}
 	}
-	if len(caWhy) > 0 {
-		why := strings.Join(caWhy, " and ")
-		if ignoresSSLCertFile(ct.goos) {
-			// Absolute: the settings are used from other folders.
-			ca, err := filepath.Abs(mitm.CertPath(caDir(cfg.Forward.CADir)))
-			if err != nil {
-				return nil, err
-			}
-			lines = append(lines,
-				comment("modgate's CA (%s) %s. On %s the go command verifies through the system and ignores SSL_CERT_FILE:", ca, why, osName(ct.goos)),
-				comment("trust the CA once with the commands that modgate ca trust prints (%s)", trustHint(ct.goos)))
-			return lines, nil
-		}
-		// SSL_CERT_FILE replaces the go command's system roots: a file
-		// with modgate's CA alone would break every host reached through
-		// a plain tunnel. The bundle holds both.
-		bundle, err := ct.bundle(caDir(cfg.Forward.CADir))
+	if len(caWhy) == 0 {
+		return lines, nil
+	}
+	why := strings.Join(caWhy, " and ")
+	if ignoresSSLCertFile(ct.goos) {
+		// Absolute: the settings are used from other folders.
+		ca, err := filepath.Abs(mitm.CertPath(caDir(cfg.Forward.CADir)))
 		if err != nil {
 			return nil, err
 		}
-		lines = append(lines,
-			comment("SSL_CERT_FILE, GIT_SSL_CAINFO: this system's roots and modgate's CA, which %s (modgate ca bundle; modgate env rewrites it)", why),
-			envLine{name: "SSL_CERT_FILE", value: bundle},
-			envLine{name: "GIT_SSL_CAINFO", value: bundle})
+		return append(lines,
+			comment("modgate's CA (%s) %s. On %s the go command verifies through the system and ignores SSL_CERT_FILE:", ca, why, osName(ct.goos)),
+			comment("trust the CA once with the commands that modgate ca trust prints (%s)", trustHint(ct.goos))), nil
 	}
-	return lines, nil
+	// SSL_CERT_FILE replaces the go command's system roots: a file with
+	// modgate's CA alone would break every host reached through a plain
+	// tunnel. The bundle holds both.
+	bundle, err := ct.bundle(caDir(cfg.Forward.CADir))
+	if err != nil {
+		return nil, err
+	}
+	return append(lines,
+		comment("SSL_CERT_FILE, GIT_SSL_CAINFO: this system's roots and modgate's CA, which %s (modgate ca bundle; modgate env rewrites it)", why),
+		envLine{name: "SSL_CERT_FILE", value: bundle},
+		envLine{name: "GIT_SSL_CAINFO", value: bundle}), nil
 }
 
 func osName(goos string) string {

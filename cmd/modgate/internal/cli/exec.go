@@ -81,6 +81,52 @@ func (a *App) environ() []string {
 }
 
 func (a *App) exec(ctx context.Context, args []string) error {
+	o, err := a.execFlags(args)
+	if err != nil {
+		return err
+	}
+	b, err := a.startBuild(ctx, o)
+	if err != nil {
+		return err
+	}
+	code, err := a.runBuild(b, o.argv)
+	if err != nil {
+		return err
+	}
+	// An interrupted build (Ctrl-C reaches CMD and this process alike)
+	// still gets its summary.
+	rep, err := a.buildReport(context.WithoutCancel(ctx), b, o, code)
+	if err != nil {
+		return err
+	}
+	writeBuildSummary(a.Stderr, rep, o.maxRatio)
+	if o.report != "" {
+		if err := writeBuildReport(o.report, rep); err != nil {
+			return fmt.Errorf("exec: --report: %w", err)
+		}
+	}
+	if code == 0 && rep.Baseline != nil && len(rep.Baseline.Exceeded) > 0 {
+		code = 1
+	}
+	if code != 0 {
+		return exitStatus(code)
+	}
+	return nil
+}
+
+// execOptions are modgate exec's flags and command, checked.
+type execOptions struct {
+	argv     []string
+	proxy    *url.URL
+	admin    string
+	name     string       // the build span's
+	report   string       // --report's file, or ""
+	baseline string       // --baseline's file, or ""
+	base     *BuildReport // read from baseline
+	maxRatio float64
+}
+
+func (a *App) execFlags(args []string) (execOptions, error) {
 	fs := a.newFlags("modgate exec", execUsage)
 	proxyFlag := fs.String("proxy", "", "modgate's URL (env MODGATE_PROXY; default from MODGATE_LISTEN, else http://127.0.0.1:7070)")
 	adminFlag := fs.String("admin", "", "modgate's admin URL, for the build's summary (env MODGATE_ADMIN; default http://127.0.0.1:7071)")
@@ -89,64 +135,85 @@ func (a *App) exec(ctx context.Context, args []string) error {
 	baseline := fs.String("baseline", "", "compare the build's module time with this report (from --report on a good day)")
 	maxRatio := fs.Float64("max-ratio", 1.5, "with --baseline: the ratio of module time, or of a kind's mean latency, past which the build fails")
 	if err := a.parseFlags(fs, args); err != nil {
-		return err
+		return execOptions{}, err
 	}
-	argv := fs.Args()
-	if len(argv) == 0 {
+	o := execOptions{argv: fs.Args(), name: *name, report: *report, baseline: *baseline, maxRatio: *maxRatio}
+	if len(o.argv) == 0 {
 		fmt.Fprint(a.Stderr, "modgate exec: no command: modgate exec [flags] -- CMD [ARGS...]\n")
-		return errUsage
+		return o, errUsage
 	}
-	if *maxRatio <= 1 {
-		fmt.Fprintf(a.Stderr, "modgate exec: --max-ratio %g: want more than 1\n", *maxRatio)
-		return errUsage
+	if o.maxRatio <= 1 {
+		fmt.Fprintf(a.Stderr, "modgate exec: --max-ratio %g: want more than 1\n", o.maxRatio)
+		return o, errUsage
 	}
-	var base *BuildReport
-	if *baseline != "" {
-		b, err := readBuildReport(*baseline)
+	if o.baseline != "" {
+		b, err := readBuildReport(o.baseline)
 		if err != nil {
-			return fmt.Errorf("exec: --baseline: %w", err)
+			return o, fmt.Errorf("exec: --baseline: %w", err)
 		}
-		base = &b
+		o.base = &b
 	}
-	proxy, err := a.execProxy(*proxyFlag)
-	if err != nil {
-		return err
+	var err error
+	if o.proxy, err = a.execProxy(*proxyFlag); err != nil {
+		return o, err
 	}
-	admin, err := a.execAdmin(*adminFlag)
-	if err != nil {
-		return err
+	if o.admin, err = a.execAdmin(*adminFlag); err != nil {
+		return o, err
 	}
-	spanName := *name
-	if spanName == "" {
-		spanName = commandName(argv)
+	if o.name == "" {
+		o.name = commandName(o.argv)
 	}
-	dir, _ := os.Getwd()
-	cmdline := strings.Join(argv, " ")
+	return o, nil
+}
 
+// build is one run of modgate exec's command: its span, and its
+// registration with modgate's admin port.
+type build struct {
+	bt      *telemetry.BuildTracing
+	ctx     context.Context // carries the build span
+	span    trace.Span
+	traceID string
+	reg     sidecar.BuildRegistration
+	client  *http.Client // to the admin port
+	admin   string
+	proxy   *url.URL
+	regErr  error // registering failed: no summary from modgate
+}
+
+// startBuild starts the build's span (a child of TRACEPARENT when set) and
+// registers the build with modgate.
+func (a *App) startBuild(ctx context.Context, o execOptions) (*build, error) {
+	dir, _ := os.Getwd()
+	cmdline := strings.Join(o.argv, " ")
 	bt, err := telemetry.SetupBuildTracing(ctx, telemetry.Config{ServiceName: "modgate-exec", Version: Version(), Getenv: a.Getenv})
 	if err != nil {
-		return fmt.Errorf("exec: %w", err)
+		return nil, fmt.Errorf("exec: %w", err)
 	}
 	parent := propagation.TraceContext{}.Extract(ctx, propagation.MapCarrier{
 		"traceparent": strings.TrimSpace(a.Getenv("TRACEPARENT")), "tracestate": strings.TrimSpace(a.Getenv("TRACESTATE")),
 	})
 	start := time.Now()
-	bctx, span := bt.Tracer().Start(parent, spanName, trace.WithSpanKind(trace.SpanKindClient), trace.WithTimestamp(start), trace.WithAttributes(
+	bctx, span := bt.Tracer().Start(parent, o.name, trace.WithSpanKind(trace.SpanKindClient), trace.WithTimestamp(start), trace.WithAttributes(
 		semconv.ProcessCommandLine(cmdline),
-		semconv.ProcessExecutableName(filepath.Base(argv[0])),
+		semconv.ProcessExecutableName(filepath.Base(o.argv[0])),
 		semconv.ProcessWorkingDirectory(dir),
-		attribute.String("modgate.build.proxy", upstream.RedactText(proxy.String())),
+		attribute.String("modgate.build.proxy", upstream.RedactText(o.proxy.String())),
 	))
-	sc := span.SpanContext()
-	traceID := sc.TraceID().String()
-	reg := sidecar.BuildRegistration{Name: spanName, Command: cmdline, Dir: dir, Start: start}
-	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{Proxy: nil}}
-	regErr := registerBuild(ctx, client, admin, traceID, reg)
+	b := &build{bt: bt, ctx: bctx, span: span, traceID: span.SpanContext().TraceID().String(),
+		reg:    sidecar.BuildRegistration{Name: o.name, Command: cmdline, Dir: dir, Start: start},
+		client: &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{Proxy: nil}},
+		admin:  o.admin, proxy: o.proxy}
+	b.regErr = registerBuild(ctx, b.client, b.admin, b.traceID, b.reg)
+	return b, nil
+}
 
-	env, err := buildEnv(a.environ(), proxy, bctx)
+// runBuild runs the command with the build's environment, ends the build's
+// span and flushes it, and returns the command's exit status.
+func (a *App) runBuild(b *build, argv []string) (int, error) {
+	env, err := buildEnv(a.environ(), b.proxy, b.ctx)
 	if err != nil {
-		span.End()
-		return fmt.Errorf("exec: %w", err)
+		b.span.End()
+		return 0, fmt.Errorf("exec: %w", err)
 	}
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env, cmd.Stdin, cmd.Stdout, cmd.Stderr = env, os.Stdin, a.Stdout, a.Stderr
@@ -164,57 +231,48 @@ func (a *App) exec(ctx context.Context, args []string) error {
 			code = 127
 		}
 	}
-	end := time.Now()
-	span.SetAttributes(semconv.ProcessExitCode(code))
+	b.reg.End, b.reg.ExitCode = time.Now(), &code
+	b.span.SetAttributes(semconv.ProcessExitCode(code))
 	if code != 0 {
-		span.SetStatus(codes.Error, fmt.Sprintf("exit status %d", code))
+		b.span.SetStatus(codes.Error, fmt.Sprintf("exit status %d", code))
 	}
-	span.End(trace.WithTimestamp(end))
+	b.span.End(trace.WithTimestamp(b.reg.End))
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	if err := bt.Shutdown(sctx); err != nil {
+	if err := b.bt.Shutdown(sctx); err != nil {
 		fmt.Fprintf(a.Stderr, "modgate exec: the build span was not exported: %v\n", err)
 	}
 	cancel()
+	return code, nil
+}
 
-	// An interrupted build (Ctrl-C reaches CMD and this process alike)
-	// still gets its summary.
-	ctx = context.WithoutCancel(ctx)
-	reg.End, reg.ExitCode = end, &code
-	rep := BuildReport{WallMS: float64(end.Sub(start).Microseconds()) / 1000, TraceURL: sidecar.TraceLink(a.Getenv("MODGATE_TRACE_URL"), traceID)}
+// buildReport tells modgate the build ended and builds the report from its
+// summary, compared with the baseline if there is one.
+func (a *App) buildReport(ctx context.Context, b *build, o execOptions, code int) (BuildReport, error) {
+	reg := b.reg
+	rep := BuildReport{WallMS: float64(reg.End.Sub(reg.Start).Microseconds()) / 1000, TraceURL: sidecar.TraceLink(a.Getenv("MODGATE_TRACE_URL"), b.traceID)}
+	regErr := b.regErr
 	if regErr == nil {
-		regErr = registerBuild(ctx, client, admin, traceID, reg)
+		regErr = registerBuild(ctx, b.client, b.admin, b.traceID, reg)
 	}
 	if regErr == nil {
-		rep.BuildSummary, regErr = buildSummary(ctx, client, admin, traceID)
+		rep.BuildSummary, regErr = buildSummary(ctx, b.client, b.admin, b.traceID)
 	}
 	if regErr != nil {
 		rep.Incomplete = regErr.Error()
-		rep.BuildSummary = telemetry.BuildSummary{TraceID: traceID}
+		rep.BuildSummary = telemetry.BuildSummary{TraceID: b.traceID}
 	}
 	rep.Name, rep.Command, rep.Dir, rep.Start, rep.End, rep.ExitCode = reg.Name, reg.Command, reg.Dir, reg.Start, reg.End, reg.ExitCode
 	for i, f := range rep.Failures {
 		rep.Failures[i].Explain = explainAnswer(f.Answer)
 	}
-	if base != nil && rep.Incomplete == "" {
-		c, err := telemetry.CompareBuilds(base.BuildSummary, rep.BuildSummary, *maxRatio)
+	if o.base != nil && rep.Incomplete == "" {
+		c, err := telemetry.CompareBuilds(o.base.BuildSummary, rep.BuildSummary, o.maxRatio)
 		if err != nil {
-			return fmt.Errorf("exec: --baseline %s: %w", *baseline, err)
+			return rep, fmt.Errorf("exec: --baseline %s: %w", o.baseline, err)
 		}
 		rep.Baseline = &c
 	}
-	writeBuildSummary(a.Stderr, rep, *maxRatio)
-	if *report != "" {
-		if err := writeBuildReport(*report, rep); err != nil {
-			return fmt.Errorf("exec: --report: %w", err)
-		}
-	}
-	if code == 0 && rep.Baseline != nil && len(rep.Baseline.Exceeded) > 0 {
-		code = 1
-	}
-	if code != 0 {
-		return exitStatus(code)
-	}
-	return nil
+	return rep, nil
 }
 
 // execProxy is modgate's URL: --proxy, MODGATE_PROXY, the address of
@@ -511,7 +569,7 @@ func writeBuildSummary(w io.Writer, r BuildReport, maxRatio float64) {
 				outs = append(outs, fmt.Sprintf("%d %s", n, o))
 			}
 		}
-		fmt.Fprintf(&b, "  %d requests to modgate (%s): %s; %d cache hits; %s\n", r.Requests, strings.Join(kinds, ", "), strings.Join(outs, ", "), r.CacheHits, bytesText(r.Bytes))
+		fmt.Fprintf(&b, "  %d requests to modgate (%s): %s; %d cache hits; %s\n", r.Requests, strings.Join(kinds, ", "), strings.Join(outs, ", "), r.CacheHits, byteSize(r.Bytes))
 		fmt.Fprintf(&b, "  waiting on modgate: %s", msText(r.WaitMS))
 		if r.Fallthroughs > 0 {
 			fmt.Fprintf(&b, "; %d fall-throughs", r.Fallthroughs)
@@ -596,16 +654,6 @@ func msText(ms float64) string {
 		return fmt.Sprintf("%d ms", d.Milliseconds())
 	}
 	return fmt.Sprintf("%.1f s", d.Seconds())
-}
-
-func bytesText(n int64) string {
-	switch {
-	case n < 1<<10:
-		return fmt.Sprintf("%d B", n)
-	case n < 1<<20:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
 }
 
 // traceEnv is `modgate env --trace`: the GOPROXY and proxy lines carry

@@ -93,7 +93,7 @@ type loader struct {
 
 // load builds the config: defaults, file, MODGATE_* variables, flags, then
 // the user's go env for upstreams and checksum database left unset, then
-// validation.
+// validation; last, once the config is valid, it opens the shared stores.
 func (l loader) load(fs *flag.FlagSet, f *runFlags) (Config, sidecar.Config, error) {
 	cfg := defaultConfig()
 	o := origins{}
@@ -156,6 +156,10 @@ func (l loader) load(fs *flag.FlagSet, f *runFlags) (Config, sidecar.Config, err
 	}
 	cfg.netrc = netrcPath(l.getenv, runtime.GOOS)
 	sc, err := cfg.validate(o)
+	if err != nil {
+		return cfg, sc, err
+	}
+	err = cfg.openStores(o, &sc)
 	return cfg, sc, err
 }
 

@@ -603,121 +603,173 @@ func (d *run) checkEnvFile() {
 // probe asks modgate and each upstream a few harmless questions, with a
 // bound on each, and checks https upstreams' certificates.
 func (d *run) probe(ctx context.Context, timeout time.Duration, mod string) {
+	p := d.newProber(ctx, timeout)
+	defer p.close()
+	escMod, _ := module.EscapePath(mod)
+	d.probeModgate(p, escMod, mod)
+	results := d.probeUpstreams(p, escMod)
+	if d.opts.Progress != nil {
+		fmt.Fprint(d.opts.Progress, "\r\033[K")
+	}
+	d.judgeUpstreams(results, mod)
+}
+
+// prober asks one question each with get, every part of it bounded by
+// timeout. It uses no proxy from the environment: doctor asks modgate and
+// the upstreams themselves, as modgate would.
+type prober struct {
+	ctx       context.Context
+	timeout   time.Duration
+	dial      func(ctx context.Context, network, addr string) (net.Conn, error)
+	transport *http.Transport
+	client    *http.Client
+	// self asks modgate's own listener: over HTTPS it is checked against
+	// modgate's certificate (whether clients trust it is checkClients'
+	// question).
+	self     *http.Client
+	progress io.Writer
+	version  string
+}
+
+func (d *run) newProber(ctx context.Context, timeout time.Duration) *prober {
 	dialer := &net.Dialer{Timeout: timeout}
-	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+	p := &prober{ctx: ctx, timeout: timeout, progress: d.opts.Progress, version: d.opts.Version}
+	p.dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
 		if to, ok := d.m.Resolve[addr]; ok {
 			addr = to
 		}
 		return dialer.DialContext(ctx, network, addr)
 	}
-	// No proxy from the environment: doctor asks modgate and the upstreams
-	// themselves, as modgate would.
-	transport := &http.Transport{DialContext: dial, TLSClientConfig: &tls.Config{RootCAs: d.m.RootCAs}, TLSHandshakeTimeout: timeout,
+	p.transport = &http.Transport{DialContext: p.dial, TLSClientConfig: &tls.Config{RootCAs: d.m.RootCAs}, TLSHandshakeTimeout: timeout,
 		ResponseHeaderTimeout: timeout, DisableKeepAlives: true}
-	defer transport.CloseIdleConnections()
-	client := &http.Client{Transport: transport, Timeout: timeout,
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-	escMod, _ := module.EscapePath(mod)
-
-	// modgate's own HTTPS listener is checked against its certificate:
-	// whether clients trust it is checkClients' question.
-	selfClient := client
+	p.client = p.with(p.transport)
+	p.self = p.client
 	if d.m.ListenerCert != nil {
 		pool := x509.NewCertPool()
 		pool.AddCert(d.m.ListenerCert)
-		st := transport.Clone()
+		st := p.transport.Clone()
 		st.TLSClientConfig = &tls.Config{RootCAs: pool}
-		defer st.CloseIdleConnections()
-		selfClient = &http.Client{Transport: st, Timeout: timeout, CheckRedirect: client.CheckRedirect}
+		p.self = p.with(st)
 	}
-	get := func(client *http.Client, target, kind, u string) Probe {
-		if d.opts.Progress != nil {
-			fmt.Fprintf(d.opts.Progress, "\r\033[Kprobing %s: %s %s", target, kind, upstream.RedactText(u))
-		}
-		p := Probe{Target: target, Kind: kind, URL: u}
-		start := time.Now()
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-		if err == nil {
-			req.Header.Set("User-Agent", "modgate-doctor/"+d.opts.Version)
-			var resp *http.Response
-			if resp, err = client.Do(req); err == nil {
-				p.Status = resp.StatusCode
-				if resp.StatusCode != http.StatusOK {
-					line, _ := bufio.NewReader(io.LimitReader(resp.Body, 512)).ReadString('\n')
-					p.Detail = strings.TrimSpace(line)
-				}
-				io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
-				resp.Body.Close()
-			}
-		}
-		p.Millis = float64(time.Since(start).Microseconds()) / 1000
-		var ce *upstream.CredentialsError
-		switch {
-		case errors.As(err, &ce):
-			p.Error = "credentials: " + ce.Err.Error()
-		case err != nil:
-			p.Error = shortErr(err)
-		}
-		return p
-	}
+	return p
+}
 
-	// modgate itself.
+// with is a client over rt that follows no redirect.
+func (p *prober) with(rt http.RoundTripper) *http.Client {
+	return &http.Client{Transport: rt, Timeout: p.timeout,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+}
+
+func (p *prober) close() {
+	p.transport.CloseIdleConnections()
+	if t, ok := p.self.Transport.(*http.Transport); ok {
+		t.CloseIdleConnections()
+	}
+}
+
+// get asks u through client and says how it went: the status, the first
+// line of a body that is not a 200, or the error.
+func (p *prober) get(client *http.Client, target, kind, u string) Probe {
+	if p.progress != nil {
+		fmt.Fprintf(p.progress, "\r\033[Kprobing %s: %s %s", target, kind, upstream.RedactText(u))
+	}
+	pr := Probe{Target: target, Kind: kind, URL: u}
+	start := time.Now()
+	req, err := http.NewRequestWithContext(p.ctx, http.MethodGet, u, nil)
+	if err == nil {
+		req.Header.Set("User-Agent", "modgate-doctor/"+p.version)
+		var resp *http.Response
+		if resp, err = client.Do(req); err == nil {
+			pr.Status = resp.StatusCode
+			if resp.StatusCode != http.StatusOK {
+				line, _ := bufio.NewReader(io.LimitReader(resp.Body, 512)).ReadString('\n')
+				pr.Detail = strings.TrimSpace(line)
+			}
+			io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
+			resp.Body.Close()
+		}
+	}
+	pr.Millis = float64(time.Since(start).Microseconds()) / 1000
+	var ce *upstream.CredentialsError
+	switch {
+	case errors.As(err, &ce):
+		pr.Error = "credentials: " + ce.Err.Error()
+	case err != nil:
+		pr.Error = shortErr(err)
+	}
+	return pr
+}
+
+// probeModgate asks modgate itself: its readiness, and a module list.
+func (d *run) probeModgate(p *prober, escMod, mod string) {
 	base := d.modgateURL()
 	throughModgate := d.usesModgate(d.goenv["GOPROXY"])
 	var mp []Probe
 	if d.m.AdminURL != "" {
-		mp = append(mp, get(selfClient, "modgate", "readyz", d.m.AdminURL+"/readyz"))
+		mp = append(mp, p.get(p.self, "modgate", "readyz", d.m.AdminURL+"/readyz"))
 	}
-	mp = append(mp, get(selfClient, "modgate", "list", base+"/"+escMod+"/@v/list"))
+	mp = append(mp, p.get(p.self, "modgate", "list", base+"/"+escMod+"/@v/list"))
 	d.probes = append(d.probes, mp...)
 	d.judgeModgate(mp, throughModgate, mod)
+}
 
-	// The upstreams, each in its own goroutine: a hung one costs its
-	// timeouts once, not once per upstream.
-	type result struct {
-		probes []Probe
-		cert   *certResult
-		auth   string // the kind of credentials sent
-	}
-	results := make([]result, len(d.m.Upstreams))
+// upstreamResult is what probing one upstream found.
+type upstreamResult struct {
+	probes []Probe // none: not asked
+	cert   *certResult
+	auth   string // the kind of credentials sent
+}
+
+// probeUpstreams asks the upstreams, each in its own goroutine: a hung one
+// costs its timeouts once, not once per upstream. Results are in the
+// order of d.m.Upstreams.
+func (d *run) probeUpstreams(p *prober, escMod string) []upstreamResult {
+	results := make([]upstreamResult, len(d.m.Upstreams))
 	var wg sync.WaitGroup
 	for i, u := range d.m.Upstreams {
 		uu, err := url.Parse(u.URL)
 		if err != nil || (uu.Scheme != "http" && uu.Scheme != "https") || sameListener(uu.Host, d.m.Listen) {
 			continue // not a proxy, or modgate itself (reported already)
 		}
-		name := upstreamName(u, uu)
-		wg.Go(func() {
-			b := strings.TrimSuffix(u.URL, "/")
-			// The probes send the upstream's credentials as modgate does:
-			// to its own origin only, never shown.
-			uc := client
-			rt, kind, err := upstream.AuthTransport(u.URL, u.Auth, transport, nil)
-			if err != nil {
-				results[i] = result{auth: u.Auth.Kind(), probes: []Probe{{Target: name, Kind: "list", URL: b, Error: "credentials: " + err.Error()}}}
-				return
-			}
-			if kind != "" {
-				uc = &http.Client{Transport: rt, Timeout: timeout, CheckRedirect: client.CheckRedirect}
-			}
-			r := result{auth: kind, probes: []Probe{
-				get(uc, name, "list", b+"/"+escMod+"/@v/list"),
-				get(uc, name, "latest", b+"/"+escMod+"/@latest"),
-			}}
-			if db := d.m.SumDB; db != "" {
-				r.probes = append(r.probes, get(uc, name, "sumdb-supported", b+"/sumdb/"+db+"/supported"))
-			}
-			if uu.Scheme == "https" {
-				r.cert = checkCert(ctx, dial, uu, d.m.RootCAs, timeout)
-				r.cert.target, r.cert.probe.Target = name, name
-			}
-			results[i] = r
-		})
+		wg.Go(func() { results[i] = d.probeUpstream(p, u, uu, escMod) })
 	}
 	wg.Wait()
-	if d.opts.Progress != nil {
-		fmt.Fprint(d.opts.Progress, "\r\033[K")
+	return results
+}
+
+// probeUpstream asks one upstream for a module's list and latest version
+// and, with a checksum database, whether it proxies it; it checks an https
+// upstream's certificate.
+func (d *run) probeUpstream(p *prober, u Upstream, uu *url.URL, escMod string) upstreamResult {
+	name := upstreamName(u, uu)
+	b := strings.TrimSuffix(u.URL, "/")
+	// The probes send the upstream's credentials as modgate does: to its
+	// own origin only, never shown.
+	uc := p.client
+	rt, kind, err := upstream.AuthTransport(u.URL, u.Auth, p.transport, nil)
+	if err != nil {
+		return upstreamResult{auth: u.Auth.Kind(), probes: []Probe{{Target: name, Kind: "list", URL: b, Error: "credentials: " + err.Error()}}}
 	}
+	if kind != "" {
+		uc = p.with(rt)
+	}
+	r := upstreamResult{auth: kind, probes: []Probe{
+		p.get(uc, name, "list", b+"/"+escMod+"/@v/list"),
+		p.get(uc, name, "latest", b+"/"+escMod+"/@latest"),
+	}}
+	if db := d.m.SumDB; db != "" {
+		r.probes = append(r.probes, p.get(uc, name, "sumdb-supported", b+"/sumdb/"+db+"/supported"))
+	}
+	if uu.Scheme == "https" {
+		r.cert = checkCert(p.ctx, p.dial, uu, d.m.RootCAs, p.timeout)
+		r.cert.target, r.cert.probe.Target = name, name
+	}
+	return r
+}
+
+// judgeUpstreams records the upstreams' probes and judges each, and all
+// of them failing.
+func (d *run) judgeUpstreams(results []upstreamResult, mod string) {
 	failing, asked := 0, 0
 	for i, r := range results {
 		if r.probes == nil {
@@ -1244,15 +1296,13 @@ func (d *run) report() Report {
 func (r Report) redacted() Report {
 	findings := make([]Finding, len(r.Findings))
 	for i, f := range r.Findings {
-		f.What, f.Where, f.Fix = upstream.RedactText(f.What), upstream.RedactText(f.Where), upstream.RedactText(f.Fix)
-		findings[i] = f
+		findings[i] = f.redacted()
 	}
 	r.Findings = findings
 	if r.Probes != nil {
 		probes := make([]Probe, len(r.Probes))
 		for i, p := range r.Probes {
-			p.URL, p.Error, p.Detail = upstream.RedactText(p.URL), upstream.RedactText(p.Error), upstream.RedactText(p.Detail)
-			probes[i] = p
+			probes[i] = p.redacted()
 		}
 		r.Probes = probes
 	}
@@ -1264,6 +1314,16 @@ func (r Report) redacted() Report {
 		r.GoEnv = env
 	}
 	return r
+}
+
+func (f Finding) redacted() Finding {
+	f.What, f.Where, f.Fix = upstream.RedactText(f.What), upstream.RedactText(f.Where), upstream.RedactText(f.Fix)
+	return f
+}
+
+func (p Probe) redacted() Probe {
+	p.URL, p.Error, p.Detail = upstream.RedactText(p.URL), upstream.RedactText(p.Error), upstream.RedactText(p.Detail)
+	return p
 }
 
 // Counts says how many findings of each severity the report holds:
