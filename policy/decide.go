@@ -9,6 +9,8 @@ import (
 	"unicode/utf8"
 
 	"golang.org/x/mod/semver"
+
+	"github.com/modgate/modgate/sidecar/wire"
 )
 
 // Decide returns the decision of the first rule that matches r, or the
@@ -211,10 +213,10 @@ func (p *Policy) FilterVersions(req Request, versions []string) []string {
 func (p *Policy) downloadable(req Request, v string) bool {
 	req.Version = v
 	if !p.hasKinds {
-		req.Kind = KindZip // no rule looks at the kind
+		req.Kind = wire.KindZip // no rule looks at the kind
 		return p.Decide(req).Allow
 	}
-	for _, k := range [...]string{KindInfo, KindMod, KindZip} {
+	for _, k := range [...]wire.Kind{wire.KindInfo, wire.KindMod, wire.KindZip} {
 		req.Kind = k
 		if !p.Decide(req).Allow {
 			return false

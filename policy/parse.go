@@ -11,6 +11,8 @@ import (
 	"unicode"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/modgate/modgate/sidecar/wire"
 )
 
 // Error is one problem in a policy file. Parse returns every problem it
@@ -459,9 +461,9 @@ func (ps *parser) rules(p *Policy, v *yaml.Node) {
 					ok = false
 				}
 				for j, s := range items {
-					b := kindBit(s)
+					b := kindBit(wire.Kind(s))
 					if b == 0 {
-						ps.errorf(nodes[j], fmt.Sprintf("%s[%d]", sub, j+1), "unknown kind %q (want one of %s)", s, strings.Join(kindNames[:], " "))
+						ps.errorf(nodes[j], fmt.Sprintf("%s[%d]", sub, j+1), "unknown kind %q (want one of %s)", s, strings.Join(kindNames(), " "))
 						ok = false
 					}
 					r.kinds |= b
@@ -518,4 +520,13 @@ func (ps *parser) rules(p *Policy, v *yaml.Node) {
 		p.ruleIx.add(len(p.rules), r.pattern)
 		p.rules = append(p.rules, r)
 	}
+}
+
+// kindNames returns the names of the request kinds, for an error message.
+func kindNames() []string {
+	var names []string
+	for _, k := range wire.Kinds() {
+		names = append(names, string(k))
+	}
+	return names
 }

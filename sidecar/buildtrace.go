@@ -15,6 +15,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/modgate/modgate/sidecar/upstream"
+	"github.com/modgate/modgate/sidecar/wire"
 	"github.com/modgate/modgate/telemetry"
 )
 
@@ -216,7 +217,7 @@ func (t *buildTracker) done(b *build) {
 // outcome sorts an answer for the summary: ok, notfound, denied, error,
 // or gone (the client went away first: the go command cancels what it no
 // longer needs, which is no failure of the build's).
-func outcome(decision string, status int) string {
+func outcome(decision wire.Decision, status int) string {
 	switch {
 	case decision == decisionDeny:
 		return "denied"
@@ -318,7 +319,7 @@ func (t *buildTracker) record(x *exchange, sc trace.SpanContext, status int) {
 	if len(s.Waterfall) < buildWaterfallKept {
 		s.Waterfall = append(s.Waterfall, telemetry.BuildRequest{
 			Start: x.start, DurationMS: ms, Method: x.r.Method, Mode: x.mode, Kind: kind,
-			Module: x.req.Module, Version: x.req.Version, Host: x.host, Upstream: served, Cache: x.cacheResult,
+			Module: x.req.Module, Version: x.req.Version, Host: x.host, Upstream: served, Cache: string(x.cacheResult),
 			Status: status, Outcome: out, Bytes: x.w.bytes, Code: code, SpanID: spanIDOf(x),
 		})
 	} else {

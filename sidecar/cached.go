@@ -14,7 +14,6 @@ import (
 	"github.com/modgate/modgate/sidecar/store"
 	"github.com/modgate/modgate/sidecar/upstream"
 	"github.com/modgate/modgate/sidecar/wire"
-	"github.com/modgate/modgate/telemetry"
 )
 
 // CacheConfig is the artifact cache. The zero value caches nothing.
@@ -143,19 +142,19 @@ func (s *Server) serveCached(x *exchange, c *cache.Cache, key string, immutable 
 	if e, err := c.Get(key); err == nil {
 		defer e.Close()
 		if immutable || e.Age(now) < s.cacheCfg.ListTTL {
-			x.cacheResult = telemetry.CacheHit
+			x.cacheResult = wire.CacheHit
 			return s.serveEntry(x, src, e, now)
 		}
 		stale = e
 	}
-	x.cacheResult = telemetry.CacheMiss
+	x.cacheResult = wire.CacheMiss
 	if immutable {
 		return s.shared(x, c, key, src, fr)
 	}
 	res := src.fetch(x.ctx(), x, fr)
 	if res.Response == nil {
 		if stale != nil && stale.Age(now) < s.cacheCfg.StaleIfError {
-			x.cacheResult = telemetry.CacheStale
+			x.cacheResult = wire.CacheStale
 			x.w.Header().Set("Warning", `110 modgate "Response is Stale"`)
 			err := s.serveEntry(x, src, stale, now)
 			x.reason = "stale answer served: every upstream failed"
@@ -289,7 +288,7 @@ func (s *Server) shared(x *exchange, c *cache.Cache, key string, src source, fr 
 	}
 	if f.stored {
 		f.mu.Unlock()
-		x.cacheResult = telemetry.CacheShared
+		x.cacheResult = wire.CacheShared
 		e, err := c.Get(key)
 		if err != nil {
 			return &problem{status: http.StatusServiceUnavailable, code: wire.Busy,
@@ -566,9 +565,9 @@ func (s *Server) toStore(ctx context.Context, t tiers, key string) bool {
 func (s *Server) now() time.Time { return s.clock().Now() }
 
 // clock is the server's clock: Config.Clock, or the system's.
-func (s *Server) clock() upstream.Clock {
+func (s *Server) clock() wire.Clock {
 	if s.cfg.Clock != nil {
 		return s.cfg.Clock
 	}
-	return upstream.SystemClock{}
+	return wire.SystemClock{}
 }

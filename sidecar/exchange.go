@@ -45,7 +45,7 @@ type exchange struct {
 
 	req      Request
 	pol      *policy.Policy // one snapshot for the whole request
-	decision string         // allow, deny, invalid, loop
+	decision wire.Decision  // allow, deny, invalid, loop
 	rule     int
 	ruleText string
 	reason   string
@@ -55,8 +55,8 @@ type exchange struct {
 	served   *upstream.Upstream
 	decided  bool // a module-bearing request went through policy
 
-	cacheResult string // hit, miss or stale; empty when the cache was not asked
-	buffered    int64  // bytes of the server's buffer budget this exchange holds
+	cacheResult wire.CacheResult // hit, miss, stale or shared; empty when the cache was not asked
+	buffered    int64            // bytes of the server's buffer budget this exchange holds
 
 	answer *problem // the problem end answered, for a build's summary; nil when served
 }
@@ -67,7 +67,7 @@ const attrEndUser = attribute.Key("enduser.id")
 
 // ctx is the request's context, telling upstreams the request's kind.
 func (x *exchange) ctx() context.Context {
-	return upstream.WithKind(x.r.Context(), string(x.req.Kind))
+	return upstream.WithKind(x.r.Context(), x.req.Kind)
 }
 
 func (s *Server) newExchange(w http.ResponseWriter, r *http.Request, mode string) *exchange {
@@ -141,7 +141,7 @@ func (x *exchange) decide() error {
 	if req.Query {
 		version = "" // decided again on the version the query resolves to
 	}
-	d := x.pol.Decide(policy.Request{Module: req.Module, Version: version, Kind: string(req.Kind), Host: x.destination(), Identity: x.identity})
+	d := x.pol.Decide(policy.Request{Module: req.Module, Version: version, Kind: req.Kind, Host: x.destination(), Identity: x.identity})
 	x.rule, x.ruleText, x.reason = d.Rule, d.RuleText, d.Reason
 	if !d.Allow {
 		x.s.log.Info("denied by policy", "module", req.Module, "version", req.Version, "kind", req.Kind, "rule", d.Rule, "reason", d.Reason)
@@ -205,7 +205,7 @@ func (x *exchange) finish() {
 	x.buffered = 0
 	span := trace.SpanFromContext(x.r.Context())
 	if span.IsRecording() {
-		attrs := append(make([]attribute.KeyValue, 0, 8), telemetry.AttrMode.String(x.mode), telemetry.AttrPolicyDecision.String(x.decision))
+		attrs := append(make([]attribute.KeyValue, 0, 8), telemetry.AttrMode.String(x.mode), telemetry.AttrPolicyDecision.String(string(x.decision)))
 		if x.req.Module != "" {
 			attrs = append(attrs, telemetry.AttrModulePath.String(x.req.Module))
 		}
@@ -219,7 +219,7 @@ func (x *exchange) finish() {
 			attrs = append(attrs, telemetry.AttrUpstreamName.String(x.served.Name))
 		}
 		if x.cacheResult != "" {
-			attrs = append(attrs, telemetry.AttrCacheResult.String(x.cacheResult))
+			attrs = append(attrs, telemetry.AttrCacheResult.String(string(x.cacheResult)))
 		}
 		if x.identity != "" {
 			// Spans and the audit log only: identities are unbounded,
@@ -238,7 +238,7 @@ func (x *exchange) finish() {
 	if x.cacheResult != "" {
 		x.s.tel.AddCacheRequest(x.r.Context(), x.cacheResult)
 		if x.reason == "" {
-			x.reason = "cache " + x.cacheResult
+			x.reason = "cache " + string(x.cacheResult)
 		}
 	}
 	x.s.recent().record(x) // the status page's recent requests and denials
@@ -259,7 +259,7 @@ func (x *exchange) finish() {
 		Identity:   x.identity,
 		Host:       x.host,
 		Mode:       x.mode,
-		Kind:       string(x.req.Kind),
+		Kind:       x.req.Kind,
 		Module:     x.req.Module,
 		Version:    x.req.Version,
 		Decision:   x.decision,

@@ -7,7 +7,6 @@ import (
 
 	"github.com/modgate/modgate/sidecar/upstream"
 	"github.com/modgate/modgate/sidecar/wire"
-	"github.com/modgate/modgate/telemetry"
 )
 
 // Offline mode (Config.Offline) serves only from the caches (the local one,
@@ -29,10 +28,10 @@ func (s *Server) serveOffline(x *exchange) error {
 	if c == nil || !ok {
 		return x.notOffline("modgate serves only what its cache holds, and keeps no " + string(x.req.Kind) + " answers")
 	}
-	x.cacheResult = telemetry.CacheHit
+	x.cacheResult = wire.CacheHit
 	e, err := c.Get(key)
 	if err != nil && immutable && s.fromStore(x.ctx(), s.tiersFor(x, c), key) {
-		x.cacheResult = telemetry.CacheShared
+		x.cacheResult = wire.CacheShared
 		e, err = c.Get(key)
 	}
 	if err != nil {
@@ -41,7 +40,7 @@ func (s *Server) serveOffline(x *exchange) error {
 	}
 	defer e.Close()
 	if !immutable && e.Age(s.now()) >= s.cacheCfg.ListTTL {
-		x.cacheResult = telemetry.CacheStale
+		x.cacheResult = wire.CacheStale
 	}
 	return s.serveEntry(x, noSource{}, e, s.now())
 }

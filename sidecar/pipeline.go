@@ -280,7 +280,7 @@ func (s *Server) writeLatest(x *exchange, src source, header http.Header, body [
 	base := x.req.Prefix + strings.TrimSuffix(x.req.Path, "/@latest")
 	if v := s.latestAllowed(x, src, base, preq); v != "" {
 		escV, _ := module.EscapeVersion(v)
-		ctx := upstream.WithKind(x.r.Context(), string(KindInfo))
+		ctx := upstream.WithKind(x.r.Context(), KindInfo)
 		res := src.fetch(ctx, x, fetchRequest{method: http.MethodGet, path: base + "/@v/" + escV + ".info", header: http.Header{}})
 		if res.Response != nil && res.Response.StatusCode == http.StatusOK {
 			x.served = res.Upstream
@@ -292,7 +292,7 @@ func (s *Server) writeLatest(x *exchange, src source, header http.Header, body [
 			res.Response.Body.Close()
 		}
 	}
-	d := x.pol.Decide(policy.Request{Module: x.req.Module, Version: info.Version, Kind: string(KindInfo), Host: x.destination(), Identity: x.identity})
+	d := x.pol.Decide(policy.Request{Module: x.req.Module, Version: info.Version, Kind: KindInfo, Host: x.destination(), Identity: x.identity})
 	return x.denial(d, info.Version)
 }
 
@@ -300,7 +300,7 @@ func (s *Server) writeLatest(x *exchange, src source, header http.Header, body [
 // among the listed versions that policy allows: the highest release, else
 // the highest pre-release. base is the escaped module path, from "/".
 func (s *Server) latestAllowed(x *exchange, src source, base string, preq policy.Request) string {
-	ctx := upstream.WithKind(x.r.Context(), string(KindList))
+	ctx := upstream.WithKind(x.r.Context(), KindList)
 	res := src.fetch(ctx, x, fetchRequest{method: http.MethodGet, path: base + "/@v/list", header: http.Header{}})
 	if res.Response == nil {
 		return ""
@@ -411,8 +411,8 @@ func (o originSource) fetch(ctx context.Context, x *exchange, fr fetchRequest) u
 // fetchKind is the kind the context's upstream request carries (a
 // latest's list or .info), else def.
 func fetchKind(ctx context.Context, def Kind) Kind {
-	if k := upstream.KindFrom(ctx); k != "" && k != "other" {
-		return Kind(k)
+	if k := upstream.KindFrom(ctx); k != "" && k != KindOther {
+		return k
 	}
 	return def
 }

@@ -86,7 +86,7 @@ type Config struct {
 	// Version is reported in the User-Agent of upstream requests.
 	Version string
 	// Clock tells time to breakers and retries. If nil, the system clock.
-	Clock upstream.Clock
+	Clock wire.Clock
 	// Policy holds the current policy. If nil, everything is allowed and
 	// nothing is private.
 	Policy *policy.Store
@@ -407,16 +407,16 @@ func (s *Server) classify(r *http.Request, host string) (Request, error) {
 }
 
 // kindOf classifies a request for its span name and metrics.
-func (s *Server) kindOf(r *http.Request) string {
+func (s *Server) kindOf(r *http.Request) Kind {
 	host := ""
 	if r.URL.IsAbs() {
 		host = normalized(r.URL.Hostname())
 	}
 	req, err := s.classify(r, host)
 	if err != nil && host == "" {
-		return string(KindOther)
+		return KindOther
 	}
-	return string(req.Kind)
+	return req.Kind
 }
 
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
@@ -614,7 +614,7 @@ func (s *Server) breakerReadings() []telemetry.BreakerReading {
 	var rs []telemetry.BreakerReading
 	for _, u := range s.chain.Upstreams() {
 		if u.Kind == upstream.Proxy {
-			rs = append(rs, telemetry.BreakerReading{Upstream: u.Name, State: telemetry.BreakerState(u.Breaker())})
+			rs = append(rs, telemetry.BreakerReading{Upstream: u.Name, State: u.Breaker()})
 		}
 	}
 	return rs

@@ -14,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/modgate/modgate/sidecar/upstream"
+	"github.com/modgate/modgate/sidecar/wire"
 	"github.com/modgate/modgate/telemetry"
 )
 
@@ -38,7 +39,7 @@ type recentExchange struct {
 	version  string
 	host     string
 	upstream string
-	decision string
+	decision wire.Decision
 	rule     string
 	reason   string
 	status   int
@@ -284,7 +285,7 @@ func (e recentExchange) row(now time.Time, telemetryOn bool) statusRow {
 	r := statusRow{
 		Age: age(now, e.start), Time: e.start.UTC().Format(time.RFC3339Nano),
 		Mode: e.mode, Kind: string(e.kind), Upstream: e.upstream,
-		Decision: e.decision, Rule: e.rule, Reason: e.reason,
+		Decision: string(e.decision), Rule: e.rule, Reason: e.reason,
 		Status: e.status, StatusClass: "s" + strconv.Itoa(e.status/100) + "xx",
 		Duration: duration(e.duration),
 	}
@@ -312,7 +313,7 @@ func (e recentExchange) row(now time.Time, telemetryOn bool) statusRow {
 func tracezLink(e recentExchange) string {
 	name := "CONNECT"
 	if e.kind != KindTunnel {
-		name = spanMethod(e.method) + " " + telemetry.NormalizeKind(string(e.kind))
+		name = spanMethod(e.method) + " " + string(e.kind.Normal())
 	}
 	q := url.Values{"zspanname": {name}, "ztype": {"1"}}
 	if e.status >= 500 {

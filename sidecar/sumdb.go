@@ -20,7 +20,7 @@ type sumDB struct {
 	name   string
 	chain  *upstream.Chain
 	direct *upstream.Upstream // https://<name>
-	clock  upstream.Clock     // times attempts
+	clock  wire.Clock         // times attempts
 
 	mu    sync.Mutex // serialises the search; the go command asks once per run
 	route *sumDBRoute
@@ -49,7 +49,7 @@ func newSumDB(name, rawURL string, chain *upstream.Chain, opts upstream.Options,
 	}
 	clock := opts.Clock
 	if clock == nil {
-		clock = upstream.SystemClock{}
+		clock = wire.SystemClock{}
 	}
 	return &sumDB{name: name, chain: chain, direct: direct, clock: clock}, nil
 }
@@ -127,7 +127,7 @@ func (src sumDBSource) admit(x *exchange) error {
 // which modgate just failed to reach.
 func (src sumDBSource) fetch(ctx context.Context, x *exchange, fr fetchRequest) upstream.Result {
 	db := src.s.sumdb
-	route, res := db.find(upstream.WithKind(ctx, string(KindSumDBSupported)))
+	route, res := db.find(upstream.WithKind(ctx, KindSumDBSupported))
 	if route == nil {
 		return res
 	}

@@ -115,8 +115,8 @@ func (s *Server) sumRemote(ctx context.Context, path string) ([]byte, error) {
 	if strings.HasPrefix(path, "/lookup/") {
 		kind = KindSumDBLookup
 	}
-	ctx = upstream.WithKind(ctx, string(kind))
-	route, res := db.find(upstream.WithKind(ctx, string(KindSumDBSupported)))
+	ctx = upstream.WithKind(ctx, kind)
+	route, res := db.find(upstream.WithKind(ctx, KindSumDBSupported))
 	if route != nil {
 		res = db.get(ctx, route, path, nil)
 	}

@@ -106,7 +106,7 @@ var errAbandoned = errors.New("abandoned by the client")
 type breaker struct {
 	name     string
 	settings BreakerSettings
-	clock    Clock
+	clock    wire.Clock
 	log      *slog.Logger
 	describe func(error) string // a failure in words
 	cb       *gobreaker.TwoStepCircuitBreaker[struct{}]
@@ -145,7 +145,7 @@ type Failure struct {
 
 const keepFailures = 10
 
-func newBreaker(name string, s BreakerSettings, clock Clock, log *slog.Logger, describe func(error) string) *breaker {
+func newBreaker(name string, s BreakerSettings, clock wire.Clock, log *slog.Logger, describe func(error) string) *breaker {
 	b := &breaker{name: name, settings: s, clock: clock, log: log, describe: describe}
 	if s.Disabled {
 		return b

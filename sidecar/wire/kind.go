@@ -2,8 +2,9 @@ package wire
 
 import "strings"
 
-// Kind is the class of a request, as in DESIGN.md's table. It names spans
-// and labels metrics, so the set is closed.
+// Kind is the class of a request (README.md, Architecture). It names spans,
+// labels metrics and selects policy rules, so the set is closed: Kinds lists
+// it.
 type Kind string
 
 // The request kinds.
@@ -38,3 +39,31 @@ func (k Kind) IsModuleProtocol() bool {
 
 // IsArtifact reports whether k names an immutable module artifact.
 func (k Kind) IsArtifact() bool { return k == KindInfo || k == KindMod || k == KindZip }
+
+// Kinds returns every request kind, in the order of the constants above.
+// The slice is the caller's.
+func Kinds() []Kind {
+	return []Kind{KindList, KindInfo, KindMod, KindZip, KindLatest,
+		KindSumDBSupported, KindSumDBLookup, KindSumDBTile, KindSumDBLatest,
+		KindGoGet, KindVCS, KindTunnel, KindOther}
+}
+
+// Known reports whether k is one of the request kinds.
+func (k Kind) Known() bool {
+	switch k {
+	case KindList, KindInfo, KindMod, KindZip, KindLatest,
+		KindSumDBSupported, KindSumDBLookup, KindSumDBTile, KindSumDBLatest,
+		KindGoGet, KindVCS, KindTunnel, KindOther:
+		return true
+	}
+	return false
+}
+
+// Normal returns k if it is one of the request kinds, else KindOther: the
+// kind metrics and span names record.
+func (k Kind) Normal() Kind {
+	if k.Known() {
+		return k
+	}
+	return KindOther
+}

@@ -1,0 +1,30 @@
+package wire
+
+// Decision is what became of a request at the gate, as the audit log's
+// decision field, the modgate.policy.decision span attribute and the
+// modgate.policy.decisions metric spell it.
+type Decision string
+
+// The decisions. Policy decides allow or deny; a guard's refusal is also
+// deny; a request that does not parse is invalid; a request that came back
+// to modgate is loop. A request policy allowed stays allow whatever the
+// upstreams then did: its status says that.
+const (
+	DecisionAllow   Decision = "allow"
+	DecisionDeny    Decision = "deny"
+	DecisionInvalid Decision = "invalid"
+	DecisionLoop    Decision = "loop"
+)
+
+// CacheResult is what a cache lookup found, as the modgate.cache.result
+// attribute and the modgate.cache.requests metric spell it.
+type CacheResult string
+
+// The cache results.
+const (
+	CacheHit   CacheResult = "hit"
+	CacheMiss  CacheResult = "miss"
+	CacheStale CacheResult = "stale"
+	// CacheShared: not in the local cache, served from the shared store.
+	CacheShared CacheResult = "shared"
+)
