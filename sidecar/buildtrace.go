@@ -154,12 +154,15 @@ type buildTracker struct {
 	// breakers are the recent openings of the chain's breakers, which a
 	// build's summary picks from by time.
 	breakers []telemetry.BreakerOpening
+	// uses counts calls of get: a build's lastSeen orders builds by their
+	// last use, for forgetting the least recent.
+	uses uint64
 }
 
 // build is one build's running summary.
 type build struct {
 	id        trace.TraceID
-	lastSeen  time.Time
+	lastSeen  uint64 // buildTracker.uses when last asked for
 	inFlight  int
 	settled   chan struct{} // closed and replaced when inFlight reaches 0
 	sum       telemetry.BuildSummary
@@ -176,7 +179,7 @@ func (t *buildTracker) get(id trace.TraceID) *build {
 		if len(t.builds) >= buildsKept {
 			var oldest *build
 			for _, o := range t.builds {
-				if o.inFlight == 0 && (oldest == nil || o.lastSeen.Before(oldest.lastSeen)) {
+				if o.inFlight == 0 && (oldest == nil || o.lastSeen < oldest.lastSeen) {
 					oldest = o
 				}
 			}
@@ -190,7 +193,8 @@ func (t *buildTracker) get(id trace.TraceID) *build {
 		b.sum.ByOutcome = map[string]int{}
 		t.builds[id] = b
 	}
-	b.lastSeen = time.Now()
+	t.uses++
+	b.lastSeen = t.uses
 	return b
 }
 
@@ -236,7 +240,7 @@ func (t *buildTracker) record(x *exchange, sc trace.SpanContext, status int) {
 	if on, _ := x.r.Context().Value(buildKey{}).(bool); !on || !sc.IsValid() {
 		return
 	}
-	end := time.Now()
+	end := x.s.now()
 	d := end.Sub(x.start)
 	ms := float64(d.Microseconds()) / 1000
 	kind := string(x.req.Kind)
@@ -360,7 +364,7 @@ func (s *Server) noteBreakers(opts *upstream.Options) {
 			if len(t.breakers) == buildBreakersKept {
 				t.breakers = slices.Delete(t.breakers, 0, 1)
 			}
-			t.breakers = append(t.breakers, telemetry.BreakerOpening{Time: time.Now(), Upstream: name, Reason: reason})
+			t.breakers = append(t.breakers, telemetry.BreakerOpening{Time: s.now(), Upstream: name, Reason: reason})
 			t.mu.Unlock()
 		}
 		if next != nil {

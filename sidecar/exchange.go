@@ -72,7 +72,7 @@ func (x *exchange) ctx() context.Context {
 
 func (s *Server) newExchange(w http.ResponseWriter, r *http.Request, mode string) *exchange {
 	return &exchange{
-		s: s, w: &responseRecorder{ResponseWriter: w}, r: r, start: time.Now(), mode: mode,
+		s: s, w: &responseRecorder{ResponseWriter: w}, r: r, start: s.now(), mode: mode,
 		pol: s.policy(), decision: decisionAllow, req: Request{Kind: KindOther},
 	}
 }
@@ -267,7 +267,7 @@ func (x *exchange) finish() {
 		Reason:     x.reason,
 		Status:     x.w.status,
 		Bytes:      x.w.bytes,
-		DurationMS: float64(time.Since(x.start).Microseconds()) / 1000,
+		DurationMS: float64(x.s.now().Sub(x.start).Microseconds()) / 1000,
 	}
 	e.ClaimedIdentity = x.claimed
 	if x.served != nil {
@@ -301,7 +301,7 @@ func (x *exchange) logRequest() {
 	}
 	attrs := make([]any, 0, 16)
 	attrs = append(attrs, "method", x.r.Method, "path", target, "status", status, "bytes", x.w.bytes,
-		"duration", time.Since(x.start).Round(time.Microsecond).String(), "mode", x.mode, "kind", string(x.req.Kind), "client", clientIP(x.r.RemoteAddr))
+		"duration", x.s.now().Sub(x.start).Round(time.Microsecond).String(), "mode", x.mode, "kind", string(x.req.Kind), "client", clientIP(x.r.RemoteAddr))
 	if x.served != nil {
 		attrs = append(attrs, "upstream", x.served.Name)
 	}

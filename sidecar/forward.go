@@ -443,9 +443,10 @@ func (f *forward) relayTunnel(x *exchange, client net.Conn, hostport string) err
 	io.WriteString(client, "HTTP/1.1 200 Connection established\r\n\r\n")
 	f.tunnels.Store(client, server)
 	defer f.tunnels.Delete(client)
-	start := time.Now()
-	up, down := splice(client, server, f.cfg.TunnelIdle, f.s.clock())
-	f.s.tel.RecordTunnel(x.r.Context(), time.Since(start), up, down)
+	clock := f.s.clock()
+	start := clock.Now()
+	up, down := splice(client, server, f.cfg.TunnelIdle, clock)
+	f.s.tel.RecordTunnel(x.r.Context(), clock.Now().Sub(start), up, down)
 	x.w.bytes = up + down
 	x.reason = fmt.Sprintf("%d bytes up, %d down", up, down)
 	return nil

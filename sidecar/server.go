@@ -244,7 +244,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Clients.ClientCAFile != "" && !cfg.TLS.Enabled() {
 		return nil, errors.New("clients: client certificates (client_ca_file) need HTTPS on the listener (tls)")
 	}
-	if s.clients, err = newClients(cfg.Clients, cfg.Forward.Users, s.now, s.log); err != nil {
+	if s.clients, err = newClients(cfg.Clients, cfg.Forward.Users, s.clock(), s.log); err != nil {
 		return nil, err
 	}
 	if cfg.TLS.Enabled() {

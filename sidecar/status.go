@@ -61,7 +61,7 @@ type recentLog struct {
 func (l *recentLog) record(x *exchange) {
 	e := recentExchange{
 		start:    x.start,
-		duration: time.Since(x.start),
+		duration: x.s.now().Sub(x.start),
 		method:   x.r.Method,
 		path:     x.r.URL.Path,
 		mode:     x.mode,
@@ -123,7 +123,7 @@ var statusTemplate = template.Must(template.New("status").Funcs(template.FuncMap
 // that it works in a locked-down pod through a port-forward.
 func (s *Server) statusHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		page := s.statusPage(time.Now())
+		page := s.statusPage(s.now())
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		w.Header().Set("Cache-Control", "no-store")
 		w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'")

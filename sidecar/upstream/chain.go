@@ -336,7 +336,7 @@ type try struct {
 }
 
 func ask(ctx context.Context, u *Upstream, req Request) try {
-	start := time.Now()
+	start := u.clock.Now()
 	resp, err := u.Do(ctx, req)
 	a := Attempt{Upstream: u, Err: err}
 	if err == nil && resp.StatusCode == http.StatusOK && req.Method != http.MethodHead && req.Check == nil {
@@ -351,7 +351,7 @@ func ask(ctx context.Context, u *Upstream, req Request) try {
 		a.Status = resp.StatusCode
 		a.Detail = errorDetail(resp)
 	}
-	a.Duration = time.Since(start)
+	a.Duration = u.clock.Now().Sub(start)
 	return try{attempt: a}
 }
 
