@@ -247,7 +247,7 @@ func (t *buildTracker) record(x *exchange, sc trace.SpanContext, status int) {
 	out := outcome(x.decision, status)
 	served := "modgate" // answered by modgate itself: a denial, a bad request
 	switch {
-	case x.cacheResult == "hit":
+	case x.cacheResult == wire.CacheHit:
 		served = "cache"
 	case x.served != nil:
 		served = x.served.Name
@@ -283,7 +283,7 @@ func (t *buildTracker) record(x *exchange, sc trace.SpanContext, status int) {
 	s.ByKind[kind] = k
 	s.ByOutcome[out]++
 	s.Bytes += x.w.bytes
-	if x.cacheResult == "hit" {
+	if x.cacheResult == wire.CacheHit {
 		s.CacheHits++
 	}
 	s.SumMS += ms
@@ -341,7 +341,7 @@ func spanIDOf(x *exchange) string {
 // fellThrough reports whether the chain moved past the first upstream
 // that could have served the request (a 404, a failure, an open breaker).
 func (x *exchange) fellThrough() bool {
-	if x.served == nil || x.mode != modeReverse || x.req.Kind.IsSumDB() || x.cacheResult == "hit" {
+	if x.served == nil || x.mode != modeReverse || x.req.Kind.IsSumDB() || x.cacheResult == wire.CacheHit {
 		return false
 	}
 	for _, u := range x.s.chain.Upstreams() {

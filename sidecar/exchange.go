@@ -18,11 +18,11 @@ import (
 	"github.com/modgate/modgate/telemetry"
 )
 
-// The modes of DESIGN.md: how the request reached modgate.
+// The modes, wire's: how the request reached modgate.
 const (
-	modeReverse = "reverse" // origin-form: modgate is the GOPROXY
-	modeForward = "forward" // absolute-form or CONNECT: modgate is the HTTP(S)_PROXY
-	modeMITM    = "mitm"    // a request inside an intercepted CONNECT
+	modeReverse = string(wire.ModeReverse)
+	modeForward = string(wire.ModeForward)
+	modeMITM    = string(wire.ModeMITM)
 )
 
 // exchange is one request on its way through the pipeline: what it asks
@@ -227,7 +227,7 @@ func (x *exchange) finish() {
 			attrs = append(attrs, attrEndUser.String(x.identity))
 		}
 		span.SetAttributes(attrs...)
-		if x.decision == "deny" {
+		if x.decision == decisionDeny {
 			span.AddEvent("modgate.policy.denied", trace.WithAttributes(
 				telemetry.AttrPolicyRule.String(x.ruleText), attribute.String("modgate.policy.reason", x.reason)))
 		}

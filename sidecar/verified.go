@@ -200,9 +200,9 @@ func (s *Server) serveLookup(x *exchange) error {
 	if s.cache != nil {
 		if e, err := s.cache.Get("sumdb/" + x.req.SumDB + x.req.Path); err == nil {
 			e.Close()
-			x.cacheResult = "hit"
+			x.cacheResult = wire.CacheHit
 		} else {
-			x.cacheResult = "miss"
+			x.cacheResult = wire.CacheMiss
 		}
 	}
 	data, err := s.verifier.Lookup(x.ctx(), x.req.Module, x.req.Version)

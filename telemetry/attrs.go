@@ -48,13 +48,6 @@ const (
 	DirectionDown = "down"
 )
 
-// Modes, for the modgate.mode span attribute.
-const (
-	ModeReverse = "reverse"
-	ModeForward = "forward"
-	ModeMITM    = "mitm"
-)
-
 // otherValue replaces any value outside a closed set, or past the cap of an
 // open one. It equals wire.KindOther on purpose: one word for "not one of
 // ours".

@@ -397,7 +397,7 @@ func (b *breaker) status() BreakerStatus {
 	case own <= 0 && held > 0:
 		st.OpenReason = heldReason(b.newsReason)
 		st.HalfOpenInSecs = math.Ceil(held.Seconds())
-	case st.State != "closed":
+	case st.State != wire.Closed.String():
 		st.OpenReason = b.reason
 	}
 	st.Recent = append(st.Recent, b.failures...)

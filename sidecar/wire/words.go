@@ -1,5 +1,16 @@
 package wire
 
+// Mode is how a request reached modgate, as the audit log's mode field
+// and the modgate.mode span attribute spell it.
+type Mode string
+
+// The modes.
+const (
+	ModeReverse Mode = "reverse" // origin-form: modgate is the GOPROXY
+	ModeForward Mode = "forward" // absolute-form or CONNECT: modgate is the HTTP(S)_PROXY
+	ModeMITM    Mode = "mitm"    // a request inside an intercepted CONNECT
+)
+
 // Decision is what became of a request at the gate, as the audit log's
 // decision field, the modgate.policy.decision span attribute and the
 // modgate.policy.decisions metric spell it.
