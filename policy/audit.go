@@ -16,7 +16,8 @@ import (
 )
 
 // AuditEntry is one line of the audit log, one per policy decision. The
-// fields and their order are DESIGN.md's contract; tools parse these lines.
+// fields and their order are a contract (README.md, Architecture): tools
+// parse these lines.
 type AuditEntry struct {
 	Time       time.Time     `json:"time"` // if zero, the time of Log; written in UTC
 	TraceID    string        `json:"trace_id,omitempty"`
