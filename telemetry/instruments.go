@@ -252,27 +252,41 @@ type CacheReading struct {
 // ObserveCache makes read the source of the modgate.cache.size gauge and
 // the modgate.cache.evictions counter. Call the returned function to stop.
 func (t *Telemetry) ObserveCache(read func() CacheReading) (unregister func() error, err error) {
+	return t.observeGaugeAndCounter("cache",
+		observable{MetricCacheSize, "By", "Bytes held by the artifact cache."},
+		observable{MetricCacheEvictions, "{entry}", "Cache entries evicted to stay under max_bytes."},
+		func(o metric.Observer, size metric.Int64ObservableGauge, evictions metric.Int64ObservableCounter) {
+			r := read()
+			o.ObserveInt64(size, r.Bytes)
+			o.ObserveInt64(evictions, r.Evictions)
+		})
+}
+
+// observable names an observable instrument.
+type observable struct{ name, unit, description string }
+
+// observeGaugeAndCounter makes a gauge and a counter that observe reads at
+// each collection (a Prometheus scrape, an OTLP export). what names them
+// in errors. Call the returned function to stop.
+func (t *Telemetry) observeGaugeAndCounter(what string, gauge, counter observable,
+	observe func(metric.Observer, metric.Int64ObservableGauge, metric.Int64ObservableCounter)) (unregister func() error, err error) {
 	if t == nil {
 		return func() error { return nil }, nil
 	}
-	size, err := t.meter.Int64ObservableGauge(MetricCacheSize, metric.WithUnit("By"),
-		metric.WithDescription("Bytes held by the artifact cache."))
+	g, err := t.meter.Int64ObservableGauge(gauge.name, metric.WithUnit(gauge.unit), metric.WithDescription(gauge.description))
 	if err != nil {
 		return nil, err
 	}
-	evictions, err := t.meter.Int64ObservableCounter(MetricCacheEvictions, metric.WithUnit("{entry}"),
-		metric.WithDescription("Cache entries evicted to stay under max_bytes."))
+	c, err := t.meter.Int64ObservableCounter(counter.name, metric.WithUnit(counter.unit), metric.WithDescription(counter.description))
 	if err != nil {
 		return nil, err
 	}
 	reg, err := t.meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
-		r := read()
-		o.ObserveInt64(size, r.Bytes)
-		o.ObserveInt64(evictions, r.Evictions)
+		observe(o, g, c)
 		return nil
-	}, size, evictions)
+	}, g, c)
 	if err != nil {
-		return nil, fmt.Errorf("telemetry: observe cache: %w", err)
+		return nil, fmt.Errorf("telemetry: observe %s: %w", what, err)
 	}
 	return reg.Unregister, nil
 }
@@ -291,35 +305,20 @@ type VerificationReading struct {
 // against the checksum database, 0 when they cannot be) and the
 // modgate.checksum.checks counter. Call the returned function to stop.
 func (t *Telemetry) ObserveVerification(read func() VerificationReading) (unregister func() error, err error) {
-	if t == nil {
-		return func() error { return nil }, nil
-	}
-	on, err := t.meter.Int64ObservableGauge(MetricChecksumVerification, metric.WithUnit("1"),
-		metric.WithDescription("1 when artifacts are verified against the checksum database before they are kept; 0 when they cannot be (no database, or no key for it)."))
-	if err != nil {
-		return nil, err
-	}
-	checks, err := t.meter.Int64ObservableCounter(MetricChecksumChecks, metric.WithUnit("{check}"),
-		metric.WithDescription("Artifacts checked against the checksum database, by result."))
-	if err != nil {
-		return nil, err
-	}
-	reg, err := t.meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
-		r := read()
-		v := int64(0)
-		if r.On {
-			v = 1
-		}
-		o.ObserveInt64(on, v)
-		for result, n := range r.Results {
-			o.ObserveInt64(checks, n, metric.WithAttributes(AttrChecksumResult.String(result)))
-		}
-		return nil
-	}, on, checks)
-	if err != nil {
-		return nil, fmt.Errorf("telemetry: observe verification: %w", err)
-	}
-	return reg.Unregister, nil
+	return t.observeGaugeAndCounter("verification",
+		observable{MetricChecksumVerification, "1", "1 when artifacts are verified against the checksum database before they are kept; 0 when they cannot be (no database, or no key for it)."},
+		observable{MetricChecksumChecks, "{check}", "Artifacts checked against the checksum database, by result."},
+		func(o metric.Observer, on metric.Int64ObservableGauge, checks metric.Int64ObservableCounter) {
+			r := read()
+			v := int64(0)
+			if r.On {
+				v = 1
+			}
+			o.ObserveInt64(on, v)
+			for result, n := range r.Results {
+				o.ObserveInt64(checks, n, metric.WithAttributes(AttrChecksumResult.String(result)))
+			}
+		})
 }
 
 // AddRetry counts one request sent again to upstream; reason says why
