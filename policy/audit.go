@@ -11,28 +11,31 @@ import (
 	"time"
 
 	"gopkg.in/natefinch/lumberjack.v2"
+
+	"github.com/modgate/modgate/sidecar/wire"
 )
 
 // AuditEntry is one line of the audit log, one per policy decision. The
-// fields and their order are DESIGN.md's contract; tools parse these lines.
+// fields and their order are a contract (README.md, Architecture): tools
+// parse these lines.
 type AuditEntry struct {
-	Time       time.Time `json:"time"` // if zero, the time of Log; written in UTC
-	TraceID    string    `json:"trace_id,omitempty"`
-	SpanID     string    `json:"span_id,omitempty"`
-	Client     string    `json:"client,omitempty"`   // remote address
-	Identity   string    `json:"identity,omitempty"` // Request.Identity
-	Mode       string    `json:"mode,omitempty"`     // reverse, forward or mitm
-	Kind       string    `json:"kind"`
-	Module     string    `json:"module,omitempty"`
-	Version    string    `json:"version,omitempty"`
-	Host       string    `json:"host,omitempty"`
-	Upstream   string    `json:"upstream,omitempty"`
-	Decision   string    `json:"decision"` // Decision.String(): allow or deny
-	Rule       int       `json:"rule"`     // Decision.Rule: 0 is the default
-	Reason     string    `json:"reason,omitempty"`
-	Status     int       `json:"status"`
-	Bytes      int64     `json:"bytes"`
-	DurationMS float64   `json:"duration_ms"`
+	Time       time.Time     `json:"time"` // if zero, the time of Log; written in UTC
+	TraceID    string        `json:"trace_id,omitempty"`
+	SpanID     string        `json:"span_id,omitempty"`
+	Client     string        `json:"client,omitempty"`   // remote address
+	Identity   string        `json:"identity,omitempty"` // Request.Identity
+	Mode       string        `json:"mode,omitempty"`     // reverse, forward or mitm
+	Kind       wire.Kind     `json:"kind"`
+	Module     string        `json:"module,omitempty"`
+	Version    string        `json:"version,omitempty"`
+	Host       string        `json:"host,omitempty"`
+	Upstream   string        `json:"upstream,omitempty"`
+	Decision   wire.Decision `json:"decision"` // Decision.Word() when policy decided
+	Rule       int           `json:"rule"`     // Decision.Rule: 0 is the default
+	Reason     string        `json:"reason,omitempty"`
+	Status     int           `json:"status"`
+	Bytes      int64         `json:"bytes"`
+	DurationMS float64       `json:"duration_ms"`
 
 	// ClaimedIdentity is the name a refused login gave (a user name that
 	// did not log in), in place of identity: never an identity.

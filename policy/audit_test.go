@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/modgate/modgate/sidecar/wire"
 )
 
 // syncBuffer is a bytes.Buffer for a writer that the log's timer goroutine
@@ -49,12 +51,12 @@ func TestAuditFields(t *testing.T) {
 		Client:     "10.0.0.1:5555",
 		Identity:   "ci-1",
 		Mode:       "reverse",
-		Kind:       KindZip,
+		Kind:       wire.KindZip,
 		Module:     "example.test/lib",
 		Version:    "v1.4.1",
 		Host:       "proxy.example.test",
 		Upstream:   "public",
-		Decision:   d.String(),
+		Decision:   d.Word(),
 		Rule:       d.Rule,
 		Reason:     d.Reason,
 		Status:     403,
@@ -64,7 +66,7 @@ func TestAuditFields(t *testing.T) {
 	if err := a.Log(full); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.Log(AuditEntry{Time: full.Time, Kind: KindList, Decision: "allow"}); err != nil {
+	if err := a.Log(AuditEntry{Time: full.Time, Kind: wire.KindList, Decision: "allow"}); err != nil {
 		t.Fatal(err)
 	}
 	if err := a.Close(); err != nil {
@@ -82,7 +84,7 @@ func TestAuditTimeDefault(t *testing.T) {
 	var out syncBuffer
 	a, _ := NewAuditLog("-", AuditOptions{Stdout: &out, FlushInterval: -1})
 	before := time.Now()
-	if err := a.Log(AuditEntry{Kind: KindList, Decision: "allow"}); err != nil {
+	if err := a.Log(AuditEntry{Kind: wire.KindList, Decision: "allow"}); err != nil {
 		t.Fatal(err)
 	}
 	var e AuditEntry
@@ -107,7 +109,7 @@ func TestAuditConcurrent(t *testing.T) {
 		wg.Go(func() {
 			for i := range each {
 				e := AuditEntry{
-					Kind: KindZip, Decision: "allow", Status: 200,
+					Kind: wire.KindZip, Decision: "allow", Status: 200,
 					Module: fmt.Sprintf("example.test/w%d/m%d", w, i),
 					Reason: strings.Repeat("x", i%300), // lines of many lengths straddle batches
 				}
@@ -153,7 +155,7 @@ func TestAuditClose(t *testing.T) {
 	var out syncBuffer
 	a, _ := NewAuditLog("-", AuditOptions{Stdout: &out, FlushInterval: time.Hour})
 	for range 3 {
-		if err := a.Log(AuditEntry{Kind: KindList, Decision: "allow"}); err != nil {
+		if err := a.Log(AuditEntry{Kind: wire.KindList, Decision: "allow"}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -184,7 +186,7 @@ func TestAuditFlushTimer(t *testing.T) {
 	var out syncBuffer
 	a, _ := NewAuditLog("-", AuditOptions{Stdout: &out, FlushInterval: time.Millisecond})
 	defer a.Close()
-	if err := a.Log(AuditEntry{Kind: KindList, Decision: "allow"}); err != nil {
+	if err := a.Log(AuditEntry{Kind: wire.KindList, Decision: "allow"}); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(10 * time.Second)
@@ -200,7 +202,7 @@ func TestAuditFlush(t *testing.T) {
 	var out syncBuffer
 	a, _ := NewAuditLog("-", AuditOptions{Stdout: &out, FlushInterval: time.Hour})
 	defer a.Close()
-	a.Log(AuditEntry{Kind: KindList, Decision: "allow"})
+	a.Log(AuditEntry{Kind: wire.KindList, Decision: "allow"})
 	if err := a.Flush(); err != nil {
 		t.Fatal(err)
 	}
@@ -274,7 +276,7 @@ func TestAuditDevice(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := a.Log(AuditEntry{Kind: KindList, Decision: "allow"}); err != nil {
+	if err := a.Log(AuditEntry{Kind: wire.KindList, Decision: "allow"}); err != nil {
 		t.Error(err)
 	}
 	if err := a.Close(); err != nil {
@@ -295,7 +297,7 @@ func TestAuditRotation(t *testing.T) {
 	reason := strings.Repeat("r", 1000)
 	const lines = 1500 // about 1.6 MB: one rotation
 	for i := range lines {
-		if err := a.Log(AuditEntry{Kind: KindZip, Decision: "deny", Rule: i, Reason: reason}); err != nil {
+		if err := a.Log(AuditEntry{Kind: wire.KindZip, Decision: "deny", Rule: i, Reason: reason}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -331,9 +333,9 @@ func TestAuditRotation(t *testing.T) {
 func TestAuditHugeLine(t *testing.T) {
 	var out syncBuffer
 	a, _ := NewAuditLog("-", AuditOptions{Stdout: &out, FlushInterval: time.Hour})
-	a.Log(AuditEntry{Kind: KindList, Decision: "allow", Rule: 1})
-	a.Log(AuditEntry{Kind: KindList, Decision: "allow", Rule: 2, Reason: strings.Repeat("x", 2*auditBufferSize)})
-	a.Log(AuditEntry{Kind: KindList, Decision: "allow", Rule: 3})
+	a.Log(AuditEntry{Kind: wire.KindList, Decision: "allow", Rule: 1})
+	a.Log(AuditEntry{Kind: wire.KindList, Decision: "allow", Rule: 2, Reason: strings.Repeat("x", 2*auditBufferSize)})
+	a.Log(AuditEntry{Kind: wire.KindList, Decision: "allow", Rule: 3})
 	if err := a.Close(); err != nil {
 		t.Fatal(err)
 	}

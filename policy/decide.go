@@ -212,10 +212,10 @@ func (p *Policy) FilterVersions(req Request, versions []string) []string {
 func (p *Policy) downloadable(req Request, v string) bool {
 	req.Version = v
 	if !p.hasKinds {
-		req.Kind = KindZip // no rule looks at the kind
+		req.Kind = wire.KindZip // no rule looks at the kind
 		return p.Decide(req).Allow
 	}
-	for _, k := range [...]string{KindInfo, KindMod, KindZip} {
+	for _, k := range [...]wire.Kind{wire.KindInfo, wire.KindMod, wire.KindZip} {
 		req.Kind = k
 		if !p.Decide(req).Allow {
 			return false

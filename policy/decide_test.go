@@ -10,6 +10,8 @@ import (
 	"unicode/utf8"
 
 	"golang.org/x/mod/module"
+
+	"github.com/modgate/modgate/sidecar/wire"
 )
 
 // naiveDecide is Decide without the index: every rule in order, its pattern
@@ -54,30 +56,30 @@ func TestDecideFull(t *testing.T) {
 		allow bool
 		rule  int
 	}{
-		{Request{Module: "github.com/evil/x", Version: "v1.0.0", Kind: KindZip}, false, 1},
-		{Request{Module: "github.com/evil/x/sub", Kind: KindList}, false, 1},
-		{Request{Module: "github.com/evil", Kind: KindList}, true, 7}, // one element short of the glob
-		{Request{Module: "github.com/Evil/x", Kind: KindList}, true, 7},
-		{Request{Module: "example.test/lib", Version: "v1.4.1", Kind: KindZip}, false, 2},
-		{Request{Module: "example.test/lib", Version: "v1.4.2", Kind: KindZip}, true, 7},
-		{Request{Module: "example.test/lib", Version: "v1.4.2-0.20240102150405-0123456789ab", Kind: KindZip}, false, 2},
-		{Request{Module: "example.test/lib", Kind: KindList}, true, 7},                    // no version: rule 2 cannot match
-		{Request{Module: "example.test/lib", Version: "master", Kind: KindInfo}, true, 7}, // not semver: neither
-		{Request{Module: "example.test/lib/v2", Version: "v2.0.0", Kind: KindZip}, true, 7},
-		{Request{Module: "example.test/range", Version: "v1.1.0", Kind: KindMod}, false, 3},
-		{Request{Module: "example.test/range", Version: "v1.2.0", Kind: KindMod}, true, 7},
-		{Request{Module: "example.test/range", Version: "v0.9.0", Kind: KindMod}, true, 7},
-		{Request{Module: "github.com/acme/x", Kind: KindZip, Identity: "ci-7"}, true, 4},
-		{Request{Module: "github.com/acme/x", Kind: KindZip, Identity: "spiffe://corp.example.test/ns/build/sa"}, true, 4},
-		{Request{Module: "github.com/acme/x", Kind: KindZip, Identity: "dev-1"}, false, 5},
-		{Request{Module: "github.com/acme/x", Kind: KindZip}, false, 5},
-		{Request{Module: "a.example.test/x", Kind: KindVCS, Host: "git.untrusted.example.test"}, false, 6},
-		{Request{Module: "a.example.test/x", Kind: KindVCS, Host: "git.Untrusted.example.test:443"}, false, 6},
-		{Request{Module: "a.example.test/x", Kind: KindGoGet, Host: "a.b.untrusted.example.test"}, false, 6},
-		{Request{Module: "a.example.test/x", Kind: KindVCS, Host: "untrusted.example.test"}, true, 7},
-		{Request{Module: "a.example.test/x", Kind: KindZip, Host: "git.untrusted.example.test"}, true, 7},
-		{Request{Module: "a.example.test/x", Kind: KindVCS}, true, 7},
-		{Request{Module: "a.example.test/x", Kind: KindTunnel, Host: "git.untrusted.example.test"}, true, 7},
+		{Request{Module: "github.com/evil/x", Version: "v1.0.0", Kind: wire.KindZip}, false, 1},
+		{Request{Module: "github.com/evil/x/sub", Kind: wire.KindList}, false, 1},
+		{Request{Module: "github.com/evil", Kind: wire.KindList}, true, 7}, // one element short of the glob
+		{Request{Module: "github.com/Evil/x", Kind: wire.KindList}, true, 7},
+		{Request{Module: "example.test/lib", Version: "v1.4.1", Kind: wire.KindZip}, false, 2},
+		{Request{Module: "example.test/lib", Version: "v1.4.2", Kind: wire.KindZip}, true, 7},
+		{Request{Module: "example.test/lib", Version: "v1.4.2-0.20240102150405-0123456789ab", Kind: wire.KindZip}, false, 2},
+		{Request{Module: "example.test/lib", Kind: wire.KindList}, true, 7},                    // no version: rule 2 cannot match
+		{Request{Module: "example.test/lib", Version: "master", Kind: wire.KindInfo}, true, 7}, // not semver: neither
+		{Request{Module: "example.test/lib/v2", Version: "v2.0.0", Kind: wire.KindZip}, true, 7},
+		{Request{Module: "example.test/range", Version: "v1.1.0", Kind: wire.KindMod}, false, 3},
+		{Request{Module: "example.test/range", Version: "v1.2.0", Kind: wire.KindMod}, true, 7},
+		{Request{Module: "example.test/range", Version: "v0.9.0", Kind: wire.KindMod}, true, 7},
+		{Request{Module: "github.com/acme/x", Kind: wire.KindZip, Identity: "ci-7"}, true, 4},
+		{Request{Module: "github.com/acme/x", Kind: wire.KindZip, Identity: "spiffe://corp.example.test/ns/build/sa"}, true, 4},
+		{Request{Module: "github.com/acme/x", Kind: wire.KindZip, Identity: "dev-1"}, false, 5},
+		{Request{Module: "github.com/acme/x", Kind: wire.KindZip}, false, 5},
+		{Request{Module: "a.example.test/x", Kind: wire.KindVCS, Host: "git.untrusted.example.test"}, false, 6},
+		{Request{Module: "a.example.test/x", Kind: wire.KindVCS, Host: "git.Untrusted.example.test:443"}, false, 6},
+		{Request{Module: "a.example.test/x", Kind: wire.KindGoGet, Host: "a.b.untrusted.example.test"}, false, 6},
+		{Request{Module: "a.example.test/x", Kind: wire.KindVCS, Host: "untrusted.example.test"}, true, 7},
+		{Request{Module: "a.example.test/x", Kind: wire.KindZip, Host: "git.untrusted.example.test"}, true, 7},
+		{Request{Module: "a.example.test/x", Kind: wire.KindVCS}, true, 7},
+		{Request{Module: "a.example.test/x", Kind: wire.KindTunnel, Host: "git.untrusted.example.test"}, true, 7},
 	} {
 		d := p.Decide(c.req)
 		if d.Allow != c.allow || d.Rule != c.rule {
@@ -215,7 +217,7 @@ func TestIsPrivateFull(t *testing.T) {
 func TestFilterVersions(t *testing.T) {
 	p := loadFull(t)
 	versions := []string{"v1.0.0", "v1.4.1", "v1.4.2", "v1.5.0", "v1.4.2-0.20240102150405-0123456789ab"}
-	req := Request{Module: "example.test/lib", Kind: KindList}
+	req := Request{Module: "example.test/lib", Kind: wire.KindList}
 	got := p.FilterVersions(req, versions)
 	if want := []string{"v1.4.2", "v1.5.0"}; !slices.Equal(got, want) {
 		t.Errorf("FilterVersions = %q, want %q", got, want)
@@ -226,11 +228,11 @@ func TestFilterVersions(t *testing.T) {
 
 	// Nothing denied: the same slice back.
 	other := []string{"v0.1.0", "v0.2.0"}
-	if got := p.FilterVersions(Request{Module: "example.test/other", Kind: KindList}, other); &got[0] != &other[0] {
+	if got := p.FilterVersions(Request{Module: "example.test/other", Kind: wire.KindList}, other); &got[0] != &other[0] {
 		t.Errorf("FilterVersions copied an unchanged list: %q", got)
 	}
 	// A whole module denied: nothing left.
-	if got := p.FilterVersions(Request{Module: "github.com/evil/x", Kind: KindLatest}, other); len(got) != 0 {
+	if got := p.FilterVersions(Request{Module: "github.com/evil/x", Kind: wire.KindLatest}, other); len(got) != 0 {
 		t.Errorf("FilterVersions(evil) = %q", got)
 	}
 
@@ -251,20 +253,20 @@ rules:
 
 func TestDenyMessage(t *testing.T) {
 	p := loadFull(t)
-	d := p.Decide(Request{Module: "github.com/evil/x", Version: "v1.0.0", Kind: KindZip})
+	d := p.Decide(Request{Module: "github.com/evil/x", Version: "v1.0.0", Kind: wire.KindZip})
 	want := "modgate: denied: github.com/evil/x@v1.0.0 denied by policy rule 1 (deny github.com/evil/*): malware, see SEC-123\nask #platform-builds"
 	if got := denyText(p, d, "github.com/evil/x", "v1.0.0"); got != want {
 		t.Errorf("DenyMessage =\n%s\nwant\n%s", got, want)
 	}
 
-	d = p.Decide(Request{Module: "example.test/lib", Version: "v1.4.1", Kind: KindZip})
+	d = p.Decide(Request{Module: "example.test/lib", Version: "v1.4.1", Kind: wire.KindZip})
 	want = "modgate: denied: example.test/lib@v1.4.1 denied by policy rule 2 (deny example.test/lib versions <v1.4.2): CVE fixed in v1.4.2\nask #platform-builds"
 	if got := denyText(p, d, "example.test/lib", "v1.4.1"); got != want {
 		t.Errorf("DenyMessage =\n%s\nwant\n%s", got, want)
 	}
 
 	noContact, _ := Parse("policy.yaml", []byte("default: deny"))
-	d = noContact.Decide(Request{Module: "example.test/x", Kind: KindList})
+	d = noContact.Decide(Request{Module: "example.test/x", Kind: wire.KindList})
 	want = "modgate: denied: example.test/x denied by policy (no rule matched, default deny)"
 	if got := denyText(noContact, d, "example.test/x", ""); got != want {
 		t.Errorf("DenyMessage =\n%s\nwant\n%s", got, want)
@@ -309,7 +311,7 @@ func randomPolicy(r *rand.Rand) string {
 			fmt.Fprintf(&b, "  versions: %q\n", pick("<v1.4.2", ">=v1.0.0,<v2.0.0", "v1.0.0", "!=v1.0.0", ">=v2.0.0"))
 		}
 		if r.IntN(4) == 0 {
-			fmt.Fprintf(&b, "  kinds: [%s, %s]\n", pick(kindNames[:]...), pick(kindNames[:]...))
+			fmt.Fprintf(&b, "  kinds: [%s, %s]\n", pick(kindNames()...), pick(kindNames()...))
 		}
 		if r.IntN(4) == 0 {
 			fmt.Fprintf(&b, "  hosts: [%q]\n", pick("*.a.b", "h.a.b", "*"))
@@ -344,7 +346,7 @@ func TestDecideRandomPolicies(t *testing.T) {
 			req := Request{
 				Module:   randomPath(r),
 				Version:  []string{"", "v1.0.0", "v1.4.1", "v2.0.0+incompatible", "bad"}[r.IntN(5)],
-				Kind:     kindNames[r.IntN(len(kindNames))],
+				Kind:     wire.Kinds()[r.IntN(len(wire.Kinds()))],
 				Host:     []string{"", "h.a.b", "x.a.b:443", "other"}[r.IntN(4)],
 				Identity: []string{"", "ci-1", "dev"}[r.IntN(3)],
 			}
@@ -358,11 +360,11 @@ func TestDecideRandomPolicies(t *testing.T) {
 func TestDecideAllocs(t *testing.T) {
 	p := loadFull(t)
 	for _, req := range []Request{
-		{Module: "github.com/acme/x", Version: "v1.0.0", Kind: KindZip, Identity: "ci-1"},             // identities
-		{Module: "example.test/range", Version: "v1.1.0", Kind: KindZip},                              // versions
-		{Module: "a.example.test/x", Kind: KindVCS, Host: "git.untrusted.example.test:443"},           // kinds, hosts
-		{Module: "a.example.test/x", Version: "v1.0.0", Kind: KindZip, Host: "proxy.example.test"},    // through to rule 7
-		{Module: "git.corp.example.test/x", Version: "v1.0.0", Kind: KindZip, Identity: "dev-laptop"}, // rule 7 after failed identities
+		{Module: "github.com/acme/x", Version: "v1.0.0", Kind: wire.KindZip, Identity: "ci-1"},             // identities
+		{Module: "example.test/range", Version: "v1.1.0", Kind: wire.KindZip},                              // versions
+		{Module: "a.example.test/x", Kind: wire.KindVCS, Host: "git.untrusted.example.test:443"},           // kinds, hosts
+		{Module: "a.example.test/x", Version: "v1.0.0", Kind: wire.KindZip, Host: "proxy.example.test"},    // through to rule 7
+		{Module: "git.corp.example.test/x", Version: "v1.0.0", Kind: wire.KindZip, Identity: "dev-laptop"}, // rule 7 after failed identities
 	} {
 		if n := testing.AllocsPerRun(100, func() { p.Decide(req) }); n != 0 {
 			t.Errorf("Decide(%+v) allocates %v times", req, n)
@@ -405,10 +407,10 @@ func BenchmarkDecide(b *testing.B) {
 		req  Request
 		rule int
 	}{
-		{"first-rule", Request{Module: "github.com/evil0/x", Version: "v1.0.0", Kind: KindZip}, 1},
-		{"versioned", Request{Module: "example.test/lib996", Version: "v1.4.1", Kind: KindZip}, 997},
-		{"last-rule", Request{Module: "golang.org/x/text", Version: "v0.3.0", Kind: KindZip, Host: "proxy.example.test"}, 1000},
-		{"default", Request{Module: "git.example.test/nobody/x/y", Version: "v0.3.0", Kind: KindZip, Identity: "dev"}, 0},
+		{"first-rule", Request{Module: "github.com/evil0/x", Version: "v1.0.0", Kind: wire.KindZip}, 1},
+		{"versioned", Request{Module: "example.test/lib996", Version: "v1.4.1", Kind: wire.KindZip}, 997},
+		{"last-rule", Request{Module: "golang.org/x/text", Version: "v0.3.0", Kind: wire.KindZip, Host: "proxy.example.test"}, 1000},
+		{"default", Request{Module: "git.example.test/nobody/x/y", Version: "v0.3.0", Kind: wire.KindZip, Identity: "dev"}, 0},
 	} {
 		if d := p.Decide(c.req); d.Rule != c.rule {
 			b.Fatalf("%s: rule %d, want %d", c.name, d.Rule, c.rule)
@@ -422,7 +424,7 @@ func BenchmarkDecide(b *testing.B) {
 	}
 	// What the data plane does per request: private check, route, decision.
 	b.Run("request", func(b *testing.B) {
-		req := Request{Module: "golang.org/x/text", Version: "v0.3.0", Kind: KindZip}
+		req := Request{Module: "golang.org/x/text", Version: "v0.3.0", Kind: wire.KindZip}
 		b.ReportAllocs()
 		for b.Loop() {
 			p.IsPrivate(req.Module)
@@ -438,7 +440,7 @@ func BenchmarkFilterVersions(b *testing.B) {
 	for i := range versions {
 		versions[i] = fmt.Sprintf("v1.%d.0", i)
 	}
-	req := Request{Module: "example.test/lib996", Kind: KindList}
+	req := Request{Module: "example.test/lib996", Kind: wire.KindList}
 	b.ReportAllocs()
 	for b.Loop() {
 		p.FilterVersions(req, versions)

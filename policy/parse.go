@@ -11,6 +11,8 @@ import (
 	"unicode"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/modgate/modgate/sidecar/wire"
 )
 
 // Error is one problem in a policy file. Parse returns every problem it
@@ -494,9 +496,9 @@ func (ps *parser) versions(v *yaml.Node, key string) (*constraint, bool) {
 // kinds reads a rule's request kinds.
 func (ps *parser) kinds(v *yaml.Node, key string) (kinds kindSet, ok bool) {
 	_, ok = ps.listItems(v, key, "empty list (leave kinds out to match every kind)", func(n *yaml.Node, key, s string) bool {
-		b := kindBit(s)
+		b := kindBit(wire.Kind(s))
 		if b == 0 {
-			ps.errorf(n, key, "unknown kind %q (want one of %s)", s, strings.Join(kindNames[:], " "))
+			ps.errorf(n, key, "unknown kind %q (want one of %s)", s, strings.Join(kindNames(), " "))
 			return false
 		}
 		kinds |= b
@@ -518,4 +520,13 @@ func (ps *parser) hosts(v *yaml.Node, key string) (hosts []string, ok bool) {
 		return true
 	})
 	return hosts, ok
+}
+
+// kindNames returns the names of the request kinds, for an error message.
+func kindNames() []string {
+	var names []string
+	for _, k := range wire.Kinds() {
+		names = append(names, string(k))
+	}
+	return names
 }

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/modgate/modgate/sidecar/wire"
 )
 
 func TestParseFileErrors(t *testing.T) {
@@ -148,10 +150,10 @@ rules:
 	if ups, ok := p.Route("git.corp.example.test/x"); !ok || len(ups) != 1 || ups[0] != "internal" {
 		t.Errorf("Route = %q, %t", ups, ok)
 	}
-	if d := p.Decide(Request{Module: "github.com/evil/x", Kind: KindZip}); d.Allow || d.Rule != 1 {
+	if d := p.Decide(Request{Module: "github.com/evil/x", Kind: wire.KindZip}); d.Allow || d.Rule != 1 {
 		t.Errorf("Decide(zip) = %+v", d)
 	}
-	if d := p.Decide(Request{Module: "github.com/evil/x", Kind: KindInfo}); !d.Allow || d.Rule != 2 || d.RuleText != "allow github.com/evil/*" {
+	if d := p.Decide(Request{Module: "github.com/evil/x", Kind: wire.KindInfo}); !d.Allow || d.Rule != 2 || d.RuleText != "allow github.com/evil/*" {
 		t.Errorf("Decide(info) = %+v", d)
 	}
 
@@ -192,12 +194,12 @@ func TestParseFullRules(t *testing.T) {
 
 // fuzzRequests are requests decided for every policy FuzzParse accepts.
 var fuzzRequests = []Request{
-	{Module: "github.com/evil/x", Version: "v1.0.0", Kind: KindZip},
-	{Module: "example.test/lib", Version: "v1.4.1", Kind: KindMod, Host: "proxy.example.test:443"},
-	{Module: "example.test/lib", Kind: KindList},
-	{Module: "git.corp.example.test/x/y", Version: "v2.0.0+incompatible", Kind: KindInfo, Identity: "ci-1"},
-	{Module: "a", Version: "master", Kind: KindInfo},
-	{Module: "a/b/c", Kind: KindVCS, Host: "A.untrusted.example.test"},
+	{Module: "github.com/evil/x", Version: "v1.0.0", Kind: wire.KindZip},
+	{Module: "example.test/lib", Version: "v1.4.1", Kind: wire.KindMod, Host: "proxy.example.test:443"},
+	{Module: "example.test/lib", Kind: wire.KindList},
+	{Module: "git.corp.example.test/x/y", Version: "v2.0.0+incompatible", Kind: wire.KindInfo, Identity: "ci-1"},
+	{Module: "a", Version: "master", Kind: wire.KindInfo},
+	{Module: "a/b/c", Kind: wire.KindVCS, Host: "A.untrusted.example.test"},
 }
 
 func FuzzParse(f *testing.F) {
@@ -229,7 +231,7 @@ func FuzzParse(f *testing.F) {
 		for _, r := range p.rules {
 			for g := range strings.SplitSeq(r.pattern, ",") {
 				m := strings.NewReplacer("*", "x", "?", "y").Replace(g)
-				reqs = append(reqs, Request{Module: m, Version: "v1.2.3", Kind: KindZip}, Request{Module: m + "/sub"})
+				reqs = append(reqs, Request{Module: m, Version: "v1.2.3", Kind: wire.KindZip}, Request{Module: m + "/sub"})
 			}
 			if len(reqs) > 100 { // enough; keep executions fast
 				break

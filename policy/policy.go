@@ -9,6 +9,9 @@
 // Patterns mean exactly what module.MatchPrefixPatterns means: a comma list
 // of globs, where a glob with N slashes matches the first N+1 elements of a
 // module path, "*" never crosses "/", and case matters.
+//
+// Of modgate it imports only sidecar/wire, the shared vocabulary (request
+// kinds, decisions, the clock).
 package policy
 
 import (
@@ -16,68 +19,26 @@ import (
 	"os"
 	"slices"
 	"strings"
+
+	"github.com/modgate/modgate/sidecar/wire"
 )
 
-// Request kinds, as the data plane classifies requests (see DESIGN.md,
-// "Request classes"). Rules list them under "kinds".
-const (
-	KindList           = "list"            // /@v/list
-	KindInfo           = "info"            // /@v/VERSION.info
-	KindMod            = "mod"             // /@v/VERSION.mod
-	KindZip            = "zip"             // /@v/VERSION.zip
-	KindLatest         = "latest"          // /@latest
-	KindSumdbSupported = "sumdb-supported" // /sumdb/NAME/supported
-	KindSumdbLookup    = "sumdb-lookup"    // /sumdb/NAME/lookup/MOD@VER
-	KindSumdbTile      = "sumdb-tile"      // /sumdb/NAME/tile/...
-	KindSumdbLatest    = "sumdb-latest"    // /sumdb/NAME/latest
-	KindGoGet          = "go-get"          // ?go-get=1 discovery
-	KindVCS            = "vcs"             // git smart HTTP
-	KindTunnel         = "tunnel"          // a CONNECT that is not intercepted
-	KindOther          = "other"           // anything else
-)
-
-// kindSet is a set of kinds as bits, so that a rule's "kinds" costs one AND.
+// kindSet is a set of request kinds as bits, so that a rule's "kinds" costs
+// one AND.
 type kindSet uint16
 
-var kindNames = [...]string{
-	KindList, KindInfo, KindMod, KindZip, KindLatest,
-	KindSumdbSupported, KindSumdbLookup, KindSumdbTile, KindSumdbLatest,
-	KindGoGet, KindVCS, KindTunnel, KindOther,
-}
+// kindBits numbers the request kinds wire defines, one bit each.
+var kindBits = func() map[wire.Kind]kindSet {
+	m := map[wire.Kind]kindSet{}
+	for i, k := range wire.Kinds() {
+		m[k] = 1 << i
+	}
+	return m
+}()
 
 // kindBit returns the bit of a kind, or 0 for an unknown or empty kind,
 // which no "kinds" list contains.
-func kindBit(kind string) kindSet {
-	switch kind {
-	case KindList:
-		return 1 << 0
-	case KindInfo:
-		return 1 << 1
-	case KindMod:
-		return 1 << 2
-	case KindZip:
-		return 1 << 3
-	case KindLatest:
-		return 1 << 4
-	case KindSumdbSupported:
-		return 1 << 5
-	case KindSumdbLookup:
-		return 1 << 6
-	case KindSumdbTile:
-		return 1 << 7
-	case KindSumdbLatest:
-		return 1 << 8
-	case KindGoGet:
-		return 1 << 9
-	case KindVCS:
-		return 1 << 10
-	case KindTunnel:
-		return 1 << 11
-	case KindOther:
-		return 1 << 12
-	}
-	return 0
-}
+func kindBit(kind wire.Kind) kindSet { return kindBits[kind] }
 
 // Request is what the data plane knows about a request when it asks for a
 // decision. Empty fields are unknown: a rule that constrains a field never
@@ -85,7 +46,7 @@ func kindBit(kind string) kindSet {
 type Request struct {
 	Module   string // module path, decoded (not case-encoded), e.g. "github.com/acme/x"
 	Version  string // canonical version, or "" (list, latest, go-get, ...)
-	Kind     string // one of the Kind constants
+	Kind     wire.Kind
 	Host     string // destination host, with or without ":port"
 	Identity string // client identity, e.g. a certificate subject or token name
 }
@@ -99,14 +60,17 @@ type Decision struct {
 	Reason   string // the rule's reason; "" for the default
 }
 
-// String returns "allow" or "deny", the value of the audit log's and the
-// telemetry's decision field.
-func (d Decision) String() string {
+// Word returns wire.DecisionAllow or wire.DecisionDeny, the value of the
+// audit log's and the telemetry's decision field.
+func (d Decision) Word() wire.Decision {
 	if d.Allow {
-		return "allow"
+		return wire.DecisionAllow
 	}
-	return "deny"
+	return wire.DecisionDeny
 }
+
+// String returns the decision's word: "allow" or "deny".
+func (d Decision) String() string { return string(d.Word()) }
 
 // Policy is a parsed policy file. It is immutable, so one *Policy can serve
 // any number of goroutines; a reload builds a new one (see Store).

@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"go.uber.org/goleak"
+
+	"github.com/modgate/modgate/sidecar/wire"
 )
 
 func TestMain(m *testing.M) {
@@ -28,7 +30,7 @@ func loadFull(t testing.TB) *Policy {
 
 func TestDefault(t *testing.T) {
 	for name, p := range map[string]*Policy{"Default()": Default(), "nil": nil} {
-		d := p.Decide(Request{Module: "github.com/evil/x", Version: "v1.0.0", Kind: KindZip})
+		d := p.Decide(Request{Module: "github.com/evil/x", Version: "v1.0.0", Kind: wire.KindZip})
 		if want := (Decision{Allow: true, RuleText: "default allow"}); d != want {
 			t.Errorf("%s: Decide = %+v, want %+v", name, d, want)
 		}
@@ -81,7 +83,7 @@ func TestDecisionString(t *testing.T) {
 
 func TestKindBits(t *testing.T) {
 	var seen kindSet
-	for _, k := range kindNames {
+	for _, k := range wire.Kinds() {
 		b := kindBit(k)
 		if b == 0 || seen&b != 0 {
 			t.Errorf("kind %q: bit %#x (seen %#x)", k, b, seen)

@@ -15,6 +15,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/modgate/modgate/sidecar/upstream"
+	"github.com/modgate/modgate/sidecar/wire"
 	"github.com/modgate/modgate/telemetry"
 )
 
@@ -153,12 +154,15 @@ type buildTracker struct {
 	// breakers are the recent openings of the chain's breakers, which a
 	// build's summary picks from by time.
 	breakers []telemetry.BreakerOpening
+	// uses counts calls of get: a build's lastSeen orders builds by their
+	// last use, for forgetting the least recent.
+	uses uint64
 }
 
 // build is one build's running summary.
 type build struct {
 	id        trace.TraceID
-	lastSeen  time.Time
+	lastSeen  uint64 // buildTracker.uses when last asked for
 	inFlight  int
 	settled   chan struct{} // closed and replaced when inFlight reaches 0
 	sum       telemetry.BuildSummary
@@ -175,7 +179,7 @@ func (t *buildTracker) get(id trace.TraceID) *build {
 		if len(t.builds) >= buildsKept {
 			var oldest *build
 			for _, o := range t.builds {
-				if o.inFlight == 0 && (oldest == nil || o.lastSeen.Before(oldest.lastSeen)) {
+				if o.inFlight == 0 && (oldest == nil || o.lastSeen < oldest.lastSeen) {
 					oldest = o
 				}
 			}
@@ -189,7 +193,8 @@ func (t *buildTracker) get(id trace.TraceID) *build {
 		b.sum.ByOutcome = map[string]int{}
 		t.builds[id] = b
 	}
-	b.lastSeen = time.Now()
+	t.uses++
+	b.lastSeen = t.uses
 	return b
 }
 
@@ -216,7 +221,7 @@ func (t *buildTracker) done(b *build) {
 // outcome sorts an answer for the summary: ok, notfound, denied, error,
 // or gone (the client went away first: the go command cancels what it no
 // longer needs, which is no failure of the build's).
-func outcome(decision string, status int) string {
+func outcome(decision wire.Decision, status int) string {
 	switch {
 	case decision == decisionDeny:
 		return "denied"
@@ -235,14 +240,14 @@ func (t *buildTracker) record(x *exchange, sc trace.SpanContext, status int) {
 	if on, _ := x.r.Context().Value(buildKey{}).(bool); !on || !sc.IsValid() {
 		return
 	}
-	end := time.Now()
+	end := x.s.now()
 	d := end.Sub(x.start)
 	ms := float64(d.Microseconds()) / 1000
 	kind := string(x.req.Kind)
 	out := outcome(x.decision, status)
 	served := "modgate" // answered by modgate itself: a denial, a bad request
 	switch {
-	case x.cacheResult == "hit":
+	case x.cacheResult == wire.CacheHit:
 		served = "cache"
 	case x.served != nil:
 		served = x.served.Name
@@ -278,7 +283,7 @@ func (t *buildTracker) record(x *exchange, sc trace.SpanContext, status int) {
 	s.ByKind[kind] = k
 	s.ByOutcome[out]++
 	s.Bytes += x.w.bytes
-	if x.cacheResult == "hit" {
+	if x.cacheResult == wire.CacheHit {
 		s.CacheHits++
 	}
 	s.SumMS += ms
@@ -318,7 +323,7 @@ func (t *buildTracker) record(x *exchange, sc trace.SpanContext, status int) {
 	if len(s.Waterfall) < buildWaterfallKept {
 		s.Waterfall = append(s.Waterfall, telemetry.BuildRequest{
 			Start: x.start, DurationMS: ms, Method: x.r.Method, Mode: x.mode, Kind: kind,
-			Module: x.req.Module, Version: x.req.Version, Host: x.host, Upstream: served, Cache: x.cacheResult,
+			Module: x.req.Module, Version: x.req.Version, Host: x.host, Upstream: served, Cache: string(x.cacheResult),
 			Status: status, Outcome: out, Bytes: x.w.bytes, Code: code, SpanID: spanIDOf(x),
 		})
 	} else {
@@ -336,7 +341,7 @@ func spanIDOf(x *exchange) string {
 // fellThrough reports whether the chain moved past the first upstream
 // that could have served the request (a 404, a failure, an open breaker).
 func (x *exchange) fellThrough() bool {
-	if x.served == nil || x.mode != modeReverse || x.req.Kind.IsSumDB() || x.cacheResult == "hit" {
+	if x.served == nil || x.mode != modeReverse || x.req.Kind.IsSumDB() || x.cacheResult == wire.CacheHit {
 		return false
 	}
 	for _, u := range x.s.chain.Upstreams() {
@@ -359,7 +364,7 @@ func (s *Server) noteBreakers(opts *upstream.Options) {
 			if len(t.breakers) == buildBreakersKept {
 				t.breakers = slices.Delete(t.breakers, 0, 1)
 			}
-			t.breakers = append(t.breakers, telemetry.BreakerOpening{Time: time.Now(), Upstream: name, Reason: reason})
+			t.breakers = append(t.breakers, telemetry.BreakerOpening{Time: s.now(), Upstream: name, Reason: reason})
 			t.mu.Unlock()
 		}
 		if next != nil {

@@ -138,7 +138,7 @@ func (x *exchange) resolved(body []byte) error {
 	}
 	var info struct{ Version string }
 	json.Unmarshal(body, &info) // checked already
-	d := x.pol.Decide(policy.Request{Module: x.req.Module, Version: info.Version, Kind: string(KindInfo), Host: x.destination(), Identity: x.identity})
+	d := x.pol.Decide(policy.Request{Module: x.req.Module, Version: info.Version, Kind: KindInfo, Host: x.destination(), Identity: x.identity})
 	x.rule, x.ruleText = d.Rule, d.RuleText
 	if !d.Allow {
 		x.req.Version = info.Version

@@ -20,7 +20,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"golang.org/x/crypto/bcrypt"
 
@@ -79,7 +78,7 @@ type clients struct {
 	users  map[string][32]byte // forward.auth_file: user → sha256(password)
 	logins *loginLimiter
 	pw     *passwords
-	now    func() time.Time
+	clock  wire.Clock
 
 	htpasswd *watchedFile[*htpasswd]
 	tokens   *watchedFile[map[[32]byte]string] // sha256(token) → name
@@ -101,8 +100,8 @@ func parseHtpasswdFile(data []byte) (*htpasswd, error) {
 	return &htpasswd{users: users, dummy: dummyHash(commonCost(users))}, nil
 }
 
-func newClients(cfg ClientsConfig, users map[string]string, now func() time.Time, log *slog.Logger) (*clients, error) {
-	c := &clients{cfg: cfg, logins: newLoginLimiter(now), pw: newPasswords(), now: now}
+func newClients(cfg ClientsConfig, users map[string]string, clock wire.Clock, log *slog.Logger) (*clients, error) {
+	c := &clients{cfg: cfg, logins: newLoginLimiter(clock), pw: newPasswords(), clock: clock}
 	if len(users) > 0 {
 		c.users = map[string][32]byte{}
 		for u, p := range users {
@@ -290,7 +289,7 @@ func (c *clients) checkLogin(ctx context.Context, client, user, pass string) (bo
 		}
 		f := c.htpasswd.get()
 		hash, known := f.users[user]
-		if known && c.pw.remembered(key, hash, c.now()) {
+		if known && c.pw.remembered(key, hash, c.clock.Now()) {
 			c.logins.refund(client)
 			return true, nil
 		}
@@ -306,7 +305,7 @@ func (c *clients) checkLogin(ctx context.Context, client, user, pass string) (bo
 			return false, nil
 		}
 		c.logins.refund(client)
-		c.pw.remember(key, hash, c.now())
+		c.pw.remember(key, hash, c.clock.Now())
 		return true, nil
 	})
 }

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/bcrypt"
+
+	"github.com/modgate/modgate/sidecar/wire"
 )
 
 func TestParseClientFiles(t *testing.T) {
@@ -77,7 +79,7 @@ func TestPasswordCheckedOnceWithBcrypt(t *testing.T) {
 // testClients is a clients with an htpasswd file of users.
 func testClients(t *testing.T, users map[string][]byte) *clients {
 	t.Helper()
-	c := &clients{cfg: ClientsConfig{HtpasswdFile: "x"}, logins: newLoginLimiter(time.Now), pw: newPasswords(), now: time.Now}
+	c := &clients{cfg: ClientsConfig{HtpasswdFile: "x"}, logins: newLoginLimiter(wire.SystemClock{}), pw: newPasswords(), clock: wire.SystemClock{}}
 	c.htpasswd = &watchedFile[*htpasswd]{}
 	setHtpasswd(c, users)
 	return c
@@ -244,7 +246,7 @@ func TestUnknownUsersCostTheSame(t *testing.T) {
 	ctx := context.Background()
 	var known, unknown []time.Duration
 	for i := range 15 {
-		c.logins = newLoginLimiter(time.Now) // no 429 in the way
+		c.logins = newLoginLimiter(wire.SystemClock{}) // no 429 in the way
 		start := time.Now()
 		c.checkLogin(ctx, "192.0.2.9", "alice", fmt.Sprint("wrong-", i))
 		known = append(known, time.Since(start))

@@ -17,11 +17,11 @@ import (
 	"github.com/modgate/modgate/telemetry"
 )
 
-// The modes of DESIGN.md: how the request reached modgate.
+// The modes, wire's: how the request reached modgate.
 const (
-	modeReverse = "reverse" // origin-form: modgate is the GOPROXY
-	modeForward = "forward" // absolute-form or CONNECT: modgate is the HTTP(S)_PROXY
-	modeMITM    = "mitm"    // a request inside an intercepted CONNECT
+	modeReverse = string(wire.ModeReverse)
+	modeForward = string(wire.ModeForward)
+	modeMITM    = string(wire.ModeMITM)
 )
 
 // exchange is one request on its way through the pipeline: what it asks
@@ -44,7 +44,7 @@ type exchange struct {
 
 	req      Request
 	pol      *policy.Policy // one snapshot for the whole request
-	decision string         // allow, deny, invalid, loop
+	decision wire.Decision  // allow, deny, invalid, loop
 	rule     int
 	ruleText string
 	reason   string
@@ -54,8 +54,8 @@ type exchange struct {
 	served   *upstream.Upstream
 	decided  bool // a module-bearing request went through policy
 
-	cacheResult string // hit, miss or stale; empty when the cache was not asked
-	buffered    int64  // bytes of the server's buffer budget this exchange holds
+	cacheResult wire.CacheResult // hit, miss, stale or shared; empty when the cache was not asked
+	buffered    int64            // bytes of the server's buffer budget this exchange holds
 
 	answer *problem // the problem end answered, for a build's summary; nil when served
 }
@@ -66,12 +66,12 @@ const attrEndUser = attribute.Key("enduser.id")
 
 // ctx is the request's context, telling upstreams the request's kind.
 func (x *exchange) ctx() context.Context {
-	return upstream.WithKind(x.r.Context(), string(x.req.Kind))
+	return upstream.WithKind(x.r.Context(), x.req.Kind)
 }
 
 func (s *Server) newExchange(w http.ResponseWriter, r *http.Request, mode string) *exchange {
 	return &exchange{
-		s: s, w: &responseRecorder{ResponseWriter: w}, r: r, start: time.Now(), mode: mode,
+		s: s, w: &responseRecorder{ResponseWriter: w}, r: r, start: s.now(), mode: mode,
 		pol: s.policy(), decision: decisionAllow, req: Request{Kind: KindOther},
 	}
 }
@@ -140,7 +140,7 @@ func (x *exchange) decide() error {
 	if req.Query {
 		version = "" // decided again on the version the query resolves to
 	}
-	d := x.pol.Decide(policy.Request{Module: req.Module, Version: version, Kind: string(req.Kind), Host: x.destination(), Identity: x.identity})
+	d := x.pol.Decide(policy.Request{Module: req.Module, Version: version, Kind: req.Kind, Host: x.destination(), Identity: x.identity})
 	x.rule, x.ruleText, x.reason = d.Rule, d.RuleText, d.Reason
 	if !d.Allow {
 		x.s.log.Info("denied by policy", "module", req.Module, "version", req.Version, "kind", req.Kind, "rule", d.Rule, "reason", d.Reason)
@@ -210,7 +210,7 @@ func (x *exchange) finish() {
 	x.buffered = 0
 	span := trace.SpanFromContext(x.r.Context())
 	if span.IsRecording() {
-		attrs := append(make([]attribute.KeyValue, 0, 8), telemetry.AttrMode.String(x.mode), telemetry.AttrPolicyDecision.String(x.decision))
+		attrs := append(make([]attribute.KeyValue, 0, 8), telemetry.AttrMode.String(x.mode), telemetry.AttrPolicyDecision.String(string(x.decision)))
 		if x.req.Module != "" {
 			attrs = append(attrs, telemetry.AttrModulePath.String(x.req.Module))
 		}
@@ -224,7 +224,7 @@ func (x *exchange) finish() {
 			attrs = append(attrs, telemetry.AttrUpstreamName.String(x.served.Name))
 		}
 		if x.cacheResult != "" {
-			attrs = append(attrs, telemetry.AttrCacheResult.String(x.cacheResult))
+			attrs = append(attrs, telemetry.AttrCacheResult.String(string(x.cacheResult)))
 		}
 		if x.identity != "" {
 			// Spans and the audit log only: identities are unbounded,
@@ -232,7 +232,7 @@ func (x *exchange) finish() {
 			attrs = append(attrs, attrEndUser.String(x.identity))
 		}
 		span.SetAttributes(attrs...)
-		if x.decision == "deny" {
+		if x.decision == decisionDeny {
 			span.AddEvent("modgate.policy.denied", trace.WithAttributes(
 				telemetry.AttrPolicyRule.String(x.ruleText), attribute.String("modgate.policy.reason", x.reason)))
 		}
@@ -243,7 +243,7 @@ func (x *exchange) finish() {
 	if x.cacheResult != "" {
 		x.s.tel.AddCacheRequest(x.r.Context(), x.cacheResult)
 		if x.reason == "" {
-			x.reason = "cache " + x.cacheResult
+			x.reason = "cache " + string(x.cacheResult)
 		}
 	}
 	x.s.recent().record(x) // the status page's recent requests and denials
@@ -264,7 +264,7 @@ func (x *exchange) finish() {
 		Identity:   x.identity,
 		Host:       x.host,
 		Mode:       x.mode,
-		Kind:       string(x.req.Kind),
+		Kind:       x.req.Kind,
 		Module:     x.req.Module,
 		Version:    x.req.Version,
 		Decision:   x.decision,
@@ -272,7 +272,7 @@ func (x *exchange) finish() {
 		Reason:     x.reason,
 		Status:     x.w.status,
 		Bytes:      x.w.bytes,
-		DurationMS: float64(time.Since(x.start).Microseconds()) / 1000,
+		DurationMS: float64(x.s.now().Sub(x.start).Microseconds()) / 1000,
 	}
 	e.ClaimedIdentity = x.claimed
 	if x.served != nil {
@@ -306,7 +306,7 @@ func (x *exchange) logRequest() {
 	}
 	attrs := make([]any, 0, 16)
 	attrs = append(attrs, "method", x.r.Method, "path", target, "status", status, "bytes", x.w.bytes,
-		"duration", time.Since(x.start).Round(time.Microsecond).String(), "mode", x.mode, "kind", string(x.req.Kind), "client", clientIP(x.r.RemoteAddr))
+		"duration", x.s.now().Sub(x.start).Round(time.Microsecond).String(), "mode", x.mode, "kind", string(x.req.Kind), "client", clientIP(x.r.RemoteAddr))
 	if x.served != nil {
 		attrs = append(attrs, "upstream", x.served.Name)
 	}

@@ -319,7 +319,7 @@ func (f *forward) handleConnect(target string, ctx *goproxy.ProxyCtx) (*goproxy.
 	r = r.WithContext(sctx)
 	ctx.Req, x.r = r, r
 	if err := f.guard.checkHost(host, port, true); err != nil {
-		span.SetAttributes(attribute.Int("http.response.status_code", http.StatusForbidden), telemetry.AttrPolicyDecision.String(decisionDeny))
+		span.SetAttributes(attribute.Int("http.response.status_code", http.StatusForbidden), telemetry.AttrPolicyDecision.String(string(decisionDeny)))
 		defer span.End()
 		return f.reject(ctx, x, refused("CONNECT "+hostport+" refused: "+err.Error())), target
 	}
@@ -415,9 +415,10 @@ func (f *forward) relayTunnel(x *exchange, client net.Conn, hostport string) err
 	io.WriteString(client, "HTTP/1.1 200 Connection established\r\n\r\n")
 	f.tunnels.Store(client, server)
 	defer f.tunnels.Delete(client)
-	start := time.Now()
-	up, down := splice(client, server, f.cfg.TunnelIdle, f.s.clock())
-	f.s.tel.RecordTunnel(x.r.Context(), time.Since(start), up, down)
+	clock := f.s.clock()
+	start := clock.Now()
+	up, down := splice(client, server, f.cfg.TunnelIdle, clock)
+	f.s.tel.RecordTunnel(x.r.Context(), clock.Now().Sub(start), up, down)
 	x.w.bytes = up + down
 	x.reason = fmt.Sprintf("%d bytes up, %d down", up, down)
 	return nil
@@ -429,7 +430,7 @@ var bigBufPool = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b
 // splice copies client→server and server→client, passing each side's end
 // on as a half-close, until both directions are done or neither has moved
 // for idle. It returns the bytes sent each way.
-func splice(client, server net.Conn, idle time.Duration, clock upstream.Clock) (up, down int64) {
+func splice(client, server net.Conn, idle time.Duration, clock wire.Clock) (up, down int64) {
 	var last atomic.Int64
 	last.Store(clock.Now().UnixNano())
 	stop, watched := make(chan struct{}), make(chan struct{})
@@ -528,9 +529,9 @@ func (f *forward) intercept(connect *exchange, client net.Conn, host, port strin
 		}
 		x.end(f.serve(x, "https", host, port))
 	})
-	kindOf := func(in *http.Request) string {
+	kindOf := func(in *http.Request) Kind {
 		req, _ := classifyForward(host, in.URL.Path, in.URL.RawQuery, f.s.sumdbAddr)
-		return string(req.Kind)
+		return req.Kind
 	}
 	srv := &http.Server{
 		Handler:           f.s.tel.ServerMiddleware(handler, kindOf),

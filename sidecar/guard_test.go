@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/net/dns/dnsmessage"
 
+	"github.com/modgate/modgate/sidecar/modtest"
 	"github.com/modgate/modgate/sidecar/upstream"
 )
 
@@ -143,7 +144,7 @@ func TestGuardRefusesInternalAddresses(t *testing.T) {
 // is refused once the list is read again, and the list is not read on
 // every check.
 func TestMachineAddressesRefresh(t *testing.T) {
-	now := time.Unix(1e9, 0)
+	clock := modtest.NewClock()
 	addrs := []string{"203.0.113.7"}
 	reads := 0
 	m := &upstream.Machine{
@@ -156,18 +157,18 @@ func TestMachineAddressesRefresh(t *testing.T) {
 			return out, nil
 		},
 		Refresh: 10 * time.Second,
-		Now:     func() time.Time { return now },
+		Clock:   clock,
 	}
 	new := netip.MustParseAddr("198.51.100.9")
 	if !m.Has(netip.MustParseAddr("203.0.113.7")) || m.Has(new) {
 		t.Fatal("first reading")
 	}
 	addrs = append(addrs, "198.51.100.9")
-	now = now.Add(9 * time.Second)
+	clock.Advance(9 * time.Second)
 	if m.Has(new) || reads != 1 {
 		t.Errorf("read again within the period: %d reads", reads)
 	}
-	now = now.Add(time.Second)
+	clock.Advance(time.Second)
 	if !m.Has(new) || reads != 2 {
 		t.Errorf("the new address is not seen after the period: %d reads", reads)
 	}

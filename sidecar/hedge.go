@@ -65,9 +65,8 @@ func (s *Server) newHedgers() map[Kind]*upstream.Hedge {
 		return nil
 	}
 	hedgers := map[Kind]*upstream.Hedge{}
-	for _, k := range []Kind{KindInfo, KindMod, KindZip} {
-		kind := string(k)
-		hedgers[k] = &upstream.Hedge{
+	for _, kind := range []Kind{KindInfo, KindMod, KindZip} {
+		hedgers[kind] = &upstream.Hedge{
 			Delay: func(u *upstream.Upstream) time.Duration {
 				p95, n := s.tel.UpstreamQuantile(u.Name, kind, 0.95)
 				if n < hedgeMinSamples {

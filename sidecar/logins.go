@@ -20,7 +20,7 @@ const (
 
 // loginLimiter is the buckets of the clients that failed a login lately.
 type loginLimiter struct {
-	now func() time.Time
+	clock wire.Clock
 
 	mu      sync.Mutex
 	buckets map[string]*loginBucket
@@ -31,13 +31,13 @@ type loginBucket struct {
 	last   time.Time
 }
 
-func newLoginLimiter(now func() time.Time) *loginLimiter {
-	return &loginLimiter{now: now, buckets: map[string]*loginBucket{}}
+func newLoginLimiter(clock wire.Clock) *loginLimiter {
+	return &loginLimiter{clock: clock, buckets: map[string]*loginBucket{}}
 }
 
 // refill brings b up to date and returns it; callers hold l.mu.
 func (l *loginLimiter) refill(client string) *loginBucket {
-	now := l.now()
+	now := l.clock.Now()
 	b := l.buckets[client]
 	if b == nil {
 		return &loginBucket{tokens: loginBurst, last: now}

@@ -12,15 +12,15 @@ import (
 	"github.com/modgate/modgate/sidecar/wire"
 )
 
-// Audit decisions. A problem that policy or a guard raised is "deny"; bad
-// input is "invalid"; a request that came back is "loop". A request policy
-// allowed stays "allow" whatever the upstreams then did: its status says
-// that.
+// Audit decisions, wire's: a problem that policy or a guard raised is
+// deny; bad input is invalid; a request that came back is loop. A request
+// policy allowed stays allow whatever the upstreams then did: its status
+// says that.
 const (
-	decisionAllow   = "allow"
-	decisionDeny    = "deny"
-	decisionInvalid = "invalid"
-	decisionLoop    = "loop"
+	decisionAllow   = wire.DecisionAllow
+	decisionDeny    = wire.DecisionDeny
+	decisionInvalid = wire.DecisionInvalid
+	decisionLoop    = wire.DecisionLoop
 )
 
 // statusClientGone is what the audit log records for a request whose
@@ -41,7 +41,7 @@ type problem struct {
 	lines []string
 	// decision, rule and ruleText go to the audit line; an empty decision
 	// leaves the exchange's own.
-	decision string
+	decision wire.Decision
 	rule     int
 	ruleText string
 	// reason is the audit line's reason; if empty, the details, or the

@@ -15,7 +15,6 @@ import (
 	"github.com/modgate/modgate/sidecar/cache"
 	"github.com/modgate/modgate/sidecar/upstream"
 	"github.com/modgate/modgate/sidecar/wire"
-	"github.com/modgate/modgate/telemetry"
 )
 
 // The pipeline is one piece of code for every way in (README.md,
@@ -74,10 +73,10 @@ func (s *Server) pipeline(x *exchange, src source) error {
 func (s *Server) serveImmutable(x *exchange, c *cache.Cache, key string, src source, fr fetchRequest) error {
 	if e, err := c.Get(key); err == nil {
 		defer e.Close()
-		x.cacheResult = telemetry.CacheHit
+		x.cacheResult = wire.CacheHit
 		return s.sendEntry(x, src, e)
 	}
-	x.cacheResult = telemetry.CacheMiss
+	x.cacheResult = wire.CacheMiss
 	// A zip is spooled where it is kept.
 	fr.check = s.checkFor(x, c, key)
 	f, err := s.join(x, c, key, src, fr)
@@ -87,7 +86,7 @@ func (s *Server) serveImmutable(x *exchange, c *cache.Cache, key string, src sou
 	defer f.leave()
 	switch {
 	case f.stored:
-		x.cacheResult = telemetry.CacheShared
+		x.cacheResult = wire.CacheShared
 		return s.sendCopy(x, src, c, key, f)
 	case f.w == nil:
 		return x.chainProblem(f.res)
@@ -113,18 +112,18 @@ func (s *Server) serveFresh(x *exchange, c *cache.Cache, key string, src source,
 	if err == nil {
 		defer stale.Close()
 		if stale.Age(now) < s.cacheCfg.ListTTL {
-			x.cacheResult = telemetry.CacheHit
+			x.cacheResult = wire.CacheHit
 			return s.sendEntry(x, src, stale)
 		}
 	} else {
 		stale = nil
 	}
-	x.cacheResult = telemetry.CacheMiss
+	x.cacheResult = wire.CacheMiss
 	fr.check = s.checkFor(x, nil, "")
 	res := src.fetch(x.ctx(), x, fr)
 	if res.Response == nil {
 		if stale != nil && (s.cfg.Offline || stale.Age(now) < s.cacheCfg.StaleIfError) {
-			x.cacheResult = telemetry.CacheStale
+			x.cacheResult = wire.CacheStale
 			x.w.Header().Set("Warning", `110 modgate "Response is Stale"`)
 			err := s.sendEntry(x, src, stale)
 			x.reason = "stale answer served: every upstream failed"
@@ -312,7 +311,7 @@ func (s *Server) filterLatest(x *exchange, src source, header http.Header, body 
 	base := x.req.Prefix + strings.TrimSuffix(x.req.Path, "/@latest")
 	if v := s.latestAllowed(x, src, base, preq); v != "" {
 		escV, _ := module.EscapeVersion(v)
-		ctx := upstream.WithKind(x.r.Context(), string(KindInfo))
+		ctx := upstream.WithKind(x.r.Context(), KindInfo)
 		res := src.fetch(ctx, x, fetchRequest{method: http.MethodGet, path: base + "/@v/" + escV + ".info", header: http.Header{}})
 		if res.Response != nil && res.Response.StatusCode == http.StatusOK {
 			x.served = res.Upstream
@@ -324,7 +323,7 @@ func (s *Server) filterLatest(x *exchange, src source, header http.Header, body 
 			res.Response.Body.Close()
 		}
 	}
-	preq.Version, preq.Kind = info.Version, string(KindInfo)
+	preq.Version, preq.Kind = info.Version, KindInfo
 	return x.denial(x.pol.Decide(preq), info.Version)
 }
 
@@ -332,7 +331,7 @@ func (s *Server) filterLatest(x *exchange, src source, header http.Header, body 
 // among the listed versions that policy allows: the highest release, else
 // the highest pre-release. base is the escaped module path, from "/".
 func (s *Server) latestAllowed(x *exchange, src source, base string, preq policy.Request) string {
-	ctx := upstream.WithKind(x.r.Context(), string(KindList))
+	ctx := upstream.WithKind(x.r.Context(), KindList)
 	res := src.fetch(ctx, x, fetchRequest{method: http.MethodGet, path: base + "/@v/list", header: http.Header{}})
 	if res.Response == nil {
 		return ""

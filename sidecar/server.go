@@ -26,6 +26,7 @@ import (
 	"github.com/modgate/modgate/sidecar/cache"
 	"github.com/modgate/modgate/sidecar/upstream"
 	"github.com/modgate/modgate/sidecar/verify"
+	"github.com/modgate/modgate/sidecar/wire"
 	"github.com/modgate/modgate/telemetry"
 )
 
@@ -85,7 +86,7 @@ type Config struct {
 	// Version is reported in the User-Agent of upstream requests.
 	Version string
 	// Clock tells time to breakers and retries. If nil, the system clock.
-	Clock upstream.Clock
+	Clock wire.Clock
 	// Policy holds the current policy. If nil, everything is allowed and
 	// nothing is private.
 	Policy *policy.Store
@@ -243,7 +244,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Clients.ClientCAFile != "" && !cfg.TLS.Enabled() {
 		return nil, errors.New("clients: client certificates (client_ca_file) need HTTPS on the listener (tls)")
 	}
-	if s.clients, err = newClients(cfg.Clients, cfg.Forward.Users, s.now, s.log); err != nil {
+	if s.clients, err = newClients(cfg.Clients, cfg.Forward.Users, s.clock(), s.log); err != nil {
 		return nil, err
 	}
 	if cfg.TLS.Enabled() {
@@ -406,16 +407,16 @@ func (s *Server) classify(r *http.Request, host string) (Request, error) {
 }
 
 // kindOf classifies a request for its span name and metrics.
-func (s *Server) kindOf(r *http.Request) string {
+func (s *Server) kindOf(r *http.Request) Kind {
 	host := ""
 	if r.URL.IsAbs() {
 		host = normalized(r.URL.Hostname())
 	}
 	req, err := s.classify(r, host)
 	if err != nil && host == "" {
-		return string(KindOther)
+		return KindOther
 	}
-	return string(req.Kind)
+	return req.Kind
 }
 
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
@@ -635,7 +636,7 @@ func (s *Server) breakerReadings() []telemetry.BreakerReading {
 	var rs []telemetry.BreakerReading
 	for _, u := range s.chain.Upstreams() {
 		if u.Kind == upstream.Proxy {
-			rs = append(rs, telemetry.BreakerReading{Upstream: u.Name, State: telemetry.BreakerState(u.Breaker())})
+			rs = append(rs, telemetry.BreakerReading{Upstream: u.Name, State: u.Breaker()})
 		}
 	}
 	return rs
@@ -644,9 +645,9 @@ func (s *Server) breakerReadings() []telemetry.BreakerReading {
 func (s *Server) now() time.Time { return s.clock().Now() }
 
 // clock is the server's clock: Config.Clock, or the system's.
-func (s *Server) clock() upstream.Clock {
+func (s *Server) clock() wire.Clock {
 	if s.cfg.Clock != nil {
 		return s.cfg.Clock
 	}
-	return upstream.SystemClock{}
+	return wire.SystemClock{}
 }

@@ -14,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/modgate/modgate/sidecar/upstream"
+	"github.com/modgate/modgate/sidecar/wire"
 	"github.com/modgate/modgate/telemetry"
 )
 
@@ -38,7 +39,7 @@ type recentExchange struct {
 	version  string
 	host     string
 	upstream string
-	decision string
+	decision wire.Decision
 	rule     string
 	reason   string
 	status   int
@@ -60,7 +61,7 @@ type recentLog struct {
 func (l *recentLog) record(x *exchange) {
 	e := recentExchange{
 		start:    x.start,
-		duration: time.Since(x.start),
+		duration: x.s.now().Sub(x.start),
 		method:   x.r.Method,
 		path:     x.r.URL.Path,
 		mode:     x.mode,
@@ -83,7 +84,7 @@ func (l *recentLog) record(x *exchange) {
 	l.mu.Lock()
 	l.requests[l.nreq%recentRequestsKept] = e
 	l.nreq++
-	if e.decision == "deny" {
+	if e.decision == decisionDeny {
 		l.denials[l.nden%recentDenialsKept] = e
 		l.nden++
 	}
@@ -122,7 +123,7 @@ var statusTemplate = template.Must(template.New("status").Funcs(template.FuncMap
 // that it works in a locked-down pod through a port-forward.
 func (s *Server) statusHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		page := s.statusPage(time.Now())
+		page := s.statusPage(s.now())
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		w.Header().Set("Cache-Control", "no-store")
 		w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'")
@@ -284,7 +285,7 @@ func (e recentExchange) row(now time.Time, telemetryOn bool) statusRow {
 	r := statusRow{
 		Age: age(now, e.start), Time: e.start.UTC().Format(time.RFC3339Nano),
 		Mode: e.mode, Kind: string(e.kind), Upstream: e.upstream,
-		Decision: e.decision, Rule: e.rule, Reason: e.reason,
+		Decision: string(e.decision), Rule: e.rule, Reason: e.reason,
 		Status: e.status, StatusClass: "s" + strconv.Itoa(e.status/100) + "xx",
 		Duration: duration(e.duration),
 	}
@@ -312,7 +313,7 @@ func (e recentExchange) row(now time.Time, telemetryOn bool) statusRow {
 func tracezLink(e recentExchange) string {
 	name := "CONNECT"
 	if e.kind != KindTunnel {
-		name = spanMethod(e.method) + " " + telemetry.NormalizeKind(string(e.kind))
+		name = spanMethod(e.method) + " " + string(e.kind.Normal())
 	}
 	q := url.Values{"zspanname": {name}, "ztype": {"1"}}
 	if e.status >= 500 {

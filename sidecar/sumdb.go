@@ -120,7 +120,7 @@ func (src sumDBSource) admit(x *exchange) error {
 // which modgate just failed to reach.
 func (src sumDBSource) fetch(ctx context.Context, x *exchange, fr fetchRequest) upstream.Result {
 	db := src.s.sumdb
-	route, res := db.find(upstream.WithKind(ctx, string(KindSumDBSupported)))
+	route, res := db.find(upstream.WithKind(ctx, KindSumDBSupported))
 	if route == nil {
 		return res
 	}

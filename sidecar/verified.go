@@ -115,8 +115,8 @@ func (s *Server) sumRemote(ctx context.Context, path string) ([]byte, error) {
 	if strings.HasPrefix(path, "/lookup/") {
 		kind = KindSumDBLookup
 	}
-	ctx = upstream.WithKind(ctx, string(kind))
-	route, res := db.find(upstream.WithKind(ctx, string(KindSumDBSupported)))
+	ctx = upstream.WithKind(ctx, kind)
+	route, res := db.find(upstream.WithKind(ctx, KindSumDBSupported))
 	if route != nil {
 		res = db.get(ctx, route, path, nil)
 	}
@@ -200,9 +200,9 @@ func (s *Server) serveLookup(x *exchange) error {
 	if s.cache != nil {
 		if e, err := s.cache.Get("sumdb/" + x.req.SumDB + x.req.Path); err == nil {
 			e.Close()
-			x.cacheResult = "hit"
+			x.cacheResult = wire.CacheHit
 		} else {
-			x.cacheResult = "miss"
+			x.cacheResult = wire.CacheMiss
 		}
 	}
 	data, err := s.verifier.Lookup(x.ctx(), x.req.Module, x.req.Version)

@@ -1,10 +1,9 @@
 package telemetry
 
 import (
-	"sync"
-	"sync/atomic"
-
 	"go.opentelemetry.io/otel/attribute"
+
+	"github.com/modgate/modgate/sidecar/wire"
 )
 
 // Attribute keys of the telemetry contract. The data plane uses the same
@@ -32,24 +31,6 @@ const (
 	AttrTunnelBytesDown = attribute.Key("modgate.tunnel.bytes_down")
 )
 
-// Request kinds (DESIGN.md, "Request classes"). A kind outside this list is
-// recorded as KindOther.
-const (
-	KindList           = "list"
-	KindInfo           = "info"
-	KindMod            = "mod"
-	KindZip            = "zip"
-	KindLatest         = "latest"
-	KindSumDBSupported = "sumdb-supported"
-	KindSumDBLookup    = "sumdb-lookup"
-	KindSumDBTile      = "sumdb-tile"
-	KindSumDBLatest    = "sumdb-latest"
-	KindGoGet          = "go-get"
-	KindVCS            = "vcs"
-	KindTunnel         = "tunnel"
-	KindOther          = "other"
-)
-
 // Outcomes of one upstream attempt, for RecordUpstream. Any other value is
 // recorded as "other".
 const (
@@ -60,15 +41,6 @@ const (
 	OutcomeRejected = "rejected" // not sent: the breaker is open or the retry budget is spent
 )
 
-// Cache results, for AddCacheRequest. Any other value is recorded as "other".
-const (
-	CacheHit   = "hit"
-	CacheMiss  = "miss"
-	CacheStale = "stale"
-	// CacheShared: not in the local cache, served from the shared store.
-	CacheShared = "shared"
-)
-
 // Directions of tunnel bytes: up is client to origin, down is origin to
 // client.
 const (
@@ -76,55 +48,38 @@ const (
 	DirectionDown = "down"
 )
 
-// Modes, for the modgate.mode span attribute.
-const (
-	ModeReverse = "reverse"
-	ModeForward = "forward"
-	ModeMITM    = "mitm"
-)
-
 // otherValue replaces any value outside a closed set, or past the cap of an
-// open one. It equals KindOther on purpose: one word for "not one of ours".
-const otherValue = "other"
+// open one. It equals wire.KindOther on purpose: one word for "not one of
+// ours".
+const otherValue = string(wire.KindOther)
 
 // closedSet maps the accepted values of an attribute to themselves, so that
 // normalising a value costs one map lookup and no allocation.
-type closedSet map[string]struct{}
+type closedSet[V ~string] map[V]struct{}
 
-func newClosedSet(values ...string) closedSet {
-	s := closedSet{}
+func newClosedSet[V ~string](values ...V) closedSet[V] {
+	s := closedSet[V]{}
 	for _, v := range values {
 		s[v] = struct{}{}
 	}
 	return s
 }
 
-func (s closedSet) value(v string) string {
+func (s closedSet[V]) value(v V) string {
 	if _, ok := s[v]; ok {
-		return v
+		return string(v)
 	}
 	return otherValue
 }
 
+// The closed sets of the recording methods. Request kinds are wire's
+// closed set (wire.Kind.Normal); of the decisions, only policy's own reach
+// the decisions metric.
 var (
-	kinds = newClosedSet(KindList, KindInfo, KindMod, KindZip, KindLatest,
-		KindSumDBSupported, KindSumDBLookup, KindSumDBTile, KindSumDBLatest,
-		KindGoGet, KindVCS, KindTunnel, KindOther)
 	outcomes     = newClosedSet(OutcomeOK, OutcomeNotFound, OutcomeError, OutcomeTimeout, OutcomeRejected)
-	cacheResults = newClosedSet(CacheHit, CacheMiss, CacheStale, CacheShared)
-	decisions    = newClosedSet(DecisionAllow, DecisionDeny)
+	cacheResults = newClosedSet(wire.CacheHit, wire.CacheMiss, wire.CacheStale, wire.CacheShared)
+	decisions    = newClosedSet(wire.DecisionAllow, wire.DecisionDeny)
 )
-
-// Policy decisions, for AddPolicyDecision. Any other value is recorded as
-// "other".
-const (
-	DecisionAllow = "allow"
-	DecisionDeny  = "deny"
-)
-
-// NormalizeKind returns kind if it is one of the request kinds, else
-// KindOther.
-func NormalizeKind(kind string) string { return kinds.value(kind) }
 
 // Caps on the number of distinct values an open attribute takes in metrics.
 // These values come from configuration, so a real deployment stays far below
@@ -138,53 +93,24 @@ const (
 
 // cappedSet admits the first max distinct values of an attribute and maps
 // every later one to "other". The common case, a value seen before, is one
-// atomic load and one map lookup: the map is replaced, never changed.
+// atomic load and one map lookup.
 type cappedSet struct {
 	max int
 	// names, if set, admits only name-shaped values: a module path or a
 	// URL handed over by mistake is "other" from the first request on,
 	// not only past the cap.
 	names bool
-	mu    sync.Mutex // serialises additions
-	seen  atomic.Pointer[map[string]struct{}]
+	seen  cowMap[string, struct{}]
 }
 
 func (c *cappedSet) value(v string) string {
 	if v == "" || (c.names && !nameShaped(v)) {
 		return otherValue
 	}
-	if m := c.seen.Load(); m != nil {
-		if _, ok := (*m)[v]; ok {
-			return v
-		}
+	if _, ok := c.seen.getOrAdd(v, c.max, func(string) struct{} { return struct{}{} }); !ok {
+		return otherValue
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	old := c.seen.Load()
-	if old != nil {
-		if _, ok := (*old)[v]; ok {
-			return v
-		}
-		if len(*old) >= c.max {
-			return otherValue
-		}
-	}
-	m := make(map[string]struct{}, 1+lenOf(old))
-	if old != nil {
-		for k := range *old {
-			m[k] = struct{}{}
-		}
-	}
-	m[v] = struct{}{}
-	c.seen.Store(&m)
 	return v
-}
-
-func lenOf(m *map[string]struct{}) int {
-	if m == nil {
-		return 0
-	}
-	return len(*m)
 }
 
 // nameShaped reports whether v looks like a configured name (an upstream

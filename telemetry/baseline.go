@@ -6,24 +6,15 @@ import (
 	"net/http"
 	"sort"
 	"sync"
-	"sync/atomic"
 	"time"
+
+	"github.com/modgate/modgate/sidecar/wire"
 )
 
 // DefaultBaselineWindow is how far back a baseline reaches unless told
 // otherwise: long enough to smooth a burst, short enough to show today's
 // upstream rather than last week's.
 const DefaultBaselineWindow = 15 * time.Minute
-
-// Clock tells time to the baselines, so that tests move time instead of
-// sleeping. sidecar/upstream's Clock satisfies it.
-type Clock interface {
-	Now() time.Time
-}
-
-type systemClock struct{}
-
-func (systemClock) Now() time.Time { return time.Now() }
 
 // The window is kept as baselineSlots slots of window/baselineSlots each; the
 // oldest slot is dropped whole, so a baseline covers between window minus one
@@ -55,13 +46,14 @@ const maxBaselineSeries = 1024
 type Baselines struct {
 	window time.Duration
 	slot   time.Duration
-	clock  Clock
-
-	mu     sync.Mutex // serialises adding a series
-	series atomic.Pointer[map[seriesKey]*series]
+	clock  wire.Clock
+	series cowMap[seriesKey, *series]
 }
 
-type seriesKey struct{ upstream, kind string }
+type seriesKey struct {
+	upstream string
+	kind     wire.Kind
+}
 
 type series struct {
 	mu    sync.Mutex
@@ -78,30 +70,28 @@ type slot struct {
 
 // NewBaselines returns baselines over window (if zero,
 // DefaultBaselineWindow) on clock (if nil, the system clock).
-func NewBaselines(window time.Duration, clock Clock) *Baselines {
+func NewBaselines(window time.Duration, clock wire.Clock) *Baselines {
 	if window <= 0 {
 		window = DefaultBaselineWindow
 	}
 	if clock == nil {
-		clock = systemClock{}
+		clock = wire.SystemClock{}
 	}
 	slot := window / baselineSlots
 	if slot <= 0 {
 		slot = 1
 	}
-	b := &Baselines{window: window, slot: slot, clock: clock}
-	b.series.Store(&map[seriesKey]*series{})
-	return b
+	return &Baselines{window: window, slot: slot, clock: clock}
 }
 
 // Observe records one request to upstream of the given kind that took d and
 // failed or not. It allocates nothing once the pair has been seen.
-func (b *Baselines) Observe(upstream, kind string, d time.Duration, failed bool) {
+func (b *Baselines) Observe(upstream string, kind wire.Kind, d time.Duration, failed bool) {
 	if b == nil {
 		return
 	}
-	s := b.get(seriesKey{upstream, kind})
-	if s == nil {
+	s, ok := b.series.getOrAdd(seriesKey{upstream, kind}, maxBaselineSeries, func(seriesKey) *series { return &series{} })
+	if !ok {
 		return
 	}
 	epoch := b.epoch(b.clock.Now())
@@ -119,29 +109,6 @@ func (b *Baselines) Observe(upstream, kind string, d time.Duration, failed bool)
 	sl.max = max(sl.max, d)
 	sl.buckets[i]++
 	s.mu.Unlock()
-}
-
-func (b *Baselines) get(k seriesKey) *series {
-	if s, ok := (*b.series.Load())[k]; ok {
-		return s
-	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	old := *b.series.Load()
-	if s, ok := old[k]; ok {
-		return s
-	}
-	if len(old) >= maxBaselineSeries {
-		return nil
-	}
-	m := make(map[seriesKey]*series, len(old)+1)
-	for k, v := range old {
-		m[k] = v
-	}
-	s := &series{}
-	m[k] = s
-	b.series.Store(&m)
-	return s
 }
 
 func (b *Baselines) epoch(t time.Time) int64 {
@@ -210,14 +177,14 @@ func (b *Baselines) Snapshot() BaselineReport {
 	rep := BaselineReport{Generated: now.UTC(), WindowSeconds: b.window.Seconds(), Rows: []BaselineRow{}}
 	cur := b.epoch(now)
 	var merged slot
-	for k, s := range *b.series.Load() {
+	for k, s := range b.series.all() {
 		s.merge(&merged, cur)
 		if merged.count == 0 {
 			continue
 		}
 		rep.Rows = append(rep.Rows, BaselineRow{
 			Upstream:  k.upstream,
-			Kind:      k.kind,
+			Kind:      string(k.kind),
 			Count:     merged.count,
 			Errors:    merged.errors,
 			ErrorRate: round(float64(merged.errors)/float64(merged.count), 4),
@@ -275,11 +242,11 @@ func (b *Baselines) Handler() http.Handler {
 // requests of kind fell in the window, and how many requests that is: the
 // hedging decision reads it on the request path, so it merges one series
 // only.
-func (b *Baselines) Quantile(upstream, kind string, q float64) (time.Duration, int64) {
+func (b *Baselines) Quantile(upstream string, kind wire.Kind, q float64) (time.Duration, int64) {
 	if b == nil {
 		return 0, 0
 	}
-	s, ok := (*b.series.Load())[seriesKey{upstream, NormalizeKind(kind)}]
+	s, ok := b.series.load(seriesKey{upstream, kind.Normal()})
 	if !ok {
 		return 0, 0
 	}

@@ -9,9 +9,14 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/modgate/modgate/sidecar/wire"
 )
 
+// fakeClock moves only when told to. Its Sleep and After are the real
+// ones: nothing here waits.
 type fakeClock struct {
+	wire.SystemClock
 	mu  sync.Mutex
 	now time.Time
 }
@@ -38,9 +43,9 @@ func TestBaselinePercentiles(t *testing.T) {
 		// seconds.
 		d := time.Duration(math.Exp(rng.NormFloat64()*1.2+math.Log(30)) * float64(time.Millisecond))
 		all = append(all, d)
-		b.Observe("public", KindZip, d, false)
+		b.Observe("public", wire.KindZip, d, false)
 	}
-	b.Observe("public", KindZip, time.Second, true)
+	b.Observe("public", wire.KindZip, time.Second, true)
 	all = append(all, time.Second)
 	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
 
@@ -68,7 +73,7 @@ func TestBaselinePercentiles(t *testing.T) {
 
 func TestBaselineSmallSamplesAreExact(t *testing.T) {
 	b := NewBaselines(time.Minute, &fakeClock{now: time.Unix(0, 0)})
-	b.Observe("a", KindInfo, 7*time.Millisecond, false)
+	b.Observe("a", wire.KindInfo, 7*time.Millisecond, false)
 	row := b.Snapshot().Rows[0]
 	if row.P50Ms != 7 || row.P99Ms != 7 {
 		t.Errorf("one request of 7 ms: p50 %v p99 %v", row.P50Ms, row.P99Ms)
@@ -79,11 +84,11 @@ func TestBaselineWindowRolls(t *testing.T) {
 	clock := &fakeClock{now: time.Unix(1_700_000_000, 0)}
 	b := NewBaselines(15*time.Minute, clock)
 	for range 10 {
-		b.Observe("public", KindList, 100*time.Millisecond, true)
+		b.Observe("public", wire.KindList, 100*time.Millisecond, true)
 	}
 	clock.Advance(10 * time.Minute)
 	for range 30 {
-		b.Observe("public", KindList, 10*time.Millisecond, false)
+		b.Observe("public", wire.KindList, 10*time.Millisecond, false)
 	}
 	if row := b.Snapshot().Rows[0]; row.Count != 40 || row.Errors != 10 {
 		t.Errorf("after 10 min: %+v, want all 40 requests", row)
@@ -98,7 +103,7 @@ func TestBaselineWindowRolls(t *testing.T) {
 		t.Errorf("after the window: %+v, want no rows", rows)
 	}
 	// A slot is reused once its time has come round again.
-	b.Observe("public", KindList, time.Millisecond, false)
+	b.Observe("public", wire.KindList, time.Millisecond, false)
 	if row := b.Snapshot().Rows[0]; row.Count != 1 {
 		t.Errorf("reused slot: %+v", row)
 	}
@@ -107,7 +112,7 @@ func TestBaselineWindowRolls(t *testing.T) {
 func TestBaselineRowsSorted(t *testing.T) {
 	b := NewBaselines(0, nil)
 	for _, p := range [][2]string{{"public", "zip"}, {"internal", "zip"}, {"public", "info"}, {"internal", "list"}} {
-		b.Observe(p[0], p[1], time.Millisecond, false)
+		b.Observe(p[0], wire.Kind(p[1]), time.Millisecond, false)
 	}
 	var got [][2]string
 	for _, r := range b.Snapshot().Rows {
@@ -121,8 +126,8 @@ func TestBaselineRowsSorted(t *testing.T) {
 
 func TestBaselineObserveDoesNotAllocate(t *testing.T) {
 	b := NewBaselines(0, &fakeClock{now: time.Unix(1_700_000_000, 0)})
-	b.Observe("public", KindZip, time.Millisecond, false)
-	if n := testing.AllocsPerRun(1000, func() { b.Observe("public", KindZip, 42*time.Millisecond, false) }); n != 0 {
+	b.Observe("public", wire.KindZip, time.Millisecond, false)
+	if n := testing.AllocsPerRun(1000, func() { b.Observe("public", wire.KindZip, 42*time.Millisecond, false) }); n != 0 {
 		t.Errorf("Observe allocates %v times per call", n)
 	}
 }
@@ -136,7 +141,7 @@ func TestBaselineConcurrent(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := range 1000 {
-				b.Observe([]string{"a", "b"}[g%2], KindInfo, time.Duration(i)*time.Microsecond, i%10 == 0)
+				b.Observe([]string{"a", "b"}[g%2], wire.KindInfo, time.Duration(i)*time.Microsecond, i%10 == 0)
 				if i%100 == 0 {
 					b.Snapshot()
 					clock.Advance(time.Second)
@@ -157,7 +162,7 @@ func TestBaselineConcurrent(t *testing.T) {
 func TestBaselineSeriesCap(t *testing.T) {
 	b := NewBaselines(0, nil)
 	for i := range maxBaselineSeries + 10 {
-		b.Observe(string(rune('a'+i%26))+string(rune(i)), KindInfo, time.Millisecond, false)
+		b.Observe(string(rune('a'+i%26))+string(rune(i)), wire.KindInfo, time.Millisecond, false)
 	}
 	if n := len(b.Snapshot().Rows); n != maxBaselineSeries {
 		t.Errorf("%d series, want the cap %d", n, maxBaselineSeries)
@@ -166,7 +171,7 @@ func TestBaselineSeriesCap(t *testing.T) {
 
 func TestBaselineHandler(t *testing.T) {
 	b := NewBaselines(0, &fakeClock{now: time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)})
-	b.Observe("public", KindMod, 20*time.Millisecond, false)
+	b.Observe("public", wire.KindMod, 20*time.Millisecond, false)
 	rec := httptest.NewRecorder()
 	b.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/debug/baseline", nil))
 	if ct := rec.Header().Get("Content-Type"); ct != "application/json" {
@@ -212,7 +217,7 @@ func BenchmarkBaselineObserve(b *testing.B) {
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			bl.Observe("public", KindZip, 42*time.Millisecond, false)
+			bl.Observe("public", wire.KindZip, 42*time.Millisecond, false)
 		}
 	})
 }

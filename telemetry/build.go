@@ -98,24 +98,17 @@ type BuildTracing struct {
 // from cfg.Getenv (service name, sampler, exporter). The sampler defaults
 // to parentbased_always_on: a build is one span, nothing to limit.
 func SetupBuildTracing(ctx context.Context, cfg Config) (*BuildTracing, error) {
-	getenv := cfg.getenv()
-	res, err := newResource(ctx, cfg, getenv)
+	env, err := cfg.base(ctx)
 	if err != nil {
 		return nil, err
 	}
-	disabled := strings.EqualFold(getenv("OTEL_SDK_DISABLED"), "true")
-	sampler := sdktrace.ParentBased(sdktrace.AlwaysSample())
-	if getenv("OTEL_TRACES_SAMPLER") != "" {
-		if sampler, err = samplerFrom(getenv, 0, time.Now); err != nil {
-			return nil, err
-		}
+	sampler, err := env.sampler(sdktrace.ParentBased(sdktrace.AlwaysSample()))
+	if err != nil {
+		return nil, err
 	}
-	if disabled {
-		sampler = sdktrace.NeverSample()
-	}
-	opts := []sdktrace.TracerProviderOption{sdktrace.WithResource(res), sdktrace.WithSampler(sampler)}
+	opts := []sdktrace.TracerProviderOption{sdktrace.WithResource(env.res), sdktrace.WithSampler(sampler)}
 	bt := &BuildTracing{Exporting: "not exported (OTEL_EXPORTER_OTLP_ENDPOINT is not set)"}
-	if name, ok := exporterWanted(getenv, "TRACES", disabled); ok {
+	if name, ok := exporterWanted(env.getenv, "TRACES", env.disabled); ok {
 		exp, err := autoexport.NewSpanExporter(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("telemetry: traces exporter: %w", err)

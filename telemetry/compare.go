@@ -9,6 +9,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/modgate/modgate/sidecar/wire"
 )
 
 // Thresholds of Compare.
@@ -55,7 +57,7 @@ func Compare(then, now BaselineReport, maxRatio float64) (rows []ComparisonRow, 
 	}
 	byKey := map[seriesKey]*ComparisonRow{}
 	row := func(upstream, kind string) *ComparisonRow {
-		k := seriesKey{upstream, kind}
+		k := seriesKey{upstream, wire.Kind(kind)}
 		if byKey[k] == nil {
 			byKey[k] = &ComparisonRow{Upstream: upstream, Kind: kind}
 		}

@@ -1,7 +1,9 @@
 // Package telemetry is modgate's OpenTelemetry: the tracer and meter
 // providers and their exporters, the instruments of the telemetry contract
-// (DESIGN.md, "Telemetry contract"), helpers for the data plane's HTTP edges,
-// and per-upstream latency baselines. It imports nothing else of modgate.
+// (README.md, Architecture), helpers for the data plane's HTTP edges,
+// and per-upstream latency baselines. Of modgate it imports only
+// sidecar/wire: request kinds, breaker states, decisions, cache results and
+// the clock are wire's words, defined there once.
 //
 // # Configuration and the environment
 //

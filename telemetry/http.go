@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"net/textproto"
 	"sync"
-	"time"
 
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"go.opentelemetry.io/otel/attribute"
@@ -14,14 +13,16 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/modgate/modgate/sidecar/wire"
 )
 
 // ServerMiddleware wraps the module listener's handler: it continues an
 // incoming traceparent, starts the server span named "{METHOD} {kind}",
 // records http.server.request.duration with modgate.request.kind, and keeps
-// http.server.active_requests. kindOf classifies a request (one of the Kind
-// constants; anything else is "other"); it is called once per request,
-// before h.
+// http.server.active_requests. kindOf classifies a request (a kind outside
+// wire's set is recorded as "other"); it is called once per request, before
+// h.
 //
 // The sampler decides first. A sampled request goes through otelhttp's
 // handler, which makes the span; a request that is not sampled (most of
@@ -33,14 +34,14 @@ import (
 // server.address is pinned to Config.ServerName: in forward mode the Host
 // header names an arbitrary origin, and it must not become a span or metric
 // dimension of ours.
-func (t *Telemetry) ServerMiddleware(h http.Handler, kindOf func(*http.Request) string) http.Handler {
+func (t *Telemetry) ServerMiddleware(h http.Handler, kindOf func(*http.Request) wire.Kind) http.Handler {
 	if t == nil {
 		return h
 	}
 	// The server span exists only inside otelhttp's handler, so the kind
 	// is set on it from in there.
 	tagged := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		trace.SpanFromContext(r.Context()).SetAttributes(AttrRequestKind.String(kindFrom(r.Context())))
+		trace.SpanFromContext(r.Context()).SetAttributes(AttrRequestKind.String(string(kindFrom(r.Context()))))
 		h.ServeHTTP(w, r)
 	})
 	traced := otelhttp.NewHandler(tagged, t.serverName,
@@ -54,8 +55,8 @@ func (t *Telemetry) ServerMiddleware(h http.Handler, kindOf func(*http.Request) 
 		}),
 	)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		start := time.Now()
-		kind := NormalizeKind(kindOf(r))
+		start := t.clock.Now()
+		kind := kindOf(r).Normal()
 		method := metricMethod(r.Method)
 		active := t.inst.active.get(activeKey{method, scheme(r)})
 		active.Add(1)
@@ -94,7 +95,7 @@ func (t *Telemetry) ServerMiddleware(h http.Handler, kindOf func(*http.Request) 
 		}
 		putStatusWriter(sw)
 		active.Add(-1)
-		t.inst.serverDuration.Record(ctx, time.Since(start).Seconds(),
+		t.inst.serverDuration.Record(ctx, t.clock.Now().Sub(start).Seconds(),
 			t.inst.serverAttrs.get(serverKey{method: method, scheme: scheme(r), proto: protoVersion(r), kind: kind, status: status}).record...)
 	})
 }
@@ -238,9 +239,9 @@ func (t *Telemetry) ClientTransport(rt http.RoundTripper) http.RoundTripper {
 // the upstream a request goes to and its kind. name is the upstream's
 // configured name (in forward mode, use a fixed name such as "origin": the
 // host is on the span as server.address already).
-func WithUpstream(ctx context.Context, name, kind string) context.Context {
+func WithUpstream(ctx context.Context, name string, kind wire.Kind) context.Context {
 	u := upstreamFrom(ctx)
-	u.name, u.kind = name, NormalizeKind(kind)
+	u.name, u.kind = name, kind.Normal()
 	return context.WithValue(ctx, upstreamKey{}, u)
 }
 
@@ -248,9 +249,9 @@ func WithUpstream(ctx context.Context, name, kind string) context.Context {
 // state (modgate.breaker.state) and how many times the request was sent
 // before (http.request.resend_count). They are kept as plain values and
 // become span attributes only when the attempt's span is recording.
-func WithAttempt(ctx context.Context, name, kind, breakerState string, resends int) context.Context {
+func WithAttempt(ctx context.Context, name string, kind wire.Kind, breaker wire.BreakerState, resends int) context.Context {
 	u := upstreamFrom(ctx)
-	u.name, u.kind, u.breaker, u.resends, u.attempt = name, NormalizeKind(kind), breakerState, resends, true
+	u.name, u.kind, u.breaker, u.resends, u.attempt = name, kind.Normal(), breaker, resends, true
 	return context.WithValue(ctx, upstreamKey{}, u)
 }
 
@@ -269,25 +270,26 @@ type (
 )
 
 type upstreamInfo struct {
-	name, kind string
-	breaker    string
-	resends    int
-	attempt    bool // breaker and resends are set
-	attrs      []attribute.KeyValue
+	name    string
+	kind    wire.Kind
+	breaker wire.BreakerState
+	resends int
+	attempt bool // breaker and resends are set
+	attrs   []attribute.KeyValue
 }
 
-func kindFrom(ctx context.Context) string {
-	if k, ok := ctx.Value(kindKey{}).(string); ok {
+func kindFrom(ctx context.Context) wire.Kind {
+	if k, ok := ctx.Value(kindKey{}).(wire.Kind); ok {
 		return k
 	}
-	return KindOther
+	return wire.KindOther
 }
 
 func upstreamFrom(ctx context.Context) upstreamInfo {
 	if u, ok := ctx.Value(upstreamKey{}).(upstreamInfo); ok {
 		return u
 	}
-	return upstreamInfo{name: otherValue, kind: KindOther}
+	return upstreamInfo{name: otherValue, kind: wire.KindOther}
 }
 
 // annotatingTransport runs inside otelhttp's transport, where the client
@@ -300,9 +302,9 @@ func (a annotatingTransport) RoundTrip(r *http.Request) (*http.Response, error) 
 		u := upstreamFrom(ctx)
 		// One call: each SetAttributes may grow the span's slice anew.
 		attrs := make([]attribute.KeyValue, 0, 4+len(u.attrs))
-		attrs = append(attrs, AttrUpstreamName.String(u.name), AttrRequestKind.String(u.kind))
+		attrs = append(attrs, AttrUpstreamName.String(u.name), AttrRequestKind.String(string(u.kind)))
 		if u.attempt {
-			attrs = append(attrs, AttrBreakerState.String(u.breaker), semconv.HTTPRequestResendCount(u.resends))
+			attrs = append(attrs, AttrBreakerState.String(u.breaker.String()), semconv.HTTPRequestResendCount(u.resends))
 		}
 		span.SetAttributes(append(attrs, u.attrs...)...)
 	}
@@ -340,29 +342,29 @@ var knownMethods = map[string]bool{
 
 // spanNames holds every "{METHOD} {kind}" there is, so that naming a span
 // allocates nothing.
-var spanNames = func() map[[2]string]string {
-	m := map[[2]string]string{}
-	for method := range knownMethods {
-		for kind := range kinds {
-			m[[2]string{method, kind}] = method + " " + kind
+var spanNames = func() map[spanNameKey]string {
+	m := map[spanNameKey]string{}
+	for _, kind := range wire.Kinds() {
+		for method := range knownMethods {
+			m[spanNameKey{method, kind}] = method + " " + string(kind)
 		}
-	}
-	for kind := range kinds {
-		m[[2]string{"HTTP", kind}] = "HTTP " + kind
+		m[spanNameKey{"HTTP", kind}] = "HTTP " + string(kind)
 	}
 	return m
 }()
 
+type spanNameKey struct {
+	method string
+	kind   wire.Kind
+}
+
 // spanName is "{METHOD} {kind}"; a made-up method would be a new span name
 // per request, so it is "HTTP" as semconv says.
-func spanName(method, kind string) string {
+func spanName(method string, kind wire.Kind) string {
 	if !knownMethods[method] {
 		method = "HTTP"
 	}
-	if n, ok := spanNames[[2]string{method, NormalizeKind(kind)}]; ok {
-		return n
-	}
-	return method + " " + kind
+	return spanNames[spanNameKey{method, kind.Normal()}]
 }
 
 // metricMethod is the method as the http.request.method attribute of

@@ -16,6 +16,8 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/modgate/modgate/sidecar/wire"
 )
 
 func okHandler() http.Handler {
@@ -65,9 +67,9 @@ func TestServerMiddleware(t *testing.T) {
 			inner = trace.SpanContextFromContext(r.Context())
 		}
 		w.WriteHeader(http.StatusNotFound)
-	}), func(r *http.Request) string {
+	}), func(r *http.Request) wire.Kind {
 		if strings.HasSuffix(r.URL.Path, ".info") {
-			return KindInfo
+			return wire.KindInfo
 		}
 		return "unheard-of"
 	})
@@ -91,7 +93,7 @@ func TestServerMiddleware(t *testing.T) {
 	if inner.SpanID() != s.SpanContext().SpanID() {
 		t.Error("the handler does not see the server span in its context")
 	}
-	if got := spanAttr(s, AttrRequestKind); got != KindInfo {
+	if got := spanAttr(s, AttrRequestKind); got != string(wire.KindInfo) {
 		t.Errorf("span modgate.request.kind = %q", got)
 	}
 	if got := spanAttr(s, semconv.ServerAddressKey); got != DefaultServiceName {
@@ -127,7 +129,7 @@ func TestServerMiddlewareActiveRequests(t *testing.T) {
 	h := tel.ServerMiddleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		close(entered)
 		<-release
-	}), func(*http.Request) string { return KindZip })
+	}), func(*http.Request) wire.Kind { return wire.KindZip })
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -165,8 +167,8 @@ func TestClientTransport(t *testing.T) {
 	client := &http.Client{Transport: tel.ClientTransport(stub)}
 
 	ctx, parent := tel.Tracer().Start(context.Background(), "GET zip", trace.WithSpanKind(trace.SpanKindServer))
-	ctx = WithUpstream(ctx, "public", KindZip)
-	ctx = WithClientAttributes(ctx, AttrBreakerState.String(BreakerHalfOpen.String()), semconv.HTTPRequestResendCount(1))
+	ctx = WithUpstream(ctx, "public", wire.KindZip)
+	ctx = WithClientAttributes(ctx, AttrBreakerState.String(wire.HalfOpen.String()), semconv.HTTPRequestResendCount(1))
 	req, _ := http.NewRequestWithContext(ctx, "GET", "https://proxy.fixture.test/fixture.test/a/@v/v1.0.0.zip", nil)
 	resp, err := client.Do(req)
 	if err != nil {
@@ -194,7 +196,7 @@ func TestClientTransport(t *testing.T) {
 	}
 	for k, want := range map[attribute.Key]string{
 		AttrUpstreamName:                  "public",
-		AttrRequestKind:                   KindZip,
+		AttrRequestKind:                   string(wire.KindZip),
 		AttrBreakerState:                  "half-open",
 		semconv.HTTPRequestResendCountKey: "1",
 		semconv.ServerAddressKey:          "proxy.fixture.test",
@@ -250,7 +252,7 @@ func TestClientTransportNotSampled(t *testing.T) {
 	var sc trace.SpanContext
 	h := tel.ServerMiddleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		sc = trace.SpanContextFromContext(r.Context())
-		req := httptest.NewRequestWithContext(WithAttempt(r.Context(), "public", KindInfo, "closed", 0), "GET", "http://proxy.fixture.test/x", nil)
+		req := httptest.NewRequestWithContext(WithAttempt(r.Context(), "public", wire.KindInfo, wire.Closed, 0), "GET", "http://proxy.fixture.test/x", nil)
 		tel.InjectTrace(req.Context(), req.Header)
 		resp, err := rt.RoundTrip(req)
 		if err != nil {
@@ -260,7 +262,7 @@ func TestClientTransportNotSampled(t *testing.T) {
 		if stub.reqs[0] != req {
 			t.Error("the request was copied on its way to the wrapped transport")
 		}
-	}), func(*http.Request) string { return KindInfo })
+	}), func(*http.Request) wire.Kind { return wire.KindInfo })
 	h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/a/@v/v1.0.0.info", nil))
 	if n := len(sr.Ended()); n != 0 {
 		t.Errorf("%d spans recorded with always_off", n)
@@ -285,7 +287,7 @@ func TestDefaultSamplerLimitsNewTraces(t *testing.T) {
 	ids := map[trace.TraceID]bool{}
 	h := tel.ServerMiddleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ids[trace.SpanContextFromContext(r.Context()).TraceID()] = true
-	}), func(*http.Request) string { return KindInfo })
+	}), func(*http.Request) wire.Kind { return wire.KindInfo })
 	serve := func(n int, traceparent string) {
 		for range n {
 			req := httptest.NewRequest("GET", "/a/@v/v1.0.0.info", nil)
@@ -331,7 +333,7 @@ func TestServerMetricsForEveryRequest(t *testing.T) {
 	sr := recordSpans(tel)
 	h := tel.ServerMiddleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusBadGateway)
-	}), func(*http.Request) string { return KindMod })
+	}), func(*http.Request) wire.Kind { return wire.KindMod })
 	for range 4 {
 		h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/a/@v/v1.0.0.mod", nil))
 	}
@@ -358,7 +360,7 @@ func TestServerMiddlewareKeepsWriterInterfaces(t *testing.T) {
 		_, flusher = w.(http.Flusher)
 		_, readerFrom = w.(io.ReaderFrom)
 		http.NewResponseController(w).Flush()
-	}), func(*http.Request) string { return KindZip })
+	}), func(*http.Request) wire.Kind { return wire.KindZip })
 	srv := httptest.NewServer(h)
 	defer srv.Close()
 	resp, err := http.Get(srv.URL + "/a/@v/v1.0.0.zip")
@@ -378,7 +380,7 @@ func TestServerMiddlewareKeepsWriterInterfaces(t *testing.T) {
 func TestUnsampledRequestCostsLittle(t *testing.T) {
 	for _, vars := range []map[string]string{{"OTEL_TRACES_SAMPLER": "always_off"}, {"OTEL_SDK_DISABLED": "true"}} {
 		tel, _ := setup(t, Config{Getenv: envOf(vars)})
-		h := tel.ServerMiddleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}), func(*http.Request) string { return KindInfo })
+		h := tel.ServerMiddleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}), func(*http.Request) wire.Kind { return wire.KindInfo })
 		req := httptest.NewRequest("GET", "/a/@v/v1.0.0.info", nil)
 		w := httptest.NewRecorder()
 		h.ServeHTTP(w, req) // builds the attribute sets once

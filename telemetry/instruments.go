@@ -10,9 +10,11 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/modgate/modgate/sidecar/wire"
 )
 
-// Metric names of the telemetry contract (DESIGN.md). Prometheus names
+// Metric names of the telemetry contract (README.md, Architecture). Prometheus names
 // follow the exporter's rules: modgate.upstream.request.duration becomes
 // modgate_upstream_request_duration_seconds.
 const (
@@ -45,36 +47,11 @@ var latencyBuckets = []float64{
 // whole clone of a large repository over a reused connection.
 var tunnelBuckets = []float64{0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600}
 
-// BreakerState is a circuit breaker's state as the
-// modgate.upstream.breaker.state gauge reports it.
-type BreakerState int
-
-// The breaker states, valued as the gauge reports them.
-const (
-	BreakerClosed   BreakerState = 0
-	BreakerHalfOpen BreakerState = 1
-	BreakerOpen     BreakerState = 2
-)
-
-// String returns the state as the modgate.breaker.state span attribute
-// spells it: closed, half-open or open.
-func (s BreakerState) String() string {
-	switch s {
-	case BreakerClosed:
-		return "closed"
-	case BreakerHalfOpen:
-		return "half-open"
-	case BreakerOpen:
-		return "open"
-	}
-	return fmt.Sprintf("BreakerState(%d)", int(s))
-}
-
 // BreakerReading is one upstream's breaker state at the time of a metrics
 // collection.
 type BreakerReading struct {
 	Upstream string
-	State    BreakerState
+	State    wire.BreakerState
 }
 
 type instruments struct {
@@ -98,7 +75,7 @@ type instruments struct {
 	up, down *options
 
 	// Pre-built option sets by their (bounded) values.
-	upstreamAttrs optionCache[[3]string] // upstream, kind, outcome
+	upstreamAttrs optionCache[attemptKey]
 	decisionAttrs optionCache[[2]string] // decision, rule
 	cacheAttrs    optionCache[string]    // result
 	serverAttrs   optionCache[serverKey]
@@ -108,10 +85,18 @@ type instruments struct {
 	active counters[activeKey]
 }
 
+// attemptKey is the attributes of modgate.upstream.request.duration.
+type attemptKey struct {
+	upstream string
+	kind     wire.Kind
+	outcome  string
+}
+
 // serverKey is the attributes of http.server.request.duration.
 type serverKey struct {
-	method, scheme, proto, kind string
-	status                      int
+	method, scheme, proto string
+	kind                  wire.Kind
+	status                int
 }
 
 // activeKey is the attributes of http.server.active_requests.
@@ -123,8 +108,8 @@ func (in *instruments) init(m metric.Meter) error {
 	in.retryReasons = cappedSet{max: maxRetryReasons, names: true}
 	in.up = newOptions(AttrDirection.String(DirectionUp))
 	in.down = newOptions(AttrDirection.String(DirectionDown))
-	in.upstreamAttrs.build = func(k [3]string) []attribute.KeyValue {
-		return []attribute.KeyValue{AttrUpstreamName.String(k[0]), AttrRequestKind.String(k[1]), AttrOutcome.String(k[2])}
+	in.upstreamAttrs.build = func(k attemptKey) []attribute.KeyValue {
+		return []attribute.KeyValue{AttrUpstreamName.String(k.upstream), AttrRequestKind.String(string(k.kind)), AttrOutcome.String(k.outcome)}
 	}
 	in.decisionAttrs.build = func(k [2]string) []attribute.KeyValue {
 		return []attribute.KeyValue{AttrPolicyDecision.String(k[0]), AttrPolicyRule.String(k[1])}
@@ -136,7 +121,7 @@ func (in *instruments) init(m metric.Meter) error {
 		kvs := []attribute.KeyValue{
 			semconv.HTTPRequestMethodKey.String(k.method), semconv.URLSchemeKey.String(k.scheme),
 			semconv.NetworkProtocolName("http"), semconv.NetworkProtocolVersion(k.proto),
-			semconv.HTTPResponseStatusCode(k.status), AttrRequestKind.String(k.kind),
+			semconv.HTTPResponseStatusCode(k.status), AttrRequestKind.String(string(k.kind)),
 		}
 		if k.status >= 500 {
 			// semconv: a server error's type is its status code.
@@ -151,42 +136,33 @@ func (in *instruments) init(m metric.Meter) error {
 			err = e
 		}
 	}
+	counter := func(name, unit, description string) metric.Int64Counter {
+		c, e := m.Int64Counter(name, metric.WithUnit(unit), metric.WithDescription(description))
+		try(e)
+		return c
+	}
+	histogram := func(name, description string, buckets []float64) metric.Float64Histogram {
+		h, e := m.Float64Histogram(name, metric.WithUnit("s"), metric.WithDescription(description),
+			metric.WithExplicitBucketBoundaries(buckets...))
+		try(e)
+		return h
+	}
+	in.upstreamDuration = histogram(MetricUpstreamDuration,
+		"Duration of one attempt at one upstream, from sending the request to the end of the response headers.", latencyBuckets)
 	var e error
-	in.upstreamDuration, e = m.Float64Histogram(MetricUpstreamDuration, metric.WithUnit("s"),
-		metric.WithDescription("Duration of one attempt at one upstream, from sending the request to the end of the response headers."),
-		metric.WithExplicitBucketBoundaries(latencyBuckets...))
-	try(e)
 	in.breakerState, e = m.Int64ObservableGauge(MetricBreakerState, metric.WithUnit("{state}"),
 		metric.WithDescription("Circuit breaker state of an upstream: 0 closed, 1 half-open, 2 open."))
 	try(e)
-	in.retries, e = m.Int64Counter(MetricRetries, metric.WithUnit("{retry}"),
-		metric.WithDescription("Requests sent again to the same upstream."))
-	try(e)
-	in.decisions, e = m.Int64Counter(MetricPolicyDecisions, metric.WithUnit("{decision}"),
-		metric.WithDescription("Policy decisions, by decision and rule."))
-	try(e)
-	in.reloadFailures, e = m.Int64Counter(MetricPolicyReloadFailures, metric.WithUnit("{failure}"),
-		metric.WithDescription("Policy reloads that failed and left the previous policy in force."))
-	try(e)
-	in.tunnelDuration, e = m.Float64Histogram(MetricTunnelDuration, metric.WithUnit("s"),
-		metric.WithDescription("Lifetime of CONNECT tunnels that were not intercepted."),
-		metric.WithExplicitBucketBoundaries(tunnelBuckets...))
-	try(e)
-	in.tunnelBytes, e = m.Int64Counter(MetricTunnelBytes, metric.WithUnit("By"),
-		metric.WithDescription("Bytes through CONNECT tunnels, up (client to origin) and down."))
-	try(e)
-	in.hedges, e = m.Int64Counter(MetricHedges, metric.WithUnit("{request}"),
-		metric.WithDescription("Hedged requests to an upstream: sent, and won (answered first)."))
-	try(e)
-	in.cacheRequests, e = m.Int64Counter(MetricCacheRequests, metric.WithUnit("{request}"),
-		metric.WithDescription("Cache lookups, by result: hit, miss or stale."))
-	try(e)
+	in.retries = counter(MetricRetries, "{retry}", "Requests sent again to the same upstream.")
+	in.decisions = counter(MetricPolicyDecisions, "{decision}", "Policy decisions, by decision and rule.")
+	in.reloadFailures = counter(MetricPolicyReloadFailures, "{failure}", "Policy reloads that failed and left the previous policy in force.")
+	in.tunnelDuration = histogram(MetricTunnelDuration, "Lifetime of CONNECT tunnels that were not intercepted.", tunnelBuckets)
+	in.tunnelBytes = counter(MetricTunnelBytes, "By", "Bytes through CONNECT tunnels, up (client to origin) and down.")
+	in.hedges = counter(MetricHedges, "{request}", "Hedged requests to an upstream: sent, and won (answered first).")
+	in.cacheRequests = counter(MetricCacheRequests, "{request}", "Cache lookups, by result: hit, miss or stale.")
 	// The two server metrics of semconv, with otelhttp's names, recorded
 	// by ServerMiddleware for sampled and unsampled requests alike.
-	in.serverDuration, e = m.Float64Histogram(MetricServerDuration, metric.WithUnit("s"),
-		metric.WithDescription("Duration of HTTP server requests."),
-		metric.WithExplicitBucketBoundaries(latencyBuckets...))
-	try(e)
+	in.serverDuration = histogram(MetricServerDuration, "Duration of HTTP server requests.", latencyBuckets)
 	activeGauge, e := m.Int64ObservableUpDownCounter(MetricServerActive, metric.WithUnit("{request}"),
 		metric.WithDescription("Number of active HTTP server requests."))
 	try(e)
@@ -211,12 +187,13 @@ func (in *instruments) init(m metric.Meter) error {
 // (upstream, kind). outcome is one of the Outcome constants. Rejected
 // attempts never reached the upstream, so they are counted but do not move
 // its baseline; error and timeout count as failures, notfound does not.
-func (t *Telemetry) RecordUpstream(ctx context.Context, upstream, kind, outcome string, d time.Duration) {
+func (t *Telemetry) RecordUpstream(ctx context.Context, upstream string, kind wire.Kind, outcome string, d time.Duration) {
 	if t == nil {
 		return
 	}
-	upstream, kind, outcome = t.inst.upstreams.value(upstream), NormalizeKind(kind), outcomes.value(outcome)
-	t.inst.upstreamDuration.Record(ctx, d.Seconds(), t.inst.upstreamAttrs.get([3]string{upstream, kind, outcome}).record...)
+	kind = kind.Normal()
+	upstream, outcome = t.inst.upstreams.value(upstream), outcomes.value(outcome)
+	t.inst.upstreamDuration.Record(ctx, d.Seconds(), t.inst.upstreamAttrs.get(attemptKey{upstream, kind, outcome}).record...)
 	if outcome != OutcomeRejected {
 		t.baselines.Observe(upstream, kind, d, outcome == OutcomeError || outcome == OutcomeTimeout)
 	}
@@ -224,7 +201,7 @@ func (t *Telemetry) RecordUpstream(ctx context.Context, upstream, kind, outcome 
 
 // UpstreamQuantile returns the q-quantile of upstream's latency for kind
 // over the baseline window, and the number of requests it rests on.
-func (t *Telemetry) UpstreamQuantile(upstream, kind string, q float64) (time.Duration, int64) {
+func (t *Telemetry) UpstreamQuantile(upstream string, kind wire.Kind, q float64) (time.Duration, int64) {
 	if t == nil {
 		return 0, 0
 	}
@@ -275,27 +252,41 @@ type CacheReading struct {
 // ObserveCache makes read the source of the modgate.cache.size gauge and
 // the modgate.cache.evictions counter. Call the returned function to stop.
 func (t *Telemetry) ObserveCache(read func() CacheReading) (unregister func() error, err error) {
+	return t.observeGaugeAndCounter("cache",
+		observable{MetricCacheSize, "By", "Bytes held by the artifact cache."},
+		observable{MetricCacheEvictions, "{entry}", "Cache entries evicted to stay under max_bytes."},
+		func(o metric.Observer, size metric.Int64ObservableGauge, evictions metric.Int64ObservableCounter) {
+			r := read()
+			o.ObserveInt64(size, r.Bytes)
+			o.ObserveInt64(evictions, r.Evictions)
+		})
+}
+
+// observable names an observable instrument.
+type observable struct{ name, unit, description string }
+
+// observeGaugeAndCounter makes a gauge and a counter that observe reads at
+// each collection (a Prometheus scrape, an OTLP export). what names them
+// in errors. Call the returned function to stop.
+func (t *Telemetry) observeGaugeAndCounter(what string, gauge, counter observable,
+	observe func(metric.Observer, metric.Int64ObservableGauge, metric.Int64ObservableCounter)) (unregister func() error, err error) {
 	if t == nil {
 		return func() error { return nil }, nil
 	}
-	size, err := t.meter.Int64ObservableGauge(MetricCacheSize, metric.WithUnit("By"),
-		metric.WithDescription("Bytes held by the artifact cache."))
+	g, err := t.meter.Int64ObservableGauge(gauge.name, metric.WithUnit(gauge.unit), metric.WithDescription(gauge.description))
 	if err != nil {
 		return nil, err
 	}
-	evictions, err := t.meter.Int64ObservableCounter(MetricCacheEvictions, metric.WithUnit("{entry}"),
-		metric.WithDescription("Cache entries evicted to stay under max_bytes."))
+	c, err := t.meter.Int64ObservableCounter(counter.name, metric.WithUnit(counter.unit), metric.WithDescription(counter.description))
 	if err != nil {
 		return nil, err
 	}
 	reg, err := t.meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
-		r := read()
-		o.ObserveInt64(size, r.Bytes)
-		o.ObserveInt64(evictions, r.Evictions)
+		observe(o, g, c)
 		return nil
-	}, size, evictions)
+	}, g, c)
 	if err != nil {
-		return nil, fmt.Errorf("telemetry: observe cache: %w", err)
+		return nil, fmt.Errorf("telemetry: observe %s: %w", what, err)
 	}
 	return reg.Unregister, nil
 }
@@ -314,35 +305,20 @@ type VerificationReading struct {
 // against the checksum database, 0 when they cannot be) and the
 // modgate.checksum.checks counter. Call the returned function to stop.
 func (t *Telemetry) ObserveVerification(read func() VerificationReading) (unregister func() error, err error) {
-	if t == nil {
-		return func() error { return nil }, nil
-	}
-	on, err := t.meter.Int64ObservableGauge(MetricChecksumVerification, metric.WithUnit("1"),
-		metric.WithDescription("1 when artifacts are verified against the checksum database before they are kept; 0 when they cannot be (no database, or no key for it)."))
-	if err != nil {
-		return nil, err
-	}
-	checks, err := t.meter.Int64ObservableCounter(MetricChecksumChecks, metric.WithUnit("{check}"),
-		metric.WithDescription("Artifacts checked against the checksum database, by result."))
-	if err != nil {
-		return nil, err
-	}
-	reg, err := t.meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
-		r := read()
-		v := int64(0)
-		if r.On {
-			v = 1
-		}
-		o.ObserveInt64(on, v)
-		for result, n := range r.Results {
-			o.ObserveInt64(checks, n, metric.WithAttributes(AttrChecksumResult.String(result)))
-		}
-		return nil
-	}, on, checks)
-	if err != nil {
-		return nil, fmt.Errorf("telemetry: observe verification: %w", err)
-	}
-	return reg.Unregister, nil
+	return t.observeGaugeAndCounter("verification",
+		observable{MetricChecksumVerification, "1", "1 when artifacts are verified against the checksum database before they are kept; 0 when they cannot be (no database, or no key for it)."},
+		observable{MetricChecksumChecks, "{check}", "Artifacts checked against the checksum database, by result."},
+		func(o metric.Observer, on metric.Int64ObservableGauge, checks metric.Int64ObservableCounter) {
+			r := read()
+			v := int64(0)
+			if r.On {
+				v = 1
+			}
+			o.ObserveInt64(on, v)
+			for result, n := range r.Results {
+				o.ObserveInt64(checks, n, metric.WithAttributes(AttrChecksumResult.String(result)))
+			}
+		})
 }
 
 // AddRetry counts one request sent again to upstream; reason says why
@@ -358,11 +334,12 @@ func (t *Telemetry) AddRetry(ctx context.Context, upstream, reason string) {
 		AttrRetryReason.String(t.inst.retryReasons.value(reason))))
 }
 
-// AddPolicyDecision counts one policy decision: decision is DecisionAllow or
-// DecisionDeny, rule the rule that decided as the policy file writes it
+// AddPolicyDecision counts one policy decision: decision is
+// wire.DecisionAllow or wire.DecisionDeny (any other is recorded as
+// "other"), rule the rule that decided as the policy file writes it
 // (e.g. "deny github.com/evil/*" or "default allow"; never the module it
 // matched), which the file bounds.
-func (t *Telemetry) AddPolicyDecision(ctx context.Context, decision, rule string) {
+func (t *Telemetry) AddPolicyDecision(ctx context.Context, decision wire.Decision, rule string) {
 	if t == nil {
 		return
 	}
@@ -390,9 +367,9 @@ func (t *Telemetry) RecordTunnel(ctx context.Context, d time.Duration, bytesUp, 
 	trace.SpanFromContext(ctx).SetAttributes(AttrTunnelBytesUp.Int64(bytesUp), AttrTunnelBytesDown.Int64(bytesDown))
 }
 
-// AddCacheRequest counts one cache lookup; result is CacheHit, CacheMiss or
-// CacheStale.
-func (t *Telemetry) AddCacheRequest(ctx context.Context, result string) {
+// AddCacheRequest counts one cache lookup; result is one of the
+// wire.CacheResult values (any other is recorded as "other").
+func (t *Telemetry) AddCacheRequest(ctx context.Context, result wire.CacheResult) {
 	if t == nil {
 		return
 	}

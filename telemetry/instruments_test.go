@@ -12,6 +12,8 @@ import (
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+
+	"github.com/modgate/modgate/sidecar/wire"
 )
 
 // keysOf returns the sorted attribute keys of a set.
@@ -29,14 +31,14 @@ func keysOf(s attribute.Set) string {
 func TestInstrumentsFollowTheContract(t *testing.T) {
 	tel, r := setup(t, Config{})
 	ctx := context.Background()
-	tel.RecordUpstream(ctx, "public", KindZip, OutcomeOK, 40*time.Millisecond)
+	tel.RecordUpstream(ctx, "public", wire.KindZip, OutcomeOK, 40*time.Millisecond)
 	tel.AddRetry(ctx, "public", "5xx")
 	tel.AddPolicyDecision(ctx, "deny", "github.com/evil/*")
 	tel.AddPolicyReloadFailure(ctx)
 	tel.RecordTunnel(ctx, 3*time.Second, 100, 2000)
-	tel.AddCacheRequest(ctx, CacheStale)
+	tel.AddCacheRequest(ctx, wire.CacheStale)
 	stop, err := tel.ObserveBreakers(func() []BreakerReading {
-		return []BreakerReading{{"internal", BreakerClosed}, {"public", BreakerOpen}}
+		return []BreakerReading{{"internal", wire.Closed}, {"public", wire.Open}}
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -109,10 +111,10 @@ func TestRecordUpstreamFeedsBaselines(t *testing.T) {
 	clock := &fakeClock{now: time.Unix(1_700_000_000, 0)}
 	tel, _ := setup(t, Config{Clock: clock})
 	ctx := context.Background()
-	tel.RecordUpstream(ctx, "public", KindInfo, OutcomeOK, 10*time.Millisecond)
-	tel.RecordUpstream(ctx, "public", KindInfo, OutcomeNotFound, 10*time.Millisecond)
-	tel.RecordUpstream(ctx, "public", KindInfo, OutcomeTimeout, 10*time.Second)
-	tel.RecordUpstream(ctx, "public", KindInfo, OutcomeRejected, 0) // never reached the upstream
+	tel.RecordUpstream(ctx, "public", wire.KindInfo, OutcomeOK, 10*time.Millisecond)
+	tel.RecordUpstream(ctx, "public", wire.KindInfo, OutcomeNotFound, 10*time.Millisecond)
+	tel.RecordUpstream(ctx, "public", wire.KindInfo, OutcomeTimeout, 10*time.Second)
+	tel.RecordUpstream(ctx, "public", wire.KindInfo, OutcomeRejected, 0) // never reached the upstream
 	rows := tel.Baselines().Snapshot().Rows
 	if len(rows) != 1 || rows[0].Count != 3 || rows[0].Errors != 1 {
 		t.Errorf("baseline rows %+v, want one row of 3 requests with 1 error", rows)
@@ -128,10 +130,10 @@ func TestMetricsCarryNoUnboundedLabel(t *testing.T) {
 	const n = 1000
 	for i := range n {
 		mod := fmt.Sprintf("fixture.test/mod%d", i)
-		tel.RecordUpstream(ctx, mod, mod+"/@v/list", "v1.0."+fmt.Sprint(i), time.Millisecond)
+		tel.RecordUpstream(ctx, mod, wire.Kind(mod+"/@v/list"), "v1.0."+fmt.Sprint(i), time.Millisecond)
 		tel.AddRetry(ctx, mod, mod)
-		tel.AddPolicyDecision(ctx, mod, mod)
-		tel.AddCacheRequest(ctx, mod)
+		tel.AddPolicyDecision(ctx, wire.Decision(mod), mod)
+		tel.AddCacheRequest(ctx, wire.CacheResult(mod))
 	}
 	stop, err := tel.ObserveBreakers(func() []BreakerReading {
 		var rs []BreakerReading
@@ -146,14 +148,14 @@ func TestMetricsCarryNoUnboundedLabel(t *testing.T) {
 	defer stop()
 
 	// The HTTP edges: every request names another module and another host.
-	srv := tel.ServerMiddleware(okHandler(), func(*http.Request) string { return "" })
+	srv := tel.ServerMiddleware(okHandler(), func(*http.Request) wire.Kind { return "" })
 	client := tel.ClientTransport(stubTransport(200))
 	for i := range 200 {
 		mod := fmt.Sprintf("fixture.test/mod%d", i)
 		req := httptest.NewRequest("GET", "http://origin"+fmt.Sprint(i)+".fixture.test/"+mod+"/@v/v1.0.0.info", nil)
 		srv.ServeHTTP(httptest.NewRecorder(), req)
 		creq := httptest.NewRequest("GET", "http://origin"+fmt.Sprint(i)+".fixture.test/"+mod+"/@v/list", nil).
-			WithContext(WithUpstream(ctx, "origin"+fmt.Sprint(i)+".fixture.test", KindList))
+			WithContext(WithUpstream(ctx, "origin"+fmt.Sprint(i)+".fixture.test", wire.KindList))
 		creq.RequestURI = ""
 		resp, err := client.RoundTrip(creq)
 		if err != nil {
@@ -225,21 +227,21 @@ func TestCappedSet(t *testing.T) {
 			t.Errorf("names.value(%q) = %q, want %q", in, got, want)
 		}
 	}
-	if NormalizeKind("zip") != "zip" || NormalizeKind("/evil/@v/list") != KindOther {
-		t.Error("NormalizeKind")
+	if wire.Kind("zip").Normal() != wire.KindZip || wire.Kind("/evil/@v/list").Normal() != wire.KindOther {
+		t.Error("Kind.Normal")
 	}
 }
 
 func TestPrometheusNames(t *testing.T) {
 	tel, _ := setup(t, Config{})
 	ctx := context.Background()
-	tel.RecordUpstream(ctx, "public", KindInfo, OutcomeOK, 10*time.Millisecond)
+	tel.RecordUpstream(ctx, "public", wire.KindInfo, OutcomeOK, 10*time.Millisecond)
 	tel.RecordTunnel(ctx, time.Second, 1, 2)
-	tel.AddCacheRequest(ctx, CacheHit)
+	tel.AddCacheRequest(ctx, wire.CacheHit)
 	tel.AddPolicyReloadFailure(ctx)
-	stop, _ := tel.ObserveBreakers(func() []BreakerReading { return []BreakerReading{{"public", BreakerHalfOpen}} })
+	stop, _ := tel.ObserveBreakers(func() []BreakerReading { return []BreakerReading{{"public", wire.HalfOpen}} })
 	defer stop()
-	tel.ServerMiddleware(okHandler(), func(*http.Request) string { return KindList }).
+	tel.ServerMiddleware(okHandler(), func(*http.Request) wire.Kind { return wire.KindList }).
 		ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/fixture.test/a/@v/list", nil))
 
 	rec := httptest.NewRecorder()
@@ -273,9 +275,9 @@ func TestRecordingAllocatesNothing(t *testing.T) {
 	tel, _ := setup(t, Config{})
 	ctx := context.Background()
 	record := func() {
-		tel.RecordUpstream(ctx, "public", KindInfo, OutcomeOK, time.Millisecond)
-		tel.AddPolicyDecision(ctx, DecisionAllow, "allow *")
-		tel.AddCacheRequest(ctx, CacheHit)
+		tel.RecordUpstream(ctx, "public", wire.KindInfo, OutcomeOK, time.Millisecond)
+		tel.AddPolicyDecision(ctx, wire.DecisionAllow, "allow *")
+		tel.AddCacheRequest(ctx, wire.CacheHit)
 	}
 	record() // builds the sets once
 	if n := testing.AllocsPerRun(100, record); n != 0 {

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/modgate/modgate/sidecar/wire"
 	"github.com/modgate/modgate/telemetry/jaegertest"
 )
 
@@ -40,9 +41,9 @@ func TestExportToJaeger(t *testing.T) {
 
 	h := tel.ServerMiddleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, span := tel.Tracer().Start(r.Context(), "policy")
-		span.SetAttributes(AttrPolicyDecision.String(DecisionAllow), AttrModulePath.String("fixture.test/a"))
+		span.SetAttributes(AttrPolicyDecision.String(string(wire.DecisionAllow)), AttrModulePath.String("fixture.test/a"))
 		span.End()
-		ctx := WithUpstream(r.Context(), "public", KindInfo)
+		ctx := WithUpstream(r.Context(), "public", wire.KindInfo)
 		req, _ := http.NewRequestWithContext(ctx, "GET", upstream.URL+"/fixture.test/a/@v/v1.0.0.info", nil)
 		resp, err := client.Do(req)
 		if err != nil {
@@ -51,7 +52,7 @@ func TestExportToJaeger(t *testing.T) {
 		}
 		defer resp.Body.Close()
 		io.Copy(w, resp.Body)
-	}), func(*http.Request) string { return KindInfo })
+	}), func(*http.Request) wire.Kind { return wire.KindInfo })
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, httptest.NewRequest("GET", "/fixture.test/a/@v/v1.0.0.info", nil))
 	if rec.Code != http.StatusOK {

@@ -11,6 +11,8 @@ import (
 
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/modgate/modgate/sidecar/wire"
 )
 
 // DefaultMaxTracesPerSecond is the rate of new traces (root spans) the
@@ -20,11 +22,11 @@ const DefaultMaxTracesPerSecond = 100
 // samplerFrom reads OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG as the
 // SDK does. The SDK builds its sampler from them inside NewTracerProvider and
 // does not hand it out; ServerMiddleware needs the sampler itself, to decide
-// before otelhttp runs, so the six names are read here. Unset, it is modgate's
-// default: a sampled parent is followed, and new traces are limited to
-// maxPerSecond (a build of thousands of modules then costs a bounded number
-// of spans, however fast it goes).
-func samplerFrom(getenv func(string) string, maxPerSecond float64, now func() time.Time) (sdktrace.Sampler, error) {
+// before otelhttp runs, so the six names are read here. Unset, it is def:
+// for the server, modgate's default, where a sampled parent is followed and
+// new traces are limited to a rate (a build of thousands of modules then
+// costs a bounded number of spans, however fast it goes).
+func samplerFrom(getenv func(string) string, def sdktrace.Sampler) (sdktrace.Sampler, error) {
 	name := strings.ToLower(getenv("OTEL_TRACES_SAMPLER"))
 	arg := getenv("OTEL_TRACES_SAMPLER_ARG")
 	ratio := func() (float64, error) {
@@ -39,7 +41,7 @@ func samplerFrom(getenv func(string) string, maxPerSecond float64, now func() ti
 	}
 	switch name {
 	case "":
-		return sdktrace.ParentBased(newRateLimited(maxPerSecond, now)), nil
+		return def, nil
 	case "parentbased_always_on":
 		return sdktrace.ParentBased(sdktrace.AlwaysSample()), nil
 	case "always_on":
@@ -65,19 +67,19 @@ func samplerFrom(getenv func(string) string, maxPerSecond float64, now func() ti
 // pay for a whole second of traces at once).
 type rateLimited struct {
 	rate, burst float64
-	now         func() time.Time
+	clock       wire.Clock
 
 	mu     sync.Mutex
 	tokens float64
 	last   time.Time
 }
 
-func newRateLimited(rate float64, now func() time.Time) *rateLimited {
+func newRateLimited(rate float64, clock wire.Clock) *rateLimited {
 	burst := max(1, rate/10)
 	if rate <= 0 {
 		burst = 0
 	}
-	return &rateLimited{rate: rate, burst: burst, now: now, tokens: burst, last: now()}
+	return &rateLimited{rate: rate, burst: burst, clock: clock, tokens: burst, last: clock.Now()}
 }
 
 func (s *rateLimited) ShouldSample(p sdktrace.SamplingParameters) sdktrace.SamplingResult {
@@ -94,7 +96,7 @@ func (s *rateLimited) take() bool {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	now := s.now()
+	now := s.clock.Now()
 	if el := now.Sub(s.last); el > 0 {
 		s.tokens = min(s.burst, s.tokens+el.Seconds()*s.rate)
 		s.last = now

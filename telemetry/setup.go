@@ -25,6 +25,8 @@ import (
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
+
+	"github.com/modgate/modgate/sidecar/wire"
 )
 
 // ScopeName is the instrumentation scope of modgate's own spans and
@@ -61,9 +63,9 @@ type Config struct {
 	// BaselineWindow is how far back the baselines reach. If zero,
 	// DefaultBaselineWindow.
 	BaselineWindow time.Duration
-	// Clock tells time to the baselines and the default sampler's rate
-	// limit. If nil, the system clock.
-	Clock Clock
+	// Clock tells time to the baselines, the default sampler's rate limit
+	// and the server metrics. If nil, wire.SystemClock.
+	Clock wire.Clock
 
 	// SpanExporters receive every sampled span too, batched like the OTLP
 	// exporter's: an in-process consumer (a benchmark's counter, an
@@ -90,6 +92,7 @@ type Telemetry struct {
 	exporting  string
 	sampler    sdktrace.Sampler // as configured; ServerMiddleware asks it before otelhttp
 	disabled   bool             // OTEL_SDK_DISABLED=true
+	clock      wire.Clock
 
 	inst instruments
 
@@ -112,50 +115,93 @@ func (cfg Config) getenv() func(string) string {
 // handler and, when an exporter is configured, to it. Go runtime metrics are
 // started. The caller must call Shutdown, which flushes what is buffered.
 func Setup(ctx context.Context, cfg Config) (*Telemetry, error) {
-	getenv := cfg.getenv()
-
-	res, err := newResource(ctx, cfg, getenv)
+	env, err := cfg.base(ctx)
 	if err != nil {
 		return nil, err
 	}
-	disabled := strings.EqualFold(getenv("OTEL_SDK_DISABLED"), "true")
+	clock := cfg.Clock
+	if clock == nil {
+		clock = wire.SystemClock{}
+	}
 	maxTraces := cfg.MaxTracesPerSecond
 	if maxTraces == 0 {
 		maxTraces = DefaultMaxTracesPerSecond
 	}
-	now := time.Now
-	if cfg.Clock != nil {
-		now = cfg.Clock.Now
-	}
-	sampler, err := samplerFrom(getenv, maxTraces, now)
+	sampler, err := env.sampler(sdktrace.ParentBased(newRateLimited(maxTraces, clock)))
 	if err != nil {
 		return nil, err
 	}
-	if disabled {
-		// A disabled SDK records no span at all; /metrics keeps working.
-		sampler = sdktrace.NeverSample()
-	}
-
 	t := &Telemetry{
 		prop:       propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}),
 		serverName: cfg.ServerName,
 		sampler:    sampler,
-		disabled:   disabled,
+		disabled:   env.disabled,
+		clock:      clock,
 	}
 	if t.serverName == "" {
-		t.serverName = serviceName(cfg, getenv)
+		t.serverName = serviceName(cfg, env.getenv)
 	}
-	var exporting []string
+	traces, err := t.setupTraces(ctx, cfg, env)
+	if err != nil {
+		return nil, err
+	}
+	metrics, err := t.setupMetrics(ctx, cfg, env)
+	if err != nil {
+		t.tp.Shutdown(ctx)
+		return nil, err
+	}
+	if err := t.startInstruments(cfg.Version); err != nil {
+		t.Shutdown(ctx)
+		return nil, err
+	}
+	t.baselines = NewBaselines(cfg.BaselineWindow, clock)
+	t.exporting = describeExport(env.disabled, append(traces, metrics...), sampler)
+	return t, nil
+}
 
-	// Traces.
+// providerBase is what both tracer providers (Setup's and SetupBuildTracing's)
+// start from.
+type providerBase struct {
+	getenv   func(string) string // Config.getenv
+	res      *resource.Resource
+	disabled bool // OTEL_SDK_DISABLED=true
+}
+
+func (cfg Config) base(ctx context.Context) (providerBase, error) {
+	getenv := cfg.getenv()
+	res, err := newResource(ctx, cfg, getenv)
+	if err != nil {
+		return providerBase{}, err
+	}
+	return providerBase{getenv: getenv, res: res, disabled: strings.EqualFold(getenv("OTEL_SDK_DISABLED"), "true")}, nil
+}
+
+// sampler is the sampler OTEL_TRACES_SAMPLER names, def when it names
+// none, and one that records no span at all when the SDK is disabled
+// (/metrics keeps working then).
+func (e providerBase) sampler(def sdktrace.Sampler) (sdktrace.Sampler, error) {
+	sampler, err := samplerFrom(e.getenv, def)
+	if err != nil {
+		return nil, err
+	}
+	if e.disabled {
+		return sdktrace.NeverSample(), nil
+	}
+	return sampler, nil
+}
+
+// setupTraces makes the tracer provider: sampled spans go to the
+// in-process trace view, the exporter the environment names (if any) and
+// cfg.SpanExporters. It returns what is exported, for Exporting.
+func (t *Telemetry) setupTraces(ctx context.Context, cfg Config, env providerBase) (exporting []string, err error) {
 	zp := zpages.NewSpanProcessor()
 	topts := []sdktrace.TracerProviderOption{
-		sdktrace.WithResource(res),
-		sdktrace.WithSampler(earlySampler{sampler}),
+		sdktrace.WithResource(env.res),
+		sdktrace.WithSampler(earlySampler{t.sampler}),
 		sdktrace.WithIDGenerator(idGenerator{}),
 		sdktrace.WithSpanProcessor(zp),
 	}
-	if name, ok := exporterWanted(getenv, "TRACES", disabled); ok {
+	if name, ok := exporterWanted(env.getenv, "TRACES", env.disabled); ok {
 		exp, err := autoexport.NewSpanExporter(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("telemetry: traces exporter: %w", err)
@@ -168,19 +214,23 @@ func Setup(ctx context.Context, cfg Config) (*Telemetry, error) {
 	}
 	t.tp = sdktrace.NewTracerProvider(topts...)
 	t.tracez = zpages.NewTracezHandler(zp)
+	return exporting, nil
+}
 
-	// Metrics. Prometheus gets a registry of its own: the global one would
-	// mix in whatever else the process registers and break a second Setup
-	// in the same process (tests).
+// setupMetrics makes the meter provider: metrics go to the Prometheus
+// handler and to the exporter the environment names (if any). Prometheus
+// gets a registry of its own: the global one would mix in whatever else
+// the process registers and break a second Setup in the same process
+// (tests). It returns what is exported, for Exporting.
+func (t *Telemetry) setupMetrics(ctx context.Context, cfg Config, env providerBase) (exporting []string, err error) {
 	reg := prometheus.NewRegistry()
 	promExp, err := otelprom.New(otelprom.WithRegisterer(reg))
 	if err != nil {
-		t.tp.Shutdown(ctx)
 		return nil, fmt.Errorf("telemetry: prometheus exporter: %w", err)
 	}
 	t.metrics = promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
 	mopts := []sdkmetric.Option{
-		sdkmetric.WithResource(res),
+		sdkmetric.WithResource(env.res),
 		sdkmetric.WithReader(promExp),
 		// A backstop behind the bounded attributes: should a series
 		// explosion slip through anyway, the SDK folds the excess into
@@ -190,43 +240,49 @@ func Setup(ctx context.Context, cfg Config) (*Telemetry, error) {
 	if cfg.reader != nil {
 		mopts = append(mopts, sdkmetric.WithReader(cfg.reader))
 	}
-	if name, ok := exporterWanted(getenv, "METRICS", disabled); ok {
+	if name, ok := exporterWanted(env.getenv, "METRICS", env.disabled); ok {
 		r, err := autoexport.NewMetricReader(ctx)
 		if err != nil {
-			t.tp.Shutdown(ctx)
 			return nil, fmt.Errorf("telemetry: metrics exporter: %w", err)
 		}
 		mopts = append(mopts, sdkmetric.WithReader(r))
 		exporting = append(exporting, "metrics ("+name+")")
 	}
 	t.mp = sdkmetric.NewMeterProvider(mopts...)
+	return exporting, nil
+}
 
-	t.tracer = t.tp.Tracer(ScopeName, trace.WithInstrumentationVersion(cfg.Version))
-	t.meter = t.mp.Meter(ScopeName, metric.WithInstrumentationVersion(cfg.Version))
+// startInstruments makes modgate's tracer, meter and instruments, and
+// starts the Go runtime metrics.
+func (t *Telemetry) startInstruments(version string) error {
+	t.tracer = t.tp.Tracer(ScopeName, trace.WithInstrumentationVersion(version))
+	t.meter = t.mp.Meter(ScopeName, metric.WithInstrumentationVersion(version))
 	if err := t.inst.init(t.meter); err != nil {
-		t.Shutdown(ctx)
-		return nil, err
+		return err
 	}
 	// Each collection (a scrape, an export) reads the runtime's metrics
 	// afresh: runtime/metrics costs microseconds and only runs then, and a
 	// 15 s old allocation count (the library's default, also what it makes
 	// of 0) misleads.
 	if err := runtime.Start(runtime.WithMeterProvider(t.mp), runtime.WithMinimumReadMemStatsInterval(time.Millisecond)); err != nil {
-		t.Shutdown(ctx)
-		return nil, fmt.Errorf("telemetry: runtime metrics: %w", err)
+		return fmt.Errorf("telemetry: runtime metrics: %w", err)
 	}
-	t.baselines = NewBaselines(cfg.BaselineWindow, cfg.Clock)
+	return nil
+}
 
+// describeExport says in a few words where spans and metrics go, for
+// Exporting.
+func describeExport(disabled bool, exporting []string, sampler sdktrace.Sampler) string {
+	var s string
 	switch {
 	case disabled:
-		t.exporting = "no export, no spans (OTEL_SDK_DISABLED=true)"
+		s = "no export, no spans (OTEL_SDK_DISABLED=true)"
 	case len(exporting) == 0:
-		t.exporting = "no export (OTEL_EXPORTER_OTLP_ENDPOINT is not set)"
+		s = "no export (OTEL_EXPORTER_OTLP_ENDPOINT is not set)"
 	default:
-		t.exporting = "export of " + strings.Join(exporting, ", ")
+		s = "export of " + strings.Join(exporting, ", ")
 	}
-	t.exporting += "; sampler " + sampler.Description()
-	return t, nil
+	return s + "; sampler " + sampler.Description()
 }
 
 // exporterWanted says whether a signal ("TRACES" or "METRICS") is to be

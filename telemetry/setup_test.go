@@ -17,6 +17,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 	colmetricpb "go.opentelemetry.io/proto/otlp/collector/metrics/v1"
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
@@ -24,6 +25,8 @@ import (
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/modgate/modgate/sidecar/wire"
 )
 
 func TestMain(m *testing.M) {
@@ -172,7 +175,7 @@ func TestSetupExportsOverOTLPHTTP(t *testing.T) {
 	_, child := tel.Tracer().Start(ctx, "GET info", trace.WithSpanKind(trace.SpanKindClient))
 	child.End()
 	parent.End()
-	tel.RecordUpstream(ctx, "public", KindInfo, OutcomeOK, 12*time.Millisecond)
+	tel.RecordUpstream(ctx, "public", wire.KindInfo, OutcomeOK, 12*time.Millisecond)
 
 	if err := tel.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
@@ -221,7 +224,7 @@ func TestSetupSignalSpecificEndpoints(t *testing.T) {
 	}
 	_, span := tel.Tracer().Start(context.Background(), "CONNECT")
 	span.End()
-	tel.AddCacheRequest(context.Background(), CacheHit)
+	tel.AddCacheRequest(context.Background(), wire.CacheHit)
 	if err := tel.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -248,7 +251,7 @@ func TestSetupNoEndpointExportsNothing(t *testing.T) {
 		}
 		_, span := tel.Tracer().Start(context.Background(), "GET zip")
 		span.End()
-		tel.RecordUpstream(context.Background(), "public", KindZip, OutcomeOK, time.Second)
+		tel.RecordUpstream(context.Background(), "public", wire.KindZip, OutcomeOK, time.Second)
 
 		// /metrics and /debug/tracez work all the same.
 		rec := httptest.NewRecorder()
@@ -286,7 +289,7 @@ func TestSetupSDKDisabled(t *testing.T) {
 		t.Error("a span records with OTEL_SDK_DISABLED=true")
 	}
 	span.End()
-	tel.AddCacheRequest(context.Background(), CacheHit)
+	tel.AddCacheRequest(context.Background(), wire.CacheHit)
 	rec := httptest.NewRecorder()
 	tel.MetricsHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
 	if !strings.Contains(rec.Body.String(), "modgate_cache_requests_total") {
@@ -385,7 +388,7 @@ func TestSampler(t *testing.T) {
 		{"parentbased_traceidratio", "0.5", "ParentBased{root:TraceIDRatioBased{0.5}"},
 		{"parentbased_always_off", "", "ParentBased{root:AlwaysOffSampler"},
 	} {
-		s, err := samplerFrom(envOf(map[string]string{"OTEL_TRACES_SAMPLER": tc.sampler, "OTEL_TRACES_SAMPLER_ARG": tc.arg}), 7, time.Now)
+		s, err := samplerFrom(envOf(map[string]string{"OTEL_TRACES_SAMPLER": tc.sampler, "OTEL_TRACES_SAMPLER_ARG": tc.arg}), sdktrace.ParentBased(newRateLimited(7, wire.SystemClock{})))
 		if err != nil {
 			t.Errorf("%s(%s): %v", tc.sampler, tc.arg, err)
 			continue
@@ -444,12 +447,12 @@ func TestPropagatorContinuesTraceAndBaggage(t *testing.T) {
 func TestNilTelemetryIsANoOp(t *testing.T) {
 	var tel *Telemetry
 	ctx := context.Background()
-	tel.RecordUpstream(ctx, "a", KindZip, OutcomeOK, time.Second)
+	tel.RecordUpstream(ctx, "a", wire.KindZip, OutcomeOK, time.Second)
 	tel.AddRetry(ctx, "a", "5xx")
 	tel.AddPolicyDecision(ctx, "deny", "r")
 	tel.AddPolicyReloadFailure(ctx)
 	tel.RecordTunnel(ctx, time.Second, 1, 2)
-	tel.AddCacheRequest(ctx, CacheHit)
+	tel.AddCacheRequest(ctx, wire.CacheHit)
 	stop, err := tel.ObserveBreakers(func() []BreakerReading { return nil })
 	if err != nil || stop() != nil {
 		t.Error("ObserveBreakers on nil")

@@ -27,6 +27,8 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/redis/go-redis/v9/maintnotifications"
 	"github.com/sony/gobreaker/v2"
+
+	"github.com/modgate/modgate/sidecar/wire"
 )
 
 // Config says how to reach Redis. It is plain data, filled by the CLI.
@@ -56,6 +58,10 @@ type Config struct {
 	// BackOff is how long Redis is treated as unavailable, without being
 	// asked, after a few calls in a row failed. If zero, 3s.
 	BackOff time.Duration
+	// Clock tells time to news (when it was sent, how long an open
+	// breaker lasts), leases' renewal and waits, and Status. If nil,
+	// wire.SystemClock. Redis keeps its own time for keys' TTLs.
+	Clock wire.Clock
 }
 
 // Timeouts of the Redis client: Redis is on the same network, and a
@@ -83,6 +89,7 @@ type Fleet struct {
 	url      string // redacted
 	password string // to scrub from error texts
 	secret   []byte
+	clock    wire.Clock
 	cb       *gobreaker.CircuitBreaker[struct{}]
 
 	watchOnce sync.Once
@@ -134,7 +141,11 @@ func Open(cfg Config) (*Fleet, error) {
 		url:      redactURL(cfg.URL),
 		password: opt.Password,
 		secret:   append([]byte(nil), cfg.Secret...),
+		clock:    cfg.Clock,
 		subs:     map[*subscription]struct{}{},
+	}
+	if f.clock == nil {
+		f.clock = wire.SystemClock{}
 	}
 	if f.replica == "" {
 		f.replica = randomHex(8)
@@ -246,7 +257,7 @@ func (f *Fleet) do(ctx context.Context, call func(ctx context.Context) error) er
 func (f *Fleet) failed(err error) {
 	f.up.Store(false)
 	f.errMu.Lock()
-	f.lastErr, f.lastErrAt = f.scrub(err.Error()), time.Now()
+	f.lastErr, f.lastErrAt = f.scrub(err.Error()), f.clock.Now()
 	f.errMu.Unlock()
 }
 

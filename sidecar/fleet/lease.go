@@ -140,13 +140,13 @@ func (l *Lease) KeepAlive() {
 	l.keepStart.Do(func() {
 		go func() {
 			defer close(l.keepDone)
-			t := time.NewTicker(l.ttl / 3)
-			defer t.Stop()
 			for {
+				tick, stop := l.f.clock.After(l.ttl / 3)
 				select {
 				case <-l.stopKeep:
+					stop()
 					return
-				case <-t.C:
+				case <-tick:
 				}
 				var kept int64
 				err := l.f.do(context.Background(), func(ctx context.Context) error {
@@ -179,9 +179,6 @@ func (f *Fleet) Wait(ctx context.Context, key string) error {
 	wake := w.add(h)
 	defer w.remove(h, wake)
 	rkey := f.key("lease", h)
-	timer := time.NewTimer(0)
-	defer timer.Stop()
-	<-timer.C
 	for {
 		var left time.Duration
 		var holder string
@@ -216,14 +213,13 @@ func (f *Fleet) Wait(ctx context.Context, key string) error {
 		if left > 0 && left < next {
 			next = left + time.Millisecond
 		}
-		timer.Reset(next)
+		timer, stop := f.clock.After(next)
 		select {
 		case <-wake:
-			if !timer.Stop() {
-				<-timer.C
-			}
-		case <-timer.C:
+			stop()
+		case <-timer:
 		case <-ctx.Done():
+			stop()
 			f.waitTimeout.Add(1)
 			return ctx.Err()
 		}

@@ -38,7 +38,7 @@ func (f *Fleet) Publish(ctx context.Context, n News) {
 	rkey := f.key("breaker", n.Upstream)
 	var left time.Duration
 	if n.Open {
-		if left = time.Until(n.Until); left <= 0 {
+		if left = n.Until.Sub(f.clock.Now()); left <= 0 {
 			return // already over
 		}
 	} else {
@@ -48,7 +48,7 @@ func (f *Fleet) Publish(ctx context.Context, n News) {
 	if err != nil {
 		return
 	}
-	payload := f.seal("news", time.Now(), string(body))
+	payload := f.seal("news", f.clock.Now(), string(body))
 	ctx, cancel := context.WithTimeout(ctx, newsTimeout)
 	defer cancel()
 	err = f.do(ctx, func(ctx context.Context) error {
@@ -176,7 +176,7 @@ func (f *Fleet) openNow(handle func(News)) {
 			f.reject("stored breaker news", err)
 			continue
 		}
-		if !n.Open || !n.Until.After(time.Now()) {
+		if !n.Open || !n.Until.After(f.clock.Now()) {
 			continue
 		}
 		f.deliver(n, handle)
@@ -192,7 +192,7 @@ func (f *Fleet) readNews(msg string, published bool) (News, error) {
 	if err != nil {
 		return n, err
 	}
-	now := time.Now()
+	now := f.clock.Now()
 	if at.After(now.Add(clockSkew)) {
 		return n, fmt.Errorf("fleet: news from the future (%s)", at.UTC().Format(time.RFC3339))
 	}

@@ -22,6 +22,8 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
+
+	"github.com/modgate/modgate/sidecar/wire"
 )
 
 // The files of a CA directory.
@@ -107,7 +109,7 @@ type CA struct {
 	key  *ecdsa.PrivateKey
 	// leafKey is shared by all leaves: minting is then one signature.
 	leafKey *ecdsa.PrivateKey
-	now     func() time.Time
+	clock   wire.Clock // tells leaves' validity; a test moves it
 
 	mu     sync.Mutex
 	leaves map[string]*list.Element // of *leafEntry, most recent first in order
@@ -143,7 +145,7 @@ func Load(dir string) (*CA, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &CA{cert: cert, key: key, leafKey: leafKey, now: time.Now, leaves: map[string]*list.Element{}, order: list.New()}, nil
+	return &CA{cert: cert, key: key, leafKey: leafKey, clock: wire.SystemClock{}, leaves: map[string]*list.Element{}, order: list.New()}, nil
 }
 
 // Certificate returns the CA certificate.
@@ -164,7 +166,7 @@ type leafEntry struct {
 func (ca *CA) Leaf(host string) (*tls.Certificate, error) {
 	ca.mu.Lock()
 	defer ca.mu.Unlock()
-	now := ca.now()
+	now := ca.clock.Now()
 	if e, ok := ca.leaves[host]; ok {
 		c := e.Value.(*leafEntry).cert
 		if now.Before(c.Leaf.NotAfter.Add(-leafValidity / 2)) {

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/modgate/modgate/sidecar/wire"
 )
 
 func TestInitLoadAndLeaves(t *testing.T) {
@@ -70,7 +72,7 @@ func TestInitLoadAndLeaves(t *testing.T) {
 	if a != b {
 		t.Errorf("leaf not cached")
 	}
-	ca.now = func() time.Time { return time.Now().Add(5 * 24 * time.Hour) }
+	ca.clock = laterClock{by: 5 * 24 * time.Hour}
 	if c, _ := ca.Leaf("proxy.example.test"); c == a {
 		t.Errorf("a leaf near expiry was not minted again")
 	}
@@ -116,3 +118,11 @@ func TestLeafCacheIsBounded(t *testing.T) {
 		t.Errorf("re-minting an evicted host: %d cached", ca.Leaves())
 	}
 }
+
+// laterClock is the real clock moved on by a fixed amount.
+type laterClock struct {
+	wire.SystemClock
+	by time.Duration
+}
+
+func (c laterClock) Now() time.Time { return time.Now().Add(c.by) }

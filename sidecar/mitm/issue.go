@@ -55,7 +55,7 @@ func (ca *CA) issue(tmpl *x509.Certificate) (certPEM, keyPEM []byte, err error) 
 	if err != nil {
 		return nil, nil, err
 	}
-	now := ca.now()
+	now := ca.clock.Now()
 	tmpl.SerialNumber = serial()
 	tmpl.NotBefore = now.Add(-time.Hour)
 	tmpl.NotAfter = now.Add(IssuedValidity)

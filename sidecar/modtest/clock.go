@@ -7,9 +7,9 @@ import (
 )
 
 // Clock is a fake clock for code that takes one with Now, Sleep and After
-// (such as modgate's upstreams): time moves only when the test calls
-// Advance, Sleep moves it at once instead of waiting, and timers from
-// After fire when time passes them. Safe for concurrent use.
+// (sidecar/wire.Clock, which every package takes): time moves only when
+// the test calls Advance, Sleep moves it at once instead of waiting, and
+// timers from After fire when time passes them. Safe for concurrent use.
 type Clock struct {
 	mu     sync.Mutex
 	now    time.Time

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/modgate/modgate/sidecar/wire"
 )
 
 // This file classifies destination addresses: which ones are not on the
@@ -260,8 +262,8 @@ type Machine struct {
 	// that comes up is refused within that, and a guard costs one
 	// interface listing per period at most.
 	Refresh time.Duration
-	// Now tells time. If nil, time.Now.
-	Now func() time.Time
+	// Clock tells time. If nil, wire.SystemClock.
+	Clock wire.Clock
 
 	mu   sync.Mutex
 	read time.Time
@@ -277,9 +279,9 @@ var thisMachine = &Machine{}
 // Has reports whether a is one of the machine's addresses.
 func (m *Machine) Has(a netip.Addr) bool {
 	a = a.Unmap().WithZone("")
-	now := time.Now
-	if m.Now != nil {
-		now = m.Now
+	var clock wire.Clock = wire.SystemClock{}
+	if m.Clock != nil {
+		clock = m.Clock
 	}
 	refresh := m.Refresh
 	if refresh <= 0 {
@@ -287,7 +289,7 @@ func (m *Machine) Has(a netip.Addr) bool {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if t := now(); m.set == nil || t.Sub(m.read) >= refresh || t.Before(m.read) {
+	if t := clock.Now(); m.set == nil || t.Sub(m.read) >= refresh || t.Before(m.read) {
 		list := net.InterfaceAddrs
 		if m.Addrs != nil {
 			list = m.Addrs

@@ -18,6 +18,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/modgate/modgate/sidecar/wire"
 )
 
 // lockedServer answers 200 to requests whose Authorization is the one it
@@ -132,7 +134,7 @@ default login anon password anon
 			if err := os.WriteFile(name, []byte(content), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			u := newTestUpstream(t, Config{URL: srv.URL, Auth: c.auth(host), Retry: RetrySettings{Attempts: 1}}, SystemClock{})
+			u := newTestUpstream(t, Config{URL: srv.URL, Auth: c.auth(host), Retry: RetrySettings{Attempts: 1}}, wire.SystemClock{})
 			if u.AuthKind() != c.kind || u.Status().Auth != c.kind {
 				t.Errorf("kind %q, status %q; want %q", u.AuthKind(), u.Status().Auth, c.kind)
 			}

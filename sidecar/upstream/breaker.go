@@ -99,7 +99,7 @@ var errAbandoned = errors.New("abandoned by the client")
 type breaker struct {
 	name     string
 	settings BreakerSettings
-	clock    Clock
+	clock    wire.Clock
 	log      *slog.Logger
 	describe func(error) string // a failure in words
 	cb       *gobreaker.TwoStepCircuitBreaker[struct{}]
@@ -138,7 +138,7 @@ type Failure struct {
 
 const keepFailures = 10
 
-func newBreaker(name string, s BreakerSettings, clock Clock, log *slog.Logger, describe func(error) string) *breaker {
+func newBreaker(name string, s BreakerSettings, clock wire.Clock, log *slog.Logger, describe func(error) string) *breaker {
 	b := &breaker{name: name, settings: s, clock: clock, log: log, describe: describe}
 	if s.Disabled {
 		return b
@@ -390,7 +390,7 @@ func (b *breaker) status() BreakerStatus {
 	case own <= 0 && held > 0:
 		st.OpenReason = heldReason(b.newsReason)
 		st.HalfOpenInSecs = math.Ceil(held.Seconds())
-	case st.State != "closed":
+	case st.State != wire.Closed.String():
 		st.OpenReason = b.reason
 	}
 	st.Recent = append(st.Recent, b.failures...)

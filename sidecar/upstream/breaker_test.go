@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/modgate/modgate/sidecar/modtest"
+	"github.com/modgate/modgate/sidecar/wire"
 )
 
 func newFakeClock() *modtest.Clock { return modtest.NewClock() }
@@ -40,7 +41,7 @@ func newSwitchable(t *testing.T, status int) *switchable {
 	return s
 }
 
-func newTestUpstream(t *testing.T, cfg Config, clock Clock) *Upstream {
+func newTestUpstream(t *testing.T, cfg Config, clock wire.Clock) *Upstream {
 	t.Helper()
 	if cfg.Name == "" {
 		cfg.Name = "up"

@@ -190,7 +190,7 @@ func (r Result) Loop() bool {
 // Chain is the ordered list of upstreams of one modgate.
 type Chain struct {
 	list  []*Upstream
-	clock Clock // times hedges
+	clock wire.Clock // times hedges
 }
 
 // NewChain builds the upstreams of cfgs, naming each after its host when the
@@ -198,7 +198,7 @@ type Chain struct {
 func NewChain(cfgs []Config, opts Options) (*Chain, error) {
 	c := &Chain{clock: opts.Clock}
 	if c.clock == nil {
-		c.clock = SystemClock{}
+		c.clock = wire.SystemClock{}
 	}
 	seen := map[string]bool{}
 	for _, cfg := range cfgs {

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/modgate/modgate/sidecar/wire"
 )
 
 // news is one call of Options.BreakerNews.
@@ -17,7 +19,7 @@ type news struct {
 }
 
 // newsUpstream is an upstream whose breaker news go to the returned channel.
-func newsUpstream(t *testing.T, url string, clock Clock) (*Upstream, chan news) {
+func newsUpstream(t *testing.T, url string, clock wire.Clock) (*Upstream, chan news) {
 	t.Helper()
 	c := make(chan news, 10)
 	u, err := New(Config{Name: "up", URL: url, Retry: RetrySettings{Attempts: 1}}, Options{

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/modgate/modgate/sidecar/wire"
 )
 
 // RetrySettings configure retries against one upstream. A zero field takes
@@ -122,7 +124,7 @@ func (s RetrySettings) backoff(n int) time.Duration {
 type budget struct {
 	ratio  float64
 	window time.Duration
-	clock  Clock
+	clock  wire.Clock
 
 	mu                     sync.Mutex
 	start                  time.Time // of the current window

@@ -25,6 +25,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/modgate/modgate/sidecar/wire"
 	"github.com/modgate/modgate/telemetry"
 )
 
@@ -126,8 +127,9 @@ type Options struct {
 	Via string
 	// UserAgent is sent with every upstream request. If empty, "modgate".
 	UserAgent string
-	// Clock tells time to breakers, retries and budgets. If nil, SystemClock.
-	Clock Clock
+	// Clock tells time to breakers, retries and budgets. If nil,
+	// wire.SystemClock.
+	Clock wire.Clock
 	// Logger receives breaker state changes. If nil, they are discarded.
 	Logger *slog.Logger
 	// Dial, if set, makes every connection (forward mode's guarded dialer).
@@ -199,7 +201,7 @@ type Upstream struct {
 	retry     RetrySettings
 	breaker   *breaker
 	budget    *budget
-	clock     Clock
+	clock     wire.Clock
 	tel       *telemetry.Telemetry
 	metric    string // the name metrics use
 	urlHash   string // of the URL without credentials, for NewsID
@@ -220,7 +222,7 @@ func New(cfg Config, opts Options) (*Upstream, error) {
 		urlHash:     hashURL(cfg.URL),
 	}
 	if u.clock == nil {
-		u.clock = SystemClock{}
+		u.clock = wire.SystemClock{}
 	}
 	logger := opts.Logger
 	if logger == nil {
@@ -547,7 +549,7 @@ func (u *Upstream) Do(ctx context.Context, req Request) (*http.Response, error) 
 			u.tel.RecordUpstream(ctx, u.metric, kind, telemetry.OutcomeRejected, 0)
 			return nil, err
 		}
-		tctx := telemetry.WithAttempt(ctx, u.metric, kind, u.breaker.state().String(), try)
+		tctx := telemetry.WithAttempt(ctx, u.metric, kind, u.breaker.state(), try)
 		start := u.clock.Now()
 		resp, err := u.try(tctx, req)
 		elapsed := u.clock.Now().Sub(start)
@@ -703,16 +705,16 @@ var ErrRefused = errors.New("refused by modgate's guard")
 
 // WithKind returns a context that tells the upstream what kind of request
 // it carries (list, zip, ...), for its spans and metrics.
-func WithKind(ctx context.Context, kind string) context.Context {
+func WithKind(ctx context.Context, kind wire.Kind) context.Context {
 	return context.WithValue(ctx, kindKey{}, kind)
 }
 
-// KindFrom returns the kind WithKind set, or "other".
-func KindFrom(ctx context.Context) string {
-	if k, ok := ctx.Value(kindKey{}).(string); ok {
+// KindFrom returns the kind WithKind set, or wire.KindOther.
+func KindFrom(ctx context.Context) wire.Kind {
+	if k, ok := ctx.Value(kindKey{}).(wire.Kind); ok {
 		return k
 	}
-	return telemetry.KindOther
+	return wire.KindOther
 }
 
 // retryWait says whether a failed try is tried again, and after how long.

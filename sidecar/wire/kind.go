@@ -1,9 +1,13 @@
 package wire
 
-import "strings"
+import (
+	"slices"
+	"strings"
+)
 
-// Kind is the class of a request, as in DESIGN.md's table. It names spans
-// and labels metrics, so the set is closed.
+// Kind is the class of a request (README.md, Architecture). It names spans,
+// labels metrics and selects policy rules, so the set is closed: Kinds lists
+// it.
 type Kind string
 
 // The request kinds.
@@ -38,3 +42,24 @@ func (k Kind) IsModuleProtocol() bool {
 
 // IsArtifact reports whether k names an immutable module artifact.
 func (k Kind) IsArtifact() bool { return k == KindInfo || k == KindMod || k == KindZip }
+
+// kinds is the closed set, in the order of the constants above.
+var kinds = [...]Kind{KindList, KindInfo, KindMod, KindZip, KindLatest,
+	KindSumDBSupported, KindSumDBLookup, KindSumDBTile, KindSumDBLatest,
+	KindGoGet, KindVCS, KindTunnel, KindOther}
+
+// Kinds returns every request kind, in the order of the constants above.
+// The slice is the caller's.
+func Kinds() []Kind { return slices.Clone(kinds[:]) }
+
+// Known reports whether k is one of the request kinds.
+func (k Kind) Known() bool { return slices.Contains(kinds[:], k) }
+
+// Normal returns k if it is one of the request kinds, else KindOther: the
+// kind metrics and span names record.
+func (k Kind) Normal() Kind {
+	if k.Known() {
+		return k
+	}
+	return KindOther
+}

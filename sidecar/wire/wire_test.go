@@ -128,3 +128,25 @@ func TestDetails(t *testing.T) {
 		t.Error("ParsePattern found a pattern in a line without one")
 	}
 }
+
+func TestKinds(t *testing.T) {
+	seen := map[Kind]bool{}
+	for _, k := range Kinds() {
+		if seen[k] || !k.Known() || k.Normal() != k {
+			t.Errorf("kind %q: repeated, or not known as itself", k)
+		}
+		seen[k] = true
+	}
+	if len(seen) != 13 {
+		t.Errorf("%d kinds, want the 13 of the request classes", len(seen))
+	}
+	for _, k := range []Kind{"", "ZIP", "/x/@v/list"} {
+		if k.Known() || k.Normal() != KindOther {
+			t.Errorf("Kind(%q): known, or normal form %q", k, k.Normal())
+		}
+	}
+	Kinds()[0] = "changed"
+	if Kinds()[0] != KindList {
+		t.Error("Kinds hands out the set itself")
+	}
+}

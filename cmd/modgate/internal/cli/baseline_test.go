@@ -12,10 +12,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/modgate/modgate/sidecar/wire"
 	"github.com/modgate/modgate/telemetry"
 )
 
-type fixedClock struct{ t time.Time }
+// fixedClock stands still; nothing here sleeps or waits on it.
+type fixedClock struct {
+	wire.SystemClock
+	t time.Time
+}
 
 func (c fixedClock) Now() time.Time { return c.t }
 
@@ -23,10 +28,10 @@ func (c fixedClock) Now() time.Time { return c.t }
 // "public" took d each would.
 func adminWith(t *testing.T, d time.Duration, failed int) *httptest.Server {
 	t.Helper()
-	b := telemetry.NewBaselines(0, fixedClock{time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC)})
+	b := telemetry.NewBaselines(0, fixedClock{t: time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC)})
 	for i := range 50 {
-		b.Observe("public", telemetry.KindZip, d, i < failed)
-		b.Observe("internal", telemetry.KindInfo, 2*time.Millisecond, false)
+		b.Observe("public", wire.KindZip, d, i < failed)
+		b.Observe("internal", wire.KindInfo, 2*time.Millisecond, false)
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /debug/baseline", b.Handler())

@@ -154,7 +154,7 @@ func TestExecOneTraceAndReport(t *testing.T) {
 	}
 	byKind := map[string]int{}
 	for _, l := range lines {
-		byKind[l.Kind]++
+		byKind[string(l.Kind)]++
 	}
 	for k, n := range byKind {
 		if r.ByKind[k].Requests != n {

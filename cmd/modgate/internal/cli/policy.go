@@ -10,6 +10,7 @@ import (
 	"golang.org/x/mod/semver"
 
 	"github.com/modgate/modgate/policy"
+	"github.com/modgate/modgate/sidecar/wire"
 )
 
 const policyUsage = `usage:
@@ -63,7 +64,7 @@ exit status 0 for allow, 1 for deny.
 	if version != "" && !semver.IsValid(version) {
 		return fmt.Errorf("policy check: %q is not a semantic version", version)
 	}
-	d := p.Decide(policy.Request{Module: mod, Version: version, Kind: *kind, Host: *host, Identity: *identity})
+	d := p.Decide(policy.Request{Module: mod, Version: version, Kind: wire.Kind(*kind), Host: *host, Identity: *identity})
 	fmt.Fprintf(a.Stdout, "%s %s\n", d, fs.Arg(0))
 	if d.Rule > 0 {
 		fmt.Fprintf(a.Stdout, "rule:    %d (%s)\n", d.Rule, d.RuleText)

@@ -1,13 +1,15 @@
-package upstream
+package wire
 
 import (
 	"context"
 	"time"
 )
 
-// Clock tells time and makes timers for breakers, retry back-off, budgets,
-// hedging and tunnels' idle timeouts, so that tests move time instead of
-// sleeping or comparing wall clocks.
+// Clock tells time and makes timers for everything in modgate that waits
+// or compares times (breakers, retry back-off, budgets, hedging, tunnels'
+// idle timeouts, cache ages, baselines, the fleet's leases and news), so
+// that tests move time instead of sleeping or comparing wall clocks.
+// sidecar/modtest.Clock is the fake one.
 type Clock interface {
 	Now() time.Time
 	// Sleep waits for d, or until ctx is done and then returns its error.
