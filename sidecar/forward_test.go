@@ -3,12 +3,15 @@ package sidecar_test
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -467,5 +470,61 @@ func TestForwardAsksForWholeArtifacts(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestMITMHostWithTrailingDot: "host." is the same host as "host"; a
+// trailing dot must not turn an intercepted host into a blind tunnel that
+// skips path policy and the private-module guard.
+func TestMITMHostWithTrailingDot(t *testing.T) {
+	f := newFwdSetup(t, true, nil)
+	if err := os.WriteFile(f.store.Path(), []byte("rules:\n  - deny: \"fixture.test/dep02\"\n    reason: \"malware\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.store.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	pem, err := os.ReadFile(f.e.go_.Getenv("SSL_CERT_FILE"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	gate, _ := url.Parse(f.url)
+	client := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(gate), TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	defer client.CloseIdleConnections()
+	for _, host := range []string{proxyHost + ".", strings.ToUpper(proxyHost)} {
+		resp, err := client.Get("https://" + host + "/fixture.test/dep02/@v/v1.0.0.info")
+		if err != nil {
+			t.Fatalf("%s: %v", host, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusForbidden || !strings.HasPrefix(string(body), "modgate: denied: ") {
+			t.Errorf("https://%s/ through MITM: %d %q; want the policy's 403", host, resp.StatusCode, body)
+		}
+	}
+	lines := readAudit(t, f.audit)
+	var mitm int
+	for _, l := range lines {
+		if l["mode"] == "mitm" && l["decision"] == "deny" && l["host"] == proxyHost+":443" {
+			mitm++
+		}
+	}
+	if mitm != 2 {
+		t.Errorf("%d intercepted denials with host %s:443 in the audit log, want 2: %v", mitm, proxyHost, lines)
+	}
+}
+
+// TestGuardRefusalIsNotAnUpstreamFailure: a destination the SSRF guard
+// refuses is modgate's own decision; however often a client asks, it is a
+// 403, never an open circuit.
+func TestGuardRefusalIsNotAnUpstreamFailure(t *testing.T) {
+	gate := startGate(t, sidecar.Config{Upstreams: []upstream.Config{{URL: "off"}}})
+	for i := range 8 {
+		status, _, body := rawGet(t, gate, "http://127.1/fixture.test/dep01/@v/list")
+		if status != http.StatusForbidden || !strings.Contains(body, "modgate: refused:") || !strings.Contains(body, "a loopback address") {
+			t.Fatalf("request %d to a loopback address: %d %q", i+1, status, body)
+		}
 	}
 }
