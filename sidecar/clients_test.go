@@ -1,6 +1,7 @@
 package sidecar_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -9,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -519,5 +521,69 @@ func TestListenerCertificateReload(t *testing.T) {
 	writeFile(t, r.certFile, "not a certificate")
 	if got := serial(); got != after {
 		t.Errorf("after a bad file: serial %s, want the last good one %s", got, after)
+	}
+}
+
+// TestFailedLoginsAreRateLimited: after ten wrong passwords from one
+// address, that address gets 429 (credentials not even checked) until its
+// bucket refills; every try is audited, no password is.
+func TestFailedLoginsAreRateLimited(t *testing.T) {
+	audit, auditPath := newAudit(t)
+	clock := modtest.NewClock()
+	gate := startGate(t, sidecar.Config{
+		Audit: audit, Clock: clock,
+		Upstreams: []upstream.Config{{URL: "off"}},
+		Forward:   sidecar.ForwardConfig{AllowHosts: []string{"*.example.test"}, Users: map[string]string{"alice": "s3cret"}},
+	})
+	try := func(password string) *http.Response {
+		t.Helper()
+		c, err := net.Dial("tcp", strings.TrimPrefix(gate, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		fmt.Fprintf(c, "CONNECT mods.example.test:443 HTTP/1.1\r\nHost: mods.example.test:443\r\nProxy-Authorization: Basic %s\r\n\r\n",
+			base64.StdEncoding.EncodeToString([]byte("alice:"+password)))
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp
+	}
+	for i := range 10 {
+		if resp := try(fmt.Sprintf("guess%d", i)); resp.StatusCode != http.StatusProxyAuthRequired {
+			t.Fatalf("wrong password %d: %s", i+1, resp.Status)
+		}
+	}
+	resp := try("s3cret")
+	if resp.StatusCode != http.StatusTooManyRequests || !strings.Contains(resp.Status, "modgate: too-many-logins:") || resp.Header.Get("Retry-After") == "" {
+		t.Errorf("the right password after ten wrong ones, at once: %s %v", resp.Status, resp.Header)
+	}
+	clock.Advance(6 * time.Second)
+	if resp := try("guess10"); resp.StatusCode != http.StatusProxyAuthRequired {
+		t.Errorf("a try after the bucket refilled by one: %s", resp.Status)
+	}
+	if resp := try("s3cret"); resp.StatusCode != http.StatusTooManyRequests {
+		t.Errorf("the bucket is empty again: %s", resp.Status)
+	}
+	clock.Advance(6 * time.Second)
+	if resp := try("s3cret"); resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusProxyAuthRequired {
+		t.Errorf("the right password once the bucket refilled: %s", resp.Status)
+	}
+	// The refusals are audited before they are answered (the last,
+	// allowed CONNECT's line comes when its tunnel ends).
+	lines := readAudit(t, auditPath)
+	statuses := map[float64]int{}
+	for _, l := range lines {
+		statuses[l["status"].(float64)]++
+	}
+	if statuses[407] != 11 || statuses[429] != 2 {
+		t.Errorf("audited %v; want 11 × 407 and 2 × 429", statuses)
+	}
+	for _, l := range lines {
+		if s := fmt.Sprint(l); strings.Contains(s, "guess") || strings.Contains(s, "s3cret") {
+			t.Errorf("a password in the audit log: %v", l)
+		}
 	}
 }

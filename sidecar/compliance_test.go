@@ -21,12 +21,12 @@ import (
 )
 
 // The compliance table: every case runs unchanged through the three ways
-// into modgate (DESIGN.md, "One port, three ways in") — reverse mode
-// (GOPROXY=modgate), absolute-form (GOPROXY=http://proxy.fixture.test with
-// HTTP_PROXY=modgate) and MITM (GOPROXY=https://proxy.fixture.test with
-// HTTPS_PROXY=modgate intercepting that host) — and asserts the status, the
-// error code, the audit line and what reached the upstream. Cases that a
-// developer meets through the go command run the real go command.
+// into modgate — reverse mode (GOPROXY=modgate), absolute-form
+// (GOPROXY=http://proxy.fixture.test with HTTP_PROXY=modgate) and MITM
+// (GOPROXY=https://proxy.fixture.test with HTTPS_PROXY=modgate intercepting
+// that host) — and asserts the status, the error code, the audit line and
+// what reached the upstream. Cases that a developer meets through the go
+// command run the real go command.
 
 // compliancePolicy is the policy of every rig.
 const compliancePolicy = `private: ["fixture.test/dep09"]
@@ -332,19 +332,26 @@ var complianceCases = []complianceCase{
 	}},
 	{name: "circuit opens", run: func(t *testing.T, r *rig) int {
 		r.p.SetFault("500")
-		lines := 0
-		// Failing requests of one or two tries each (a retry comes out of
-		// a budget that the rig's earlier cases may have spent, and a
-		// fetch of theirs that ends well meanwhile resets the count) until
-		// the circuit opens after 3 consecutive failures: a few at most.
-		for range 8 {
+		// Each request asks for another artifact. A request for the one
+		// before it may join that request's single flight, which has told
+		// its waiters of the failure but not yet left, and be answered the
+		// same failure without an attempt that the breaker counts.
+		// Each failing request counts one failure at least (two with its
+		// retry, one when a try times out under load): three at most open
+		// the circuit, which trips after 3 failures in a row.
+		lines, open := 0, false
+		for _, m := range []string{"dep01", "dep03", "dep04"} {
 			lines++
-			if a := r.get(t, "/fixture.test/dep01/@v/v1.0.0.info"); a.status == http.StatusServiceUnavailable {
+			if a := r.get(t, "/fixture.test/"+m+"/@v/v1.0.0.info"); a.status == http.StatusServiceUnavailable {
+				open = true
 				break
 			}
 		}
+		if !open {
+			t.Fatalf("the circuit is still closed after %d failing requests (%d origin requests)", lines, r.p.Count("500"))
+		}
 		before := r.p.Count("500")
-		a := r.get(t, "/fixture.test/dep01/@v/v1.0.0.info")
+		a := r.get(t, "/fixture.test/dep06/@v/v1.0.0.info")
 		r.check(t, "open circuit", a, want{status: 503, code: wire.CircuitOpen, decision: "allow", body: "circuit open", upstream: -1}, r.auditLines(t), lines)
 		if a.header.Get("Retry-After") == "" {
 			t.Errorf("503 without Retry-After")

@@ -2,14 +2,20 @@ package sidecar_test
 
 import (
 	"bufio"
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -386,5 +392,139 @@ func TestMaxTunnels(t *testing.T) {
 	}
 	if refused != 1 {
 		t.Errorf("%d audit lines for the refused tunnel, want 1", refused)
+	}
+}
+
+// TestForwardAsksForWholeArtifacts: through absolute-form and MITM, a
+// client's Range and conditional headers on a module's .mod or .zip do
+// not reach the origin (modgate fetches an artifact whole, to check and
+// keep it), and the client gets the whole artifact with a 200.
+func TestForwardAsksForWholeArtifacts(t *testing.T) {
+	fx := loadFixtures(t)
+	inner := modtest.NewProxy(t, fx)
+	partial := []string{"Range", "If-Range", "If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since"}
+	for _, mode := range []string{"forward", "mitm"} {
+		t.Run(mode, func(t *testing.T) {
+			var (
+				mu   sync.Mutex
+				seen = map[string]http.Header{} // by path
+			)
+			origin := func(string) http.Handler {
+				return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					mu.Lock()
+					seen[r.URL.Path] = r.Header.Clone()
+					mu.Unlock()
+					resp, err := inner.Client().Get(inner.URL + r.URL.Path)
+					if err != nil {
+						http.Error(w, err.Error(), http.StatusBadGateway)
+						return
+					}
+					defer resp.Body.Close()
+					body, _ := io.ReadAll(resp.Body)
+					if resp.StatusCode != http.StatusOK {
+						w.WriteHeader(resp.StatusCode)
+						w.Write(body)
+						return
+					}
+					// An origin that honours ranges and conditions, as
+					// real ones do: the client's headers would get it a
+					// 206 or a 304.
+					w.Header().Set("Content-Type", resp.Header.Get("Content-Type"))
+					w.Header().Set("ETag", `"v1"`)
+					http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(body))
+				})
+			}
+			r := newRig(t, mode, origin)
+			m, _ := fx.Lookup("fixture.test/dep01", "v1.0.0")
+			for path, want := range map[string][]byte{
+				"/fixture.test/dep01/@v/v1.0.0.mod": m.Mod,
+				"/fixture.test/dep01/@v/v1.0.0.zip": m.Zip,
+			} {
+				req, _ := http.NewRequest(http.MethodGet, r.base+path, nil)
+				req.Header.Set("Range", "bytes=0-9")
+				req.Header.Set("If-Range", `"v1"`)
+				req.Header.Set("If-Match", `"v1"`)
+				req.Header.Set("If-None-Match", `"v1"`)
+				req.Header.Set("If-Modified-Since", "Mon, 02 Jan 2006 15:04:05 GMT")
+				req.Header.Set("If-Unmodified-Since", "Mon, 02 Jan 2006 15:04:05 GMT")
+				resp, err := r.client.Do(req)
+				if err != nil {
+					t.Fatalf("%s: %v", path, err)
+				}
+				body, err := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if err != nil || resp.StatusCode != http.StatusOK || !bytes.Equal(body, want) {
+					t.Errorf("%s: %d, %d bytes (%v); want 200 and the whole %d bytes", path, resp.StatusCode, len(body), err, len(want))
+				}
+				mu.Lock()
+				h, asked := seen[path]
+				mu.Unlock()
+				if !asked {
+					t.Errorf("%s never reached the origin", path)
+					continue
+				}
+				for _, k := range partial {
+					if v := h.Get(k); v != "" {
+						t.Errorf("%s: the origin got %s: %s", path, k, v)
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestMITMHostWithTrailingDot: "host." is the same host as "host"; a
+// trailing dot must not turn an intercepted host into a blind tunnel that
+// skips path policy and the private-module guard.
+func TestMITMHostWithTrailingDot(t *testing.T) {
+	f := newFwdSetup(t, true, nil)
+	if err := os.WriteFile(f.store.Path(), []byte("rules:\n  - deny: \"fixture.test/dep02\"\n    reason: \"malware\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.store.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	pem, err := os.ReadFile(f.e.go_.Getenv("SSL_CERT_FILE"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	gate, _ := url.Parse(f.url)
+	client := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(gate), TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	defer client.CloseIdleConnections()
+	for _, host := range []string{proxyHost + ".", strings.ToUpper(proxyHost)} {
+		resp, err := client.Get("https://" + host + "/fixture.test/dep02/@v/v1.0.0.info")
+		if err != nil {
+			t.Fatalf("%s: %v", host, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusForbidden || !strings.HasPrefix(string(body), "modgate: denied: ") {
+			t.Errorf("https://%s/ through MITM: %d %q; want the policy's 403", host, resp.StatusCode, body)
+		}
+	}
+	lines := readAudit(t, f.audit)
+	var mitm int
+	for _, l := range lines {
+		if l["mode"] == "mitm" && l["decision"] == "deny" && l["host"] == proxyHost+":443" {
+			mitm++
+		}
+	}
+	if mitm != 2 {
+		t.Errorf("%d intercepted denials with host %s:443 in the audit log, want 2: %v", mitm, proxyHost, lines)
+	}
+}
+
+// TestGuardRefusalIsNotAnUpstreamFailure: a destination the SSRF guard
+// refuses is modgate's own decision; however often a client asks, it is a
+// 403, never an open circuit.
+func TestGuardRefusalIsNotAnUpstreamFailure(t *testing.T) {
+	gate := startGate(t, sidecar.Config{Upstreams: []upstream.Config{{URL: "off"}}})
+	for i := range 8 {
+		status, _, body := rawGet(t, gate, "http://127.1/fixture.test/dep01/@v/list")
+		if status != http.StatusForbidden || !strings.Contains(body, "modgate: refused:") || !strings.Contains(body, "a loopback address") {
+			t.Fatalf("request %d to a loopback address: %d %q", i+1, status, body)
+		}
 	}
 }

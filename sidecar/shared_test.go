@@ -6,11 +6,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -364,4 +369,140 @@ func TestForgedNewsOpensNoBreaker(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// TestFleetOneReplicaFetches: two replicas of a fleet (one Redis, one
+// shared store, separate local caches) asked for the same zip at once
+// make one upstream request between them: one takes the fleet's lease
+// and fetches, the other waits for it and copies the zip from the shared
+// store.
+func TestFleetOneReplicaFetches(t *testing.T) {
+	redis := fleettest.Redis(t)
+	e := newEnv(t)
+	p := e.proxy(t, true)
+	// The upstream holds the zip's answer until the other replica waits
+	// for the fleet's lease, or until a second request for the zip
+	// arrives (both replicas fetch it: the test fails).
+	const zip = "/fixture.test/dep05/@v/v1.1.0.zip"
+	var (
+		zips   atomic.Int32
+		mu     sync.Mutex
+		fleets []*fleet.Fleet
+	)
+	second := make(chan struct{})
+	waiting := func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		n := int64(0)
+		for _, f := range fleets {
+			n += f.Status().Waits
+		}
+		return n > 0
+	}
+	next := httputil.NewSingleHostReverseProxy(mustParseURL(t, p.URL))
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == zip {
+			switch zips.Add(1) {
+			case 1:
+				deadline := time.Now().Add(10 * time.Second)
+				for !waiting() && time.Now().Before(deadline) {
+					select {
+					case <-second:
+						deadline = time.Now()
+					case <-r.Context().Done():
+						return
+					case <-time.After(10 * time.Millisecond):
+					}
+				}
+			case 2:
+				close(second)
+			}
+		}
+		next.ServeHTTP(w, r)
+	}))
+	t.Cleanup(front.Close)
+	_, bucket := fileStore(t)
+	replica := func(name string) (string, *sidecar.Server) {
+		f, err := fleet.Open(fleet.Config{URL: redis.URL(), Secret: []byte("test-fleet-secret-0123456789abcdef"), Replica: name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		mu.Lock()
+		fleets = append(fleets, f)
+		mu.Unlock()
+		shared, err := store.Open(context.Background(), "file://"+bucket, store.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { shared.Close() })
+		return startGateServer(t, sidecar.Config{
+			Cache:     sidecar.CacheConfig{Dir: t.TempDir(), Shared: shared},
+			Fleet:     sidecar.FleetConfig{Fleet: f},
+			Upstreams: []upstream.Config{{Name: "fixtures", URL: front.URL}},
+		})
+	}
+	urlA, a := replica("a")
+	urlB, b := replica("b")
+
+	var wg sync.WaitGroup
+	bodies := make([]string, 2)
+	for i, url := range []string{urlA, urlB} {
+		wg.Go(func() {
+			status, _, body := rawGet(t, url, zip)
+			if status != http.StatusOK {
+				t.Errorf("replica %d: %d\n%s", i, status, body)
+			}
+			bodies[i] = body
+		})
+	}
+	wg.Wait()
+	a.Settle()
+	b.Settle()
+	if n := zips.Load(); n != 1 {
+		t.Errorf("two replicas asked at once made %d upstream requests for the zip, want 1", n)
+	}
+	if bodies[0] != bodies[1] || bodies[0] == "" {
+		t.Errorf("the replicas answered different zips (%d and %d bytes)", len(bodies[0]), len(bodies[1]))
+	}
+	leases := map[string]int64{}
+	for _, srv := range []*sidecar.Server{a, b} {
+		for k, v := range debugLeases(t, srv) {
+			leases[k] += v
+		}
+	}
+	if leases["taken"] != 1 || leases["waited"] != 1 {
+		t.Errorf("leases %v: want one taken and one waited for", leases)
+	}
+}
+
+// debugLeases reads the server's lease outcomes from /debug/upstreams
+// (its fleet.redis object also holds the fleet's own counters, one of
+// them "Leases": the key is matched exactly).
+func debugLeases(t *testing.T, srv *sidecar.Server) map[string]int64 {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	srv.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "http://127.0.0.1/debug/upstreams", nil))
+	var page struct {
+		Fleet struct {
+			Redis map[string]json.RawMessage `json:"redis"`
+		} `json:"fleet"`
+	}
+	var leases map[string]int64
+	if err := json.Unmarshal(rec.Body.Bytes(), &page); err != nil {
+		t.Fatalf("/debug/upstreams: %v\n%s", err, rec.Body)
+	}
+	if err := json.Unmarshal(page.Fleet.Redis["leases"], &leases); err != nil {
+		t.Fatalf("/debug/upstreams: fleet.redis.leases: %v\n%s", err, rec.Body)
+	}
+	return leases
+}
+
+func mustParseURL(t *testing.T, s string) *url.URL {
+	t.Helper()
+	u, err := url.Parse(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
 }
