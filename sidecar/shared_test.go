@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -505,4 +506,141 @@ func mustParseURL(t *testing.T, s string) *url.URL {
 		t.Fatal(err)
 	}
 	return u
+}
+
+// TestFailedFlightIsNotJoinedLater: a request that comes after a failed
+// fetch was answered asks the upstream again; it never joins the finished
+// single flight and gets its old answer. The flight of a fleet's replica
+// gives its lease up after it has told its waiters, and Redis is slow to
+// answer here, which holds the finished flight up for a second.
+func TestFailedFlightIsNotJoinedLater(t *testing.T) {
+	redis := fleettest.Redis(t)
+	slow := newFreezer(t, redis.Addr)
+	e := newEnv(t)
+	p := e.proxy(t, false)
+	const zip = "/fixture.test/dep05/@v/v1.1.0.zip"
+	var zips atomic.Int32
+	next := httputil.NewSingleHostReverseProxy(mustParseURL(t, p.URL))
+	// Not published yet the first time, and Redis stops answering.
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == zip && zips.Add(1) == 1 {
+			slow.freeze()
+			http.NotFound(w, r)
+			return
+		}
+		next.ServeHTTP(w, r)
+	}))
+	t.Cleanup(front.Close)
+	f, err := fleet.Open(fleet.Config{URL: "redis://" + slow.addr() + "/0", Secret: []byte("test-fleet-secret-0123456789abcdef")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	t.Cleanup(slow.thaw) // before the fleet closes
+	shared, _ := fileStore(t)
+	url := startGate(t, sidecar.Config{
+		Cache:     sidecar.CacheConfig{Dir: t.TempDir(), Shared: shared},
+		Fleet:     sidecar.FleetConfig{Fleet: f},
+		Upstreams: []upstream.Config{{Name: "fixtures", URL: front.URL}},
+	})
+	if status, _, body := rawGet(t, url, zip); status != http.StatusNotFound {
+		t.Fatalf("first request: %d, want 404\n%s", status, body)
+	}
+	if status, _, body := rawGet(t, url, zip); status != http.StatusOK {
+		t.Errorf("the request after a 404 was answered: %d, want 200\n%s", status, body)
+	}
+	if n := zips.Load(); n != 2 {
+		t.Errorf("two requests, one after the other, asked the upstream %d times; want 2", n)
+	}
+}
+
+// freezer relays TCP connections to a server and can stop passing bytes
+// on (a server that hangs), then start again.
+type freezer struct {
+	ln     net.Listener
+	mu     sync.Mutex
+	thawed chan struct{} // closed while bytes pass
+	conns  []net.Conn
+}
+
+func newFreezer(t *testing.T, target string) *freezer {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fz := &freezer{ln: ln, thawed: make(chan struct{})}
+	close(fz.thawed)
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		ln.Close()
+		fz.thaw()
+		fz.mu.Lock()
+		for _, c := range fz.conns {
+			c.Close()
+		}
+		fz.mu.Unlock()
+		wg.Wait()
+	})
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			fz.mu.Lock()
+			fz.conns = append(fz.conns, c, s)
+			fz.mu.Unlock()
+			wg.Go(func() { fz.pipe(s, c) })
+			wg.Go(func() { fz.pipe(c, s) })
+		}
+	})
+	return fz
+}
+
+func (fz *freezer) addr() string { return fz.ln.Addr().String() }
+
+func (fz *freezer) pipe(dst, src net.Conn) {
+	defer dst.Close()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			fz.mu.Lock()
+			thawed := fz.thawed
+			fz.mu.Unlock()
+			<-thawed
+			if _, err := dst.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+func (fz *freezer) freeze() {
+	fz.mu.Lock()
+	defer fz.mu.Unlock()
+	select {
+	case <-fz.thawed:
+		fz.thawed = make(chan struct{})
+	default:
+	}
+}
+
+func (fz *freezer) thaw() {
+	fz.mu.Lock()
+	defer fz.mu.Unlock()
+	select {
+	case <-fz.thawed:
+	default:
+		close(fz.thawed)
+	}
 }
