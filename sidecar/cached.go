@@ -150,6 +150,10 @@ type flight struct {
 	done    bool
 	err     error // why the body broke off
 
+	// opened counts the joined requests that hold a reader of the spool:
+	// a streamed zip is checked and kept, or dropped, only once they all
+	// do, so that none is left without the answer it waited for.
+	opened int
 	// joined counts the requests being served by this flight: a spool
 	// that is not kept is dropped only once they are all done with it.
 	joined int
@@ -157,8 +161,9 @@ type flight struct {
 
 // join returns the flight for key once it is ready (its answer's header
 // is known, its fetch failed, or the shared store had the artifact),
-// starting one if none is under way. The caller must leave it.
-func (s *Server) join(x *exchange, c *cache.Cache, key string, src source, fr fetchRequest) (*flight, error) {
+// starting one if none is under way, with a reader of its spool when it
+// has one. The caller must leave it, and close the reader.
+func (s *Server) join(x *exchange, c *cache.Cache, key string, src source, fr fetchRequest) (*flight, io.ReadCloser, error) {
 	s.flightMu.Lock()
 	f := s.flights[key]
 	if f == nil {
@@ -189,22 +194,36 @@ func (s *Server) join(x *exchange, c *cache.Cache, key string, src source, fr fe
 	stop := context.AfterFunc(ctx, f.wake)
 	defer stop()
 	f.mu.Lock()
+	defer f.mu.Unlock()
 	for !f.ready && ctx.Err() == nil {
 		f.cond.Wait()
 	}
-	f.mu.Unlock()
 	if ctx.Err() != nil {
-		f.leave()
-		return nil, clientGone("client went away while the artifact was fetched")
+		f.joined--
+		f.cond.Broadcast()
+		return nil, nil, clientGone("client went away while the artifact was fetched")
 	}
-	return f, nil
+	if f.w == nil || f.stored {
+		return f, nil, nil
+	}
+	// Opened while the flight still holds its spool (see opened).
+	r, err := f.w.Reader()
+	if err != nil {
+		return f, nil, nil // kept by now: the cache has it
+	}
+	f.opened++
+	f.cond.Broadcast()
+	return f, &flightReader{f: f, r: r, ctx: ctx, stop: context.AfterFunc(ctx, f.wake)}, nil
 }
 
 // leave ends a request's interest in the flight: a spool that is not
 // kept is dropped once every request has left.
-func (f *flight) leave() {
+func (f *flight) leave(opened bool) {
 	f.mu.Lock()
 	f.joined--
+	if opened {
+		f.opened--
+	}
 	f.cond.Broadcast()
 	f.mu.Unlock()
 }
@@ -213,16 +232,6 @@ func (f *flight) wake() {
 	f.mu.Lock()
 	f.cond.Broadcast()
 	f.mu.Unlock()
-}
-
-// reader streams the flight's answer from its spool as it arrives, until
-// ctx is done; an error when the spool is gone (the flight finished).
-func (f *flight) reader(ctx context.Context) (io.ReadCloser, error) {
-	r, err := f.w.Reader()
-	if err != nil {
-		return nil, err
-	}
-	return &flightReader{f: f, r: r, ctx: ctx, stop: context.AfterFunc(ctx, f.wake)}, nil
 }
 
 // lost explains a flight whose artifact is neither in its spool nor in the
@@ -319,6 +328,10 @@ func (s *Server) fly(ctx context.Context, f *flight, t tiers, key string, fetch 
 	}
 	res := fetch(ctx)
 	if res.Response == nil {
+		// Off the board before its waiters hear of the failure: a request
+		// that comes now asks the upstreams again (and their breakers
+		// count it) rather than taking this flight's answer.
+		s.land(f, key)
 		f.finish(func() { f.res = res }, nil)
 		return
 	}
@@ -327,6 +340,7 @@ func (s *Server) fly(ctx context.Context, f *flight, t tiers, key string, fetch 
 	found := ac.take(resp)
 	w, err := s.spool(t.local, key, found)
 	if err != nil {
+		s.land(f, key)
 		f.finish(func() {
 			f.res = upstream.Result{Attempts: []upstream.Attempt{{Upstream: res.Upstream, Err: fmt.Errorf("cache: %w", err)}}}
 		}, nil)
@@ -342,6 +356,7 @@ func (s *Server) fly(ctx context.Context, f *flight, t tiers, key string, fetch 
 	spooled := found != nil && found.spool != nil
 	if !spooled {
 		if err := f.fill(w, &capReader{r: resp.Body, n: maxBody(req.Kind)}); err != nil {
+			s.land(f, key)
 			f.finish(nil, err)
 			w.Abort()
 			return
@@ -369,8 +384,11 @@ func (s *Server) fly(ctx context.Context, f *flight, t tiers, key string, fetch 
 	default:
 		// A zip that streamed as it came is checked as a module zip once
 		// every waiter has it: that read of the whole file is not theirs
-		// to wait for.
+		// to wait for. Those that joined hold the spool open by then, so
+		// that a zip the check refuses still reaches them.
 		f.finish(nil, nil)
+		s.land(f, key)
+		f.readersOpen()
 		verify := func(path string) error { return checkZipFile(req, path) }
 		if found != nil && found.later {
 			verify = func(path string) error { return ac.verifyKept(ctx, res.Upstream, path) }
@@ -438,6 +456,16 @@ func (f *flight) fill(w *cache.Writer, body io.Reader) error {
 			return rerr
 		}
 	}
+}
+
+// readersOpen waits until every request that joined the flight holds a
+// reader of its spool, or has left.
+func (f *flight) readersOpen() {
+	f.mu.Lock()
+	for f.opened < f.joined {
+		f.cond.Wait()
+	}
+	f.mu.Unlock()
 }
 
 // drained waits until every request served by the flight has left it.

@@ -79,26 +79,24 @@ func (s *Server) serveImmutable(x *exchange, c *cache.Cache, key string, src sou
 	x.cacheResult = wire.CacheMiss
 	// A zip is spooled where it is kept.
 	fr.check = s.checkFor(x, c, key)
-	f, err := s.join(x, c, key, src, fr)
+	f, body, err := s.join(x, c, key, src, fr)
 	if err != nil {
 		return err
 	}
-	defer f.leave()
+	defer f.leave(body != nil)
 	switch {
 	case f.stored:
 		x.cacheResult = wire.CacheShared
 		return s.sendCopy(x, src, c, key, f)
 	case f.w == nil:
 		return x.chainProblem(f.res)
-	}
-	x.served = f.served
-	body, err := f.reader(x.r.Context())
-	if err != nil {
+	case body == nil:
 		// The flight finished and its spool is gone: the entry is in the
 		// cache by now, unless the fetch failed.
 		return s.sendCopy(x, src, c, key, f)
 	}
 	defer body.Close()
+	x.served = f.served
 	return x.send(http.StatusOK, f.header, body, -1)
 }
 
