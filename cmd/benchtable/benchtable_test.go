@@ -33,7 +33,7 @@ func TestMain(m *testing.M) {
 // BenchmarkHotPath is the hot-path row of the table under go test, for
 // profiling:
 //
-//	go test -run='^$' -bench=HotPath -benchmem -cpuprofile cpu.out ./sidecar/benchtable
+//	go test -run='^$' -bench=HotPath -benchmem -cpuprofile cpu.out ./cmd/benchtable
 //
 // Client, origin and proxies share the process; the direct column is the
 // client and origin alone.

@@ -44,7 +44,7 @@
 //
 // Usage:
 //
-//	go run ./sidecar/benchtable -modgate bin/modgate [-d 750ms] [-rounds 5] [-warmup 300ms] [-clients 1,16,64]
+//	go run ./cmd/benchtable -modgate bin/modgate [-d 750ms] [-rounds 5] [-warmup 300ms] [-clients 1,16,64]
 //		[-only small,cached,zip,forward,tunnel,setup,tunnelzip,tunnelzip-tls,fleet,hotpath] [-profile DIR]
 //		[-redis redis-server] [-versitygw versitygw] [-fleet-n 1,3,6] [-fleet-latency 30ms] [-fleet-inflight 6]
 //

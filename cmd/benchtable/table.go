@@ -85,7 +85,7 @@ func newReport(o options) *report {
 
 // header prints the configuration lines benchstat files begin with.
 func (r *report) header() {
-	fmt.Fprintf(r.w, "goos: %s\ngoarch: %s\npkg: github.com/modgate/modgate/sidecar/benchtable\n", runtime.GOOS, runtime.GOARCH)
+	fmt.Fprintf(r.w, "goos: %s\ngoarch: %s\npkg: github.com/modgate/modgate/cmd/benchtable\n", runtime.GOOS, runtime.GOARCH)
 	if c := cpuName(); c != "" {
 		fmt.Fprintf(r.w, "cpu: %s\n", c)
 	}
