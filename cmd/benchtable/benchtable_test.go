@@ -254,12 +254,19 @@ func TestShippedColumns(t *testing.T) {
 	}
 
 	t.Run("nginx", func(t *testing.T) {
-		c, err := startNginx(t.TempDir(), originAddr)
+		dir := t.TempDir()
+		www := filepath.Join(dir, "www")
+		if err := o.writeFiles(www); err != nil {
+			t.Fatal(err)
+		}
+		c, files, err := startNginx(dir, originAddr, www)
 		if err != nil {
 			t.Skip(err)
 		}
 		defer c.stop()
 		roundTrips(t, o, &target{name: "nginx", addr: c.addrs.HTTP, reqs: requests(all, originAddr, false)}, all)
+		// nginx-file serves the origin's bytes from files, the zip too.
+		roundTrips(t, o, &target{name: "nginx-file", addr: files.addrs.HTTP, reqs: requests(all, originAddr, false)}, all)
 		if n := len(processTree(c.cmd.Process.Pid)); n < 2 {
 			t.Errorf("nginx: %d processes, want its master and workers", n)
 		}
