@@ -156,26 +156,15 @@ func run(args []string) error {
 	default:
 		return runChild(*role, origin)
 	}
-	for _, f := range strings.Split(clients, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n < 1 {
-			return fmt.Errorf("-clients: %q is not a number of clients", f)
-		}
-		o.clients = append(o.clients, n)
+	var err error
+	if o.clients, err = counts("-clients", clients); err != nil {
+		return err
 	}
-	for _, f := range strings.Split(*cachedClients, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n < 1 {
-			return fmt.Errorf("-cached-clients: %q is not a number of clients", f)
-		}
-		o.cached = append(o.cached, n)
+	if o.cached, err = counts("-cached-clients", *cachedClients); err != nil {
+		return err
 	}
-	for _, f := range strings.Split(*replicas, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n < 1 {
-			return fmt.Errorf("-fleet-n: %q is not a number of replicas", f)
-		}
-		o.fleet.replicas = append(o.fleet.replicas, n)
+	if o.fleet.replicas, err = counts("-fleet-n", *replicas); err != nil {
+		return err
 	}
 	if o.fleet.inflight < 1 || o.fleet.latency < 0 {
 		return fmt.Errorf("-fleet-inflight must be positive, -fleet-latency not negative")
@@ -208,6 +197,19 @@ func run(args []string) error {
 		}
 	}
 	return bench(o)
+}
+
+// counts parses a flag's comma-separated list of positive numbers.
+func counts(flag, list string) ([]int, error) {
+	var ns []int
+	for _, f := range strings.Split(list, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("%s: %q is not a positive number", flag, f)
+		}
+		ns = append(ns, n)
+	}
+	return ns, nil
 }
 
 // bench runs every row and prints the table.
