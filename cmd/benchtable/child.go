@@ -241,6 +241,23 @@ func keepZip(c *child) error {
 	return fmt.Errorf("%s: the zip was not kept within a minute", c.name)
 }
 
+// fill fetches every path through the modgate c once, so that its cache
+// holds them.
+func fill(c *child, paths []string) error {
+	for _, p := range paths {
+		resp, err := c.ctl.Get("http://" + c.addrs.HTTP + p)
+		if err != nil {
+			return fmt.Errorf("%s: filling the cache: %w", c.name, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("%s: filling the cache: %s: %s", c.name, p, resp.Status)
+		}
+	}
+	return nil
+}
+
 // startChild starts this program again as role with args and waits for
 // its addresses.
 func startChild(name, role string, args ...string) (*child, error) {
