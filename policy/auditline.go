@@ -61,6 +61,15 @@ func appendOptional(dst []byte, key, s string) []byte {
 
 const hexDigits = "0123456789abcdef"
 
+// jsonSafe marks the ASCII bytes a JSON string holds as they are: all
+// but control bytes, '"' and '\\' (HTML characters too: no HTML escaping).
+var jsonSafe = func() (t [utf8.RuneSelf]bool) {
+	for b := 0x20; b < utf8.RuneSelf; b++ {
+		t[b] = b != '"' && b != '\\'
+	}
+	return t
+}()
+
 // appendJSONString quotes s as encoding/json does without HTML escaping:
 // short escapes for \b \f \n \r \t " and \, \u00XX for the other control
 // bytes, U+FFFD for each byte of invalid UTF-8, and U+2028 and U+2029
@@ -71,7 +80,7 @@ func appendJSONString(dst []byte, s string) []byte {
 	for i := 0; i < len(s); {
 		b := s[i]
 		if b < utf8.RuneSelf {
-			if b >= 0x20 && b != '"' && b != '\\' {
+			if jsonSafe[b] {
 				i++
 				continue
 			}
