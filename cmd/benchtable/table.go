@@ -576,6 +576,8 @@ func (r *report) targets() {
 		}
 	}
 	loadTarget(r.loads[sectionForward], "forward absolute-form small ≥ 1.0× Squid req/s", rpsRatio("modgate", "squid", 1.0))
+	loadTarget(r.loads[sectionTunnel], "small requests through open CONNECT tunnels ≥ 1.0× Squid req/s", rpsRatio("modgate", "squid", 1.0))
+	loadTarget(r.loads[sectionSetup], "a new CONNECT tunnel per request ≥ 1.0× Squid req/s", rpsRatio("modgate", "squid", 1.0))
 	if len(r.fleet) > 0 {
 		v, text := fleetTarget(r.fleet)
 		fmt.Fprintf(r.w, "  %s  %s\n", v, text)
