@@ -72,14 +72,14 @@ $(STATICCHECK):
 # OTEL_TRACES_SAMPLER=always_on, --cache-dir), against a floor
 # (httputil.ReverseProxy), a direct fetch, nginx (reverse) and Squid
 # (forward), in one run, taking turns, and prints one table with the
-# targets and whether each is met (sidecar/benchtable, about 6 minutes).
+# targets and whether each is met (cmd/benchtable, about 6 minutes).
 # Its Benchmark lines are benchstat's input:
 #   make bench | tee new.txt && benchstat -col '/target@(floor modgate otlp always-on)' new.txt
 # BENCHFLAGS go to the program, e.g. BENCHFLAGS='-d 2s -profile /tmp/prof'
-# (go run ./sidecar/benchtable -h lists them).
+# (go run ./cmd/benchtable -h lists them).
 BENCHFLAGS ?=
 bench: build bench-peers $(REDIS_SERVER) $(VERSITYGW_BIN)
-	$(GO) build -o $(BIN)/benchtable ./sidecar/benchtable
+	$(GO) build -o $(BIN)/benchtable ./cmd/benchtable
 	REDIS_SERVER=$(REDIS_SERVER) VERSITYGW_BIN=$(VERSITYGW_BIN) $(BIN)/benchtable -modgate $(BIN)/modgate $(BENCHFLAGS)
 
 # The bench's peers, nginx and Squid, from Debian (their services are not

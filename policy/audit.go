@@ -81,8 +81,7 @@ type AuditLog struct {
 	closer   io.Closer // the rotating file; nil for "-" (the caller owns stdout)
 	interval time.Duration
 	buf      []byte
-	enc      *json.Encoder
-	line     bytes.Buffer
+	line     []byte      // the line being encoded, reused
 	timer    *time.Timer // pending flush, or nil
 	err      error       // a background flush error the next call reports
 	closed   bool
@@ -139,8 +138,6 @@ func NewAuditLog(path string, opts AuditOptions) (*AuditLog, error) {
 		a.w, a.closer = lj, lj
 	}
 	a.buf = make([]byte, 0, auditBufferSize)
-	a.enc = json.NewEncoder(&a.line)
-	a.enc.SetEscapeHTML(false) // keep "<v1.4.2" readable
 	return a, nil
 }
 
@@ -169,11 +166,16 @@ func (a *AuditLog) Log(e AuditEntry) error {
 	if a.w == nil {
 		return nil
 	}
-	a.line.Reset()
-	if err := a.enc.Encode(&e); err != nil { // adds the newline
-		return fmt.Errorf("policy: audit log: %w", err)
+	line, ok := appendAuditLine(a.line[:0], &e)
+	if !ok {
+		slow := e // only this copy escapes, not every entry
+		var err error
+		if line, err = encodeAuditLine(&slow); err != nil {
+			return fmt.Errorf("policy: audit log: %w", err)
+		}
+	} else {
+		a.line = line
 	}
-	line := a.line.Bytes()
 
 	err := a.takeErr()
 	if len(a.buf)+len(line) > cap(a.buf) {
@@ -208,21 +210,30 @@ func (a *AuditLog) flushLater() {
 
 // Flush writes the buffered lines now.
 func (a *AuditLog) Flush() error {
-	if a == nil {
-		return nil
-	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.closed {
-		return ErrAuditClosed
-	}
-	return errors.Join(a.takeErr(), a.flushLocked())
+	return a.whileOpen(func() error { return errors.Join(a.takeErr(), a.flushLocked()) })
 }
 
 // Close writes every line logged before it and closes the file. Later
 // calls of Log, Flush and Close return ErrAuditClosed. Close does not close
 // AuditOptions.Stdout.
 func (a *AuditLog) Close() error {
+	return a.whileOpen(func() error {
+		a.closed = true
+		if a.timer != nil {
+			a.timer.Stop()
+			a.timer = nil
+		}
+		err := errors.Join(a.takeErr(), a.flushLocked())
+		if a.closer != nil {
+			err = errors.Join(err, a.closer.Close())
+		}
+		return err
+	})
+}
+
+// whileOpen runs f holding the lock, unless the log is nil (nothing to do)
+// or closed (ErrAuditClosed).
+func (a *AuditLog) whileOpen(f func() error) error {
 	if a == nil {
 		return nil
 	}
@@ -231,16 +242,18 @@ func (a *AuditLog) Close() error {
 	if a.closed {
 		return ErrAuditClosed
 	}
-	a.closed = true
-	if a.timer != nil {
-		a.timer.Stop()
-		a.timer = nil
-	}
-	err := errors.Join(a.takeErr(), a.flushLocked())
-	if a.closer != nil {
-		err = errors.Join(err, a.closer.Close())
-	}
-	return err
+	return f()
+}
+
+// encodeAuditLine is encoding/json's line for e, HTML left unescaped (keep
+// "<v1.4.2" readable): the definition appendAuditLine follows, and its
+// path for the values it leaves to encoding/json.
+func encodeAuditLine(e *AuditEntry) ([]byte, error) {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	err := enc.Encode(e) // adds the newline
+	return b.Bytes(), err
 }
 
 func (a *AuditLog) flushLocked() error {

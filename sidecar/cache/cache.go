@@ -9,6 +9,7 @@ package cache
 import (
 	"bufio"
 	"bytes"
+	"container/list"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -58,24 +59,39 @@ type Cache struct {
 	verified   map[string]fileID
 
 	// mem holds small entries (lists, .info, .mod, lookups, tiles) in
-	// memory: a hit is then a map lookup, not five system calls. Entries
-	// are immutable or judged by their stored time, so a copy is as good
-	// as the file.
+	// memory, the least recently used dropped first to stay under memMax
+	// bytes: a hit is then a map lookup, not five system calls. The copy
+	// is of a file whose identity it remembers; at most every memRecheck
+	// a hit compares that with the file (one stat), so that an entry that
+	// another process sharing the directory replaced, removed or evicted
+	// is read again or reported missing within memRecheck.
 	memMu    sync.Mutex
 	mem      map[string]*memEntry
+	memLRU   list.List // of *memEntry, most recently used first
 	memBytes int64
+	memMax   int64
+	memGen   uint64 // counts forget calls: a copy read before one is not kept
 }
 
 type memEntry struct {
-	meta Meta
-	body []byte
+	key     string
+	meta    Meta
+	body    []byte
+	at      *bytes.Reader // body, for ReadAt only (shared: ReadAt keeps no state)
+	id      fileID        // the file the copy was read from
+	checked time.Time     // when id was last compared with the file
+	elem    *list.Element
 }
 
-// Limits of the in-memory copies.
+// Limits of the in-memory copies: each entry, and all of them.
 const (
-	memEntryMax = 64 << 10
-	memTotalMax = 32 << 20
+	memEntryMax     = 64 << 10
+	DefaultMemBytes = 64 << 20
 )
+
+// memRecheck is how long a hit served from memory trusts the file it was
+// read from without looking at it again.
+const memRecheck = time.Second
 
 // touchEvery is how stale a file's mtime may get before a hit refreshes
 // it: eviction only needs a rough order of use.
@@ -109,7 +125,7 @@ func Open(dir string, maxBytes int64, now func() time.Time) (*Cache, error) {
 	if now == nil {
 		now = time.Now
 	}
-	c := &Cache{dir: dir, maxBytes: maxBytes, now: now, verified: map[string]fileID{}, mem: map[string]*memEntry{}}
+	c := &Cache{dir: dir, maxBytes: maxBytes, now: now, verified: map[string]fileID{}, mem: map[string]*memEntry{}, memMax: DefaultMemBytes}
 	size, err := c.count()
 	if err != nil {
 		return nil, err
@@ -124,6 +140,23 @@ func (c *Cache) Dir() string { return c.dir }
 // Size returns the bytes the cache holds, as this process knows it.
 func (c *Cache) Size() int64 { return c.size.Load() }
 
+// SetMemoryLimit sets how many bytes of small entries the cache keeps in
+// memory (DefaultMemBytes unless set; 0 keeps none), dropping the least
+// recently used ones now if they are over it.
+func (c *Cache) SetMemoryLimit(n int64) {
+	c.memMu.Lock()
+	defer c.memMu.Unlock()
+	c.memMax = max(n, 0)
+	c.shrinkLocked(0)
+}
+
+// MemoryBytes returns the bytes of entries held in memory.
+func (c *Cache) MemoryBytes() int64 {
+	c.memMu.Lock()
+	defer c.memMu.Unlock()
+	return c.memBytes
+}
+
 // Evictions returns how many entries this process has evicted.
 func (c *Cache) Evictions() int64 { return c.evictions.Load() }
 
@@ -131,15 +164,25 @@ func (c *Cache) Evictions() int64 { return c.evictions.Load() }
 // "example.test/m/@v/v1.0.0.zip") to its file. Keys are checked by the
 // caller; this only refuses what could leave the directory.
 func (c *Cache) path(key string) (string, error) {
-	if key == "" || strings.HasPrefix(key, "/") || strings.Contains(key, "\\") || strings.Contains(key, "\x00") {
+	if !goodKey(key) {
 		return "", fmt.Errorf("cache: bad key %q", key)
 	}
-	for _, elem := range strings.Split(key, "/") {
+	return filepath.Join(c.dir, "data", filepath.FromSlash(key)), nil
+}
+
+// goodKey reports whether key stays inside the directory: no empty, "."
+// or ".." element, no leading slash, backslash or NUL. It allocates
+// nothing (a hit from memory checks it too).
+func goodKey(key string) bool {
+	if key == "" || strings.HasPrefix(key, "/") || strings.ContainsAny(key, "\\\x00") {
+		return false
+	}
+	for elem := range strings.SplitSeq(key, "/") {
 		if elem == "" || elem == "." || elem == ".." {
-			return "", fmt.Errorf("cache: bad key %q", key)
+			return false
 		}
 	}
-	return filepath.Join(c.dir, "data", filepath.FromSlash(key)), nil
+	return true
 }
 
 // Entry is an open cache entry. Read its body from Body; Close it.
@@ -147,8 +190,10 @@ type Entry struct {
 	Meta
 	Body     *io.SectionReader
 	f        *os.File // nil for an in-memory copy
+	mem      []byte   // the in-memory copy's body
 	fileSize int64
-	mtime    time.Time
+	id       fileID
+	section  io.SectionReader // Body of an in-memory copy
 }
 
 // Close closes the entry's file.
@@ -159,10 +204,14 @@ func (e *Entry) Close() error {
 	return e.f.Close()
 }
 
-// WriteTo writes the entry's body to w, in large chunks.
+// WriteTo writes the entry's body to w, in large chunks; an in-memory
+// copy in one Write.
 func (e *Entry) WriteTo(w io.Writer) (int64, error) {
 	if e.f == nil {
-		return io.Copy(w, e.Body)
+		// Not io.Copy: without a ReaderFrom on w it would allocate a
+		// 32 KiB buffer for every hit.
+		n, err := w.Write(e.mem)
+		return int64(n), err
 	}
 	off := e.fileSize - e.Size
 	if _, err := e.f.Seek(off, io.SeekStart); err != nil {
@@ -189,63 +238,136 @@ func (e *Entry) Age(now time.Time) time.Duration { return now.Sub(e.Stored) }
 // not what its hash says) is removed and reported as ErrNotExist: it is
 // never served. A hit marks the entry as recently used.
 func (c *Cache) Get(key string) (*Entry, error) {
+	if !goodKey(key) {
+		return nil, fmt.Errorf("cache: bad key %q", key)
+	}
+	e, gen := c.fromMemory(key)
+	if e != nil {
+		return e, nil
+	}
 	p, err := c.path(key)
 	if err != nil {
 		return nil, err
-	}
-	c.memMu.Lock()
-	m := c.mem[key]
-	c.memMu.Unlock()
-	if m != nil {
-		return &Entry{Meta: m.meta, Body: io.NewSectionReader(bytes.NewReader(m.body), 0, int64(len(m.body)))}, nil
 	}
 	f, err := os.Open(p)
 	if err != nil {
 		return nil, ErrNotExist
 	}
-	e, err := c.check(key, f)
+	e, err = c.check(key, f)
 	if err != nil {
 		f.Close()
 		os.Remove(p) // damaged: the next fetch replaces it
 		return nil, ErrNotExist
 	}
-	if now := c.now(); now.Sub(e.mtime) > touchEvery {
-		os.Chtimes(p, now, now) // LRU across processes: the file's mtime is its last use
+	now := c.now()
+	if now.Sub(e.id.mtime) > touchEvery {
+		c.touch(p, &e.id, now)
 	}
 	if e.Size <= memEntryMax {
 		body := make([]byte, e.Size)
 		if _, err := e.Body.ReadAt(body, 0); err == nil {
-			c.remember(key, e.Meta, body)
+			c.remember(&memEntry{key: key, meta: e.Meta, body: body, at: bytes.NewReader(body), id: e.id, checked: now}, gen)
 		}
 	}
 	return e, nil
 }
 
-// remember keeps a small entry in memory, forgetting others to stay under
-// memTotalMax.
-func (c *Cache) remember(key string, meta Meta, body []byte) {
+// touch sets the file's mtime to now: LRU across processes, the file's
+// mtime is its last use. id follows.
+func (c *Cache) touch(p string, id *fileID, now time.Time) {
+	if os.Chtimes(p, now, now) == nil {
+		id.mtime = now
+	}
+}
+
+// fromMemory is the in-memory copy of key, or nil. A copy older
+// than memRecheck is first compared with its file: one that is gone, or
+// another file now, is dropped (nil: Get reads the file). gen is for
+// remember.
+func (c *Cache) fromMemory(key string) (_ *Entry, gen uint64) {
+	now := c.now()
+	c.memMu.Lock()
+	m, gen := c.mem[key], c.memGen
+	if m == nil {
+		c.memMu.Unlock()
+		return nil, gen
+	}
+	c.memLRU.MoveToFront(m.elem)
+	id, fresh := m.id, now.Sub(m.checked) < memRecheck && !now.Before(m.checked)
+	c.memMu.Unlock()
+	if !fresh {
+		p, _ := c.path(key)
+		st, err := os.Stat(p)
+		if err != nil || st.Size() != id.size || inode(st) != id.ino || !st.ModTime().Equal(id.mtime) {
+			c.forgetCopy(m)
+			return nil, gen
+		}
+		if now.Sub(id.mtime) > touchEvery {
+			c.touch(p, &id, now)
+		}
+		c.memMu.Lock()
+		if c.mem[key] == m {
+			m.id, m.checked = id, now
+		}
+		c.memMu.Unlock()
+	}
+	e := &Entry{Meta: m.meta, mem: m.body}
+	e.section = *io.NewSectionReader(m.at, 0, int64(len(m.body)))
+	e.Body = &e.section
+	return e, gen
+}
+
+// remember keeps a small entry in memory, dropping the least recently
+// used ones to stay under memMax, unless something was forgotten since
+// gen (a Commit or Remove may have replaced the file m was read from).
+func (c *Cache) remember(m *memEntry, gen uint64) {
+	size := int64(len(m.body))
 	c.memMu.Lock()
 	defer c.memMu.Unlock()
-	if old := c.mem[key]; old != nil {
-		c.memBytes -= int64(len(old.body))
+	if gen != c.memGen {
+		return
 	}
-	for k, m := range c.mem { // map order is random enough for a hot set
-		if c.memBytes+int64(len(body)) <= memTotalMax {
-			break
-		}
-		delete(c.mem, k)
-		c.memBytes -= int64(len(m.body))
+	if old := c.mem[m.key]; old != nil {
+		c.dropLocked(old)
 	}
-	c.mem[key] = &memEntry{meta: meta, body: body}
-	c.memBytes += int64(len(body))
+	if size > c.memMax {
+		return
+	}
+	c.shrinkLocked(size)
+	m.elem = c.memLRU.PushFront(m)
+	c.mem[m.key] = m
+	c.memBytes += size
+}
+
+// shrinkLocked drops the least recently used copies until room more bytes
+// fit under memMax.
+func (c *Cache) shrinkLocked(room int64) {
+	for c.memBytes+room > c.memMax && c.memLRU.Len() > 0 {
+		c.dropLocked(c.memLRU.Back().Value.(*memEntry))
+	}
+}
+
+func (c *Cache) dropLocked(m *memEntry) {
+	delete(c.mem, m.key)
+	c.memLRU.Remove(m.elem)
+	c.memBytes -= int64(len(m.body))
 }
 
 // forget drops key's in-memory copy.
 func (c *Cache) forget(key string) {
 	c.memMu.Lock()
+	c.memGen++
 	if m := c.mem[key]; m != nil {
-		delete(c.mem, key)
-		c.memBytes -= int64(len(m.body))
+		c.dropLocked(m)
+	}
+	c.memMu.Unlock()
+}
+
+// forgetCopy drops m if it is still key's copy (not one read since).
+func (c *Cache) forgetCopy(m *memEntry) {
+	c.memMu.Lock()
+	if c.mem[m.key] == m {
+		c.dropLocked(m)
 	}
 	c.memMu.Unlock()
 }
@@ -288,7 +410,7 @@ func (c *Cache) check(key string, f *os.File) (*Entry, error) {
 		c.verified[key] = id
 		c.verifiedMu.Unlock()
 	}
-	return &Entry{Meta: m, Body: io.NewSectionReader(f, off, m.Size), f: f, fileSize: st.Size(), mtime: st.ModTime()}, nil
+	return &Entry{Meta: m, Body: io.NewSectionReader(f, off, m.Size), f: f, fileSize: st.Size(), id: id}, nil
 }
 
 // Writer writes one entry. Nothing is visible under the key until Commit
@@ -443,12 +565,12 @@ func (w *Writer) Abort() {
 
 // Remove deletes the entry for key, if any.
 func (c *Cache) Remove(key string) {
-	c.forget(key)
 	if p, err := c.path(key); err == nil {
 		if st, err := os.Stat(p); err == nil && os.Remove(p) == nil {
 			c.size.Add(-st.Size())
 		}
 	}
+	c.forget(key) // after the file: a Get that read it meanwhile keeps no copy
 }
 
 // count walks the directory: the bytes of its entries, removing temporary
@@ -514,6 +636,9 @@ func (c *Cache) evict() {
 		if os.Remove(f.path) == nil {
 			total -= f.size
 			c.evictions.Add(1)
+			if rel, err := filepath.Rel(filepath.Join(c.dir, "data"), f.path); err == nil {
+				c.forget(filepath.ToSlash(rel))
+			}
 		}
 	}
 	c.size.Store(total)

@@ -196,17 +196,34 @@ http {
       proxy_buffering off;
     }
   }
+  # nginx-file: the origin's answers as files, served as Debian's default
+  # site serves them (sendfile on, tcp_nopush on), the peer of modgate's
+  # cache hits.
+  sendfile on;
+  tcp_nopush on;
+  server {
+    listen %s;
+    root %s;
+    default_type application/octet-stream;
+  }
 }
 `
 
 // startNginx starts nginx in front of originAddr, or says why it cannot.
-func startNginx(dir, originAddr string) (*child, error) {
+// The same nginx serves the files under www on a second listener: files
+// is that column, the same process as the proxy (only one of them is
+// loaded at a time, so the process's CPU time is that column's).
+func startNginx(dir, originAddr, www string) (proxy, files *child, err error) {
 	if _, err := os.Stat(nginxBin); err != nil {
-		return nil, fmt.Errorf("nginx: %w (make bench installs Debian's nginx)", err)
+		return nil, nil, fmt.Errorf("nginx: %w (make bench installs Debian's nginx)", err)
 	}
 	listen, err := freePort()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
+	}
+	fileListen, err := freePort()
+	if err != nil {
+		return nil, nil, err
 	}
 	user := ""
 	if os.Geteuid() == 0 {
@@ -214,11 +231,18 @@ func startNginx(dir, originAddr string) (*child, error) {
 	}
 	conf := filepath.Join(dir, "nginx.conf")
 	d := dir
-	text := fmt.Sprintf(nginxConfig, user, d, d, d, d, d, d, d, originAddr, listen)
+	text := fmt.Sprintf(nginxConfig, user, d, d, d, d, d, d, d, originAddr, listen, fileListen, www)
 	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return startPeer("nginx", exec.Command(nginxBin, "-c", conf, "-p", dir), dir, listen)
+	if proxy, err = startPeer("nginx", exec.Command(nginxBin, "-c", conf, "-p", dir), dir, listen); err != nil {
+		return nil, nil, err
+	}
+	if err := waitTCP(fileListen); err != nil {
+		proxy.stop()
+		return nil, nil, fmt.Errorf("nginx files: %w", err)
+	}
+	return proxy, &child{name: "nginx-file", cmd: proxy.cmd, addrs: childAddrs{HTTP: fileListen}}, nil
 }
 
 // squidConfig is Squid as a forward proxy for the loopback origin, caching

@@ -12,6 +12,8 @@
 //     io.Copy both ways), in a process of its own;
 //   - nginx (reverse mode, keep-alive pool to the origin) and Squid
 //     (forward mode, absolute-form and CONNECT), as Debian ships them;
+//   - nginx-file: the same nginx serving the origin's answers from files,
+//     the peer of modgate's cache hits;
 //   - modgate: `modgate run` (the binary -modgate names) as child
 //     processes configured only with a config file, flags and environment
 //     variables, as users configure it: as shipped (no OTLP endpoint),
@@ -44,7 +46,7 @@
 //
 // Usage:
 //
-//	go run ./sidecar/benchtable -modgate bin/modgate [-d 750ms] [-rounds 5] [-warmup 300ms] [-clients 1,16,64]
+//	go run ./cmd/benchtable -modgate bin/modgate [-d 750ms] [-rounds 5] [-warmup 300ms] [-clients 1,16,64] [-cached-clients 1,32]
 //		[-only small,cached,zip,forward,tunnel,setup,tunnelzip,tunnelzip-tls,fleet,hotpath] [-profile DIR]
 //		[-redis redis-server] [-versitygw versitygw] [-fleet-n 1,3,6] [-fleet-latency 30ms] [-fleet-inflight 6]
 //
@@ -82,6 +84,7 @@ func main() {
 type options struct {
 	plan
 	clients  []int
+	cached   []int // clients of the cache-hit rows
 	zipMiB   int
 	zipRound int
 	hotN     int
@@ -113,6 +116,7 @@ func run(args []string) error {
 	fs.IntVar(&o.rounds, "rounds", 5, "rounds per row; the columns take turns in each")
 	fs.DurationVar(&o.warm, "warmup", 300*time.Millisecond, "warm-up per column before a row is measured")
 	fs.StringVar(&clients, "clients", "1,16,64", "concurrent clients of the small-request rows")
+	cachedClients := fs.String("cached-clients", "1,32", "concurrent clients of the cache-hit rows")
 	only := fs.String("only", "small,cached,zip,forward,tunnel,setup,tunnelzip,tunnelzip-tls,fleet,hotpath", "the rows to run")
 	fs.IntVar(&o.zipMiB, "zip-mib", 256, "size of the streamed module zip, MiB")
 	fs.IntVar(&o.zipRound, "zip-rounds", 4, "transfers of the zip per column")
@@ -152,19 +156,15 @@ func run(args []string) error {
 	default:
 		return runChild(*role, origin)
 	}
-	for _, f := range strings.Split(clients, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n < 1 {
-			return fmt.Errorf("-clients: %q is not a number of clients", f)
-		}
-		o.clients = append(o.clients, n)
+	var err error
+	if o.clients, err = counts("-clients", clients); err != nil {
+		return err
 	}
-	for _, f := range strings.Split(*replicas, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n < 1 {
-			return fmt.Errorf("-fleet-n: %q is not a number of replicas", f)
-		}
-		o.fleet.replicas = append(o.fleet.replicas, n)
+	if o.cached, err = counts("-cached-clients", *cachedClients); err != nil {
+		return err
+	}
+	if o.fleet.replicas, err = counts("-fleet-n", *replicas); err != nil {
+		return err
 	}
 	if o.fleet.inflight < 1 || o.fleet.latency < 0 {
 		return fmt.Errorf("-fleet-inflight must be positive, -fleet-latency not negative")
@@ -197,6 +197,19 @@ func run(args []string) error {
 		}
 	}
 	return bench(o)
+}
+
+// counts parses a flag's comma-separated list of positive numbers.
+func counts(flag, list string) ([]int, error) {
+	var ns []int
+	for _, f := range strings.Split(list, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("%s: %q is not a positive number", flag, f)
+		}
+		ns = append(ns, n)
+	}
+	return ns, nil
 }
 
 // bench runs every row and prints the table.
@@ -275,7 +288,7 @@ func bench(o options) error {
 	}()
 	// The proxies serve the load and streaming rows; the fleet and
 	// hot-path rows start processes of their own.
-	var floor, nginx, squid *child
+	var floor, nginx, nginxFile, squid *child
 	gates := map[string]*child{}
 	var peerNotes []string
 	if o.proxyRows() {
@@ -293,7 +306,11 @@ func bench(o options) error {
 		}
 		// The peers are optional: without them their columns stay empty
 		// and the table says why.
-		if nginx, err = startNginx(dir, originAddr); err != nil {
+		www := filepath.Join(dir, "www")
+		if err := org.writeFiles(www); err != nil {
+			return err
+		}
+		if nginx, nginxFile, err = startNginx(dir, originAddr, www); err != nil {
 			peerNotes = append(peerNotes, err.Error())
 		} else {
 			children = append(children, nginx)
@@ -348,14 +365,19 @@ func bench(o options) error {
 	}
 	if o.only[sectionCached] {
 		c := gates["cached"]
-		for _, n := range o.clients {
-			ts := []*target{direct(small(originAddr)), at("floor", floor, small(floor.addrs.HTTP)), at("cached", c, small(c.addrs.HTTP))}
-			out.load(sectionCached, fmt.Sprintf("Small/mode=cached/clients=%d", n), n, measure(o.plan, "small requests from the cache, "+clientsText(n), ts, n, 0, false))
+		// Fill the cache first: the warm-up is too short for a miss per
+		// artifact (each verified, written and synced) on a slow disk.
+		if err := fill(c, paths); err != nil {
+			return err
+		}
+		for _, n := range o.cached {
+			ts := []*target{direct(small(originAddr)), at("floor", floor, small(floor.addrs.HTTP)), at("nginx-file", nginxFile, small(originAddr)), at("cached", c, small(c.addrs.HTTP))}
+			out.load(sectionCached, fmt.Sprintf("Small/mode=cached/clients=%d", n), n, measure(o.plan, "small requests from the cache, "+clientsText(n), compact(ts), n, 0, false))
 		}
 	}
 	if o.only[sectionZip] {
 		zip := func(host string) [][]byte { return requests([]string{zipPath}, host, false) }
-		ts := []*target{direct(zip(originAddr)), at("floor", floor, zip(floor.addrs.HTTP)), at("nginx", nginx, zip(originAddr))}
+		ts := []*target{direct(zip(originAddr)), at("floor", floor, zip(floor.addrs.HTTP)), at("nginx", nginx, zip(originAddr)), at("nginx-file", nginxFile, zip(originAddr))}
 		// cached: the zip is verified once, in the warm-up, and kept;
 		// unverified: sumdb off, the zip streams as it arrives.
 		for _, name := range []string{"modgate", "cached", "unverified"} {

@@ -241,6 +241,23 @@ func keepZip(c *child) error {
 	return fmt.Errorf("%s: the zip was not kept within a minute", c.name)
 }
 
+// fill fetches every path through the modgate c once, so that its cache
+// holds them.
+func fill(c *child, paths []string) error {
+	for _, p := range paths {
+		resp, err := c.ctl.Get("http://" + c.addrs.HTTP + p)
+		if err != nil {
+			return fmt.Errorf("%s: filling the cache: %w", c.name, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("%s: filling the cache: %s: %s", c.name, p, resp.Status)
+		}
+	}
+	return nil
+}
+
 // startChild starts this program again as role with args and waits for
 // its addresses.
 func startChild(name, role string, args ...string) (*child, error) {
@@ -341,11 +358,12 @@ func (c *child) profileStart(path string, d time.Duration) error {
 	case c.addrs.Control != "":
 		return c.call("POST", "/profile/start?path="+path, nil)
 	case c.admin != "":
+		// A CPU profile, and the allocations over the same span (the
+		// allocs profile with seconds is a delta) next to it.
 		c.profileDone = make(chan struct{})
-		go func() {
-			defer close(c.profileDone)
-			secs := max(1, int(d.Round(time.Second)/time.Second))
-			resp, err := (&http.Client{Timeout: d + time.Minute}).Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", c.admin, secs))
+		secs := max(1, int(d.Round(time.Second)/time.Second))
+		fetch := func(url, path string) {
+			resp, err := (&http.Client{Timeout: d + time.Minute}).Get(url)
 			if err != nil {
 				fmt.Fprintf(os.Stderr, "bench: profile of %s: %v\n", c.name, err)
 				return
@@ -356,6 +374,15 @@ func (c *child) profileStart(path string, d time.Duration) error {
 				io.Copy(f, resp.Body)
 				f.Close()
 			}
+		}
+		go func() {
+			defer close(c.profileDone)
+			var wg sync.WaitGroup
+			wg.Go(func() { fetch(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", c.admin, secs), path) })
+			wg.Go(func() {
+				fetch(fmt.Sprintf("http://%s/debug/pprof/allocs?seconds=%d", c.admin, secs), strings.TrimSuffix(path, ".cpu.pprof")+".allocs.pprof")
+			})
+			wg.Wait()
 		}()
 	}
 	return nil

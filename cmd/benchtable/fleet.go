@@ -5,6 +5,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	crand "crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -475,7 +476,14 @@ func (fb *fleetBench) run(setup fleetSetup, n int) (*fleetResult, error) {
 		if err := redisCommand(fb.redis.addrs.HTTP, "FLUSHALL"); err != nil {
 			return nil, fmt.Errorf("redis: %w", err)
 		}
-		cfg += fmt.Sprintf("fleet: {redis: %q}\n", "redis://"+fb.redis.addrs.HTTP+"/0")
+		// The replicas sign what they put in Redis with a secret they share.
+		secret := make([]byte, 32)
+		crand.Read(secret)
+		secretFile := filepath.Join(dir, "fleet.secret")
+		if err := os.WriteFile(secretFile, []byte(hex.EncodeToString(secret)+"\n"), 0o600); err != nil {
+			return nil, err
+		}
+		cfg += fmt.Sprintf("fleet: {redis: %q, secret_file: %q}\n", "redis://"+fb.redis.addrs.HTTP+"/0", secretFile)
 	}
 	configFile := filepath.Join(dir, "modgate.yaml")
 	if err := os.WriteFile(configFile, []byte(cfg), 0o644); err != nil {

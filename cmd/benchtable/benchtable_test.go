@@ -33,7 +33,7 @@ func TestMain(m *testing.M) {
 // BenchmarkHotPath is the hot-path row of the table under go test, for
 // profiling:
 //
-//	go test -run='^$' -bench=HotPath -benchmem -cpuprofile cpu.out ./sidecar/benchtable
+//	go test -run='^$' -bench=HotPath -benchmem -cpuprofile cpu.out ./cmd/benchtable
 //
 // Client, origin and proxies share the process; the direct column is the
 // client and origin alone.
@@ -254,12 +254,19 @@ func TestShippedColumns(t *testing.T) {
 	}
 
 	t.Run("nginx", func(t *testing.T) {
-		c, err := startNginx(t.TempDir(), originAddr)
+		dir := t.TempDir()
+		www := filepath.Join(dir, "www")
+		if err := o.writeFiles(www); err != nil {
+			t.Fatal(err)
+		}
+		c, files, err := startNginx(dir, originAddr, www)
 		if err != nil {
 			t.Skip(err)
 		}
 		defer c.stop()
 		roundTrips(t, o, &target{name: "nginx", addr: c.addrs.HTTP, reqs: requests(all, originAddr, false)}, all)
+		// nginx-file serves the origin's bytes from files, the zip too.
+		roundTrips(t, o, &target{name: "nginx-file", addr: files.addrs.HTTP, reqs: requests(all, originAddr, false)}, all)
 		if n := len(processTree(c.cmd.Process.Pid)); n < 2 {
 			t.Errorf("nginx: %d processes, want its master and workers", n)
 		}
@@ -414,29 +421,54 @@ func TestTargets(t *testing.T) {
 	var out strings.Builder
 	r.w = &out
 	r.loads[sectionSmall] = []loadRow{
-		{clients: 1, res: map[string]*stats{"floor": st(1000, 100*time.Microsecond), "modgate": st(950, 160*time.Microsecond), "otlp": st(790, 0), "sdk-off": st(1000, 0), "always-on": st(500, 0)}},
+		{clients: 1, res: map[string]*stats{"floor": st(1000, 100*time.Microsecond), "modgate": st(1050, 115*time.Microsecond), "otlp": st(790, 0), "sdk-off": st(1000, 0), "always-on": st(500, 0)}},
 		{clients: 16, res: map[string]*stats{"floor": st(1000, 0), "modgate": st(910, 0), "otlp": st(850, 0), "sdk-off": st(1000, 0), "always-on": st(500, 0)}},
 	}
-	r.loads[sectionCached] = []loadRow{{clients: 16, res: map[string]*stats{"floor": st(1000, 0), "cached": st(2100, 0)}}}
+	r.loads[sectionCached] = []loadRow{
+		{clients: 1, res: map[string]*stats{"floor": st(1000, 0), "nginx-file": st(3000, 0), "cached": st(2100, 0)}},
+		{clients: 32, res: map[string]*stats{"floor": st(1000, 0), "nginx-file": st(4000, 0), "cached": st(2100, 0)}},
+	}
 	r.loads[sectionForward] = []loadRow{{clients: 16, res: map[string]*stats{"floor": st(1000, 0), "squid": st(1200, 0), "modgate": st(1100, 0)}}}
+	r.loads[sectionTunnel] = []loadRow{{clients: 16, res: map[string]*stats{"floor": st(1000, 0), "squid": st(1000, 0), "modgate": st(1010, 0)}}}
 	r.streams[sectionZip] = map[string]*stats{"floor": mb(1000), "modgate": mb(950)}
 	r.streams[sectionZip]["modgate"].mem = &memReport{RSSBefore: 10 << 20, PeakRSS: 50 << 20}
 	r.streams[sectionTunnelZipTLS] = map[string]*stats{"squid": mb(500), "modgate": mb(520)}
 	r.targets()
 	for _, want := range []string{
-		"met     default config (modgate) ≥ 0.9× floor req/s: 0.95× at 1, 0.91× at 16",
-		"MISSED  default config p50 added ≤ floor + 50 µs (1 client: no queueing): +60 µs at 1",
+		"MISSED  default config (modgate) ≥ 1.0× floor req/s: 1.05× at 1, 0.91× at 16",
+		"met     default config p50 added ≤ floor + 20 µs (1 client: no queueing): +15 µs at 1",
 		"MISSED  OTLP export, default sampler (otlp) ≥ 0.8× floor req/s: 0.79× at 1, 0.85× at 16",
 		"report  always_on at 16: 0.50× floor req/s, CPU 100.0 µs/req (floor 100.0, modgate default 100.0)",
-		"met     cached small artifacts ≥ 2× floor req/s: 2.10× at 16",
+		"met     cached small artifacts ≥ 2× floor req/s: 2.10× at 1, 2.10× at 32",
+		"met     cached small artifacts ≥ 0.6× nginx-file req/s at 1 client, ≥ 0.5× above: 0.70× at 1, 0.53× at 32",
 		"met     zip with verification on (streamed, verified as it is kept), ≥ 0.9× floor MB/s: 0.95×",
 		"MISSED  modgate's RSS growth while streaming 256 MiB < 32 MiB: 40.0 MiB",
 		"MISSED  forward absolute-form small ≥ 1.0× Squid req/s: 0.92× at 16",
 		"met     CONNECT 256 MiB over TLS ≥ 1.0× Squid MB/s: 1.04×",
+		"met     small requests through open CONNECT tunnels ≥ 1.0× Squid req/s: 1.01× at 16",
 	} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("no line %q in:\n%s", want, out.String())
 		}
+	}
+	// Without nginx, no nginx-file target (and no "n/a" verdict).
+	delete(r.loads[sectionCached][0].res, "nginx-file")
+	delete(r.loads[sectionCached][1].res, "nginx-file")
+	out.Reset()
+	r.targets()
+	if strings.Contains(out.String(), "nginx-file") {
+		t.Errorf("an nginx-file target without the column:\n%s", out.String())
+	}
+	// The peers' ratios are lines of the row's block.
+	b := r.loadBlock("t", []loadRow{{clients: 1, res: map[string]*stats{"floor": st(1000, 0), "nginx-file": st(4000, 0), "cached": st(2000, 0)}}})
+	found := false
+	for _, l := range b.lines {
+		if strings.HasPrefix(l[0], "× nginx-file") {
+			found = slices.Contains(l, "0.50×")
+		}
+	}
+	if !found {
+		t.Errorf("no × nginx-file line with 0.50× for cached: %q", b.lines)
 	}
 }
 

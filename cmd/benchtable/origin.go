@@ -203,3 +203,26 @@ func fixtureDir() (string, error) {
 		dir = parent
 	}
 }
+
+// writeFiles writes every answer the origin serves from memory under
+// root, at its URL path, and links the big zip there too: nginx-file
+// serves them, the same bytes modgate's cache serves.
+func (o *origin) writeFiles(root string) error {
+	for p, f := range o.files {
+		name := filepath.Join(root, filepath.FromSlash(p))
+		if err := os.MkdirAll(filepath.Dir(name), 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(name, f.body, 0o644); err != nil {
+			return err
+		}
+	}
+	if o.zip == nil {
+		return nil
+	}
+	name := filepath.Join(root, filepath.FromSlash(zipPath))
+	if err := os.MkdirAll(filepath.Dir(name), 0o755); err != nil {
+		return err
+	}
+	return os.Link(o.zip.path, name)
+}

@@ -35,7 +35,7 @@ const (
 
 var sectionTitles = map[section]string{
 	sectionSmall:        "Small artifacts, reverse mode (.info, .mod, list in turn over %d modules)",
-	sectionCached:       "Small artifacts from modgate's cache (modgate run --cache-dir; the floor fetches from the origin)",
+	sectionCached:       "Small artifacts from modgate's cache (modgate run --cache-dir; the floor fetches from the origin; nginx-file serves the same bytes from files)",
 	sectionZip:          "%d MiB zip, reverse mode",
 	sectionForward:      "Forward mode, absolute-form requests (floor: the plain forwarder)",
 	sectionTunnel:       "Forward mode, small requests through open CONNECT tunnels",
@@ -48,7 +48,7 @@ var sectionTitles = map[section]string{
 
 // columnOrder is the order columns are printed in; a row shows those it
 // measured.
-var columnOrder = []string{"direct", "floor", "nginx", "squid", "modgate", "sdk-off", "otlp", "always-on", "cached", "unverified"}
+var columnOrder = []string{"direct", "floor", "nginx", "nginx-file", "squid", "modgate", "sdk-off", "otlp", "always-on", "cached", "unverified"}
 
 type loadRow struct {
 	key     string
@@ -85,7 +85,7 @@ func newReport(o options) *report {
 
 // header prints the configuration lines benchstat files begin with.
 func (r *report) header() {
-	fmt.Fprintf(r.w, "goos: %s\ngoarch: %s\npkg: github.com/modgate/modgate/sidecar/benchtable\n", runtime.GOOS, runtime.GOARCH)
+	fmt.Fprintf(r.w, "goos: %s\ngoarch: %s\npkg: github.com/modgate/modgate/cmd/benchtable\n", runtime.GOOS, runtime.GOARCH)
 	if c := cpuName(); c != "" {
 		fmt.Fprintf(r.w, "cpu: %s\n", c)
 	}
@@ -279,6 +279,7 @@ func (r *report) notes() {
 		fmt.Fprintln(r.w, "  floor      httputil.ReverseProxy with Rewrite only (64 idle connections per host, as modgate);")
 		fmt.Fprintln(r.w, "             absolute-form requests go where their URL says; CONNECT: hijack, dial, io.Copy both ways")
 		fmt.Fprintln(r.w, "  nginx      Debian's nginx, reverse proxy, keep-alive pool of 64 to the origin, no access log")
+		fmt.Fprintln(r.w, "  nginx-file the same nginx serving the origin's answers from files (sendfile on, as Debian's default site)")
 		fmt.Fprintln(r.w, "  squid      Debian's Squid, forward proxy (absolute-form and CONNECT), caching nothing, no access log")
 		fmt.Fprintln(r.w, "  modgate... `modgate run` processes, each with a config file (the origin as upstream, policy of 6 rules,")
 		fmt.Fprintln(r.w, "             watched), an audit log to a file, and what the environment and flags say:")
@@ -337,6 +338,19 @@ func (r *report) loadBlock(title string, rows []loadRow) block {
 		}
 		return fmt.Sprintf("%.2f×", st.rps()/f.rps())
 	})
+	// Against the peers in the row, measured in the same run.
+	for _, peer := range []string{"nginx", "nginx-file", "squid"} {
+		if _, ok := rows[0].res[peer]; !ok {
+			continue
+		}
+		add("× "+peer, func(row loadRow, name string) string {
+			st, p := row.res[name], row.res[peer]
+			if name == peer || name == "direct" || !ok(st) || !ok(p) {
+				return ""
+			}
+			return fmt.Sprintf("%.2f×", st.rps()/p.rps())
+		})
+	}
 	add("p50 µs", func(row loadRow, name string) string {
 		return val(row.res[name], func(s *stats) string { return micros(s.pct(50)) })
 	})
@@ -357,29 +371,21 @@ func (r *report) loadBlock(title string, rows []loadRow) block {
 		}
 		return fmt.Sprintf("%.1f", st.cpuPerReq())
 	})
-	// Allocations of the Go proxy processes, over every row of the section.
-	allocs := []string{"allocs/req, proxy process"}
-	kb := []string{"kB/req, proxy process"}
-	for _, name := range cols {
-		var n int
-		var a allocCounts
-		good := false
-		for _, row := range rows {
-			if st := row.res[name]; st != nil && st.allocsOK {
-				good = true
-				n += st.n
-				a.Objects += st.allocs.Objects
-				a.Bytes += st.allocs.Bytes
-			}
+	// Allocations of the Go proxy processes (their runtime's counters).
+	add("allocs/req", func(row loadRow, name string) string {
+		st := row.res[name]
+		if !ok(st) || !st.allocsOK {
+			return "-"
 		}
-		if !good || n == 0 {
-			allocs, kb = append(allocs, "-"), append(kb, "-")
-			continue
+		return strconv.FormatFloat(float64(st.allocs.Objects)/float64(st.n), 'f', 0, 64)
+	})
+	add("kB/req", func(row loadRow, name string) string {
+		st := row.res[name]
+		if !ok(st) || !st.allocsOK {
+			return "-"
 		}
-		allocs = append(allocs, strconv.FormatFloat(float64(a.Objects)/float64(n), 'f', 0, 64))
-		kb = append(kb, strconv.FormatFloat(float64(a.Bytes)/float64(n)/1000, 'f', 1, 64))
-	}
-	b.lines = append(b.lines, allocs, kb)
+		return strconv.FormatFloat(float64(st.allocs.Bytes)/float64(st.n)/1000, 'f', 1, 64)
+	})
 	return b
 }
 
@@ -498,16 +504,16 @@ func (r *report) targets() {
 		}
 	}
 	small := r.loads[sectionSmall]
-	loadTarget(small, "default config (modgate) ≥ 0.9× floor req/s", rpsRatio("modgate", "floor", 0.9))
+	loadTarget(small, "default config (modgate) ≥ 1.0× floor req/s", rpsRatio("modgate", "floor", 1.0))
 	for _, row := range small {
 		if row.clients == 1 {
-			loadTarget([]loadRow{row}, "default config p50 added ≤ floor + 50 µs (1 client: no queueing)", func(row loadRow) (string, bool) {
+			loadTarget([]loadRow{row}, "default config p50 added ≤ floor + 20 µs (1 client: no queueing)", func(row loadRow) (string, bool) {
 				g, f := row.res["modgate"], row.res["floor"]
 				if !ok(g) || !ok(f) {
 					return "n/a", false
 				}
 				d := g.pct(50) - f.pct(50)
-				return fmt.Sprintf("%s at %d", signedMicros(d), row.clients), d <= 50*time.Microsecond
+				return fmt.Sprintf("%s at %d", signedMicros(d), row.clients), d <= 20*time.Microsecond
 			})
 		}
 	}
@@ -534,6 +540,21 @@ func (r *report) targets() {
 		fmt.Fprintf(r.w, "  report  verified .mod answers (modgate) vs sumdb off (unverified) req/s: %s\n", strings.Join(parts, ", "))
 	}
 	loadTarget(r.loads[sectionCached], "cached small artifacts ≥ 2× floor req/s", rpsRatio("cached", "floor", 2))
+	// Against nginx serving the same bytes from files: 0.6× with one
+	// client, 0.5× with more.
+	var withFile []loadRow // the cached rows nginx-file served in
+	for _, row := range r.loads[sectionCached] {
+		if _, ok := row.res["nginx-file"]; ok {
+			withFile = append(withFile, row)
+		}
+	}
+	loadTarget(withFile, "cached small artifacts ≥ 0.6× nginx-file req/s at 1 client, ≥ 0.5× above", func(row loadRow) (string, bool) {
+		least := 0.5
+		if row.clients == 1 {
+			least = 0.6
+		}
+		return rpsRatio("cached", "nginx-file", least)(row)
+	})
 	if res := r.streams[sectionZip]; res != nil {
 		g, f := res["modgate"], res["floor"]
 		if ok(g) && ok(f) {
@@ -542,6 +563,9 @@ func (r *report) targets() {
 		}
 		if c := res["cached"]; ok(c) && ok(f) {
 			fmt.Fprintf(r.w, "  report  zip verified once, then from the cache (cached) vs floor MB/s: %.2f×\n", c.mbps()/f.mbps())
+		}
+		if c, n := res["cached"], res["nginx-file"]; ok(c) && ok(n) {
+			fmt.Fprintf(r.w, "  report  zip from the cache (cached) vs nginx serving the file (nginx-file) MB/s: %.2f×\n", c.mbps()/n.mbps())
 		}
 		if u := res["unverified"]; ok(u) && ok(f) {
 			fmt.Fprintf(r.w, "  report  zip with sumdb off (unverified, streamed) vs floor MB/s: %.2f×\n", u.mbps()/f.mbps())
@@ -552,6 +576,8 @@ func (r *report) targets() {
 		}
 	}
 	loadTarget(r.loads[sectionForward], "forward absolute-form small ≥ 1.0× Squid req/s", rpsRatio("modgate", "squid", 1.0))
+	loadTarget(r.loads[sectionTunnel], "small requests through open CONNECT tunnels ≥ 1.0× Squid req/s", rpsRatio("modgate", "squid", 1.0))
+	loadTarget(r.loads[sectionSetup], "a new CONNECT tunnel per request ≥ 1.0× Squid req/s", rpsRatio("modgate", "squid", 1.0))
 	if len(r.fleet) > 0 {
 		v, text := fleetTarget(r.fleet)
 		fmt.Fprintf(r.w, "  %s  %s\n", v, text)
