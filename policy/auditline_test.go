@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 	"unicode/utf8"
+
+	"github.com/modgate/modgate/sidecar/wire"
 )
 
 // auditStrings are the strings that exercise encoding/json's escaping:
@@ -61,8 +63,8 @@ func randomAuditEntry(r *rand.Rand) AuditEntry {
 		Client:   s(),
 		Identity: s(),
 		Mode:     s(),
-		Kind:     s(), Module: s(), Version: s(), Host: s(), Upstream: s(),
-		Decision: s(), Rule: int(r.Int64()), Reason: s(),
+		Kind:     wire.Kind(s()), Module: s(), Version: s(), Host: s(), Upstream: s(),
+		Decision: wire.Decision(s()), Rule: int(r.Int64()), Reason: s(),
 		Status: r.IntN(1000) - 100, Bytes: r.Int64() - math.MaxInt64/2, DurationMS: f,
 		ClaimedIdentity: s(),
 	}
@@ -100,7 +102,7 @@ func checkAuditLine(t *testing.T, e AuditEntry) {
 
 func TestAuditLineMatchesEncodingJSON(t *testing.T) {
 	for _, s := range auditStrings {
-		checkAuditLine(t, AuditEntry{Time: time.Unix(0, 0).UTC(), Kind: s, Reason: s, Module: s})
+		checkAuditLine(t, AuditEntry{Time: time.Unix(0, 0).UTC(), Kind: wire.Kind(s), Reason: s, Module: s})
 	}
 	for _, f := range append(auditFloats, math.NaN(), math.Inf(1), math.Inf(-1)) {
 		checkAuditLine(t, AuditEntry{Time: time.Unix(1, 0).UTC(), DurationMS: f})
@@ -114,10 +116,10 @@ func TestAuditLineMatchesEncodingJSON(t *testing.T) {
 	}
 	// Every byte and every rune class alone.
 	for b := range 256 {
-		checkAuditLine(t, AuditEntry{Kind: string([]byte{'x', byte(b), 'y'})})
+		checkAuditLine(t, AuditEntry{Kind: wire.Kind([]byte{'x', byte(b), 'y'})})
 	}
 	for r := rune(0); r < 0x3000; r++ {
-		checkAuditLine(t, AuditEntry{Kind: string(utf8.AppendRune(nil, r))})
+		checkAuditLine(t, AuditEntry{Kind: wire.Kind(utf8.AppendRune(nil, r))})
 	}
 	r := rand.New(rand.NewPCG(1, 2))
 	for range 20000 {
@@ -132,8 +134,8 @@ func FuzzAuditLine(f *testing.F) {
 	f.Add("\xff\u2028", "", int64(math.MinInt64), math.Inf(1), -1)
 	f.Fuzz(func(t *testing.T, s1, s2 string, unixNano int64, ms float64, n int) {
 		checkAuditLine(t, AuditEntry{
-			Time: time.Unix(0, unixNano).UTC(), TraceID: s1, Client: s2, Kind: s1 + s2, Module: s2,
-			Decision: s1, Rule: n, Reason: s2 + s1, Status: n / 3, Bytes: unixNano, DurationMS: ms,
+			Time: time.Unix(0, unixNano).UTC(), TraceID: s1, Client: s2, Kind: wire.Kind(s1 + s2), Module: s2,
+			Decision: wire.Decision(s1), Rule: n, Reason: s2 + s1, Status: n / 3, Bytes: unixNano, DurationMS: ms,
 			ClaimedIdentity: s1,
 		})
 	})
