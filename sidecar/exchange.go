@@ -3,6 +3,7 @@ package sidecar
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"slices"
@@ -304,16 +305,18 @@ func (x *exchange) logRequest() {
 	if x.r.Method == http.MethodConnect {
 		target = x.r.Host
 	}
-	attrs := make([]any, 0, 16)
-	attrs = append(attrs, "method", x.r.Method, "path", target, "status", status, "bytes", x.w.bytes,
-		"duration", x.s.now().Sub(x.start).Round(time.Microsecond).String(), "mode", x.mode, "kind", string(x.req.Kind), "client", clientIP(x.r.RemoteAddr))
+	// slog.Attr values, not a []any of pairs: no boxing of every value.
+	var buf [10]slog.Attr
+	attrs := append(buf[:0], slog.String("method", x.r.Method), slog.String("path", target), slog.Int("status", status),
+		slog.Int64("bytes", x.w.bytes), slog.String("duration", x.s.now().Sub(x.start).Round(time.Microsecond).String()),
+		slog.String("mode", x.mode), slog.String("kind", string(x.req.Kind)), slog.String("client", clientIP(x.r.RemoteAddr)))
 	if x.served != nil {
-		attrs = append(attrs, "upstream", x.served.Name)
+		attrs = append(attrs, slog.String("upstream", x.served.Name))
 	}
 	if x.cacheResult != "" {
-		attrs = append(attrs, "cache", x.cacheResult)
+		attrs = append(attrs, slog.String("cache", string(x.cacheResult)))
 	}
-	x.s.log.Info("request", attrs...)
+	x.s.log.LogAttrs(context.Background(), slog.LevelInfo, "request", attrs...)
 }
 
 func clientIP(addr string) string {

@@ -18,6 +18,9 @@ type redactHandler struct{ h slog.Handler }
 func (r redactHandler) Enabled(ctx context.Context, l slog.Level) bool { return r.h.Enabled(ctx, l) }
 
 func (r redactHandler) Handle(ctx context.Context, rec slog.Record) error {
+	if plain(rec) {
+		return r.h.Handle(ctx, rec) // nothing to hide: no copy of the record
+	}
 	out := slog.NewRecord(rec.Time, rec.Level, redactString(rec.Message), rec.PC)
 	rec.Attrs(func(a slog.Attr) bool {
 		out.AddAttrs(redactAttr(a))
@@ -36,12 +39,42 @@ func (r redactHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
 
 func (r redactHandler) WithGroup(name string) slog.Handler { return redactHandler{r.h.WithGroup(name)} }
 
+// plain reports whether redaction would leave rec as it is: its message
+// and every attribute hold no text that redactString would change, and no
+// attribute is one (a group, an error, a Stringer, a LogValuer) that
+// redactAttr has to look into. Most records, the access log line's
+// included, are plain, and are passed on without a copy.
+func plain(rec slog.Record) bool {
+	if mayHoldCredential(rec.Message) {
+		return false
+	}
+	ok := true
+	rec.Attrs(func(a slog.Attr) bool {
+		switch a.Value.Kind() {
+		case slog.KindString:
+			ok = !mayHoldCredential(a.Value.String())
+		case slog.KindInt64, slog.KindUint64, slog.KindFloat64, slog.KindBool, slog.KindDuration, slog.KindTime:
+		default:
+			ok = false
+		}
+		return ok
+	})
+	return ok
+}
+
+// mayHoldCredential reports whether s may hold a URL with user information
+// or a credential written as a header: the strings redactString passes to
+// upstream.RedactText.
+func mayHoldCredential(s string) bool {
+	return (strings.Contains(s, "@") && strings.Contains(s, "://")) || strings.Contains(s, "uthorization") ||
+		strings.Contains(s, "UTHORIZATION") || strings.Contains(s, "Bearer") || strings.Contains(s, "Basic")
+}
+
 // redactString is upstream.RedactText, cheap for the strings (nearly all)
 // that hold no URL with user information and no credential written as a
 // header (an auth command's standard error, an upstream's error answer).
 func redactString(s string) string {
-	if (!strings.Contains(s, "@") || !strings.Contains(s, "://")) && !strings.Contains(s, "uthorization") &&
-		!strings.Contains(s, "UTHORIZATION") && !strings.Contains(s, "Bearer") && !strings.Contains(s, "Basic") {
+	if !mayHoldCredential(s) {
 		return s
 	}
 	return upstream.RedactText(s)

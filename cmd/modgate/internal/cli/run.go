@@ -50,7 +50,12 @@ func (a *App) run(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("config:\n%w", err)
 	}
-	log := newLogger(a.Stderr, cfg.Log)
+	// Buffered, so that a busy modgate does not make one write per access
+	// log line; deferred first, so written out last, after every other
+	// deferred step has logged.
+	logOut := newLogBuffer(a.Stderr)
+	defer logOut.Close()
+	log := newLogger(logOut, cfg.Log)
 	for _, n := range cfg.notes {
 		if n.warn {
 			log.Warn(n.msg)
@@ -250,7 +255,11 @@ func newLogger(w io.Writer, c LogConfig) *slog.Logger {
 	format := c.Format
 	if format == "auto" {
 		format = "json"
-		if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		under := w
+		if b, ok := w.(*logBuffer); ok {
+			under = b.Unwrap()
+		}
+		if f, ok := under.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 			format = "text"
 		}
 	}
