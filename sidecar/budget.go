@@ -40,11 +40,26 @@ func (b *budget) give(n int64) { b.used.Add(-n) }
 
 // readWhole reads r to its end, at most limit bytes (more is an error
 // wrapping errTooLarge), growing its buffer only as the answer does and
-// reserving each growth from b. held is what it reserved: the caller gives
-// it back once the bytes are no longer needed, also on error.
-func readWhole(r io.Reader, limit int64, b *budget) (body []byte, held int64, err error) {
-	const first = 4 << 10
-	buf := make([]byte, 0, min(first, limit+1))
+// reserving each growth from b. size is the length the answer announced
+// (its Content-Length), or -1: a first buffer of size+1 bytes (the one
+// more sees the end without growing) holds an answer of that length, so a
+// 300-byte .info costs 301 bytes instead of 4 KiB, and a tile one buffer
+// instead of three. An announcement counts up to firstMax only, past
+// which the buffer grows with the bytes that come: an upstream that
+// announces large answers and sends them slowly reserves at most firstMax
+// of the budget per answer before its bytes arrive.
+// held is what it reserved: the caller gives it back once the bytes are
+// no longer needed, also on error.
+func readWhole(r io.Reader, size, limit int64, b *budget) (body []byte, held int64, err error) {
+	const (
+		first    = 4 << 10 // when the length is unknown
+		firstMax = 1 << 20
+	)
+	n := int64(first)
+	if size >= 0 && size < firstMax {
+		n = size + 1
+	}
+	buf := make([]byte, 0, min(n, limit+1))
 	if !b.take(int64(cap(buf))) {
 		return nil, 0, errOverBudget
 	}

@@ -251,7 +251,7 @@ func (s *Server) readBody(x *exchange, resp *http.Response, limit int64) ([]byte
 		// Known to be too large: not a byte is read.
 		return nil, x.tooLarge(n, limit)
 	}
-	body, held, err := readWhole(resp.Body, limit, &s.buffers)
+	body, held, err := readWhole(resp.Body, n, limit, &s.buffers)
 	x.buffered += held
 	switch {
 	case errors.Is(err, errOverBudget):
@@ -338,7 +338,7 @@ func (s *Server) latestAllowed(x *exchange, src source, base string, preq policy
 	if res.Response.StatusCode != http.StatusOK {
 		return ""
 	}
-	body, held, err := readWhole(res.Response.Body, listLimit, &s.buffers)
+	body, held, err := readWhole(res.Response.Body, res.Response.ContentLength, listLimit, &s.buffers)
 	x.buffered += held
 	if err != nil {
 		return ""

@@ -128,7 +128,7 @@ func (s *Server) sumRemote(ctx context.Context, path string) ([]byte, error) {
 		return nil, err
 	}
 	defer res.Response.Body.Close()
-	body, held, err := readWhole(res.Response.Body, maxBody(kind), &s.buffers)
+	body, held, err := readWhole(res.Response.Body, res.Response.ContentLength, maxBody(kind), &s.buffers)
 	s.buffers.give(held)
 	if err != nil {
 		return nil, fmt.Errorf("checksum database %s: %w", path, err)
@@ -328,7 +328,7 @@ func (ac *answerCheck) check(ctx context.Context, resp *http.Response) (*http.Re
 		// Known to be too large: not a byte is read.
 		return nil, &badAnswer{fmt.Sprintf("%d bytes, too large for its kind: the limit is %d", resp.ContentLength, limit)}
 	}
-	body, held, err := readWhole(resp.Body, limit, &s.buffers)
+	body, held, err := readWhole(resp.Body, resp.ContentLength, limit, &s.buffers)
 	if err != nil {
 		s.buffers.give(held)
 	}
