@@ -172,6 +172,24 @@ func (c *clientWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
+// ReadFrom passes the copy on (a cached file, to sendfile(2)). An error
+// of it is taken for the client's: sendfile does not say whether the read
+// or the write failed, and a cache file that cannot be read is rarer than
+// a client that leaves; either way the answer is cut.
+func (c *clientWriter) ReadFrom(r io.Reader) (int64, error) {
+	rf, ok := c.w.(io.ReaderFrom)
+	if !ok {
+		bp := bufPool.Get().(*[]byte)
+		defer bufPool.Put(bp)
+		return io.CopyBuffer(struct{ io.Writer }{c}, r, *bp)
+	}
+	n, err := rf.ReadFrom(r)
+	if err != nil && c.err == nil {
+		c.err = err
+	}
+	return n, err
+}
+
 // entryBody is a cache entry as send's body: written in large chunks.
 type entryBody struct{ e *cache.Entry }
 
@@ -222,6 +240,48 @@ func newDeadlineWriter(w http.ResponseWriter, idle time.Duration) *deadlineWrite
 func (d *deadlineWriter) Write(p []byte) (int, error) {
 	d.rc.SetWriteDeadline(time.Now().Add(d.idle)) // not supported: no bound, as before
 	return d.w.Write(p)
+}
+
+// sendChunk is how much of a ReadFrom a client is given idle to take: the
+// size of the writes a cached file was served in before it went through
+// sendfile(2), so a slow client is held to the rate it was held to then.
+const sendChunk = 1 << 20
+
+// ReadFrom hands r to the writer's ReadFrom (net/http's: sendfile(2) for a
+// cached file) sendChunk bytes at a time, renewing the deadline for each.
+// A LimitedReader is split into LimitedReaders over the same reader, not
+// wrapped in a second one: sendfile sees through one level only.
+func (d *deadlineWriter) ReadFrom(r io.Reader) (int64, error) {
+	rf, ok := d.w.(io.ReaderFrom)
+	if !ok {
+		bp := bufPool.Get().(*[]byte)
+		defer bufPool.Put(bp)
+		return io.CopyBuffer(struct{ io.Writer }{d}, r, *bp)
+	}
+	left := int64(-1) // unknown: until r's end
+	if lr, ok := r.(*io.LimitedReader); ok {
+		r, left = lr.R, lr.N
+		defer func() { lr.N = left }()
+	}
+	var total int64
+	part := &io.LimitedReader{}
+	for left != 0 {
+		d.rc.SetWriteDeadline(time.Now().Add(d.idle))
+		part.R, part.N = r, sendChunk
+		if left > 0 {
+			part.N = min(left, sendChunk)
+		}
+		want := part.N
+		n, err := rf.ReadFrom(part)
+		total += n
+		if left > 0 {
+			left -= n
+		}
+		if err != nil || n < want {
+			return total, err // n < want: r has ended
+		}
+	}
+	return total, nil
 }
 
 // errTooLarge is an upstream answer longer than any artifact of its kind.

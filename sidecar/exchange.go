@@ -3,6 +3,7 @@ package sidecar
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -347,6 +348,26 @@ func (w *responseRecorder) Write(b []byte) (int, error) {
 	}
 	n, err := w.ResponseWriter.Write(b)
 	w.bytes += int64(n)
+	return n, err
+}
+
+// ReadFrom counts what it copies, and passes the copy on to the writer
+// underneath when that has a ReadFrom (net/http's hands a file to
+// sendfile(2)).
+func (w *responseRecorder) ReadFrom(r io.Reader) (int64, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	var n int64
+	var err error
+	if rf, ok := w.ResponseWriter.(io.ReaderFrom); ok {
+		n, err = rf.ReadFrom(r)
+	} else {
+		bp := bufPool.Get().(*[]byte)
+		n, err = io.CopyBuffer(struct{ io.Writer }{w.ResponseWriter}, r, *bp)
+		bufPool.Put(bp)
+	}
+	w.bytes += n
 	return n, err
 }
 
