@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+	"unicode/utf8"
 
 	"golang.org/x/mod/module"
 	"golang.org/x/mod/semver"
@@ -183,6 +184,9 @@ func classifyProxy(p string) (Request, error) {
 
 // decodePath decodes and checks an escaped module path.
 func decodePath(esc string) (string, error) {
+	if plainEscaped(esc) && module.CheckPath(esc) == nil {
+		return esc, nil // what module.UnescapePath returns, without its copy
+	}
 	mod, err := module.UnescapePath(esc)
 	if err == nil {
 		return mod, nil
@@ -197,7 +201,7 @@ func decodePath(esc string) (string, error) {
 // semantic version: proxies serve only those, and it keeps odd strings
 // (branch names, "..", NUL) away from upstreams and caches.
 func decodeVersion(esc string) (string, error) {
-	v, err := module.UnescapeVersion(esc)
+	v, err := unescapeVersion(esc)
 	if err != nil {
 		return "", fmt.Errorf("invalid version %q: %v", esc, unwrapModuleError(err))
 	}
@@ -214,11 +218,34 @@ func decodeVersion(esc string) (string, error) {
 // the go command may send as a revision (module.EscapeVersion's domain: one
 // path element, no "!" unescaped), which the proxy resolves to a version.
 func decodeQuery(esc string) (string, error) {
-	v, err := module.UnescapeVersion(esc)
+	v, err := unescapeVersion(esc)
 	if err != nil {
 		return "", fmt.Errorf("invalid version %q: %v", esc, unwrapModuleError(err))
 	}
 	return v, nil
+}
+
+// unescapeVersion is module.UnescapeVersion, without its copy of a version
+// that needs no decoding. (UnescapeVersion checks a version as one file
+// name: CheckFilePath of a string without "/" makes the same check.)
+func unescapeVersion(esc string) (string, error) {
+	if plainEscaped(esc) && !strings.Contains(esc, "/") && module.CheckFilePath(esc) == nil {
+		return esc, nil
+	}
+	return module.UnescapeVersion(esc)
+}
+
+// plainEscaped reports whether module.UnescapePath and UnescapeVersion
+// would decode esc to itself: ASCII, no "!", no capital letter. They
+// build a copy byte by byte even then, the largest allocation of a
+// classified request.
+func plainEscaped(esc string) bool {
+	for i := 0; i < len(esc); i++ {
+		if c := esc[i]; c >= utf8.RuneSelf || c == '!' || 'A' <= c && c <= 'Z' {
+			return false
+		}
+	}
+	return true
 }
 
 func classifySumDB(sub string) (Request, error) {

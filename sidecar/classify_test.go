@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -182,4 +183,67 @@ func TestNormalizedPatterns(t *testing.T) {
 	if !matchHost(got[:2], "www.xn--bcher-kva.example.test") {
 		t.Errorf("a normalised host does not match its normalised pattern")
 	}
+}
+
+// decodePath and unescapeVersion answer exactly as module.UnescapePath and
+// module.UnescapeVersion (the same string, the same error), and decode a
+// path or version that needs no decoding without allocating.
+func TestUnescapeAsModule(t *testing.T) {
+	for _, esc := range []string{
+		"github.com/!azure/azure-sdk-for-go", "golang.org/x/mod", "example.test/Upper", "", "-lead/x", "a//b", "a/", "x/ä",
+		"example.test/a!", "example.test/!!", "v1.2.3", "v1.2.3-pre.1+build", "v1.0.0-!r!c1", "V1.0.0", "a/b", "..", ".", "nul\x00",
+		"con", "master", "v1.0.0~1", "-dash",
+	} {
+		sameAnswer(t, "path", esc, decodePath, func(s string) (string, error) {
+			mod, err := module.UnescapePath(s)
+			if err == nil {
+				return mod, nil
+			}
+			if strings.ToLower(s) != s {
+				return "", fmt.Errorf("invalid module path %q: an escaped path has no capital letters (write !x for X)", s)
+			}
+			return "", fmt.Errorf("invalid module path %q: %v", s, unwrapModuleError(err))
+		})
+		sameAnswer(t, "version", esc, unescapeVersion, module.UnescapeVersion)
+	}
+	path, version := "github.com/modgate/modgate", "v1.2.3"
+	if n := testing.AllocsPerRun(100, func() {
+		if _, err := decodePath(path); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := unescapeVersion(version); err != nil {
+			t.Fatal(err)
+		}
+	}); n != 0 {
+		t.Errorf("decoding a plain path and version: %v allocations, want 0", n)
+	}
+}
+
+func sameAnswer(t *testing.T, what, esc string, got, want func(string) (string, error)) {
+	t.Helper()
+	g, gerr := got(esc)
+	w, werr := want(esc)
+	if g != w || fmt.Sprint(gerr) != fmt.Sprint(werr) {
+		t.Errorf("%s %q: got %q, %v; x/mod says %q, %v", what, esc, g, gerr, w, werr)
+	}
+}
+
+func FuzzUnescapeAsModule(f *testing.F) {
+	for _, s := range []string{"github.com/!azure/x", "v1.0.0", "a//b", "x/ä", "V1"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, esc string) {
+		g, gerr := unescapeVersion(esc)
+		w, werr := module.UnescapeVersion(esc)
+		if g != w || fmt.Sprint(gerr) != fmt.Sprint(werr) {
+			t.Errorf("version %q: got %q, %v; x/mod says %q, %v", esc, g, gerr, w, werr)
+		}
+		if p, err := decodePath(esc); err == nil {
+			if m, merr := module.UnescapePath(esc); merr != nil || m != p {
+				t.Errorf("path %q: got %q; x/mod says %q, %v", esc, p, m, merr)
+			}
+		} else if _, merr := module.UnescapePath(esc); merr == nil {
+			t.Errorf("path %q: refused (%v); x/mod accepts it", esc, err)
+		}
+	})
 }
