@@ -298,6 +298,9 @@ func (x *exchange) finish() {
 // proxy expects to see scroll by. The audit log is the record; this is
 // for eyes.
 func (x *exchange) logRequest() {
+	if !x.s.log.Enabled(context.Background(), slog.LevelInfo) {
+		return
+	}
 	status := x.w.status
 	if status == 0 {
 		status = http.StatusOK
@@ -317,7 +320,12 @@ func (x *exchange) logRequest() {
 	if x.cacheResult != "" {
 		attrs = append(attrs, slog.String("cache", string(x.cacheResult)))
 	}
-	x.s.log.LogAttrs(context.Background(), slog.LevelInfo, "request", attrs...)
+	// Straight to the handler: Logger.LogAttrs would also walk the stack
+	// for the line's source position, which is always this function (a
+	// handler with AddSource shows none for it).
+	rec := slog.NewRecord(time.Now(), slog.LevelInfo, "request", 0)
+	rec.AddAttrs(attrs...)
+	x.s.log.Handler().Handle(context.Background(), rec)
 }
 
 func clientIP(addr string) string {
