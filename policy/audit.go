@@ -24,7 +24,7 @@ type AuditEntry struct {
 	SpanID     string        `json:"span_id,omitempty"`
 	Client     string        `json:"client,omitempty"`   // remote address
 	Identity   string        `json:"identity,omitempty"` // Request.Identity
-	Mode       string        `json:"mode,omitempty"`     // reverse, forward or mitm
+	Mode       wire.Mode     `json:"mode,omitempty"`     // reverse, forward or mitm
 	Kind       wire.Kind     `json:"kind"`
 	Module     string        `json:"module,omitempty"`
 	Version    string        `json:"version,omitempty"`

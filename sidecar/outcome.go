@@ -230,8 +230,8 @@ func (x *exchange) chainProblem(res upstream.Result) *problem {
 	if ra := res.RetryAfter(); ra > 0 && status == http.StatusServiceUnavailable {
 		p.header = http.Header{"Retry-After": {strconv.Itoa(ra)}}
 	}
-	if x.private != "" && status == http.StatusNotFound && x.mode == modeReverse {
-		p.lines = append(p.lines, fmt.Sprintf("%s is private (%s): only upstreams marked private are asked", x.req.Module, x.private))
+	if x.verdict.private != "" && status == http.StatusNotFound && x.mode == modeReverse {
+		p.lines = append(p.lines, fmt.Sprintf("%s is private (%s): only upstreams marked private are asked", x.req.Module, x.verdict.private))
 	}
 	if code == wire.Loop {
 		p.decision = decisionLoop

@@ -173,7 +173,7 @@ type Server struct {
 	builds    buildTracker // per-build summaries, for modgate exec and the status page
 	adminAddr atomic.Value // string: the admin listener's address, for the module listener's / page
 	hedges    hedgeBudget
-	hedgers   map[Kind]*upstream.Hedge // by immutable kind; nil without telemetry
+	hedgers   map[wire.Kind]*upstream.Hedge // by immutable kind; nil without telemetry
 }
 
 // defaultPolicy is the policy of a server given none: allow everything.
@@ -407,14 +407,14 @@ func (s *Server) classify(r *http.Request, host string) (Request, error) {
 }
 
 // kindOf classifies a request for its span name and metrics.
-func (s *Server) kindOf(r *http.Request) Kind {
+func (s *Server) kindOf(r *http.Request) wire.Kind {
 	host := ""
 	if r.URL.IsAbs() {
 		host = normalized(r.URL.Hostname())
 	}
 	req, err := s.classify(r, host)
 	if err != nil && host == "" {
-		return KindOther
+		return wire.KindOther
 	}
 	return req.Kind
 }
