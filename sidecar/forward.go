@@ -100,7 +100,10 @@ func newForward(s *Server, cfg ForwardConfig, opts upstream.Options) *forward {
 		explicit:     map[string]bool{},
 		resolve:      map[string]string{},
 		resolver:     net.DefaultResolver,
-		dialer:       &net.Dialer{Timeout: upstream.DefaultTimeouts().Dial, KeepAlive: 30 * time.Second},
+		dial:         (&net.Dialer{Timeout: upstream.DefaultTimeouts().Dial, KeepAlive: 30 * time.Second}).DialContext,
+	}
+	if s.cfg.Dial != nil {
+		g.dial, g.resolver = s.cfg.Dial, &net.Resolver{PreferGo: true, Dial: s.cfg.Dial}
 	}
 	// Host patterns are spelled as hosts are (wire.NormalizeHost), so that
 	// each compares with the one normalised host of a request.
