@@ -15,7 +15,7 @@ import (
 	"github.com/modgate/modgate/sidecar/wire"
 )
 
-// AuditEntry is one line of the audit log, one per policy decision. The
+// AuditEntry is one line of the audit log, one per answer. The
 // fields and their order are a contract (README.md, Architecture): tools
 // parse these lines.
 type AuditEntry struct {

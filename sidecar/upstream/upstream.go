@@ -296,7 +296,7 @@ func (u *Upstream) transport(cfg Config, opts Options, logger *slog.Logger) (htt
 		// The credentials leave the URL, which is shown and traced
 		// (url.full), and the transport adds them beneath the client span.
 		next := http.RoundTripper(newTransport(u.Timeouts, opts, redirectGuard(base, cfg.RedirectHosts, opts)))
-		next, u.auth, err = AuthTransport(base.String(), cfg.Auth, next, logger.With("upstream", cmp.Or(cfg.Name, base.Host)))
+		next, u.auth, err = credentialTransport(base.String(), cfg.Auth, next, logger.With("upstream", cmp.Or(cfg.Name, base.Host)), u.clock)
 		if err != nil {
 			return nil, nil, fmt.Errorf("upstream %q: %v", u.Source, err)
 		}
