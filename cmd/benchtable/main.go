@@ -105,15 +105,49 @@ func clientsText(n int) string {
 }
 
 func run(args []string) error {
-	fs := flag.NewFlagSet("benchtable", flag.ContinueOnError)
 	var o options
-	var clients string
+	var text flagText
+	fs := o.flags(&text)
+	if err := fs.Parse(args); err == flag.ErrHelp {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	if o.fixtures == "" {
+		var err error
+		if o.fixtures, err = fixtureDir(); err != nil {
+			return err
+		}
+	}
+	switch text.role {
+	case "":
+	case "hotpath":
+		return runHotPath(o.fixtures, o.hotN)
+	default:
+		return runChild(text.role, text.origin)
+	}
+	if err := o.finish(text); err != nil {
+		return err
+	}
+	return bench(o)
+}
+
+// flagText is the flags that options hold parsed (lists of numbers and of
+// rows), as the command line gives them, and a child process's flags.
+type flagText struct {
+	clients, cached, only, replicas string
+	role, origin                    string
+}
+
+// flags is the command line: its flags set o's fields, and text's.
+func (o *options) flags(text *flagText) *flag.FlagSet {
+	fs := flag.NewFlagSet("benchtable", flag.ContinueOnError)
 	fs.DurationVar(&o.d, "d", 750*time.Millisecond, "each column's share of a round")
 	fs.IntVar(&o.rounds, "rounds", 5, "rounds per row; the columns take turns in each")
 	fs.DurationVar(&o.warm, "warmup", 300*time.Millisecond, "warm-up per column before a row is measured")
-	fs.StringVar(&clients, "clients", "1,16,64", "concurrent clients of the small-request rows")
-	cachedClients := fs.String("cached-clients", "1,32", "concurrent clients of the cache-hit rows")
-	only := fs.String("only", "small,cached,zip,forward,tunnel,setup,tunnelzip,tunnelzip-tls,fleet,hotpath", "the rows to run")
+	fs.StringVar(&text.clients, "clients", "1,16,64", "concurrent clients of the small-request rows")
+	fs.StringVar(&text.cached, "cached-clients", "1,32", "concurrent clients of the cache-hit rows")
+	fs.StringVar(&text.only, "only", "small,cached,zip,forward,tunnel,setup,tunnelzip,tunnelzip-tls,fleet,hotpath", "the rows to run")
 	fs.IntVar(&o.zipMiB, "zip-mib", 256, "size of the streamed module zip, MiB")
 	fs.IntVar(&o.zipRound, "zip-rounds", 4, "transfers of the zip per column")
 	fs.IntVar(&o.hotN, "hotpath-n", 3000, "iterations of each hot-path benchmark")
@@ -127,46 +161,33 @@ func run(args []string) error {
 	}
 	fs.StringVar(&o.fleet.redis, "redis", defaultRedis, "redis-server binary for the fleet rows (default: $REDIS_SERVER, else redis-server on PATH)")
 	fs.StringVar(&o.fleet.versitygw, "versitygw", os.Getenv("VERSITYGW_BIN"), "versitygw binary for the fleet rows' shared store (default: $VERSITYGW_BIN)")
-	replicas := fs.String("fleet-n", "1,3,6", "replicas (N) of the fleet rows")
+	fs.StringVar(&text.replicas, "fleet-n", "1,3,6", "replicas (N) of the fleet rows")
 	fs.DurationVar(&o.fleet.latency, "fleet-latency", 30*time.Millisecond, "the fleet rows' upstream: delay before each answer")
 	fs.IntVar(&o.fleet.inflight, "fleet-inflight", 6, "modules each fleet client fetches at once")
 	// The children's flags.
-	role := fs.String("role", "", "internal: run as a child (floor, hotpath)")
-	var origin string
-	fs.StringVar(&origin, "origin", "", "internal: the origin's base URL")
-	if err := fs.Parse(args); err == flag.ErrHelp {
-		return nil
-	} else if err != nil {
-		return err
-	}
-	if o.fixtures == "" {
-		var err error
-		if o.fixtures, err = fixtureDir(); err != nil {
-			return err
-		}
-	}
-	switch *role {
-	case "":
-	case "hotpath":
-		return runHotPath(o.fixtures, o.hotN)
-	default:
-		return runChild(*role, origin)
-	}
+	fs.StringVar(&text.role, "role", "", "internal: run as a child (floor, hotpath)")
+	fs.StringVar(&text.origin, "origin", "", "internal: the origin's base URL")
+	return fs
+}
+
+// finish parses the lists of text into o and checks o: the numbers, the
+// rows, the modgate binary; it makes the profile folder.
+func (o *options) finish(text flagText) error {
 	var err error
-	if o.clients, err = counts("-clients", clients); err != nil {
+	if o.clients, err = counts("-clients", text.clients); err != nil {
 		return err
 	}
-	if o.cached, err = counts("-cached-clients", *cachedClients); err != nil {
+	if o.cached, err = counts("-cached-clients", text.cached); err != nil {
 		return err
 	}
-	if o.fleet.replicas, err = counts("-fleet-n", *replicas); err != nil {
+	if o.fleet.replicas, err = counts("-fleet-n", text.replicas); err != nil {
 		return err
 	}
 	if o.fleet.inflight < 1 || o.fleet.latency < 0 {
 		return fmt.Errorf("-fleet-inflight must be positive, -fleet-latency not negative")
 	}
 	o.only = map[section]bool{}
-	for _, f := range strings.Split(*only, ",") {
+	for _, f := range strings.Split(text.only, ",") {
 		s, ok := sectionNames[strings.TrimSpace(f)]
 		if !ok {
 			return fmt.Errorf("-only: no row %q (small, cached, zip, forward, tunnel, setup, tunnelzip, tunnelzip-tls, fleet, hotpath)", f)
@@ -192,7 +213,7 @@ func run(args []string) error {
 			return err
 		}
 	}
-	return bench(o)
+	return nil
 }
 
 // counts parses a flag's comma-separated list of positive numbers.
