@@ -15,7 +15,7 @@ import (
 	"github.com/modgate/modgate/sidecar/wire"
 )
 
-// AuditEntry is one line of the audit log, one per policy decision. The
+// AuditEntry is one line of the audit log, one per answer. The
 // fields and their order are a contract (README.md, Architecture): tools
 // parse these lines.
 type AuditEntry struct {
@@ -24,7 +24,7 @@ type AuditEntry struct {
 	SpanID     string        `json:"span_id,omitempty"`
 	Client     string        `json:"client,omitempty"`   // remote address
 	Identity   string        `json:"identity,omitempty"` // Request.Identity
-	Mode       string        `json:"mode,omitempty"`     // reverse, forward or mitm
+	Mode       wire.Mode     `json:"mode,omitempty"`     // reverse, forward or mitm
 	Kind       wire.Kind     `json:"kind"`
 	Module     string        `json:"module,omitempty"`
 	Version    string        `json:"version,omitempty"`

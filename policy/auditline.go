@@ -29,7 +29,7 @@ func appendAuditLine(dst []byte, e *AuditEntry) (_ []byte, ok bool) {
 	dst = appendOptional(dst, `,"span_id":`, e.SpanID)
 	dst = appendOptional(dst, `,"client":`, e.Client)
 	dst = appendOptional(dst, `,"identity":`, e.Identity)
-	dst = appendOptional(dst, `,"mode":`, e.Mode)
+	dst = appendOptional(dst, `,"mode":`, string(e.Mode))
 	dst = append(dst, `,"kind":`...)
 	dst = appendJSONString(dst, string(e.Kind))
 	dst = appendOptional(dst, `,"module":`, e.Module)

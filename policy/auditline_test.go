@@ -62,7 +62,7 @@ func randomAuditEntry(r *rand.Rand) AuditEntry {
 		SpanID:   s(),
 		Client:   s(),
 		Identity: s(),
-		Mode:     s(),
+		Mode:     wire.Mode(s()),
 		Kind:     wire.Kind(s()), Module: s(), Version: s(), Host: s(), Upstream: s(),
 		Decision: wire.Decision(s()), Rule: int(r.Int64()), Reason: s(),
 		Status: r.IntN(1000) - 100, Bytes: r.Int64() - math.MaxInt64/2, DurationMS: f,

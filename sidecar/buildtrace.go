@@ -218,10 +218,10 @@ func (t *buildTracker) done(b *build) {
 	}
 }
 
-// outcome sorts an answer for the summary: ok, notfound, denied, error,
+// summaryOutcome sorts an answer for the summary: ok, notfound, denied, error,
 // or gone (the client went away first: the go command cancels what it no
 // longer needs, which is no failure of the build's).
-func outcome(decision wire.Decision, status int) string {
+func summaryOutcome(decision wire.Decision, status int) string {
 	switch {
 	case decision == decisionDeny:
 		return "denied"
@@ -244,17 +244,17 @@ func (t *buildTracker) record(x *exchange, sc trace.SpanContext, status int) {
 	d := end.Sub(x.start)
 	ms := float64(d.Microseconds()) / 1000
 	kind := string(x.req.Kind)
-	out := outcome(x.decision, status)
+	out := summaryOutcome(x.verdict.decision, status)
 	served := "modgate" // answered by modgate itself: a denial, a bad request
 	switch {
-	case x.cacheResult == wire.CacheHit:
+	case x.out.cache == wire.CacheHit:
 		served = "cache"
-	case x.served != nil:
-		served = x.served.Name
+	case x.out.served != nil:
+		served = x.out.served.Name
 	}
 	var code string
 	var answer []string
-	if p := x.answer; p != nil && p.code != "" {
+	if p := x.out.problem; p != nil && p.code != "" {
 		code = string(p.code)
 		answer = strings.Split(strings.TrimSuffix(errorBody(p.code, p.lines...), "\n"), "\n")
 	}
@@ -283,7 +283,7 @@ func (t *buildTracker) record(x *exchange, sc trace.SpanContext, status int) {
 	s.ByKind[kind] = k
 	s.ByOutcome[out]++
 	s.Bytes += x.w.bytes
-	if x.cacheResult == wire.CacheHit {
+	if x.out.cache == wire.CacheHit {
 		s.CacheHits++
 	}
 	s.SumMS += ms
@@ -322,8 +322,8 @@ func (t *buildTracker) record(x *exchange, sc trace.SpanContext, status int) {
 	}
 	if len(s.Waterfall) < buildWaterfallKept {
 		s.Waterfall = append(s.Waterfall, telemetry.BuildRequest{
-			Start: x.start, DurationMS: ms, Method: x.r.Method, Mode: x.mode, Kind: kind,
-			Module: x.req.Module, Version: x.req.Version, Host: x.host, Upstream: served, Cache: string(x.cacheResult),
+			Start: x.start, DurationMS: ms, Method: x.r.Method, Mode: string(x.mode), Kind: kind,
+			Module: x.req.Module, Version: x.req.Version, Host: x.host, Upstream: served, Cache: string(x.out.cache),
 			Status: status, Outcome: out, Bytes: x.w.bytes, Code: code, SpanID: spanIDOf(x),
 		})
 	} else {
@@ -341,14 +341,14 @@ func spanIDOf(x *exchange) string {
 // fellThrough reports whether the chain moved past the first upstream
 // that could have served the request (a 404, a failure, an open breaker).
 func (x *exchange) fellThrough() bool {
-	if x.served == nil || x.mode != modeReverse || x.req.Kind.IsSumDB() || x.cacheResult == wire.CacheHit {
+	if x.out.served == nil || x.mode != modeReverse || x.req.Kind.IsSumDB() || x.out.cache == wire.CacheHit {
 		return false
 	}
 	for _, u := range x.s.chain.Upstreams() {
 		if u.Kind != upstream.Proxy || x.eligible(u) != nil {
 			continue
 		}
-		return u != x.served
+		return u != x.out.served
 	}
 	return false
 }

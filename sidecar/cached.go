@@ -61,19 +61,19 @@ type CacheConfig struct {
 func (x *exchange) cacheKey() (key string, immutable, ok bool) {
 	req := x.req
 	switch req.Kind {
-	case KindInfo, KindMod, KindZip:
+	case wire.KindInfo, wire.KindMod, wire.KindZip:
 		key = strings.TrimPrefix(req.Path, "/")
 		if req.Query {
 			return x.perOrigin(key), false, true
 		}
 		return x.canonical(key), true, true
-	case KindList, KindLatest:
+	case wire.KindList, wire.KindLatest:
 		return x.perOrigin(strings.TrimPrefix(req.Path, "/")), false, true
-	case KindSumDBTile:
+	case wire.KindSumDBTile:
 		// A partial tile's path names its width (.p/W): it never changes
 		// either; a wider one has another path.
 		return x.canonical("sumdb/" + req.SumDB + req.Path), true, true
-	case KindSumDBLookup, KindSumDBSupported, KindSumDBLatest:
+	case wire.KindSumDBLookup, wire.KindSumDBSupported, wire.KindSumDBLatest:
 		return x.canonical("sumdb/" + req.SumDB + req.Path), false, true
 	}
 	return "", false, false
@@ -103,7 +103,7 @@ func (s *Server) cacheFor(x *exchange) *cache.Cache {
 	if x.r.Method != http.MethodGet {
 		return nil
 	}
-	if x.private != "" {
+	if x.verdict.private != "" {
 		return s.privCache
 	}
 	return s.cache
@@ -116,7 +116,7 @@ func (s *Server) storeFor(x *exchange) *store.Store {
 	switch {
 	case !x.trusted():
 		return nil
-	case x.private != "":
+	case x.verdict.private != "":
 		return s.cacheCfg.SharedPrivate
 	}
 	return s.cacheCfg.Shared
@@ -371,7 +371,7 @@ func (s *Server) fly(ctx context.Context, f *flight, t tiers, key string, fetch 
 		f.drained()
 		w.Abort()
 		return
-	case req.Kind != KindZip || spooled:
+	case req.Kind != wire.KindZip || spooled:
 		// A small entry, or a zip checked whole, is kept before its
 		// waiters are told the answer is complete: a request that follows
 		// one that succeeded is a hit.

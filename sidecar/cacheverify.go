@@ -11,6 +11,7 @@ import (
 	"github.com/modgate/modgate/sidecar/cache"
 	"github.com/modgate/modgate/sidecar/store"
 	"github.com/modgate/modgate/sidecar/verify"
+	"github.com/modgate/modgate/sidecar/wire"
 )
 
 // Verdicts of VerifyCache.
@@ -116,7 +117,7 @@ func (r *VerifyReport) count(tier, key string, err error, report func(tier, key,
 
 // verifyEntry checks one entry, whose body read copies out.
 func (s *Server) verifyEntry(ctx context.Context, req Request, key string, read func(io.Writer) error) error {
-	if req.Kind == KindSumDBLookup {
+	if req.Kind == wire.KindSumDBLookup {
 		// The verifier reads the kept answer itself and proves it.
 		_, err := s.verifier.Lookup(ctx, req.Module, req.Version)
 		return err
@@ -149,12 +150,12 @@ func (s *Server) cacheEntryRequest(key string) (Request, bool) {
 		return Request{}, false
 	}
 	switch req.Kind {
-	case KindMod, KindZip:
+	case wire.KindMod, wire.KindZip:
 		if _, private := s.policy().IsPrivate(req.Module); private && req.Module != toolchainModule {
 			return Request{}, false
 		}
 		return req, true
-	case KindSumDBTile, KindSumDBLookup:
+	case wire.KindSumDBTile, wire.KindSumDBLookup:
 		return req, req.SumDB == s.verifier.Name()
 	}
 	return Request{}, false

@@ -14,6 +14,7 @@ import (
 	modzip "golang.org/x/mod/zip"
 
 	"github.com/modgate/modgate/policy"
+	"github.com/modgate/modgate/sidecar/wire"
 )
 
 // Answers are checked before they are relayed or kept, by the go command's
@@ -61,7 +62,7 @@ type revInfo struct {
 //     by the old path (modload/modfile.go, "module declares its path as").
 func checkAnswer(req Request, body []byte) error {
 	switch req.Kind {
-	case KindInfo, KindLatest:
+	case wire.KindInfo, wire.KindLatest:
 		var info revInfo
 		if err := json.Unmarshal(body, &info); err != nil {
 			return &badAnswer{fmt.Sprintf("invalid .info answer: %v", err)}
@@ -69,7 +70,7 @@ func checkAnswer(req Request, body []byte) error {
 		if !semver.IsValid(info.Version) || module.CanonicalVersion(info.Version) != info.Version {
 			return &badAnswer{fmt.Sprintf("the answer names version %q, which is not a canonical version", info.Version)}
 		}
-		if req.Kind == KindInfo && exactVersion(req.Module, req.Version) && info.Version != req.Version {
+		if req.Kind == wire.KindInfo && exactVersion(req.Module, req.Version) && info.Version != req.Version {
 			return &badAnswer{fmt.Sprintf("asked for %s, the answer names %s", req.Version, info.Version)}
 		}
 	}
@@ -128,7 +129,9 @@ func checkZipFile(req Request, path string) error {
 }
 
 // checked reports whether answers of kind are read whole and checked.
-func checked(k Kind) bool { return k == KindInfo || k == KindMod || k == KindLatest }
+func checked(k wire.Kind) bool {
+	return k == wire.KindInfo || k == wire.KindMod || k == wire.KindLatest
+}
 
 // resolved decides policy again for an .info query, on the version its
 // answer names: a query must not reach a version policy denies.
@@ -138,13 +141,13 @@ func (x *exchange) resolved(body []byte) error {
 	}
 	var info struct{ Version string }
 	json.Unmarshal(body, &info) // checked already
-	d := x.pol.Decide(policy.Request{Module: x.req.Module, Version: info.Version, Kind: KindInfo, Host: x.destination(), Identity: x.identity})
-	x.rule, x.ruleText = d.Rule, d.RuleText
+	d := x.pol.Decide(policy.Request{Module: x.req.Module, Version: info.Version, Kind: wire.KindInfo, Host: x.destination(), Identity: x.identity})
+	x.verdict.rule, x.verdict.ruleText = d.Rule, d.RuleText
 	if !d.Allow {
 		x.req.Version = info.Version
 		return x.denial(d, info.Version)
 	}
-	x.reason = fmt.Sprintf("query %s resolved to %s", x.req.Version, info.Version)
+	x.out.note = fmt.Sprintf("query %s resolved to %s", x.req.Version, info.Version)
 	return nil
 }
 

@@ -10,20 +10,21 @@ import (
 	"testing"
 
 	"github.com/modgate/modgate/policy"
+	"github.com/modgate/modgate/sidecar/wire"
 )
 
 // TestCheckAnswer pins the go command's download-time rules
 // (cmd/go/internal/modfetch/proxy.go, (*proxyRepo).Stat and Latest):
 // nothing it accepts is refused, nothing it refuses is accepted.
 func TestCheckAnswer(t *testing.T) {
-	info := Request{Kind: KindInfo, Module: "fixture.test/a", Version: "v1.0.0"}
-	query := Request{Kind: KindInfo, Module: "fixture.test/a", Version: "main", Query: true}
+	info := Request{Kind: wire.KindInfo, Module: "fixture.test/a", Version: "v1.0.0"}
+	query := Request{Kind: wire.KindInfo, Module: "fixture.test/a", Version: "main", Query: true}
 	// Canonical, but not a version of a path without /v2: a query.
-	v2 := Request{Kind: KindInfo, Module: "fixture.test/a", Version: "v2.0.0", Query: true}
-	incompat := Request{Kind: KindInfo, Module: "fixture.test/a", Version: "v2.0.0+incompatible"}
-	major := Request{Kind: KindInfo, Module: "fixture.test/a/v2", Version: "v1.0.0", Query: true}
-	mod := Request{Kind: KindMod, Module: "fixture.test/a", Version: "v1.0.0"}
-	latest := Request{Kind: KindLatest, Module: "fixture.test/a"}
+	v2 := Request{Kind: wire.KindInfo, Module: "fixture.test/a", Version: "v2.0.0", Query: true}
+	incompat := Request{Kind: wire.KindInfo, Module: "fixture.test/a", Version: "v2.0.0+incompatible"}
+	major := Request{Kind: wire.KindInfo, Module: "fixture.test/a/v2", Version: "v1.0.0", Query: true}
+	mod := Request{Kind: wire.KindMod, Module: "fixture.test/a", Version: "v1.0.0"}
+	latest := Request{Kind: wire.KindLatest, Module: "fixture.test/a"}
 	for _, tt := range []struct {
 		req  Request
 		body string
@@ -64,7 +65,7 @@ func TestCheckAnswer(t *testing.T) {
 // TestCheckZipFile: a zip is refused only where the go command's
 // downloadZip refuses it (cmd/go/internal/modfetch/fetch.go).
 func TestCheckZipFile(t *testing.T) {
-	req := Request{Kind: KindZip, Module: "fixture.test/a", Version: "v1.0.0"}
+	req := Request{Kind: wire.KindZip, Module: "fixture.test/a", Version: "v1.0.0"}
 	type file struct{ name, body string }
 	write := func(files ...file) string {
 		var buf bytes.Buffer

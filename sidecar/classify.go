@@ -15,43 +15,23 @@ import (
 	"github.com/modgate/modgate/sidecar/wire"
 )
 
-// Kind is the class of a request (wire.Kind).
-type Kind = wire.Kind
-
-// The request kinds.
-const (
-	KindList           = wire.KindList
-	KindInfo           = wire.KindInfo
-	KindMod            = wire.KindMod
-	KindZip            = wire.KindZip
-	KindLatest         = wire.KindLatest
-	KindSumDBSupported = wire.KindSumDBSupported
-	KindSumDBLookup    = wire.KindSumDBLookup
-	KindSumDBTile      = wire.KindSumDBTile
-	KindSumDBLatest    = wire.KindSumDBLatest
-	KindGoGet          = wire.KindGoGet
-	KindVCS            = wire.KindVCS
-	KindTunnel         = wire.KindTunnel
-	KindOther          = wire.KindOther
-)
-
 // maxBody is the most an answer of kind k may carry: the go command's own
 // limits for zips and go.mod files (cmd/go's codehost.MaxZipFile and
 // MaxGoMod); for the rest, a generous multiple of the largest real answers
 // (an .info is a few hundred bytes, a list of thousands of versions a few
 // hundred KiB, a data tile tens of KiB); no bound (-1) for what forward
 // mode passes on (git packs are as large as their repositories).
-func maxBody(k Kind) int64 {
+func maxBody(k wire.Kind) int64 {
 	switch k {
-	case KindZip:
+	case wire.KindZip:
 		return modzip.MaxZipFile
-	case KindMod:
+	case wire.KindMod:
 		return modzip.MaxGoMod
-	case KindList:
+	case wire.KindList:
 		return listLimit
-	case KindInfo, KindLatest:
+	case wire.KindInfo, wire.KindLatest:
 		return 256 << 10
-	case KindSumDBSupported, KindSumDBLookup, KindSumDBTile, KindSumDBLatest:
+	case wire.KindSumDBSupported, wire.KindSumDBLookup, wire.KindSumDBTile, wire.KindSumDBLatest:
 		return 1 << 20
 	}
 	return -1
@@ -59,7 +39,7 @@ func maxBody(k Kind) int64 {
 
 // Request is a classified module request.
 type Request struct {
-	Kind Kind
+	Kind wire.Kind
 	// Module and Version are decoded ("github.com/Azure/x", not
 	// "github.com/!azure/x"). Version is empty for list and latest.
 	Module, Version string
@@ -139,20 +119,20 @@ func classifyProxy(p string) (Request, error) {
 	case ok:
 		switch {
 		case rest == "list":
-			r.Kind = KindList
+			r.Kind = wire.KindList
 		case strings.HasSuffix(rest, ".info"):
-			r.Kind = KindInfo
+			r.Kind = wire.KindInfo
 		case strings.HasSuffix(rest, ".mod"):
-			r.Kind = KindMod
+			r.Kind = wire.KindMod
 		case strings.HasSuffix(rest, ".zip"):
-			r.Kind = KindZip
+			r.Kind = wire.KindZip
 		default:
 			return r, ErrNotModuleRequest
 		}
-		if r.Kind != KindList {
+		if r.Kind != wire.KindList {
 			escVer := rest[:strings.LastIndexByte(rest, '.')]
 			v, err := decodeVersion(escVer)
-			if err != nil && r.Kind == KindInfo {
+			if err != nil && r.Kind == wire.KindInfo {
 				// .info may ask for a query (a branch, a commit hash) that
 				// the proxy resolves; it must still be a valid path element.
 				v, err = decodeQuery(escVer)
@@ -164,7 +144,7 @@ func classifyProxy(p string) (Request, error) {
 			r.Version = v
 		}
 	case strings.HasSuffix(p, "/@latest"):
-		r.Kind = KindLatest
+		r.Kind = wire.KindLatest
 		escMod = strings.TrimSuffix(p[1:], "/@latest")
 	default:
 		return r, ErrNotModuleRequest
@@ -174,7 +154,7 @@ func classifyProxy(p string) (Request, error) {
 		return r, err
 	}
 	r.Module = mod
-	if r.Kind == KindInfo && !exactVersion(mod, r.Version) {
+	if r.Kind == wire.KindInfo && !exactVersion(mod, r.Version) {
 		// A canonical version that is not one of this path's (v2.0.0 of
 		// a path without /v2) is resolved by the proxy, as a query.
 		r.Query = true
@@ -252,11 +232,11 @@ func classifySumDB(sub string) (Request, error) {
 	r := Request{Path: sub}
 	switch {
 	case sub == "/supported":
-		r.Kind = KindSumDBSupported
+		r.Kind = wire.KindSumDBSupported
 	case sub == "/latest":
-		r.Kind = KindSumDBLatest
+		r.Kind = wire.KindSumDBLatest
 	case strings.HasPrefix(sub, "/lookup/"):
-		r.Kind = KindSumDBLookup
+		r.Kind = wire.KindSumDBLookup
 		escMod, escVer, ok := strings.Cut(sub[len("/lookup/"):], "@")
 		if !ok {
 			return r, fmt.Errorf("invalid checksum database lookup %q: want module@version", sub)
@@ -271,7 +251,7 @@ func classifySumDB(sub string) (Request, error) {
 		}
 		r.Module, r.Version = mod, v
 	case strings.HasPrefix(sub, "/tile/"):
-		r.Kind = KindSumDBTile
+		r.Kind = wire.KindSumDBTile
 		if _, err := tlog.ParseTilePath(sub[1:]); err != nil {
 			return r, fmt.Errorf("invalid checksum database tile %q", sub)
 		}
@@ -353,12 +333,12 @@ func classifyForward(host, p, rawQuery string, db sumDBAddress) (Request, error)
 		if err := module.CheckImportPath(mod); err != nil {
 			return Request{}, fmt.Errorf("invalid import path %q in go-get request: %v", mod, unwrapModuleError(err))
 		}
-		return Request{Kind: KindGoGet, Module: mod, Path: p}, nil
+		return Request{Kind: wire.KindGoGet, Module: mod, Path: p}, nil
 	case strings.HasSuffix(p, "/info/refs") && strings.HasPrefix(query.Get("service"), "git-"),
 		strings.HasSuffix(p, "/git-upload-pack"), strings.HasSuffix(p, "/git-receive-pack"):
 		repo := p[:strings.LastIndex(p, "/")]
 		repo = strings.TrimSuffix(strings.TrimSuffix(repo, "/info"), ".git")
-		r := Request{Kind: KindVCS, Path: p}
+		r := Request{Kind: wire.KindVCS, Path: p}
 		if mod := host + repo; module.CheckImportPath(mod) == nil {
 			r.Module = mod // a repository is named like the module it holds
 		}
@@ -366,7 +346,7 @@ func classifyForward(host, p, rawQuery string, db sumDBAddress) (Request, error)
 	case db.name != "" && host == db.host && strings.HasPrefix(p, db.path+"/"):
 		r, err := classifySumDB(p[len(db.path):])
 		if errors.Is(err, ErrNotModuleRequest) {
-			return Request{Kind: KindOther, Path: p}, nil
+			return Request{Kind: wire.KindOther, Path: p}, nil
 		}
 		r.SumDB = db.name
 		return r, err
@@ -374,7 +354,7 @@ func classifyForward(host, p, rawQuery string, db sumDBAddress) (Request, error)
 	prefix, rest := splitProxyPrefix(p)
 	r, err := ClassifyReverse(rest)
 	if errors.Is(err, ErrNotModuleRequest) {
-		return Request{Kind: KindOther, Path: p}, nil
+		return Request{Kind: wire.KindOther, Path: p}, nil
 	}
 	r.Prefix = prefix
 	return r, err
@@ -411,15 +391,15 @@ func splitProxyPrefix(p string) (prefix, rest string) {
 // "example.test/m@v1.0.0 (.zip)".
 func describeRequest(req Request) string {
 	switch req.Kind {
-	case KindList:
+	case wire.KindList:
 		return req.Module + " (version list)"
-	case KindLatest:
+	case wire.KindLatest:
 		return req.Module + "@latest"
-	case KindInfo, KindMod, KindZip:
+	case wire.KindInfo, wire.KindMod, wire.KindZip:
 		return fmt.Sprintf("%s@%s (.%s)", req.Module, req.Version, req.Kind)
-	case KindSumDBLookup:
+	case wire.KindSumDBLookup:
 		return fmt.Sprintf("checksum database %s lookup of %s@%s", req.SumDB, req.Module, req.Version)
-	case KindSumDBSupported, KindSumDBLatest, KindSumDBTile:
+	case wire.KindSumDBSupported, wire.KindSumDBLatest, wire.KindSumDBTile:
 		return fmt.Sprintf("checksum database %s %s", req.SumDB, strings.TrimPrefix(req.Path, "/"))
 	}
 	return string(req.Kind)

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/modgate/modgate/sidecar/wire"
 	"golang.org/x/mod/module"
 	"golang.org/x/mod/semver"
 )
@@ -16,35 +17,35 @@ func TestClassifyReverse(t *testing.T) {
 		want    Request
 		wantErr string // substring; "404" for ErrNotModuleRequest
 	}{
-		{path: "/fixture.test/a/@v/list", want: Request{Kind: KindList, Module: "fixture.test/a"}},
-		{path: "/fixture.test/a/@latest", want: Request{Kind: KindLatest, Module: "fixture.test/a"}},
-		{path: "/fixture.test/a/@v/v1.2.3.info", want: Request{Kind: KindInfo, Module: "fixture.test/a", Version: "v1.2.3"}},
-		{path: "/fixture.test/a/@v/v1.2.3.mod", want: Request{Kind: KindMod, Module: "fixture.test/a", Version: "v1.2.3"}},
-		{path: "/fixture.test/a/@v/v1.2.3.zip", want: Request{Kind: KindZip, Module: "fixture.test/a", Version: "v1.2.3"}},
-		{path: "/fixture.test/!upper!case/@v/v1.0.0.zip", want: Request{Kind: KindZip, Module: "fixture.test/UpperCase", Version: "v1.0.0"}},
-		{path: "/fixture.test/pre/@v/v1.1.0-rc.1.info", want: Request{Kind: KindInfo, Module: "fixture.test/pre", Version: "v1.1.0-rc.1"}},
-		{path: "/fixture.test/pre/@v/v1.1.0-!r!c.1.info", want: Request{Kind: KindInfo, Module: "fixture.test/pre", Version: "v1.1.0-RC.1"}},
-		{path: "/fixture.test/a/@v/v2.0.0+incompatible.mod", want: Request{Kind: KindMod, Module: "fixture.test/a", Version: "v2.0.0+incompatible"}},
-		{path: "/fixture.test/a/@v/v0.0.0-20260101000000-abcdefabcdef.zip", want: Request{Kind: KindZip, Module: "fixture.test/a", Version: "v0.0.0-20260101000000-abcdefabcdef"}},
+		{path: "/fixture.test/a/@v/list", want: Request{Kind: wire.KindList, Module: "fixture.test/a"}},
+		{path: "/fixture.test/a/@latest", want: Request{Kind: wire.KindLatest, Module: "fixture.test/a"}},
+		{path: "/fixture.test/a/@v/v1.2.3.info", want: Request{Kind: wire.KindInfo, Module: "fixture.test/a", Version: "v1.2.3"}},
+		{path: "/fixture.test/a/@v/v1.2.3.mod", want: Request{Kind: wire.KindMod, Module: "fixture.test/a", Version: "v1.2.3"}},
+		{path: "/fixture.test/a/@v/v1.2.3.zip", want: Request{Kind: wire.KindZip, Module: "fixture.test/a", Version: "v1.2.3"}},
+		{path: "/fixture.test/!upper!case/@v/v1.0.0.zip", want: Request{Kind: wire.KindZip, Module: "fixture.test/UpperCase", Version: "v1.0.0"}},
+		{path: "/fixture.test/pre/@v/v1.1.0-rc.1.info", want: Request{Kind: wire.KindInfo, Module: "fixture.test/pre", Version: "v1.1.0-rc.1"}},
+		{path: "/fixture.test/pre/@v/v1.1.0-!r!c.1.info", want: Request{Kind: wire.KindInfo, Module: "fixture.test/pre", Version: "v1.1.0-RC.1"}},
+		{path: "/fixture.test/a/@v/v2.0.0+incompatible.mod", want: Request{Kind: wire.KindMod, Module: "fixture.test/a", Version: "v2.0.0+incompatible"}},
+		{path: "/fixture.test/a/@v/v0.0.0-20260101000000-abcdefabcdef.zip", want: Request{Kind: wire.KindZip, Module: "fixture.test/a", Version: "v0.0.0-20260101000000-abcdefabcdef"}},
 		// .info may ask for a query the proxy resolves.
-		{path: "/fixture.test/a/@v/master.info", want: Request{Kind: KindInfo, Module: "fixture.test/a", Version: "master", Query: true}},
-		{path: "/fixture.test/a/@v/23179ee.info", want: Request{Kind: KindInfo, Module: "fixture.test/a", Version: "23179ee", Query: true}},
-		{path: "/fixture.test/a/@v/v1.0.info", want: Request{Kind: KindInfo, Module: "fixture.test/a", Version: "v1.0", Query: true}},
+		{path: "/fixture.test/a/@v/master.info", want: Request{Kind: wire.KindInfo, Module: "fixture.test/a", Version: "master", Query: true}},
+		{path: "/fixture.test/a/@v/23179ee.info", want: Request{Kind: wire.KindInfo, Module: "fixture.test/a", Version: "23179ee", Query: true}},
+		{path: "/fixture.test/a/@v/v1.0.info", want: Request{Kind: wire.KindInfo, Module: "fixture.test/a", Version: "v1.0", Query: true}},
 		// So may a canonical version that is not one of the path's
 		// (cmd/go/internal/modfetch/proxy.go, (*proxyRepo).Stat): the
 		// proxy answers v2.0.0+incompatible or a pseudo-version.
-		{path: "/fixture.test/a/@v/v2.0.0.info", want: Request{Kind: KindInfo, Module: "fixture.test/a", Version: "v2.0.0", Query: true}},
-		{path: "/fixture.test/a/v2/@v/v1.0.0.info", want: Request{Kind: KindInfo, Module: "fixture.test/a/v2", Version: "v1.0.0", Query: true}},
-		{path: "/fixture.test/a/@v/v2.0.0+incompatible.info", want: Request{Kind: KindInfo, Module: "fixture.test/a", Version: "v2.0.0+incompatible"}},
-		{path: "/fixture.test/a/@v/v2.0.0.mod", want: Request{Kind: KindMod, Module: "fixture.test/a", Version: "v2.0.0"}},
+		{path: "/fixture.test/a/@v/v2.0.0.info", want: Request{Kind: wire.KindInfo, Module: "fixture.test/a", Version: "v2.0.0", Query: true}},
+		{path: "/fixture.test/a/v2/@v/v1.0.0.info", want: Request{Kind: wire.KindInfo, Module: "fixture.test/a/v2", Version: "v1.0.0", Query: true}},
+		{path: "/fixture.test/a/@v/v2.0.0+incompatible.info", want: Request{Kind: wire.KindInfo, Module: "fixture.test/a", Version: "v2.0.0+incompatible"}},
+		{path: "/fixture.test/a/@v/v2.0.0.mod", want: Request{Kind: wire.KindMod, Module: "fixture.test/a", Version: "v2.0.0"}},
 		// A checksum database's name may have a path.
-		{path: "/sumdb/sum.fixture.test/sumdb/lookup/fixture.test/a@v1.0.0", want: Request{Kind: KindSumDBLookup, SumDB: "sum.fixture.test/sumdb", Module: "fixture.test/a", Version: "v1.0.0", Path: "/lookup/fixture.test/a@v1.0.0"}},
-		{path: "/sumdb/sum.fixture.test/sumdb/supported", want: Request{Kind: KindSumDBSupported, SumDB: "sum.fixture.test/sumdb", Path: "/supported"}},
-		{path: "/sumdb/sum.fixture.test/supported", want: Request{Kind: KindSumDBSupported, SumDB: "sum.fixture.test", Path: "/supported"}},
-		{path: "/sumdb/sum.fixture.test/latest", want: Request{Kind: KindSumDBLatest, SumDB: "sum.fixture.test", Path: "/latest"}},
-		{path: "/sumdb/sum.fixture.test/lookup/fixture.test/!upper!case@v1.0.0", want: Request{Kind: KindSumDBLookup, SumDB: "sum.fixture.test", Module: "fixture.test/UpperCase", Version: "v1.0.0", Path: "/lookup/fixture.test/!upper!case@v1.0.0"}},
-		{path: "/sumdb/sum.fixture.test/tile/8/0/001", want: Request{Kind: KindSumDBTile, SumDB: "sum.fixture.test", Path: "/tile/8/0/001"}},
-		{path: "/sumdb/sum.fixture.test/tile/8/data/x001/234.p/5", want: Request{Kind: KindSumDBTile, SumDB: "sum.fixture.test", Path: "/tile/8/data/x001/234.p/5"}},
+		{path: "/sumdb/sum.fixture.test/sumdb/lookup/fixture.test/a@v1.0.0", want: Request{Kind: wire.KindSumDBLookup, SumDB: "sum.fixture.test/sumdb", Module: "fixture.test/a", Version: "v1.0.0", Path: "/lookup/fixture.test/a@v1.0.0"}},
+		{path: "/sumdb/sum.fixture.test/sumdb/supported", want: Request{Kind: wire.KindSumDBSupported, SumDB: "sum.fixture.test/sumdb", Path: "/supported"}},
+		{path: "/sumdb/sum.fixture.test/supported", want: Request{Kind: wire.KindSumDBSupported, SumDB: "sum.fixture.test", Path: "/supported"}},
+		{path: "/sumdb/sum.fixture.test/latest", want: Request{Kind: wire.KindSumDBLatest, SumDB: "sum.fixture.test", Path: "/latest"}},
+		{path: "/sumdb/sum.fixture.test/lookup/fixture.test/!upper!case@v1.0.0", want: Request{Kind: wire.KindSumDBLookup, SumDB: "sum.fixture.test", Module: "fixture.test/UpperCase", Version: "v1.0.0", Path: "/lookup/fixture.test/!upper!case@v1.0.0"}},
+		{path: "/sumdb/sum.fixture.test/tile/8/0/001", want: Request{Kind: wire.KindSumDBTile, SumDB: "sum.fixture.test", Path: "/tile/8/0/001"}},
+		{path: "/sumdb/sum.fixture.test/tile/8/data/x001/234.p/5", want: Request{Kind: wire.KindSumDBTile, SumDB: "sum.fixture.test", Path: "/tile/8/data/x001/234.p/5"}},
 
 		// Not the protocol at all: 404.
 		{path: "/", wantErr: "404"},
@@ -130,7 +131,7 @@ func FuzzClassifyReverse(f *testing.F) {
 			t.Fatalf("%q: accepted non-canonical version %q", p, r.Version)
 		}
 		switch r.Kind {
-		case KindList, KindLatest, KindInfo, KindMod, KindZip:
+		case wire.KindList, wire.KindLatest, wire.KindInfo, wire.KindMod, wire.KindZip:
 			esc, err := module.EscapePath(r.Module)
 			if err != nil || !strings.HasPrefix(r.Path, "/"+esc+"/@") {
 				t.Fatalf("%q: path %q does not start with the escaped module %q", p, r.Path, esc)
@@ -151,18 +152,18 @@ func TestClassifyForward(t *testing.T) {
 		// A proxy under a path: the module path starts at the first
 		// element with a dot.
 		{"proxy.fixture.test", "/artifactory/api/go/go-remote/fixture.test/a/@v/v1.0.0.zip",
-			Request{Kind: KindZip, Module: "fixture.test/a", Version: "v1.0.0", Path: "/fixture.test/a/@v/v1.0.0.zip", Prefix: "/artifactory/api/go/go-remote"}},
+			Request{Kind: wire.KindZip, Module: "fixture.test/a", Version: "v1.0.0", Path: "/fixture.test/a/@v/v1.0.0.zip", Prefix: "/artifactory/api/go/go-remote"}},
 		{"proxy.fixture.test", "/api/v4/projects/7/packages/go/fixture.test/a/@v/list",
-			Request{Kind: KindList, Module: "fixture.test/a", Path: "/fixture.test/a/@v/list", Prefix: "/api/v4/projects/7/packages/go"}},
+			Request{Kind: wire.KindList, Module: "fixture.test/a", Path: "/fixture.test/a/@v/list", Prefix: "/api/v4/projects/7/packages/go"}},
 		{"proxy.fixture.test", "/repository/go-proxy/sumdb/sum.fixture.test/db/supported",
-			Request{Kind: KindSumDBSupported, SumDB: "sum.fixture.test/db", Path: "/supported", Prefix: "/repository/go-proxy"}},
-		{"proxy.fixture.test", "/fixture.test/a/@latest", Request{Kind: KindLatest, Module: "fixture.test/a", Path: "/fixture.test/a/@latest"}},
+			Request{Kind: wire.KindSumDBSupported, SumDB: "sum.fixture.test/db", Path: "/supported", Prefix: "/repository/go-proxy"}},
+		{"proxy.fixture.test", "/fixture.test/a/@latest", Request{Kind: wire.KindLatest, Module: "fixture.test/a", Path: "/fixture.test/a/@latest"}},
 		// The checksum database at its direct URL.
 		{"mirror.fixture.test", "/sumdb/lookup/fixture.test/a@v1.0.0",
-			Request{Kind: KindSumDBLookup, SumDB: "sum.fixture.test/db", Module: "fixture.test/a", Version: "v1.0.0", Path: "/lookup/fixture.test/a@v1.0.0"}},
-		{"mirror.fixture.test", "/lookup/fixture.test/a@v1.0.0", Request{Kind: KindOther, Path: "/lookup/fixture.test/a@v1.0.0"}},
-		{"proxy.fixture.test", "/robots.txt", Request{Kind: KindOther, Path: "/robots.txt"}},
-		{"proxy.fixture.test", "/a/b", Request{Kind: KindOther, Path: "/a/b"}},
+			Request{Kind: wire.KindSumDBLookup, SumDB: "sum.fixture.test/db", Module: "fixture.test/a", Version: "v1.0.0", Path: "/lookup/fixture.test/a@v1.0.0"}},
+		{"mirror.fixture.test", "/lookup/fixture.test/a@v1.0.0", Request{Kind: wire.KindOther, Path: "/lookup/fixture.test/a@v1.0.0"}},
+		{"proxy.fixture.test", "/robots.txt", Request{Kind: wire.KindOther, Path: "/robots.txt"}},
+		{"proxy.fixture.test", "/a/b", Request{Kind: wire.KindOther, Path: "/a/b"}},
 	}
 	for _, tt := range tests {
 		got, err := classifyForward(tt.host, tt.path, "", db)

@@ -469,7 +469,7 @@ func TestAnonymousClients(t *testing.T) {
 		t.Errorf("alice: %d %q", status, body)
 	}
 	// identities: ["*"] never applies without an identity, and anonymous
-	// is none (README, Tenants): only alice gets dep05.
+	// is none (README.md, "Shared modgate for a team"): only alice gets dep05.
 	if status, _, body := r.get(t, c, "/fixture.test/dep05/@v/v1.0.0.info", ""); status != 403 || !strings.Contains(body, "for those who said who they are") {
 		t.Errorf("anonymous, a module for identities [\"*\"]: %d %q", status, body)
 	}

@@ -21,45 +21,56 @@ import (
 
 // The modes, wire's: how the request reached modgate.
 const (
-	modeReverse = string(wire.ModeReverse)
-	modeForward = string(wire.ModeForward)
-	modeMITM    = string(wire.ModeMITM)
+	modeReverse = wire.ModeReverse
+	modeForward = wire.ModeForward
+	modeMITM    = wire.ModeMITM
 )
 
-// exchange is one request on its way through the pipeline: what it asks
-// for, what policy decided, who answered, and what the client got. Every
-// exchange ends in exactly one call of end, and so in exactly one audit
-// line.
+// exchange is one request on its way through the pipeline. Its parts
+// are written in turn, each by one step: the way in says who asks and for
+// what, policy says what it decided (verdict), the pipeline says how the
+// request was answered (out), and end records it all. Every exchange ends
+// in exactly one call of end, and so in exactly one audit line.
 type exchange struct {
 	s     *Server
 	w     *responseRecorder
 	r     *http.Request
 	start time.Time
-	mode  string // modeReverse, modeForward or modeMITM
-
-	identity string // who is asking (Config.Clients, Forward.Users); "" when nobody has to say
-	claimed  string // the name a refused login gave: audited as claimed_identity, never as identity
-	host     string // the destination host:port (normalised), in forward mode
-
 	// connect answers a CONNECT that is refused; nil for other requests.
 	connect func(p *problem)
 
+	// Who asks, and for what: set by the way in.
+	mode     wire.Mode // modeReverse, modeForward or modeMITM
+	identity string    // who is asking (Config.Clients, Forward.Users); "" when nobody has to say
+	claimed  string    // the name a refused login gave: audited as claimed_identity, never as identity
+	host     string    // the destination host:port (normalised), in forward mode
 	req      Request
-	pol      *policy.Policy // one snapshot for the whole request
-	decision wire.Decision  // allow, deny, invalid, loop
+
+	pol     *policy.Policy // one snapshot for the whole request
+	verdict verdict        // set by decide (and resolved, for a query)
+	out     outcome        // set by the pipeline's steps and by end
+
+	buffered int64 // bytes of the server's buffer budget this exchange holds
+}
+
+// verdict is what policy decided of an exchange.
+type verdict struct {
+	decision wire.Decision // allow, deny, invalid, loop
 	rule     int
 	ruleText string
-	reason   string
+	reason   string   // the rule's reason
 	private  string   // the private pattern the module matches, if any
 	route    []string // upstream names the policy's route allows, if any
 	routed   bool
-	served   *upstream.Upstream
 	decided  bool // a module-bearing request went through policy
+}
 
-	cacheResult wire.CacheResult // hit, miss, stale or shared; empty when the cache was not asked
-	buffered    int64            // bytes of the server's buffer budget this exchange holds
-
-	answer *problem // the problem end answered, for a build's summary; nil when served
+// outcome is how an exchange was answered.
+type outcome struct {
+	served  *upstream.Upstream // who answered; nil: the cache, or nobody
+	cache   wire.CacheResult   // hit, miss, stale or shared; "" when the cache was not asked
+	note    string             // what the pipeline did to the answer, for the audit line
+	problem *problem           // the answer given instead of the one asked for; nil when served
 }
 
 // attrEndUser is OpenTelemetry's semantic convention for who made the
@@ -71,10 +82,10 @@ func (x *exchange) ctx() context.Context {
 	return upstream.WithKind(x.r.Context(), x.req.Kind)
 }
 
-func (s *Server) newExchange(w http.ResponseWriter, r *http.Request, mode string) *exchange {
+func (s *Server) newExchange(w http.ResponseWriter, r *http.Request, mode wire.Mode) *exchange {
 	return &exchange{
 		s: s, w: &responseRecorder{ResponseWriter: w}, r: r, start: s.now(), mode: mode,
-		pol: s.policy(), decision: decisionAllow, req: Request{Kind: KindOther},
+		pol: s.policy(), verdict: verdict{decision: decisionAllow}, req: Request{Kind: wire.KindOther},
 	}
 }
 
@@ -88,14 +99,14 @@ func (x *exchange) end(err error) {
 		return
 	}
 	p := asProblem(err)
-	x.answer = p
+	x.out.problem = p
+	// A refusal is the final decision: a guard's, or policy's own.
 	if p.decision != "" {
-		x.decision = p.decision
+		x.verdict.decision = p.decision
 	}
 	if p.rule != 0 || p.ruleText != "" {
-		x.rule, x.ruleText = p.rule, p.ruleText
+		x.verdict.rule, x.verdict.ruleText = p.rule, p.ruleText
 	}
-	x.reason = p.auditReason()
 	switch {
 	case p.gone:
 		// Nobody is listening; an answer that started is cut, so that a
@@ -132,27 +143,27 @@ func (x *exchange) decide() error {
 	if req.Module == "" {
 		return nil // tiles and tree heads name no module: nothing to decide
 	}
-	x.decided = true
+	x.verdict.decided = true
 	if req.Module != toolchainModule {
 		// The go command ignores GOPRIVATE and GONOSUMDB for toolchains.
-		x.private, _ = x.pol.IsPrivate(req.Module)
+		x.verdict.private, _ = x.pol.IsPrivate(req.Module)
 	}
-	x.route, x.routed = x.pol.RouteFor(req.Module, x.identity)
+	x.verdict.route, x.verdict.routed = x.pol.RouteFor(req.Module, x.identity)
 	version := req.Version
 	if req.Query {
 		version = "" // decided again on the version the query resolves to
 	}
 	d := x.pol.Decide(policy.Request{Module: req.Module, Version: version, Kind: req.Kind, Host: x.destination(), Identity: x.identity})
-	x.rule, x.ruleText, x.reason = d.Rule, d.RuleText, d.Reason
+	x.verdict.rule, x.verdict.ruleText, x.verdict.reason = d.Rule, d.RuleText, d.Reason
 	if !d.Allow {
 		x.s.log.Info("denied by policy", "module", req.Module, "version", req.Version, "kind", req.Kind, "rule", d.Rule, "reason", d.Reason)
 		return x.denial(d, req.Version)
 	}
-	if req.Kind == KindSumDBLookup && x.private != "" {
+	if req.Kind == wire.KindSumDBLookup && x.verdict.private != "" {
 		p := deny(wire.PrivateLookup, "private modules are never looked up in a checksum database",
-			fmt.Sprintf("checksum database lookup of %s@%s refused: %s is private %s and is never sent to a checksum database", req.Module, req.Version, req.Module, wire.PatternNote(x.private)),
-			wire.NoSumDBHint(x.private))
-		p.ruleText = "private " + x.private
+			fmt.Sprintf("checksum database lookup of %s@%s refused: %s is private %s and is never sent to a checksum database", req.Module, req.Version, req.Module, wire.PatternNote(x.verdict.private)),
+			wire.NoSumDBHint(x.verdict.private))
+		p.ruleText = "private " + x.verdict.private
 		return p
 	}
 	return nil
@@ -177,10 +188,10 @@ func (x *exchange) policyRequest(version string) policy.Request {
 
 // servedName names the upstream that answered, for logs.
 func (x *exchange) servedName() string {
-	if x.served == nil {
+	if x.out.served == nil {
 		return "upstream"
 	}
-	return x.served.Name
+	return x.out.served.Name
 }
 
 // destination is the host the request goes to: the origin in forward
@@ -196,13 +207,30 @@ func (x *exchange) destination() string {
 // policy routes the module elsewhere, or the module is private and the
 // upstream is not.
 func (x *exchange) eligible(u *upstream.Upstream) error {
-	if x.routed && !slices.Contains(x.route, u.Name) {
+	if x.verdict.routed && !slices.Contains(x.verdict.route, u.Name) {
 		return fmt.Errorf("not in the policy's route for %s", x.req.Module)
 	}
-	if x.private != "" && !u.Private {
-		return fmt.Errorf("not private, and %s is private (%s)", x.req.Module, x.private)
+	if x.verdict.private != "" && !u.Private {
+		return fmt.Errorf("not private, and %s is private (%s)", x.req.Module, x.verdict.private)
 	}
 	return nil
+}
+
+// reason is the audit line's reason: why the answer was refused or
+// failed; else what the pipeline did to it; else the reason of the policy
+// rule that allowed it; else where the cache stood.
+func (x *exchange) reason() string {
+	switch {
+	case x.out.problem != nil:
+		return x.out.problem.auditReason()
+	case x.out.note != "":
+		return x.out.note
+	case x.verdict.reason != "":
+		return x.verdict.reason
+	case x.out.cache != "":
+		return "cache " + string(x.out.cache)
+	}
+	return ""
 }
 
 // finish records the exchange: the server span's attributes, the policy
@@ -212,21 +240,21 @@ func (x *exchange) finish() {
 	x.buffered = 0
 	span := trace.SpanFromContext(x.r.Context())
 	if span.IsRecording() {
-		attrs := append(make([]attribute.KeyValue, 0, 8), telemetry.AttrMode.String(x.mode), telemetry.AttrPolicyDecision.String(string(x.decision)))
+		attrs := append(make([]attribute.KeyValue, 0, 8), telemetry.AttrMode.String(string(x.mode)), telemetry.AttrPolicyDecision.String(string(x.verdict.decision)))
 		if x.req.Module != "" {
 			attrs = append(attrs, telemetry.AttrModulePath.String(x.req.Module))
 		}
 		if x.req.Version != "" {
 			attrs = append(attrs, telemetry.AttrModuleVersion.String(x.req.Version))
 		}
-		if x.ruleText != "" {
-			attrs = append(attrs, telemetry.AttrPolicyRule.String(x.ruleText))
+		if x.verdict.ruleText != "" {
+			attrs = append(attrs, telemetry.AttrPolicyRule.String(x.verdict.ruleText))
 		}
-		if x.served != nil {
-			attrs = append(attrs, telemetry.AttrUpstreamName.String(x.served.Name))
+		if x.out.served != nil {
+			attrs = append(attrs, telemetry.AttrUpstreamName.String(x.out.served.Name))
 		}
-		if x.cacheResult != "" {
-			attrs = append(attrs, telemetry.AttrCacheResult.String(string(x.cacheResult)))
+		if x.out.cache != "" {
+			attrs = append(attrs, telemetry.AttrCacheResult.String(string(x.out.cache)))
 		}
 		if x.identity != "" {
 			// Spans and the audit log only: identities are unbounded,
@@ -234,19 +262,16 @@ func (x *exchange) finish() {
 			attrs = append(attrs, attrEndUser.String(x.identity))
 		}
 		span.SetAttributes(attrs...)
-		if x.decision == decisionDeny {
+		if x.verdict.decision == decisionDeny {
 			span.AddEvent("modgate.policy.denied", trace.WithAttributes(
-				telemetry.AttrPolicyRule.String(x.ruleText), attribute.String("modgate.policy.reason", x.reason)))
+				telemetry.AttrPolicyRule.String(x.verdict.ruleText), attribute.String("modgate.policy.reason", x.reason())))
 		}
 	}
-	if x.decided || x.decision == decisionDeny {
-		x.s.tel.AddPolicyDecision(x.r.Context(), x.decision, x.ruleText)
+	if x.verdict.decided || x.verdict.decision == decisionDeny {
+		x.s.tel.AddPolicyDecision(x.r.Context(), x.verdict.decision, x.verdict.ruleText)
 	}
-	if x.cacheResult != "" {
-		x.s.tel.AddCacheRequest(x.r.Context(), x.cacheResult)
-		if x.reason == "" {
-			x.reason = "cache " + string(x.cacheResult)
-		}
+	if x.out.cache != "" {
+		x.s.tel.AddCacheRequest(x.r.Context(), x.out.cache)
 	}
 	x.s.recent().record(x) // the status page's recent requests and denials
 	status := x.w.status
@@ -269,18 +294,18 @@ func (x *exchange) finish() {
 		Kind:       x.req.Kind,
 		Module:     x.req.Module,
 		Version:    x.req.Version,
-		Decision:   x.decision,
-		Rule:       x.rule,
-		Reason:     x.reason,
+		Decision:   x.verdict.decision,
+		Rule:       x.verdict.rule,
+		Reason:     x.reason(),
 		Status:     x.w.status,
 		Bytes:      x.w.bytes,
 		DurationMS: float64(x.s.now().Sub(x.start).Microseconds()) / 1000,
 	}
 	e.ClaimedIdentity = x.claimed
-	if x.served != nil {
-		e.Upstream = x.served.Name
-		if x.served.URL != nil && e.Host == "" {
-			e.Host = x.served.URL.Host
+	if x.out.served != nil {
+		e.Upstream = x.out.served.Name
+		if x.out.served.URL != nil && e.Host == "" {
+			e.Host = x.out.served.URL.Host
 		}
 	}
 	if sc := span.SpanContext(); sc.IsValid() {
@@ -313,12 +338,12 @@ func (x *exchange) logRequest() {
 	var buf [10]slog.Attr
 	attrs := append(buf[:0], slog.String("method", x.r.Method), slog.String("path", target), slog.Int("status", status),
 		slog.Int64("bytes", x.w.bytes), slog.String("duration", x.s.now().Sub(x.start).Round(time.Microsecond).String()),
-		slog.String("mode", x.mode), slog.String("kind", string(x.req.Kind)), slog.String("client", clientIP(x.r.RemoteAddr)))
-	if x.served != nil {
-		attrs = append(attrs, slog.String("upstream", x.served.Name))
+		slog.String("mode", string(x.mode)), slog.String("kind", string(x.req.Kind)), slog.String("client", clientIP(x.r.RemoteAddr)))
+	if x.out.served != nil {
+		attrs = append(attrs, slog.String("upstream", x.out.served.Name))
 	}
-	if x.cacheResult != "" {
-		attrs = append(attrs, slog.String("cache", string(x.cacheResult)))
+	if x.out.cache != "" {
+		attrs = append(attrs, slog.String("cache", string(x.out.cache)))
 	}
 	// Straight to the handler: Logger.LogAttrs would also walk the stack
 	// for the line's source position, which is always this function (a

@@ -100,7 +100,10 @@ func newForward(s *Server, cfg ForwardConfig, opts upstream.Options) *forward {
 		explicit:     map[string]bool{},
 		resolve:      map[string]string{},
 		resolver:     net.DefaultResolver,
-		dialer:       &net.Dialer{Timeout: upstream.DefaultTimeouts().Dial, KeepAlive: 30 * time.Second},
+		dial:         (&net.Dialer{Timeout: upstream.DefaultTimeouts().Dial, KeepAlive: 30 * time.Second}).DialContext,
+	}
+	if s.cfg.Dial != nil {
+		g.dial, g.resolver = s.cfg.Dial, &net.Resolver{PreferGo: true, Dial: s.cfg.Dial}
 	}
 	// Host patterns are spelled as hosts are (wire.NormalizeHost), so that
 	// each compares with the one normalised host of a request.
@@ -291,7 +294,7 @@ func (f *forward) serve(x *exchange, scheme, host, port string) error {
 func (f *forward) handleConnect(target string, ctx *goproxy.ProxyCtx) (*goproxy.ConnectAction, string) {
 	r := ctx.Req
 	x := f.s.newExchange(nil, r, modeForward)
-	x.host, x.req.Kind = target, KindTunnel
+	x.host, x.req.Kind = target, wire.KindTunnel
 	identity, err := f.authenticate(r)
 	x.setIdentity(identity, err)
 	if err != nil {
@@ -315,7 +318,7 @@ func (f *forward) handleConnect(target string, ctx *goproxy.ProxyCtx) (*goproxy.
 	sctx := tel.Propagator().Extract(r.Context(), propagation.HeaderCarrier(r.Header))
 	sctx, span := tel.Tracer().Start(sctx, "CONNECT", trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(
 		attribute.String("server.address", host), attribute.String("server.port", port),
-		telemetry.AttrRequestKind.String(string(KindTunnel)), telemetry.AttrMode.String(mode)))
+		telemetry.AttrRequestKind.String(string(wire.KindTunnel)), telemetry.AttrMode.String(string(mode))))
 	r = r.WithContext(sctx)
 	ctx.Req, x.r = r, r
 	if err := f.guard.checkHost(host, port, true); err != nil {
@@ -394,7 +397,7 @@ func (f *forward) relayTunnel(x *exchange, client net.Conn, hostport string) err
 	if err != nil {
 		return fail(wire.UpstreamFailed, "CONNECT "+hostport+": "+err.Error())
 	}
-	x.served = u
+	x.out.served = u
 	report, err := u.Guard()
 	if err != nil {
 		return fail(wire.CircuitOpen, "CONNECT "+hostport+": "+err.Error())
@@ -420,7 +423,7 @@ func (f *forward) relayTunnel(x *exchange, client net.Conn, hostport string) err
 	up, down := splice(client, server, f.cfg.TunnelIdle, clock)
 	f.s.tel.RecordTunnel(x.r.Context(), clock.Now().Sub(start), up, down)
 	x.w.bytes = up + down
-	x.reason = fmt.Sprintf("%d bytes up, %d down", up, down)
+	x.out.note = fmt.Sprintf("%d bytes up, %d down", up, down)
 	return nil
 }
 
@@ -529,7 +532,7 @@ func (f *forward) intercept(connect *exchange, client net.Conn, host, port strin
 		}
 		x.end(f.serve(x, "https", host, port))
 	})
-	kindOf := func(in *http.Request) Kind {
+	kindOf := func(in *http.Request) wire.Kind {
 		req, _ := classifyForward(host, in.URL.Path, in.URL.RawQuery, f.s.sumdbAddr)
 		return req.Kind
 	}

@@ -528,3 +528,26 @@ func TestGuardRefusalIsNotAnUpstreamFailure(t *testing.T) {
 		}
 	}
 }
+
+// TestNoTestReachesTheNetwork: the modgates that tests start dial through
+// modtest.LoopbackDial (sidecartest sets sidecar.Config.Dial), so a
+// destination the guard lets through is still not reached unless it is
+// loopback, and no name is looked up in DNS: no test leaves the machine,
+// even when the guard under test regresses.
+func TestNoTestReachesTheNetwork(t *testing.T) {
+	// 192.0.2.1 is TEST-NET-1: listed, so that the guard lets it through.
+	url := startGate(t, sidecar.Config{
+		Upstreams: []upstream.Config{{URL: "off"}},
+		Forward:   sidecar.ForwardConfig{AllowHosts: []string{"192.0.2.1", "nowhere.example.test"}},
+	})
+	const refusedByTestDialer = "test dialer: only loopback may be dialled, not 192.0.2.1"
+	if got := connect(t, url, "192.0.2.1:443"); !strings.Contains(got, refusedByTestDialer) {
+		t.Errorf("CONNECT 192.0.2.1:443: %q; want the test dialer's refusal", got)
+	}
+	if status, _, body := rawGet(t, url, "http://192.0.2.1/example.test/m/@v/list"); status != http.StatusBadGateway || !strings.Contains(body, refusedByTestDialer) {
+		t.Errorf("absolute-form to 192.0.2.1: %d %q; want 502 with the test dialer's refusal", status, body)
+	}
+	if got := connect(t, url, "nowhere.example.test:443"); !strings.Contains(got, "test dialer: no DNS in tests") && !strings.Contains(got, "test dialer: only loopback may be dialled") {
+		t.Errorf("CONNECT to a name: %q; want the test dialer to refuse its DNS query", got)
+	}
+}

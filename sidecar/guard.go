@@ -45,7 +45,7 @@ type guard struct {
 	// own are modgate's listeners, never a destination.
 	own      []string
 	resolver *net.Resolver
-	dialer   *net.Dialer
+	dial     func(ctx context.Context, network, addr string) (net.Conn, error)
 	// machine is this machine's addresses, refused like loopback. If nil,
 	// upstream.ThisMachine().
 	machine *upstream.Machine
@@ -84,7 +84,7 @@ func (g *guard) Dial(ctx context.Context, network, addr string) (net.Conn, error
 	if err != nil {
 		return nil, err
 	}
-	return g.dialer.DialContext(ctx, network, target)
+	return g.dial(ctx, network, target)
 }
 
 // resolveTarget returns the checked address to dial for addr.

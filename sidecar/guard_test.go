@@ -52,7 +52,7 @@ func testGuard() *guard {
 		resolve:      map[string]string{},
 		own:          []string{"0.0.0.0:7070", "127.0.0.1:7071"},
 		resolver:     noDNS,
-		dialer:       loopbackOnly,
+		dial:         loopbackOnly.DialContext,
 		machine:      machineAt("203.0.113.7", "2001:db8::7"),
 	}
 }

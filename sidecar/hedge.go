@@ -9,6 +9,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/modgate/modgate/sidecar/upstream"
+	"github.com/modgate/modgate/sidecar/wire"
 	"github.com/modgate/modgate/telemetry"
 )
 
@@ -60,12 +61,12 @@ func (s *Server) walk(ctx context.Context, x *exchange, path string, hdr http.He
 
 // newHedgers returns the hedging of each immutable kind, made once: the
 // delay is the upstream's p95 for that kind, at least hedgeFloor.
-func (s *Server) newHedgers() map[Kind]*upstream.Hedge {
+func (s *Server) newHedgers() map[wire.Kind]*upstream.Hedge {
 	if s.tel == nil {
 		return nil
 	}
-	hedgers := map[Kind]*upstream.Hedge{}
-	for _, kind := range []Kind{KindInfo, KindMod, KindZip} {
+	hedgers := map[wire.Kind]*upstream.Hedge{}
+	for _, kind := range []wire.Kind{wire.KindInfo, wire.KindMod, wire.KindZip} {
 		hedgers[kind] = &upstream.Hedge{
 			Delay: func(u *upstream.Upstream) time.Duration {
 				p95, n := s.tel.UpstreamQuantile(u.Name, kind, 0.95)

@@ -204,18 +204,8 @@ func (x *exchange) chainProblem(res upstream.Result) *problem {
 			text = "not found"
 		}
 		lines = append(lines, subject+": "+text)
-	case code == wire.Loop:
-		lines = append(lines, subject+": request loop: an upstream leads back to a modgate this request already passed")
-	case code == wire.Off:
-		lines = append(lines, subject+": module lookup disabled by GOPROXY=off in modgate's upstream chain")
-	case code == wire.Direct:
-		lines = append(lines, subject+": not found upstream; the chain ends in direct: fetch it from its origin (GOPROXY=<modgate>,direct)")
-	case code == wire.NotFound:
-		lines = append(lines, subject+": not found in any upstream")
-	case code == wire.BadUpstream:
-		lines = append(lines, subject+": the upstream's answer is not what the module proxy protocol allows; not relayed, not kept")
-	case code == wire.ChecksumMismatch:
-		lines = append(lines, subject+": the upstream's answer is not what the checksum database vouches for; not relayed, not kept")
+	case chainMessages[code] != "":
+		lines = append(lines, subject+": "+chainMessages[code])
 	default:
 		lines = append(lines, subject+": no upstream could serve it")
 	}
@@ -230,8 +220,8 @@ func (x *exchange) chainProblem(res upstream.Result) *problem {
 	if ra := res.RetryAfter(); ra > 0 && status == http.StatusServiceUnavailable {
 		p.header = http.Header{"Retry-After": {strconv.Itoa(ra)}}
 	}
-	if x.private != "" && status == http.StatusNotFound && x.mode == modeReverse {
-		p.lines = append(p.lines, fmt.Sprintf("%s is private (%s): only upstreams marked private are asked", x.req.Module, x.private))
+	if x.verdict.private != "" && status == http.StatusNotFound && x.mode == modeReverse {
+		p.lines = append(p.lines, fmt.Sprintf("%s is private (%s): only upstreams marked private are asked", x.req.Module, x.verdict.private))
 	}
 	if code == wire.Loop {
 		p.decision = decisionLoop
@@ -240,6 +230,17 @@ func (x *exchange) chainProblem(res upstream.Result) *problem {
 		x.s.log.Warn("no upstream could serve", "kind", x.req.Kind, "module", x.req.Module, "version", x.req.Version, "status", status, "attempts", attemptsAttr(res.Attempts))
 	}
 	return p
+}
+
+// chainMessages say, after the request, why a walk of the chain that
+// ended with the code had no answer.
+var chainMessages = map[wire.Code]string{
+	wire.Loop:             "request loop: an upstream leads back to a modgate this request already passed",
+	wire.Off:              "module lookup disabled by GOPROXY=off in modgate's upstream chain",
+	wire.Direct:           "not found upstream; the chain ends in direct: fetch it from its origin (GOPROXY=<modgate>,direct)",
+	wire.NotFound:         "not found in any upstream",
+	wire.BadUpstream:      "the upstream's answer is not what the module proxy protocol allows; not relayed, not kept",
+	wire.ChecksumMismatch: "the upstream's answer is not what the checksum database vouches for; not relayed, not kept",
 }
 
 // chainCode is the error code of a walk that had no answer, as Status

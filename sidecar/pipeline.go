@@ -48,7 +48,7 @@ func (s *Server) pipeline(x *exchange, src source) error {
 	if s.cfg.Offline {
 		src = offlineSource{s}
 	}
-	if x.req.Kind == KindSumDBLookup && s.verifier != nil {
+	if x.req.Kind == wire.KindSumDBLookup && s.verifier != nil {
 		if err := s.serveLookup(x); !errors.Is(err, errLookupElsewhere) {
 			return err
 		}
@@ -73,10 +73,10 @@ func (s *Server) pipeline(x *exchange, src source) error {
 func (s *Server) serveImmutable(x *exchange, c *cache.Cache, key string, src source, fr fetchRequest) error {
 	if e, err := c.Get(key); err == nil {
 		defer e.Close()
-		x.cacheResult = wire.CacheHit
+		x.out.cache = wire.CacheHit
 		return s.sendEntry(x, src, e)
 	}
-	x.cacheResult = wire.CacheMiss
+	x.out.cache = wire.CacheMiss
 	// A zip is spooled where it is kept.
 	fr.check = s.checkFor(x, c, key)
 	f, body, err := s.join(x, c, key, src, fr)
@@ -86,7 +86,7 @@ func (s *Server) serveImmutable(x *exchange, c *cache.Cache, key string, src sou
 	defer f.leave(body != nil)
 	switch {
 	case f.stored:
-		x.cacheResult = wire.CacheShared
+		x.out.cache = wire.CacheShared
 		return s.sendCopy(x, src, c, key, f)
 	case f.w == nil:
 		return x.chainProblem(f.res)
@@ -96,7 +96,7 @@ func (s *Server) serveImmutable(x *exchange, c *cache.Cache, key string, src sou
 		return s.sendCopy(x, src, c, key, f)
 	}
 	defer body.Close()
-	x.served = f.served
+	x.out.served = f.served
 	return x.send(http.StatusOK, f.header, body, -1)
 }
 
@@ -110,29 +110,29 @@ func (s *Server) serveFresh(x *exchange, c *cache.Cache, key string, src source,
 	if err == nil {
 		defer stale.Close()
 		if stale.Age(now) < s.cacheCfg.ListTTL {
-			x.cacheResult = wire.CacheHit
+			x.out.cache = wire.CacheHit
 			return s.sendEntry(x, src, stale)
 		}
 	} else {
 		stale = nil
 	}
-	x.cacheResult = wire.CacheMiss
+	x.out.cache = wire.CacheMiss
 	fr.check = s.checkFor(x, nil, "")
 	res := src.fetch(x.ctx(), x, fr)
 	if res.Response == nil {
 		if stale != nil && (s.cfg.Offline || stale.Age(now) < s.cacheCfg.StaleIfError) {
-			x.cacheResult = wire.CacheStale
+			x.out.cache = wire.CacheStale
 			x.w.Header().Set("Warning", `110 modgate "Response is Stale"`)
 			err := s.sendEntry(x, src, stale)
-			x.reason = "stale answer served: every upstream failed"
+			x.out.note = "stale answer served: every upstream failed"
 			if s.cfg.Offline {
-				x.reason = "stale answer served: modgate is offline"
+				x.out.note = "stale answer served: modgate is offline"
 			}
 			return err
 		}
 		return x.chainProblem(res)
 	}
-	x.served = res.Upstream
+	x.out.served = res.Upstream
 	defer res.Response.Body.Close()
 	body, err := s.readBody(x, res.Response, listLimit)
 	if err != nil {
@@ -154,9 +154,9 @@ func (s *Server) fetch(x *exchange, src source, fr fetchRequest) error {
 	if res.Response == nil {
 		return x.chainProblem(res)
 	}
-	x.served = res.Upstream
+	x.out.served = res.Upstream
 	resp := res.Response
-	if resp.StatusCode != http.StatusOK || x.r.Method != http.MethodGet || !(checked(x.req.Kind) || x.req.Kind == KindList) {
+	if resp.StatusCode != http.StatusOK || x.r.Method != http.MethodGet || !(checked(x.req.Kind) || x.req.Kind == wire.KindList) {
 		return s.relay(x, resp)
 	}
 	defer resp.Body.Close()
@@ -173,9 +173,9 @@ func (s *Server) fetch(x *exchange, src source, fr fetchRequest) error {
 // they are.
 func (s *Server) filter(x *exchange, src source, header http.Header, body []byte) error {
 	switch x.req.Kind {
-	case KindList:
+	case wire.KindList:
 		return s.filterList(x, header, body)
-	case KindLatest:
+	case wire.KindLatest:
 		return s.filterLatest(x, src, header, body)
 	}
 	if err := x.resolved(body); err != nil {
@@ -194,7 +194,7 @@ func (s *Server) sendEntry(x *exchange, src source, e *cache.Entry) error {
 	if _, immutable, _ := x.cacheKey(); !immutable {
 		h.Set("Age", fmt.Sprint(int(e.Age(s.now()).Seconds())))
 	}
-	if x.req.Kind == KindList || x.req.Kind == KindLatest || x.req.Query {
+	if x.req.Kind == wire.KindList || x.req.Kind == wire.KindLatest || x.req.Query {
 		body, err := io.ReadAll(e.Body)
 		if err != nil {
 			return fail(wire.Internal, "cache read: "+err.Error())
@@ -221,7 +221,7 @@ func (s *Server) relay(x *exchange, resp *http.Response) error {
 	defer resp.Body.Close()
 	limit := maxBody(x.req.Kind)
 	if x.r.Method != http.MethodHead && (resp.ContentLength >= 0 && resp.ContentLength <= bufferLimit ||
-		x.req.Kind != KindZip && limit > 0 && resp.ContentLength < 0) {
+		x.req.Kind != wire.KindZip && limit > 0 && resp.ContentLength < 0) {
 		if resp.ContentLength >= 0 {
 			limit = bufferLimit
 		}
@@ -287,7 +287,7 @@ func (s *Server) filterList(x *exchange, header http.Header, body []byte) error 
 	versions := strings.Fields(string(body))
 	allowed := x.pol.FilterVersions(x.policyRequest(""), versions)
 	if len(allowed) != len(versions) {
-		x.reason = fmt.Sprintf("%d of %d versions removed by policy", len(versions)-len(allowed), len(versions))
+		x.out.note = fmt.Sprintf("%d of %d versions removed by policy", len(versions)-len(allowed), len(versions))
 		body = []byte(strings.Join(allowed, "\n"))
 		if len(allowed) > 0 {
 			body = append(body, '\n')
@@ -309,19 +309,19 @@ func (s *Server) filterLatest(x *exchange, src source, header http.Header, body 
 	base := x.req.Prefix + strings.TrimSuffix(x.req.Path, "/@latest")
 	if v := s.latestAllowed(x, src, base, preq); v != "" {
 		escV, _ := module.EscapeVersion(v)
-		ctx := upstream.WithKind(x.r.Context(), KindInfo)
+		ctx := upstream.WithKind(x.r.Context(), wire.KindInfo)
 		res := src.fetch(ctx, x, fetchRequest{method: http.MethodGet, path: base + "/@v/" + escV + ".info", header: http.Header{}})
 		if res.Response != nil && res.Response.StatusCode == http.StatusOK {
-			x.served = res.Upstream
+			x.out.served = res.Upstream
 			err := s.relay(x, res.Response)
-			x.reason = fmt.Sprintf("latest %s denied by policy; answered %s", info.Version, v)
+			x.out.note = fmt.Sprintf("latest %s denied by policy; answered %s", info.Version, v)
 			return err
 		}
 		if res.Response != nil {
 			res.Response.Body.Close()
 		}
 	}
-	preq.Version, preq.Kind = info.Version, KindInfo
+	preq.Version, preq.Kind = info.Version, wire.KindInfo
 	return x.denial(x.pol.Decide(preq), info.Version)
 }
 
@@ -329,7 +329,7 @@ func (s *Server) filterLatest(x *exchange, src source, header http.Header, body 
 // among the listed versions that policy allows: the highest release, else
 // the highest pre-release. base is the escaped module path, from "/".
 func (s *Server) latestAllowed(x *exchange, src source, base string, preq policy.Request) string {
-	ctx := upstream.WithKind(x.r.Context(), KindList)
+	ctx := upstream.WithKind(x.r.Context(), wire.KindList)
 	res := src.fetch(ctx, x, fetchRequest{method: http.MethodGet, path: base + "/@v/list", header: http.Header{}})
 	if res.Response == nil {
 		return ""

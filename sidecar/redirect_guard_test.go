@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/modgate/modgate/sidecar"
+	"github.com/modgate/modgate/sidecar/modtest"
 	"github.com/modgate/modgate/sidecar/upstream"
 )
 
@@ -63,7 +64,7 @@ func TestRedirectTargetsAreGuarded(t *testing.T) {
 
 	for _, hosts := range [][]string{{"*"}, {"localhost", "127.0.0.1", "::1", "::ffff:127.0.0.1"}} {
 		s, err := sidecar.New(sidecar.Config{
-			Listen: ln.Addr().String(), Admin: adminLn.Addr().String(),
+			Listen: ln.Addr().String(), Admin: adminLn.Addr().String(), Dial: modtest.LoopbackDial,
 			Upstreams: []upstream.Config{{Name: "up", URL: up.URL, RedirectHosts: hosts,
 				Retry: upstream.RetrySettings{Attempts: 1}, Breaker: upstream.BreakerSettings{Disabled: true}}},
 		})

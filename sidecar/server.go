@@ -87,6 +87,14 @@ type Config struct {
 	Version string
 	// Clock tells time to breakers and retries. If nil, the system clock.
 	Clock wire.Clock
+	// Dial, if not nil, opens every connection modgate makes to
+	// upstreams, origins and checksum databases once its own checks
+	// (forward mode's guard, redirect checks) allowed the address, and
+	// carries the DNS queries of those checks. If nil, a net.Dialer and
+	// the system's resolver. Tests pass one that reaches loopback only
+	// (modtest.LoopbackDial), so that no test reaches the network even
+	// when a check regresses.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	// Policy holds the current policy. If nil, everything is allowed and
 	// nothing is private.
 	Policy *policy.Store
@@ -173,7 +181,7 @@ type Server struct {
 	builds    buildTracker // per-build summaries, for modgate exec and the status page
 	adminAddr atomic.Value // string: the admin listener's address, for the module listener's / page
 	hedges    hedgeBudget
-	hedgers   map[Kind]*upstream.Hedge // by immutable kind; nil without telemetry
+	hedgers   map[wire.Kind]*upstream.Hedge // by immutable kind; nil without telemetry
 }
 
 // defaultPolicy is the policy of a server given none: allow everything.
@@ -213,7 +221,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Version != "" {
 		ua += "/" + cfg.Version
 	}
-	opts := upstream.Options{RootCAs: cfg.RootCAs, Resolve: cfg.Resolve, Via: s.via, UserAgent: ua, Clock: cfg.Clock, Logger: s.log, Telemetry: cfg.Telemetry}
+	opts := upstream.Options{RootCAs: cfg.RootCAs, Resolve: cfg.Resolve, Via: s.via, UserAgent: ua, Clock: cfg.Clock, Logger: s.log, Telemetry: cfg.Telemetry, NetDial: cfg.Dial}
 	chainOpts := opts // only the chain's breakers make news, not forward mode's origins
 	s.chainNews(&chainOpts)
 	s.noteBreakers(&chainOpts)
@@ -407,14 +415,14 @@ func (s *Server) classify(r *http.Request, host string) (Request, error) {
 }
 
 // kindOf classifies a request for its span name and metrics.
-func (s *Server) kindOf(r *http.Request) Kind {
+func (s *Server) kindOf(r *http.Request) wire.Kind {
 	host := ""
 	if r.URL.IsAbs() {
 		host = normalized(r.URL.Hostname())
 	}
 	req, err := s.classify(r, host)
 	if err != nil && host == "" {
-		return KindOther
+		return wire.KindOther
 	}
 	return req.Kind
 }

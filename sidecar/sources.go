@@ -76,7 +76,7 @@ func (x *exchange) fetchRequest() fetchRequest {
 			}
 		}
 	}
-	if _, _, cacheable := x.cacheKey(); cacheable || x.req.Kind == KindList || x.req.Kind == KindLatest {
+	if _, _, cacheable := x.cacheKey(); cacheable || x.req.Kind == wire.KindList || x.req.Kind == wire.KindLatest {
 		// modgate reads these to filter or to check and keep them: they
 		// must come as they are, uncompressed.
 		fr.header.Del("Accept-Encoding")
@@ -108,7 +108,7 @@ type originSource struct {
 // admit keeps private module paths away from hosts that are not private:
 // the module the request is for, or any private path in it.
 func (o originSource) admit(x *exchange) error {
-	pattern, what := x.private, x.req.Module+" is private"
+	pattern, what := x.verdict.private, x.req.Module+" is private"
 	if pattern == "" {
 		pattern, what = privatePathIn(x.pol, x.r), "its path names a private module"
 	}
@@ -145,9 +145,9 @@ func (o originSource) fetch(ctx context.Context, x *exchange, fr fetchRequest) u
 
 // fetchKind is the kind the context's upstream request carries (a
 // latest's list or .info), else def.
-func fetchKind(ctx context.Context, def Kind) Kind {
-	if k := upstream.KindFrom(ctx); k != "" && k != "other" {
-		return Kind(k)
+func fetchKind(ctx context.Context, def wire.Kind) wire.Kind {
+	if k := upstream.KindFrom(ctx); k != "" && k != wire.KindOther {
+		return k
 	}
 	return def
 }
@@ -161,7 +161,7 @@ type offlineSource struct{ s *Server }
 func (offlineSource) admit(*exchange) error { return nil }
 
 func (o offlineSource) fetch(ctx context.Context, x *exchange, fr fetchRequest) upstream.Result {
-	if fetchKind(ctx, x.req.Kind) == KindSumDBSupported {
+	if fetchKind(ctx, x.req.Kind) == wire.KindSumDBSupported {
 		// Yes, whatever the cache holds: a 404 would send the go command
 		// to the database's own host, which an air-gapped build cannot
 		// reach. Lookups the cache lacks are 404 with modgate's reason.

@@ -34,7 +34,7 @@ type recentExchange struct {
 	method   string
 	path     string
 	mode     string
-	kind     Kind
+	kind     wire.Kind
 	module   string
 	version  string
 	host     string
@@ -64,19 +64,19 @@ func (l *recentLog) record(x *exchange) {
 		duration: x.s.now().Sub(x.start),
 		method:   x.r.Method,
 		path:     x.r.URL.Path,
-		mode:     x.mode,
+		mode:     string(x.mode),
 		kind:     x.req.Kind,
 		module:   x.req.Module,
 		version:  x.req.Version,
 		host:     x.host,
-		decision: x.decision,
-		rule:     x.ruleText,
-		reason:   x.reason,
+		decision: x.verdict.decision,
+		rule:     x.verdict.ruleText,
+		reason:   x.reason(),
 		status:   x.w.status,
 		traceID:  trace.SpanContextFromContext(x.r.Context()).TraceID(),
 	}
-	if x.served != nil {
-		e.upstream = x.served.Name
+	if x.out.served != nil {
+		e.upstream = x.out.served.Name
 	}
 	if e.status == 0 {
 		e.status = http.StatusOK // the handler wrote nothing: net/http answers 200
@@ -312,7 +312,7 @@ func (e recentExchange) row(now time.Time, telemetryOn bool) statusRow {
 // a newer one; the id on the page is what to search for in Jaeger.
 func tracezLink(e recentExchange) string {
 	name := "CONNECT"
-	if e.kind != KindTunnel {
+	if e.kind != wire.KindTunnel {
 		name = spanMethod(e.method) + " " + string(e.kind.Normal())
 	}
 	q := url.Values{"zspanname": {name}, "ztype": {"1"}}

@@ -17,6 +17,7 @@ import (
 	"github.com/modgate/modgate/policy"
 	"github.com/modgate/modgate/sidecar/modtest"
 	"github.com/modgate/modgate/sidecar/upstream"
+	"github.com/modgate/modgate/sidecar/wire"
 	"github.com/modgate/modgate/telemetry"
 )
 
@@ -151,8 +152,8 @@ func TestStatusPage(t *testing.T) {
 	// module path; the ring takes whatever finish hands it.)
 	r := httptest.NewRequest("GET", "/x", nil)
 	x := &exchange{s: su.s, w: &responseRecorder{status: 403}, r: r, start: time.Now(), mode: "reverse",
-		req:      Request{Kind: KindZip, Module: `example.test/<script>alert(1)</script>`, Version: "v1.0.0"},
-		decision: "deny", ruleText: `deny <b>bold</b>`, reason: `"><img src=x onerror=alert(2)>`}
+		req:     Request{Kind: wire.KindZip, Module: `example.test/<script>alert(1)</script>`, Version: "v1.0.0"},
+		verdict: verdict{decision: "deny", ruleText: `deny <b>bold</b>`, reason: `"><img src=x onerror=alert(2)>`}}
 	su.s.recent().record(x)
 
 	code, header, body := su.page(t, "/")
@@ -226,12 +227,12 @@ func TestRecentLogRing(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := httptest.NewRequest("GET", "/x", nil)
-	x := &exchange{s: s, w: &responseRecorder{}, r: r, start: time.Now(), req: Request{Kind: KindInfo}}
+	x := &exchange{s: s, w: &responseRecorder{}, r: r, start: time.Now(), req: Request{Kind: wire.KindInfo}}
 	for i := range 130 {
 		x.req.Version = "v1.0." + string(rune('0'+i%10))
-		x.decision = "allow"
+		x.verdict.decision = "allow"
 		if i%3 == 0 {
-			x.decision = "deny"
+			x.verdict.decision = "deny"
 		}
 		x.w.status = 200 + i // a way to tell them apart
 		s.recent().record(x)

@@ -120,11 +120,11 @@ func (src sumDBSource) admit(x *exchange) error {
 // which modgate just failed to reach.
 func (src sumDBSource) fetch(ctx context.Context, x *exchange, fr fetchRequest) upstream.Result {
 	db := src.s.sumdb
-	route, res := db.find(upstream.WithKind(ctx, KindSumDBSupported))
+	route, res := db.find(upstream.WithKind(ctx, wire.KindSumDBSupported))
 	if route == nil {
 		return res
 	}
-	if x.req.Kind == KindSumDBSupported {
+	if x.req.Kind == wire.KindSumDBSupported {
 		return supported(route.via)
 	}
 	return db.get(ctx, route, fr.path, fr.check.upstream())

@@ -77,9 +77,9 @@ func (x *exchange) verifies() bool {
 		return false
 	}
 	switch x.req.Kind {
-	case KindMod, KindZip:
-		return !x.req.Query && x.private == ""
-	case KindSumDBTile:
+	case wire.KindMod, wire.KindZip:
+		return !x.req.Query && x.verdict.private == ""
+	case wire.KindSumDBTile:
 		return x.req.SumDB == x.s.verifier.Name()
 	}
 	return false
@@ -111,12 +111,12 @@ func (s *Server) sumRemote(ctx context.Context, path string) ([]byte, error) {
 	if s.cfg.Offline {
 		return nil, fmt.Errorf("%s: %w (modgate is offline)", path, verify.ErrNotFound)
 	}
-	kind := KindSumDBTile
+	kind := wire.KindSumDBTile
 	if strings.HasPrefix(path, "/lookup/") {
-		kind = KindSumDBLookup
+		kind = wire.KindSumDBLookup
 	}
 	ctx = upstream.WithKind(ctx, kind)
-	route, res := db.find(upstream.WithKind(ctx, KindSumDBSupported))
+	route, res := db.find(upstream.WithKind(ctx, wire.KindSumDBSupported))
 	if route != nil {
 		res = db.get(ctx, route, path, nil)
 	}
@@ -200,9 +200,9 @@ func (s *Server) serveLookup(x *exchange) error {
 	if s.cache != nil {
 		if e, err := s.cache.Get("sumdb/" + x.req.SumDB + x.req.Path); err == nil {
 			e.Close()
-			x.cacheResult = wire.CacheHit
+			x.out.cache = wire.CacheHit
 		} else {
-			x.cacheResult = wire.CacheMiss
+			x.out.cache = wire.CacheMiss
 		}
 	}
 	data, err := s.verifier.Lookup(x.ctx(), x.req.Module, x.req.Version)
@@ -216,7 +216,7 @@ func (s *Server) serveLookup(x *exchange) error {
 	if err != nil {
 		return x.lookupProblem(err)
 	}
-	x.served = nil
+	x.out.served = nil
 	return x.sendBytes(http.StatusOK, http.Header{"Content-Type": {"text/plain; charset=utf-8"}}, data)
 }
 
@@ -288,9 +288,9 @@ func (s *Server) checkFor(x *exchange, c *cache.Cache, key string) *answerCheck 
 	switch {
 	case x.r.Method != http.MethodGet:
 		return nil
-	case x.req.Kind == KindZip && !x.verifies():
+	case x.req.Kind == wire.KindZip && !x.verifies():
 		return nil
-	case checked(x.req.Kind), x.req.Kind == KindZip, x.req.Kind == KindSumDBTile, x.req.Kind == KindSumDBLatest && s.verifier != nil:
+	case checked(x.req.Kind), x.req.Kind == wire.KindZip, x.req.Kind == wire.KindSumDBTile, x.req.Kind == wire.KindSumDBLatest && s.verifier != nil:
 	default:
 		return nil
 	}
@@ -319,7 +319,7 @@ func (ac *answerCheck) upstream() upstream.Check {
 }
 
 func (ac *answerCheck) check(ctx context.Context, resp *http.Response) (*http.Response, error) {
-	if ac.req.Kind == KindZip {
+	if ac.req.Kind == wire.KindZip {
 		return ac.checkZip(ctx, resp)
 	}
 	s, req := ac.s, ac.req
@@ -350,18 +350,18 @@ func (ac *answerCheck) check(ctx context.Context, resp *http.Response) (*http.Re
 	}
 	v := s.verifier
 	switch {
-	case req.Kind == KindMod && ac.verify:
+	case req.Kind == wire.KindMod && ac.verify:
 		found.unverified = ac.judge(v.CheckMod(ctx, req.Module, req.Version, body))
-	case req.Kind == KindSumDBTile && ac.verify:
+	case req.Kind == wire.KindSumDBTile && ac.verify:
 		if err := v.CheckTile(ctx, req.Path, body); errors.Is(err, verify.ErrMisbehaving) {
 			s.buffers.give(held)
 			return nil, &verifyError{err}
 		} else if err != nil {
 			found.unverified = err
 		}
-	case req.Kind == KindSumDBTile:
+	case req.Kind == wire.KindSumDBTile:
 		// Without a verifier a tile is kept as the chain answered it.
-	case req.Kind == KindSumDBLatest && v != nil:
+	case req.Kind == wire.KindSumDBLatest && v != nil:
 		if err := v.CheckLatest(body); err != nil {
 			s.buffers.give(held)
 			return nil, &verifyError{err}
@@ -476,11 +476,11 @@ func (ac *answerCheck) checkZip(ctx context.Context, resp *http.Response) (*http
 	if err != nil {
 		return nil, fmt.Errorf("%w: spool: %w", upstream.ErrLocal, err)
 	}
-	n, err := io.Copy(sp, &capReader{r: resp.Body, n: maxBody(KindZip)})
+	n, err := io.Copy(sp, &capReader{r: resp.Body, n: maxBody(wire.KindZip)})
 	switch {
 	case errors.Is(err, errTooLarge):
 		sp.abort()
-		return nil, &badAnswer{fmt.Sprintf("more than %d bytes, too large for a module zip: the limit is %d", maxBody(KindZip), maxBody(KindZip))}
+		return nil, &badAnswer{fmt.Sprintf("more than %d bytes, too large for a module zip: the limit is %d", maxBody(wire.KindZip), maxBody(wire.KindZip))}
 	case err != nil:
 		sp.abort()
 		return nil, err
@@ -635,7 +635,7 @@ func (b *spoolBody) Close() error {
 // the rest must pass the protocol's checks.
 func (s *Server) checkStored(ctx context.Context, req Request, verified bool) func(path string) error {
 	return func(path string) error {
-		if req.Kind == KindZip {
+		if req.Kind == wire.KindZip {
 			h1, err := zipSum(req, path)
 			if err != nil || !verified {
 				return err
@@ -651,9 +651,9 @@ func (s *Server) checkStored(ctx context.Context, req Request, verified bool) fu
 		}
 		switch {
 		case !verified:
-		case req.Kind == KindMod:
+		case req.Kind == wire.KindMod:
 			return s.verifier.CheckMod(ctx, req.Module, req.Version, body)
-		case req.Kind == KindSumDBTile:
+		case req.Kind == wire.KindSumDBTile:
 			return s.verifier.CheckTile(ctx, req.Path, body)
 		}
 		return nil

@@ -27,7 +27,8 @@ func keysOf(s attribute.Set) string {
 }
 
 // TestInstrumentsFollowTheContract checks names, units and attribute keys
-// against DESIGN.md's table.
+// against the telemetry contract (README.md, Architecture; the metric table
+// in Traces and metrics).
 func TestInstrumentsFollowTheContract(t *testing.T) {
 	tel, r := setup(t, Config{})
 	ctx := context.Background()

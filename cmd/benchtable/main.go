@@ -58,12 +58,8 @@
 package main
 
 import (
-	"crypto/tls"
-	"encoding/json"
 	"flag"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -109,15 +105,49 @@ func clientsText(n int) string {
 }
 
 func run(args []string) error {
-	fs := flag.NewFlagSet("benchtable", flag.ContinueOnError)
 	var o options
-	var clients string
+	var text flagText
+	fs := o.flags(&text)
+	if err := fs.Parse(args); err == flag.ErrHelp {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	if o.fixtures == "" {
+		var err error
+		if o.fixtures, err = fixtureDir(); err != nil {
+			return err
+		}
+	}
+	switch text.role {
+	case "":
+	case "hotpath":
+		return runHotPath(o.fixtures, o.hotN)
+	default:
+		return runChild(text.role, text.origin)
+	}
+	if err := o.finish(text); err != nil {
+		return err
+	}
+	return bench(o)
+}
+
+// flagText is the flags that options hold parsed (lists of numbers and of
+// rows), as the command line gives them, and a child process's flags.
+type flagText struct {
+	clients, cached, only, replicas string
+	role, origin                    string
+}
+
+// flags is the command line: its flags set o's fields, and text's.
+func (o *options) flags(text *flagText) *flag.FlagSet {
+	fs := flag.NewFlagSet("benchtable", flag.ContinueOnError)
 	fs.DurationVar(&o.d, "d", 750*time.Millisecond, "each column's share of a round")
 	fs.IntVar(&o.rounds, "rounds", 5, "rounds per row; the columns take turns in each")
 	fs.DurationVar(&o.warm, "warmup", 300*time.Millisecond, "warm-up per column before a row is measured")
-	fs.StringVar(&clients, "clients", "1,16,64", "concurrent clients of the small-request rows")
-	cachedClients := fs.String("cached-clients", "1,32", "concurrent clients of the cache-hit rows")
-	only := fs.String("only", "small,cached,zip,forward,tunnel,setup,tunnelzip,tunnelzip-tls,fleet,hotpath", "the rows to run")
+	fs.StringVar(&text.clients, "clients", "1,16,64", "concurrent clients of the small-request rows")
+	fs.StringVar(&text.cached, "cached-clients", "1,32", "concurrent clients of the cache-hit rows")
+	fs.StringVar(&text.only, "only", "small,cached,zip,forward,tunnel,setup,tunnelzip,tunnelzip-tls,fleet,hotpath", "the rows to run")
 	fs.IntVar(&o.zipMiB, "zip-mib", 256, "size of the streamed module zip, MiB")
 	fs.IntVar(&o.zipRound, "zip-rounds", 4, "transfers of the zip per column")
 	fs.IntVar(&o.hotN, "hotpath-n", 3000, "iterations of each hot-path benchmark")
@@ -131,46 +161,33 @@ func run(args []string) error {
 	}
 	fs.StringVar(&o.fleet.redis, "redis", defaultRedis, "redis-server binary for the fleet rows (default: $REDIS_SERVER, else redis-server on PATH)")
 	fs.StringVar(&o.fleet.versitygw, "versitygw", os.Getenv("VERSITYGW_BIN"), "versitygw binary for the fleet rows' shared store (default: $VERSITYGW_BIN)")
-	replicas := fs.String("fleet-n", "1,3,6", "replicas (N) of the fleet rows")
+	fs.StringVar(&text.replicas, "fleet-n", "1,3,6", "replicas (N) of the fleet rows")
 	fs.DurationVar(&o.fleet.latency, "fleet-latency", 30*time.Millisecond, "the fleet rows' upstream: delay before each answer")
 	fs.IntVar(&o.fleet.inflight, "fleet-inflight", 6, "modules each fleet client fetches at once")
 	// The children's flags.
-	role := fs.String("role", "", "internal: run as a child (floor, hotpath)")
-	var origin string
-	fs.StringVar(&origin, "origin", "", "internal: the origin's base URL")
-	if err := fs.Parse(args); err == flag.ErrHelp {
-		return nil
-	} else if err != nil {
-		return err
-	}
-	if o.fixtures == "" {
-		var err error
-		if o.fixtures, err = fixtureDir(); err != nil {
-			return err
-		}
-	}
-	switch *role {
-	case "":
-	case "hotpath":
-		return runHotPath(o.fixtures, o.hotN)
-	default:
-		return runChild(*role, origin)
-	}
+	fs.StringVar(&text.role, "role", "", "internal: run as a child (floor, hotpath)")
+	fs.StringVar(&text.origin, "origin", "", "internal: the origin's base URL")
+	return fs
+}
+
+// finish parses the lists of text into o and checks o: the numbers, the
+// rows, the modgate binary; it makes the profile folder.
+func (o *options) finish(text flagText) error {
 	var err error
-	if o.clients, err = counts("-clients", clients); err != nil {
+	if o.clients, err = counts("-clients", text.clients); err != nil {
 		return err
 	}
-	if o.cached, err = counts("-cached-clients", *cachedClients); err != nil {
+	if o.cached, err = counts("-cached-clients", text.cached); err != nil {
 		return err
 	}
-	if o.fleet.replicas, err = counts("-fleet-n", *replicas); err != nil {
+	if o.fleet.replicas, err = counts("-fleet-n", text.replicas); err != nil {
 		return err
 	}
 	if o.fleet.inflight < 1 || o.fleet.latency < 0 {
 		return fmt.Errorf("-fleet-inflight must be positive, -fleet-latency not negative")
 	}
 	o.only = map[section]bool{}
-	for _, f := range strings.Split(*only, ",") {
+	for _, f := range strings.Split(text.only, ",") {
 		s, ok := sectionNames[strings.TrimSpace(f)]
 		if !ok {
 			return fmt.Errorf("-only: no row %q (small, cached, zip, forward, tunnel, setup, tunnelzip, tunnelzip-tls, fleet, hotpath)", f)
@@ -196,7 +213,7 @@ func run(args []string) error {
 			return err
 		}
 	}
-	return bench(o)
+	return nil
 }
 
 // counts parses a flag's comma-separated list of positive numbers.
@@ -212,225 +229,38 @@ func counts(flag, list string) ([]int, error) {
 	return ns, nil
 }
 
-// bench runs every row and prints the table.
+// bench starts the rig, runs the rows the command line picked, in the
+// table's order, and prints the table.
 func bench(o options) error {
 	began := time.Now()
-	dir, err := os.MkdirTemp("", "modgate-bench-")
-	if err != nil {
+	rg := newRig()
+	defer rg.close()
+	if err := rg.startOrigin(o); err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	fmt.Fprintf(os.Stderr, "bench: writing a %d MiB module zip\n", o.zipMiB)
-	big, err := writeBigZip(filepath.Join(dir, "big.zip"), int64(o.zipMiB)<<20)
-	if err != nil {
+	if err := rg.writeConfig(); err != nil {
 		return err
 	}
-	org, paths, err := newOrigin(o.fixtures, big)
-	if err != nil {
-		return err
-	}
-	serve := func(h http.Handler) (string, func(), error) {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return "", nil, err
-		}
-		srv := &http.Server{Handler: h}
-		go srv.Serve(ln)
-		return ln.Addr().String(), func() { srv.Close() }, nil
-	}
-	originAddr, closeOrigin, err := serve(org)
-	if err != nil {
-		return err
-	}
-	defer closeOrigin()
-	recv := &receiver{}
-	recvAddr, closeRecv, err := serve(recv)
-	if err != nil {
-		return err
-	}
-	defer closeRecv()
-	// The TLS tunnel row's origin: the same origin over HTTPS, with a
-	// certificate of a CA made for this run.
-	serverTLS, tlsClient, err := originTLS(filepath.Join(dir, "ca"))
-	if err != nil {
-		return err
-	}
-	tlsLn, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return err
-	}
-	tlsSrv := &http.Server{Handler: org, TLSConfig: serverTLS}
-	go tlsSrv.ServeTLS(tlsLn, "", "")
-	defer tlsSrv.Close()
-	tlsAddr := tlsLn.Addr().String()
-
-	policyDir := filepath.Join(dir, "policy") // apart from the audit logs: the policy watcher sees its whole folder
-	if err := os.Mkdir(policyDir, 0o755); err != nil {
-		return err
-	}
-	policyFile, err := writePolicy(policyDir)
-	if err != nil {
-		return err
-	}
-	originURL := "http://" + originAddr
-	_, originPort, _ := net.SplitHostPort(originAddr)
-	_, tlsPort, _ := net.SplitHostPort(tlsAddr)
-	configFile := filepath.Join(dir, "modgate.yaml")
-	if err := os.WriteFile(configFile, []byte(fmt.Sprintf(modgateConfig, originURL, policyFile, originPort+", "+tlsPort)), 0o644); err != nil {
-		return err
-	}
-
-	var children []*child
-	defer func() {
-		for _, c := range children {
-			c.stop()
-		}
-	}()
-	// The proxies serve the load and streaming rows; the fleet and
-	// hot-path rows start processes of their own.
-	var floor, nginx, nginxFile, squid *child
-	gates := map[string]*child{}
-	var peerNotes []string
 	if o.proxyRows() {
-		if floor, err = startChild("floor", "floor", "-origin", originURL); err != nil {
+		if err := rg.startProxies(o); err != nil {
 			return err
-		}
-		children = append(children, floor)
-		for _, mc := range modgateColumns {
-			c, err := startModgate(o.modgate, dir, configFile, "http://"+recvAddr, org.key, mc)
-			if err != nil {
-				return err
-			}
-			children = append(children, c)
-			gates[mc.name] = c
-		}
-		// The peers are optional: without them their columns stay empty
-		// and the table says why.
-		www := filepath.Join(dir, "www")
-		if err := org.writeFiles(www); err != nil {
-			return err
-		}
-		if nginx, nginxFile, err = startNginx(dir, originAddr, www); err != nil {
-			peerNotes = append(peerNotes, err.Error())
-		} else {
-			children = append(children, nginx)
-		}
-		if squid, err = startSquid(dir); err != nil {
-			peerNotes = append(peerNotes, err.Error())
-		} else {
-			children = append(children, squid)
 		}
 	}
 
 	out := newReport(o)
-	out.modules = len(paths) / 3
-	out.peerNotes = peerNotes
+	out.modules = len(rg.paths) / 3
+	out.peerNotes = rg.peerNotes
 	out.header()
-
-	// at is a column that serves reqs at its listener; via, if set, is
-	// where it tunnels to (CONNECT) first.
-	at := func(name string, c *child, reqs [][]byte) *target {
-		if c == nil {
-			return nil
+	for _, row := range rg.rows() {
+		if !o.only[row.section] {
+			continue
 		}
-		return &target{name: name, addr: c.addrs.HTTP, reqs: reqs, child: c}
-	}
-	direct := func(reqs [][]byte) *target { return &target{name: "direct", addr: originAddr, reqs: reqs} }
-	small := func(host string) [][]byte { return requests(paths, host, false) }
-	var infos []string // paths are .info, .mod and list of each module in turn
-	for i := 0; i < len(paths); i += 3 {
-		infos = append(infos, paths[i])
-	}
-	tunnel := func(reqs [][]byte, via string, fresh bool, tc *tls.Config) []*target {
-		ts := []*target{{name: "direct", addr: via, reqs: reqs, fresh: fresh, tls: tc}}
-		for _, c := range []*child{floor, squid, gates["modgate"]} {
-			if c != nil {
-				name := c.name
-				ts = append(ts, &target{name: name, addr: c.addrs.HTTP, via: via, reqs: reqs, fresh: fresh, tls: tc, child: c})
-			}
-		}
-		return ts
-	}
-	zo := o.plan
-	zo.rounds = o.zipRound
-
-	if o.only[sectionSmall] {
-		for _, n := range o.clients {
-			ts := []*target{direct(small(originAddr)), at("floor", floor, small(floor.addrs.HTTP)), at("nginx", nginx, small(originAddr))}
-			for _, name := range []string{"modgate", "sdk-off", "otlp", "always-on", "unverified"} {
-				ts = append(ts, at(name, gates[name], small(gates[name].addrs.HTTP)))
-			}
-			out.load(sectionSmall, fmt.Sprintf("Small/mode=reverse/clients=%d", n), n, measure(o.plan, "small requests, reverse, "+clientsText(n), compact(ts), n, 0, false))
-		}
-	}
-	if o.only[sectionCached] {
-		c := gates["cached"]
-		// Fill the cache first: the warm-up is too short for a miss per
-		// artifact (each verified, written and synced) on a slow disk.
-		if err := fill(c, paths); err != nil {
+		if err := row.run(o, out); err != nil {
 			return err
 		}
-		for _, n := range o.cached {
-			ts := []*target{direct(small(originAddr)), at("floor", floor, small(floor.addrs.HTTP)), at("nginx-file", nginxFile, small(originAddr)), at("cached", c, small(c.addrs.HTTP))}
-			out.load(sectionCached, fmt.Sprintf("Small/mode=cached/clients=%d", n), n, measure(o.plan, "small requests from the cache, "+clientsText(n), compact(ts), n, 0, false))
-		}
-	}
-	if o.only[sectionZip] {
-		zip := func(host string) [][]byte { return requests([]string{zipPath}, host, false) }
-		ts := []*target{direct(zip(originAddr)), at("floor", floor, zip(floor.addrs.HTTP)), at("nginx", nginx, zip(originAddr)), at("nginx-file", nginxFile, zip(originAddr))}
-		// cached: the zip is verified once, in the warm-up, and kept;
-		// unverified: sumdb off, the zip streams as it arrives.
-		for _, name := range []string{"modgate", "cached", "unverified"} {
-			ts = append(ts, at(name, gates[name], zip(gates[name].addrs.HTTP)))
-		}
-		out.bigZip = big
-		// A zip larger than modgate's verify-first limit is verified as it
-		// is kept, after it is served: the cached column is measured once
-		// it holds the zip, not while it hashes it.
-		if err := keepZip(gates["cached"]); err != nil {
-			return err
-		}
-		out.stream(sectionZip, "Zip/mode=reverse", measure(zo, fmt.Sprintf("%d MiB zip, reverse", o.zipMiB), compact(ts), 1, 1, true))
-	}
-	if o.only[sectionForward] {
-		abs := requests(paths, originAddr, true)
-		for _, n := range o.clients {
-			ts := []*target{direct(small(originAddr)), at("floor", floor, abs), at("squid", squid, abs), at("modgate", gates["modgate"], abs)}
-			out.load(sectionForward, fmt.Sprintf("Small/mode=forward/clients=%d", n), n, measure(o.plan, "small requests, forward absolute-form, "+clientsText(n), compact(ts), n, 0, false))
-		}
-	}
-	if o.only[sectionTunnel] {
-		for _, n := range o.clients {
-			out.load(sectionTunnel, fmt.Sprintf("Tunnel/clients=%d", n), n, measure(o.plan, "small requests through open tunnels, "+clientsText(n), tunnel(small(originAddr), originAddr, false, nil), n, 0, false))
-		}
-	}
-	if o.only[sectionSetup] {
-		// Two client counts at most: every request is two new connections.
-		for _, n := range o.clients[:min(2, len(o.clients))] {
-			out.load(sectionSetup, fmt.Sprintf("TunnelSetup/clients=%d", n), n, measure(o.plan, "a new tunnel per request, "+clientsText(n), tunnel(requests(infos, originAddr, false), originAddr, true, nil), n, 0, false))
-		}
-	}
-	if o.only[sectionTunnelZip] {
-		out.stream(sectionTunnelZip, "Zip/mode=tunnel", measure(zo, fmt.Sprintf("%d MiB zip through a tunnel", o.zipMiB), tunnel(requests([]string{zipPath}, originAddr, false), originAddr, false, nil), 1, 1, true))
-	}
-	if o.only[sectionTunnelZipTLS] {
-		out.stream(sectionTunnelZipTLS, "Zip/mode=tunnel-tls", measure(zo, fmt.Sprintf("%d MiB zip over TLS through a tunnel", o.zipMiB), tunnel(requests([]string{zipPath}, tlsAddr, false), tlsAddr, false, tlsClient), 1, 1, true))
-	}
-	if o.only[sectionFleet] {
-		if err := runFleet(o, dir, out); err != nil {
-			return err
-		}
-	}
-	if o.only[sectionHot] {
-		fmt.Fprintln(os.Stderr, "bench: hot path, with Go's benchmark harness")
-		hot, err := hotPathChild(o)
-		if err != nil {
-			return err
-		}
-		out.hot(hot)
 	}
 
-	out.telemetry = telemetryReport{traces: recv.traces.Load(), metrics: recv.metrics.Load(), bytes: recv.bytes.Load()}
+	out.telemetry = telemetryReport{traces: rg.recv.traces.Load(), metrics: rg.recv.metrics.Load(), bytes: rg.recv.bytes.Load()}
 	out.elapsed = time.Since(began)
 	out.table()
 	return nil
@@ -447,48 +277,11 @@ func (o options) proxyRows() bool {
 	return false
 }
 
-// compact drops the columns whose process did not start.
-func compact(ts []*target) []*target {
-	out := ts[:0]
-	for _, t := range ts {
-		if t != nil {
-			out = append(out, t)
-		}
-	}
-	return out
-}
-
-// requests prepares a GET of each path for host (the Host header). With
-// absolute set the request line names the URL (absolute-form, as to a
-// forward proxy). The headers are those the go command sends.
-func requests(paths []string, host string, absolute bool) [][]byte {
-	var rs [][]byte
-	for _, p := range paths {
-		uri := p
-		if absolute {
-			uri = "http://" + host + p
-		}
-		rs = append(rs, []byte("GET "+uri+" HTTP/1.1\r\nHost: "+host+"\r\nUser-Agent: Go-http-client/1.1\r\nAccept-Encoding: gzip\r\n\r\n"))
-	}
-	return rs
-}
-
-// hotPathChild runs the hot-path benchmarks in a child process of their
-// own, away from this process's heap.
-func hotPathChild(o options) ([]hotResult, error) {
-	exe, err := os.Executable()
-	if err != nil {
-		return nil, err
-	}
-	cmd := exec.Command(exe, "-role", "hotpath", "-fixtures", o.fixtures, "-hotpath-n", strconv.Itoa(o.hotN))
-	cmd.Stderr = os.Stderr
-	setParentDeathSignal(cmd)
-	data, err := cmd.Output()
-	if err != nil {
-		return nil, fmt.Errorf("hot path: %w", err)
-	}
-	var rs []hotResult
-	return rs, json.Unmarshal(data, &rs)
+// zipPlan is the plan of the zip rows: -zip-rounds transfers per column.
+func (o options) zipPlan() plan {
+	zo := o.plan
+	zo.rounds = o.zipRound
+	return zo
 }
 
 // procs is the suffix go test gives benchmark names.

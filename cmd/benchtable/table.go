@@ -113,13 +113,8 @@ func present[V any](res map[string]V) []string {
 // load records and prints a row of closed-loop requests.
 func (r *report) load(s section, key string, clients int, res map[string]*stats) {
 	r.loads[s] = append(r.loads[s], loadRow{key: key, clients: clients, res: res})
-	for _, name := range present(res) {
-		st := res[name]
-		if st.n == 0 {
-			continue
-		}
+	r.lines(key, res, func(name string, st *stats) []string {
 		ms := []string{
-			metric(float64(st.elapsed.Nanoseconds())/float64(st.n), 0, "ns/op"),
 			metric(st.rps(), 0, "req/s"),
 			metric(float64(st.pct(50).Nanoseconds()), 0, "p50-ns"),
 			metric(float64(st.pct(99).Nanoseconds()), 0, "p99-ns"),
@@ -132,28 +127,32 @@ func (r *report) load(s section, key string, clients int, res map[string]*stats)
 				metric(float64(st.allocs.Objects)/float64(st.n), 1, "proc-allocs/op"),
 				metric(float64(st.allocs.Bytes)/float64(st.n), 0, "proc-B/op"))
 		}
-		if st.errs > 0 {
-			ms = append(ms, metric(float64(st.errs), 0, "errors"))
-		}
-		r.line(key+"/target="+name, st.n, ms...)
-	}
+		return ms
+	})
 }
 
 // stream records and prints a row of large transfers.
 func (r *report) stream(s section, key string, res map[string]*stats) {
 	r.streams[s] = res
+	r.lines(key, res, func(_ string, st *stats) []string {
+		ms := []string{metric(st.mbps(), 1, "MB/s")}
+		if m := st.mem; m != nil {
+			ms = append(ms, metric(growth(m.PeakRSS, m.RSSBefore), 2, "rss-growth-MiB"))
+		}
+		return ms
+	})
+}
+
+// lines prints a row's benchmark line for each column that served at
+// least one request: ns/op, then the row's own metrics, then the errors if
+// there were any.
+func (r *report) lines(key string, res map[string]*stats, metrics func(name string, st *stats) []string) {
 	for _, name := range present(res) {
 		st := res[name]
 		if st.n == 0 {
 			continue
 		}
-		ms := []string{
-			metric(float64(st.elapsed.Nanoseconds())/float64(st.n), 0, "ns/op"),
-			metric(st.mbps(), 1, "MB/s"),
-		}
-		if m := st.mem; m != nil {
-			ms = append(ms, metric(growth(m.PeakRSS, m.RSSBefore), 2, "rss-growth-MiB"))
-		}
+		ms := append([]string{metric(float64(st.elapsed.Nanoseconds())/float64(st.n), 0, "ns/op")}, metrics(name, st)...)
 		if st.errs > 0 {
 			ms = append(ms, metric(float64(st.errs), 0, "errors"))
 		}
@@ -309,16 +308,6 @@ func (r *report) notes() {
 func (r *report) loadBlock(title string, rows []loadRow) block {
 	cols := present(rows[0].res)
 	b := block{title: title, cols: cols}
-	val := func(st *stats, f func(*stats) string) string {
-		if !ok(st) {
-			return "-"
-		}
-		s := f(st)
-		if st.errs > 0 {
-			s += "!"
-		}
-		return s
-	}
 	add := func(label string, f func(row loadRow, name string) string) {
 		for _, row := range rows {
 			l := []string{fmt.Sprintf("%-14s %10s", label, clientsText(row.clients))}
@@ -329,7 +318,7 @@ func (r *report) loadBlock(title string, rows []loadRow) block {
 		}
 	}
 	add("req/s", func(row loadRow, name string) string {
-		return val(row.res[name], func(s *stats) string { return thousands(s.rps()) })
+		return cell(row.res[name], func(s *stats) string { return thousands(s.rps()) })
 	})
 	add("× floor", func(row loadRow, name string) string {
 		st, f := row.res[name], row.res["floor"]
@@ -352,7 +341,7 @@ func (r *report) loadBlock(title string, rows []loadRow) block {
 		})
 	}
 	add("p50 µs", func(row loadRow, name string) string {
-		return val(row.res[name], func(s *stats) string { return micros(s.pct(50)) })
+		return cell(row.res[name], func(s *stats) string { return micros(s.pct(50)) })
 	})
 	add("p50 vs floor", func(row loadRow, name string) string {
 		st, f := row.res[name], row.res["floor"]
@@ -362,7 +351,7 @@ func (r *report) loadBlock(title string, rows []loadRow) block {
 		return signedMicros(st.pct(50) - f.pct(50))
 	})
 	add("p99 µs", func(row loadRow, name string) string {
-		return val(row.res[name], func(s *stats) string { return micros(s.pct(99)) })
+		return cell(row.res[name], func(s *stats) string { return micros(s.pct(99)) })
 	})
 	add("CPU µs/req", func(row loadRow, name string) string {
 		st := row.res[name]
@@ -387,6 +376,19 @@ func (r *report) loadBlock(title string, rows []loadRow) block {
 		return strconv.FormatFloat(float64(st.allocs.Bytes)/float64(st.n)/1000, 'f', 1, 64)
 	})
 	return b
+}
+
+// cell is a column's value in a line of a load block: f of its stats,
+// marked "!" if it had errors, "-" if it served nothing.
+func cell(st *stats, f func(*stats) string) string {
+	if !ok(st) {
+		return "-"
+	}
+	s := f(st)
+	if st.errs > 0 {
+		s += "!"
+	}
+	return s
 }
 
 func (r *report) streamBlock(title string, res map[string]*stats) block {
@@ -471,113 +473,15 @@ func (r *report) hotBlock() block {
 }
 
 // targets prints each target of the issue, what was measured, and whether
-// it is met.
+// it is met; "report" lines have no target and only say what was measured.
 func (r *report) targets() {
 	fmt.Fprintln(r.w, "Targets")
-	verdict := func(met bool) string {
-		if met {
-			return "met   "
-		}
-		return "MISSED"
-	}
-	loadTarget := func(rows []loadRow, desc string, f func(row loadRow) (string, bool)) {
-		if len(rows) == 0 {
-			return
-		}
-		all := true
-		var parts []string
-		for _, row := range rows {
-			v, met := f(row)
-			all = all && met
-			parts = append(parts, v)
-		}
-		fmt.Fprintf(r.w, "  %s  %s: %s\n", verdict(all), desc, strings.Join(parts, ", "))
-	}
-	rpsRatio := func(a, b string, least float64) func(loadRow) (string, bool) {
-		return func(row loadRow) (string, bool) {
-			x, y := row.res[a], row.res[b]
-			if !ok(x) || !ok(y) {
-				return "n/a", false
-			}
-			q := x.rps() / y.rps()
-			return fmt.Sprintf("%.2f× at %d", q, row.clients), q >= least && x.errs == 0
-		}
-	}
-	small := r.loads[sectionSmall]
-	loadTarget(small, "default config (modgate) ≥ 1.0× floor req/s", rpsRatio("modgate", "floor", 1.0))
-	for _, row := range small {
-		if row.clients == 1 {
-			loadTarget([]loadRow{row}, "default config p50 added ≤ floor + 20 µs (1 client: no queueing)", func(row loadRow) (string, bool) {
-				g, f := row.res["modgate"], row.res["floor"]
-				if !ok(g) || !ok(f) {
-					return "n/a", false
-				}
-				d := g.pct(50) - f.pct(50)
-				return fmt.Sprintf("%s at %d", signedMicros(d), row.clients), d <= 20*time.Microsecond
-			})
-		}
-	}
-	loadTarget(small, "OTLP export, default sampler (otlp) ≥ 0.8× floor req/s", rpsRatio("otlp", "floor", 0.8))
-	for _, row := range small {
-		a, f, g := row.res["always-on"], row.res["floor"], row.res["modgate"]
-		if ok(a) && ok(f) && ok(g) {
-			fmt.Fprintf(r.w, "  report  always_on at %d: %.2f× floor req/s, CPU %.1f µs/req (floor %.1f, modgate default %.1f)\n",
-				row.clients, a.rps()/f.rps(), a.cpuPerReq(), f.cpuPerReq(), g.cpuPerReq())
-		}
-	}
-	if len(small) > 0 {
-		var parts []string
-		for _, row := range small {
-			v, _ := rpsRatio("sdk-off", "floor", 0)(row)
-			parts = append(parts, v)
-		}
-		fmt.Fprintf(r.w, "  report  OTEL_SDK_DISABLED=true (sdk-off) vs floor req/s: %s\n", strings.Join(parts, ", "))
-		parts = nil
-		for _, row := range small {
-			v, _ := rpsRatio("modgate", "unverified", 0)(row)
-			parts = append(parts, v)
-		}
-		fmt.Fprintf(r.w, "  report  verified .mod answers (modgate) vs sumdb off (unverified) req/s: %s\n", strings.Join(parts, ", "))
-	}
-	loadTarget(r.loads[sectionCached], "cached small artifacts ≥ 2× floor req/s", rpsRatio("cached", "floor", 2))
-	// Against nginx serving the same bytes from files: 0.6× with one
-	// client, 0.5× with more.
-	var withFile []loadRow // the cached rows nginx-file served in
-	for _, row := range r.loads[sectionCached] {
-		if _, ok := row.res["nginx-file"]; ok {
-			withFile = append(withFile, row)
-		}
-	}
-	loadTarget(withFile, "cached small artifacts ≥ 0.6× nginx-file req/s at 1 client, ≥ 0.5× above", func(row loadRow) (string, bool) {
-		least := 0.5
-		if row.clients == 1 {
-			least = 0.6
-		}
-		return rpsRatio("cached", "nginx-file", least)(row)
-	})
-	if res := r.streams[sectionZip]; res != nil {
-		g, f := res["modgate"], res["floor"]
-		if ok(g) && ok(f) {
-			q := g.mbps() / f.mbps()
-			fmt.Fprintf(r.w, "  %s  zip with verification on (streamed, verified as it is kept), ≥ 0.9× floor MB/s: %.2f×\n", verdict(q >= 0.9 && g.errs == 0), q)
-		}
-		if c := res["cached"]; ok(c) && ok(f) {
-			fmt.Fprintf(r.w, "  report  zip verified once, then from the cache (cached) vs floor MB/s: %.2f×\n", c.mbps()/f.mbps())
-		}
-		if c, n := res["cached"], res["nginx-file"]; ok(c) && ok(n) {
-			fmt.Fprintf(r.w, "  report  zip from the cache (cached) vs nginx serving the file (nginx-file) MB/s: %.2f×\n", c.mbps()/n.mbps())
-		}
-		if u := res["unverified"]; ok(u) && ok(f) {
-			fmt.Fprintf(r.w, "  report  zip with sumdb off (unverified, streamed) vs floor MB/s: %.2f×\n", u.mbps()/f.mbps())
-		}
-		if ok(g) && g.mem != nil {
-			g := growth(g.mem.PeakRSS, g.mem.RSSBefore)
-			fmt.Fprintf(r.w, "  %s  modgate's RSS growth while streaming %d MiB < 32 MiB: %.1f MiB\n", verdict(g < 32), r.o.zipMiB, g)
-		}
-	}
-	loadTarget(r.loads[sectionForward], "forward absolute-form small ≥ 1.0× Squid req/s", rpsRatio("modgate", "squid", 1.0))
-	loadTarget(r.loads[sectionTunnel], "small requests through open CONNECT tunnels ≥ 1.0× Squid req/s", rpsRatio("modgate", "squid", 1.0))
-	loadTarget(r.loads[sectionSetup], "a new CONNECT tunnel per request ≥ 1.0× Squid req/s", rpsRatio("modgate", "squid", 1.0))
+	r.smallTargets()
+	r.cachedTargets()
+	r.zipTargets()
+	r.loadTarget(r.loads[sectionForward], "forward absolute-form small ≥ 1.0× Squid req/s", rpsRatio("modgate", "squid", 1.0))
+	r.loadTarget(r.loads[sectionTunnel], "small requests through open CONNECT tunnels ≥ 1.0× Squid req/s", rpsRatio("modgate", "squid", 1.0))
+	r.loadTarget(r.loads[sectionSetup], "a new CONNECT tunnel per request ≥ 1.0× Squid req/s", rpsRatio("modgate", "squid", 1.0))
 	if len(r.fleet) > 0 {
 		v, text := fleetTarget(r.fleet)
 		fmt.Fprintf(r.w, "  %s  %s\n", v, text)
@@ -587,6 +491,136 @@ func (r *report) targets() {
 			x := g.mbps() / q.mbps()
 			fmt.Fprintf(r.w, "  %s  CONNECT %d MiB over TLS ≥ 1.0× Squid MB/s: %.2f×\n", verdict(x >= 1 && g.errs == 0), r.o.zipMiB, x)
 		}
+	}
+}
+
+// smallTargets are those of the small-request rows in reverse mode: the
+// default config against the floor, in throughput and in latency, and what
+// telemetry and verification cost.
+func (r *report) smallTargets() {
+	small := r.loads[sectionSmall]
+	r.loadTarget(small, "default config (modgate) ≥ 1.0× floor req/s", rpsRatio("modgate", "floor", 1.0))
+	for _, row := range small {
+		if row.clients == 1 {
+			r.loadTarget([]loadRow{row}, "default config p50 added ≤ floor + 20 µs (1 client: no queueing)", func(row loadRow) (string, bool) {
+				g, f := row.res["modgate"], row.res["floor"]
+				if !ok(g) || !ok(f) {
+					return "n/a", false
+				}
+				d := g.pct(50) - f.pct(50)
+				return fmt.Sprintf("%s at %d", signedMicros(d), row.clients), d <= 20*time.Microsecond
+			})
+		}
+	}
+	r.loadTarget(small, "OTLP export, default sampler (otlp) ≥ 0.8× floor req/s", rpsRatio("otlp", "floor", 0.8))
+	for _, row := range small {
+		a, f, g := row.res["always-on"], row.res["floor"], row.res["modgate"]
+		if ok(a) && ok(f) && ok(g) {
+			fmt.Fprintf(r.w, "  report  always_on at %d: %.2f× floor req/s, CPU %.1f µs/req (floor %.1f, modgate default %.1f)\n",
+				row.clients, a.rps()/f.rps(), a.cpuPerReq(), f.cpuPerReq(), g.cpuPerReq())
+		}
+	}
+	r.loadReport(small, "OTEL_SDK_DISABLED=true (sdk-off) vs floor req/s", "sdk-off", "floor")
+	r.loadReport(small, "verified .mod answers (modgate) vs sumdb off (unverified) req/s", "modgate", "unverified")
+}
+
+// cachedTargets are those of the cache-hit rows: against the floor, and
+// against nginx serving the same bytes from files (0.6× with one client,
+// 0.5× with more).
+func (r *report) cachedTargets() {
+	cached := r.loads[sectionCached]
+	r.loadTarget(cached, "cached small artifacts ≥ 2× floor req/s", rpsRatio("cached", "floor", 2))
+	var withFile []loadRow // the cached rows nginx-file served in
+	for _, row := range cached {
+		if _, ok := row.res["nginx-file"]; ok {
+			withFile = append(withFile, row)
+		}
+	}
+	r.loadTarget(withFile, "cached small artifacts ≥ 0.6× nginx-file req/s at 1 client, ≥ 0.5× above", func(row loadRow) (string, bool) {
+		least := 0.5
+		if row.clients == 1 {
+			least = 0.6
+		}
+		return rpsRatio("cached", "nginx-file", least)(row)
+	})
+}
+
+// zipTargets are those of the reverse-mode zip row: throughput with
+// verification on and modgate's memory while it streams, with the cached
+// and unverified columns reported beside them.
+func (r *report) zipTargets() {
+	res := r.streams[sectionZip]
+	if res == nil {
+		return
+	}
+	g, f := res["modgate"], res["floor"]
+	if ok(g) && ok(f) {
+		q := g.mbps() / f.mbps()
+		fmt.Fprintf(r.w, "  %s  zip with verification on (streamed, verified as it is kept), ≥ 0.9× floor MB/s: %.2f×\n", verdict(q >= 0.9 && g.errs == 0), q)
+	}
+	if c := res["cached"]; ok(c) && ok(f) {
+		fmt.Fprintf(r.w, "  report  zip verified once, then from the cache (cached) vs floor MB/s: %.2f×\n", c.mbps()/f.mbps())
+	}
+	if c, n := res["cached"], res["nginx-file"]; ok(c) && ok(n) {
+		fmt.Fprintf(r.w, "  report  zip from the cache (cached) vs nginx serving the file (nginx-file) MB/s: %.2f×\n", c.mbps()/n.mbps())
+	}
+	if u := res["unverified"]; ok(u) && ok(f) {
+		fmt.Fprintf(r.w, "  report  zip with sumdb off (unverified, streamed) vs floor MB/s: %.2f×\n", u.mbps()/f.mbps())
+	}
+	if ok(g) && g.mem != nil {
+		g := growth(g.mem.PeakRSS, g.mem.RSSBefore)
+		fmt.Fprintf(r.w, "  %s  modgate's RSS growth while streaming %d MiB < 32 MiB: %.1f MiB\n", verdict(g < 32), r.o.zipMiB, g)
+	}
+}
+
+// verdict is a target's first column.
+func verdict(met bool) string {
+	if met {
+		return "met   "
+	}
+	return "MISSED"
+}
+
+// loadTarget prints a target over rows: what f measured in each, met if it
+// is met in all of them. Without rows it prints nothing.
+func (r *report) loadTarget(rows []loadRow, desc string, f func(row loadRow) (string, bool)) {
+	if len(rows) == 0 {
+		return
+	}
+	all := true
+	var parts []string
+	for _, row := range rows {
+		v, met := f(row)
+		all = all && met
+		parts = append(parts, v)
+	}
+	fmt.Fprintf(r.w, "  %s  %s: %s\n", verdict(all), desc, strings.Join(parts, ", "))
+}
+
+// loadReport prints a report line of column a's req/s over column b's in
+// each of rows. Without rows it prints nothing.
+func (r *report) loadReport(rows []loadRow, desc, a, b string) {
+	if len(rows) == 0 {
+		return
+	}
+	var parts []string
+	for _, row := range rows {
+		v, _ := rpsRatio(a, b, 0)(row)
+		parts = append(parts, v)
+	}
+	fmt.Fprintf(r.w, "  report  %s: %s\n", desc, strings.Join(parts, ", "))
+}
+
+// rpsRatio measures column a's req/s over column b's in a row, met when it
+// is at least least and a had no errors.
+func rpsRatio(a, b string, least float64) func(loadRow) (string, bool) {
+	return func(row loadRow) (string, bool) {
+		x, y := row.res[a], row.res[b]
+		if !ok(x) || !ok(y) {
+			return "n/a", false
+		}
+		q := x.rps() / y.rps()
+		return fmt.Sprintf("%.2f× at %d", q, row.clients), q >= least && x.errs == 0
 	}
 }
 

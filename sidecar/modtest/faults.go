@@ -8,7 +8,6 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
-	"fmt"
 	"log"
 	"math/big"
 	"math/rand/v2"
@@ -233,6 +232,8 @@ func withPath(r *http.Request, path string) *http.Request {
 	return r2
 }
 
+// ServeHTTP counts the request, then hands it to its fault's handler, or
+// to inner if it names no fault and the server has none set.
 func (s *faultServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if s.prefix != "" {
 		rest, ok := strings.CutPrefix(r.URL.Path, s.prefix)
@@ -257,172 +258,7 @@ func (s *faultServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.inner.ServeHTTP(w, r)
 		return
 	}
-	inner := withPath(r, rest)
-	injected := func(code int) {
-		writeText(w, code, fmt.Sprintf("%s: injected by modtest %s%s/\n",
-			strings.ToLower(http.StatusText(code)), faultPrefix, fault))
-	}
-
-	switch {
-	case fault == "ok":
-		s.inner.ServeHTTP(w, inner)
-
-	case fault == "403" || fault == "404" || fault == "410" || fault == "500" || fault == "503" || fault == "429":
-		code, _ := strconv.Atoi(fault)
-		injected(code)
-
-	case strings.HasPrefix(fault, "429ra"):
-		secs, err := strconv.Atoi(strings.TrimPrefix(fault, "429ra"))
-		if err != nil || secs < 0 {
-			s.badFault(w, fault)
-			return
-		}
-		w.Header().Set("Retry-After", strconv.Itoa(secs))
-		injected(http.StatusTooManyRequests)
-
-	case fault == "hang":
-		s.block(r, fault)
-		// Nothing was written: make sure nothing ever is, not even the
-		// implicit 200 of a handler that returns.
-		panic(http.ErrAbortHandler)
-
-	case strings.HasPrefix(fault, "slow") && !strings.HasPrefix(fault, "slowclose"):
-		ms, err := strconv.Atoi(strings.TrimPrefix(fault, "slow"))
-		if err != nil || ms < 0 {
-			s.badFault(w, fault)
-			return
-		}
-		timer := time.NewTimer(time.Duration(ms) * time.Millisecond)
-		defer timer.Stop()
-		select {
-		case <-timer.C:
-		case <-r.Context().Done():
-			panic(http.ErrAbortHandler)
-		case <-s.done:
-			panic(http.ErrAbortHandler)
-		}
-		s.inner.ServeHTTP(w, inner)
-
-	case fault == "reset" || fault == "stall":
-		if !strings.HasSuffix(rest, ".zip") {
-			s.inner.ServeHTTP(w, inner)
-			return
-		}
-		s.partial(w, inner, fault)
-
-	case strings.HasPrefix(fault, "bw"):
-		kbps, err := strconv.Atoi(strings.TrimPrefix(fault, "bw"))
-		if err != nil || kbps <= 0 {
-			s.badFault(w, fault)
-			return
-		}
-		s.inner.ServeHTTP(&throttled{ResponseWriter: w, perSec: kbps << 10, done: s.done, ctx: r.Context()}, inner)
-
-	case strings.HasPrefix(fault, "slowclose"):
-		ms, err := strconv.Atoi(strings.TrimPrefix(fault, "slowclose"))
-		if err != nil || ms < 0 {
-			s.badFault(w, fault)
-			return
-		}
-		// The whole answer without a length, then a pause before its last
-		// chunk: the client has every byte but cannot know it is the end.
-		s.inner.ServeHTTP(noLength{w}, inner)
-		if f, ok := w.(http.Flusher); ok {
-			f.Flush()
-		}
-		timer := time.NewTimer(time.Duration(ms) * time.Millisecond)
-		defer timer.Stop()
-		select {
-		case <-timer.C:
-		case <-r.Context().Done():
-		case <-s.done:
-		}
-
-	case fault == "tamper" || fault == "notzip":
-		tamper(w, inner, s.inner, fault, rest)
-
-	case fault == "loop":
-		w.Header().Set("Location", r.URL.RequestURI())
-		writeText(w, http.StatusFound, "found: injected by modtest /f/loop/\n")
-
-	case strings.HasPrefix(fault, "flaky"):
-		p, err := strconv.Atoi(strings.TrimPrefix(fault, "flaky"))
-		if err != nil || p < 0 || p > 100 {
-			s.badFault(w, fault)
-			return
-		}
-		if s.rec.fail(fault, p) {
-			injected(http.StatusInternalServerError)
-			return
-		}
-		s.inner.ServeHTTP(w, inner)
-
-	default:
-		s.badFault(w, fault)
-	}
-}
-
-func (s *faultServer) badFault(w http.ResponseWriter, fault string) {
-	writeText(w, http.StatusBadRequest, fmt.Sprintf("bad request: unknown modtest fault %q\n", fault))
-}
-
-// block waits until the client goes away or the server is closed.
-func (s *faultServer) block(r *http.Request, fault string) {
-	if s.blocked != nil {
-		s.blocked(fault)
-	}
-	select {
-	case <-r.Context().Done():
-	case <-s.done:
-	}
-}
-
-// partial serves the headers of a successful answer with its full
-// Content-Length and about half of its body, then resets the connection
-// (fault "reset") or blocks (fault "stall"). Unsuccessful answers are served
-// whole.
-func (s *faultServer) partial(w http.ResponseWriter, r *http.Request, fault string) {
-	rr := httptest.NewRecorder()
-	s.inner.ServeHTTP(rr, r)
-	body := rr.Body.Bytes()
-	h := w.Header()
-	for k, v := range rr.Header() {
-		h[k] = v
-	}
-	if rr.Code != http.StatusOK {
-		w.WriteHeader(rr.Code)
-		w.Write(body)
-		return
-	}
-	h.Set("Content-Length", strconv.Itoa(len(body)))
-	w.WriteHeader(http.StatusOK)
-	w.Write(body[:len(body)/2])
-	rc := http.NewResponseController(w)
-	if err := rc.Flush(); err != nil {
-		panic(http.ErrAbortHandler)
-	}
-	if fault == "stall" {
-		s.block(r, fault)
-		panic(http.ErrAbortHandler) // close the connection, short of Content-Length
-	}
-	conn, _, err := rc.Hijack()
-	if err != nil {
-		panic(http.ErrAbortHandler)
-	}
-	abortConn(conn)
-}
-
-// abortConn closes conn with a TCP RST rather than a FIN. For TLS it skips
-// the close_notify alert, like a connection cut by a middlebox.
-func abortConn(conn net.Conn) {
-	raw := conn
-	if nc, ok := conn.(interface{ NetConn() net.Conn }); ok {
-		raw = nc.NetConn()
-	}
-	if tc, ok := raw.(*net.TCPConn); ok {
-		tc.SetLinger(0)
-	}
-	raw.Close()
+	s.serveFault(w, faultRequest{fault: fault, rest: rest, r: r, inner: withPath(r, rest)})
 }
 
 // writeText answers with a text/plain body and its Content-Length.
@@ -438,56 +274,4 @@ func writeBody(w http.ResponseWriter, code int, contentType string, body []byte)
 	h.Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(code)
 	w.Write(body)
-}
-
-// throttled writes at most perSec bytes a second: a slow link.
-type throttled struct {
-	http.ResponseWriter
-	perSec int
-	done   chan struct{}
-	ctx    interface{ Done() <-chan struct{} }
-}
-
-func (t *throttled) Write(p []byte) (int, error) {
-	written := 0
-	for len(p) > 0 {
-		// Send a tenth of a second's worth, then wait that tenth.
-		n := min(len(p), max(1, t.perSec/10))
-		m, err := t.ResponseWriter.Write(p[:n])
-		written += m
-		if err != nil {
-			return written, err
-		}
-		if f, ok := t.ResponseWriter.(http.Flusher); ok {
-			f.Flush()
-		}
-		p = p[n:]
-		select {
-		case <-time.After(100 * time.Millisecond):
-		case <-t.ctx.Done():
-			return written, http.ErrAbortHandler
-		case <-t.done:
-			return written, http.ErrAbortHandler
-		}
-	}
-	return written, nil
-}
-
-// noLength drops Content-Length, so that the answer is chunked.
-type noLength struct{ http.ResponseWriter }
-
-func (n noLength) WriteHeader(code int) {
-	n.Header().Del("Content-Length")
-	n.ResponseWriter.WriteHeader(code)
-}
-
-func (n noLength) Write(p []byte) (int, error) {
-	n.Header().Del("Content-Length")
-	return n.ResponseWriter.Write(p)
-}
-
-func (n noLength) Flush() {
-	if f, ok := n.ResponseWriter.(http.Flusher); ok {
-		f.Flush()
-	}
 }

@@ -1,10 +1,7 @@
 package modtest
 
 import (
-	"context"
-	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"testing"
 
@@ -14,20 +11,8 @@ import (
 func TestMain(m *testing.M) {
 	// Tests must not reach the network by accident: the default transport
 	// dials loopback addresses only.
-	http.DefaultTransport.(*http.Transport).DialContext = loopbackOnly
+	http.DefaultTransport.(*http.Transport).DialContext = LoopbackDial
 	goleak.VerifyTestMain(m)
-}
-
-func loopbackOnly(ctx context.Context, network, addr string) (net.Conn, error) {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return nil, err
-	}
-	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
-		return nil, fmt.Errorf("modtest tests: refusing to dial %s: not loopback", addr)
-	}
-	var d net.Dialer
-	return d.DialContext(ctx, network, addr)
 }
 
 // testFixtures loads the repository's fixtures.

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/modgate/modgate/sidecar"
+	"github.com/modgate/modgate/sidecar/modtest"
 )
 
 // Gate is a modgate serving for a test.
@@ -49,6 +50,9 @@ func Start(t testing.TB, ln net.Listener, cfg sidecar.Config) *Gate {
 		cfg.Admin = adminLn.Addr().String()
 	}
 	cfg.Listen = ln.Addr().String()
+	if cfg.Dial == nil {
+		cfg.Dial = modtest.LoopbackDial // no test reaches the network
+	}
 	s, err := sidecar.New(cfg)
 	if err != nil {
 		ln.Close()

@@ -212,6 +212,7 @@ func TestSoak(t *testing.T) {
 		Audit:     audit,
 		Telemetry: tel,
 		Forward:   sidecar.ForwardConfig{AllowHosts: []string{proxyHost}, MITMHosts: []string{proxyHost}, CA: ca},
+		Dial:      modtest.LoopbackDial,
 	}
 	gate, err := sidecar.New(cfg)
 	if err != nil {

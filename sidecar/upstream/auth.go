@@ -16,6 +16,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/modgate/modgate/sidecar/wire"
 )
 
 // Auth is how modgate proves who it is to one upstream. At most one way is
@@ -93,7 +95,7 @@ func (a Auth) Check(rawURL string) error {
 	if base.User != nil {
 		return errors.New("the URL carries credentials too: give one or the other")
 	}
-	creds, err := newCredentials(a, base, nil)
+	creds, err := newCredentials(a, base, nil, nil)
 	if err != nil {
 		return err
 	}
@@ -118,9 +120,12 @@ type credentials interface {
 
 // newCredentials returns the credentials a describes for the upstream at
 // base, or nil when a sets none and base has no user information.
-func newCredentials(a Auth, base *url.URL, log *slog.Logger) (credentials, error) {
+func newCredentials(a Auth, base *url.URL, log *slog.Logger, clock wire.Clock) (credentials, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
+	}
+	if clock == nil {
+		clock = wire.SystemClock{}
 	}
 	switch a.Kind() {
 	case AuthBasic:
@@ -169,7 +174,7 @@ func newCredentials(a Auth, base *url.URL, log *slog.Logger) (credentials, error
 		if timeout <= 0 {
 			timeout = DefaultCommandTimeout
 		}
-		return &commandCreds{words: words, timeout: timeout, base: base.String(), log: log}, nil
+		return &commandCreds{words: words, timeout: timeout, base: base.String(), log: log, clock: clock}, nil
 	}
 	if base.User != nil {
 		pass, _ := base.User.Password()
@@ -276,6 +281,7 @@ type commandCreds struct {
 	timeout time.Duration
 	base    string // the upstream's URL, the argument of the first run
 	log     *slog.Logger
+	clock   wire.Clock // times the hold-off after a failed run
 
 	mu       sync.Mutex
 	gen      uint64 // 0 until a run succeeds
@@ -297,7 +303,7 @@ func (c *commandCreds) header(u *url.URL) (http.Header, uint64, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.gen == 0 {
-		if c.err != nil && time.Since(c.failed) < commandRetryAfter {
+		if c.err != nil && c.clock.Now().Sub(c.failed) < commandRetryAfter {
 			return nil, 0, c.err
 		}
 		if err := c.run(context.Background(), c.base, nil); err != nil {
@@ -347,7 +353,7 @@ func (c *commandCreds) run(ctx context.Context, arg string, resp *http.Response)
 	defer func() {
 		c.err = err
 		if err != nil {
-			c.failed = time.Now()
+			c.failed = c.clock.Now()
 		}
 	}()
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.timeout)
@@ -739,11 +745,16 @@ func closeBody(req *http.Request) {
 // probes). kind is Auth.Kind, AuthURL for a URL's password, or "" when
 // there are none (next is returned).
 func AuthTransport(rawURL string, a Auth, next http.RoundTripper, log *slog.Logger) (rt http.RoundTripper, kind string, err error) {
+	return credentialTransport(rawURL, a, next, log, nil)
+}
+
+// credentialTransport is AuthTransport on clock (nil: the system's).
+func credentialTransport(rawURL string, a Auth, next http.RoundTripper, log *slog.Logger, clock wire.Clock) (rt http.RoundTripper, kind string, err error) {
 	base, err := url.Parse(rawURL)
 	if err != nil {
 		return nil, "", errors.New("invalid URL")
 	}
-	creds, err := newCredentials(a, base, log)
+	creds, err := newCredentials(a, base, log, clock)
 	if err != nil || creds == nil {
 		return next, "", err
 	}

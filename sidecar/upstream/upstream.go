@@ -134,6 +134,12 @@ type Options struct {
 	Logger *slog.Logger
 	// Dial, if set, makes every connection (forward mode's guarded dialer).
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// NetDial, if set, opens the connections (and carries the DNS
+	// queries) to the addresses the checks allowed. If nil, a net.Dialer
+	// and the system's resolver. Tests pass one that reaches loopback
+	// only, so that no test reaches the network even when a check
+	// regresses.
+	NetDial func(ctx context.Context, network, addr string) (net.Conn, error)
 	// Telemetry records a client span and the attempt metrics of every
 	// try. If nil, nothing is recorded.
 	Telemetry *telemetry.Telemetry
@@ -290,7 +296,7 @@ func (u *Upstream) transport(cfg Config, opts Options, logger *slog.Logger) (htt
 		// The credentials leave the URL, which is shown and traced
 		// (url.full), and the transport adds them beneath the client span.
 		next := http.RoundTripper(newTransport(u.Timeouts, opts, redirectGuard(base, cfg.RedirectHosts, opts)))
-		next, u.auth, err = AuthTransport(base.String(), cfg.Auth, next, logger.With("upstream", cmp.Or(cfg.Name, base.Host)))
+		next, u.auth, err = credentialTransport(base.String(), cfg.Auth, next, logger.With("upstream", cmp.Or(cfg.Name, base.Host)), u.clock)
 		if err != nil {
 			return nil, nil, fmt.Errorf("upstream %q: %v", u.Source, err)
 		}
@@ -419,7 +425,7 @@ func redirectGuard(base *url.URL, hosts []string, opts Options) func(ctx context
 		if ip, ok := ParseIPLiteral(lhost); ok {
 			ips = []netip.Addr{ip}
 		} else {
-			found, err := net.DefaultResolver.LookupNetIP(ctx, "ip", lhost)
+			found, err := opts.resolver().LookupNetIP(ctx, "ip", lhost)
 			if err != nil {
 				return "", err
 			}
@@ -436,9 +442,21 @@ func redirectGuard(base *url.URL, hosts []string, opts Options) func(ctx context
 	}
 }
 
+// resolver is the resolver of NetDial, or the system's.
+func (opts Options) resolver() *net.Resolver {
+	if opts.NetDial == nil {
+		return net.DefaultResolver
+	}
+	return &net.Resolver{PreferGo: true, Dial: opts.NetDial}
+}
+
 func newTransport(t Timeouts, opts Options, guard func(ctx context.Context, addr string) (string, error)) *http.Transport {
 	dialer := &net.Dialer{Timeout: t.Dial, KeepAlive: 30 * time.Second}
 	dial := dialer.DialContext
+	if opts.NetDial != nil {
+		dial = opts.NetDial
+	}
+	netDial := dial
 	if guard != nil {
 		dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
 			ctx, cancel := context.WithTimeout(ctx, t.Dial)
@@ -450,7 +468,7 @@ func newTransport(t Timeouts, opts Options, guard func(ctx context.Context, addr
 			if to, ok := opts.Resolve[target]; ok {
 				target = to
 			}
-			return dialer.DialContext(ctx, network, target)
+			return netDial(ctx, network, target)
 		}
 	}
 	if opts.Dial != nil {
