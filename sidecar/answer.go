@@ -135,7 +135,10 @@ func (x *exchange) send(status int, header http.Header, body io.Reader, size int
 	if x.r.Method == http.MethodHead {
 		return nil
 	}
-	out := &clientWriter{w: newDeadlineWriter(x.w, x.s.cfg.ClientIdle)}
+	// Kept in the exchange: an answer's writers cost no allocation.
+	x.dw = deadlineWriter{w: x.w, rc: *http.NewResponseController(x.w), idle: x.s.cfg.ClientIdle}
+	x.cw = clientWriter{w: &x.dw}
+	out := &x.cw
 	var n int64
 	var err error
 	if wt, ok := body.(io.WriterTo); ok {
@@ -229,12 +232,12 @@ func stream(w io.Writer, body io.Reader) (int64, error) {
 // a goroutine forever.
 type deadlineWriter struct {
 	w    http.ResponseWriter
-	rc   *http.ResponseController
+	rc   http.ResponseController
 	idle time.Duration
 }
 
 func newDeadlineWriter(w http.ResponseWriter, idle time.Duration) *deadlineWriter {
-	return &deadlineWriter{w: w, rc: http.NewResponseController(w), idle: idle}
+	return &deadlineWriter{w: w, rc: *http.NewResponseController(w), idle: idle}
 }
 
 func (d *deadlineWriter) Write(p []byte) (int, error) {

@@ -51,6 +51,9 @@ type exchange struct {
 	out     outcome        // set by the pipeline's steps and by end
 
 	buffered int64 // bytes of the server's buffer budget this exchange holds
+
+	dw deadlineWriter // send's writers
+	cw clientWriter
 }
 
 // verdict is what policy decided of an exchange.
@@ -76,6 +79,10 @@ type outcome struct {
 // attrEndUser is OpenTelemetry's semantic convention for who made the
 // request.
 const attrEndUser = attribute.Key("enduser.id")
+
+// attrResponseBodySize is OpenTelemetry's semantic convention for the
+// bytes of an answer's body.
+const attrResponseBodySize = attribute.Key("http.response.body.size")
 
 // ctx is the request's context, telling upstreams the request's kind.
 func (x *exchange) ctx() context.Context {
@@ -255,6 +262,11 @@ func (x *exchange) finish() {
 		}
 		if x.out.cache != "" {
 			attrs = append(attrs, telemetry.AttrCacheResult.String(string(x.out.cache)))
+		}
+		if x.w.bytes > 0 {
+			// otelhttp counts only what goes through Write; a cached file
+			// that went to sendfile(2) goes through ReadFrom.
+			attrs = append(attrs, attrResponseBodySize.Int64(x.w.bytes))
 		}
 		if x.identity != "" {
 			// Spans and the audit log only: identities are unbounded,

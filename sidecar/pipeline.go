@@ -53,30 +53,31 @@ func (s *Server) pipeline(x *exchange, src source) error {
 			return err
 		}
 	}
-	fr := x.fetchRequest()
 	c := s.cacheFor(x)
 	key, immutable, cacheable := x.cacheKey()
 	switch {
 	case c == nil || !cacheable:
+		fr := x.fetchRequest()
 		fr.check = s.checkFor(x, nil, "")
 		return s.fetch(x, src, fr)
 	case immutable:
-		return s.serveImmutable(x, c, key, src, fr)
+		return s.serveImmutable(x, c, key, src)
 	}
-	return s.serveFresh(x, c, key, src, fr)
+	return s.serveFresh(x, c, key, src)
 }
 
 // serveImmutable answers an artifact that never changes (a canonical
 // version's .info, .mod and .zip, a hash tile): from the cache, or from
 // the flight that fetches it into the cache for every request that wants
 // it at once.
-func (s *Server) serveImmutable(x *exchange, c *cache.Cache, key string, src source, fr fetchRequest) error {
+func (s *Server) serveImmutable(x *exchange, c *cache.Cache, key string, src source) error {
 	if e, err := c.Get(key); err == nil {
 		defer e.Close()
 		x.out.cache = wire.CacheHit
 		return s.sendEntry(x, src, e)
 	}
 	x.out.cache = wire.CacheMiss
+	fr := x.fetchRequest()
 	// A zip is spooled where it is kept.
 	fr.check = s.checkFor(x, c, key)
 	f, body, err := s.join(x, c, key, src, fr)
@@ -104,7 +105,7 @@ func (s *Server) serveImmutable(x *exchange, c *cache.Cache, key string, src sou
 // the cache while the entry is younger than the TTL, else from the source
 // (and into the cache); an older entry still answers when the source
 // fails (stale-if-error), and offline whatever its age.
-func (s *Server) serveFresh(x *exchange, c *cache.Cache, key string, src source, fr fetchRequest) error {
+func (s *Server) serveFresh(x *exchange, c *cache.Cache, key string, src source) error {
 	now := s.now()
 	stale, err := c.Get(key)
 	if err == nil {
@@ -117,6 +118,7 @@ func (s *Server) serveFresh(x *exchange, c *cache.Cache, key string, src source,
 		stale = nil
 	}
 	x.out.cache = wire.CacheMiss
+	fr := x.fetchRequest()
 	fr.check = s.checkFor(x, nil, "")
 	res := src.fetch(x.ctx(), x, fr)
 	if res.Response == nil {

@@ -17,6 +17,10 @@ import (
 	"github.com/modgate/modgate/sidecar/upstream"
 	"github.com/modgate/modgate/telemetry"
 	"github.com/modgate/modgate/telemetry/jaegertest"
+	"go.opentelemetry.io/otel/attribute"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // newTelemetry sets up telemetry with the given OTEL_* variables (none:
@@ -250,5 +254,50 @@ func TestUpstreamForbiddenCountsAsError(t *testing.T) {
 		if row.Upstream == "walled" && row.ErrorRate != 1 {
 			t.Errorf("baseline of walled: error rate %v, want 1 (every attempt was a 403)", row.ErrorRate)
 		}
+	}
+}
+
+// TestCacheHitSpanHasBodySize: a cache hit goes to the client through
+// ReadFrom (sendfile(2)), which otelhttp does not count; its server span
+// still says how large the body was.
+func TestCacheHitSpanHasBodySize(t *testing.T) {
+	fx := loadFixtures(t)
+	p := modtest.NewProxy(t, fx)
+	spans := tracetest.NewInMemoryExporter()
+	tel, err := telemetry.Setup(context.Background(), telemetry.Config{Getenv: func(k string) string {
+		return map[string]string{"OTEL_TRACES_SAMPLER": "always_on"}[k]
+	}, SpanExporters: []sdktrace.SpanExporter{spans}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tel.Shutdown(context.Background())
+	url, srv := startGateServer(t, sidecar.Config{Telemetry: tel, Cache: sidecar.CacheConfig{Dir: t.TempDir()},
+		Upstreams: []upstream.Config{{Name: "fixtures", URL: p.URL}}})
+	m, _ := fx.Lookup("fixture.test/dep01", "v1.0.0")
+	for range 2 {
+		if _, body := get(t, url+"/fixture.test/dep01/@v/v1.0.0.zip"); body != string(m.Zip) {
+			t.Fatalf("zip: %d bytes, want %d", len(body), len(m.Zip))
+		}
+		srv.Settle() // kept once checked
+	}
+	if err := tel.TracerProvider().(*sdktrace.TracerProvider).ForceFlush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	var hits int
+	for _, s := range spans.GetSpans() {
+		attrs := map[attribute.Key]attribute.Value{}
+		for _, a := range s.Attributes {
+			attrs[a.Key] = a.Value
+		}
+		if s.SpanKind != trace.SpanKindServer || attrs["modgate.cache.result"].AsString() != "hit" {
+			continue
+		}
+		hits++
+		if got := attrs["http.response.body.size"].AsInt64(); got != int64(len(m.Zip)) {
+			t.Errorf("cache hit's span: http.response.body.size %d, want %d", got, len(m.Zip))
+		}
+	}
+	if hits != 1 {
+		t.Errorf("%d cache hits among the server spans, want 1", hits)
 	}
 }
