@@ -385,9 +385,11 @@ func (s *Server) fly(ctx context.Context, f *flight, t tiers, key string, fetch 
 		// A zip that streamed as it came is checked as a module zip once
 		// every waiter has it: that read of the whole file is not theirs
 		// to wait for. Those that joined hold the spool open by then, so
-		// that a zip the check refuses still reaches them.
+		// that a zip the check refuses still reaches them; the flight
+		// stays on the board meanwhile, so that requests that come while
+		// a large zip is checked read the spool too, rather than fetch
+		// and check it again.
 		f.finish(nil, nil)
-		s.land(f, key)
 		f.readersOpen()
 		verify := func(path string) error { return checkZipFile(req, path) }
 		if found != nil && found.later {
