@@ -332,8 +332,17 @@ func FuzzClientFiles(f *testing.F) {
 			if err == nil {
 				return
 			}
+			// Names are public: a secret that only appears once a name
+			// and the message's own punctuation meet ("user 0000 : ..."
+			// for the name "0000 " and the hash "0000 :") is not repeated.
+			msg := err.Error()
+			for n := range names {
+				if n != "" {
+					msg = strings.ReplaceAll(msg, n, "")
+				}
+			}
 			for _, s := range secrets {
-				if len(s) >= 6 && !inName(s) && strings.Contains(err.Error(), s) {
+				if len(s) >= 6 && !inName(s) && strings.Contains(msg, s) {
 					t.Fatalf("error %q repeats %q", err, s)
 				}
 			}
