@@ -102,8 +102,8 @@ func TestClassifyReverse(t *testing.T) {
 }
 
 // FuzzClassifyReverse checks that whatever is accepted is safe to forward:
-// a valid module path and canonical version that escape back to the path
-// the upstream is asked for.
+// a valid module path and a canonical version (or, for .info, a query the
+// proxy resolves) that escape back to the path the upstream is asked for.
 func FuzzClassifyReverse(f *testing.F) {
 	for _, s := range []string{
 		"/fixture.test/a/@v/list", "/fixture.test/!a/@v/v1.0.0.zip", "/x.test/y/@latest",
@@ -127,7 +127,19 @@ func FuzzClassifyReverse(f *testing.F) {
 				t.Fatalf("%q: accepted invalid module %q: %v", p, r.Module, err)
 			}
 		}
-		if r.Version != "" && (!semver.IsValid(r.Version) || module.CanonicalVersion(r.Version) != r.Version) {
+		canonical := semver.IsValid(r.Version) && module.CanonicalVersion(r.Version) == r.Version
+		switch {
+		case r.Version == "":
+		case r.Query && r.Kind != wire.KindInfo:
+			t.Fatalf("%q: a query (%q) for a %s request: only .info resolves one", p, r.Version, r.Kind)
+		case r.Query:
+			// A branch or commit the proxy resolves: it must escape back
+			// to the one path element it came from.
+			esc, err := module.EscapeVersion(r.Version)
+			if err != nil || !strings.HasSuffix(r.Path, "/@v/"+esc+".info") {
+				t.Fatalf("%q: query %q does not escape back to its path %q: %v", p, r.Version, r.Path, err)
+			}
+		case !canonical:
 			t.Fatalf("%q: accepted non-canonical version %q", p, r.Version)
 		}
 		switch r.Kind {
