@@ -199,11 +199,8 @@ type entryBody struct{ e *cache.Entry }
 func (b entryBody) Read(p []byte) (int, error)         { return b.e.Body.Read(p) }
 func (b entryBody) WriteTo(w io.Writer) (int64, error) { return b.e.WriteTo(w) }
 
-// errClientGone marks a copy that stopped because the client went away.
-var errClientGone = errors.New("client went away")
-
-// stream copies body to w. A failed read is the upstream's fault and is
-// returned as is; a failed write is wrapped in errClientGone.
+// stream copies body to w through a pooled buffer. Which side failed is
+// the caller's to tell (send's clientWriter notes failed writes).
 func stream(w io.Writer, body io.Reader) (int64, error) {
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
@@ -215,7 +212,7 @@ func stream(w io.Writer, body io.Reader) (int64, error) {
 			m, werr := w.Write(buf[:n])
 			written += int64(m)
 			if werr != nil {
-				return written, errors.Join(errClientGone, werr)
+				return written, werr
 			}
 		}
 		if rerr == io.EOF {

@@ -60,7 +60,7 @@ func (s *Server) carryBuild(h http.Handler) http.Handler {
 			var msg string
 			sc, msg = s.pathBuild(r)
 			if msg != "" {
-				s.newExchange(w, r, modeReverse).end(invalid(msg,
+				s.newExchange(w, r, wire.ModeReverse).end(invalid(msg,
 					"the GOPROXY entry of a build is http(s)://<modgate>/"+telemetry.TracePathElem+"/<traceparent>, as `modgate exec` and `modgate env --trace` write it"))
 				return
 			}
@@ -223,7 +223,7 @@ func (t *buildTracker) done(b *build) {
 // longer needs, which is no failure of the build's).
 func summaryOutcome(decision wire.Decision, status int) string {
 	switch {
-	case decision == decisionDeny:
+	case decision == wire.DecisionDeny:
 		return "denied"
 	case status < 400:
 		return "ok"
@@ -341,7 +341,7 @@ func spanIDOf(x *exchange) string {
 // fellThrough reports whether the chain moved past the first upstream
 // that could have served the request (a 404, a failure, an open breaker).
 func (x *exchange) fellThrough() bool {
-	if x.out.served == nil || x.mode != modeReverse || x.req.Kind.IsSumDB() || x.out.cache == wire.CacheHit {
+	if x.out.served == nil || x.mode != wire.ModeReverse || x.req.Kind.IsSumDB() || x.out.cache == wire.CacheHit {
 		return false
 	}
 	for _, u := range x.s.chain.Upstreams() {

@@ -92,7 +92,7 @@ func (x *exchange) canonical(key string) string {
 // mode: two hosts (or two proxies under paths of one host) may well list
 // different versions.
 func (x *exchange) perOrigin(key string) string {
-	if x.mode == modeReverse {
+	if x.mode == wire.ModeReverse {
 		return key
 	}
 	return "origin/" + x.host + x.req.Prefix + "/" + key

@@ -19,13 +19,6 @@ import (
 	"github.com/modgate/modgate/telemetry"
 )
 
-// The modes, wire's: how the request reached modgate.
-const (
-	modeReverse = wire.ModeReverse
-	modeForward = wire.ModeForward
-	modeMITM    = wire.ModeMITM
-)
-
 // exchange is one request on its way through the pipeline. Its parts
 // are written in turn, each by one step: the way in says who asks and for
 // what, policy says what it decided (verdict), the pipeline says how the
@@ -40,7 +33,7 @@ type exchange struct {
 	connect func(p *problem)
 
 	// Who asks, and for what: set by the way in.
-	mode     wire.Mode // modeReverse, modeForward or modeMITM
+	mode     wire.Mode // wire.ModeReverse, wire.ModeForward or wire.ModeMITM
 	identity string    // who is asking (Config.Clients, Forward.Users); "" when nobody has to say
 	claimed  string    // the name a refused login gave: audited as claimed_identity, never as identity
 	host     string    // the destination host:port (normalised), in forward mode
@@ -92,7 +85,7 @@ func (x *exchange) ctx() context.Context {
 func (s *Server) newExchange(w http.ResponseWriter, r *http.Request, mode wire.Mode) *exchange {
 	return &exchange{
 		s: s, w: &responseRecorder{ResponseWriter: w}, r: r, start: s.now(), mode: mode,
-		pol: s.policy(), verdict: verdict{decision: decisionAllow}, req: Request{Kind: wire.KindOther},
+		pol: s.policy(), verdict: verdict{decision: wire.DecisionAllow}, req: Request{Kind: wire.KindOther},
 	}
 }
 
@@ -274,12 +267,12 @@ func (x *exchange) finish() {
 			attrs = append(attrs, attrEndUser.String(x.identity))
 		}
 		span.SetAttributes(attrs...)
-		if x.verdict.decision == decisionDeny {
+		if x.verdict.decision == wire.DecisionDeny {
 			span.AddEvent("modgate.policy.denied", trace.WithAttributes(
 				telemetry.AttrPolicyRule.String(x.verdict.ruleText), attribute.String("modgate.policy.reason", x.reason())))
 		}
 	}
-	if x.verdict.decided || x.verdict.decision == decisionDeny {
+	if x.verdict.decided || x.verdict.decision == wire.DecisionDeny {
 		x.s.tel.AddPolicyDecision(x.r.Context(), x.verdict.decision, x.verdict.ruleText)
 	}
 	if x.out.cache != "" {

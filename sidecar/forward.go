@@ -247,7 +247,7 @@ func (f *forward) authenticate(r *http.Request) (identity string, err error) {
 // those return an *http.Response whose broken body goproxy would end as if
 // complete when it is chunked.
 func (f *forward) serveAbsolute(w http.ResponseWriter, r *http.Request) {
-	x := f.s.newExchange(w, r, modeForward)
+	x := f.s.newExchange(w, r, wire.ModeForward)
 	x.end(f.absolute(x))
 }
 
@@ -293,7 +293,7 @@ func (f *forward) serve(x *exchange, scheme, host, port string) error {
 // or intercept it.
 func (f *forward) handleConnect(target string, ctx *goproxy.ProxyCtx) (*goproxy.ConnectAction, string) {
 	r := ctx.Req
-	x := f.s.newExchange(nil, r, modeForward)
+	x := f.s.newExchange(nil, r, wire.ModeForward)
 	x.host, x.req.Kind = target, wire.KindTunnel
 	identity, err := f.authenticate(r)
 	x.setIdentity(identity, err)
@@ -308,9 +308,9 @@ func (f *forward) handleConnect(target string, ctx *goproxy.ProxyCtx) (*goproxy.
 	}
 	hostport := net.JoinHostPort(host, port)
 	x.host = hostport
-	action, mode := f.tunnel, modeForward
+	action, mode := f.tunnel, wire.ModeForward
 	if f.cfg.CA != nil && matchHost(f.cfg.MITMHosts, host) {
-		action, mode = f.intercept, modeMITM
+		action, mode = f.intercept, wire.ModeMITM
 	}
 	// One span covers the whole CONNECT: the tunnel, or every request
 	// intercepted inside it (they are its children).
@@ -322,11 +322,11 @@ func (f *forward) handleConnect(target string, ctx *goproxy.ProxyCtx) (*goproxy.
 	r = r.WithContext(sctx)
 	ctx.Req, x.r = r, r
 	if err := f.guard.checkHost(host, port, true); err != nil {
-		span.SetAttributes(attribute.Int("http.response.status_code", http.StatusForbidden), telemetry.AttrPolicyDecision.String(string(decisionDeny)))
+		span.SetAttributes(attribute.Int("http.response.status_code", http.StatusForbidden), telemetry.AttrPolicyDecision.String(string(wire.DecisionDeny)))
 		defer span.End()
 		return f.reject(ctx, x, refused("CONNECT "+hostport+" refused: "+err.Error())), target
 	}
-	if f.s.cfg.Offline && mode != modeMITM {
+	if f.s.cfg.Offline && mode != wire.ModeMITM {
 		// A tunnel's bytes cannot come from the cache.
 		defer span.End()
 		return f.reject(ctx, x, fail(wire.Offline, "CONNECT "+hostport+": modgate is offline and only intercepted hosts are served, from its cache")), target
@@ -524,7 +524,7 @@ func (f *forward) intercept(connect *exchange, client net.Conn, host, port strin
 	tconn := tls.Server(client, f.cfg.CA.ServerConfig(host))
 	handler := http.HandlerFunc(func(w http.ResponseWriter, in *http.Request) {
 		closeAfterChunked(w, in)
-		x := f.s.newExchange(w, in, modeMITM)
+		x := f.s.newExchange(w, in, wire.ModeMITM)
 		x.identity, x.host = identity, hostport
 		if h, _, err := wire.NormalizeHostPort(in.Host, port); err != nil || h != host {
 			x.end(invalidAs(wire.Misdirected, fmt.Sprintf("request for %s inside a CONNECT to %s", in.Host, hostport)))

@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -21,16 +20,6 @@ import (
 // file or not at all, so guard tests never reach the network.
 var noDNS = &net.Resolver{PreferGo: true, Dial: func(context.Context, string, string) (net.Conn, error) {
 	return nil, errors.New("no DNS in tests")
-}}
-
-// loopbackOnly is a dialer that refuses every address but loopback,
-// whatever the guard under test lets through.
-var loopbackOnly = &net.Dialer{Timeout: time.Second, Control: func(network, address string, _ syscall.RawConn) error {
-	ap, err := netip.ParseAddrPort(address)
-	if err != nil || !ap.Addr().Unmap().IsLoopback() {
-		return errors.New("test dialer: only loopback may be dialled, not " + address)
-	}
-	return nil
 }}
 
 // machineAt is a machine whose interfaces have addrs.
@@ -52,7 +41,7 @@ func testGuard() *guard {
 		resolve:      map[string]string{},
 		own:          []string{"0.0.0.0:7070", "127.0.0.1:7071"},
 		resolver:     noDNS,
-		dial:         loopbackOnly.DialContext,
+		dial:         modtest.LoopbackDial, // whatever the guard under test lets through
 		machine:      machineAt("203.0.113.7", "2001:db8::7"),
 	}
 }

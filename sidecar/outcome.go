@@ -12,16 +12,10 @@ import (
 	"github.com/modgate/modgate/sidecar/wire"
 )
 
-// Audit decisions, wire's: a problem that policy or a guard raised is
-// deny; bad input is invalid; a request that came back is loop. A request
-// policy allowed stays allow whatever the upstreams then did: its status
-// says that.
-const (
-	decisionAllow   = wire.DecisionAllow
-	decisionDeny    = wire.DecisionDeny
-	decisionInvalid = wire.DecisionInvalid
-	decisionLoop    = wire.DecisionLoop
-)
+// Audit decisions (wire.Decision): a problem that policy or a guard raised
+// is deny; bad input is invalid; a request that came back is loop. A
+// request policy allowed stays allow whatever the upstreams then did: its
+// status says that.
 
 // statusClientGone is what the audit log records for a request whose
 // client went away before its answer (nginx's and Caddy's 499).
@@ -117,7 +111,7 @@ func (p *problem) retryAfter(seconds int) *problem {
 // deny is a refusal by policy or a guard: code, and the audit line's
 // reason.
 func deny(code wire.Code, reason string, lines ...string) *problem {
-	return &problem{code: code, lines: lines, decision: decisionDeny, reason: reason}
+	return &problem{code: code, lines: lines, decision: wire.DecisionDeny, reason: reason}
 }
 
 // invalid is a request modgate will not pass on: 400 with the reason.
@@ -127,7 +121,7 @@ func invalid(lines ...string) *problem {
 
 // invalidAs is a request modgate will not pass on, with code.
 func invalidAs(code wire.Code, lines ...string) *problem {
-	return &problem{code: code, lines: lines, decision: decisionInvalid}
+	return &problem{code: code, lines: lines, decision: wire.DecisionInvalid}
 }
 
 // refused is a destination forward mode will not reach.
@@ -137,7 +131,7 @@ func refused(reason string, details ...string) *problem {
 
 // loop is a request that came back to this modgate, or to one it passed.
 func loop(reason string, lines ...string) *problem {
-	return &problem{code: wire.Loop, lines: lines, decision: decisionLoop, reason: reason}
+	return &problem{code: wire.Loop, lines: lines, decision: wire.DecisionLoop, reason: reason}
 }
 
 // clientGone is a request whose client went away; nothing is answered.
@@ -220,11 +214,11 @@ func (x *exchange) chainProblem(res upstream.Result) *problem {
 	if ra := res.RetryAfter(); ra > 0 && status == http.StatusServiceUnavailable {
 		p.header = http.Header{"Retry-After": {strconv.Itoa(ra)}}
 	}
-	if x.verdict.private != "" && status == http.StatusNotFound && x.mode == modeReverse {
+	if x.verdict.private != "" && status == http.StatusNotFound && x.mode == wire.ModeReverse {
 		p.lines = append(p.lines, fmt.Sprintf("%s is private (%s): only upstreams marked private are asked", x.req.Module, x.verdict.private))
 	}
 	if code == wire.Loop {
-		p.decision = decisionLoop
+		p.decision = wire.DecisionLoop
 	}
 	if status >= 500 {
 		x.s.log.Warn("no upstream could serve", "kind", x.req.Kind, "module", x.req.Module, "version", x.req.Version, "status", status, "attempts", attemptsAttr(res.Attempts))

@@ -14,7 +14,7 @@ import (
 // serveReverse answers an origin-form request: modgate is the client's
 // GOPROXY and walks its own chain of upstreams.
 func (s *Server) serveReverse(w http.ResponseWriter, r *http.Request) {
-	x := s.newExchange(w, r, modeReverse)
+	x := s.newExchange(w, r, wire.ModeReverse)
 	x.end(s.reverse(x))
 }
 

@@ -430,9 +430,9 @@ func (s *Server) kindOf(r *http.Request) wire.Kind {
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	for _, v := range r.Header.Values("Via") {
 		if strings.Contains(v, s.via) {
-			mode := modeReverse
+			mode := wire.ModeReverse
 			if r.URL.IsAbs() || r.Method == http.MethodConnect {
-				mode = modeForward
+				mode = wire.ModeForward
 			}
 			s.newExchange(w, r, mode).end(loop("Via: "+v,
 				"request loop: this request has already passed through this modgate (Via: "+v+")",

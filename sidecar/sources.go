@@ -52,7 +52,7 @@ var partialHeaders = []string{"Range", "If-Range", "If-Match", "If-None-Match", 
 func (x *exchange) fetchRequest() fetchRequest {
 	r := x.r
 	fr := fetchRequest{method: r.Method, path: x.req.Path}
-	if x.mode == modeReverse {
+	if x.mode == wire.ModeReverse {
 		fr.header = make(http.Header, len(forwardedHeaders))
 		for _, k := range forwardedHeaders {
 			if vs := r.Header.Values(k); len(vs) > 0 {
@@ -194,5 +194,3 @@ func supported(u *upstream.Upstream) upstream.Result {
 		Header: http.Header{"Content-Type": {"text/plain; charset=utf-8"}},
 	}}
 }
-
-var _ = io.EOF

@@ -84,7 +84,7 @@ func (l *recentLog) record(x *exchange) {
 	l.mu.Lock()
 	l.requests[l.nreq%recentRequestsKept] = e
 	l.nreq++
-	if e.decision == decisionDeny {
+	if e.decision == wire.DecisionDeny {
 		l.denials[l.nden%recentDenialsKept] = e
 		l.nden++
 	}

@@ -91,7 +91,7 @@ func (x *exchange) verifies() bool {
 // chooses its origin, so what it fetches that cannot be verified is kept
 // per origin, and only in the local cache.
 func (x *exchange) trusted() bool {
-	return x.mode == modeReverse || x.verifies()
+	return x.mode == wire.ModeReverse || x.verifies()
 }
 
 // sumRemote reads path ("/lookup/..." or "/tile/...") from the checksum
@@ -206,7 +206,7 @@ func (s *Server) serveLookup(x *exchange) error {
 		}
 	}
 	data, err := s.verifier.Lookup(x.ctx(), x.req.Module, x.req.Version)
-	if err != nil && x.mode != modeReverse && !s.cfg.Offline &&
+	if err != nil && x.mode != wire.ModeReverse && !s.cfg.Offline &&
 		errors.Is(err, verify.ErrUnverifiable) && !errors.Is(err, verify.ErrMisbehaving) {
 		// modgate's own route to the database failed; the origin the
 		// client named may still answer (it is not kept: see cacheKey).
