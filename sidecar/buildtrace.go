@@ -236,11 +236,11 @@ func summaryOutcome(decision wire.Decision, status int) string {
 }
 
 // record adds a finished exchange of a build to its summary.
-func (t *buildTracker) record(x *exchange, sc trace.SpanContext, status int) {
+func (t *buildTracker) record(x *exchange, sc trace.SpanContext, e ended) {
 	if on, _ := x.r.Context().Value(buildKey{}).(bool); !on || !sc.IsValid() {
 		return
 	}
-	end := x.s.now()
+	end, status := e.at, e.status
 	d := end.Sub(x.start)
 	ms := float64(d.Microseconds()) / 1000
 	kind := string(x.req.Kind)

@@ -228,9 +228,25 @@ func (x *exchange) reason() string {
 	case x.verdict.reason != "":
 		return x.verdict.reason
 	case x.out.cache != "":
-		return "cache " + string(x.out.cache)
+		return cacheReason(x.out.cache)
 	}
 	return ""
+}
+
+// cacheReason is the audit reason of a cache result: a constant for
+// each known result, no string built per request.
+func cacheReason(c wire.CacheResult) string {
+	switch c {
+	case wire.CacheHit:
+		return "cache hit"
+	case wire.CacheMiss:
+		return "cache miss"
+	case wire.CacheStale:
+		return "cache stale"
+	case wire.CacheShared:
+		return "cache shared"
+	}
+	return "cache " + string(c)
 }
 
 // finish records the exchange: the server span's attributes, the policy
@@ -278,18 +294,36 @@ func (x *exchange) finish() {
 	if x.out.cache != "" {
 		x.s.tel.AddCacheRequest(x.r.Context(), x.out.cache)
 	}
-	x.s.recent().record(x) // the status page's recent requests and denials
-	status := x.w.status
-	if status == 0 {
-		status = http.StatusOK // the handler wrote nothing: net/http answers 200
-	}
-	x.s.builds.record(x, span.SpanContext(), status)
+	e := x.ending()
+	x.s.recent().record(x, e) // the status page's recent requests and denials
+	x.s.builds.record(x, span.SpanContext(), e)
 	if x.s.cfg.LogRequests {
-		x.logRequest()
+		x.logRequest(e)
 	}
-	if !x.s.audit.Enabled() {
-		return
+	if x.s.audit.Enabled() {
+		x.audit(e, span.SpanContext())
 	}
+}
+
+// ended is what finish works out once for everything that records an
+// exchange.
+type ended struct {
+	at     time.Time // when the exchange ended, on the server's clock
+	status int       // the status the client got
+	reason string    // exchange.reason
+}
+
+// ending works out how the exchange ended, now.
+func (x *exchange) ending() ended {
+	e := ended{at: x.s.now(), status: x.w.status, reason: x.reason()}
+	if e.status == 0 {
+		e.status = http.StatusOK // the handler wrote nothing: net/http answers 200
+	}
+	return e
+}
+
+// audit writes the exchange's audit line.
+func (x *exchange) audit(end ended, sc trace.SpanContext) {
 	e := policy.AuditEntry{
 		Time:       x.start,
 		Client:     clientIP(x.r.RemoteAddr),
@@ -301,10 +335,10 @@ func (x *exchange) finish() {
 		Version:    x.req.Version,
 		Decision:   x.verdict.decision,
 		Rule:       x.verdict.rule,
-		Reason:     x.reason(),
-		Status:     x.w.status,
+		Reason:     end.reason,
+		Status:     end.status,
 		Bytes:      x.w.bytes,
-		DurationMS: float64(x.s.now().Sub(x.start).Microseconds()) / 1000,
+		DurationMS: float64(end.at.Sub(x.start).Microseconds()) / 1000,
 	}
 	e.ClaimedIdentity = x.claimed
 	if x.out.served != nil {
@@ -313,11 +347,8 @@ func (x *exchange) finish() {
 			e.Host = x.out.served.URL.Host
 		}
 	}
-	if sc := span.SpanContext(); sc.IsValid() {
+	if sc.IsValid() {
 		e.TraceID, e.SpanID = sc.TraceID().String(), sc.SpanID().String()
-	}
-	if e.Status == 0 {
-		e.Status = http.StatusOK // the handler wrote nothing: net/http answers 200
 	}
 	if err := x.s.audit.Log(e); err != nil {
 		x.s.log.Error("audit log", "err", err)
@@ -327,13 +358,9 @@ func (x *exchange) finish() {
 // logRequest writes the exchange's access log line: what a user of any
 // proxy expects to see scroll by. The audit log is the record; this is
 // for eyes.
-func (x *exchange) logRequest() {
+func (x *exchange) logRequest(e ended) {
 	if !x.s.log.Enabled(context.Background(), slog.LevelInfo) {
 		return
-	}
-	status := x.w.status
-	if status == 0 {
-		status = http.StatusOK
 	}
 	target := x.r.URL.Path
 	if x.r.Method == http.MethodConnect {
@@ -341,8 +368,8 @@ func (x *exchange) logRequest() {
 	}
 	// slog.Attr values, not a []any of pairs: no boxing of every value.
 	var buf [10]slog.Attr
-	attrs := append(buf[:0], slog.String("method", x.r.Method), slog.String("path", target), slog.Int("status", status),
-		slog.Int64("bytes", x.w.bytes), slog.String("duration", x.s.now().Sub(x.start).Round(time.Microsecond).String()),
+	attrs := append(buf[:0], slog.String("method", x.r.Method), slog.String("path", target), slog.Int("status", e.status),
+		slog.Int64("bytes", x.w.bytes), slog.String("duration", e.at.Sub(x.start).Round(time.Microsecond).String()),
 		slog.String("mode", string(x.mode)), slog.String("kind", string(x.req.Kind)), slog.String("client", clientIP(x.r.RemoteAddr)))
 	if x.out.served != nil {
 		attrs = append(attrs, slog.String("upstream", x.out.served.Name))

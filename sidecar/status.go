@@ -58,10 +58,10 @@ type recentLog struct {
 
 // record notes a finished exchange. It is called from exchange.finish for
 // every request, so it only copies.
-func (l *recentLog) record(x *exchange) {
+func (l *recentLog) record(x *exchange, end ended) {
 	e := recentExchange{
 		start:    x.start,
-		duration: x.s.now().Sub(x.start),
+		duration: end.at.Sub(x.start),
 		method:   x.r.Method,
 		path:     x.r.URL.Path,
 		mode:     string(x.mode),
@@ -71,15 +71,12 @@ func (l *recentLog) record(x *exchange) {
 		host:     x.host,
 		decision: x.verdict.decision,
 		rule:     x.verdict.ruleText,
-		reason:   x.reason(),
-		status:   x.w.status,
+		reason:   end.reason,
+		status:   end.status,
 		traceID:  trace.SpanContextFromContext(x.r.Context()).TraceID(),
 	}
 	if x.out.served != nil {
 		e.upstream = x.out.served.Name
-	}
-	if e.status == 0 {
-		e.status = http.StatusOK // the handler wrote nothing: net/http answers 200
 	}
 	l.mu.Lock()
 	l.requests[l.nreq%recentRequestsKept] = e

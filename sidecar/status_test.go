@@ -154,7 +154,7 @@ func TestStatusPage(t *testing.T) {
 	x := &exchange{s: su.s, w: &responseRecorder{status: 403}, r: r, start: time.Now(), mode: "reverse",
 		req:     Request{Kind: wire.KindZip, Module: `example.test/<script>alert(1)</script>`, Version: "v1.0.0"},
 		verdict: verdict{decision: "deny", ruleText: `deny <b>bold</b>`, reason: `"><img src=x onerror=alert(2)>`}}
-	su.s.recent().record(x)
+	su.s.recent().record(x, x.ending())
 
 	code, header, body := su.page(t, "/")
 	if code != 200 || !strings.HasPrefix(header.Get("Content-Type"), "text/html") {
@@ -235,7 +235,7 @@ func TestRecentLogRing(t *testing.T) {
 			x.verdict.decision = "deny"
 		}
 		x.w.status = 200 + i // a way to tell them apart
-		s.recent().record(x)
+		s.recent().record(x, x.ending())
 	}
 	reqs, denials, total := s.recent().snapshot()
 	if total != 130 || len(reqs) != recentRequestsKept || len(denials) != recentDenialsKept {
@@ -253,7 +253,7 @@ func TestRecentLogRing(t *testing.T) {
 		t.Errorf("snapshot shares the ring")
 	}
 	// Each request pays a struct copy, nothing more.
-	if n := testing.AllocsPerRun(1000, func() { s.recent().record(x) }); n != 0 {
+	if n := testing.AllocsPerRun(1000, func() { s.recent().record(x, x.ending()) }); n != 0 {
 		t.Errorf("recording allocates %v times", n)
 	}
 

@@ -266,5 +266,5 @@ func newLogger(w io.Writer, c LogConfig) *slog.Logger {
 	if format == "text" {
 		return slog.New(redactHandler{slog.NewTextHandler(w, opts)})
 	}
-	return slog.New(redactHandler{slog.NewJSONHandler(w, opts)})
+	return slog.New(redactHandler{newJSONHandler(w, opts)})
 }
