@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 
 	"golang.org/x/mod/module"
@@ -189,21 +190,33 @@ func (s *Server) filter(x *exchange, src source, header http.Header, body []byte
 // sendEntry answers from a cache entry: whole, or through the filter when
 // its kind is filtered.
 func (s *Server) sendEntry(x *exchange, src source, e *cache.Entry) error {
-	h := http.Header{}
-	if e.ContentType != "" {
-		h.Set("Content-Type", e.ContentType)
-	}
-	if _, immutable, _ := x.cacheKey(); !immutable {
-		h.Set("Age", fmt.Sprint(int(e.Age(s.now()).Seconds())))
-	}
 	if x.req.Kind == wire.KindList || x.req.Kind == wire.KindLatest || x.req.Query {
-		body, err := io.ReadAll(e.Body)
-		if err != nil {
-			return fail(wire.Internal, "cache read: "+err.Error())
+		// The filter may yet refuse: the entry's headers wait in h until
+		// it answers.
+		h := http.Header{}
+		s.entryHeader(x, e, h)
+		body, ok := e.Bytes()
+		if !ok {
+			var err error
+			if body, err = io.ReadAll(e.Body); err != nil {
+				return fail(wire.Internal, "cache read: "+err.Error())
+			}
 		}
 		return s.filter(x, src, h, body)
 	}
-	return x.send(http.StatusOK, h, entryBody{e}, e.Size)
+	// A hit, the hot path: the headers go straight to the client's.
+	s.entryHeader(x, e, x.w.Header())
+	return x.send(http.StatusOK, nil, entryBody{e}, e.Size)
+}
+
+// entryHeader sets the headers of an answer from the cache entry e in h.
+func (s *Server) entryHeader(x *exchange, e *cache.Entry, h http.Header) {
+	if e.ContentType != "" {
+		h["Content-Type"] = []string{e.ContentType}
+	}
+	if _, immutable, _ := x.cacheKey(); !immutable {
+		h["Age"] = []string{strconv.Itoa(int(e.Age(s.now()).Seconds()))}
+	}
 }
 
 // sendCopy answers with the cache's copy of key, which the flight f put

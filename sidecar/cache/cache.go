@@ -204,6 +204,13 @@ func (e *Entry) Close() error {
 	return e.f.Close()
 }
 
+// Bytes returns the body of an in-memory copy, which its caller must not
+// modify (every hit shares it); ok is false for an entry read from its
+// file.
+func (e *Entry) Bytes() (body []byte, ok bool) {
+	return e.mem, e.f == nil && e.mem != nil
+}
+
 // WriteTo writes the entry's body to w: through w's ReadFrom when it has
 // one (sendfile for a server's connection), else in large chunks; an
 // in-memory copy in one Write.
