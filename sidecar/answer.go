@@ -135,7 +135,6 @@ func (x *exchange) send(status int, header http.Header, body io.Reader, size int
 	if x.r.Method == http.MethodHead {
 		return nil
 	}
-	// Kept in the exchange: an answer's writers cost no allocation.
 	x.dw = deadlineWriter{w: x.w, rc: *http.NewResponseController(x.w), idle: x.s.cfg.ClientIdle}
 	x.cw = clientWriter{w: &x.dw}
 	out := &x.cw

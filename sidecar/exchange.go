@@ -46,8 +46,10 @@ type exchange struct {
 
 	buffered int64 // bytes of the server's buffer budget this exchange holds
 
-	dw deadlineWriter // send's writers
-	cw clientWriter
+	// Kept in the exchange, so that they cost no allocation of their own.
+	rec responseRecorder // what w points to
+	dw  deadlineWriter   // send's writers
+	cw  clientWriter
 }
 
 // verdict is what policy decided of an exchange.
@@ -84,10 +86,12 @@ func (x *exchange) ctx() context.Context {
 }
 
 func (s *Server) newExchange(w http.ResponseWriter, r *http.Request, mode wire.Mode) *exchange {
-	return &exchange{
-		s: s, w: &responseRecorder{ResponseWriter: w}, r: r, start: s.now(), mode: mode,
+	x := &exchange{
+		s: s, r: r, start: s.now(), mode: mode, rec: responseRecorder{ResponseWriter: w},
 		pol: s.policy(), verdict: verdict{decision: wire.DecisionAllow}, req: Request{Kind: wire.KindOther},
 	}
+	x.w = &x.rec
+	return x
 }
 
 // end is the one exit of every exchange: it answers a problem (err) if

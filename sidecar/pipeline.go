@@ -75,7 +75,7 @@ func (s *Server) serveImmutable(x *exchange, c *cache.Cache, key string, src sou
 	if e, err := c.Get(key); err == nil {
 		defer e.Close()
 		x.out.cache = wire.CacheHit
-		return s.sendEntry(x, src, e)
+		return s.sendEntry(x, src, e, false)
 	}
 	x.out.cache = wire.CacheMiss
 	fr := x.fetchRequest()
@@ -113,7 +113,7 @@ func (s *Server) serveFresh(x *exchange, c *cache.Cache, key string, src source)
 		defer stale.Close()
 		if stale.Age(now) < s.cacheCfg.ListTTL {
 			x.out.cache = wire.CacheHit
-			return s.sendEntry(x, src, stale)
+			return s.sendEntry(x, src, stale, true)
 		}
 	} else {
 		stale = nil
@@ -126,7 +126,7 @@ func (s *Server) serveFresh(x *exchange, c *cache.Cache, key string, src source)
 		if stale != nil && (s.cfg.Offline || stale.Age(now) < s.cacheCfg.StaleIfError) {
 			x.out.cache = wire.CacheStale
 			x.w.Header().Set("Warning", `110 modgate "Response is Stale"`)
-			err := s.sendEntry(x, src, stale)
+			err := s.sendEntry(x, src, stale, true)
 			x.out.note = "stale answer served: every upstream failed"
 			if s.cfg.Offline {
 				x.out.note = "stale answer served: modgate is offline"
@@ -188,13 +188,14 @@ func (s *Server) filter(x *exchange, src source, header http.Header, body []byte
 }
 
 // sendEntry answers from a cache entry: whole, or through the filter when
-// its kind is filtered.
-func (s *Server) sendEntry(x *exchange, src source, e *cache.Entry) error {
+// its kind is filtered. An entry of what changes (serveFresh's) tells its
+// age.
+func (s *Server) sendEntry(x *exchange, src source, e *cache.Entry, changes bool) error {
 	if x.req.Kind == wire.KindList || x.req.Kind == wire.KindLatest || x.req.Query {
 		// The filter may yet refuse: the entry's headers wait in h until
 		// it answers.
 		h := http.Header{}
-		s.entryHeader(x, e, h)
+		s.entryHeader(e, changes, h)
 		body, ok := e.Bytes()
 		if !ok {
 			var err error
@@ -205,16 +206,16 @@ func (s *Server) sendEntry(x *exchange, src source, e *cache.Entry) error {
 		return s.filter(x, src, h, body)
 	}
 	// A hit, the hot path: the headers go straight to the client's.
-	s.entryHeader(x, e, x.w.Header())
+	s.entryHeader(e, changes, x.w.Header())
 	return x.send(http.StatusOK, nil, entryBody{e}, e.Size)
 }
 
 // entryHeader sets the headers of an answer from the cache entry e in h.
-func (s *Server) entryHeader(x *exchange, e *cache.Entry, h http.Header) {
+func (s *Server) entryHeader(e *cache.Entry, changes bool, h http.Header) {
 	if e.ContentType != "" {
 		h["Content-Type"] = []string{e.ContentType}
 	}
-	if _, immutable, _ := x.cacheKey(); !immutable {
+	if changes {
 		h["Age"] = []string{strconv.Itoa(int(e.Age(s.now()).Seconds()))}
 	}
 }
@@ -224,7 +225,7 @@ func (s *Server) entryHeader(x *exchange, e *cache.Entry, h http.Header) {
 func (s *Server) sendCopy(x *exchange, src source, c *cache.Cache, key string, f *flight) error {
 	if e, err := c.Get(key); err == nil {
 		defer e.Close()
-		return s.sendEntry(x, src, e)
+		return s.sendEntry(x, src, e, false)
 	}
 	return f.lost(x)
 }
