@@ -1,6 +1,8 @@
 package sidecar
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -14,7 +16,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/elazarl/goproxy"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
@@ -63,11 +64,13 @@ type ForwardConfig struct {
 
 // forward is the state of forward mode.
 type forward struct {
-	s      *Server
-	cfg    ForwardConfig
-	guard  *guard
-	opts   upstream.Options
-	goprox *goproxy.ProxyHttpServer
+	s     *Server
+	cfg   ForwardConfig
+	guard *guard
+	opts  upstream.Options
+	// goprox answers CONNECT: serveConnect. (The name is older than the
+	// handler; server.go calls it.)
+	goprox http.Handler
 
 	mu      sync.Mutex
 	origins map[string]*upstream.Upstream // by scheme://host:port
@@ -127,20 +130,11 @@ func newForward(s *Server, cfg ForwardConfig, opts upstream.Options) *forward {
 	opts.MetricName = "origin" // hosts are on the spans, not the metrics
 	f.opts = opts
 
-	// goproxy parses CONNECT and hands over the connection. Everything it
-	// would otherwise do by default is replaced: no built-in CA, no
-	// transport that skips verification or reads proxy variables, no
-	// tunnel to any host and port.
-	gp := goproxy.NewProxyHttpServer()
-	gp.Logger = slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)
-	gp.Verbose = false
-	gp.Tr = &http.Transport{Proxy: nil, DialContext: g.Dial, TLSClientConfig: &tls.Config{RootCAs: opts.RootCAs, MinVersion: tls.VersionTLS12}}
-	gp.ConnectDial = func(network, addr string) (net.Conn, error) { return g.Dial(context.Background(), network, addr) }
-	gp.NonproxyHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		http.Error(w, "not a CONNECT", http.StatusMethodNotAllowed) // unreachable: only CONNECT comes here
-	})
-	gp.OnRequest().HandleConnectFunc(f.handleConnect)
-	f.goprox = gp
+	// server.go serves CONNECT through goprox. modgate hijacks CONNECT
+	// itself (serveConnect); no proxy library with defaults of its own
+	// (a built-in CA, a transport that skips verification or reads proxy
+	// variables, tunnels to any host and port) is in the way.
+	f.goprox = http.HandlerFunc(f.serveConnect)
 	return f
 }
 
@@ -289,22 +283,27 @@ func (f *forward) serve(x *exchange, scheme, host, port string) error {
 	return f.s.pipeline(x, originSource{f: f, u: u, host: host})
 }
 
-// handleConnect decides what to do with a CONNECT: refuse it, tunnel it,
-// or intercept it.
-func (f *forward) handleConnect(target string, ctx *goproxy.ProxyCtx) (*goproxy.ConnectAction, string) {
-	r := ctx.Req
+// serveConnect answers a CONNECT: it refuses it, tunnels it, or
+// intercepts it. A refusal, and the tunnel or interception, take the
+// client's connection from net/http (Hijack); bytes the client sent right
+// behind the CONNECT, without waiting for the 200, are the first the
+// destination gets.
+func (f *forward) serveConnect(w http.ResponseWriter, r *http.Request) {
+	target := r.URL.Host
 	x := f.s.newExchange(nil, r, wire.ModeForward)
 	x.host, x.req.Kind = target, wire.KindTunnel
 	identity, err := f.authenticate(r)
 	x.setIdentity(identity, err)
 	if err != nil {
-		return f.reject(ctx, x, asProblem(err)), target
+		f.reject(w, x, asProblem(err))
+		return
 	}
 	host, port, err := wire.NormalizeHostPort(target, "")
 	if err != nil || host == "" {
 		// CONNECT names host:port (RFC 9110 9.3.6); guessing a port would
 		// only send a name of the client's choosing to the resolver.
-		return f.reject(ctx, x, invalid("a CONNECT target is host:port")), target
+		f.reject(w, x, invalid("a CONNECT target is host:port"))
+		return
 	}
 	hostport := net.JoinHostPort(host, port)
 	x.host = hostport
@@ -319,39 +318,76 @@ func (f *forward) handleConnect(target string, ctx *goproxy.ProxyCtx) (*goproxy.
 	sctx, span := tel.Tracer().Start(sctx, "CONNECT", trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(
 		attribute.String("server.address", host), attribute.String("server.port", port),
 		telemetry.AttrRequestKind.String(string(wire.KindTunnel)), telemetry.AttrMode.String(string(mode))))
+	defer span.End()
 	r = r.WithContext(sctx)
-	ctx.Req, x.r = r, r
+	x.r = r
 	if err := f.guard.checkHost(host, port, true); err != nil {
 		span.SetAttributes(attribute.Int("http.response.status_code", http.StatusForbidden), telemetry.AttrPolicyDecision.String(string(wire.DecisionDeny)))
-		defer span.End()
-		return f.reject(ctx, x, refused("CONNECT "+hostport+" refused: "+err.Error())), target
+		f.reject(w, x, refused("CONNECT "+hostport+" refused: "+err.Error()))
+		return
 	}
 	if f.s.cfg.Offline && mode != wire.ModeMITM {
 		// A tunnel's bytes cannot come from the cache.
-		defer span.End()
-		return f.reject(ctx, x, fail(wire.Offline, "CONNECT "+hostport+": modgate is offline and only intercepted hosts are served, from its cache")), target
+		f.reject(w, x, fail(wire.Offline, "CONNECT "+hostport+": modgate is offline and only intercepted hosts are served, from its cache"))
+		return
 	}
 	x.mode = mode
-	return &goproxy.ConnectAction{Action: goproxy.ConnectHijack, Hijack: func(_ *http.Request, c net.Conn, _ *goproxy.ProxyCtx) {
-		f.hijacked.Add(1)
-		defer f.hijacked.Done()
-		defer span.End()
-		defer f.open.Add(-1)
-		if n := f.open.Add(1); n > int64(f.cfg.MaxTunnels) {
-			defer c.Close()
-			x.connect = func(p *problem) { connectRefusal(x.r, p).Write(c) }
-			x.end(fail(wire.Busy, fmt.Sprintf("CONNECT %s: modgate has %d tunnels open, its forward.max_tunnels; try again", hostport, f.cfg.MaxTunnels)).retryAfter(1))
-			return
-		}
-		action(x, c, host, port)
-	}}, target
+	c, behind, err := hijack(w)
+	if err != nil {
+		// Only a listener that does not speak HTTP/1.1 cannot hand its
+		// connection over; answered as any other failure.
+		x.w.ResponseWriter = w
+		x.end(fail(wire.UpstreamFailed, "CONNECT "+hostport+": "+err.Error()))
+		return
+	}
+	f.hijacked.Add(1)
+	defer f.hijacked.Done()
+	defer f.open.Add(-1)
+	if n := f.open.Add(1); n > int64(f.cfg.MaxTunnels) {
+		defer c.Close()
+		x.connect = func(p *problem) { connectRefusal(x.r, p).Write(c) }
+		x.end(fail(wire.Busy, fmt.Sprintf("CONNECT %s: modgate has %d tunnels open, its forward.max_tunnels; try again", hostport, f.cfg.MaxTunnels)).retryAfter(1))
+		return
+	}
+	action(x, c, behind, host, port)
 }
 
-// reject answers a refused CONNECT through goproxy.
-func (f *forward) reject(ctx *goproxy.ProxyCtx, x *exchange, p *problem) *goproxy.ConnectAction {
-	x.connect = func(p *problem) { ctx.Resp = connectRefusal(x.r, p) }
+// hijack takes the client's connection from net/http, with the bytes
+// that came behind the request (nil if none).
+func hijack(w http.ResponseWriter) (net.Conn, []byte, error) {
+	var c net.Conn
+	var brw *bufio.ReadWriter
+	var err error
+	if h, ok := w.(http.Hijacker); ok {
+		c, brw, err = h.Hijack()
+	} else {
+		c, brw, err = http.NewResponseController(w).Hijack()
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	var behind []byte
+	if n := brw.Reader.Buffered(); n > 0 {
+		b, _ := brw.Reader.Peek(n)
+		behind = bytes.Clone(b)
+	}
+	return c, behind, nil
+}
+
+// reject answers a refused CONNECT on the client's connection, with the
+// reason in the status line, and closes it.
+func (f *forward) reject(w http.ResponseWriter, x *exchange, p *problem) {
+	x.connect = func(p *problem) {
+		c, _, err := hijack(w)
+		if err != nil {
+			x.w.ResponseWriter = w
+			writeError(w, p.status(), p.code, p.lines...)
+			return
+		}
+		defer c.Close()
+		connectRefusal(x.r, p).Write(c)
+	}
 	x.end(p)
-	return &goproxy.ConnectAction{Action: goproxy.ConnectReject}
 }
 
 // connectRefusal is the answer to a CONNECT refused with p, with the
@@ -379,7 +415,7 @@ func connectRefusal(r *http.Request, p *problem) *http.Response {
 // tunnel connects the client to host:port and copies bytes both ways
 // until both sides are done or the tunnel is idle too long. The tunnel is
 // the CONNECT's exchange, which it ends.
-func (f *forward) tunnel(x *exchange, client net.Conn, host, port string) {
+func (f *forward) tunnel(x *exchange, client net.Conn, behind []byte, host, port string) {
 	defer client.Close()
 	x.connect = func(p *problem) { connectRefusal(x.r, p).Write(client) }
 	defer func() {
@@ -387,12 +423,13 @@ func (f *forward) tunnel(x *exchange, client net.Conn, host, port string) {
 			span.SetAttributes(attribute.Int("http.response.status_code", x.w.status))
 		}
 	}()
-	x.end(f.relayTunnel(x, client, net.JoinHostPort(host, port)))
+	x.end(f.relayTunnel(x, client, behind, x.host))
 }
 
 // relayTunnel dials the destination through the guard and the origin's
-// breaker, then relays the tunnel.
-func (f *forward) relayTunnel(x *exchange, client net.Conn, hostport string) error {
+// breaker, then relays the tunnel, behind (what the client sent right
+// after the CONNECT) first.
+func (f *forward) relayTunnel(x *exchange, client net.Conn, behind []byte, hostport string) error {
 	u, err := f.origin("https", hostport)
 	if err != nil {
 		return fail(wire.UpstreamFailed, "CONNECT "+hostport+": "+err.Error())
@@ -420,7 +457,15 @@ func (f *forward) relayTunnel(x *exchange, client net.Conn, hostport string) err
 	defer f.tunnels.Delete(client)
 	clock := f.s.clock()
 	start := clock.Now()
+	var early int64
+	if len(behind) > 0 {
+		if _, err := server.Write(behind); err != nil {
+			return fail(wire.UpstreamFailed, "CONNECT "+hostport+": "+err.Error())
+		}
+		early = int64(len(behind))
+	}
 	up, down := splice(client, server, f.cfg.TunnelIdle, clock)
+	up += early
 	f.s.tel.RecordTunnel(x.r.Context(), clock.Now().Sub(start), up, down)
 	x.w.bytes = up + down
 	x.out.note = fmt.Sprintf("%d bytes up, %d down", up, down)
@@ -517,10 +562,13 @@ func splice(client, server net.Conn, idle time.Duration, clock wire.Clock) (up, 
 //
 // The CONNECT itself is not an exchange of its own: each request inside it
 // is, with its own audit line.
-func (f *forward) intercept(connect *exchange, client net.Conn, host, port string) {
+func (f *forward) intercept(connect *exchange, client net.Conn, behind []byte, host, port string) {
 	r, identity := connect.r, connect.identity
-	hostport := net.JoinHostPort(host, port)
+	hostport := connect.host
 	io.WriteString(client, "HTTP/1.1 200 Connection established\r\n\r\n")
+	if len(behind) > 0 {
+		client = &readBehindConn{Conn: client, r: io.MultiReader(bytes.NewReader(behind), client)}
+	}
 	tconn := tls.Server(client, f.cfg.CA.ServerConfig(host))
 	handler := http.HandlerFunc(func(w http.ResponseWriter, in *http.Request) {
 		closeAfterChunked(w, in)
@@ -611,3 +659,12 @@ func (c *notifyConn) Close() error {
 	c.once.Do(func() { close(c.closed) })
 	return err
 }
+
+// readBehindConn reads what came behind the CONNECT first, then the
+// connection.
+type readBehindConn struct {
+	net.Conn
+	r io.Reader
+}
+
+func (c *readBehindConn) Read(p []byte) (int, error) { return c.r.Read(p) }
