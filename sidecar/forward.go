@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"path"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -73,14 +74,15 @@ type forward struct {
 	goprox http.Handler
 
 	mu      sync.Mutex
-	origins map[string]*upstream.Upstream // by scheme://host:port
+	origins map[originKey]*upstream.Upstream
 
 	// hijacked connections (tunnels, intercepted TLS) live outside the
 	// listener's http.Server; shutdown reaches them through here.
-	hijacked sync.WaitGroup
-	inner    sync.Map     // *http.Server of intercepted connections
-	tunnels  sync.Map     // net.Conn pairs of open tunnels
-	open     atomic.Int64 // hijacked CONNECTs, against MaxTunnels
+	hijacked  sync.WaitGroup
+	inner     sync.Map // *http.Server of intercepted connections
+	tunnelsMu sync.Mutex
+	tunnels   map[net.Conn]net.Conn // client to server, of open tunnels
+	open      atomic.Int64          // hijacked CONNECTs, against MaxTunnels
 }
 
 const maxOrigins = 1024
@@ -103,7 +105,9 @@ func newForward(s *Server, cfg ForwardConfig, opts upstream.Options) *forward {
 		explicit:     map[string]bool{},
 		resolve:      map[string]string{},
 		resolver:     net.DefaultResolver,
-		dial:         (&net.Dialer{Timeout: upstream.DefaultTimeouts().Dial, KeepAlive: 30 * time.Second}).DialContext,
+		// No Timeout of its own: the guard's callers (a tunnel, an
+		// origin's transport) bound the dial with the origin's own.
+		dial: (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext,
 	}
 	if s.cfg.Dial != nil {
 		g.dial, g.resolver = s.cfg.Dial, &net.Resolver{PreferGo: true, Dial: s.cfg.Dial}
@@ -124,7 +128,7 @@ func newForward(s *Server, cfg ForwardConfig, opts upstream.Options) *forward {
 	if s.cfg.Admin != "" {
 		g.own = append(g.own, s.cfg.Admin)
 	}
-	f := &forward{s: s, cfg: cfg, guard: g, origins: map[string]*upstream.Upstream{}}
+	f := &forward{s: s, cfg: cfg, guard: g, origins: map[originKey]*upstream.Upstream{}, tunnels: map[net.Conn]net.Conn{}}
 	opts.Dial = g.Dial
 	opts.Resolve = nil         // the guard pins
 	opts.MetricName = "origin" // hosts are on the spans, not the metrics
@@ -142,14 +146,14 @@ func newForward(s *Server, cfg ForwardConfig, opts upstream.Options) *forward {
 // first use: its own breaker, retries and timeouts, redirects passed to
 // the client.
 func (f *forward) origin(scheme, hostport string) (*upstream.Upstream, error) {
-	key := scheme + "://" + hostport
+	key := originKey{scheme, hostport}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if u, ok := f.origins[key]; ok {
 		return u, nil
 	}
 	u, err := upstream.New(upstream.Config{
-		Name: hostport, URL: key, PassRedirects: true,
+		Name: hostport, URL: scheme + "://" + hostport, PassRedirects: true,
 		Timeouts: f.cfg.Timeouts, Breaker: f.cfg.Breaker, Retry: f.cfg.Retry,
 	}, f.opts)
 	if err != nil {
@@ -164,6 +168,9 @@ func (f *forward) origin(scheme, hostport string) (*upstream.Upstream, error) {
 	f.origins[key] = u
 	return u, nil
 }
+
+// originKey is an origin's scheme and host:port.
+type originKey struct{ scheme, hostport string }
 
 // closeIdle closes the idle connections to every origin.
 func (f *forward) closeIdle() {
@@ -417,13 +424,17 @@ func connectRefusal(r *http.Request, p *problem) *http.Response {
 // the CONNECT's exchange, which it ends.
 func (f *forward) tunnel(x *exchange, client net.Conn, behind []byte, host, port string) {
 	defer client.Close()
-	x.connect = func(p *problem) { connectRefusal(x.r, p).Write(client) }
 	defer func() {
 		if span := trace.SpanFromContext(x.r.Context()); span.IsRecording() {
 			span.SetAttributes(attribute.Int("http.response.status_code", x.w.status))
 		}
 	}()
-	x.end(f.relayTunnel(x, client, behind, x.host))
+	err := f.relayTunnel(x, client, behind, x.host)
+	if err != nil {
+		// Refused before the 200: the answer goes on the connection.
+		x.connect = func(p *problem) { connectRefusal(x.r, p).Write(client) }
+	}
+	x.end(err)
 }
 
 // relayTunnel dials the destination through the guard and the origin's
@@ -442,118 +453,179 @@ func (f *forward) relayTunnel(x *exchange, client net.Conn, behind []byte, hostp
 	dctx, cancel := context.WithTimeout(x.r.Context(), u.Timeouts.Dial)
 	server, err := f.guard.Dial(dctx, "tcp", hostport)
 	cancel()
-	if ref, ok := isRefusal(err); ok {
-		report(nil) // the destination is not unwell; it is not allowed
-		return refused("CONNECT " + hostport + " refused: " + ref.reason)
-	}
-	report(err)
 	if err != nil {
+		if ref, ok := isRefusal(err); ok {
+			report(nil) // the destination is not unwell; it is not allowed
+			return refused("CONNECT " + hostport + " refused: " + ref.reason)
+		}
+		report(err)
 		return fail(wire.UpstreamFailed, "CONNECT "+hostport+": "+err.Error())
 	}
+	report(nil)
 	defer server.Close()
 	x.w.status = http.StatusOK
-	io.WriteString(client, "HTTP/1.1 200 Connection established\r\n\r\n")
-	f.tunnels.Store(client, server)
-	defer f.tunnels.Delete(client)
+	client.Write(connectEstablished)
+	f.track(client, server)
+	defer f.untrack(client)
 	clock := f.s.clock()
 	start := clock.Now()
-	var early int64
-	if len(behind) > 0 {
-		if _, err := server.Write(behind); err != nil {
-			return fail(wire.UpstreamFailed, "CONNECT "+hostport+": "+err.Error())
-		}
-		early = int64(len(behind))
-	}
-	up, down := splice(client, server, f.cfg.TunnelIdle, clock)
-	up += early
+	up, down := splice(client, server, behind, f.cfg.TunnelIdle, clock)
 	f.s.tel.RecordTunnel(x.r.Context(), clock.Now().Sub(start), up, down)
 	x.w.bytes = up + down
-	x.out.note = fmt.Sprintf("%d bytes up, %d down", up, down)
+	x.out.note = tunnelNote(up, down)
 	return nil
+}
+
+// connectEstablished is the answer to a CONNECT that is let through.
+var connectEstablished = []byte("HTTP/1.1 200 Connection established\r\n\r\n")
+
+// tunnelNote is the audit line's note on a tunnel: "N bytes up, M down".
+func tunnelNote(up, down int64) string {
+	b := make([]byte, 0, 48)
+	b = strconv.AppendInt(b, up, 10)
+	b = append(b, " bytes up, "...)
+	b = strconv.AppendInt(b, down, 10)
+	b = append(b, " down"...)
+	return string(b)
+}
+
+// track notes an open tunnel, which shutdown cuts if it outlasts the
+// grace; untrack forgets it.
+func (f *forward) track(client, server net.Conn) {
+	f.tunnelsMu.Lock()
+	f.tunnels[client] = server
+	f.tunnelsMu.Unlock()
+}
+
+func (f *forward) untrack(client net.Conn) {
+	f.tunnelsMu.Lock()
+	delete(f.tunnels, client)
+	f.tunnelsMu.Unlock()
 }
 
 // bigBufPool holds the buffers of tunnels that carry bulk data.
 var bigBufPool = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
 
-// splice copies client→server and server→client, passing each side's end
-// on as a half-close, until both directions are done or neither has moved
-// for idle. It returns the bytes sent each way.
-func splice(client, server net.Conn, idle time.Duration, clock wire.Clock) (up, down int64) {
-	var last atomic.Int64
-	last.Store(clock.Now().UnixNano())
-	stop, watched := make(chan struct{}), make(chan struct{})
-	go func() { // the idle watchdog
-		defer close(watched)
-		wait := idle
-		for {
-			fired, stopTimer := clock.After(wait)
-			select {
-			case <-stop:
-				stopTimer()
-				return
-			case <-fired:
-				if left := idle - clock.Now().Sub(time.Unix(0, last.Load())); left > 0 {
-					wait = left
-					continue
-				}
-				client.Close()
-				server.Close()
-				return
+// splice copies client→server (first) and server→client, passing
+// each side's end on as a half-close, until both directions are done or
+// neither has moved for idle. It returns the bytes sent each way, first
+// included.
+func splice(client, server net.Conn, first []byte, idle time.Duration, clock wire.Clock) (up, down int64) {
+	// One allocation holds the tunnel's state; its goroutines run its
+	// methods (a short tunnel is a build's common case: see
+	// BenchmarkForwardConnectSetup).
+	t := &relay{client: client, server: server, first: first, idle: idle, clock: clock, stop: make(chan struct{})}
+	t.last.Store(clock.Now().UnixNano())
+	t.watched.Add(1)
+	t.upDone.Add(1)
+	go t.watch()
+	go t.copyUp()
+	t.copyHalf(client, server, nil, &t.down)
+	t.upDone.Wait()
+	close(t.stop)
+	t.watched.Wait()
+	return t.up, t.down
+}
+
+// relay is one tunnel being spliced.
+type relay struct {
+	client, server net.Conn
+	first          []byte // sent to the server before what the client sends
+	idle           time.Duration
+	clock          wire.Clock
+	last           atomic.Int64 // UnixNano of the last byte either way
+	up, down       int64
+	stop           chan struct{}  // closed when both directions are done
+	upDone         sync.WaitGroup // copyUp has returned
+	watched        sync.WaitGroup // watch has returned
+}
+
+// copyUp is the client→server direction.
+func (t *relay) copyUp() {
+	defer t.upDone.Done()
+	t.copyHalf(t.server, t.client, t.first, &t.up)
+}
+
+// watch closes both connections once neither direction has moved for
+// idle, and returns when stop is closed.
+func (t *relay) watch() {
+	defer t.watched.Done()
+	wait := t.idle
+	for {
+		fired, stopTimer := t.clock.After(wait)
+		select {
+		case <-t.stop:
+			stopTimer()
+			return
+		case <-fired:
+			if left := t.idle - t.clock.Now().Sub(time.Unix(0, t.last.Load())); left > 0 {
+				wait = left
+				continue
 			}
+			t.client.Close()
+			t.server.Close()
+			return
 		}
-	}()
-	copyHalf := func(dst, src net.Conn, n *int64) {
-		// Reads and writes through user space, not splice(2): with large
-		// buffers they carry more on this class of machine (see
-		// BenchmarkForwardTunnel). A tunnel starts with a small buffer and
-		// takes a large one only once a read fills the small one, so the
-		// many short tunnels of a build stay cheap.
-		//
-		// Tried and not kept (2 cores, medians of 8-12 runs, each variant
-		// side by side with a 1 MiB control in one run): 4 MiB buffers
-		// +1-2% in modgate's tunnel, while two identical 1 MiB tunnels
-		// differ by up to 8%; 2 MiB 0.7×. In a bare relay with this loop:
-		// SetReadBuffer/SetWriteBuffer 4 MiB (which ends autotuning) and
-		// Nagle on (SetNoDelay(false)) +3-6%, inside the same noise;
-		// splice(2) ~0.75× of this loop. Plaintext on loopback is bound by
-		// the relay's two extra copies on two cores.
-		bp := bufPool.Get().(*[]byte)
-		buf, big := *bp, false
-		defer func() {
-			if big {
-				bigBufPool.Put(&buf)
-			}
-			bufPool.Put(bp)
-		}()
-		for {
-			m, err := src.Read(buf)
-			if m > 0 {
-				last.Store(clock.Now().UnixNano())
-				if _, werr := dst.Write(buf[:m]); werr != nil {
-					break
-				}
-				*n += int64(m)
-			}
-			if err != nil {
-				break
-			}
-			if !big && m == len(buf) {
-				buf, big = *bigBufPool.Get().(*[]byte), true
-			}
-		}
+	}
+}
+
+// copyHalf writes first to dst, then copies src to dst until either
+// fails or src ends, then half-closes dst; n counts the bytes written.
+func (t *relay) copyHalf(dst, src net.Conn, first []byte, n *int64) {
+	defer func() {
 		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
 			cw.CloseWrite()
 		} else {
 			dst.Close()
 		}
+	}()
+	if len(first) > 0 {
+		m, err := dst.Write(first)
+		*n += int64(m)
+		if err != nil {
+			return
+		}
 	}
-	upDone := make(chan struct{})
-	go func() { defer close(upDone); copyHalf(server, client, &up) }()
-	copyHalf(client, server, &down)
-	<-upDone
-	close(stop)
-	<-watched
-	return up, down
+	// Reads and writes through user space, not splice(2): with large
+	// buffers they carry more on this class of machine (see
+	// BenchmarkForwardTunnel). A tunnel starts with a small buffer and
+	// takes a large one only once a read fills the small one, so the
+	// many short tunnels of a build stay cheap.
+	//
+	// Tried and not kept (2 cores, medians of 8-12 runs, each variant
+	// side by side with a 1 MiB control in one run): 4 MiB buffers
+	// +1-2% in modgate's tunnel, while two identical 1 MiB tunnels
+	// differ by up to 8%; 2 MiB 0.7×. In a bare relay with this loop:
+	// SetReadBuffer/SetWriteBuffer 4 MiB (which ends autotuning) and
+	// Nagle on (SetNoDelay(false)) +3-6%, inside the same noise;
+	// splice(2) ~0.75× of this loop. Plaintext on loopback is bound by
+	// the relay's two extra copies on two cores.
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := *bp
+	var big *[]byte
+	defer func() {
+		if big != nil {
+			bigBufPool.Put(big)
+		}
+	}()
+	for {
+		m, err := src.Read(buf)
+		if m > 0 {
+			t.last.Store(t.clock.Now().UnixNano())
+			if _, werr := dst.Write(buf[:m]); werr != nil {
+				return
+			}
+			*n += int64(m)
+		}
+		if err != nil {
+			return
+		}
+		if big == nil && m == len(buf) {
+			big = bigBufPool.Get().(*[]byte)
+			buf = *big
+		}
+	}
 }
 
 // intercept ends the client's TLS with a certificate for host minted by
@@ -565,7 +637,7 @@ func splice(client, server net.Conn, idle time.Duration, clock wire.Clock) (up, 
 func (f *forward) intercept(connect *exchange, client net.Conn, behind []byte, host, port string) {
 	r, identity := connect.r, connect.identity
 	hostport := connect.host
-	io.WriteString(client, "HTTP/1.1 200 Connection established\r\n\r\n")
+	client.Write(connectEstablished)
 	if len(behind) > 0 {
 		client = &readBehindConn{Conn: client, r: io.MultiReader(bytes.NewReader(behind), client)}
 	}
@@ -613,11 +685,12 @@ func (f *forward) shutdown(ctx context.Context) {
 	case <-ctx.Done():
 	}
 	f.inner.Range(func(k, _ any) bool { k.(*http.Server).Close(); return true })
-	f.tunnels.Range(func(k, v any) bool {
-		k.(net.Conn).Close()
-		v.(net.Conn).Close()
-		return true
-	})
+	f.tunnelsMu.Lock()
+	for client, server := range f.tunnels {
+		client.Close()
+		server.Close()
+	}
+	f.tunnelsMu.Unlock()
 	<-done
 }
 
