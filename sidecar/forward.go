@@ -296,67 +296,106 @@ func (f *forward) serve(x *exchange, scheme, host, port string) error {
 // behind the CONNECT, without waiting for the 200, are the first the
 // destination gets.
 func (f *forward) serveConnect(w http.ResponseWriter, r *http.Request) {
-	target := r.URL.Host
-	x := f.s.newExchange(nil, r, wire.ModeForward)
-	x.host, x.req.Kind = target, wire.KindTunnel
-	identity, err := f.authenticate(r)
-	x.setIdentity(identity, err)
-	if err != nil {
-		f.reject(w, x, asProblem(err))
+	x, span, host, port, ok := f.admitConnect(w, r)
+	if !ok {
 		return
 	}
-	host, port, err := wire.NormalizeHostPort(target, "")
-	if err != nil || host == "" {
-		// CONNECT names host:port (RFC 9110 9.3.6); guessing a port would
-		// only send a name of the client's choosing to the resolver.
-		f.reject(w, x, invalid("a CONNECT target is host:port"))
-		return
-	}
-	hostport := net.JoinHostPort(host, port)
-	x.host = hostport
-	action, mode := f.tunnel, wire.ModeForward
-	if f.cfg.CA != nil && matchHost(f.cfg.MITMHosts, host) {
-		action, mode = f.intercept, wire.ModeMITM
-	}
-	// One span covers the whole CONNECT: the tunnel, or every request
-	// intercepted inside it (they are its children).
-	tel := f.s.tel
-	sctx := tel.Propagator().Extract(r.Context(), propagation.HeaderCarrier(r.Header))
-	sctx, span := tel.Tracer().Start(sctx, "CONNECT", trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(
-		attribute.String("server.address", host), attribute.String("server.port", port),
-		telemetry.AttrRequestKind.String(string(wire.KindTunnel)), telemetry.AttrMode.String(string(mode))))
 	defer span.End()
-	r = r.WithContext(sctx)
-	x.r = r
-	if err := f.guard.checkHost(host, port, true); err != nil {
-		span.SetAttributes(attribute.Int("http.response.status_code", http.StatusForbidden), telemetry.AttrPolicyDecision.String(string(wire.DecisionDeny)))
-		f.reject(w, x, refused("CONNECT "+hostport+" refused: "+err.Error()))
-		return
-	}
-	if f.s.cfg.Offline && mode != wire.ModeMITM {
-		// A tunnel's bytes cannot come from the cache.
-		f.reject(w, x, fail(wire.Offline, "CONNECT "+hostport+": modgate is offline and only intercepted hosts are served, from its cache"))
-		return
-	}
-	x.mode = mode
 	c, behind, err := hijack(w)
 	if err != nil {
 		// Only a listener that does not speak HTTP/1.1 cannot hand its
 		// connection over; answered as any other failure.
 		x.w.ResponseWriter = w
-		x.end(fail(wire.UpstreamFailed, "CONNECT "+hostport+": "+err.Error()))
+		x.end(fail(wire.UpstreamFailed, "CONNECT "+x.host+": "+err.Error()))
 		return
 	}
 	f.hijacked.Add(1)
 	defer f.hijacked.Done()
 	defer f.open.Add(-1)
 	if n := f.open.Add(1); n > int64(f.cfg.MaxTunnels) {
-		defer c.Close()
-		x.connect = func(p *problem) { connectRefusal(x.r, p).Write(c) }
-		x.end(fail(wire.Busy, fmt.Sprintf("CONNECT %s: modgate has %d tunnels open, its forward.max_tunnels; try again", hostport, f.cfg.MaxTunnels)).retryAfter(1))
+		f.busy(x, c)
 		return
 	}
-	action(x, c, behind, host, port)
+	if x.mode == wire.ModeMITM {
+		f.intercept(x, c, behind, host, port)
+		return
+	}
+	// The tunnel is the CONNECT's exchange, ended here rather than in a
+	// frame below: the access and audit lines are the deepest point of
+	// the connection's goroutine, whose stack grows (a copy) if they go
+	// past it.
+	defer c.Close()
+	err = f.tunnel(x, c, behind, x.host)
+	if err != nil {
+		// Refused before the 200: the answer goes on the connection.
+		x.connect = func(p *problem) { connectRefusal(x.r, p).Write(c) }
+	}
+	x.end(err)
+	if span.IsRecording() {
+		span.SetAttributes(attribute.Int("http.response.status_code", x.w.status))
+	}
+}
+
+// admitConnect starts a CONNECT's exchange and span and checks its
+// target; ok is false when it has answered the CONNECT (a refusal). Its
+// frame is its own (noinline): a tunnel's goroutine, which dials and
+// relays below serveConnect, then needs less stack.
+//
+//go:noinline
+func (f *forward) admitConnect(w http.ResponseWriter, r *http.Request) (x *exchange, span trace.Span, host, port string, ok bool) {
+	target := r.URL.Host
+	x = f.s.newExchange(nil, r, wire.ModeForward)
+	x.host, x.req.Kind = target, wire.KindTunnel
+	identity, err := f.authenticate(r)
+	x.setIdentity(identity, err)
+	if err != nil {
+		f.reject(w, x, asProblem(err))
+		return nil, nil, "", "", false
+	}
+	host, port, err = wire.NormalizeHostPort(target, "")
+	if err != nil || host == "" {
+		// CONNECT names host:port (RFC 9110 9.3.6); guessing a port would
+		// only send a name of the client's choosing to the resolver.
+		f.reject(w, x, invalid("a CONNECT target is host:port"))
+		return nil, nil, "", "", false
+	}
+	hostport := net.JoinHostPort(host, port)
+	x.host = hostport
+	mode := wire.ModeForward
+	if f.cfg.CA != nil && matchHost(f.cfg.MITMHosts, host) {
+		mode = wire.ModeMITM
+	}
+	// One span covers the whole CONNECT: the tunnel, or every request
+	// intercepted inside it (they are its children).
+	tel := f.s.tel
+	sctx := tel.Propagator().Extract(r.Context(), propagation.HeaderCarrier(r.Header))
+	sctx, span = tel.Tracer().Start(sctx, "CONNECT", trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(
+		attribute.String("server.address", host), attribute.String("server.port", port),
+		telemetry.AttrRequestKind.String(string(wire.KindTunnel)), telemetry.AttrMode.String(string(mode))))
+	r = r.WithContext(sctx)
+	x.r = r
+	if err := f.guard.checkHost(host, port, true); err != nil {
+		defer span.End()
+		span.SetAttributes(attribute.Int("http.response.status_code", http.StatusForbidden), telemetry.AttrPolicyDecision.String(string(wire.DecisionDeny)))
+		f.reject(w, x, refused("CONNECT "+hostport+" refused: "+err.Error()))
+		return nil, nil, "", "", false
+	}
+	if f.s.cfg.Offline && mode != wire.ModeMITM {
+		// A tunnel's bytes cannot come from the cache.
+		defer span.End()
+		f.reject(w, x, fail(wire.Offline, "CONNECT "+hostport+": modgate is offline and only intercepted hosts are served, from its cache"))
+		return nil, nil, "", "", false
+	}
+	x.mode = mode
+	return x, span, host, port, true
+}
+
+// busy refuses a CONNECT past forward.max_tunnels on the client's
+// connection c, and closes it.
+func (f *forward) busy(x *exchange, c net.Conn) {
+	defer c.Close()
+	x.connect = func(p *problem) { connectRefusal(x.r, p).Write(c) }
+	x.end(fail(wire.Busy, fmt.Sprintf("CONNECT %s: modgate has %d tunnels open, its forward.max_tunnels; try again", x.host, f.cfg.MaxTunnels)).retryAfter(1))
 }
 
 // hijack takes the client's connection from net/http, with the bytes
@@ -419,28 +458,11 @@ func connectRefusal(r *http.Request, p *problem) *http.Response {
 	}
 }
 
-// tunnel connects the client to host:port and copies bytes both ways
-// until both sides are done or the tunnel is idle too long. The tunnel is
-// the CONNECT's exchange, which it ends.
-func (f *forward) tunnel(x *exchange, client net.Conn, behind []byte, host, port string) {
-	defer client.Close()
-	defer func() {
-		if span := trace.SpanFromContext(x.r.Context()); span.IsRecording() {
-			span.SetAttributes(attribute.Int("http.response.status_code", x.w.status))
-		}
-	}()
-	err := f.relayTunnel(x, client, behind, x.host)
-	if err != nil {
-		// Refused before the 200: the answer goes on the connection.
-		x.connect = func(p *problem) { connectRefusal(x.r, p).Write(client) }
-	}
-	x.end(err)
-}
-
-// relayTunnel dials the destination through the guard and the origin's
+// tunnel dials the destination through the guard and the origin's
 // breaker, then relays the tunnel, behind (what the client sent right
-// after the CONNECT) first.
-func (f *forward) relayTunnel(x *exchange, client net.Conn, behind []byte, hostport string) error {
+// after the CONNECT) first, until both sides are done or the tunnel is
+// idle too long.
+func (f *forward) tunnel(x *exchange, client net.Conn, behind []byte, hostport string) error {
 	u, err := f.origin("https", hostport)
 	if err != nil {
 		return fail(wire.UpstreamFailed, "CONNECT "+hostport+": "+err.Error())
