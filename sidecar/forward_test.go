@@ -657,3 +657,81 @@ func (c *connectFirst) Read(p []byte) (int, error) {
 	}
 	return c.br.Read(p)
 }
+
+// TestTunnelIdle: a tunnel with no traffic either way for
+// forward.tunnel_idle is closed; traffic keeps it open.
+func TestTunnelIdle(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() { // an echo server
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.Copy(c, c)
+			}()
+		}
+	}()
+	addr := ln.Addr().String()
+	_, port, _ := net.SplitHostPort(addr)
+	p, _ := strconv.Atoi(port)
+	clock := modtest.NewClock()
+	const idle = 100 * time.Second
+	gate := startGate(t, sidecar.Config{
+		Clock:     clock,
+		Upstreams: []upstream.Config{{URL: "off"}},
+		Forward:   sidecar.ForwardConfig{AllowHosts: []string{"127.0.0.1"}, ConnectPorts: []int{p}, TunnelIdle: idle},
+	})
+	c, err := net.Dial("tcp", strings.TrimPrefix(gate, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", addr, addr)
+	br := bufio.NewReader(c)
+	if resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect}); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("CONNECT: %v, %v", resp, err)
+	}
+	echo := func(msg string) error {
+		if _, err := io.WriteString(c, msg); err != nil {
+			return err
+		}
+		got := make([]byte, len(msg))
+		if _, err := io.ReadFull(br, got); err != nil {
+			return err
+		}
+		if string(got) != msg {
+			return fmt.Errorf("echo %q, want %q", got, msg)
+		}
+		return nil
+	}
+	// advance moves the clock once the tunnel waits on it.
+	advance := func(d time.Duration) {
+		t.Helper()
+		if !clock.WaitForTimers(1, 5*time.Second) {
+			t.Fatal("the tunnel waits on no timer")
+		}
+		clock.Advance(d)
+	}
+	advance(idle * 6 / 10)
+	if err := echo("ping"); err != nil {
+		t.Fatalf("a tunnel idle for less than tunnel_idle: %v", err)
+	}
+	advance(idle * 6 / 10) // 1.2 idle since the start, 0.6 since the ping
+	if err := echo("pong"); err != nil {
+		t.Fatalf("a tunnel with traffic within tunnel_idle was cut: %v", err)
+	}
+	advance(idle * 12 / 10)
+	if n, err := br.Read(make([]byte, 1)); err == nil {
+		t.Fatalf("read %d bytes from a tunnel idle for longer than tunnel_idle; want it closed", n)
+	} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		t.Fatalf("a tunnel idle for longer than tunnel_idle is still open")
+	}
+}
