@@ -51,8 +51,9 @@ type ForwardConfig struct {
 	// is forward.auth_file, the older form of Config.Clients, which forward
 	// mode takes too.
 	Users map[string]string
-	// TunnelIdle closes a tunnel with no traffic either way for that long.
-	// If zero, 5 minutes.
+	// TunnelIdle closes a tunnel with no traffic either way for that long
+	// (checked every eighth of it, so at most an eighth later). If zero,
+	// 5 minutes.
 	TunnelIdle time.Duration
 	// MaxTunnels bounds the CONNECTs open at once (tunnels and
 	// intercepted connections); past it a CONNECT gets 503. If zero, 1024.
@@ -81,8 +82,15 @@ type forward struct {
 	hijacked  sync.WaitGroup
 	inner     sync.Map // *http.Server of intercepted connections
 	tunnelsMu sync.Mutex
-	tunnels   map[net.Conn]net.Conn // client to server, of open tunnels
-	open      atomic.Int64          // hijacked CONNECTs, against MaxTunnels
+	tunnels   map[*relay]struct{} // open tunnels
+	// sweep closes idle tunnels. It runs while there are tunnels (it
+	// starts with the first and returns when it finds none) until
+	// shutdown closes sweepStop.
+	sweeping  bool
+	closed    bool // shutdown has begun: no sweep starts
+	sweepStop chan struct{}
+	swept     sync.WaitGroup
+	open      atomic.Int64 // hijacked CONNECTs, against MaxTunnels
 }
 
 const maxOrigins = 1024
@@ -128,7 +136,7 @@ func newForward(s *Server, cfg ForwardConfig, opts upstream.Options) *forward {
 	if s.cfg.Admin != "" {
 		g.own = append(g.own, s.cfg.Admin)
 	}
-	f := &forward{s: s, cfg: cfg, guard: g, origins: map[originKey]*upstream.Upstream{}, tunnels: map[net.Conn]net.Conn{}}
+	f := &forward{s: s, cfg: cfg, guard: g, origins: map[originKey]*upstream.Upstream{}, tunnels: map[*relay]struct{}{}, sweepStop: make(chan struct{})}
 	opts.Dial = g.Dial
 	opts.Resolve = nil         // the guard pins
 	opts.MetricName = "origin" // hosts are on the spans, not the metrics
@@ -487,11 +495,13 @@ func (f *forward) tunnel(x *exchange, client net.Conn, behind []byte, hostport s
 	defer server.Close()
 	x.w.status = http.StatusOK
 	client.Write(connectEstablished)
-	f.track(client, server)
-	defer f.untrack(client)
 	clock := f.s.clock()
 	start := clock.Now()
-	up, down := splice(client, server, behind, f.cfg.TunnelIdle, clock)
+	t := &relay{client: client, server: server, first: behind, clock: clock}
+	t.last.Store(start.UnixNano())
+	f.track(t)
+	up, down := t.splice()
+	f.untrack(t)
 	f.s.tel.RecordTunnel(x.r.Context(), clock.Now().Sub(start), up, down)
 	x.w.bytes = up + down
 	x.out.note = tunnelNote(up, down)
@@ -511,84 +521,93 @@ func tunnelNote(up, down int64) string {
 	return string(b)
 }
 
-// track notes an open tunnel, which shutdown cuts if it outlasts the
-// grace; untrack forgets it.
-func (f *forward) track(client, server net.Conn) {
+// track notes an open tunnel, which sweep closes once it is idle and
+// shutdown cuts if it outlasts the grace; untrack forgets it.
+func (f *forward) track(t *relay) {
 	f.tunnelsMu.Lock()
-	f.tunnels[client] = server
+	f.tunnels[t] = struct{}{}
+	if !f.sweeping && !f.closed {
+		f.sweeping = true
+		f.swept.Add(1)
+		go f.sweep()
+	}
 	f.tunnelsMu.Unlock()
 }
 
-func (f *forward) untrack(client net.Conn) {
+func (f *forward) untrack(t *relay) {
 	f.tunnelsMu.Lock()
-	delete(f.tunnels, client)
+	delete(f.tunnels, t)
 	f.tunnelsMu.Unlock()
+}
+
+// sweep closes the tunnels that have carried nothing either way for
+// TunnelIdle, looking every eighth of it, until there are none or
+// shutdown. One sweep for every tunnel, rather than a goroutine and a
+// timer for each: a build opens many short tunnels (see
+// BenchmarkForwardConnectSetup).
+func (f *forward) sweep() {
+	defer f.swept.Done()
+	clock, idle := f.s.clock(), f.cfg.TunnelIdle
+	every := max(idle/8, time.Millisecond)
+	var idleOnes []*relay
+	for {
+		fired, stopTimer := clock.After(every)
+		select {
+		case <-f.sweepStop:
+			stopTimer()
+			return
+		case <-fired:
+		}
+		now := clock.Now()
+		f.tunnelsMu.Lock()
+		if len(f.tunnels) == 0 {
+			f.sweeping = false
+			f.tunnelsMu.Unlock()
+			return
+		}
+		idleOnes = idleOnes[:0]
+		for t := range f.tunnels {
+			if now.Sub(time.Unix(0, t.last.Load())) >= idle {
+				idleOnes = append(idleOnes, t)
+			}
+		}
+		f.tunnelsMu.Unlock()
+		for _, t := range idleOnes {
+			t.client.Close()
+			t.server.Close()
+		}
+	}
 }
 
 // bigBufPool holds the buffers of tunnels that carry bulk data.
 var bigBufPool = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
 
-// splice copies client→server (first) and server→client, passing
-// each side's end on as a half-close, until both directions are done or
-// neither has moved for idle. It returns the bytes sent each way, first
-// included.
-func splice(client, server net.Conn, first []byte, idle time.Duration, clock wire.Clock) (up, down int64) {
-	// One allocation holds the tunnel's state; its goroutines run its
-	// methods (a short tunnel is a build's common case: see
-	// BenchmarkForwardConnectSetup).
-	t := &relay{client: client, server: server, first: first, idle: idle, clock: clock, stop: make(chan struct{})}
-	t.last.Store(clock.Now().UnixNano())
-	t.watched.Add(1)
-	t.upDone.Add(1)
-	go t.watch()
-	go t.copyUp()
-	t.copyHalf(client, server, nil, &t.down)
-	t.upDone.Wait()
-	close(t.stop)
-	t.watched.Wait()
-	return t.up, t.down
-}
-
-// relay is one tunnel being spliced.
+// relay is one tunnel: it copies client→server (first, then what the
+// client sends) and server→client.
 type relay struct {
 	client, server net.Conn
 	first          []byte // sent to the server before what the client sends
-	idle           time.Duration
 	clock          wire.Clock
 	last           atomic.Int64 // UnixNano of the last byte either way
 	up, down       int64
-	stop           chan struct{}  // closed when both directions are done
-	upDone         sync.WaitGroup // copyUp has returned
-	watched        sync.WaitGroup // watch has returned
+	upDone         sync.WaitGroup
+}
+
+// splice relays both directions, passing each side's end on as a
+// half-close, until both are done (or sweep or shutdown closes the
+// connections), and returns the bytes sent each way, first included.
+func (t *relay) splice() (up, down int64) {
+	t.upDone.Add(1)
+	go t.copyUp()
+	t.copyHalf(t.client, t.server, nil, &t.down)
+	t.upDone.Wait()
+	return t.up, t.down
 }
 
 // copyUp is the client→server direction.
 func (t *relay) copyUp() {
 	defer t.upDone.Done()
 	t.copyHalf(t.server, t.client, t.first, &t.up)
-}
-
-// watch closes both connections once neither direction has moved for
-// idle, and returns when stop is closed.
-func (t *relay) watch() {
-	defer t.watched.Done()
-	wait := t.idle
-	for {
-		fired, stopTimer := t.clock.After(wait)
-		select {
-		case <-t.stop:
-			stopTimer()
-			return
-		case <-fired:
-			if left := t.idle - t.clock.Now().Sub(time.Unix(0, t.last.Load())); left > 0 {
-				wait = left
-				continue
-			}
-			t.client.Close()
-			t.server.Close()
-			return
-		}
-	}
 }
 
 // copyHalf writes first to dst, then copies src to dst until either
@@ -699,6 +718,13 @@ func (f *forward) shutdown(ctx context.Context) {
 		go k.(*http.Server).Shutdown(ctx)
 		return true
 	})
+	f.tunnelsMu.Lock()
+	if !f.closed {
+		f.closed = true
+		close(f.sweepStop)
+	}
+	f.tunnelsMu.Unlock()
+	defer f.swept.Wait()
 	done := make(chan struct{})
 	go func() { f.hijacked.Wait(); close(done) }()
 	select {
@@ -708,9 +734,9 @@ func (f *forward) shutdown(ctx context.Context) {
 	}
 	f.inner.Range(func(k, _ any) bool { k.(*http.Server).Close(); return true })
 	f.tunnelsMu.Lock()
-	for client, server := range f.tunnels {
-		client.Close()
-		server.Close()
+	for t := range f.tunnels {
+		t.client.Close()
+		t.server.Close()
 	}
 	f.tunnelsMu.Unlock()
 	<-done
