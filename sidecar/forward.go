@@ -1,6 +1,8 @@
 package sidecar
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -9,12 +11,12 @@ import (
 	"net"
 	"net/http"
 	"path"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/elazarl/goproxy"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
@@ -49,8 +51,9 @@ type ForwardConfig struct {
 	// is forward.auth_file, the older form of Config.Clients, which forward
 	// mode takes too.
 	Users map[string]string
-	// TunnelIdle closes a tunnel with no traffic either way for that long.
-	// If zero, 5 minutes.
+	// TunnelIdle closes a tunnel with no traffic either way for that long
+	// (checked every eighth of it, so at most an eighth later). If zero,
+	// 5 minutes.
 	TunnelIdle time.Duration
 	// MaxTunnels bounds the CONNECTs open at once (tunnels and
 	// intercepted connections); past it a CONNECT gets 503. If zero, 1024.
@@ -63,21 +66,31 @@ type ForwardConfig struct {
 
 // forward is the state of forward mode.
 type forward struct {
-	s      *Server
-	cfg    ForwardConfig
-	guard  *guard
-	opts   upstream.Options
-	goprox *goproxy.ProxyHttpServer
+	s     *Server
+	cfg   ForwardConfig
+	guard *guard
+	opts  upstream.Options
+	// goprox answers CONNECT: serveConnect. (The name is older than the
+	// handler; server.go calls it.)
+	goprox http.Handler
 
 	mu      sync.Mutex
-	origins map[string]*upstream.Upstream // by scheme://host:port
+	origins map[originKey]*upstream.Upstream
 
 	// hijacked connections (tunnels, intercepted TLS) live outside the
 	// listener's http.Server; shutdown reaches them through here.
-	hijacked sync.WaitGroup
-	inner    sync.Map     // *http.Server of intercepted connections
-	tunnels  sync.Map     // net.Conn pairs of open tunnels
-	open     atomic.Int64 // hijacked CONNECTs, against MaxTunnels
+	hijacked  sync.WaitGroup
+	inner     sync.Map // *http.Server of intercepted connections
+	tunnelsMu sync.Mutex
+	tunnels   map[*relay]struct{} // open tunnels
+	// sweep closes idle tunnels. It runs while there are tunnels (it
+	// starts with the first and returns when it finds none) until
+	// shutdown closes sweepStop.
+	sweeping  bool
+	closed    bool // shutdown has begun: no sweep starts
+	sweepStop chan struct{}
+	swept     sync.WaitGroup
+	open      atomic.Int64 // hijacked CONNECTs, against MaxTunnels
 }
 
 const maxOrigins = 1024
@@ -100,7 +113,9 @@ func newForward(s *Server, cfg ForwardConfig, opts upstream.Options) *forward {
 		explicit:     map[string]bool{},
 		resolve:      map[string]string{},
 		resolver:     net.DefaultResolver,
-		dial:         (&net.Dialer{Timeout: upstream.DefaultTimeouts().Dial, KeepAlive: 30 * time.Second}).DialContext,
+		// No Timeout of its own: the guard's callers (a tunnel, an
+		// origin's transport) bound the dial with the origin's own.
+		dial: (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext,
 	}
 	if s.cfg.Dial != nil {
 		g.dial, g.resolver = s.cfg.Dial, &net.Resolver{PreferGo: true, Dial: s.cfg.Dial}
@@ -121,26 +136,17 @@ func newForward(s *Server, cfg ForwardConfig, opts upstream.Options) *forward {
 	if s.cfg.Admin != "" {
 		g.own = append(g.own, s.cfg.Admin)
 	}
-	f := &forward{s: s, cfg: cfg, guard: g, origins: map[string]*upstream.Upstream{}}
+	f := &forward{s: s, cfg: cfg, guard: g, origins: map[originKey]*upstream.Upstream{}, tunnels: map[*relay]struct{}{}, sweepStop: make(chan struct{})}
 	opts.Dial = g.Dial
 	opts.Resolve = nil         // the guard pins
 	opts.MetricName = "origin" // hosts are on the spans, not the metrics
 	f.opts = opts
 
-	// goproxy parses CONNECT and hands over the connection. Everything it
-	// would otherwise do by default is replaced: no built-in CA, no
-	// transport that skips verification or reads proxy variables, no
-	// tunnel to any host and port.
-	gp := goproxy.NewProxyHttpServer()
-	gp.Logger = slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)
-	gp.Verbose = false
-	gp.Tr = &http.Transport{Proxy: nil, DialContext: g.Dial, TLSClientConfig: &tls.Config{RootCAs: opts.RootCAs, MinVersion: tls.VersionTLS12}}
-	gp.ConnectDial = func(network, addr string) (net.Conn, error) { return g.Dial(context.Background(), network, addr) }
-	gp.NonproxyHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		http.Error(w, "not a CONNECT", http.StatusMethodNotAllowed) // unreachable: only CONNECT comes here
-	})
-	gp.OnRequest().HandleConnectFunc(f.handleConnect)
-	f.goprox = gp
+	// server.go serves CONNECT through goprox. modgate hijacks CONNECT
+	// itself (serveConnect); no proxy library with defaults of its own
+	// (a built-in CA, a transport that skips verification or reads proxy
+	// variables, tunnels to any host and port) is in the way.
+	f.goprox = http.HandlerFunc(f.serveConnect)
 	return f
 }
 
@@ -148,14 +154,14 @@ func newForward(s *Server, cfg ForwardConfig, opts upstream.Options) *forward {
 // first use: its own breaker, retries and timeouts, redirects passed to
 // the client.
 func (f *forward) origin(scheme, hostport string) (*upstream.Upstream, error) {
-	key := scheme + "://" + hostport
+	key := originKey{scheme, hostport}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if u, ok := f.origins[key]; ok {
 		return u, nil
 	}
 	u, err := upstream.New(upstream.Config{
-		Name: hostport, URL: key, PassRedirects: true,
+		Name: hostport, URL: scheme + "://" + hostport, PassRedirects: true,
 		Timeouts: f.cfg.Timeouts, Breaker: f.cfg.Breaker, Retry: f.cfg.Retry,
 	}, f.opts)
 	if err != nil {
@@ -170,6 +176,9 @@ func (f *forward) origin(scheme, hostport string) (*upstream.Upstream, error) {
 	f.origins[key] = u
 	return u, nil
 }
+
+// originKey is an origin's scheme and host:port.
+type originKey struct{ scheme, hostport string }
 
 // closeIdle closes the idle connections to every origin.
 func (f *forward) closeIdle() {
@@ -289,69 +298,150 @@ func (f *forward) serve(x *exchange, scheme, host, port string) error {
 	return f.s.pipeline(x, originSource{f: f, u: u, host: host})
 }
 
-// handleConnect decides what to do with a CONNECT: refuse it, tunnel it,
-// or intercept it.
-func (f *forward) handleConnect(target string, ctx *goproxy.ProxyCtx) (*goproxy.ConnectAction, string) {
-	r := ctx.Req
-	x := f.s.newExchange(nil, r, wire.ModeForward)
+// serveConnect answers a CONNECT: it refuses it, tunnels it, or
+// intercepts it. A refusal, and the tunnel or interception, take the
+// client's connection from net/http (Hijack); bytes the client sent right
+// behind the CONNECT, without waiting for the 200, are the first the
+// destination gets.
+func (f *forward) serveConnect(w http.ResponseWriter, r *http.Request) {
+	x, span, host, port, ok := f.admitConnect(w, r)
+	if !ok {
+		return
+	}
+	defer span.End()
+	c, behind, err := hijack(w)
+	if err != nil {
+		// Only a listener that does not speak HTTP/1.1 cannot hand its
+		// connection over; answered as any other failure.
+		x.w.ResponseWriter = w
+		x.end(fail(wire.UpstreamFailed, "CONNECT "+x.host+": "+err.Error()))
+		return
+	}
+	f.hijacked.Add(1)
+	defer f.hijacked.Done()
+	defer f.open.Add(-1)
+	if n := f.open.Add(1); n > int64(f.cfg.MaxTunnels) {
+		f.busy(x, c)
+		return
+	}
+	if x.mode == wire.ModeMITM {
+		f.intercept(x, c, behind, host, port)
+		return
+	}
+	// The tunnel is the CONNECT's exchange, ended here rather than in a
+	// frame below: the access and audit lines are the deepest point of
+	// the connection's goroutine, whose stack grows (a copy) if they go
+	// past it.
+	defer c.Close()
+	err = f.tunnel(x, c, behind, x.host)
+	if err != nil {
+		// Refused before the 200: the answer goes on the connection.
+		x.connect = func(p *problem) { connectRefusal(x.r, p).Write(c) }
+	}
+	x.end(err)
+	if span.IsRecording() {
+		span.SetAttributes(attribute.Int("http.response.status_code", x.w.status))
+	}
+}
+
+// admitConnect starts a CONNECT's exchange and span and checks its
+// target; ok is false when it has answered the CONNECT (a refusal). Its
+// frame is its own (noinline): a tunnel's goroutine, which dials and
+// relays below serveConnect, then needs less stack.
+//
+//go:noinline
+func (f *forward) admitConnect(w http.ResponseWriter, r *http.Request) (x *exchange, span trace.Span, host, port string, ok bool) {
+	target := r.URL.Host
+	x = f.s.newExchange(nil, r, wire.ModeForward)
 	x.host, x.req.Kind = target, wire.KindTunnel
 	identity, err := f.authenticate(r)
 	x.setIdentity(identity, err)
 	if err != nil {
-		return f.reject(ctx, x, asProblem(err)), target
+		f.reject(w, x, asProblem(err))
+		return nil, nil, "", "", false
 	}
-	host, port, err := wire.NormalizeHostPort(target, "")
+	host, port, err = wire.NormalizeHostPort(target, "")
 	if err != nil || host == "" {
 		// CONNECT names host:port (RFC 9110 9.3.6); guessing a port would
 		// only send a name of the client's choosing to the resolver.
-		return f.reject(ctx, x, invalid("a CONNECT target is host:port")), target
+		f.reject(w, x, invalid("a CONNECT target is host:port"))
+		return nil, nil, "", "", false
 	}
 	hostport := net.JoinHostPort(host, port)
 	x.host = hostport
-	action, mode := f.tunnel, wire.ModeForward
+	mode := wire.ModeForward
 	if f.cfg.CA != nil && matchHost(f.cfg.MITMHosts, host) {
-		action, mode = f.intercept, wire.ModeMITM
+		mode = wire.ModeMITM
 	}
 	// One span covers the whole CONNECT: the tunnel, or every request
 	// intercepted inside it (they are its children).
 	tel := f.s.tel
 	sctx := tel.Propagator().Extract(r.Context(), propagation.HeaderCarrier(r.Header))
-	sctx, span := tel.Tracer().Start(sctx, "CONNECT", trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(
+	sctx, span = tel.Tracer().Start(sctx, "CONNECT", trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(
 		attribute.String("server.address", host), attribute.String("server.port", port),
 		telemetry.AttrRequestKind.String(string(wire.KindTunnel)), telemetry.AttrMode.String(string(mode))))
 	r = r.WithContext(sctx)
-	ctx.Req, x.r = r, r
+	x.r = r
 	if err := f.guard.checkHost(host, port, true); err != nil {
-		span.SetAttributes(attribute.Int("http.response.status_code", http.StatusForbidden), telemetry.AttrPolicyDecision.String(string(wire.DecisionDeny)))
 		defer span.End()
-		return f.reject(ctx, x, refused("CONNECT "+hostport+" refused: "+err.Error())), target
+		span.SetAttributes(attribute.Int("http.response.status_code", http.StatusForbidden), telemetry.AttrPolicyDecision.String(string(wire.DecisionDeny)))
+		f.reject(w, x, refused("CONNECT "+hostport+" refused: "+err.Error()))
+		return nil, nil, "", "", false
 	}
 	if f.s.cfg.Offline && mode != wire.ModeMITM {
 		// A tunnel's bytes cannot come from the cache.
 		defer span.End()
-		return f.reject(ctx, x, fail(wire.Offline, "CONNECT "+hostport+": modgate is offline and only intercepted hosts are served, from its cache")), target
+		f.reject(w, x, fail(wire.Offline, "CONNECT "+hostport+": modgate is offline and only intercepted hosts are served, from its cache"))
+		return nil, nil, "", "", false
 	}
 	x.mode = mode
-	return &goproxy.ConnectAction{Action: goproxy.ConnectHijack, Hijack: func(_ *http.Request, c net.Conn, _ *goproxy.ProxyCtx) {
-		f.hijacked.Add(1)
-		defer f.hijacked.Done()
-		defer span.End()
-		defer f.open.Add(-1)
-		if n := f.open.Add(1); n > int64(f.cfg.MaxTunnels) {
-			defer c.Close()
-			x.connect = func(p *problem) { connectRefusal(x.r, p).Write(c) }
-			x.end(fail(wire.Busy, fmt.Sprintf("CONNECT %s: modgate has %d tunnels open, its forward.max_tunnels; try again", hostport, f.cfg.MaxTunnels)).retryAfter(1))
-			return
-		}
-		action(x, c, host, port)
-	}}, target
+	return x, span, host, port, true
 }
 
-// reject answers a refused CONNECT through goproxy.
-func (f *forward) reject(ctx *goproxy.ProxyCtx, x *exchange, p *problem) *goproxy.ConnectAction {
-	x.connect = func(p *problem) { ctx.Resp = connectRefusal(x.r, p) }
+// busy refuses a CONNECT past forward.max_tunnels on the client's
+// connection c, and closes it.
+func (f *forward) busy(x *exchange, c net.Conn) {
+	defer c.Close()
+	x.connect = func(p *problem) { connectRefusal(x.r, p).Write(c) }
+	x.end(fail(wire.Busy, fmt.Sprintf("CONNECT %s: modgate has %d tunnels open, its forward.max_tunnels; try again", x.host, f.cfg.MaxTunnels)).retryAfter(1))
+}
+
+// hijack takes the client's connection from net/http, with the bytes
+// that came behind the request (nil if none).
+func hijack(w http.ResponseWriter) (net.Conn, []byte, error) {
+	var c net.Conn
+	var brw *bufio.ReadWriter
+	var err error
+	if h, ok := w.(http.Hijacker); ok {
+		c, brw, err = h.Hijack()
+	} else {
+		c, brw, err = http.NewResponseController(w).Hijack()
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	var behind []byte
+	if n := brw.Reader.Buffered(); n > 0 {
+		b, _ := brw.Reader.Peek(n)
+		behind = bytes.Clone(b)
+	}
+	return c, behind, nil
+}
+
+// reject answers a refused CONNECT on the client's connection, with the
+// reason in the status line, and closes it.
+func (f *forward) reject(w http.ResponseWriter, x *exchange, p *problem) {
+	x.connect = func(p *problem) {
+		c, _, err := hijack(w)
+		if err != nil {
+			x.w.ResponseWriter = w
+			writeError(w, p.status(), p.code, p.lines...)
+			return
+		}
+		defer c.Close()
+		connectRefusal(x.r, p).Write(c)
+	}
 	x.end(p)
-	return &goproxy.ConnectAction{Action: goproxy.ConnectReject}
 }
 
 // connectRefusal is the answer to a CONNECT refused with p, with the
@@ -376,23 +466,11 @@ func connectRefusal(r *http.Request, p *problem) *http.Response {
 	}
 }
 
-// tunnel connects the client to host:port and copies bytes both ways
-// until both sides are done or the tunnel is idle too long. The tunnel is
-// the CONNECT's exchange, which it ends.
-func (f *forward) tunnel(x *exchange, client net.Conn, host, port string) {
-	defer client.Close()
-	x.connect = func(p *problem) { connectRefusal(x.r, p).Write(client) }
-	defer func() {
-		if span := trace.SpanFromContext(x.r.Context()); span.IsRecording() {
-			span.SetAttributes(attribute.Int("http.response.status_code", x.w.status))
-		}
-	}()
-	x.end(f.relayTunnel(x, client, net.JoinHostPort(host, port)))
-}
-
-// relayTunnel dials the destination through the guard and the origin's
-// breaker, then relays the tunnel.
-func (f *forward) relayTunnel(x *exchange, client net.Conn, hostport string) error {
+// tunnel dials the destination through the guard and the origin's
+// breaker, then relays the tunnel, behind (what the client sent right
+// after the CONNECT) first, until both sides are done or the tunnel is
+// idle too long.
+func (f *forward) tunnel(x *exchange, client net.Conn, behind []byte, hostport string) error {
 	u, err := f.origin("https", hostport)
 	if err != nil {
 		return fail(wire.UpstreamFailed, "CONNECT "+hostport+": "+err.Error())
@@ -405,110 +483,190 @@ func (f *forward) relayTunnel(x *exchange, client net.Conn, hostport string) err
 	dctx, cancel := context.WithTimeout(x.r.Context(), u.Timeouts.Dial)
 	server, err := f.guard.Dial(dctx, "tcp", hostport)
 	cancel()
-	if ref, ok := isRefusal(err); ok {
-		report(nil) // the destination is not unwell; it is not allowed
-		return refused("CONNECT " + hostport + " refused: " + ref.reason)
-	}
-	report(err)
 	if err != nil {
+		if ref, ok := isRefusal(err); ok {
+			report(nil) // the destination is not unwell; it is not allowed
+			return refused("CONNECT " + hostport + " refused: " + ref.reason)
+		}
+		report(err)
 		return fail(wire.UpstreamFailed, "CONNECT "+hostport+": "+err.Error())
 	}
+	report(nil)
 	defer server.Close()
 	x.w.status = http.StatusOK
-	io.WriteString(client, "HTTP/1.1 200 Connection established\r\n\r\n")
-	f.tunnels.Store(client, server)
-	defer f.tunnels.Delete(client)
+	client.Write(connectEstablished)
 	clock := f.s.clock()
 	start := clock.Now()
-	up, down := splice(client, server, f.cfg.TunnelIdle, clock)
+	t := &relay{client: client, server: server, first: behind, clock: clock}
+	t.last.Store(start.UnixNano())
+	f.track(t)
+	up, down := t.splice()
+	f.untrack(t)
 	f.s.tel.RecordTunnel(x.r.Context(), clock.Now().Sub(start), up, down)
 	x.w.bytes = up + down
-	x.out.note = fmt.Sprintf("%d bytes up, %d down", up, down)
+	x.out.note = tunnelNote(up, down)
 	return nil
+}
+
+// connectEstablished is the answer to a CONNECT that is let through.
+var connectEstablished = []byte("HTTP/1.1 200 Connection established\r\n\r\n")
+
+// tunnelNote is the audit line's note on a tunnel: "N bytes up, M down".
+func tunnelNote(up, down int64) string {
+	b := make([]byte, 0, 48)
+	b = strconv.AppendInt(b, up, 10)
+	b = append(b, " bytes up, "...)
+	b = strconv.AppendInt(b, down, 10)
+	b = append(b, " down"...)
+	return string(b)
+}
+
+// track notes an open tunnel, which sweep closes once it is idle and
+// shutdown cuts if it outlasts the grace; untrack forgets it.
+func (f *forward) track(t *relay) {
+	f.tunnelsMu.Lock()
+	f.tunnels[t] = struct{}{}
+	if !f.sweeping && !f.closed {
+		f.sweeping = true
+		f.swept.Add(1)
+		go f.sweep()
+	}
+	f.tunnelsMu.Unlock()
+}
+
+func (f *forward) untrack(t *relay) {
+	f.tunnelsMu.Lock()
+	delete(f.tunnels, t)
+	f.tunnelsMu.Unlock()
+}
+
+// sweep closes the tunnels that have carried nothing either way for
+// TunnelIdle, looking every eighth of it, until there are none or
+// shutdown. One sweep for every tunnel, rather than a goroutine and a
+// timer for each: a build opens many short tunnels (see
+// BenchmarkForwardConnectSetup).
+func (f *forward) sweep() {
+	defer f.swept.Done()
+	clock, idle := f.s.clock(), f.cfg.TunnelIdle
+	every := max(idle/8, time.Millisecond)
+	var idleOnes []*relay
+	for {
+		fired, stopTimer := clock.After(every)
+		select {
+		case <-f.sweepStop:
+			stopTimer()
+			return
+		case <-fired:
+		}
+		now := clock.Now()
+		f.tunnelsMu.Lock()
+		if len(f.tunnels) == 0 {
+			f.sweeping = false
+			f.tunnelsMu.Unlock()
+			return
+		}
+		idleOnes = idleOnes[:0]
+		for t := range f.tunnels {
+			if now.Sub(time.Unix(0, t.last.Load())) >= idle {
+				idleOnes = append(idleOnes, t)
+			}
+		}
+		f.tunnelsMu.Unlock()
+		for _, t := range idleOnes {
+			t.client.Close()
+			t.server.Close()
+		}
+	}
 }
 
 // bigBufPool holds the buffers of tunnels that carry bulk data.
 var bigBufPool = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
 
-// splice copies client→server and server→client, passing each side's end
-// on as a half-close, until both directions are done or neither has moved
-// for idle. It returns the bytes sent each way.
-func splice(client, server net.Conn, idle time.Duration, clock wire.Clock) (up, down int64) {
-	var last atomic.Int64
-	last.Store(clock.Now().UnixNano())
-	stop, watched := make(chan struct{}), make(chan struct{})
-	go func() { // the idle watchdog
-		defer close(watched)
-		wait := idle
-		for {
-			fired, stopTimer := clock.After(wait)
-			select {
-			case <-stop:
-				stopTimer()
-				return
-			case <-fired:
-				if left := idle - clock.Now().Sub(time.Unix(0, last.Load())); left > 0 {
-					wait = left
-					continue
-				}
-				client.Close()
-				server.Close()
-				return
-			}
-		}
-	}()
-	copyHalf := func(dst, src net.Conn, n *int64) {
-		// Reads and writes through user space, not splice(2): with large
-		// buffers they carry more on this class of machine (see
-		// BenchmarkForwardTunnel). A tunnel starts with a small buffer and
-		// takes a large one only once a read fills the small one, so the
-		// many short tunnels of a build stay cheap.
-		//
-		// Tried and not kept (2 cores, medians of 8-12 runs, each variant
-		// side by side with a 1 MiB control in one run): 4 MiB buffers
-		// +1-2% in modgate's tunnel, while two identical 1 MiB tunnels
-		// differ by up to 8%; 2 MiB 0.7×. In a bare relay with this loop:
-		// SetReadBuffer/SetWriteBuffer 4 MiB (which ends autotuning) and
-		// Nagle on (SetNoDelay(false)) +3-6%, inside the same noise;
-		// splice(2) ~0.75× of this loop. Plaintext on loopback is bound by
-		// the relay's two extra copies on two cores.
-		bp := bufPool.Get().(*[]byte)
-		buf, big := *bp, false
-		defer func() {
-			if big {
-				bigBufPool.Put(&buf)
-			}
-			bufPool.Put(bp)
-		}()
-		for {
-			m, err := src.Read(buf)
-			if m > 0 {
-				last.Store(clock.Now().UnixNano())
-				if _, werr := dst.Write(buf[:m]); werr != nil {
-					break
-				}
-				*n += int64(m)
-			}
-			if err != nil {
-				break
-			}
-			if !big && m == len(buf) {
-				buf, big = *bigBufPool.Get().(*[]byte), true
-			}
-		}
+// relay is one tunnel: it copies client→server (first, then what the
+// client sends) and server→client.
+type relay struct {
+	client, server net.Conn
+	first          []byte // sent to the server before what the client sends
+	clock          wire.Clock
+	last           atomic.Int64 // UnixNano of the last byte either way
+	up, down       int64
+	upDone         sync.WaitGroup
+}
+
+// splice relays both directions, passing each side's end on as a
+// half-close, until both are done (or sweep or shutdown closes the
+// connections), and returns the bytes sent each way, first included.
+func (t *relay) splice() (up, down int64) {
+	t.upDone.Add(1)
+	go t.copyUp()
+	t.copyHalf(t.client, t.server, nil, &t.down)
+	t.upDone.Wait()
+	return t.up, t.down
+}
+
+// copyUp is the client→server direction.
+func (t *relay) copyUp() {
+	defer t.upDone.Done()
+	t.copyHalf(t.server, t.client, t.first, &t.up)
+}
+
+// copyHalf writes first to dst, then copies src to dst until either
+// fails or src ends, then half-closes dst; n counts the bytes written.
+func (t *relay) copyHalf(dst, src net.Conn, first []byte, n *int64) {
+	defer func() {
 		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
 			cw.CloseWrite()
 		} else {
 			dst.Close()
 		}
+	}()
+	if len(first) > 0 {
+		m, err := dst.Write(first)
+		*n += int64(m)
+		if err != nil {
+			return
+		}
 	}
-	upDone := make(chan struct{})
-	go func() { defer close(upDone); copyHalf(server, client, &up) }()
-	copyHalf(client, server, &down)
-	<-upDone
-	close(stop)
-	<-watched
-	return up, down
+	// Reads and writes through user space, not splice(2): with large
+	// buffers they carry more on this class of machine (see
+	// BenchmarkForwardTunnel). A tunnel starts with a small buffer and
+	// takes a large one only once a read fills the small one, so the
+	// many short tunnels of a build stay cheap.
+	//
+	// Tried and not kept (2 cores, medians of 8-12 runs, each variant
+	// side by side with a 1 MiB control in one run): 4 MiB buffers
+	// +1-2% in modgate's tunnel, while two identical 1 MiB tunnels
+	// differ by up to 8%; 2 MiB 0.7×. In a bare relay with this loop:
+	// SetReadBuffer/SetWriteBuffer 4 MiB (which ends autotuning) and
+	// Nagle on (SetNoDelay(false)) +3-6%, inside the same noise;
+	// splice(2) ~0.75× of this loop. Plaintext on loopback is bound by
+	// the relay's two extra copies on two cores.
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := *bp
+	var big *[]byte
+	defer func() {
+		if big != nil {
+			bigBufPool.Put(big)
+		}
+	}()
+	for {
+		m, err := src.Read(buf)
+		if m > 0 {
+			t.last.Store(t.clock.Now().UnixNano())
+			if _, werr := dst.Write(buf[:m]); werr != nil {
+				return
+			}
+			*n += int64(m)
+		}
+		if err != nil {
+			return
+		}
+		if big == nil && m == len(buf) {
+			big = bigBufPool.Get().(*[]byte)
+			buf = *big
+		}
+	}
 }
 
 // intercept ends the client's TLS with a certificate for host minted by
@@ -517,10 +675,13 @@ func splice(client, server net.Conn, idle time.Duration, clock wire.Clock) (up, 
 //
 // The CONNECT itself is not an exchange of its own: each request inside it
 // is, with its own audit line.
-func (f *forward) intercept(connect *exchange, client net.Conn, host, port string) {
+func (f *forward) intercept(connect *exchange, client net.Conn, behind []byte, host, port string) {
 	r, identity := connect.r, connect.identity
-	hostport := net.JoinHostPort(host, port)
-	io.WriteString(client, "HTTP/1.1 200 Connection established\r\n\r\n")
+	hostport := connect.host
+	client.Write(connectEstablished)
+	if len(behind) > 0 {
+		client = &readBehindConn{Conn: client, r: io.MultiReader(bytes.NewReader(behind), client)}
+	}
 	tconn := tls.Server(client, f.cfg.CA.ServerConfig(host))
 	handler := http.HandlerFunc(func(w http.ResponseWriter, in *http.Request) {
 		closeAfterChunked(w, in)
@@ -557,6 +718,13 @@ func (f *forward) shutdown(ctx context.Context) {
 		go k.(*http.Server).Shutdown(ctx)
 		return true
 	})
+	f.tunnelsMu.Lock()
+	if !f.closed {
+		f.closed = true
+		close(f.sweepStop)
+	}
+	f.tunnelsMu.Unlock()
+	defer f.swept.Wait()
 	done := make(chan struct{})
 	go func() { f.hijacked.Wait(); close(done) }()
 	select {
@@ -565,11 +733,12 @@ func (f *forward) shutdown(ctx context.Context) {
 	case <-ctx.Done():
 	}
 	f.inner.Range(func(k, _ any) bool { k.(*http.Server).Close(); return true })
-	f.tunnels.Range(func(k, v any) bool {
-		k.(net.Conn).Close()
-		v.(net.Conn).Close()
-		return true
-	})
+	f.tunnelsMu.Lock()
+	for t := range f.tunnels {
+		t.client.Close()
+		t.server.Close()
+	}
+	f.tunnelsMu.Unlock()
 	<-done
 }
 
@@ -611,3 +780,12 @@ func (c *notifyConn) Close() error {
 	c.once.Do(func() { close(c.closed) })
 	return err
 }
+
+// readBehindConn reads what came behind the CONNECT first, then the
+// connection.
+type readBehindConn struct {
+	net.Conn
+	r io.Reader
+}
+
+func (c *readBehindConn) Read(p []byte) (int, error) { return c.r.Read(p) }

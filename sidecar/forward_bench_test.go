@@ -3,26 +3,34 @@ package sidecar
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"path/filepath"
 	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/modgate/modgate/policy"
 	"github.com/modgate/modgate/sidecar/modtest"
 	"github.com/modgate/modgate/sidecar/upstream"
+	"github.com/modgate/modgate/telemetry"
 )
 
 // startForwardGate serves a modgate whose forward mode may reach 127.0.0.1
-// on port.
-func startForwardGate(b *testing.B, port int) *httptest.Server {
+// on port, and returns its address. It is stopped (Serve returns, its
+// tunnels' sweep too) when the benchmark ends.
+func startForwardGate(b *testing.B, port int) string {
 	s, err := New(Config{
 		Upstreams: []upstream.Config{{URL: "off"}},
 		Forward:   ForwardConfig{AllowHosts: []string{"127.0.0.1"}, ConnectPorts: []int{port}},
@@ -30,9 +38,18 @@ func startForwardGate(b *testing.B, port int) *httptest.Server {
 	if err != nil {
 		b.Fatal(err)
 	}
-	srv := httptest.NewServer(s.Handler())
-	b.Cleanup(srv.Close)
-	return srv
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx, ln, nil) }()
+	b.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	return ln.Addr().String()
 }
 
 // BenchmarkForwardAbsolute sends small absolute-form GETs through modgate
@@ -41,7 +58,8 @@ func startForwardGate(b *testing.B, port int) *httptest.Server {
 // reports ns per request for each and "modgate/floor-throughput" (target
 // at least 1.0).
 func BenchmarkForwardAbsolute(b *testing.B) {
-	body := bytes.Repeat([]byte("x"), 512)
+	// A .info answer that passes modgate's check of .info answers.
+	body := []byte(`{"Version":"v1.0.0","Time":"2024-01-01T00:00:00Z","Origin":{"VCS":"git","URL":"https://example.test/a"}}`)
 	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		w.Write(body)
@@ -58,7 +76,7 @@ func BenchmarkForwardAbsolute(b *testing.B) {
 		p, _ := url.Parse(proxy)
 		return &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(p), MaxIdleConnsPerHost: 16}}
 	}
-	viaGate, viaFloor := client(gate.URL), client(floor.URL)
+	viaGate, viaFloor := client("http://"+gate), client(floor.URL)
 	target := origin.URL + "/fixture.test/a/@v/v1.0.0.info"
 	get := func(c *http.Client) time.Duration {
 		start := time.Now()
@@ -153,8 +171,7 @@ func benchTunnel(b *testing.B, useTLS bool) {
 	addr := ln.Addr().String()
 	_, p, _ := net.SplitHostPort(addr)
 	port, _ := strconv.Atoi(p)
-	gate := startForwardGate(b, port)
-	gateAddr := gate.Listener.Addr().String()
+	gateAddr := startForwardGate(b, port)
 	relay, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
@@ -257,3 +274,155 @@ type bufferedConn struct {
 }
 
 func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// BenchmarkForwardConnectSetup opens a new CONNECT tunnel per iteration,
+// sends one small GET through it and closes it, as `benchtable -only
+// setup` does: modgate serves its listener itself (Serve: the connection
+// limiter, an audit log, telemetry as `modgate run` sets it up without an
+// endpoint, a JSON log). allocs/op counts the client and the origin too;
+// compare runs of it, not its numbers with a proxy's own.
+func BenchmarkForwardConnectSetup(b *testing.B) {
+	body := []byte(`{"Version":"v1.0.0","Time":"2024-01-01T00:00:00Z"}`)
+	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(body)
+	}))
+	defer origin.Close()
+	originAddr := origin.Listener.Addr().String()
+	_, p, _ := net.SplitHostPort(originAddr)
+	port, _ := strconv.Atoi(p)
+	tel, err := telemetry.Setup(context.Background(), telemetry.Config{Getenv: func(string) string { return "" }})
+	if err != nil {
+		b.Fatal(err)
+	}
+	audit, err := policy.NewAuditLog(filepath.Join(b.TempDir(), "audit.jsonl"), policy.AuditOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	s, err := New(Config{
+		Upstreams: []upstream.Config{{URL: "off"}},
+		Forward:   ForwardConfig{AllowHosts: []string{"127.0.0.1"}, ConnectPorts: []int{port}},
+		Logger:    slog.New(slog.NewJSONHandler(io.Discard, nil)),
+		Telemetry: tel,
+		Audit:     audit,
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx, ln, nil) }()
+	defer func() {
+		cancel()
+		<-done
+		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer scancel()
+		tel.Shutdown(sctx)
+		audit.Close()
+	}()
+	gateAddr := ln.Addr().String()
+	floor := httptest.NewServer(http.HandlerFunc(floorTunnel))
+	defer floor.Close()
+	connectReq := []byte("CONNECT " + originAddr + " HTTP/1.1\r\nHost: " + originAddr + "\r\nUser-Agent: Go-http-client/1.1\r\n\r\n")
+	getReq := []byte("GET /fixture.test/a/@v/v1.0.0.info HTTP/1.1\r\nHost: " + originAddr + "\r\nUser-Agent: Go-http-client/1.1\r\nAccept-Encoding: gzip\r\n\r\n")
+	buf := make([]byte, 4096)
+	// readAnswer reads one answer (headers and a body of Content-Length
+	// bytes) and returns its status line.
+	readAnswer := func(c net.Conn) string {
+		got := 0
+		for {
+			n, err := c.Read(buf[got:])
+			got += n
+			head, rest, ok := bytes.Cut(buf[:got], []byte("\r\n\r\n"))
+			if ok {
+				status, _, _ := bytes.Cut(head, []byte("\r\n"))
+				length := 0
+				if _, v, ok := bytes.Cut(head, []byte("Content-Length: ")); ok {
+					v, _, _ = bytes.Cut(v, []byte("\r\n"))
+					length, _ = strconv.Atoi(string(v))
+				}
+				for len(rest) < length {
+					n, err := c.Read(buf[got:])
+					if err != nil {
+						b.Fatal(err)
+					}
+					got += n
+					_, rest, _ = bytes.Cut(buf[:got], []byte("\r\n\r\n"))
+				}
+				return string(status)
+			}
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	once := func(proxy string) {
+		c, err := net.Dial("tcp", proxy)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer c.Close()
+		c.Write(connectReq)
+		if st := readAnswer(c); !strings.Contains(st, " 200 ") {
+			b.Fatalf("CONNECT: %s", st)
+		}
+		c.Write(getReq)
+		if st := readAnswer(c); !strings.Contains(st, " 200 ") {
+			b.Fatalf("GET: %s", st)
+		}
+	}
+	for _, t := range []struct{ name, addr string }{{"modgate", gateAddr}, {"floor", floor.Listener.Addr().String()}} {
+		b.Run("target="+t.name, func(b *testing.B) {
+			for range 200 {
+				once(t.addr)
+			}
+			cpu, n := processCPU(), 0
+			for b.Loop() {
+				once(t.addr)
+				n++
+			}
+			// The whole process's CPU time (client, origin and proxy): on
+			// two cores a proxy can add more CPU than it adds latency.
+			b.ReportMetric(float64((processCPU()-cpu).Microseconds())/float64(n), "cpu-µs/op")
+		})
+	}
+}
+
+// floorTunnel is the least a CONNECT proxy written with net/http does
+// (benchtable's floor): dial, hijack, io.Copy both ways.
+func floorTunnel(w http.ResponseWriter, r *http.Request) {
+	s, err := net.DialTimeout("tcp", r.Host, 10*time.Second)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadGateway)
+		return
+	}
+	defer s.Close()
+	c, _, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		return
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
+		return
+	}
+	done := make(chan struct{})
+	go func() {
+		io.Copy(s, c)
+		s.(*net.TCPConn).CloseWrite()
+		close(done)
+	}()
+	io.Copy(c, s)
+	c.(*net.TCPConn).CloseWrite()
+	<-done
+}
+
+// processCPU is the CPU time this process has used, user and system.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}

@@ -11,9 +11,11 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -549,5 +551,187 @@ func TestNoTestReachesTheNetwork(t *testing.T) {
 	}
 	if got := connect(t, url, "nowhere.example.test:443"); !strings.Contains(got, "test dialer: no DNS in tests") && !strings.Contains(got, "test dialer: only loopback may be dialled") {
 		t.Errorf("CONNECT to a name: %q; want the test dialer to refuse its DNS query", got)
+	}
+}
+
+// TestConnectBytesBehindTheRequest: what a client sends right behind its
+// CONNECT, without waiting for the 200 (a request, or a TLS hello), is the
+// first thing the destination gets, not dropped with the buffer the
+// CONNECT was read into.
+func TestConnectBytesBehindTheRequest(t *testing.T) {
+	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "origin saw "+r.URL.Path)
+	}))
+	defer origin.Close()
+	addr := origin.Listener.Addr().String()
+	_, port, _ := net.SplitHostPort(addr)
+	p, _ := strconv.Atoi(port)
+	gate := startGate(t, sidecar.Config{
+		Upstreams: []upstream.Config{{URL: "off"}},
+		Forward:   sidecar.ForwardConfig{AllowHosts: []string{"127.0.0.1"}, ConnectPorts: []int{p}},
+	})
+	c, err := net.Dial("tcp", strings.TrimPrefix(gate, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	// One write: the CONNECT and the request behind it arrive together.
+	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\nGET /behind HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", addr, addr, addr)
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("CONNECT: %v, %v", resp, err)
+	}
+	resp, err = http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("the request behind the CONNECT got no answer: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK || string(body) != "origin saw /behind" {
+		t.Errorf("the request behind the CONNECT: %d %q", resp.StatusCode, body)
+	}
+}
+
+// TestInterceptBytesBehindTheRequest: a TLS hello that comes right behind
+// the CONNECT of an intercepted host is the start of the handshake.
+func TestInterceptBytesBehindTheRequest(t *testing.T) {
+	f := newFwdSetup(t, true, nil)
+	caPEM, err := os.ReadFile(f.e.go_.Getenv("SSL_CERT_FILE"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(caPEM)
+	c, err := net.Dial("tcp", strings.TrimPrefix(f.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	target := proxyHost + ":443"
+	pc := &connectFirst{Conn: c, br: bufio.NewReader(c), connect: []byte("CONNECT " + target + " HTTP/1.1\r\nHost: " + target + "\r\n\r\n")}
+	tc := tls.Client(pc, &tls.Config{RootCAs: roots, ServerName: proxyHost})
+	fmt.Fprintf(tc, "GET /fixture.test/app/@v/list HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", proxyHost)
+	resp, err := http.ReadResponse(bufio.NewReader(tc), nil)
+	if err != nil {
+		t.Fatalf("a TLS hello behind the CONNECT: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "v1.0.0") {
+		t.Errorf("list inside the interception: %d %q", resp.StatusCode, body)
+	}
+}
+
+// connectFirst sends connect in the same write as the first bytes written
+// to it, and reads the CONNECT's 200 before the first bytes read.
+type connectFirst struct {
+	net.Conn
+	br      *bufio.Reader
+	connect []byte
+	read    bool
+}
+
+func (c *connectFirst) Write(p []byte) (int, error) {
+	if c.connect != nil {
+		b := append(c.connect, p...)
+		c.connect = nil
+		if _, err := c.Conn.Write(b); err != nil {
+			return 0, err
+		}
+		return len(p), nil
+	}
+	return c.Conn.Write(p)
+}
+
+func (c *connectFirst) Read(p []byte) (int, error) {
+	if !c.read {
+		c.read = true
+		resp, err := http.ReadResponse(c.br, &http.Request{Method: http.MethodConnect})
+		if err != nil {
+			return 0, err
+		}
+		if resp.StatusCode != http.StatusOK {
+			return 0, fmt.Errorf("CONNECT: %s", resp.Status)
+		}
+	}
+	return c.br.Read(p)
+}
+
+// TestTunnelIdle: a tunnel with no traffic either way for
+// forward.tunnel_idle is closed; traffic keeps it open.
+func TestTunnelIdle(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() { // an echo server
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.Copy(c, c)
+			}()
+		}
+	}()
+	addr := ln.Addr().String()
+	_, port, _ := net.SplitHostPort(addr)
+	p, _ := strconv.Atoi(port)
+	clock := modtest.NewClock()
+	const idle = 100 * time.Second
+	gate := startGate(t, sidecar.Config{
+		Clock:     clock,
+		Upstreams: []upstream.Config{{URL: "off"}},
+		Forward:   sidecar.ForwardConfig{AllowHosts: []string{"127.0.0.1"}, ConnectPorts: []int{p}, TunnelIdle: idle},
+	})
+	c, err := net.Dial("tcp", strings.TrimPrefix(gate, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", addr, addr)
+	br := bufio.NewReader(c)
+	if resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect}); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("CONNECT: %v, %v", resp, err)
+	}
+	echo := func(msg string) error {
+		if _, err := io.WriteString(c, msg); err != nil {
+			return err
+		}
+		got := make([]byte, len(msg))
+		if _, err := io.ReadFull(br, got); err != nil {
+			return err
+		}
+		if string(got) != msg {
+			return fmt.Errorf("echo %q, want %q", got, msg)
+		}
+		return nil
+	}
+	// advance moves the clock once the tunnel waits on it.
+	advance := func(d time.Duration) {
+		t.Helper()
+		if !clock.WaitForTimers(1, 5*time.Second) {
+			t.Fatal("the tunnel waits on no timer")
+		}
+		clock.Advance(d)
+	}
+	advance(idle * 6 / 10)
+	if err := echo("ping"); err != nil {
+		t.Fatalf("a tunnel idle for less than tunnel_idle: %v", err)
+	}
+	advance(idle * 6 / 10) // 1.2 idle since the start, 0.6 since the ping
+	if err := echo("pong"); err != nil {
+		t.Fatalf("a tunnel with traffic within tunnel_idle was cut: %v", err)
+	}
+	advance(idle * 12 / 10)
+	if n, err := br.Read(make([]byte, 1)); err == nil {
+		t.Fatalf("read %d bytes from a tunnel idle for longer than tunnel_idle; want it closed", n)
+	} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		t.Fatalf("a tunnel idle for longer than tunnel_idle is still open")
 	}
 }

@@ -78,39 +78,59 @@ func (g *guard) checkHost(host, port string, connect bool) error {
 }
 
 // Dial connects to addr ("host:port") if every address it resolves to may
-// be reached, and refuses with a *refusal otherwise.
+// be reached, and refuses with a *refusal otherwise. What it dials is the
+// address it checked, spelled as an IP literal: nothing resolves the name
+// a second time.
 func (g *guard) Dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		// Its callers give a deadline (the origin's dial timeout); a
+		// resolution or dial without one would wait for the kernel's.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, upstream.DefaultTimeouts().Dial)
+		defer cancel()
+	}
 	target, err := g.resolveTarget(ctx, addr)
 	if err != nil {
 		return nil, err
 	}
-	return g.dial(ctx, network, target)
+	return g.dial(ctx, network, target.String())
 }
 
 // resolveTarget returns the checked address to dial for addr.
-func (g *guard) resolveTarget(ctx context.Context, addr string) (string, error) {
-	host, port, err := net.SplitHostPort(addr)
+func (g *guard) resolveTarget(ctx context.Context, addr string) (netip.AddrPort, error) {
+	host, sport, err := net.SplitHostPort(addr)
 	if err != nil {
-		return "", refuse("invalid address %q", addr)
+		return netip.AddrPort{}, refuse("invalid address %q", addr)
 	}
+	port64, err := strconv.ParseUint(sport, 10, 16)
+	if err != nil {
+		return netip.AddrPort{}, refuse("invalid port in %q", addr)
+	}
+	port := uint16(port64)
 	lhost := strings.ToLower(strings.TrimSuffix(host, "."))
-	pinned, isPinned := g.resolve[net.JoinHostPort(lhost, port)]
+	var one [1]netip.Addr // a literal or a pin: no slice to allocate
 	var addrs []netip.Addr
+	pinned, isPinned := "", false
+	if len(g.resolve) > 0 {
+		pinned, isPinned = g.resolve[net.JoinHostPort(lhost, sport)]
+	}
 	switch {
 	case isPinned:
 		ap, err := netip.ParseAddrPort(pinned)
 		if err != nil {
-			return "", fmt.Errorf("resolve %s=%s: %v", addr, pinned, err)
+			return netip.AddrPort{}, fmt.Errorf("resolve %s=%s: %v", addr, pinned, err)
 		}
-		addrs, port = []netip.Addr{ap.Addr()}, strconv.Itoa(int(ap.Port()))
+		one[0], port = ap.Addr(), ap.Port()
+		addrs = one[:]
 	default:
 		if ip, ok := parseIP(lhost); ok {
-			addrs = []netip.Addr{ip}
+			one[0] = ip
+			addrs = one[:]
 			break
 		}
 		ips, err := g.resolver.LookupNetIP(ctx, "ip", lhost)
 		if err != nil {
-			return "", err
+			return netip.AddrPort{}, err
 		}
 		for _, ip := range ips {
 			// The resolver hands IPv4 answers back in mapped form; only a
@@ -119,39 +139,39 @@ func (g *guard) resolveTarget(ctx context.Context, addr string) (string, error) 
 		}
 	}
 	for _, a := range addrs {
-		target := net.JoinHostPort(a.Unmap().String(), port)
-		if g.isOwn(target) {
-			return "", refuse("%s is modgate itself", addr)
+		if g.isOwn(netip.AddrPortFrom(a.Unmap(), port)) {
+			return netip.AddrPort{}, refuse("%s is modgate itself", addr)
 		}
 		if isPinned {
 			continue
 		}
 		if g.explicit[lhost] {
 			if why := upstream.MetadataAddr(a); why != "" {
-				return "", refuse("%s resolves to %s, %s", host, a, why)
+				return netip.AddrPort{}, refuse("%s resolves to %s, %s", host, a, why)
 			}
 			continue
 		}
 		if why := special(a); why != "" {
-			return "", refuse("%s resolves to %s, %s", host, a, why)
+			return netip.AddrPort{}, refuse("%s resolves to %s, %s", host, a, why)
 		}
 		if g.thisMachine().Has(a) {
-			return "", refuse("%s resolves to %s, an address of this machine", host, a)
+			return netip.AddrPort{}, refuse("%s resolves to %s, an address of this machine", host, a)
 		}
 	}
-	return net.JoinHostPort(addrs[0].Unmap().String(), port), nil
+	return netip.AddrPortFrom(addrs[0].Unmap(), port), nil
 }
 
-// isOwn reports whether target (ip:port) is one of modgate's listeners:
-// the same address and port, or the port of a listener on every address
-// (0.0.0.0, ::) at any address of this machine.
-func (g *guard) isOwn(target string) bool {
-	th, tp, _ := net.SplitHostPort(target)
-	tip, _ := netip.ParseAddr(th)
-	tip = tip.Unmap()
+// isOwn reports whether target is one of modgate's listeners: the same
+// address and port, or the port of a listener on every address (0.0.0.0,
+// ::) at any address of this machine.
+func (g *guard) isOwn(target netip.AddrPort) bool {
+	tip := target.Addr().Unmap()
 	for _, own := range g.own {
 		oh, op, err := net.SplitHostPort(own)
-		if err != nil || op != tp {
+		if err != nil {
+			continue
+		}
+		if p, err := strconv.ParseUint(op, 10, 16); err != nil || uint16(p) != target.Port() {
 			continue
 		}
 		oip, err := netip.ParseAddr(oh)

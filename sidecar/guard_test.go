@@ -117,8 +117,9 @@ func TestGuardRefusesInternalAddresses(t *testing.T) {
 			t.Errorf("%s: %v; want it allowed", addr, err)
 			continue
 		}
-		if ap, err := netip.ParseAddrPort(target); err != nil || ap.Port() != 443 {
-			t.Errorf("%s: target %q", addr, target)
+		// Dial dials target.String(): an IP literal and the port.
+		if ap, err := netip.ParseAddrPort(target.String()); err != nil || ap != target || ap.Port() != 443 {
+			t.Errorf("%s: target %s", addr, target)
 		}
 	}
 	// A listener on every address is modgate at any of the machine's.
@@ -204,9 +205,9 @@ func FuzzGuardAddress(f *testing.F) {
 		if err != nil {
 			return
 		}
-		ap, perr := netip.ParseAddrPort(target)
-		if perr != nil || ap.Port() != 443 {
-			t.Fatalf("%q: target %q", host, target)
+		ap, perr := netip.ParseAddrPort(target.String())
+		if perr != nil || ap != target || ap.Port() != 443 {
+			t.Fatalf("%q: target %s", host, target)
 		}
 		if why := forbidden(ap.Addr()); why != "" {
 			t.Fatalf("%q accepted as %s, %s", host, target, why)
