@@ -3,6 +3,7 @@ module github.com/modgate/modgate
 go 1.26.0
 
 require (
+	github.com/elazarl/goproxy v1.9.2
 	github.com/fsnotify/fsnotify v1.10.1
 	github.com/prometheus/client_golang v1.24.1
 	github.com/redis/go-redis/v9 v9.23.0

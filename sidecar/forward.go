@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/elazarl/goproxy"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
@@ -66,13 +67,11 @@ type ForwardConfig struct {
 
 // forward is the state of forward mode.
 type forward struct {
-	s     *Server
-	cfg   ForwardConfig
-	guard *guard
-	opts  upstream.Options
-	// goprox answers CONNECT: serveConnect. (The name is older than the
-	// handler; server.go calls it.)
-	goprox http.Handler
+	s      *Server
+	cfg    ForwardConfig
+	guard  *guard
+	opts   upstream.Options
+	goprox *goproxy.ProxyHttpServer // parses CONNECT and hands the connection over
 
 	mu      sync.Mutex
 	origins map[originKey]*upstream.Upstream
@@ -142,11 +141,20 @@ func newForward(s *Server, cfg ForwardConfig, opts upstream.Options) *forward {
 	opts.MetricName = "origin" // hosts are on the spans, not the metrics
 	f.opts = opts
 
-	// server.go serves CONNECT through goprox. modgate hijacks CONNECT
-	// itself (serveConnect); no proxy library with defaults of its own
-	// (a built-in CA, a transport that skips verification or reads proxy
-	// variables, tunnels to any host and port) is in the way.
-	f.goprox = http.HandlerFunc(f.serveConnect)
+	// goproxy parses CONNECT and hands over the connection. Everything it
+	// would otherwise do by default is replaced: no built-in CA, no
+	// transport that skips verification or reads proxy variables, no
+	// tunnel to any host and port.
+	gp := goproxy.NewProxyHttpServer()
+	gp.Logger = slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)
+	gp.Verbose = false
+	gp.Tr = &http.Transport{Proxy: nil, DialContext: g.Dial, TLSClientConfig: &tls.Config{RootCAs: opts.RootCAs, MinVersion: tls.VersionTLS12}}
+	gp.ConnectDial = func(network, addr string) (net.Conn, error) { return g.Dial(context.Background(), network, addr) }
+	gp.NonproxyHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "not a CONNECT", http.StatusMethodNotAllowed) // unreachable: only CONNECT comes here
+	})
+	gp.OnRequest().HandleConnectFunc(f.handleConnect)
+	f.goprox = gp
 	return f
 }
 
@@ -298,24 +306,43 @@ func (f *forward) serve(x *exchange, scheme, host, port string) error {
 	return f.s.pipeline(x, originSource{f: f, u: u, host: host})
 }
 
-// serveConnect answers a CONNECT: it refuses it, tunnels it, or
-// intercepts it. A refusal, and the tunnel or interception, take the
-// client's connection from net/http (Hijack); bytes the client sent right
-// behind the CONNECT, without waiting for the 200, are the first the
-// destination gets.
+// serveConnect answers a CONNECT through goproxy (handleConnect): it
+// refuses it, tunnels it, or intercepts it. goproxy takes the client's
+// connection from net/http but not the bytes net/http had read behind the
+// CONNECT (a client may send its request or TLS hello without waiting for
+// the 200); keepBehind hands those over with the connection, and they are
+// the first the destination gets.
 func (f *forward) serveConnect(w http.ResponseWriter, r *http.Request) {
-	x, span, host, port, ok := f.admitConnect(w, r)
-	if !ok {
-		return
+	if r.ProtoMajor == 1 {
+		w = keepBehind{w} // HTTP/2 has no connection to hand over: goproxy tunnels in the stream
 	}
-	defer span.End()
-	c, behind, err := hijack(w)
+	f.goprox.ServeHTTP(w, r)
+}
+
+// handleConnect decides what to do with a CONNECT: refuse it, tunnel it,
+// or intercept it.
+func (f *forward) handleConnect(target string, ctx *goproxy.ProxyCtx) (*goproxy.ConnectAction, string) {
+	x, span, host, port, err := f.admitConnect(ctx.Req)
 	if err != nil {
-		// Only a listener that does not speak HTTP/1.1 cannot hand its
-		// connection over; answered as any other failure.
-		x.w.ResponseWriter = w
-		x.end(fail(wire.UpstreamFailed, "CONNECT "+x.host+": "+err.Error()))
-		return
+		a := f.reject(ctx, x, asProblem(err))
+		if span != nil {
+			span.End()
+		}
+		return a, target
+	}
+	ctx.Req = x.r
+	return &goproxy.ConnectAction{Action: goproxy.ConnectHijack, Hijack: func(_ *http.Request, c net.Conn, _ *goproxy.ProxyCtx) {
+		f.connected(x, span, c, host, port)
+	}}, target
+}
+
+// connected serves a CONNECT that admitConnect let through, on the
+// client's connection c.
+func (f *forward) connected(x *exchange, span trace.Span, c net.Conn, host, port string) {
+	defer span.End()
+	var behind []byte
+	if b, ok := c.(*behindConn); ok {
+		c, behind = b.Conn, b.behind
 	}
 	f.hijacked.Add(1)
 	defer f.hijacked.Done()
@@ -333,7 +360,7 @@ func (f *forward) serveConnect(w http.ResponseWriter, r *http.Request) {
 	// the connection's goroutine, whose stack grows (a copy) if they go
 	// past it.
 	defer c.Close()
-	err = f.tunnel(x, c, behind, x.host)
+	err := f.tunnel(x, c, behind, x.host)
 	if err != nil {
 		// Refused before the 200: the answer goes on the connection.
 		x.connect = func(p *problem) { connectRefusal(x.r, p).Write(c) }
@@ -345,27 +372,26 @@ func (f *forward) serveConnect(w http.ResponseWriter, r *http.Request) {
 }
 
 // admitConnect starts a CONNECT's exchange and span and checks its
-// target; ok is false when it has answered the CONNECT (a refusal). Its
-// frame is its own (noinline): a tunnel's goroutine, which dials and
-// relays below serveConnect, then needs less stack.
+// target: an error is the refusal to answer with (and span, when not nil,
+// is to be ended once it is answered). Its frame is its own (noinline): a
+// tunnel's goroutine, which dials and relays below connected, then needs
+// less stack.
 //
 //go:noinline
-func (f *forward) admitConnect(w http.ResponseWriter, r *http.Request) (x *exchange, span trace.Span, host, port string, ok bool) {
+func (f *forward) admitConnect(r *http.Request) (x *exchange, span trace.Span, host, port string, err error) {
 	target := r.URL.Host
 	x = f.s.newExchange(nil, r, wire.ModeForward)
 	x.host, x.req.Kind = target, wire.KindTunnel
 	identity, err := f.authenticate(r)
 	x.setIdentity(identity, err)
 	if err != nil {
-		f.reject(w, x, asProblem(err))
-		return nil, nil, "", "", false
+		return x, nil, "", "", err
 	}
 	host, port, err = wire.NormalizeHostPort(target, "")
 	if err != nil || host == "" {
 		// CONNECT names host:port (RFC 9110 9.3.6); guessing a port would
 		// only send a name of the client's choosing to the resolver.
-		f.reject(w, x, invalid("a CONNECT target is host:port"))
-		return nil, nil, "", "", false
+		return x, nil, "", "", invalid("a CONNECT target is host:port")
 	}
 	hostport := net.JoinHostPort(host, port)
 	x.host = hostport
@@ -380,22 +406,17 @@ func (f *forward) admitConnect(w http.ResponseWriter, r *http.Request) (x *excha
 	sctx, span = tel.Tracer().Start(sctx, "CONNECT", trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(
 		attribute.String("server.address", host), attribute.String("server.port", port),
 		telemetry.AttrRequestKind.String(string(wire.KindTunnel)), telemetry.AttrMode.String(string(mode))))
-	r = r.WithContext(sctx)
-	x.r = r
+	x.r = r.WithContext(sctx)
 	if err := f.guard.checkHost(host, port, true); err != nil {
-		defer span.End()
 		span.SetAttributes(attribute.Int("http.response.status_code", http.StatusForbidden), telemetry.AttrPolicyDecision.String(string(wire.DecisionDeny)))
-		f.reject(w, x, refused("CONNECT "+hostport+" refused: "+err.Error()))
-		return nil, nil, "", "", false
+		return x, span, "", "", refused("CONNECT " + hostport + " refused: " + err.Error())
 	}
 	if f.s.cfg.Offline && mode != wire.ModeMITM {
 		// A tunnel's bytes cannot come from the cache.
-		defer span.End()
-		f.reject(w, x, fail(wire.Offline, "CONNECT "+hostport+": modgate is offline and only intercepted hosts are served, from its cache"))
-		return nil, nil, "", "", false
+		return x, span, "", "", fail(wire.Offline, "CONNECT "+hostport+": modgate is offline and only intercepted hosts are served, from its cache")
 	}
 	x.mode = mode
-	return x, span, host, port, true
+	return x, span, host, port, nil
 }
 
 // busy refuses a CONNECT past forward.max_tunnels on the client's
@@ -406,42 +427,38 @@ func (f *forward) busy(x *exchange, c net.Conn) {
 	x.end(fail(wire.Busy, fmt.Sprintf("CONNECT %s: modgate has %d tunnels open, its forward.max_tunnels; try again", x.host, f.cfg.MaxTunnels)).retryAfter(1))
 }
 
-// hijack takes the client's connection from net/http, with the bytes
-// that came behind the request (nil if none).
-func hijack(w http.ResponseWriter) (net.Conn, []byte, error) {
-	var c net.Conn
-	var brw *bufio.ReadWriter
-	var err error
-	if h, ok := w.(http.Hijacker); ok {
-		c, brw, err = h.Hijack()
-	} else {
-		c, brw, err = http.NewResponseController(w).Hijack()
-	}
+// keepBehind is a CONNECT's ResponseWriter as goproxy gets it: its
+// Hijack hands over, with the connection, the bytes that came behind the
+// request (a behindConn).
+type keepBehind struct{ http.ResponseWriter }
+
+func (k keepBehind) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	c, brw, err := http.NewResponseController(k.ResponseWriter).Hijack()
 	if err != nil {
 		return nil, nil, err
 	}
-	var behind []byte
 	if n := brw.Reader.Buffered(); n > 0 {
 		b, _ := brw.Reader.Peek(n)
-		behind = bytes.Clone(b)
+		return &behindConn{Conn: c, behind: bytes.Clone(b)}, brw, nil
 	}
-	return c, behind, nil
+	return c, brw, nil
 }
 
-// reject answers a refused CONNECT on the client's connection, with the
-// reason in the status line, and closes it.
-func (f *forward) reject(w http.ResponseWriter, x *exchange, p *problem) {
-	x.connect = func(p *problem) {
-		c, _, err := hijack(w)
-		if err != nil {
-			x.w.ResponseWriter = w
-			writeError(w, p.status(), p.code, p.lines...)
-			return
-		}
-		defer c.Close()
-		connectRefusal(x.r, p).Write(c)
-	}
+func (k keepBehind) Unwrap() http.ResponseWriter { return k.ResponseWriter }
+
+// behindConn is a hijacked connection with the bytes that came behind the
+// CONNECT, which connected takes apart: the tunnel or the interception
+// sends them on first.
+type behindConn struct {
+	net.Conn
+	behind []byte
+}
+
+// reject answers a refused CONNECT through goproxy.
+func (f *forward) reject(ctx *goproxy.ProxyCtx, x *exchange, p *problem) *goproxy.ConnectAction {
+	x.connect = func(p *problem) { ctx.Resp = connectRefusal(x.r, p) }
 	x.end(p)
+	return &goproxy.ConnectAction{Action: goproxy.ConnectReject}
 }
 
 // connectRefusal is the answer to a CONNECT refused with p, with the

@@ -443,7 +443,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	closeAfterChunked(w, r)
 	switch {
 	case r.Method == http.MethodConnect:
-		s.fwd.goprox.ServeHTTP(w, r)
+		s.fwd.serveConnect(w, r)
 	case r.URL.IsAbs():
 		s.fwd.serveAbsolute(w, r)
 	default:
