@@ -121,6 +121,7 @@ type decision struct {
 	parent  trace.SpanContext // the (remote) parent the decision was made under
 	traceID trace.TraceID
 	result  sdktrace.SamplingResult
+	kind    wire.Kind // the request's, for the span's name and attribute
 }
 
 type decisionKey struct{}
