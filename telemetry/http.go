@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/textproto"
 	"sync"
+	"time"
 
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"go.opentelemetry.io/otel/attribute"
@@ -67,8 +68,8 @@ func ServerMiddlewareOf[T any](t *Telemetry, h http.Handler, classify func(r *ht
 	)
 	extractFrom := headerKeys(t.prop.Fields())
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		start := t.clock.Now()
 		c := new(serverContext[T])
+		c.start = t.clock.Now()
 		kind := classify(r, &c.carried).Normal()
 		method := metricMethod(r.Method)
 		active := t.inst.active.get(activeKey{method, scheme(r)})
@@ -90,7 +91,9 @@ func ServerMiddlewareOf[T any](t *Telemetry, h http.Handler, classify func(r *ht
 				tid = newTraceID()
 			}
 			res := t.sampler.ShouldSample(sdktrace.SamplingParameters{
-				ParentContext: c.Context, TraceID: tid, Name: spanName(r.Method, kind), Kind: trace.SpanKindServer,
+				// c, not c.Context: the same parent, and the request's
+				// start for the default sampler's clock (requestStart).
+				ParentContext: c, TraceID: tid, Name: spanName(r.Method, kind), Kind: trace.SpanKindServer,
 			})
 			if res.Decision == sdktrace.Drop {
 				c.span.sc = trace.NewSpanContext(trace.SpanContextConfig{
@@ -112,7 +115,7 @@ func ServerMiddlewareOf[T any](t *Telemetry, h http.Handler, classify func(r *ht
 		active.Add(-1)
 		// Recorded under the request's incoming trace context (a sampled
 		// parent's exemplar), not the span of its own.
-		t.inst.serverDuration.Record(c.Context, t.clock.Now().Sub(start).Seconds(),
+		t.inst.serverDuration.Record(c.Context, t.clock.Now().Sub(c.start).Seconds(),
 			t.inst.serverAttrs.get(serverKey{method: method, scheme: scheme(r), proto: protoVersion(r), kind: kind, status: status}).record...)
 	})
 }
@@ -125,7 +128,21 @@ func Carried[T any](ctx context.Context) *T {
 	return c
 }
 
-type carriedKey[T any] struct{}
+type (
+	carriedKey[T any] struct{}
+	startKey          struct{}
+)
+
+// requestStart returns the time ServerMiddleware took a request's start
+// at, if ctx is (or derives from) the request's context: the default
+// sampler, asked about the request's span, takes that for now rather than
+// reading the clock again.
+func requestStart(ctx context.Context) (time.Time, bool) {
+	if t, ok := ctx.Value(startKey{}).(*time.Time); ok {
+		return *t, true
+	}
+	return time.Time{}, false
+}
 
 // serverContext is the context ServerMiddlewareOf gives each request: the
 // request's own (with an incoming trace context extracted), the
@@ -136,6 +153,7 @@ type carriedKey[T any] struct{}
 type serverContext[T any] struct {
 	context.Context
 	carried T
+	start   time.Time
 	span    unsampledSpan // valid when the request is not sampled
 	dec     decision      // when it is (sampled)
 	sampled bool
@@ -145,6 +163,8 @@ func (c *serverContext[T]) Value(key any) any {
 	switch key {
 	case carriedKey[T]{}:
 		return &c.carried
+	case startKey{}:
+		return &c.start
 	case decisionKey{}:
 		if c.sampled {
 			return &c.dec

@@ -463,3 +463,37 @@ func TestWithAttemptNotRecording(t *testing.T) {
 		t.Errorf("%.0f allocations under a span that does not record, want 0", n)
 	}
 }
+
+// countingClock is a fakeClock that counts its readings.
+type countingClock struct {
+	*fakeClock
+	reads int
+}
+
+func (c *countingClock) Now() time.Time {
+	c.reads++
+	return c.fakeClock.Now()
+}
+
+// TestServerMiddlewareReadsClockTwice: a request's start and end are the
+// only clock readings the middleware makes; the default sampler takes the
+// request's start for its now.
+func TestServerMiddlewareReadsClockTwice(t *testing.T) {
+	clock := &countingClock{fakeClock: &fakeClock{now: time.Unix(1e9, 0)}}
+	tel, _ := setup(t, Config{MaxTracesPerSecond: 1, Clock: clock})
+	sr := recordSpans(tel)
+	h := tel.ServerMiddleware(okHandler(), func(*http.Request) wire.Kind { return wire.KindInfo })
+	h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/a/@v/v1.0.0.info", nil)) // the one token
+	clock.reads = 0
+	for range 3 {
+		h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/a/@v/v1.0.0.info", nil))
+	}
+	if clock.reads != 6 {
+		t.Errorf("%d clock readings for 3 unsampled requests, want 6", clock.reads)
+	}
+	clock.Advance(time.Second)
+	h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/a/@v/v1.0.0.info", nil))
+	if n := len(sr.Ended()); n != 2 {
+		t.Errorf("%d spans after the bucket refilled, want 2", n)
+	}
+}
