@@ -10,10 +10,12 @@ import (
 
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
 	metricnoop "go.opentelemetry.io/otel/metric/noop"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/embedded"
 	tracenoop "go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/modgate/modgate/sidecar/wire"
@@ -103,7 +105,7 @@ func ServerMiddlewareOf[T any](t *Telemetry, h http.Handler, classify func(r *ht
 				h.ServeHTTP(sw, r.WithContext(c.withSpan()))
 				break
 			}
-			c.dec, c.sampled = decision{parent: parent, traceID: tid, result: res, kind: kind}, true
+			c.dec = &decision{parent: parent, traceID: tid, result: res, kind: kind}
 			traced.ServeHTTP(sw, r.WithContext(c))
 		}
 
@@ -155,8 +157,7 @@ type serverContext[T any] struct {
 	carried T
 	start   time.Time
 	span    unsampledSpan // valid when the request is not sampled
-	dec     decision      // when it is (sampled)
-	sampled bool
+	dec     *decision     // set when it is (rarely: kept out of every request's allocation)
 }
 
 func (c *serverContext[T]) Value(key any) any {
@@ -166,8 +167,8 @@ func (c *serverContext[T]) Value(key any) any {
 	case startKey{}:
 		return &c.start
 	case decisionKey{}:
-		if c.sampled {
-			return &c.dec
+		if c.dec != nil {
+			return c.dec
 		}
 	case spanKey:
 		if spanKeyOK && c.span.sc.IsValid() {
@@ -189,15 +190,25 @@ func (c *serverContext[T]) withSpan() context.Context {
 }
 
 // unsampledSpan is the span of a request that is not sampled: its span
-// context and nothing else, as trace.ContextWithSpanContext's span is. It
-// lives in its serverContext, so a context can carry it without an
-// allocation of its own.
+// context and nothing else, as trace.ContextWithSpanContext's span is
+// (tracenoop.Span's methods, which cannot be given a span context of our
+// own). It lives in its serverContext, so a context can carry it without
+// an allocation of its own.
 type unsampledSpan struct {
-	tracenoop.Span
+	embedded.Span
 	sc trace.SpanContext
 }
 
-func (s *unsampledSpan) SpanContext() trace.SpanContext { return s.sc }
+func (s *unsampledSpan) SpanContext() trace.SpanContext        { return s.sc }
+func (*unsampledSpan) IsRecording() bool                       { return false }
+func (*unsampledSpan) SetStatus(codes.Code, string)            {}
+func (*unsampledSpan) SetAttributes(...attribute.KeyValue)     {}
+func (*unsampledSpan) End(...trace.SpanEndOption)              {}
+func (*unsampledSpan) RecordError(error, ...trace.EventOption) {}
+func (*unsampledSpan) AddEvent(string, ...trace.EventOption)   {}
+func (*unsampledSpan) AddLink(trace.Link)                      {}
+func (*unsampledSpan) SetName(string)                          {}
+func (*unsampledSpan) TracerProvider() trace.TracerProvider    { return tracenoop.TracerProvider{} }
 
 // spanKey is the key under which otel's trace package keeps the current
 // span in a context (trace.ContextWithSpan stores it there,
