@@ -8,7 +8,6 @@ import (
 	"unicode/utf8"
 
 	"golang.org/x/mod/module"
-	"golang.org/x/mod/semver"
 	"golang.org/x/mod/sumdb/tlog"
 	modzip "golang.org/x/mod/zip"
 
@@ -154,7 +153,7 @@ func classifyProxy(p string) (Request, error) {
 		return r, err
 	}
 	r.Module = mod
-	if r.Kind == wire.KindInfo && !exactVersion(mod, r.Version) {
+	if r.Kind == wire.KindInfo && !r.Query && !matchesPathMajor(mod, r.Version) {
 		// A canonical version that is not one of this path's (v2.0.0 of
 		// a path without /v2) is resolved by the proxy, as a query.
 		r.Query = true
@@ -177,6 +176,16 @@ func decodePath(esc string) (string, error) {
 	return "", fmt.Errorf("invalid module path %q: %v", esc, unwrapModuleError(err))
 }
 
+// matchesPathMajor is exactVersion(mod, v) for a module path that passed
+// module.CheckPath and a canonical version (decodePath and decodeVersion
+// made sure of both): of module.Check, only the major version's match with
+// the path is left to check, and CheckPath, the costliest part of
+// classifying an .info request, is not run a second time.
+func matchesPathMajor(mod, v string) bool {
+	_, pathMajor, _ := module.SplitPathVersion(mod)
+	return module.MatchPathMajor(v, pathMajor)
+}
+
 // decodeVersion decodes an escaped version and insists on a canonical
 // semantic version: proxies serve only those, and it keeps odd strings
 // (branch names, "..", NUL) away from upstreams and caches.
@@ -185,7 +194,8 @@ func decodeVersion(esc string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("invalid version %q: %v", esc, unwrapModuleError(err))
 	}
-	if !semver.IsValid(v) || module.CanonicalVersion(v) != v {
+	// CanonicalVersion of anything but a semantic version is "".
+	if v == "" || module.CanonicalVersion(v) != v {
 		if c := module.CanonicalVersion(v); c != "" {
 			return "", fmt.Errorf("version %q is not canonical (want %s)", v, c)
 		}

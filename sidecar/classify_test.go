@@ -109,6 +109,9 @@ func FuzzClassifyReverse(f *testing.F) {
 		"/fixture.test/a/@v/list", "/fixture.test/!a/@v/v1.0.0.zip", "/x.test/y/@latest",
 		"/sumdb/sum.fixture.test/lookup/x.test/y@v1.0.0", "/sumdb/s.test/tile/8/0/x001/002.p/3",
 		"/a/../b/@v/v1.0.0.info", "/%00/@v/list",
+		"/fixture.test/a/@v/v2.0.0.info", "/fixture.test/a/v2/@v/v2.0.0.info", "/fixture.test/a/v2/@v/v1.0.0.info",
+		"/gopkg.in/!yaml.v2/@v/v2.4.0.info", "/gopkg.in/yaml.v2/@v/v3.0.0.info", "/fixture.test/a/@v/v2.0.0+incompatible.info",
+		"/fixture.test/a/@v/main.info",
 	} {
 		f.Add(s)
 	}
@@ -141,6 +144,9 @@ func FuzzClassifyReverse(f *testing.F) {
 			}
 		case !canonical:
 			t.Fatalf("%q: accepted non-canonical version %q", p, r.Version)
+		}
+		if r.Kind == wire.KindInfo && r.Query == exactVersion(r.Module, r.Version) {
+			t.Fatalf("%q: query %v for %s@%s, want it exactly when that is not one of the module's versions", p, r.Query, r.Module, r.Version)
 		}
 		switch r.Kind {
 		case wire.KindList, wire.KindLatest, wire.KindInfo, wire.KindMod, wire.KindZip:

@@ -371,33 +371,32 @@ func (s *Server) Handler() http.Handler {
 	if s.tel == nil {
 		return s.carryBuild(http.HandlerFunc(s.serveHTTP))
 	}
-	traced := s.tel.ServerMiddleware(http.HandlerFunc(s.serveHTTP), s.kindOf)
+	// The span's name needs the request's kind before the pipeline runs:
+	// classifyInto classifies once, into the request's context, for both.
+	traced := telemetry.ServerMiddlewareOf(s.tel, http.HandlerFunc(s.serveHTTP), s.classifyInto)
 	return s.carryBuild(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodConnect {
 			s.serveHTTP(w, r)
 			return
 		}
-		// The span's name needs the request's kind before the pipeline
-		// runs: kindOf classifies once, into this slot, for both.
-		traced.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), classifiedKey{}, new(classified))))
+		traced.ServeHTTP(w, r)
 	}))
 }
 
-// classified is a request's classification, made once for the span (by
-// kindOf) and the pipeline.
+// classified is a request's classification, made once for the span and
+// metrics (classifyInto) and the pipeline (classify); the request's context
+// carries it (telemetry.Carried).
 type classified struct {
 	done bool
 	req  Request
 	err  error
 }
 
-type classifiedKey struct{}
-
 // classify classifies a request to modgate as a GOPROXY (host empty) or
-// to host (normalised) in forward mode, reusing kindOf's work when it was
-// done.
+// to host (normalised) in forward mode, reusing classifyInto's work when
+// it was done.
 func (s *Server) classify(r *http.Request, host string) (Request, error) {
-	c, _ := r.Context().Value(classifiedKey{}).(*classified)
+	c := telemetry.Carried[classified](r.Context())
 	if c != nil && c.done {
 		return c.req, c.err
 	}
@@ -414,17 +413,21 @@ func (s *Server) classify(r *http.Request, host string) (Request, error) {
 	return req, err
 }
 
-// kindOf classifies a request for its span name and metrics.
-func (s *Server) kindOf(r *http.Request) wire.Kind {
+// classifyInto classifies a request into c, which the request's context
+// carries on to classify, and returns its kind for the span's name and the
+// metrics.
+func (s *Server) classifyInto(r *http.Request, c *classified) wire.Kind {
 	host := ""
 	if r.URL.IsAbs() {
 		host = normalized(r.URL.Hostname())
 	}
-	req, err := s.classify(r, host)
+	var err error
+	c.req, err = s.classify(r, host)
+	c.err, c.done = err, true
 	if err != nil && host == "" {
 		return wire.KindOther
 	}
-	return req.Kind
+	return c.req.Kind
 }
 
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {

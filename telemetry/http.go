@@ -6,13 +6,17 @@ import (
 	"net/http"
 	"net/textproto"
 	"sync"
+	"time"
 
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
 	metricnoop "go.opentelemetry.io/otel/metric/noop"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/embedded"
+	tracenoop "go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/modgate/modgate/sidecar/wire"
 )
@@ -35,6 +39,16 @@ import (
 // header names an arbitrary origin, and it must not become a span or metric
 // dimension of ours.
 func (t *Telemetry) ServerMiddleware(h http.Handler, kindOf func(*http.Request) wire.Kind) http.Handler {
+	return ServerMiddlewareOf(t, h, func(r *http.Request, _ *struct{}) wire.Kind { return kindOf(r) })
+}
+
+// ServerMiddlewareOf is ServerMiddleware whose classifier also fills in a
+// T, which the request's context then carries to h (Carried): a handler
+// that needs more of the classification than its kind does not classify
+// again. The T lives in the one context a request gets from the
+// middleware (serverContext), beside its span context and sampling
+// decision, so carrying it costs no allocation of its own.
+func ServerMiddlewareOf[T any](t *Telemetry, h http.Handler, classify func(r *http.Request, into *T) wire.Kind) http.Handler {
 	if t == nil {
 		return h
 	}
@@ -54,39 +68,45 @@ func (t *Telemetry) ServerMiddleware(h http.Handler, kindOf func(*http.Request) 
 			return spanName(r.Method, kindFrom(r.Context()))
 		}),
 	)
+	extractFrom := headerKeys(t.prop.Fields())
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		start := t.clock.Now()
-		kind := kindOf(r).Normal()
+		c := new(serverContext[T])
+		c.start = t.clock.Now()
+		kind := classify(r, &c.carried).Normal()
 		method := metricMethod(r.Method)
 		active := t.inst.active.get(activeKey{method, scheme(r)})
 		active.Add(1)
 		sw := getStatusWriter(w)
 
-		ctx := t.prop.Extract(r.Context(), headerCarrier(r.Header))
+		c.Context = r.Context()
+		if hasAny(r.Header, extractFrom) {
+			c.Context = t.prop.Extract(c.Context, headerCarrier(r.Header))
+		}
 		switch {
 		case t.disabled:
 			// No span: an incoming trace context passes through as it came.
-			h.ServeHTTP(sw, r.WithContext(ctx))
+			h.ServeHTTP(sw, r.WithContext(c))
 		default:
-			parent := trace.SpanContextFromContext(ctx)
+			parent := trace.SpanContextFromContext(c.Context)
 			tid := parent.TraceID()
 			if !parent.IsValid() {
 				tid = newTraceID()
 			}
 			res := t.sampler.ShouldSample(sdktrace.SamplingParameters{
-				ParentContext: ctx, TraceID: tid, Name: spanName(r.Method, kind), Kind: trace.SpanKindServer,
+				// c, not c.Context: the same parent, and the request's
+				// start for the default sampler's clock (requestStart).
+				ParentContext: c, TraceID: tid, Name: spanName(r.Method, kind), Kind: trace.SpanKindServer,
 			})
 			if res.Decision == sdktrace.Drop {
-				sc := trace.NewSpanContext(trace.SpanContextConfig{
+				c.span.sc = trace.NewSpanContext(trace.SpanContextConfig{
 					TraceID: tid, SpanID: newSpanID(), TraceState: res.Tracestate,
 					TraceFlags: parent.TraceFlags().WithSampled(false),
 				})
-				h.ServeHTTP(sw, r.WithContext(trace.ContextWithSpanContext(ctx, sc)))
+				h.ServeHTTP(sw, r.WithContext(c.withSpan()))
 				break
 			}
-			ctx = context.WithValue(ctx, kindKey{}, kind)
-			ctx = context.WithValue(ctx, decisionKey{}, &decision{parent: parent, traceID: tid, result: res})
-			traced.ServeHTTP(sw, r.WithContext(ctx))
+			c.dec = &decision{parent: parent, traceID: tid, result: res, kind: kind}
+			traced.ServeHTTP(sw, r.WithContext(c))
 		}
 
 		status := sw.status
@@ -95,9 +115,156 @@ func (t *Telemetry) ServerMiddleware(h http.Handler, kindOf func(*http.Request) 
 		}
 		putStatusWriter(sw)
 		active.Add(-1)
-		t.inst.serverDuration.Record(ctx, t.clock.Now().Sub(start).Seconds(),
+		// Recorded under the request's incoming trace context (a sampled
+		// parent's exemplar), not the span of its own.
+		t.inst.serverDuration.Record(c.Context, t.clock.Now().Sub(c.start).Seconds(),
 			t.inst.serverAttrs.get(serverKey{method: method, scheme: scheme(r), proto: protoVersion(r), kind: kind, status: status}).record...)
 	})
+}
+
+// Carried returns the T that ServerMiddlewareOf's classifier filled in for
+// the request whose context ctx is (or derives from), or nil when the
+// request did not pass ServerMiddlewareOf[T].
+func Carried[T any](ctx context.Context) *T {
+	c, _ := ctx.Value(carriedKey[T]{}).(*T)
+	return c
+}
+
+type (
+	carriedKey[T any] struct{}
+	startKey          struct{}
+)
+
+// requestStart returns the time ServerMiddleware took a request's start
+// at, if ctx is (or derives from) the request's context: the default
+// sampler, asked about the request's span, takes that for now rather than
+// reading the clock again.
+func requestStart(ctx context.Context) (time.Time, bool) {
+	if t, ok := ctx.Value(startKey{}).(*time.Time); ok {
+		return *t, true
+	}
+	return time.Time{}, false
+}
+
+// serverContext is the context ServerMiddlewareOf gives each request: the
+// request's own (with an incoming trace context extracted), the
+// classifier's T, and either the span context of a request that is not
+// sampled or the decision for otelhttp's span. One allocation, and one
+// lookup deep, where a context.WithValue for each of them (and the
+// request copy each new context needs) cost six allocations a request.
+type serverContext[T any] struct {
+	context.Context
+	carried T
+	start   time.Time
+	span    unsampledSpan // valid when the request is not sampled
+	dec     *decision     // set when it is (rarely: kept out of every request's allocation)
+}
+
+func (c *serverContext[T]) Value(key any) any {
+	switch key {
+	case carriedKey[T]{}:
+		return &c.carried
+	case startKey{}:
+		return &c.start
+	case decisionKey{}:
+		if c.dec != nil {
+			return c.dec
+		}
+	case spanKey:
+		if spanKeyOK && c.span.sc.IsValid() {
+			return &c.span
+		}
+	}
+	return c.Context.Value(key)
+}
+
+// withSpan returns c as the context of an unsampled request's handler.
+// serverContext answers trace's own key for the current span itself
+// (spanKey); should that key not have been learnt, the span goes into a
+// context of its own, as trace.ContextWithSpanContext would put it.
+func (c *serverContext[T]) withSpan() context.Context {
+	if spanKeyOK {
+		return c
+	}
+	return trace.ContextWithSpan(c, &c.span)
+}
+
+// unsampledSpan is the span of a request that is not sampled: its span
+// context and nothing else, as trace.ContextWithSpanContext's span is
+// (tracenoop.Span's methods, which cannot be given a span context of our
+// own). It lives in its serverContext, so a context can carry it without
+// an allocation of its own.
+type unsampledSpan struct {
+	embedded.Span
+	sc trace.SpanContext
+}
+
+func (s *unsampledSpan) SpanContext() trace.SpanContext        { return s.sc }
+func (*unsampledSpan) IsRecording() bool                       { return false }
+func (*unsampledSpan) SetStatus(codes.Code, string)            {}
+func (*unsampledSpan) SetAttributes(...attribute.KeyValue)     {}
+func (*unsampledSpan) End(...trace.SpanEndOption)              {}
+func (*unsampledSpan) RecordError(error, ...trace.EventOption) {}
+func (*unsampledSpan) AddEvent(string, ...trace.EventOption)   {}
+func (*unsampledSpan) AddLink(trace.Link)                      {}
+func (*unsampledSpan) SetName(string)                          {}
+func (*unsampledSpan) TracerProvider() trace.TracerProvider    { return tracenoop.TracerProvider{} }
+
+// spanKey is the key under which otel's trace package keeps the current
+// span in a context (trace.ContextWithSpan stores it there,
+// trace.SpanFromContext looks it up). The key is unexported; it is learnt
+// once, from what SpanFromContext asks a context for, and spanKeyOK says
+// whether ContextWithSpan really stores a span under it. If it does not
+// (a later otel), serverContext leaves the key alone and withSpan adds a
+// context for the span: slower, the same behaviour.
+var spanKey, spanKeyOK = learnSpanKey()
+
+func learnSpanKey() (any, bool) {
+	var p keyProbe
+	trace.SpanFromContext(&p)
+	if p.keys != 1 || p.key == nil {
+		return nil, false
+	}
+	s := new(unsampledSpan)
+	got := trace.ContextWithSpan(context.Background(), s).Value(p.key)
+	if got != trace.Span(s) {
+		return nil, false
+	}
+	return p.key, true
+}
+
+// keyProbe is a context that remembers the keys it is asked for.
+type keyProbe struct {
+	context.Context
+	key  any
+	keys int
+}
+
+func (p *keyProbe) Value(key any) any {
+	p.key = key
+	p.keys++
+	return nil
+}
+
+// headerKeys returns the canonical header names of a propagator's fields.
+func headerKeys(fields []string) []string {
+	keys := make([]string, len(fields))
+	for i, f := range fields {
+		keys[i] = canonicalKey(f)
+	}
+	return keys
+}
+
+// hasAny reports whether h has any of keys (canonical): a request without
+// traceparent, tracestate or baggage has nothing to extract, which the
+// propagators would find out only header by header, through interfaces.
+func hasAny(h http.Header, keys []string) bool {
+	for _, k := range keys {
+		if len(h[k]) > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // statusWriter remembers the status of the answer, for the metrics. It
@@ -239,7 +406,14 @@ func (t *Telemetry) ClientTransport(rt http.RoundTripper) http.RoundTripper {
 // the upstream a request goes to and its kind. name is the upstream's
 // configured name (in forward mode, use a fixed name such as "origin": the
 // host is on the span as server.address already).
+//
+// WithUpstream, WithAttempt and WithClientAttributes return ctx itself
+// when its span is not recording: ClientTransport makes no span under it,
+// and a span that is not recording never starts again.
 func WithUpstream(ctx context.Context, name string, kind wire.Kind) context.Context {
+	if !trace.SpanFromContext(ctx).IsRecording() {
+		return ctx
+	}
 	u := upstreamFrom(ctx)
 	u.name, u.kind = name, kind.Normal()
 	return context.WithValue(ctx, upstreamKey{}, u)
@@ -250,6 +424,9 @@ func WithUpstream(ctx context.Context, name string, kind wire.Kind) context.Cont
 // before (http.request.resend_count). They are kept as plain values and
 // become span attributes only when the attempt's span is recording.
 func WithAttempt(ctx context.Context, name string, kind wire.Kind, breaker wire.BreakerState, resends int) context.Context {
+	if !trace.SpanFromContext(ctx).IsRecording() {
+		return ctx
+	}
 	u := upstreamFrom(ctx)
 	u.name, u.kind, u.breaker, u.resends, u.attempt = name, kind.Normal(), breaker, resends, true
 	return context.WithValue(ctx, upstreamKey{}, u)
@@ -259,15 +436,15 @@ func WithAttempt(ctx context.Context, name string, kind wire.Kind, breaker wire.
 // carries attrs (e.g. AttrHedge). They go on the span only, never on a
 // metric.
 func WithClientAttributes(ctx context.Context, attrs ...attribute.KeyValue) context.Context {
+	if !trace.SpanFromContext(ctx).IsRecording() {
+		return ctx
+	}
 	u := upstreamFrom(ctx)
 	u.attrs = append(u.attrs[:len(u.attrs):len(u.attrs)], attrs...)
 	return context.WithValue(ctx, upstreamKey{}, u)
 }
 
-type (
-	kindKey     struct{}
-	upstreamKey struct{}
-)
+type upstreamKey struct{}
 
 type upstreamInfo struct {
 	name    string
@@ -278,9 +455,11 @@ type upstreamInfo struct {
 	attrs   []attribute.KeyValue
 }
 
+// kindFrom returns the kind of the request whose server span is being
+// started (ServerMiddleware's decision carries it).
 func kindFrom(ctx context.Context) wire.Kind {
-	if k, ok := ctx.Value(kindKey{}).(wire.Kind); ok {
-		return k
+	if d, ok := ctx.Value(decisionKey{}).(*decision); ok {
+		return d.kind
 	}
 	return wire.KindOther
 }

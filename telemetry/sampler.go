@@ -83,20 +83,24 @@ func newRateLimited(rate float64, clock wire.Clock) *rateLimited {
 }
 
 func (s *rateLimited) ShouldSample(p sdktrace.SamplingParameters) sdktrace.SamplingResult {
+	now, ok := requestStart(p.ParentContext)
+	if !ok {
+		now = s.clock.Now()
+	}
 	d := sdktrace.Drop
-	if s.take() {
+	if s.take(now) {
 		d = sdktrace.RecordAndSample
 	}
 	return sdktrace.SamplingResult{Decision: d, Tracestate: trace.SpanContextFromContext(p.ParentContext).TraceState()}
 }
 
-func (s *rateLimited) take() bool {
+// take takes a token, if there is one at now.
+func (s *rateLimited) take(now time.Time) bool {
 	if s.rate <= 0 {
 		return false
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	now := s.clock.Now()
 	if el := now.Sub(s.last); el > 0 {
 		s.tokens = min(s.burst, s.tokens+el.Seconds()*s.rate)
 		s.last = now
@@ -121,6 +125,7 @@ type decision struct {
 	parent  trace.SpanContext // the (remote) parent the decision was made under
 	traceID trace.TraceID
 	result  sdktrace.SamplingResult
+	kind    wire.Kind // the request's, for the span's name and attribute
 }
 
 type decisionKey struct{}

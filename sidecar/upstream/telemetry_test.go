@@ -10,6 +10,7 @@ import (
 
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/modgate/modgate/sidecar/wire"
 	"github.com/modgate/modgate/telemetry"
 )
 
@@ -50,5 +51,19 @@ func TestTraceParentWhenNotSampled(t *testing.T) {
 	}
 	if want := "00-" + span.SpanContext().TraceID().String() + "-"; !strings.HasPrefix(got[1], want) || strings.Contains(got[1], span.SpanContext().SpanID().String()) || !strings.HasSuffix(got[1], "-01") {
 		t.Errorf("sampled traceparent %q: want the trace with the client span as parent, sampled", got[1])
+	}
+}
+
+// TestWithKind: the kind comes back as it went in, and naming a known
+// kind costs the context alone.
+func TestWithKind(t *testing.T) {
+	for _, k := range []wire.Kind{wire.KindInfo, wire.KindZip, "unheard-of"} {
+		if got := KindFrom(WithKind(context.Background(), k)); got != k {
+			t.Errorf("KindFrom(WithKind(%q)) = %q", k, got)
+		}
+	}
+	kind := wire.KindInfo
+	if n := testing.AllocsPerRun(100, func() { WithKind(context.Background(), kind) }); n != 1 {
+		t.Errorf("WithKind: %.0f allocations, want 1 (the context)", n)
 	}
 }

@@ -724,8 +724,22 @@ var ErrRefused = errors.New("refused by modgate's guard")
 // WithKind returns a context that tells the upstream what kind of request
 // it carries (list, zip, ...), for its spans and metrics.
 func WithKind(ctx context.Context, kind wire.Kind) context.Context {
-	return context.WithValue(ctx, kindKey{}, kind)
+	v, ok := boxedKinds[kind]
+	if !ok {
+		v = kind
+	}
+	return context.WithValue(ctx, kindKey{}, v)
 }
+
+// boxedKinds holds each request kind as an interface value made once: a
+// string made into one allocates, once per request.
+var boxedKinds = func() map[wire.Kind]any {
+	m := map[wire.Kind]any{}
+	for _, k := range wire.Kinds() {
+		m[k] = k
+	}
+	return m
+}()
 
 // KindFrom returns the kind WithKind set, or wire.KindOther.
 func KindFrom(ctx context.Context) wire.Kind {
