@@ -104,6 +104,9 @@ var hopHeaders = []string{
 // copyHeader copies end-to-end headers from src to dst.
 // Hop-by-hop headers of src are skipped, never deleted from dst: dst may
 // carry modgate's own (Connection: close after a chunked request).
+// dst shares src's values, capped so that an Add to dst copies them
+// rather than writes into src's: no header here is changed in place, and
+// net/http writes a copy of the answer's header.
 func copyHeader(dst, src http.Header) {
 	var named []string // the headers src's Connection names
 	for _, f := range src["Connection"] {
@@ -115,7 +118,7 @@ func copyHeader(dst, src http.Header) {
 		if slices.Contains(hopHeaders, k) || slices.Contains(named, k) {
 			continue
 		}
-		dst[k] = append(dst[k][:0:0], vs...)
+		dst[k] = vs[:len(vs):len(vs)]
 	}
 }
 
