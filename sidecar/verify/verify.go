@@ -141,7 +141,16 @@ type Verifier struct {
 // generation is one sumdb.Client and its ops.
 type generation struct {
 	c *sumdb.Client
+	// hashes holds the hash each lookup c answered found (lookupKey to
+	// string): asked again, as every request for a verified .mod or zip
+	// asks, c would answer from its own cache, and this answers without
+	// the goroutine that waits for c. No larger than c's caches.
+	hashes sync.Map
 }
+
+// lookupKey is a module path and a version (ending in /go.mod for a
+// go.mod's hash).
+type lookupKey struct{ path, vers string }
 
 // New returns a verifier for the database whose key is cfg.Key.
 func New(cfg Config) (*Verifier, error) {
@@ -194,8 +203,7 @@ func (v *Verifier) newGeneration() *generation {
 // lookup asks the Client for the go.sum lines of mod@vers (vers may end
 // in /go.mod), replacing the Client after a failure or when it has done
 // enough lookups.
-func (v *Verifier) lookup(ctx context.Context, path, vers string) ([]string, error) {
-	g := v.client.Load()
+func (v *Verifier) lookup(ctx context.Context, g *generation, path, vers string) ([]string, error) {
 	type result struct {
 		lines []string
 		err   error
@@ -258,15 +266,20 @@ func isProofFailure(err error) bool {
 // hashFor returns the hash the database holds for mod@vers (vers may end
 // in /go.mod), or "" when its record has none.
 func (v *Verifier) hashFor(ctx context.Context, path, vers string) (string, error) {
+	g := v.client.Load()
+	if h, ok := g.hashes.Load(lookupKey{path, vers}); ok {
+		return h.(string), nil
+	}
 	ctx, cancel := context.WithTimeout(ctx, v.timeout)
 	defer cancel()
-	lines, err := v.lookup(ctx, path, vers)
+	lines, err := v.lookup(ctx, g, path, vers)
 	if err != nil {
 		return "", err
 	}
 	// The lines are "<path> <vers> h1:<hash>" (sumdb.Client.Lookup).
 	for _, line := range lines {
 		if f := strings.Fields(line); len(f) == 3 && f[0] == path && f[1] == vers {
+			g.hashes.Store(lookupKey{path, vers}, f[2])
 			return f[2], nil
 		}
 	}

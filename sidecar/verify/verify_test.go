@@ -123,6 +123,30 @@ func TestCheckModAndZip(t *testing.T) {
 	}
 }
 
+// TestHashAskedAgain: a hash the database was asked for once is answered
+// again from the verifier's memory, without a lookup (its goroutine, its
+// timeout), and still tells a wrong hash from the right one.
+func TestHashAskedAgain(t *testing.T) {
+	r := newRig(t)
+	v := r.verifier(t, nil)
+	ctx := context.Background()
+	m := r.module(t, "fixture.test/dep05")
+	h1, err := verify.GoModHash(m.Mod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := v.CheckHash(ctx, m.Path, m.Version+"/go.mod", h1); err != nil {
+		t.Fatal(err)
+	}
+	if n := testing.AllocsPerRun(100, func() { v.CheckHash(ctx, m.Path, m.Version+"/go.mod", h1) }); n > 1 {
+		t.Errorf("checking a hash asked for before allocates %v times", n)
+	}
+	var mm *verify.MismatchError
+	if err := v.CheckHash(ctx, m.Path, m.Version+"/go.mod", "h1:wrong"); !errors.As(err, &mm) || mm.Want != h1 {
+		t.Errorf("a wrong hash asked again: %v, want a mismatch naming %s", err, h1)
+	}
+}
+
 func TestLookupsAreCachedAndReplayed(t *testing.T) {
 	r := newRig(t)
 	store := &mapStore{m: map[string][]byte{}}
