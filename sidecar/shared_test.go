@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -14,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -477,9 +479,10 @@ func TestFleetOneReplicaFetches(t *testing.T) {
 	}
 }
 
-// debugLeases reads the server's lease outcomes from /debug/upstreams
-// (its fleet.redis object also holds the fleet's own counters, one of
-// them "Leases": the key is matched exactly).
+// debugLeases reads the server's lease outcomes from /debug/upstreams,
+// whose fleet.redis object also holds the fleet's own counters, each under
+// a lower-case key of its own: none that a case-insensitive decoder would
+// take for "leases".
 func debugLeases(t *testing.T, srv *sidecar.Server) map[string]int64 {
 	t.Helper()
 	rec := httptest.NewRecorder()
@@ -492,6 +495,16 @@ func debugLeases(t *testing.T, srv *sidecar.Server) map[string]int64 {
 	var leases map[string]int64
 	if err := json.Unmarshal(rec.Body.Bytes(), &page); err != nil {
 		t.Fatalf("/debug/upstreams: %v\n%s", err, rec.Body)
+	}
+	for k := range page.Fleet.Redis {
+		if k != strings.ToLower(k) {
+			t.Errorf("/debug/upstreams: fleet.redis has key %q (keys: %v)", k, slices.Collect(maps.Keys(page.Fleet.Redis)))
+		}
+	}
+	for _, k := range []string{"leases_taken", "waits", "wait_timeouts", "news_sent", "news_received", "rejected"} {
+		if _, ok := page.Fleet.Redis[k]; !ok {
+			t.Errorf("/debug/upstreams: fleet.redis has no %q", k)
+		}
 	}
 	if err := json.Unmarshal(page.Fleet.Redis["leases"], &leases); err != nil {
 		t.Fatalf("/debug/upstreams: fleet.redis.leases: %v\n%s", err, rec.Body)

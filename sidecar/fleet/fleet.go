@@ -289,7 +289,12 @@ type Status struct {
 	// of time, news published and news received from other replicas, and
 	// messages dropped because they did not verify (unsigned, badly
 	// signed or stale news; forged lease values and release notes).
-	Leases, Waits, WaitTimeouts, NewsSent, NewsReceived, Rejected int64
+	Leases       int64 `json:"leases_taken"` // not "leases": /debug/upstreams has lease outcomes under that
+	Waits        int64 `json:"waits"`
+	WaitTimeouts int64 `json:"wait_timeouts"`
+	NewsSent     int64 `json:"news_sent"`
+	NewsReceived int64 `json:"news_received"`
+	Rejected     int64 `json:"rejected"`
 }
 
 // Status returns a snapshot of the fleet.
