@@ -28,13 +28,18 @@ import (
 )
 
 // startForwardGate serves a modgate whose forward mode may reach 127.0.0.1
-// on port, and returns its address. It is stopped (Serve returns, its
-// tunnels' sweep too) when the benchmark ends.
-func startForwardGate(b *testing.B, port int) string {
-	s, err := New(Config{
+// on port, configured further by with (if not nil), and returns its
+// address. It is stopped (Serve returns, its tunnels' sweep too) when the
+// benchmark ends, before the cleanups registered ahead of it.
+func startForwardGate(b *testing.B, port int, with func(*Config)) string {
+	cfg := Config{
 		Upstreams: []upstream.Config{{URL: "off"}},
 		Forward:   ForwardConfig{AllowHosts: []string{"127.0.0.1"}, ConnectPorts: []int{port}},
-	})
+	}
+	if with != nil {
+		with(&cfg)
+	}
+	s, err := New(cfg)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -67,7 +72,7 @@ func BenchmarkForwardAbsolute(b *testing.B) {
 	defer origin.Close()
 	u, _ := url.Parse(origin.URL)
 	port, _ := strconv.Atoi(u.Port())
-	gate := startForwardGate(b, port)
+	gate := startForwardGate(b, port, nil)
 	floor := httptest.NewServer(&httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) {
 		r.Out.URL = r.In.URL
 	}})
@@ -171,7 +176,7 @@ func benchTunnel(b *testing.B, useTLS bool) {
 	addr := ln.Addr().String()
 	_, p, _ := net.SplitHostPort(addr)
 	port, _ := strconv.Atoi(p)
-	gateAddr := startForwardGate(b, port)
+	gateAddr := startForwardGate(b, port, nil)
 	relay, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
@@ -299,32 +304,16 @@ func BenchmarkForwardConnectSetup(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	s, err := New(Config{
-		Upstreams: []upstream.Config{{URL: "off"}},
-		Forward:   ForwardConfig{AllowHosts: []string{"127.0.0.1"}, ConnectPorts: []int{port}},
-		Logger:    slog.New(slog.NewJSONHandler(io.Discard, nil)),
-		Telemetry: tel,
-		Audit:     audit,
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Serve(ctx, ln, nil) }()
-	defer func() {
-		cancel()
-		<-done
+	b.Cleanup(func() { // after the gate has stopped
 		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer scancel()
 		tel.Shutdown(sctx)
 		audit.Close()
-	}()
-	gateAddr := ln.Addr().String()
+	})
+	gateAddr := startForwardGate(b, port, func(c *Config) {
+		c.Logger = slog.New(slog.NewJSONHandler(io.Discard, nil))
+		c.Telemetry, c.Audit = tel, audit
+	})
 	floor := httptest.NewServer(http.HandlerFunc(floorTunnel))
 	defer floor.Close()
 	connectReq := []byte("CONNECT " + originAddr + " HTTP/1.1\r\nHost: " + originAddr + "\r\nUser-Agent: Go-http-client/1.1\r\n\r\n")
